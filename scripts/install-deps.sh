@@ -13,6 +13,7 @@ packages=(
   libxxhash-dev
   libgtest-dev libgmock-dev googletest libbenchmark-dev
   fio
+  python3-matplotlib
 )
 
 missing=()

@@ -83,6 +83,8 @@ struct CacheStats {
   uint64_t lookup_hits = 0;      // chunks reported cached
   std::vector<TierStats> tiers;  // one per configured tier, fastest first
   bool huge_pages = false;       // the DRAM arena is backed by huge pages
+  bool gpu_registered = false;   // the DRAM arena is pinned for GPU DMA
+  std::string gpu_registration;  // "registered", or why not
 };
 
 // A chunk held in place: it cannot be evicted until the pin is released
@@ -134,8 +136,15 @@ struct CacheOptions {
   bool huge_pages = true;
   // Touch every arena page at start so the first saves do not page-fault.
   bool prefault = false;
-  // Eviction policy among chain tails: "lru" (default).
+  // Eviction policy among chain tails: "lru" (default), "2q" (first-time
+  // chunks go before re-used ones; best hit rate on the Mooncake trace),
+  // "cost" (recompute cost by prefix depth). See src/core/eviction_policies.h.
   std::string eviction_policy = "lru";
+  // Register the arena with the GPU driver (cudaHostRegister) so copies
+  // between engine blocks and DRAM slots are DMA without a bounce buffer.
+  // Without a GPU (or a CUDA build) the arena stays pageable and
+  // CacheStats::gpu_registration says why.
+  bool register_with_gpu = true;
 
   absl::Status Validate() const;
 };

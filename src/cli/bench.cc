@@ -13,10 +13,26 @@ const std::vector<BenchSuite>& BenchSuites() {
        "                  [--capacity 1GiB] [--seconds 0.5] [--reps 5] [--chain 128]\n\n"
        "Saves and loads chunks of each size through the DRAM tier with 1 and 2\n"
        "threads, beside plain memcpy of the same sizes on the same threads, and\n"
-       "prints the median throughput of --reps repetitions and the ratio to\n"
-       "memcpy. Then times Lookup of a --chain-chunk chain (median, p99).\n"
+       "prints the median throughput of --reps repetitions and the median of\n"
+       "the per-repetition ratios to memcpy (each repetition runs memcpy and\n"
+       "kvtier back to back).\n"
+       "Then times Lookup of a --chain-chunk chain (median, p99).\n"
        "Targets: Save and Load >= 0.8x memcpy; Lookup <= 10 us.",
        RunDramBench},
+      {"gpu", "gather/scatter of engine KV blocks beside the PCIe ceiling (memcpy without a GPU)",
+       "kvtier bench gpu [--json] [--device auto|cpu|cuda] [--chunks N] [--reps N]\n"
+       "                 [--models llama3-8b,llama3-70b,llama3-70b-tp8]\n\n"
+       "Gathers a batch of --chunks 256-token chunks (bf16, 16-token vLLM NHD blocks,\n"
+       "random block ids) from a device KV pool into pinned memory and scatters it\n"
+       "back, beside one cudaMemcpyAsync of a contiguous buffer of the same bytes\n"
+       "(the PCIe ceiling) and one cudaMemcpyAsync per (layer, K/V, block), for\n"
+       "Llama-3-8B (32 layers, 8 KV heads, head 128), Llama-3-70B (80 layers, 8 KV\n"
+       "heads) and a TP-8 shard of it (1 KV head). Prints medians of --reps\n"
+       "repetitions (GPU defaults: 8 chunks, 10 reps) and the median per-repetition\n"
+       "ratio to the ceiling. Without a GPU (or with --device cpu) it runs the CPU\n"
+       "path beside memcpy (1 chunk, 15 reps) and says so.\n"
+       "Target: gather and scatter >= 0.9x the ceiling on a GPU.",
+       RunGpuBench},
   };
   return suites;
 }

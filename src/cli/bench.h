@@ -37,6 +37,7 @@ double Percentile(std::vector<double> samples, double p);
 
 // Suites.
 int RunDramBench(Flags& flags);
+int RunGpuBench(Flags& flags);
 
 }  // namespace kvtier::cli
 

@@ -17,7 +17,7 @@ namespace {
 
 // Piece size for CopyWithChecksum: small enough to stay in L1/L2 between the
 // copy and the hash.
-constexpr size_t kCopyPiece = 32 * 1024;
+constexpr size_t kCopyPiece = size_t{32} * 1024;
 
 uint32_t HeaderChecksum(const std::byte* header) {
   return static_cast<uint32_t>(Xxh3_64({header, 60}));

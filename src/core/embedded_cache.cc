@@ -7,6 +7,7 @@
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
+#include "cuda/device_runtime.h"
 #include "src/common/status_macros.h"
 
 namespace kvtier {
@@ -92,7 +93,20 @@ absl::Status ValidateChunk(const Namespace& ns, const ChunkRef& chunk, size_t pa
 
 absl::StatusOr<std::unique_ptr<EmbeddedCache>> EmbeddedCache::Create(const CacheOptions& options) {
   KVTIER_ASSIGN_OR_RETURN(std::unique_ptr<DramTier> tier, DramTier::Create(ToDramOptions(options)));
-  return std::unique_ptr<EmbeddedCache>(new EmbeddedCache(std::move(tier)));
+  std::unique_ptr<EmbeddedCache> cache(new EmbeddedCache(std::move(tier)));
+  if (options.register_with_gpu) {
+    const Arena& arena = cache->dram_->arena();
+    absl::Status s = RegisterHostMemoryForDevice(arena.base(), arena.size());
+    cache->gpu_registered_ = s.ok();
+    cache->gpu_registration_ = s.ok() ? "registered" : std::string(s.message());
+  } else {
+    cache->gpu_registration_ = "disabled (register_with_gpu = false)";
+  }
+  return cache;
+}
+
+EmbeddedCache::~EmbeddedCache() {
+  if (gpu_registered_) (void)UnregisterHostMemoryForDevice(dram_->arena().base());
 }
 
 absl::StatusOr<LookupResult> EmbeddedCache::Lookup(const Namespace& ns,
@@ -134,6 +148,8 @@ CacheStats EmbeddedCache::Stats() const {
   s.lookup_hits = lookup_hits_.load(std::memory_order_relaxed);
   s.tiers.push_back(dram_->Stats());
   s.huge_pages = dram_->huge_pages();
+  s.gpu_registered = gpu_registered_;
+  s.gpu_registration = gpu_registration_;
   return s;
 }
 

@@ -27,12 +27,16 @@ class EmbeddedCache final : public Cache {
   absl::StatusOr<size_t> Remove(const Namespace& ns, const BlockKey& key) override;
   CacheStats Stats() const override;
 
+  ~EmbeddedCache() override;
+
   DramTier& dram() { return *dram_; }
 
  private:
   explicit EmbeddedCache(std::unique_ptr<DramTier> dram) : dram_(std::move(dram)) {}
 
   std::unique_ptr<DramTier> dram_;
+  bool gpu_registered_ = false;
+  std::string gpu_registration_;
   std::atomic<uint64_t> lookups_{0};
   std::atomic<uint64_t> lookup_chunks_{0};
   std::atomic<uint64_t> lookup_hits_{0};

@@ -6,6 +6,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "src/core/eviction_policies.h"
 
 namespace kvtier {
 namespace {
@@ -71,8 +72,10 @@ std::unique_ptr<EvictionPolicy> NewLruPolicy() { return std::make_unique<LruPoli
 
 absl::StatusOr<std::unique_ptr<EvictionPolicy>> NewEvictionPolicy(std::string_view name) {
   if (name == "lru") return NewLruPolicy();
+  if (name == "2q") return NewTwoQueuePolicy(TwoQueueOptions{});
+  if (name == "cost") return NewCostPolicy(CostOptions{});
   return absl::InvalidArgumentError(
-      absl::StrCat("eviction_policy: unknown policy '", std::string(name), "' (known: lru)"));
+      absl::StrCat("eviction_policy: unknown policy '", std::string(name), "' (known: lru, 2q, cost)"));
 }
 
 }  // namespace kvtier

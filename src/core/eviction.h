@@ -24,6 +24,11 @@ using EntryId = uint32_t;
 struct EntryTraits {
   uint32_t depth = 0;  // chunks before this one in its chain
   uint64_t bytes = 0;  // slot bytes it occupies
+  // A stable fingerprint of the chunk's key (namespace and block key), the
+  // same every time the same chunk is inserted; 0 when the tier gives none.
+  // Ids are reused, so a policy that remembers chunks across evictions
+  // (history, ghosts) keys that memory by this.
+  uint64_t key_fingerprint = 0;
 };
 
 class EvictionPolicy {

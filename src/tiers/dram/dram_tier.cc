@@ -21,6 +21,12 @@ constexpr int kMaxEvictRounds = 64;
 
 bool IsPowerOfTwo(uint32_t v) { return v != 0 && (v & (v - 1)) == 0; }
 
+// Stable across evictions and reinsertions of the same chunk; never 0.
+uint64_t KeyFingerprint(uint64_t ns, const BlockKey& key) {
+  uint64_t f = key.lo ^ (key.hi * 0x9E3779B97F4A7C15ull) ^ (ns * 0xC2B2AE3D27D4EB4Full);
+  return f == 0 ? 1 : f;
+}
+
 }  // namespace
 
 absl::Status DramTierOptions::Validate() const {
@@ -333,7 +339,8 @@ void DramTier::Commit(const Reservation& r, bool ok) {
       UpdateEvictable(p);
     }
   }
-  policy_->OnInsert(r.id, EntryTraits{e.depth, classes_[e.slot_class].slot_bytes});
+  policy_->OnInsert(r.id, EntryTraits{e.depth, classes_[e.slot_class].slot_bytes,
+                                      KeyFingerprint(e.meta.namespace_id, e.meta.key)});
   UpdateEvictable(r.id);
   {
     Shard& sh = ShardFor(k);

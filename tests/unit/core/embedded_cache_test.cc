@@ -269,5 +269,22 @@ TEST(CacheConcurrency, EightThreadsOverlappingChains) {
   EXPECT_EQ(st.pinned_chunks, 0u);
 }
 
+TEST(CacheGpuRegistration, FallbackIsReported) {
+  CacheOptions o = SmallCache();
+  ASSERT_OK_AND_ASSIGN(auto cache, Cache::Create(o));
+  CacheStats st = cache->Stats();
+  if (st.gpu_registered) {
+    EXPECT_EQ(st.gpu_registration, "registered");
+  } else {
+    // No GPU here (or no CUDA build): the arena stays pageable and says why.
+    EXPECT_FALSE(st.gpu_registration.empty());
+    EXPECT_NE(st.gpu_registration, "registered");
+  }
+  o.register_with_gpu = false;
+  ASSERT_OK_AND_ASSIGN(auto off, Cache::Create(o));
+  EXPECT_FALSE(off->Stats().gpu_registered);
+  EXPECT_THAT(off->Stats().gpu_registration, HasSubstr("disabled"));
+}
+
 }  // namespace
 }  // namespace kvtier
