@@ -33,6 +33,20 @@ const std::vector<BenchSuite>& BenchSuites() {
        "path beside memcpy (1 chunk, 15 reps) and says so.\n"
        "Target: gather and scatter >= 0.9x the ceiling on a GPU.",
        RunGpuBench},
+      {"replay", "a request trace through the real cache beside the simulators' hit rates",
+       "kvtier bench replay --trace FILE [--json] [--dram-tokens 3M] [--policy all|lru,2q,...]\n"
+       "                    [--bytes-per-token 7] [--speed 0] [--curve 1M,3M,10M,50M]\n\n"
+       "Replays a Mooncake-format trace (JSON Lines with hash_ids of 512-token blocks)\n"
+       "through the embedded cache: per request Lookup, Load of the hit chunks (bytes\n"
+       "verified), Save of the rest. The DRAM tier holds exactly floor(tokens / 512)\n"
+       "chunks (2 MiB slabs; surplus slots of the last slab hold pinned filler chunks).\n"
+       "--policy all runs lru, 2q and cost. --speed N replays at N x the trace's\n"
+       "timestamps (0: as fast as possible). Reports block and token hit rates,\n"
+       "prefill tokens saved, DRAM bytes written and read, requests/s, and beside them\n"
+       "the simulators' figures on the same trace: the policy's tail-first simulation\n"
+       "(the replay must match it), unbounded, and reference LRU, with the ratios.\n"
+       "--curve adds every policy at each capacity (input of bench/plot_replay.py).",
+       RunReplayBench},
   };
   return suites;
 }

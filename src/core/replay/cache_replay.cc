@@ -1,0 +1,281 @@
+#include "src/core/replay/cache_replay.h"
+
+#include <algorithm>
+#include <array>
+#include <chrono>
+#include <cstring>
+#include <limits>
+#include <memory>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "kvtier/cache.h"
+#include "kvtier/namespace.h"
+#include "src/common/status_macros.h"
+#include "src/core/chunk_format.h"
+
+namespace kvtier::replay {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+constexpr uint64_t kSlotAlign = 4096;
+constexpr uint64_t kSlabAlign = 2ull << 20;
+
+// A namespace whose chunks are 512 tokens of `bytes_per_token` opaque bytes
+// each (one layer, one tensor, one head of bytes_per_token uint8 elements).
+absl::StatusOr<Namespace> ReplayNamespace(uint32_t bytes_per_token, absl::string_view salt) {
+  NamespaceOptions o;
+  o.model_id = "kvtier-replay";
+  o.layout.num_layers = 1;
+  o.layout.num_kv_heads = 1;
+  o.layout.head_size = bytes_per_token;
+  o.layout.kv_tensors = 1;
+  o.layout.tokens_per_block = kReplayBlockTokens;
+  o.layout.dtype = DType::kUInt8;
+  o.tokens_per_chunk = kReplayBlockTokens;
+  o.cache_salt = std::string(salt);
+  return Namespace::Create(std::move(o));
+}
+
+BlockKey KeyOfId(const Namespace& ns, uint64_t id) {
+  std::array<std::byte, 8> bytes;
+  for (int i = 0; i < 8; ++i) bytes[i] = static_cast<std::byte>((id >> (8 * i)) & 0xFF);
+  return KeyFromEngineHash(ns.id(), bytes);
+}
+
+uint64_t SplitMix(uint64_t& state) {
+  uint64_t z = (state += 0x9E3779B97F4A7C15ull);
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
+// Tokens of block `j` of a request with `n` ids and `input_length` tokens:
+// 512, except a final partial block.
+uint64_t BlockTokens(const TraceRequest& r, size_t j) {
+  const size_t n = r.hash_ids.size();
+  if (j + 1 < n || r.input_length == 0) return kReplayBlockTokens;
+  const uint64_t before = uint64_t{kReplayBlockTokens} * (n - 1);
+  if (r.input_length <= before) return kReplayBlockTokens;
+  return std::min<uint64_t>(r.input_length - before, kReplayBlockTokens);
+}
+
+const TierStats* DramStats(const CacheStats& stats) {
+  for (const TierStats& t : stats.tiers) {
+    if (t.tier == Tier::kDram) return &t;
+  }
+  return nullptr;
+}
+
+}  // namespace
+
+absl::Status CacheReplayOptions::Validate() const {
+  if (capacity_tokens < kReplayBlockTokens) {
+    return absl::InvalidArgumentError(absl::StrCat("capacity_tokens: ", capacity_tokens,
+                                                   " is less than one ", kReplayBlockTokens,
+                                                   "-token chunk"));
+  }
+  if (slab_bytes == 0 || slab_bytes % kSlabAlign != 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("slab_bytes: ", slab_bytes, " is not a positive multiple of 2 MiB"));
+  }
+  if (bytes_per_token == 0 ||
+      kChunkHeaderBytes + uint64_t{kReplayBlockTokens} * bytes_per_token > slab_bytes) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "bytes_per_token: ", bytes_per_token, " must be positive and a ", kReplayBlockTokens,
+        "-token chunk plus its header must fit one slab of ", slab_bytes, " bytes"));
+  }
+  if (!(speed >= 0)) {
+    return absl::InvalidArgumentError(absl::StrCat("speed: ", speed, " must be 0 or positive"));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<ReplayGeometry> ComputeGeometry(const CacheReplayOptions& options) {
+  KVTIER_RETURN_IF_ERROR(options.Validate());
+  ReplayGeometry g;
+  g.capacity_chunks = options.capacity_tokens / kReplayBlockTokens;
+  g.payload_bytes = uint64_t{kReplayBlockTokens} * options.bytes_per_token;
+  const uint64_t encoded = kChunkHeaderBytes + g.payload_bytes;
+  g.slot_bytes = (encoded + kSlotAlign - 1) / kSlotAlign * kSlotAlign;
+  g.slots_per_slab = options.slab_bytes / g.slot_bytes;
+  g.slabs = (g.capacity_chunks + g.slots_per_slab - 1) / g.slots_per_slab;
+  g.filler_chunks = g.slabs * g.slots_per_slab - g.capacity_chunks;
+  g.dram_capacity_bytes = g.slabs * options.slab_bytes;
+  return g;
+}
+
+double CacheReplayResult::HitRate() const {
+  return total_blocks == 0 ? 0.0
+                           : static_cast<double>(hit_blocks) / static_cast<double>(total_blocks);
+}
+
+double CacheReplayResult::TokenHitRate() const {
+  return total_tokens == 0 ? 0.0
+                           : static_cast<double>(hit_tokens) / static_cast<double>(total_tokens);
+}
+
+double CacheReplayResult::RequestsPerSecond() const {
+  return seconds > 0 ? static_cast<double>(requests) / seconds : 0.0;
+}
+
+void FillChunkPayload(const BlockKey& key, absl::Span<std::byte> out) {
+  uint64_t state = key.hi ^ (key.lo * 0xD6E8FEB86659FD93ull);
+  size_t i = 0;
+  for (; i + 8 <= out.size(); i += 8) {
+    const uint64_t v = SplitMix(state);
+    std::memcpy(out.data() + i, &v, 8);
+  }
+  if (i < out.size()) {
+    const uint64_t v = SplitMix(state);
+    std::memcpy(out.data() + i, &v, out.size() - i);
+  }
+}
+
+absl::StatusOr<uint64_t> ParseTokenCount(absl::string_view text, absl::string_view field) {
+  absl::string_view digits = absl::StripAsciiWhitespace(text);
+  uint64_t scale = 1;
+  if (!digits.empty()) {
+    switch (absl::ascii_toupper(static_cast<unsigned char>(digits.back()))) {
+      case 'K':
+        scale = 1'000;
+        break;
+      case 'M':
+        scale = 1'000'000;
+        break;
+      case 'G':
+        scale = 1'000'000'000;
+        break;
+      default:
+        break;
+    }
+    if (scale != 1) digits.remove_suffix(1);
+  }
+  uint64_t value = 0;
+  if (digits.empty() || !std::all_of(digits.begin(), digits.end(), absl::ascii_isdigit) ||
+      !absl::SimpleAtoi(digits, &value) || value > std::numeric_limits<uint64_t>::max() / scale) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(field, ": '", text,
+                     "' is not a token count (an integer with an optional K, M or G suffix)"));
+  }
+  return value * scale;
+}
+
+absl::StatusOr<CacheReplayResult> ReplayThroughCache(
+    absl::Span<const TraceRequest> trace, const CacheReplayOptions& options,
+    const std::function<void(uint64_t requests_done)>& progress) {
+  KVTIER_ASSIGN_OR_RETURN(ReplayGeometry geometry, ComputeGeometry(options));
+  KVTIER_ASSIGN_OR_RETURN(Namespace ns, ReplayNamespace(options.bytes_per_token, ""));
+  KVTIER_ASSIGN_OR_RETURN(Namespace filler_ns,
+                          ReplayNamespace(options.bytes_per_token, "kvtier-replay-filler"));
+
+  CacheOptions cache_options;
+  cache_options.dram_capacity_bytes = geometry.dram_capacity_bytes;
+  cache_options.slab_bytes = options.slab_bytes;
+  cache_options.eviction_policy = options.eviction_policy;
+  cache_options.register_with_gpu = false;
+  cache_options.index_shards = 16;
+  KVTIER_ASSIGN_OR_RETURN(std::unique_ptr<Cache> cache, Cache::Create(cache_options));
+
+  std::vector<std::byte> payload(geometry.payload_bytes);
+  std::vector<std::byte> expected(geometry.payload_bytes);
+
+  // The surplus slots of the last slab hold pinned chunks of another
+  // namespace for the whole replay.
+  std::vector<ChunkPin> fillers;
+  fillers.reserve(geometry.filler_chunks);
+  for (uint64_t i = 0; i < geometry.filler_chunks; ++i) {
+    const BlockKey key = KeyOfId(filler_ns, i);
+    FillChunkPayload(key, absl::MakeSpan(payload));
+    KVTIER_RETURN_IF_ERROR(
+        cache->Save(filler_ns, ChunkRef{key, BlockKey{}, 0, kReplayBlockTokens}, payload));
+    KVTIER_ASSIGN_OR_RETURN(ChunkPin pin, cache->Pin(filler_ns, key));
+    fillers.push_back(std::move(pin));
+  }
+
+  const CacheStats before = cache->Stats();
+  const TierStats* dram_before = DramStats(before);
+  if (dram_before == nullptr) return absl::InternalError("replay: the cache reports no DRAM tier");
+
+  CacheReplayResult out;
+  out.policy = options.eviction_policy;
+  out.capacity_tokens = options.capacity_tokens;
+  out.geometry = geometry;
+
+  std::vector<BlockKey> chain;
+  const auto start = Clock::now();
+  const int64_t first_ms = trace.empty() ? 0 : trace.front().timestamp_ms;
+  for (size_t r = 0; r < trace.size(); ++r) {
+    const TraceRequest& req = trace[r];
+    if (options.speed > 0) {
+      const double due_s =
+          static_cast<double>(req.timestamp_ms - first_ms) / 1000.0 / options.speed;
+      std::this_thread::sleep_until(start + std::chrono::duration_cast<Clock::duration>(
+                                                std::chrono::duration<double>(due_s)));
+    }
+    chain.clear();
+    for (uint64_t id : req.hash_ids) chain.push_back(KeyOfId(ns, id));
+    absl::StatusOr<LookupResult> lookup = cache->Lookup(ns, chain);
+    if (!lookup.ok()) {
+      return absl::Status(lookup.status().code(),
+                          absl::StrCat("trace line ", req.line, ": ", lookup.status().message()));
+    }
+    const size_t matched = lookup->matched;
+    for (size_t j = 0; j < chain.size(); ++j) out.total_tokens += BlockTokens(req, j);
+    out.total_blocks += chain.size();
+    for (size_t j = 0; j < matched; ++j) {
+      KVTIER_ASSIGN_OR_RETURN(size_t n, cache->Load(ns, chain[j], absl::MakeSpan(payload)));
+      FillChunkPayload(chain[j], absl::MakeSpan(expected));
+      if (n != payload.size() || std::memcmp(payload.data(), expected.data(), n) != 0) {
+        return absl::DataLossError(absl::StrCat("trace line ", req.line, ": chunk ", j, " (key ",
+                                                chain[j].ToHex(),
+                                                ") loaded bytes differ from the saved ones"));
+      }
+      ++out.hit_blocks;
+      out.hit_tokens += BlockTokens(req, j);
+    }
+    for (size_t j = matched; j < chain.size(); ++j) {
+      FillChunkPayload(chain[j], absl::MakeSpan(payload));
+      const ChunkRef chunk{chain[j], j == 0 ? BlockKey{} : chain[j - 1],
+                           static_cast<uint32_t>(j * kReplayBlockTokens), kReplayBlockTokens};
+      absl::Status s = cache->Save(ns, chunk, payload);
+      if (absl::IsResourceExhausted(s)) {
+        ++out.rejected_saves;
+      } else if (!s.ok()) {
+        return absl::Status(s.code(), absl::StrCat("trace line ", req.line, ": ", s.message()));
+      }
+    }
+    ++out.requests;
+    if (progress && (out.requests % 64 == 0 || out.requests == trace.size())) {
+      progress(out.requests);
+    }
+  }
+  out.seconds = std::chrono::duration<double>(Clock::now() - start).count();
+
+  const CacheStats after = cache->Stats();
+  const TierStats* dram_after = DramStats(after);
+  if (dram_after == nullptr) return absl::InternalError("replay: the cache reports no DRAM tier");
+  out.saved_chunks = dram_after->saves - dram_before->saves;
+  out.evictions = dram_after->evictions - dram_before->evictions;
+  out.bytes_written = dram_after->bytes_written - dram_before->bytes_written;
+  out.bytes_read = dram_after->bytes_read - dram_before->bytes_read;
+  out.resident_chunks = dram_after->chunks - geometry.filler_chunks;
+  for (const TierStats& t : after.tiers) {
+    TierTraffic traffic{t.tier, t.bytes_written, t.bytes_read, t.evictions};
+    for (const TierStats& b : before.tiers) {
+      if (b.tier != t.tier) continue;
+      traffic.bytes_written -= b.bytes_written;
+      traffic.bytes_read -= b.bytes_read;
+      traffic.evictions -= b.evictions;
+    }
+    out.tiers.push_back(traffic);
+  }
+  return out;
+}
+
+}  // namespace kvtier::replay

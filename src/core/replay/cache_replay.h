@@ -1,0 +1,130 @@
+// Trace replay through the real embedded cache (kvtier::Cache::Create).
+//
+// ReplayThroughCache feeds a request trace (trace_reader.h) to an embedded
+// cache whose DRAM tier holds exactly CapacityBlocks(capacity_tokens) chunks,
+// so its hit rate is directly comparable with the block simulators of
+// sim.h (ReplayTailFirst gives the same figure for the same policy). Per
+// request, in trace order:
+//   1. every hash id becomes a chunk key: KeyFromEngineHash(namespace id,
+//      the id's 8 little-endian bytes); chunk i's parent is chunk i-1's key;
+//   2. Lookup of the whole chain; the matched leading chunks are hits;
+//   3. Load of every hit chunk, first chunk first (this touches recency, as
+//      the simulators' hits do); the bytes are checked against
+//      FillChunkPayload(key);
+//   4. Save of every chunk after the matched prefix, in order (a chunk that
+//      is cached past the gap is re-saved, which touches it, as in the
+//      simulators). ResourceExhausted counts as a rejected save.
+// A request's last block is usually partial (input_length is not a multiple
+// of 512); like the simulators it counts as one whole block and is stored as
+// a full chunk, while token figures count only its real tokens.
+//
+// Exact capacity: a chunk of 512 tokens x bytes_per_token payload bytes plus
+// the 64-byte chunk header takes one slot of that size rounded up to 4 KiB;
+// slabs of 2 MiB hold slots_per_slab slots and the arena is whole slabs. The
+// replay sizes the arena as ceil(chunks / slots_per_slab) slabs and fills the
+// surplus slots with pinned chunks of a separate namespace before the trace
+// starts, so exactly `capacity_chunks` slots remain for the trace.
+//
+// Thread-safety: free functions; each call builds its own cache.
+#ifndef KVTIER_SRC_CORE_REPLAY_CACHE_REPLAY_H_
+#define KVTIER_SRC_CORE_REPLAY_CACHE_REPLAY_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/types/span.h"
+#include "kvtier/cache.h"
+#include "kvtier/keys.h"
+#include "src/core/replay/trace_reader.h"
+
+namespace kvtier::replay {
+
+struct CacheReplayOptions {
+  uint64_t capacity_tokens = 3'000'000;  // DRAM capacity, tokens (floor / 512 chunks)
+  uint32_t bytes_per_token = 7;          // payload bytes per token (7: a chunk fits 4 KiB)
+  std::string eviction_policy = "lru";   // CacheOptions::eviction_policy
+  double speed = 0;                      // 0: as fast as possible; else timestamps / speed
+  uint64_t slab_bytes = 2ull << 20;      // CacheOptions::slab_bytes (multiple of 2 MiB)
+
+  // InvalidArgument naming the field: capacity below one 512-token chunk,
+  // bytes_per_token 0 or so large a chunk exceeds a slab, negative speed,
+  // slab_bytes not a positive multiple of 2 MiB.
+  absl::Status Validate() const;
+};
+
+// Tokens a chunk (and a trace block) covers.
+inline constexpr uint32_t kReplayBlockTokens = 512;
+
+// How the arena is laid out for a capacity (see the file comment).
+struct ReplayGeometry {
+  uint64_t capacity_chunks = 0;  // floor(capacity_tokens / 512): chunks the trace may hold
+  uint64_t payload_bytes = 0;    // 512 x bytes_per_token
+  uint64_t slot_bytes = 0;       // header + payload, rounded up to 4 KiB
+  uint64_t slots_per_slab = 0;
+  uint64_t slabs = 0;          // ceil(capacity_chunks / slots_per_slab)
+  uint64_t filler_chunks = 0;  // surplus slots taken by pinned chunks
+  uint64_t dram_capacity_bytes = 0;
+};
+
+// The geometry for `options`. InvalidArgument as Validate.
+absl::StatusOr<ReplayGeometry> ComputeGeometry(const CacheReplayOptions& options);
+
+// Traffic of one tier during the trace (CacheStats deltas).
+struct TierTraffic {
+  Tier tier = Tier::kNone;
+  uint64_t bytes_written = 0;  // payload bytes stored
+  uint64_t bytes_read = 0;     // payload bytes served
+  uint64_t evictions = 0;
+};
+
+struct CacheReplayResult {
+  std::string policy;
+  uint64_t capacity_tokens = 0;
+  ReplayGeometry geometry;
+  uint64_t requests = 0;
+  uint64_t total_blocks = 0;       // hash ids of all requests
+  uint64_t hit_blocks = 0;         // chunks matched by Lookup and loaded
+  uint64_t total_tokens = 0;       // prompt tokens of all requests
+  uint64_t hit_tokens = 0;         // prompt tokens covered by hit chunks (prefill saved)
+  uint64_t saved_chunks = 0;       // Saves that stored a new chunk
+  uint64_t rejected_saves = 0;     // Saves refused with ResourceExhausted
+  uint64_t evictions = 0;          // DRAM tier evictions during the trace
+  uint64_t bytes_written = 0;      // DRAM tier payload bytes stored during the trace
+  uint64_t bytes_read = 0;         // DRAM tier payload bytes served during the trace
+  uint64_t resident_chunks = 0;    // trace chunks cached at the end
+  std::vector<TierTraffic> tiers;  // every tier of the cache, fastest first
+  double seconds = 0;              // wall time of the trace (setup excluded)
+
+  double HitRate() const;       // hit_blocks / total_blocks; 0 when empty
+  double TokenHitRate() const;  // hit_tokens / total_tokens; 0 when empty
+  double RequestsPerSecond() const;
+};
+
+// Replays `trace` through a fresh embedded cache. `progress`, when set, is
+// called with the number of requests done (about every 64 requests and at
+// the end). InvalidArgument for bad options or a request whose hash ids
+// repeat; DataLoss when a loaded chunk's bytes differ from what was saved;
+// any other cache error as returned.
+absl::StatusOr<CacheReplayResult> ReplayThroughCache(
+    absl::Span<const TraceRequest> trace, const CacheReplayOptions& options,
+    const std::function<void(uint64_t requests_done)>& progress = nullptr);
+
+// Byte `i` of the payload saved under `key`: a SplitMix64 stream seeded by
+// the key, so every chunk's bytes are distinct and reproducible.
+void FillChunkPayload(const BlockKey& key, absl::Span<std::byte> out);
+
+// Token counts: a decimal integer with an optional K, M or G suffix (powers
+// of 1000), e.g. "3M" = 3000000, "500K", "1500000". InvalidArgument naming
+// `field` for anything else (empty text, other suffixes, signs,
+// fractions, values past 2^64 - 1). Zero is accepted.
+absl::StatusOr<uint64_t> ParseTokenCount(absl::string_view text, absl::string_view field);
+
+}  // namespace kvtier::replay
+
+#endif  // KVTIER_SRC_CORE_REPLAY_CACHE_REPLAY_H_
