@@ -33,6 +33,18 @@ const std::vector<BenchSuite>& BenchSuites() {
        "path beside memcpy (1 chunk, 15 reps) and says so.\n"
        "Target: gather and scatter >= 0.9x the ceiling on a GPU.",
        RunGpuBench},
+      {"nvme", "NVMe tier Save/Load beside fio; reopen time with and without the snapshot",
+       "kvtier bench nvme [--json] [--dir /var/tmp] [--sizes 256KiB,1MiB,4MiB] [--volume 256MiB]\n"
+       "                  [--reps 3] [--qd 16] [--inflight BYTES] [--io-mode direct|buffered]\n"
+       "                  [--fio fio] [--no-dsync] [--reopen-chunks 100000] [--reopen-payload 4032]\n\n"
+       "In a temporary folder under --dir: per chunk size, fills a tier of --volume, then\n"
+       "sequential and random Load and Save (saves evict, the steady state of a cache), each\n"
+       "right after fio on the same pattern (io_uring, O_DIRECT, bs = chunk, iodepth --qd,\n"
+       "same folder, file of the same size), plus fio with O_DSYNC for writes. Prints the\n"
+       "median of --reps per-repetition ratios. Then the time to reopen a tier of\n"
+       "--reopen-chunks small chunks from its snapshot and by scanning.\n"
+       "Target: Save and Load >= 0.85x fio.",
+       RunNvmeBench},
       {"replay", "a request trace through the real cache beside the simulators' hit rates",
        "kvtier bench replay --trace FILE [--json] [--dram-tokens 3M] [--policy all|lru,2q,...]\n"
        "                    [--bytes-per-token 7] [--speed 0] [--curve 1M,3M,10M,50M]\n\n"

@@ -38,6 +38,7 @@ double Percentile(std::vector<double> samples, double p);
 // Suites.
 int RunDramBench(Flags& flags);
 int RunGpuBench(Flags& flags);
+int RunNvmeBench(Flags& flags);
 int RunReplayBench(Flags& flags);
 
 }  // namespace kvtier::cli

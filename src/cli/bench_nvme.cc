@@ -1,0 +1,535 @@
+// `kvtier bench nvme`: the NVMe tier beside fio on the same folder.
+//
+// For each chunk size: sequential and random Save and Load through NvmeTier
+// (asynchronous calls keeping the tier's in-flight budget full), each right
+// after fio doing the same pattern (io_uring engine, O_DIRECT, the chunk size
+// as block size, the same queue depth) on a file of the same size in the same
+// folder. Saves run against a full tier, so each one evicts a chunk and
+// rewrites its slot: the steady state of a cache. Sequential means slots in
+// disk order, random a random permutation of them. Then the time to reopen a
+// tier holding many small chunks, from its snapshot and by scanning.
+#include <stdlib.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <condition_variable>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <memory>
+#include <mutex>
+#include <numeric>
+#include <optional>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "src/cli/bench.h"
+#include "src/cli/report.h"
+#include "src/common/bytes.h"
+#include "src/common/env.h"
+#include "src/core/chunk_format.h"
+#include "src/tiers/nvme/nvme_tier.h"
+
+namespace kvtier::cli {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+constexpr uint64_t kNs = 0x6e766d65;  // "nvme"
+constexpr uint64_t kLayout = 0xbe4c;
+
+double Seconds(Clock::time_point since) {
+  return std::chrono::duration<double>(Clock::now() - since).count();
+}
+
+BlockKey KeyOf(uint64_t i) { return BlockKey{0x6b76746965726e76ull, i + 1}; }
+
+// Keeps up to the tier's in-flight budget of asynchronous calls going:
+// `submit(i, done)` starts operation i and returns the tier's answer; on
+// Unavailable the driver waits for a completion and tries again.
+class AsyncDriver {
+ public:
+  // Runs operations 0..n-1 and returns the seconds taken, or the first
+  // error.
+  template <typename Submit>
+  absl::StatusOr<double> Run(uint64_t n, Submit submit) {
+    errors_ = 0;
+    first_error_ = absl::OkStatus();
+    inflight_ = 0;
+    auto t0 = Clock::now();
+    for (uint64_t i = 0; i < n; ++i) {
+      for (;;) {
+        absl::Status s = submit(i, [this](absl::Status st) { Done(st); });
+        if (s.ok()) {
+          std::lock_guard<std::mutex> lock(mu_);
+          ++inflight_;
+          break;
+        }
+        // No room in flight, or every slot busy: wait for a completion.
+        if (!absl::IsUnavailable(s) && !absl::IsResourceExhausted(s)) return s;
+        std::unique_lock<std::mutex> lock(mu_);
+        if (inflight_ == 0) return s;
+        const uint64_t seen = completions_;
+        cv_.wait(lock, [&] { return inflight_ == 0 || completions_ != seen; });
+      }
+    }
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait(lock, [&] { return inflight_ == 0; });
+    double elapsed = Seconds(t0);
+    if (errors_ > 0) return first_error_;
+    return elapsed;
+  }
+
+ private:
+  void Done(const absl::Status& s) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!s.ok() && errors_++ == 0) first_error_ = s;
+    --inflight_;
+    ++completions_;
+    cv_.notify_all();
+  }
+
+  std::mutex mu_;
+  std::condition_variable cv_;
+  uint64_t inflight_ = 0;
+  uint64_t completions_ = 0;
+  uint64_t errors_ = 0;
+  absl::Status first_error_;
+};
+
+// A reusable encoded chunk: one payload, a header rewritten per key.
+class ChunkSource {
+ public:
+  explicit ChunkSource(uint64_t payload_bytes) : encoded_(kChunkHeaderBytes + payload_bytes) {
+    std::vector<std::byte> payload(payload_bytes);
+    std::mt19937_64 rng(payload_bytes);
+    for (auto& b : payload) b = static_cast<std::byte>(rng());
+    header_.namespace_id = kNs;
+    header_.layout_signature = kLayout;
+    header_.num_tokens = 256;
+    (void)EncodeChunk(header_, payload, absl::MakeSpan(encoded_));
+    header_.payload_length = payload_bytes;
+    header_.payload_checksum = PayloadChecksum(header_.checksum_type, payload);
+  }
+  // The chunk for `key` (valid until the next call).
+  absl::Span<const std::byte> For(const BlockKey& key, ChunkMeta* meta) {
+    header_.key = key;
+    EncodeChunkHeader(header_, encoded_.data());
+    *meta = ChunkMeta{kNs, key, BlockKey{}, kLayout, header_.num_tokens};
+    return encoded_;
+  }
+
+ private:
+  ChunkHeader header_;
+  std::vector<std::byte> encoded_;
+};
+
+// Destination buffers for loads, handed out and returned by completions.
+class BufferPool {
+ public:
+  BufferPool(size_t count, size_t bytes) {
+    for (size_t i = 0; i < count; ++i) {
+      buffers_.emplace_back(bytes);
+      free_.push_back(i);
+    }
+  }
+  size_t Take() {
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait(lock, [&] { return !free_.empty(); });
+    size_t i = free_.back();
+    free_.pop_back();
+    return i;
+  }
+  void Give(size_t i) {
+    std::lock_guard<std::mutex> lock(mu_);
+    free_.push_back(i);
+    cv_.notify_one();
+  }
+  absl::Span<std::byte> Get(size_t i) { return buffers_[i].span(); }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::vector<AlignedBuffer> buffers_;
+  std::vector<size_t> free_;
+};
+
+struct FioResult {
+  double bytes_per_second = 0;
+  std::string error;
+};
+
+// Runs fio and returns the bandwidth of `direction` ("read" or "write").
+FioResult RunFio(const std::string& fio, const std::string& args, const std::string& direction) {
+  std::string cmd = absl::StrCat(fio, " ", args, " --output-format=json 2>/dev/null");
+  FILE* p = ::popen(cmd.c_str(), "r");
+  if (p == nullptr) return {0, "cannot start fio"};
+  std::string out;
+  char buf[4096];
+  size_t n;
+  while ((n = std::fread(buf, 1, sizeof(buf), p)) > 0) out.append(buf, n);
+  int rc = ::pclose(p);
+  FioResult r;
+  // The direction's statistics object: "read" : { ... } (the same word may
+  // appear earlier as an option value, "rw" : "read").
+  size_t jobs = out.find("\"jobs\"");
+  size_t dir = jobs;
+  while (dir != std::string::npos) {
+    dir = out.find("\"" + direction + "\"", dir + 1);
+    if (dir == std::string::npos) break;
+    size_t next = out.find_first_not_of(" \t\n:", dir + direction.size() + 2);
+    if (next != std::string::npos && out[next] == '{' &&
+        out.find(':', dir + direction.size() + 2) < next) {
+      break;
+    }
+  }
+  size_t bw = dir == std::string::npos ? dir : out.find("\"bw_bytes\"", dir);
+  size_t colon = bw == std::string::npos ? bw : out.find(':', bw);
+  if (rc != 0 || colon == std::string::npos) {
+    r.error = absl::StrCat("fio failed (exit ", rc, "): ", cmd);
+    return r;
+  }
+  r.bytes_per_second = std::strtod(out.c_str() + colon + 1, nullptr);
+  return r;
+}
+
+struct Row {
+  uint64_t size = 0;
+  std::string pattern;  // "seq" or "rand"
+  std::string op;       // "save" or "load"
+  double tier = 0;      // payload bytes per second
+  double fio = 0;
+  double fio_dsync = 0;  // writes only: fio with O_DSYNC
+  double ratio = 0;
+  double ratio_dsync = 0;  // writes only: kvtier / fio with O_DSYNC
+};
+
+NvmeTierOptions TierOptions(const std::string& dir, uint64_t payload, uint64_t slots, uint32_t qd,
+                            uint64_t inflight, const std::string& io_mode) {
+  NvmeTierOptions o;
+  o.path = dir;
+  uint64_t max_chunk = payload + kChunkHeaderBytes;
+  o.slot_classes = {{max_chunk, slots * (AlignUp(max_chunk, 4096) + 4096)}};
+  o.queue_depth = qd;
+  o.max_inflight_bytes = inflight;
+  o.io_mode = io_mode;
+  return o;
+}
+
+}  // namespace
+
+int RunNvmeBench(Flags& flags) {
+  const bool json = flags.Bool("json");
+  const std::string parent = flags.String("dir", "/var/tmp");
+  const std::vector<uint64_t> sizes = flags.BytesList("sizes", {256 << 10, 1 << 20, 4 << 20});
+  const uint64_t volume = flags.Bytes("volume", 256ull << 20);
+  const int64_t reps = flags.Int("reps", 3);
+  const uint32_t qd = static_cast<uint32_t>(flags.Int("qd", 16));
+  const uint64_t inflight_flag = flags.Bytes("inflight", 0);
+  const std::string io_mode = flags.String("io-mode", "direct");
+  const std::string fio = flags.String("fio", "fio");
+  const bool fio_dsync = !flags.Bool("no-dsync");
+  const uint64_t reopen_chunks = static_cast<uint64_t>(flags.Int("reopen-chunks", 100000));
+  const uint64_t reopen_payload = flags.Bytes("reopen-payload", 4096 - kChunkHeaderBytes);
+  if (absl::Status s = flags.Finish(); !s.ok()) {
+    std::fprintf(stderr, "kvtier bench nvme: %s\n", std::string(s.message()).c_str());
+    return 2;
+  }
+  if (qd == 0 || qd > 4096 || reps < 1) {
+    std::fprintf(stderr, "kvtier bench nvme: --qd must be 1..4096 and --reps at least 1\n");
+    return 2;
+  }
+  std::string tmpl = parent + "/kvtier-bench-nvme-XXXXXX";
+  std::vector<char> dirbuf(tmpl.begin(), tmpl.end());
+  dirbuf.push_back('\0');
+  if (::mkdtemp(dirbuf.data()) == nullptr) {
+    std::fprintf(stderr, "kvtier bench nvme: cannot create a folder in %s: %s\n", parent.c_str(),
+                 ErrnoText(errno).c_str());
+    return 1;
+  }
+  const std::string dir = dirbuf.data();
+  struct Cleanup {
+    std::string d;
+    ~Cleanup() {
+      std::error_code ec;
+      std::filesystem::remove_all(d, ec);
+    }
+  } cleanup{dir};
+  const std::string tier_dir = dir + "/tier";
+  const std::string fio_file = dir + "/fio.dat";
+  std::filesystem::create_directory(tier_dir);
+
+  std::vector<Row> rows;
+  std::vector<std::string> notes;
+  bool have_fio = true;
+  auto fail = [&](const std::string& what, const absl::Status& s) {
+    std::fprintf(stderr, "kvtier bench nvme: %s: %s\n", what.c_str(), s.ToString().c_str());
+    return 1;
+  };
+
+  for (uint64_t size : sizes) {
+    const uint64_t slot_data = AlignUp(size + kChunkHeaderBytes, 4096);
+    const uint64_t slots = volume / (slot_data + 4096);
+    if (slots < 2) {
+      std::fprintf(stderr, "kvtier bench nvme: --volume holds fewer than 2 chunks of %s\n",
+                   HumanBytes(size).c_str());
+      return 2;
+    }
+    const uint64_t inflight =
+        inflight_flag != 0
+            ? inflight_flag
+            : std::min<uint64_t>({1ull << 30, std::max<uint64_t>(slots / 4, 1) * (slot_data + 4096),
+                                  std::max<uint64_t>(64ull << 20, 4ull * qd * (slot_data + 4096))});
+    std::error_code ec;
+    std::filesystem::remove(tier_dir + "/kvtier-nvme.dat", ec);
+    absl::StatusOr<std::unique_ptr<NvmeTier>> tier =
+        NvmeTier::Create(TierOptions(tier_dir, size, slots, qd, inflight, io_mode));
+    if (!tier.ok()) return fail("create", tier.status());
+    ChunkSource source(size);
+    const uint64_t buffers = inflight / slot_data + 1;
+    BufferPool pool(buffers, slot_data);
+    AsyncDriver driver;
+    const uint64_t bytes = slots * size;
+
+    auto save = [&](uint64_t first_key) {
+      return driver.Run(slots, [&](uint64_t i, auto done) {
+        ChunkMeta meta;
+        absl::Span<const std::byte> enc = source.For(KeyOf(first_key + i), &meta);
+        return (*tier)->PutAsync(meta, enc, std::move(done));
+      });
+    };
+    auto load = [&](const std::vector<uint64_t>& keys) {
+      return driver.Run(keys.size(), [&](uint64_t i, auto done) {
+        size_t b = pool.Take();
+        absl::Status s =
+            (*tier)->GetAsync(kNs, KeyOf(keys[i]), pool.Get(b),
+                              [&pool, b, done = std::move(done)](absl::StatusOr<size_t> r) mutable {
+                                pool.Give(b);
+                                done(r.status());
+                              });
+        if (!s.ok()) pool.Give(b);
+        return s;
+      });
+    };
+    auto fio_args = [&](const std::string& rw, bool dsync) {
+      return absl::StrCat("--name=kvtier --filename=", fio_file, " --size=", bytes, " --bs=", size,
+                          " --rw=", rw, " --direct=", io_mode == "direct" ? 1 : 0,
+                          " --ioengine=io_uring --iodepth=", qd, dsync ? " --sync=dsync" : "");
+    };
+    auto fio_rate = [&](const std::string& rw, const std::string& direction, bool dsync) {
+      if (!have_fio) return 0.0;
+      FioResult r = RunFio(fio, fio_args(rw, dsync), direction);
+      if (!r.error.empty()) {
+        have_fio = false;
+        notes.push_back(r.error + " (is fio installed? scripts/install-deps.sh has it)");
+      }
+      return r.bytes_per_second;
+    };
+
+    // Lay out the fio file and fill the tier (neither timed).
+    fio_rate("write", "write", false);
+    absl::StatusOr<double> fill = save(0);
+    if (!fill.ok()) return fail("fill", fill.status());
+    uint64_t next_key = slots;
+    std::mt19937_64 rng(size);
+    // Per repetition and phase: fio, then the tier, back to back.
+    std::vector<std::vector<double>> tier_rate(4), fio_bw(4), fio_dsync_bw(4), ratio(4),
+        ratio_dsync(4);
+    for (int64_t rep = 0; rep < reps; ++rep) {
+      for (int phase = 0; phase < 4; ++phase) {
+        const bool random = phase >= 2;
+        const bool is_save = phase % 2 == 1;
+        const std::string rw =
+            is_save ? (random ? "randwrite" : "write") : (random ? "randread" : "read");
+        double f = fio_rate(rw, is_save ? "write" : "read", false);
+        double fd = is_save && fio_dsync ? fio_rate(rw, "write", true) : 0;
+        absl::StatusOr<double> t;
+        uint64_t moved;
+        if (!is_save) {
+          // Every resident chunk (the tier keeps a few slots free), in disk
+          // order or shuffled. The loads also set the eviction order, so the
+          // saves that follow rewrite the slots in the same order.
+          std::vector<std::pair<uint64_t, uint64_t>> resident;  // offset, key
+          for (uint64_t k = next_key - std::min(next_key, 2 * slots); k < next_key; ++k) {
+            absl::StatusOr<NvmeChunkInfo> info = (*tier)->Describe(kNs, KeyOf(k));
+            if (info.ok()) resident.emplace_back(info->volume_offset, k);
+          }
+          std::sort(resident.begin(), resident.end());
+          if (random) std::shuffle(resident.begin(), resident.end(), rng);
+          std::vector<uint64_t> keys;
+          for (const auto& [offset, k] : resident) keys.push_back(k);
+          t = load(keys);
+          moved = keys.size() * size;
+        } else {
+          t = save(next_key);
+          next_key += slots;
+          moved = bytes;
+        }
+        if (!t.ok()) {
+          return fail(absl::StrCat(random ? "random " : "sequential ", is_save ? "save" : "load"),
+                      t.status());
+        }
+        tier_rate[phase].push_back(moved / *t);
+        fio_bw[phase].push_back(f);
+        fio_dsync_bw[phase].push_back(fd);
+        if (f > 0) ratio[phase].push_back(moved / *t / f);
+        if (fd > 0) ratio_dsync[phase].push_back(moved / *t / fd);
+      }
+    }
+    for (int phase = 0; phase < 4; ++phase) {
+      Row r{size,
+            phase >= 2 ? "rand" : "seq",
+            phase % 2 == 1 ? "save" : "load",
+            Median(tier_rate[phase]),
+            Median(fio_bw[phase]),
+            Median(fio_dsync_bw[phase]),
+            Median(ratio[phase]),
+            Median(ratio_dsync[phase])};
+      rows.push_back(r);
+    }
+    NvmeTierStats st = (*tier)->DetailedStats();
+    if (st.tier.corrupt_chunks != 0 || st.write_errors != 0 || st.read_errors != 0) {
+      std::fprintf(stderr, "kvtier bench nvme: %llu corrupt, %llu write and %llu read errors\n",
+                   static_cast<unsigned long long>(st.tier.corrupt_chunks),
+                   static_cast<unsigned long long>(st.write_errors),
+                   static_cast<unsigned long long>(st.read_errors));
+      return 1;
+    }
+    if (size == sizes.front()) {
+      notes.push_back(absl::StrCat("io_mode ", st.io_mode, ", fixed buffers ",
+                                   st.fixed_buffers ? "yes" : "no", ", queue depth ", qd,
+                                   ", in flight up to ", HumanBytes(inflight)));
+    }
+    notes.push_back(absl::StrCat(
+        HumanBytes(size), ": ", st.tier.saves, " saves, ", st.flushes, " flushes (",
+        Fixed(static_cast<double>(st.flushes) / std::max<uint64_t>(1, st.tier.saves), 2),
+        " per save), ", st.tombstones, " tombstones"));
+    (void)(*tier)->Close();
+    std::filesystem::remove(fio_file, ec);
+  }
+
+  // Reopen: a tier of many small chunks, from its snapshot and by scanning.
+  double reopen_snapshot = 0, reopen_scan = 0, reopen_fill = 0;
+  {
+    std::error_code ec;
+    std::filesystem::remove(tier_dir + "/kvtier-nvme.dat", ec);
+    const uint64_t slot_data = AlignUp(reopen_payload + kChunkHeaderBytes, 4096);
+    NvmeTierOptions o =
+        TierOptions(tier_dir, reopen_payload, reopen_chunks, 128,
+                    std::max<uint64_t>(16ull << 20, 64 * (slot_data + 4096)), io_mode);
+    o.clean_slots = 0;  // keep every chunk: nothing is evicted early
+    {
+      absl::StatusOr<std::unique_ptr<NvmeTier>> tier = NvmeTier::Create(o);
+      if (!tier.ok()) return fail("reopen create", tier.status());
+      ChunkSource source(reopen_payload);
+      AsyncDriver driver;
+      absl::StatusOr<double> t = driver.Run(reopen_chunks, [&](uint64_t i, auto done) {
+        ChunkMeta meta;
+        absl::Span<const std::byte> enc = source.For(KeyOf(i), &meta);
+        return (*tier)->PutAsync(meta, enc, std::move(done));
+      });
+      if (!t.ok()) return fail("reopen fill", t.status());
+      reopen_fill = *t;
+      if (absl::Status s = (*tier)->Close(); !s.ok()) return fail("close", s);
+    }
+    for (int pass = 0; pass < 2; ++pass) {
+      // Pass 0 opens from the snapshot and writes none at close, so pass 1
+      // has to scan.
+      o.write_snapshot = false;
+      auto t0 = Clock::now();
+      absl::StatusOr<std::unique_ptr<NvmeTier>> tier = NvmeTier::Create(o);
+      double secs = Seconds(t0);
+      if (!tier.ok()) return fail("reopen", tier.status());
+      NvmeTierStats st = (*tier)->DetailedStats();
+      if (st.recovered_chunks != reopen_chunks ||
+          st.open_source != (pass == 0 ? "snapshot" : "scan")) {
+        std::fprintf(stderr, "kvtier bench nvme: reopen found %llu chunks via %s\n",
+                     static_cast<unsigned long long>(st.recovered_chunks), st.open_source.c_str());
+        return 1;
+      }
+      (pass == 0 ? reopen_snapshot : reopen_scan) = secs;
+    }
+  }
+
+  double worst_load = 1e9, worst_save = 1e9;
+  for (const Row& r : rows) {
+    double& w = r.op == "load" ? worst_load : worst_save;
+    w = std::min(w, r.ratio);
+  }
+  if (json) {
+    Json results = Json::Array();
+    for (const Row& r : rows) {
+      Json o = Json::Object();
+      o.Set("chunk_bytes", r.size)
+          .Set("pattern", r.pattern)
+          .Set("op", r.op)
+          .Set("kvtier_gbps", r.tier / 1e9)
+          .Set("fio_gbps", r.fio / 1e9)
+          .Set("ratio", r.ratio);
+      if (r.op == "save" && fio_dsync) {
+        o.Set("fio_dsync_gbps", r.fio_dsync / 1e9).Set("ratio_vs_dsync", r.ratio_dsync);
+      }
+      results.Push(std::move(o));
+    }
+    Json notes_json = Json::Array();
+    for (const std::string& n : notes) notes_json.Push(n);
+    Json j = Json::Object();
+    j.Set("suite", "nvme")
+        .Set("reference", "fio")
+        .Set("queue_depth", static_cast<uint64_t>(qd))
+        .Set("volume_bytes", volume)
+        .Set("results", std::move(results))
+        .Set("reopen", Json::Object()
+                           .Set("chunks", reopen_chunks)
+                           .Set("payload_bytes", reopen_payload)
+                           .Set("fill_seconds", reopen_fill)
+                           .Set("snapshot_seconds", reopen_snapshot)
+                           .Set("scan_seconds", reopen_scan))
+        .Set("ratios", Json::Object()
+                           .Set("min_load_vs_fio", have_fio ? worst_load : 0.0)
+                           .Set("min_save_vs_fio", have_fio ? worst_save : 0.0))
+        .Set("targets", Json::Object().Set("load_vs_fio", 0.85).Set("save_vs_fio", 0.85))
+        .Set("notes", std::move(notes_json));
+    std::printf("%s\n", j.Dump().c_str());
+    return 0;
+  }
+  std::printf(
+      "kvtier bench nvme: %s per size in %s, beside fio (io_uring, %s, same block "
+      "size, iodepth %u)\n\n",
+      HumanBytes(volume).c_str(), parent.c_str(), io_mode == "direct" ? "O_DIRECT" : "buffered",
+      qd);
+  std::vector<std::string> header = {"chunk", "pattern", "op", "kvtier", "fio", "ratio"};
+  if (fio_dsync) {
+    header.push_back("fio O_DSYNC");
+    header.push_back("ratio");
+  }
+  Table table(header);
+  for (const Row& r : rows) {
+    std::vector<std::string> row = {HumanBytes(r.size), r.pattern,        r.op,
+                                    HumanRate(r.tier),  HumanRate(r.fio), Fixed(r.ratio, 2)};
+    if (fio_dsync) {
+      row.push_back(r.op == "save" ? HumanRate(r.fio_dsync) : "");
+      row.push_back(r.op == "save" ? Fixed(r.ratio_dsync, 2) : "");
+    }
+    table.AddRow(row);
+  }
+  table.Print();
+  std::printf(
+      "\nSaves are durable when acknowledged (data, flush, commit record, flush; slots of\n"
+      "evicted chunks are tombstoned and flushed first). Plain fio writes are not durable;\n"
+      "fio O_DSYNC writes are, one flush per write.\n");
+  std::printf("\nReopen with %llu chunks of %s: snapshot %.3f s, scan %.3f s (fill took %.2f s)\n",
+              static_cast<unsigned long long>(reopen_chunks), HumanBytes(reopen_payload).c_str(),
+              reopen_snapshot, reopen_scan, reopen_fill);
+  for (const std::string& n : notes) std::printf("note: %s\n", n.c_str());
+  std::printf("targets: Save and Load >= 0.85x fio (worst here: save %.2fx, load %.2fx)\n",
+              have_fio ? worst_save : 0.0, have_fio ? worst_load : 0.0);
+  return 0;
+}
+
+}  // namespace kvtier::cli

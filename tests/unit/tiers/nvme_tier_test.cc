@@ -1,0 +1,1156 @@
+#include "src/tiers/nvme/nvme_tier.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <future>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <random>
+#include <set>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "src/common/bytes.h"
+#include "src/tiers/nvme/nvme_format.h"
+#include "tests/testing/fault_env.h"
+#include "tests/testing/status_matchers.h"
+#include "tests/unit/tiers/nvme_crash_options.h"
+#include "tests/unit/tiers/nvme_test_util.h"
+
+namespace kvtier {
+namespace {
+
+using ::kvtier::nvme_test::kNs;
+using ::kvtier::nvme_test::MakeChunk;
+using ::kvtier::nvme_test::TempDir;
+using ::kvtier::nvme_test::TestChunk;
+using ::kvtier::testing::FaultInjectionEnv;
+using ::kvtier::testing::IoFault;
+using ::kvtier::testing::StatusIs;
+using ::testing::AllOf;
+using ::testing::AnyOf;
+using ::testing::HasSubstr;
+
+constexpr size_t k64K = 64 << 10;
+constexpr size_t k256K = 256 << 10;
+constexpr size_t k1M = 1 << 20;
+constexpr size_t k4M = 4 << 20;
+
+// A class holding `slots` chunks of `payload` bytes.
+NvmeSlotClass Class(size_t payload, uint64_t slots) {
+  uint64_t max_chunk = payload + kChunkHeaderBytes;
+  return NvmeSlotClass{max_chunk, slots * (AlignUp(max_chunk, 4096) + 4096)};
+}
+
+NvmeTierOptions Options(const std::string& dir, std::vector<NvmeSlotClass> classes,
+                        Env* env = nullptr) {
+  NvmeTierOptions o;
+  o.path = dir;
+  o.slot_classes = std::move(classes);
+  o.queue_depth = 8;
+  o.max_inflight_bytes = 32 << 20;
+  o.clean_slots = 0;  // evict only on demand, so eviction counts are exact
+  o.env = env;
+  return o;
+}
+
+BlockKey Key(uint64_t i) { return BlockKey{0xABCD, i}; }
+
+// Reads `key` through the sync API into a fresh buffer and compares it with
+// `expected`.
+void ExpectStored(NvmeTier& tier, const TestChunk& expected) {
+  std::vector<std::byte> out(expected.encoded.size() + 100);
+  absl::StatusOr<size_t> n =
+      tier.Get(expected.meta.namespace_id, expected.meta.key, absl::MakeSpan(out));
+  ASSERT_TRUE(n.ok()) << n.status();
+  ASSERT_EQ(*n, expected.encoded.size());
+  out.resize(*n);
+  EXPECT_TRUE(out == expected.encoded) << "bytes differ for " << expected.meta.key.ToHex();
+}
+
+// Returns the slot holding `key` by reading every commit record of the
+// closed volume at `path`.
+std::optional<uint32_t> SlotOf(const std::string& path, const BlockKey& key,
+                               nvme::VolumeGeometry* geometry_out = nullptr) {
+  std::ifstream f(path, std::ios::binary);
+  std::vector<char> sector(4096);
+  f.read(sector.data(), 4096);
+  absl::StatusOr<nvme::Superblock> sb =
+      nvme::DecodeSuperblock({reinterpret_cast<const std::byte*>(sector.data()), sector.size()});
+  if (!sb.ok()) return std::nullopt;
+  if (geometry_out != nullptr) *geometry_out = sb->geometry;
+  for (uint32_t s = 0; s < sb->geometry.total_slots; ++s) {
+    f.seekg(static_cast<std::streamoff>(sb->geometry.SlotOffset(s)));
+    f.read(sector.data(), 4096);
+    nvme::SlotRecord r = nvme::DecodeSlotRecord(
+        {reinterpret_cast<const std::byte*>(sector.data()), sector.size()}, sb->generation, s);
+    if (r.kind == nvme::SlotRecordKind::kCommitted && r.chunk.key == key) return s;
+  }
+  return std::nullopt;
+}
+
+void FlipByte(const std::string& path, uint64_t offset) {
+  int fd = ::open(path.c_str(), O_RDWR);
+  ASSERT_GE(fd, 0);
+  unsigned char b = 0;
+  ASSERT_EQ(::pread(fd, &b, 1, static_cast<off_t>(offset)), 1);
+  b ^= 0x5A;
+  ASSERT_EQ(::pwrite(fd, &b, 1, static_cast<off_t>(offset)), 1);
+  ::fsync(fd);
+  ::close(fd);
+}
+
+bool IsRoot() { return ::geteuid() == 0; }
+
+// ---- options and open errors --------------------------------------------------
+
+TEST(NvmeTier, BadOptionsNameTheField) {
+  TempDir dir;
+  auto check = [&](NvmeTierOptions o, const char* field) {
+    EXPECT_THAT(NvmeTier::Create(o),
+                StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr(field)));
+  };
+  NvmeTierOptions o = Options(dir.path(), {Class(k64K, 4)});
+  o.path = "";
+  check(o, "path");
+  o = Options(dir.path(), {});
+  check(o, "slot_classes");
+  o = Options(dir.path(), {Class(k256K, 4), Class(k64K, 4)});
+  check(o, "slot_classes[1].max_chunk_bytes");
+  o = Options(dir.path(), {NvmeSlotClass{k64K, 100}});
+  check(o, "slot_classes[0].capacity_bytes");
+  o = Options(dir.path(), {NvmeSlotClass{10, 1 << 20}});
+  check(o, "slot_classes[0].max_chunk_bytes");
+  o = Options(dir.path(), {Class(k64K, 4)});
+  o.io_mode = "mmap";
+  check(o, "io_mode");
+  o = Options(dir.path(), {Class(k64K, 4)});
+  o.queue_depth = 0;
+  check(o, "queue_depth");
+  o = Options(dir.path(), {Class(k1M, 4)});
+  o.max_inflight_bytes = 64 << 10;
+  check(o, "max_inflight_bytes");
+  o = Options(dir.path(), {Class(k64K, 4)});
+  o.eviction_policy = "random";
+  check(o, "eviction_policy");
+  o = Options(dir.path(), {Class(k64K, 4)});
+  o.clean_slots = -2;
+  check(o, "clean_slots");
+}
+
+TEST(NvmeTier, MissingFolderIsNotFoundNamingThePath) {
+  TempDir dir;
+  std::string missing = dir.path() + "/does-not-exist";
+  EXPECT_THAT(NvmeTier::Create(Options(missing, {Class(k64K, 4)})),
+              StatusIs(absl::StatusCode::kNotFound,
+                       AllOf(HasSubstr(missing), HasSubstr("No such file or directory"))));
+}
+
+// Mounts a small file system for the test's lifetime (root only).
+class Mount {
+ public:
+  Mount(const std::string& dir, const std::string& command) : dir_(dir) {
+    ok_ = IsRoot() && nvme_test::Run("mkdir -p " + dir + " && " + command + " 2>/dev/null");
+  }
+  ~Mount() {
+    if (ok_) nvme_test::Run("umount " + dir_);
+  }
+  bool ok() const { return ok_; }
+
+ private:
+  std::string dir_;
+  bool ok_ = false;
+};
+
+TEST(NvmeTier, ReadOnlyFolderIsPermissionDenied) {
+  TempDir dir;
+  std::string ro = dir.path() + "/ro";
+  std::optional<Mount> mount;
+  if (IsRoot()) {
+    // Root ignores permission bits: use a read-only file system instead.
+    mount.emplace(ro, "mount -t tmpfs -o ro,size=1m tmpfs " + ro);
+    if (!mount->ok()) GTEST_SKIP() << "cannot mount a read-only tmpfs here";
+  } else {
+    ASSERT_TRUE(nvme_test::Run("mkdir " + ro + " && chmod 0555 " + ro));
+  }
+  NvmeTierOptions o = Options(ro, {Class(k64K, 4)});
+  o.io_mode = "buffered";
+  EXPECT_THAT(NvmeTier::Create(o),
+              StatusIs(absl::StatusCode::kPermissionDenied,
+                       AllOf(HasSubstr(ro), AnyOf(HasSubstr("Read-only file system"),
+                                                  HasSubstr("Permission denied")))));
+}
+
+TEST(NvmeTier, InjectedReadOnlyAndEnospcAtCreate) {
+  TempDir dir;
+  FaultInjectionEnv env;
+  env.FailOpen("kvtier-nvme.dat", EROFS);
+  EXPECT_THAT(NvmeTier::Create(Options(dir.path(), {Class(k64K, 4)}, &env)),
+              StatusIs(absl::StatusCode::kPermissionDenied,
+                       AllOf(HasSubstr(dir.volume()), HasSubstr("Read-only file system"))));
+  env.ClearFaults();
+  env.FailAllocate(ENOSPC);
+  EXPECT_THAT(NvmeTier::Create(Options(dir.path(), {Class(k64K, 4)}, &env)),
+              StatusIs(absl::StatusCode::kResourceExhausted,
+                       AllOf(HasSubstr(dir.volume()), HasSubstr("No space left on device"))));
+  // The half-made volume file is gone.
+  EXPECT_FALSE(std::filesystem::exists(dir.volume()));
+}
+
+TEST(NvmeTier, DirectRefusedByTheFileSystemSuggestsBuffered) {
+  TempDir dir;
+  FaultInjectionEnv env;
+  env.FailOpen("kvtier-nvme.dat", EINVAL, /*direct_only=*/true);
+  EXPECT_THAT(NvmeTier::Create(Options(dir.path(), {Class(k64K, 4)}, &env)),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       AllOf(HasSubstr("io_mode"), HasSubstr("buffered"), HasSubstr("O_DIRECT"),
+                             HasSubstr(dir.volume()))));
+  NvmeTierOptions o = Options(dir.path(), {Class(k64K, 4)}, &env);
+  o.io_mode = "buffered";
+  ASSERT_OK_AND_ASSIGN(auto tier, NvmeTier::Create(o));
+  TestChunk c = MakeChunk(Key(1), k64K);
+  ASSERT_OK(tier->Put(c.meta, c.encoded));
+  ExpectStored(*tier, c);
+  EXPECT_EQ(tier->DetailedStats().io_mode, "buffered");
+}
+
+TEST(NvmeTier, EnospcOnATinyExt4VolumeFailsCreate) {
+  if (!IsRoot()) GTEST_SKIP() << "mounting a loop ext4 image needs root";
+  TempDir dir;
+  std::string image = dir.path() + "/fs.img";
+  std::string mnt = dir.path() + "/mnt";
+  if (!nvme_test::Run("truncate -s 8M " + image + " && mkfs.ext4 -q -F " + image +
+                      " >/dev/null 2>&1")) {
+    GTEST_SKIP() << "mkfs.ext4 is not available";
+  }
+  Mount m(mnt, "mount -o loop " + image + " " + mnt);
+  if (!m.ok()) GTEST_SKIP() << "cannot loop-mount an ext4 image here";
+  EXPECT_THAT(
+      NvmeTier::Create(Options(mnt, {Class(k1M, 32)})),
+      StatusIs(absl::StatusCode::kResourceExhausted,
+               AllOf(HasSubstr(mnt + "/kvtier-nvme.dat"), HasSubstr("No space left on device"))));
+  EXPECT_FALSE(std::filesystem::exists(mnt + "/kvtier-nvme.dat"));
+  // A volume that fits works on the same file system, with O_DIRECT.
+  ASSERT_OK_AND_ASSIGN(auto tier, NvmeTier::Create(Options(mnt, {Class(k64K, 8)})));
+  TestChunk c = MakeChunk(Key(1), k64K);
+  ASSERT_OK(tier->Put(c.meta, c.encoded));
+  ExpectStored(*tier, c);
+  ASSERT_OK(tier->Close());
+}
+
+TEST(NvmeTier, EnospcOnATinyTmpfsFailsCreateInBufferedMode) {
+  if (!IsRoot()) GTEST_SKIP() << "mounting tmpfs needs root";
+  TempDir dir;
+  std::string mnt = dir.path() + "/mnt";
+  Mount m(mnt, "mount -t tmpfs -o size=4m tmpfs " + mnt);
+  if (!m.ok()) GTEST_SKIP() << "cannot mount tmpfs here";
+  NvmeTierOptions o = Options(mnt, {Class(k1M, 8)});
+  o.io_mode = "buffered";
+  EXPECT_THAT(NvmeTier::Create(o),
+              StatusIs(absl::StatusCode::kResourceExhausted, HasSubstr("No space left on device")));
+}
+
+// ---- round trips ----------------------------------------------------------------
+
+class NvmeRoundTrip : public ::testing::TestWithParam<size_t> {};
+
+TEST_P(NvmeRoundTrip, PutGetByteIdentical) {
+  const size_t payload = GetParam();
+  TempDir dir;
+  ASSERT_OK_AND_ASSIGN(
+      auto tier,
+      NvmeTier::Create(Options(dir.path(), {Class(k256K, 4), Class(k1M, 4), Class(k4M, 4)})));
+  std::vector<TestChunk> chunks;
+  for (uint64_t i = 0; i < 3; ++i) chunks.push_back(MakeChunk(Key(i + 1), payload));
+  // Sync Put, async Put with a callback, and the future form.
+  ASSERT_OK(tier->Put(chunks[0].meta, chunks[0].encoded));
+  std::promise<absl::Status> p;
+  ASSERT_OK(
+      tier->PutAsync(chunks[1].meta, chunks[1].encoded, [&p](absl::Status s) { p.set_value(s); }));
+  ASSERT_OK(p.get_future().get());
+  ASSERT_OK(tier->PutAsync(chunks[2].meta, chunks[2].encoded).get());
+
+  for (const TestChunk& c : chunks) {
+    ASSERT_TRUE(tier->Contains(kNs, c.meta.key));
+    ExpectStored(*tier, c);
+    // An aligned buffer large enough is filled without the staging copy; an
+    // unaligned one through it.
+    ASSERT_OK_AND_ASSIGN(NvmeChunkInfo info, tier->Describe(kNs, c.meta.key));
+    EXPECT_EQ(info.encoded_bytes, c.encoded.size());
+    AlignedBuffer aligned(info.direct_bytes);
+    ASSERT_OK_AND_ASSIGN(size_t n, tier->GetAsync(kNs, c.meta.key, aligned.span()).get());
+    ASSERT_EQ(n, c.encoded.size());
+    EXPECT_EQ(std::memcmp(aligned.data(), c.encoded.data(), n), 0);
+    AlignedBuffer unaligned(info.direct_bytes + 4096);
+    absl::Span<std::byte> shifted = unaligned.span().subspan(8, c.encoded.size());
+    ASSERT_OK_AND_ASSIGN(n, tier->GetAsync(kNs, c.meta.key, shifted).get());
+    EXPECT_EQ(std::memcmp(shifted.data(), c.encoded.data(), n), 0);
+  }
+  TierStats s = tier->Stats();
+  EXPECT_EQ(s.tier, Tier::kNvme);
+  EXPECT_EQ(s.chunks, 3u);
+  EXPECT_EQ(s.saves, 3u);
+  EXPECT_EQ(s.hits, 9u);
+  EXPECT_EQ(s.bytes_written, 3 * payload);
+  EXPECT_EQ(s.corrupt_chunks, 0u);
+  NvmeTierStats d = tier->DetailedStats();
+  EXPECT_EQ(d.io_mode, "direct");
+  EXPECT_EQ(d.open_source, "new");
+  EXPECT_GE(d.flushes, 1u);
+}
+
+INSTANTIATE_TEST_SUITE_P(Sizes, NvmeRoundTrip, ::testing::Values(k256K, k1M, k4M),
+                         [](const auto& info) { return absl::StrCat(info.param >> 10, "KiB"); });
+
+TEST(NvmeTier, GetRejectsSmallBuffersAndReportsMisses) {
+  TempDir dir;
+  ASSERT_OK_AND_ASSIGN(auto tier, NvmeTier::Create(Options(dir.path(), {Class(k64K, 4)})));
+  TestChunk c = MakeChunk(Key(1), k64K);
+  ASSERT_OK(tier->Put(c.meta, c.encoded));
+  std::vector<std::byte> small(c.encoded.size() - 1);
+  EXPECT_THAT(tier->Get(kNs, Key(1), absl::MakeSpan(small)),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("out")));
+  std::vector<std::byte> out(c.encoded.size());
+  EXPECT_THAT(tier->Get(kNs, Key(2), absl::MakeSpan(out)), StatusIs(absl::StatusCode::kNotFound));
+  EXPECT_THAT(tier->Get(kNs + 1, Key(1), absl::MakeSpan(out)),
+              StatusIs(absl::StatusCode::kNotFound));
+  EXPECT_FALSE(tier->CouldExist(kNs, Key(2)));
+  EXPECT_TRUE(tier->CouldExist(kNs, Key(1)));
+  EXPECT_EQ(tier->Stats().misses, 2u);
+}
+
+TEST(NvmeTier, PutRejectsBadChunks) {
+  TempDir dir;
+  ASSERT_OK_AND_ASSIGN(auto tier, NvmeTier::Create(Options(dir.path(), {Class(k64K, 4)})));
+  TestChunk c = MakeChunk(Key(1), k64K);
+  ChunkMeta wrong = c.meta;
+  wrong.key = Key(2);
+  EXPECT_THAT(tier->Put(wrong, c.encoded),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("meta")));
+  std::vector<std::byte> damaged = c.encoded;
+  damaged[1000] ^= std::byte{1};
+  EXPECT_THAT(tier->Put(c.meta, damaged),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("checksum")));
+  EXPECT_FALSE(tier->CouldExist(kNs, Key(1)));
+  TestChunk big = MakeChunk(Key(3), k256K);
+  EXPECT_THAT(tier->Put(big.meta, big.encoded),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("largest slot class")));
+  EXPECT_THAT(tier->Put(c.meta, absl::MakeSpan(c.encoded).subspan(0, 100)),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("encoded")));
+  // The tier still works.
+  ASSERT_OK(tier->Put(c.meta, c.encoded));
+  ExpectStored(*tier, c);
+}
+
+TEST(NvmeTier, SavingAStoredKeyChangesNothing) {
+  TempDir dir;
+  ASSERT_OK_AND_ASSIGN(auto tier, NvmeTier::Create(Options(dir.path(), {Class(k64K, 4)})));
+  TestChunk c = MakeChunk(Key(1), k64K);
+  // Two saves of the same key in flight at once: the second joins the first.
+  auto f1 = tier->PutAsync(c.meta, c.encoded);
+  auto f2 = tier->PutAsync(c.meta, c.encoded);
+  ASSERT_OK(f1.get());
+  ASSERT_OK(f2.get());
+  ASSERT_OK(tier->Put(c.meta, c.encoded));
+  EXPECT_EQ(tier->Stats().saves, 1u);
+  EXPECT_EQ(tier->Stats().chunks, 1u);
+  ExpectStored(*tier, c);
+}
+
+TEST(NvmeTier, SyncCallsFromACallbackAreRefused) {
+  TempDir dir;
+  ASSERT_OK_AND_ASSIGN(auto tier, NvmeTier::Create(Options(dir.path(), {Class(k64K, 4)})));
+  TestChunk c = MakeChunk(Key(1), k64K);
+  std::promise<absl::Status> inner;
+  ASSERT_OK(tier->PutAsync(c.meta, c.encoded, [&](absl::Status) {
+    std::vector<std::byte> out(c.encoded.size());
+    inner.set_value(tier->Get(kNs, Key(1), absl::MakeSpan(out)).status());
+  }));
+  EXPECT_THAT(inner.get_future().get(),
+              StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("callback")));
+}
+
+TEST(NvmeTier, SecondOpenOfTheSameVolumeFails) {
+  TempDir dir;
+  ASSERT_OK_AND_ASSIGN(auto tier, NvmeTier::Create(Options(dir.path(), {Class(k64K, 4)})));
+  NvmeTierOptions o = Options(dir.path(), {Class(k64K, 4)});
+  o.lock_wait_ms = 100;
+  EXPECT_THAT(NvmeTier::Create(o),
+              StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("in use")));
+}
+
+TEST(NvmeTier, ReopenWithOtherSlotClassesFails) {
+  TempDir dir;
+  { ASSERT_OK_AND_ASSIGN(auto tier, NvmeTier::Create(Options(dir.path(), {Class(k64K, 4)}))); }
+  EXPECT_THAT(NvmeTier::Create(Options(dir.path(), {Class(k64K, 8)})),
+              StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("slot_classes")));
+}
+
+// ---- restart ---------------------------------------------------------------------
+
+// Saves a few chains over two classes and returns the chunks.
+std::vector<TestChunk> SaveChains(NvmeTier& tier, int chains) {
+  std::vector<TestChunk> chunks;
+  for (int c = 0; c < chains; ++c) {
+    BlockKey parent;
+    for (int i = 0; i < 3; ++i) {
+      BlockKey key = Key(static_cast<uint64_t>(c * 10 + i + 1));
+      chunks.push_back(MakeChunk(key, i == 2 ? k256K : k64K, parent));
+      EXPECT_OK(tier.Put(chunks.back().meta, chunks.back().encoded));
+      parent = key;
+    }
+  }
+  return chunks;
+}
+
+void ExpectAllStored(NvmeTier& tier, const std::vector<TestChunk>& chunks) {
+  for (const TestChunk& c : chunks) {
+    ASSERT_TRUE(tier.Contains(kNs, c.meta.key)) << c.meta.key.ToHex();
+    ExpectStored(tier, c);
+    ASSERT_OK_AND_ASSIGN(NvmeChunkInfo info, tier.Describe(kNs, c.meta.key));
+    EXPECT_EQ(info.meta.parent, c.meta.parent);
+    EXPECT_EQ(info.meta.num_tokens, c.meta.num_tokens);
+  }
+}
+
+TEST(NvmeTier, ReopenRebuildsTheIndexByScanning) {
+  TempDir dir;
+  // Small slots are scanned in multi-slot runs, large ones sector by sector.
+  NvmeTierOptions o = Options(dir.path(), {Class(4000, 300), Class(k64K, 16), Class(k256K, 8)});
+  o.write_snapshot = false;
+  std::vector<TestChunk> chunks;
+  {
+    ASSERT_OK_AND_ASSIGN(auto tier, NvmeTier::Create(o));
+    chunks = SaveChains(*tier, 4);
+    for (uint64_t i = 0; i < 290; ++i) {
+      chunks.push_back(MakeChunk(Key(5000 + i), 4000));
+      ASSERT_OK(tier->PutAsync(chunks.back().meta, chunks.back().encoded).get());
+    }
+    ASSERT_OK(tier->Remove(kNs, Key(5000)));
+    chunks.erase(chunks.end() - 290);
+  }
+  ASSERT_OK_AND_ASSIGN(auto tier, NvmeTier::Create(o));
+  NvmeTierStats d = tier->DetailedStats();
+  EXPECT_EQ(d.open_source, "scan");
+  EXPECT_EQ(d.recovered_chunks, chunks.size());
+  EXPECT_EQ(d.damaged_records, 0u);
+  ExpectAllStored(*tier, chunks);
+  EXPECT_FALSE(tier->Contains(kNs, Key(5000)));  // removed before the restart
+  // New saves after a scan do not collide with recovered ones.
+  TestChunk more = MakeChunk(Key(99), k64K);
+  ASSERT_OK(tier->Put(more.meta, more.encoded));
+  chunks.push_back(more);
+  ExpectAllStored(*tier, chunks);
+}
+
+TEST(NvmeTier, ReopenUsesTheSnapshotAndNeverTrustsItAfterACrash) {
+  TempDir dir;
+  NvmeTierOptions o = Options(dir.path(), {Class(k64K, 16), Class(k256K, 8)});
+  std::vector<TestChunk> chunks;
+  {
+    ASSERT_OK_AND_ASSIGN(auto tier, NvmeTier::Create(o));
+    chunks = SaveChains(*tier, 3);
+    ASSERT_OK(tier->Remove(kNs, chunks[0].meta.key));
+    chunks.erase(chunks.begin());
+    ASSERT_OK(tier->Close());
+  }
+  FaultInjectionEnv env;
+  o.env = &env;
+  {
+    ASSERT_OK_AND_ASSIGN(auto tier, NvmeTier::Create(o));
+    EXPECT_EQ(tier->DetailedStats().open_source, "snapshot");
+    EXPECT_EQ(tier->DetailedStats().recovered_chunks, chunks.size());
+    ExpectAllStored(*tier, chunks);
+    EXPECT_FALSE(tier->Contains(kNs, Key(1)));
+    // More saves, then the process "dies": every later write fails, so Close
+    // cannot write a new snapshot.
+    TestChunk more = MakeChunk(Key(77), k64K);
+    ASSERT_OK(tier->Put(more.meta, more.encoded));
+    chunks.push_back(more);
+    env.Crash();
+    EXPECT_FALSE(tier->Close().ok());
+  }
+  ASSERT_OK(env.DropUnsyncedWrites(1, 1.0));
+  ASSERT_OK_AND_ASSIGN(auto tier, NvmeTier::Create(o));
+  // The snapshot read at the previous open was invalidated on disk, so this
+  // open scans and finds the chunk saved after it.
+  EXPECT_EQ(tier->DetailedStats().open_source, "scan");
+  ExpectAllStored(*tier, chunks);
+  EXPECT_FALSE(tier->Contains(kNs, Key(1)));
+}
+
+TEST(NvmeTier, CorruptSnapshotIsIgnored) {
+  for (int variant = 0; variant < 2; ++variant) {
+    SCOPED_TRACE(variant == 0 ? "records" : "header");
+    TempDir dir;
+    NvmeTierOptions o = Options(dir.path(), {Class(k64K, 16), Class(k256K, 8)});
+    std::vector<TestChunk> chunks;
+    {
+      ASSERT_OK_AND_ASSIGN(auto tier, NvmeTier::Create(o));
+      chunks = SaveChains(*tier, 3);
+    }
+    nvme::VolumeGeometry g;
+    ASSERT_TRUE(SlotOf(dir.volume(), chunks[0].meta.key, &g).has_value());
+    FlipByte(dir.volume(), g.snapshot_offset + (variant == 0 ? 4096 + 40 : 48));
+    ASSERT_OK_AND_ASSIGN(auto tier, NvmeTier::Create(o));
+    NvmeTierStats d = tier->DetailedStats();
+    EXPECT_EQ(d.open_source, "scan");
+    EXPECT_THAT(d.snapshot_rejected, HasSubstr("checksum"));
+    ExpectAllStored(*tier, chunks);
+  }
+}
+
+TEST(NvmeTier, RemoveIsDurable) {
+  TempDir dir;
+  NvmeTierOptions o = Options(dir.path(), {Class(k64K, 4)});
+  o.write_snapshot = false;
+  TestChunk a = MakeChunk(Key(1), k64K);
+  TestChunk b = MakeChunk(Key(2), k64K);
+  {
+    ASSERT_OK_AND_ASSIGN(auto tier, NvmeTier::Create(o));
+    ASSERT_OK(tier->Put(a.meta, a.encoded));
+    ASSERT_OK(tier->Put(b.meta, b.encoded));
+    ASSERT_OK(tier->Remove(kNs, Key(1)));
+    EXPECT_THAT(tier->Remove(kNs, Key(1)), StatusIs(absl::StatusCode::kNotFound));
+    EXPECT_FALSE(tier->Contains(kNs, Key(1)));
+    EXPECT_EQ(tier->DetailedStats().removes, 1u);
+  }
+  ASSERT_OK_AND_ASSIGN(auto tier, NvmeTier::Create(o));
+  EXPECT_FALSE(tier->Contains(kNs, Key(1)));
+  ExpectStored(*tier, b);
+}
+
+// ---- integrity -------------------------------------------------------------------
+
+TEST(NvmeTier, FlippedBytesAreDetectedAndNeverServed) {
+  TempDir dir;
+  NvmeTierOptions o = Options(dir.path(), {Class(k64K, 40)});
+  o.write_snapshot = false;
+  std::vector<TestChunk> chunks;
+  {
+    ASSERT_OK_AND_ASSIGN(auto tier, NvmeTier::Create(o));
+    for (uint64_t i = 0; i < 40; ++i) {
+      chunks.push_back(MakeChunk(Key(i + 1), k64K));
+      ASSERT_OK(tier->Put(chunks.back().meta, chunks.back().encoded));
+    }
+  }
+  // Damage: chunks 0..9 in the payload, 10..14 in the chunk header, 15..19
+  // in the commit record; 20..39 stay intact.
+  std::mt19937_64 rng(42);
+  nvme::VolumeGeometry g;
+  for (uint64_t i = 0; i < 20; ++i) {
+    std::optional<uint32_t> slot = SlotOf(dir.volume(), chunks[i].meta.key, &g);
+    ASSERT_TRUE(slot.has_value());
+    uint64_t base = g.SlotOffset(*slot);
+    uint64_t offset;
+    if (i < 10) {
+      offset = base + 4096 + 64 + rng() % k64K;
+    } else if (i < 15) {
+      offset = base + 4096 + rng() % 64;
+    } else {
+      offset = base + rng() % 128;
+    }
+    FlipByte(dir.volume(), offset);
+  }
+  ASSERT_OK_AND_ASSIGN(auto tier, NvmeTier::Create(o));
+  EXPECT_EQ(tier->DetailedStats().damaged_records, 5u);
+  for (uint64_t i = 0; i < 40; ++i) {
+    std::vector<std::byte> out(chunks[i].encoded.size());
+    absl::StatusOr<size_t> n = tier->Get(kNs, chunks[i].meta.key, absl::MakeSpan(out));
+    if (i < 15) {
+      EXPECT_THAT(n, StatusIs(absl::StatusCode::kDataLoss)) << i;
+      // Dropped: the next read is a plain miss.
+      EXPECT_FALSE(tier->Contains(kNs, chunks[i].meta.key));
+    } else if (i < 20) {
+      EXPECT_THAT(n, StatusIs(absl::StatusCode::kNotFound)) << i;
+    } else {
+      ASSERT_TRUE(n.ok()) << n.status();
+      EXPECT_TRUE(out == chunks[i].encoded) << i;
+    }
+  }
+  EXPECT_EQ(tier->Stats().corrupt_chunks, 15u);
+  EXPECT_EQ(tier->Stats().chunks, 20u);
+  // Freed slots are reused.
+  for (uint64_t i = 0; i < 20; ++i) {
+    TestChunk c = MakeChunk(Key(100 + i), k64K);
+    ASSERT_OK(tier->Put(c.meta, c.encoded));
+    ExpectStored(*tier, c);
+  }
+  EXPECT_EQ(tier->Stats().evictions, 0u);
+}
+
+// ---- faults at run time -------------------------------------------------------------
+
+TEST(NvmeTier, InjectedWriteAndFlushErrorsFailThePut) {
+  TempDir dir;
+  FaultInjectionEnv env;
+  ASSERT_OK_AND_ASSIGN(auto tier, NvmeTier::Create(Options(dir.path(), {Class(k64K, 8)}, &env)));
+  TestChunk a = MakeChunk(Key(1), k64K);
+  env.AddIoFault(IoFault{IoOpcode::kWrite, "", 0, EIO, 0, 0, 1});
+  EXPECT_THAT(tier->Put(a.meta, a.encoded),
+              StatusIs(absl::StatusCode::kUnavailable,
+                       AllOf(HasSubstr("Input/output error"), HasSubstr(dir.volume()))));
+  EXPECT_FALSE(tier->CouldExist(kNs, Key(1)));
+  env.AddIoFault(IoFault{IoOpcode::kDataSync, "", 0, EIO, 0, 0, 1});
+  EXPECT_THAT(tier->Put(a.meta, a.encoded),
+              StatusIs(absl::StatusCode::kUnavailable, HasSubstr("fdatasync")));
+  env.AddIoFault(IoFault{IoOpcode::kWrite, "", 4096, ENOSPC, 0, 0, 1});
+  EXPECT_THAT(tier->Put(a.meta, a.encoded),
+              StatusIs(absl::StatusCode::kResourceExhausted, HasSubstr("No space left on device")));
+  EXPECT_EQ(env.faults_fired(), 3u);
+  NvmeTierStats d = tier->DetailedStats();
+  EXPECT_EQ(d.write_errors, 3u);
+  EXPECT_EQ(d.tier.chunks, 0u);
+  // Faults cleared: the same save works.
+  ASSERT_OK(tier->Put(a.meta, a.encoded));
+  ExpectStored(*tier, a);
+}
+
+TEST(NvmeTier, InjectedReadErrorIsAMissAndDropsTheChunk) {
+  TempDir dir;
+  FaultInjectionEnv env;
+  ASSERT_OK_AND_ASSIGN(auto tier, NvmeTier::Create(Options(dir.path(), {Class(k64K, 8)}, &env)));
+  TestChunk a = MakeChunk(Key(1), k64K);
+  ASSERT_OK(tier->Put(a.meta, a.encoded));
+  env.AddIoFault(IoFault{IoOpcode::kRead, "", 0, EIO, 0, 0, 1});
+  std::vector<std::byte> out(a.encoded.size());
+  EXPECT_THAT(tier->Get(kNs, Key(1), absl::MakeSpan(out)),
+              StatusIs(absl::StatusCode::kUnavailable, HasSubstr("Input/output error")));
+  EXPECT_EQ(tier->DetailedStats().read_errors, 1u);
+  EXPECT_FALSE(tier->Contains(kNs, Key(1)));
+}
+
+TEST(NvmeTier, TornWritesNeverBecomeVisible) {
+  TempDir dir;
+  FaultInjectionEnv env;
+  NvmeTierOptions o = Options(dir.path(), {Class(k256K, 8)}, &env);
+  o.write_snapshot = false;
+  TestChunk intact = MakeChunk(Key(1), k256K);
+  TestChunk torn_data = MakeChunk(Key(2), k256K);
+  TestChunk torn_commit = MakeChunk(Key(3), k256K);
+  {
+    ASSERT_OK_AND_ASSIGN(auto tier, NvmeTier::Create(o));
+    ASSERT_OK(tier->Put(intact.meta, intact.encoded));
+    // The data write reaches the disk only in part.
+    env.AddIoFault(IoFault{IoOpcode::kWrite, "", 0, EIO, 8192, 0, 1});
+    EXPECT_THAT(tier->Put(torn_data.meta, torn_data.encoded),
+                StatusIs(absl::StatusCode::kUnavailable));
+    // The commit record write (4 KiB) is torn after its first 512 bytes.
+    env.AddIoFault(IoFault{IoOpcode::kWrite, "", 4096, EIO, 512, 0, 1});
+    EXPECT_THAT(tier->Put(torn_commit.meta, torn_commit.encoded),
+                StatusIs(absl::StatusCode::kUnavailable));
+    EXPECT_EQ(env.faults_fired(), 2u);
+  }
+  ASSERT_OK_AND_ASSIGN(auto tier, NvmeTier::Create(o));
+  ExpectStored(*tier, intact);
+  EXPECT_FALSE(tier->Contains(kNs, Key(2)));
+  // The torn commit may have reached the disk whole (its record fits in the
+  // first 512 bytes); then the chunk must be intact.
+  if (tier->Contains(kNs, Key(3))) ExpectStored(*tier, torn_commit);
+  EXPECT_EQ(tier->Stats().corrupt_chunks, 0u);
+}
+
+// Power cut in the middle of a write storm: every write not covered by a
+// completed flush may be lost, sector by sector. Saves acknowledged before
+// the cut (and not evicted since) must be intact, removed chunks must stay
+// removed, and nothing visible may be damaged. With `evicting`, the storm
+// overflows the tier, so slots of evicted chunks are rewritten.
+void RunPowerLoss(uint64_t seed, bool evicting) {
+  SCOPED_TRACE(absl::StrCat("seed ", seed, evicting ? " evicting" : ""));
+  TempDir dir;
+  FaultInjectionEnv env;
+  NvmeTierOptions o =
+      Options(dir.path(),
+              evicting ? std::vector<NvmeSlotClass>{Class(k64K, 24), Class(k256K, 12)}
+                       : std::vector<NvmeSlotClass>{Class(k64K, 96), Class(k256K, 48)},
+              &env);
+  o.queue_depth = 8;
+  o.max_inflight_bytes = 4 << 20;
+  // Evicting: some slots are tombstoned ahead of need, others on demand.
+  if (evicting) o.clean_slots = 3;
+  std::vector<TestChunk> all;
+  std::set<uint64_t> removed;
+  std::set<uint64_t> must_survive;  // acknowledged and still resident at the cut
+  std::mutex mu;
+  std::condition_variable cv;
+  std::set<uint64_t> acked;
+  uint64_t finished = 0;
+  uint64_t submitted = 0;
+  std::atomic<bool> crashed{false};
+  {
+    ASSERT_OK_AND_ASSIGN(auto tier, NvmeTier::Create(o));
+    // Phase 1: durable chunks, half of them removed (their slots are reused
+    // below, after tombstones).
+    for (uint64_t i = 0; i < 20; ++i) {
+      all.push_back(MakeChunk(Key(i + 1), i % 3 == 0 ? k256K : k64K));
+      ASSERT_OK(tier->Put(all.back().meta, all.back().encoded));
+      acked.insert(i);
+    }
+    for (uint64_t i = 0; i < 20; i += 2) {
+      ASSERT_OK(tier->Remove(kNs, all[i].meta.key));
+      removed.insert(i);
+      acked.erase(i);
+    }
+    env.TrackUnsynced(true);
+    // Phase 2: a storm of async saves; the power fails after a random
+    // number of acknowledgements.
+    std::mt19937_64 rng(seed);
+    const uint64_t cut = 10 + rng() % 40;
+    const uint64_t storm = 100;
+    for (uint64_t i = 20; i < 20 + storm; ++i) {
+      all.push_back(MakeChunk(Key(i + 1), i % 3 == 0 ? k256K : k64K));
+    }
+    std::thread crasher([&] {
+      std::unique_lock<std::mutex> lock(mu);
+      cv.wait(lock, [&] { return acked.size() >= 10 + cut || finished == storm; });
+      env.Crash();
+      crashed = true;
+    });
+    for (uint64_t i = 20; i < 20 + storm && !crashed; ++i) {
+      for (;;) {
+        absl::Status s = tier->PutAsync(all[i].meta, all[i].encoded, [&, i](absl::Status st) {
+          std::lock_guard<std::mutex> lock(mu);
+          if (st.ok()) acked.insert(i);
+          ++finished;
+          cv.notify_all();
+        });
+        if (s.ok()) {
+          std::lock_guard<std::mutex> lock(mu);
+          ++submitted;
+          break;
+        }
+        // No room in flight, or every slot of the class busy: retry.
+        if (!absl::IsUnavailable(s) && !absl::IsResourceExhausted(s)) {
+          ADD_FAILURE() << s;
+          break;
+        }
+        std::this_thread::sleep_for(std::chrono::microseconds(200));
+      }
+    }
+    {
+      std::unique_lock<std::mutex> lock(mu);
+      cv.wait(lock, [&] { return finished == submitted; });
+      finished = storm;  // releases the crasher if the storm ended first
+      cv.notify_all();
+    }
+    crasher.join();
+    ASSERT_OK(tier->Flush());
+    for (uint64_t i : acked) {
+      if (tier->Contains(kNs, all[i].meta.key)) must_survive.insert(i);
+    }
+    if (evicting) {
+      EXPECT_GT(tier->Stats().evictions, 0u);
+    } else {
+      EXPECT_EQ(tier->Stats().evictions, 0u);
+    }
+    tier->Close().IgnoreError();
+  }
+  ASSERT_OK(env.DropUnsyncedWrites(seed, 0.5));
+  o.env = nullptr;
+  ASSERT_OK_AND_ASSIGN(auto tier, NvmeTier::Create(o));
+  EXPECT_EQ(tier->DetailedStats().open_source, "scan");
+  for (uint64_t i : must_survive) {
+    ASSERT_TRUE(tier->Contains(kNs, all[i].meta.key)) << "acknowledged chunk " << i << " lost";
+    ExpectStored(*tier, all[i]);
+  }
+  for (uint64_t i : removed) {
+    EXPECT_FALSE(tier->Contains(kNs, all[i].meta.key)) << "removed chunk " << i << " is back";
+  }
+  // Anything else present (unacknowledged, or evicted before its slot was
+  // rewritten) must be intact.
+  for (uint64_t i = 0; i < all.size(); ++i) {
+    if (must_survive.contains(i) || !tier->Contains(kNs, all[i].meta.key)) continue;
+    ExpectStored(*tier, all[i]);
+  }
+  EXPECT_EQ(tier->Stats().corrupt_chunks, 0u);
+}
+
+TEST(NvmeTier, PowerLossLosesNothingAcknowledged) {
+  for (uint64_t seed = 1; seed <= 5; ++seed) RunPowerLoss(seed, /*evicting=*/false);
+}
+
+TEST(NvmeTier, PowerLossWhileEvictingNeverExposesStaleSlots) {
+  for (uint64_t seed = 1; seed <= 5; ++seed) RunPowerLoss(seed, /*evicting=*/true);
+}
+
+// ---- eviction, pinning and backpressure ---------------------------------------------
+
+TEST(NvmeTier, EvictsChainTailsFirstInLruOrder) {
+  TempDir dir;
+  ASSERT_OK_AND_ASSIGN(auto tier, NvmeTier::Create(Options(dir.path(), {Class(k64K, 4)})));
+  // Chain 1 <- 2 <- 3 and a lone chunk 4.
+  TestChunk c1 = MakeChunk(Key(1), k64K);
+  TestChunk c2 = MakeChunk(Key(2), k64K, Key(1));
+  TestChunk c3 = MakeChunk(Key(3), k64K, Key(2));
+  TestChunk c4 = MakeChunk(Key(4), k64K);
+  for (const TestChunk* c : {&c1, &c2, &c3, &c4}) ASSERT_OK(tier->Put(c->meta, c->encoded));
+  // Reading 4 makes 3 the least recently used tail.
+  ExpectStored(*tier, c4);
+  TestChunk c5 = MakeChunk(Key(5), k64K);
+  ASSERT_OK(tier->Put(c5.meta, c5.encoded));
+  EXPECT_FALSE(tier->Contains(kNs, Key(3)));
+  // Now 2 is a tail and older than 4 and 5; 1 still has a child.
+  TestChunk c6 = MakeChunk(Key(6), k64K);
+  ASSERT_OK(tier->Put(c6.meta, c6.encoded));
+  EXPECT_FALSE(tier->Contains(kNs, Key(2)));
+  EXPECT_TRUE(tier->Contains(kNs, Key(1)));
+  TestChunk c7 = MakeChunk(Key(7), k64K);
+  ASSERT_OK(tier->Put(c7.meta, c7.encoded));
+  EXPECT_FALSE(tier->Contains(kNs, Key(1)));
+  EXPECT_TRUE(tier->Contains(kNs, Key(4)));
+  EXPECT_EQ(tier->Stats().evictions, 3u);
+}
+
+TEST(NvmeTier, CleanSlotsAreKeptReadyByEvictingEarly) {
+  TempDir dir;
+  NvmeTierOptions o = Options(dir.path(), {Class(k64K, 32)});
+  o.clean_slots = 4;
+  ASSERT_OK_AND_ASSIGN(auto tier, NvmeTier::Create(o));
+  std::vector<TestChunk> chunks;
+  for (uint64_t i = 0; i < 40; ++i) {
+    chunks.push_back(MakeChunk(Key(i + 1), k64K));
+    ASSERT_OK(tier->Put(chunks.back().meta, chunks.back().encoded));
+  }
+  ASSERT_OK(tier->Flush());
+  // Four slots stay free (tombstoned ahead of need); the newest 28 chunks
+  // are resident.
+  TierStats s = tier->Stats();
+  EXPECT_EQ(s.chunks, 28u);
+  EXPECT_EQ(s.evictions, 12u);
+  for (uint64_t i = 12; i < 40; ++i) ExpectStored(*tier, chunks[i]);
+  for (uint64_t i = 0; i < 12; ++i) EXPECT_FALSE(tier->Contains(kNs, chunks[i].meta.key));
+  EXPECT_GE(tier->DetailedStats().tombstones, 12u);
+}
+
+TEST(NvmeTier, AChildSavedBeforeItsParentStillProtectsIt) {
+  TempDir dir;
+  ASSERT_OK_AND_ASSIGN(auto tier, NvmeTier::Create(Options(dir.path(), {Class(k64K, 3)})));
+  // Demotion from DRAM sends tails first: the child arrives before its parent.
+  TestChunk child = MakeChunk(Key(2), k64K, Key(1));
+  TestChunk parent = MakeChunk(Key(1), k64K);
+  TestChunk other = MakeChunk(Key(3), k64K);
+  ASSERT_OK(tier->Put(child.meta, child.encoded));
+  ASSERT_OK(tier->Put(parent.meta, parent.encoded));
+  ASSERT_OK(tier->Put(other.meta, other.encoded));
+  // The parent is older than `other` but has a resident child, so the child
+  // (the oldest tail) goes first, then the parent.
+  TestChunk n1 = MakeChunk(Key(4), k64K);
+  ASSERT_OK(tier->Put(n1.meta, n1.encoded));
+  EXPECT_FALSE(tier->Contains(kNs, Key(2)));
+  EXPECT_TRUE(tier->Contains(kNs, Key(1)));
+  TestChunk n2 = MakeChunk(Key(5), k64K);
+  ASSERT_OK(tier->Put(n2.meta, n2.encoded));
+  EXPECT_FALSE(tier->Contains(kNs, Key(1)));
+  EXPECT_TRUE(tier->Contains(kNs, Key(3)));
+}
+
+TEST(NvmeTier, NothingEvictableIsResourceExhausted) {
+  TempDir dir;
+  FaultInjectionEnv env;
+  ASSERT_OK_AND_ASSIGN(auto tier, NvmeTier::Create(Options(dir.path(), {Class(k64K, 1)}, &env)));
+  TestChunk a = MakeChunk(Key(1), k64K);
+  TestChunk b = MakeChunk(Key(2), k64K);
+  env.Hold(IoOpcode::kWrite);
+  auto fa = tier->PutAsync(a.meta, a.encoded);  // owns the only slot, held
+  EXPECT_THAT(tier->PutAsync(b.meta, b.encoded).get(),
+              StatusIs(absl::StatusCode::kResourceExhausted, HasSubstr("evictable")));
+  EXPECT_EQ(tier->Stats().save_rejections, 1u);
+  env.ReleaseHeld();
+  ASSERT_OK(fa.get());
+  ASSERT_OK(tier->Put(b.meta, b.encoded));  // evicts a
+  EXPECT_FALSE(tier->Contains(kNs, Key(1)));
+  ExpectStored(*tier, b);
+}
+
+TEST(NvmeTier, AChunkBeingReadIsNeverReused) {
+  TempDir dir;
+  FaultInjectionEnv env;
+  ASSERT_OK_AND_ASSIGN(auto tier, NvmeTier::Create(Options(dir.path(), {Class(k64K, 1)}, &env)));
+  TestChunk a = MakeChunk(Key(1), k64K);
+  TestChunk b = MakeChunk(Key(2), k64K);
+  ASSERT_OK(tier->Put(a.meta, a.encoded));
+  env.Hold(IoOpcode::kRead);
+  std::vector<std::byte> out(a.encoded.size());
+  auto read = tier->GetAsync(kNs, Key(1), absl::MakeSpan(out));
+  EXPECT_EQ(tier->Stats().pinned_chunks, 1u);
+  EXPECT_THAT(tier->Put(b.meta, b.encoded), StatusIs(absl::StatusCode::kResourceExhausted));
+  env.ReleaseHeld();
+  ASSERT_OK_AND_ASSIGN(size_t n, read.get());
+  ASSERT_EQ(n, a.encoded.size());
+  EXPECT_TRUE(out == a.encoded);
+  ASSERT_OK(tier->Put(b.meta, b.encoded));
+  ExpectStored(*tier, b);
+}
+
+TEST(NvmeTier, RemoveWhileReadingKeepsTheReadIntact) {
+  TempDir dir;
+  FaultInjectionEnv env;
+  ASSERT_OK_AND_ASSIGN(auto tier, NvmeTier::Create(Options(dir.path(), {Class(k64K, 1)}, &env)));
+  TestChunk a = MakeChunk(Key(1), k64K);
+  TestChunk b = MakeChunk(Key(2), k64K);
+  ASSERT_OK(tier->Put(a.meta, a.encoded));
+  env.Hold(IoOpcode::kRead);
+  std::vector<std::byte> out(a.encoded.size());
+  auto read = tier->GetAsync(kNs, Key(1), absl::MakeSpan(out));
+  ASSERT_OK(tier->Remove(kNs, Key(1)));  // tombstone only: the data area is untouched
+  // The slot waits for its reader.
+  EXPECT_THAT(tier->Put(b.meta, b.encoded), StatusIs(absl::StatusCode::kResourceExhausted));
+  env.ReleaseHeld();
+  ASSERT_OK(read.get());
+  EXPECT_TRUE(out == a.encoded);
+  ASSERT_OK(tier->Put(b.meta, b.encoded));
+  ExpectStored(*tier, b);
+}
+
+TEST(NvmeTier, BackpressureAnswersUnavailable) {
+  TempDir dir;
+  FaultInjectionEnv env;
+  NvmeTierOptions o = Options(dir.path(), {Class(k64K, 8)}, &env);
+  const uint64_t per_put = 4096 + AlignUp(k64K + kChunkHeaderBytes, 4096);
+  o.max_inflight_bytes = 2 * per_put;
+  ASSERT_OK_AND_ASSIGN(auto tier, NvmeTier::Create(o));
+  std::vector<TestChunk> c;
+  for (uint64_t i = 0; i < 4; ++i) c.push_back(MakeChunk(Key(i + 1), k64K));
+  env.Hold(IoOpcode::kWrite);
+  std::atomic<int> done{0};
+  auto count = [&done](absl::Status s) {
+    EXPECT_TRUE(s.ok()) << s;
+    ++done;
+  };
+  ASSERT_OK(tier->PutAsync(c[0].meta, c[0].encoded, count));
+  ASSERT_OK(tier->PutAsync(c[1].meta, c[1].encoded, count));
+  EXPECT_THAT(tier->PutAsync(c[2].meta, c[2].encoded, count),
+              StatusIs(absl::StatusCode::kUnavailable, HasSubstr("in-flight")));
+  std::vector<std::byte> out(c[0].encoded.size());
+  EXPECT_EQ(tier->DetailedStats().busy_rejections, 1u);
+  EXPECT_EQ(tier->DetailedStats().inflight_bytes, 2 * per_put);
+  // The synchronous Put waits for room instead of failing.
+  std::thread sync_put([&] { EXPECT_OK(tier->Put(c[3].meta, c[3].encoded)); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  EXPECT_FALSE(tier->CouldExist(kNs, c[3].meta.key));
+  env.ReleaseHeld();
+  sync_put.join();
+  ASSERT_OK(tier->Flush());
+  ASSERT_OK(tier->PutAsync(c[2].meta, c[2].encoded).get());
+  for (const TestChunk& x : c) ExpectStored(*tier, x);
+  EXPECT_EQ(done.load(), 2);
+  EXPECT_EQ(tier->DetailedStats().inflight_bytes, 0u);
+}
+
+// ---- concurrency -------------------------------------------------------------------
+
+class NvmeConcurrency : public ::testing::TestWithParam<uint32_t> {};
+
+TEST_P(NvmeConcurrency, ManyThreadsByteForByte) {
+  TempDir dir;
+  constexpr int kThreads = 6;
+  constexpr int kPerThread = 24;
+  NvmeTierOptions o = Options(
+      dir.path(), {Class(k64K, kThreads * kPerThread), Class(k256K, kThreads * kPerThread)});
+  o.queue_depth = GetParam();
+  o.max_inflight_bytes = 8 << 20;
+  ASSERT_OK_AND_ASSIGN(auto tier, NvmeTier::Create(o));
+  std::vector<TestChunk> chunks;
+  for (int t = 0; t < kThreads; ++t) {
+    for (int i = 0; i < kPerThread; ++i) {
+      uint64_t id = static_cast<uint64_t>(t * 1000 + i + 1);
+      chunks.push_back(MakeChunk(Key(id), (i % 2) ? k256K : k64K));
+    }
+  }
+  std::atomic<int> failures{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      std::mt19937_64 rng(static_cast<uint64_t>(t));
+      // Save this thread's chunks (sync and async alternately).
+      std::vector<std::future<absl::Status>> futures;
+      for (int i = 0; i < kPerThread; ++i) {
+        const TestChunk& c = chunks[static_cast<size_t>(t * kPerThread + i)];
+        if (i % 2 == 0) {
+          if (!tier->Put(c.meta, c.encoded).ok()) ++failures;
+        } else {
+          for (;;) {
+            auto f = tier->PutAsync(c.meta, c.encoded);
+            if (f.wait_for(std::chrono::seconds(0)) == std::future_status::ready) {
+              absl::Status s = f.get();
+              if (absl::IsUnavailable(s)) {
+                std::this_thread::yield();
+                continue;
+              }
+              if (!s.ok()) ++failures;
+              break;
+            }
+            futures.push_back(std::move(f));
+            break;
+          }
+        }
+      }
+      for (auto& f : futures) {
+        if (!f.get().ok()) ++failures;
+      }
+      // Read random chunks of every thread; those not saved yet are misses.
+      for (int k = 0; k < 3 * kPerThread; ++k) {
+        const TestChunk& c = chunks[rng() % chunks.size()];
+        bool aligned = rng() % 2 == 0;
+        AlignedBuffer buf(AlignUp(c.encoded.size(), 4096) + 4096);
+        absl::Span<std::byte> out = aligned ? buf.span() : buf.span().subspan(24, c.encoded.size());
+        absl::StatusOr<size_t> n = tier->Get(kNs, c.meta.key, out);
+        if (absl::IsNotFound(n.status())) continue;
+        if (!n.ok() || *n != c.encoded.size() ||
+            std::memcmp(out.data(), c.encoded.data(), *n) != 0) {
+          ++failures;
+        }
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(failures.load(), 0);
+  for (const TestChunk& c : chunks) ExpectStored(*tier, c);
+  EXPECT_EQ(tier->Stats().corrupt_chunks, 0u);
+  EXPECT_EQ(tier->Stats().chunks, chunks.size());
+}
+
+INSTANTIATE_TEST_SUITE_P(QueueDepths, NvmeConcurrency, ::testing::Values(1u, 4u, 32u),
+                         [](const auto& info) { return absl::StrCat("qd", info.param); });
+
+// ---- block device -------------------------------------------------------------------
+
+TEST(NvmeTier, BlockDeviceNeedsFormatDeviceAndPersists) {
+  if (!IsRoot()) GTEST_SKIP() << "attaching a loop device needs root";
+  TempDir dir;
+  std::string image = dir.path() + "/dev.img";
+  ASSERT_TRUE(nvme_test::Run("truncate -s 16M " + image));
+  std::string out_file = dir.path() + "/loop";
+  if (!nvme_test::Run("losetup -f --show " + image + " > " + out_file + " 2>/dev/null")) {
+    GTEST_SKIP() << "no loop device available";
+  }
+  std::string device;
+  std::ifstream(out_file) >> device;
+  struct Detach {
+    std::string d;
+    ~Detach() { nvme_test::Run("losetup -d " + d); }
+  } detach{device};
+  NvmeTierOptions o = Options(device, {Class(k64K, 8), Class(k256K, 4)});
+  EXPECT_THAT(NvmeTier::Create(o), StatusIs(absl::StatusCode::kFailedPrecondition,
+                                            AllOf(HasSubstr(device), HasSubstr("format_device"))));
+  o.format_device = true;
+  std::vector<TestChunk> chunks;
+  {
+    ASSERT_OK_AND_ASSIGN(auto tier, NvmeTier::Create(o));
+    EXPECT_EQ(tier->DetailedStats().volume_path, device);
+    chunks = SaveChains(*tier, 2);
+  }
+  o.format_device = false;
+  ASSERT_OK_AND_ASSIGN(auto tier, NvmeTier::Create(o));
+  EXPECT_EQ(tier->DetailedStats().open_source, "snapshot");
+  ExpectAllStored(*tier, chunks);
+}
+
+// ---- SIGKILL during a write storm ---------------------------------------------------
+
+#ifndef KVTIER_NVME_CRASH_WRITER
+#error "KVTIER_NVME_CRASH_WRITER must name the nvme_crash_writer binary"
+#endif
+
+TEST(NvmeTier, SigkillDuringAWriteStormLosesNothingAcknowledged) {
+  TempDir dir;
+  std::map<uint64_t, std::set<uint64_t>> acked;    // round -> acknowledged saves
+  std::map<uint64_t, std::set<uint64_t>> removed;  // round -> acknowledged removals
+  std::mt19937_64 rng(7);
+  for (uint64_t round = 0; round < nvme_test::kCrashRounds; ++round) {
+    SCOPED_TRACE(absl::StrCat("round ", round));
+    int fds[2];
+    ASSERT_EQ(::pipe(fds), 0);
+    pid_t pid = ::fork();
+    ASSERT_GE(pid, 0);
+    if (pid == 0) {
+      ::dup2(fds[1], STDOUT_FILENO);
+      ::close(fds[0]);
+      ::close(fds[1]);
+      std::string r = std::to_string(round);
+      std::string n = std::to_string(nvme_test::kCrashChunksPerRound);
+      ::execl(KVTIER_NVME_CRASH_WRITER, "nvme_crash_writer", dir.path().c_str(), r.c_str(),
+              n.c_str(), static_cast<char*>(nullptr));
+      ::_exit(127);
+    }
+    ::close(fds[1]);
+    // Kill after a random number of acknowledgements, mid-storm.
+    const uint64_t kill_after = 30 + rng() % 170;
+    std::string pending;
+    uint64_t saves_seen = 0;
+    bool killed = false;
+    char buf[4096];
+    for (;;) {
+      ssize_t got = ::read(fds[0], buf, sizeof(buf));
+      if (got <= 0) break;
+      pending.append(buf, static_cast<size_t>(got));
+      size_t nl;
+      while ((nl = pending.find('\n')) != std::string::npos) {
+        std::istringstream line(pending.substr(0, nl));
+        pending.erase(0, nl + 1);
+        char kind;
+        uint64_t i;
+        line >> kind >> i;
+        if (kind == 'P') {
+          acked[round].insert(i);
+          ++saves_seen;
+        } else if (kind == 'r') {
+          acked[round].erase(i);  // being removed: may or may not be there
+        } else if (kind == 'R') {
+          removed[round].insert(i);
+        }
+      }
+      if (!killed && saves_seen >= kill_after) {
+        ::kill(pid, SIGKILL);
+        killed = true;
+      }
+    }
+    ::close(fds[0]);
+    int status = 0;
+    ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+    ASSERT_TRUE(killed || (WIFEXITED(status) && WEXITSTATUS(status) == 0))
+        << "writer failed with status " << status;
+    ASSERT_GT(acked[round].size(), 10u);
+
+    // Every acknowledged save of every round is there and byte-identical,
+    // every acknowledged removal stays removed, nothing visible is damaged.
+    ASSERT_OK_AND_ASSIGN(auto tier, NvmeTier::Create(nvme_test::CrashTestOptions(dir.path())));
+    // The writer never closes cleanly, and its open invalidated any snapshot.
+    EXPECT_EQ(tier->DetailedStats().open_source, "scan");
+    for (uint64_t r = 0; r <= round; ++r) {
+      for (uint64_t i : acked[r]) {
+        nvme_test::TestChunk c = nvme_test::CrashTestChunk(r, i);
+        ASSERT_TRUE(tier->Contains(kNs, c.meta.key)) << "round " << r << " chunk " << i;
+        ExpectStored(*tier, c);
+      }
+      for (uint64_t i : removed[r]) {
+        EXPECT_FALSE(tier->Contains(kNs, nvme_test::CrashTestKey(r, i))) << r << " " << i;
+      }
+      for (uint64_t i = 0; i < nvme_test::kCrashChunksPerRound; ++i) {
+        nvme_test::TestChunk c = nvme_test::CrashTestChunk(r, i);
+        if (acked[r].contains(i) || !tier->Contains(kNs, c.meta.key)) continue;
+        ExpectStored(*tier, c);
+      }
+    }
+    EXPECT_EQ(tier->Stats().corrupt_chunks, 0u);
+    // This Close writes a snapshot: the next writer opens from it.
+  }
+}
+
+}  // namespace
+}  // namespace kvtier
