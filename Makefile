@@ -25,8 +25,9 @@ build: configure
 run: build
 	@./scripts/run-main.sh $(BUILD_DIR)
 
+# The main job's workload through kvtierd, then exit.
 demo: build
-	@$(BUILD_DIR)/src/cli/kvtier demo
+	@./scripts/run-main.sh $(BUILD_DIR) --exit-after-demo
 
 test: build
 	@cd $(BUILD_DIR) && ctest --output-on-failure -j $(JOBS) $(CTEST_FLAGS)

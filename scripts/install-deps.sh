@@ -14,6 +14,7 @@ packages=(
   libgtest-dev libgmock-dev googletest libbenchmark-dev
   fio
   python3-matplotlib
+  libyaml-cpp-dev prometheus-cpp-dev libhiredis-dev redis-server redis-tools openssl
 )
 
 missing=()

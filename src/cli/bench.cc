@@ -19,6 +19,20 @@ const std::vector<BenchSuite>& BenchSuites() {
        "Then times Lookup of a --chain-chunk chain (median, p99).\n"
        "Targets: Save and Load >= 0.8x memcpy; Lookup <= 10 us.",
        RunDramBench},
+      {"daemon", "kvtierd Save/Load (shared memory, gRPC) beside memcpy and redis; Lookup",
+       "kvtier bench daemon [--json] [--chunk 1MiB] [--clients 2] [--batch 8]\n"
+       "                    [--seconds 1] [--reps 3] [--dram 1GiB] [--chain 64]\n"
+       "                    [--lookup-seconds 1] [--paths shm,grpc,tcp]\n"
+       "                    [--kvtierd PATH] [--redis-server PATH]\n\n"
+       "Starts kvtierd and redis-server (free loopback port, no persistence), then\n"
+       "saves and loads --chunk chunks, --batch per request, from --clients client\n"
+       "threads (one connection each): through the shared arena beside memcpy, and\n"
+       "over gRPC streaming (Unix socket and loopback TCP) beside redis SET/GET of\n"
+       "the same values with the same batching (pipelined). Prints the median of\n"
+       "--reps repetitions and of the per-repetition ratios, then Lookup latency\n"
+       "(p50, p99) and QPS over the Unix socket.\n"
+       "Targets: shared memory >= 0.7x memcpy; gRPC >= 1.0x redis.",
+       RunDaemonBench},
       {"gpu", "gather/scatter of engine KV blocks beside the PCIe ceiling (memcpy without a GPU)",
        "kvtier bench gpu [--json] [--device auto|cpu|cuda] [--chunks N] [--reps N]\n"
        "                 [--models llama3-8b,llama3-70b,llama3-70b-tp8]\n\n"
@@ -36,7 +50,8 @@ const std::vector<BenchSuite>& BenchSuites() {
       {"nvme", "NVMe tier Save/Load beside fio; reopen time with and without the snapshot",
        "kvtier bench nvme [--json] [--dir /var/tmp] [--sizes 256KiB,1MiB,4MiB] [--volume 256MiB]\n"
        "                  [--reps 3] [--qd 16] [--inflight BYTES] [--io-mode direct|buffered]\n"
-       "                  [--fio fio] [--no-dsync] [--reopen-chunks 100000] [--reopen-payload 4032]\n\n"
+       "                  [--fio fio] [--no-dsync] [--reopen-chunks 100000] [--reopen-payload "
+       "4032]\n\n"
        "In a temporary folder under --dir: per chunk size, fills a tier of --volume, then\n"
        "sequential and random Load and Save (saves evict, the steady state of a cache), each\n"
        "right after fio on the same pattern (io_uring, O_DIRECT, bs = chunk, iodepth --qd,\n"

@@ -37,6 +37,8 @@ double Percentile(std::vector<double> samples, double p);
 
 // Suites.
 int RunDramBench(Flags& flags);
+int RunDaemonBench(Flags& flags);
+int RunNvmeBench(Flags& flags);
 int RunGpuBench(Flags& flags);
 int RunNvmeBench(Flags& flags);
 int RunReplayBench(Flags& flags);

@@ -2,12 +2,14 @@
 
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <random>
 
 #include "absl/strings/str_cat.h"
 #include "kvtier/cache.h"
+#include "kvtier/client.h"
 #include "kvtier/namespace.h"
 #include "src/cli/flags.h"
 #include "src/cli/report.h"
@@ -17,7 +19,8 @@ namespace {
 
 constexpr const char* kHelp =
     "usage: kvtier demo [--conversations 8] [--turns 6] [--system-tokens 1024]\n"
-    "                   [--dram 256MiB] [--seed 1] [--quiet] [--json]\n\n"
+    "                   [--dram 256MiB] [--seed 1] [--quiet] [--json]\n"
+    "                   [--socket PATH [--token TOKEN]]\n\n"
     "Runs a multi-turn chat workload through the embedded cache. Every\n"
     "conversation shares one system prompt, and each turn's prompt is the whole\n"
     "conversation so far plus a new user message, so later turns find their\n"
@@ -25,7 +28,10 @@ constexpr const char* kHelp =
     "loads the cached chunks (checking every byte against the KV that prefill\n"
     "would have produced), 'prefills' the rest and saves it. It prints one line\n"
     "per request and a summary: lookups, prefix hits, prefill tokens saved and\n"
-    "bytes per tier. Exits 1 if any loaded byte is wrong.";
+    "bytes per tier. Exits 1 if any loaded byte is wrong.\n\n"
+    "With --socket the same workload runs against kvtierd through kvtier::Client\n"
+    "(OpenCache in daemon mode; --token or $KVTIER_TOKEN when the daemon has\n"
+    "tokens); --dram is then the daemon's business.";
 
 // Stand-in for prefill: the KV of a chunk is a pure function of its key (which
 // names its whole prefix), so a loaded chunk can be checked byte for byte.
@@ -60,6 +66,9 @@ int RunDemo(const std::vector<std::string>& args) {
   const int64_t seed = flags.Int("seed", 1);
   const bool quiet = flags.Bool("quiet");
   const bool json = flags.Bool("json");
+  const std::string socket = flags.String("socket", "");
+  const char* env_token = std::getenv("KVTIER_TOKEN");
+  const std::string token = flags.String("token", env_token != nullptr ? env_token : "");
   if (absl::Status s = flags.Finish(); !s.ok()) {
     std::fprintf(stderr, "kvtier demo: %s\n", std::string(s.message()).c_str());
     return 2;
@@ -80,9 +89,14 @@ int RunDemo(const std::vector<std::string>& args) {
     std::fprintf(stderr, "kvtier demo: %s\n", ns.status().ToString().c_str());
     return 1;
   }
-  CacheOptions co;
-  co.dram_capacity_bytes = dram;
-  absl::StatusOr<std::unique_ptr<Cache>> cache = Cache::Create(co);
+  CacheConfig cc;
+  cc.embedded.dram_capacity_bytes = dram;
+  if (!socket.empty()) {
+    cc.mode = "daemon";
+    cc.daemon.socket_path = socket;
+    cc.daemon.token = token;
+  }
+  absl::StatusOr<std::unique_ptr<Cache>> cache = OpenCache(cc);
   if (!cache.ok()) {
     std::fprintf(stderr, "kvtier demo: %s\n", cache.status().ToString().c_str());
     return 1;
@@ -101,10 +115,12 @@ int RunDemo(const std::vector<std::string>& args) {
   if (!quiet && !json) {
     std::printf(
         "kvtier demo: %lld conversations x %lld turns, shared system prompt of %lld "
-        "tokens, %s per chunk of %u tokens, DRAM %s\n\n",
+        "tokens, %s per chunk of %u tokens, %s\n\n",
         static_cast<long long>(conversations), static_cast<long long>(turns),
         static_cast<long long>(system_tokens), HumanBytes(ns->FullChunkPayloadBytes()).c_str(),
-        ns->tokens_per_chunk(), HumanBytes(dram).c_str());
+        ns->tokens_per_chunk(),
+        socket.empty() ? absl::StrCat("DRAM ", HumanBytes(dram)).c_str()
+                       : absl::StrCat("kvtierd at ", socket).c_str());
     std::printf("%-5s %-4s %8s %8s %7s %9s\n", "conv", "turn", "prompt", "cached", "hit",
                 "load ms");
   }

@@ -7,7 +7,9 @@
 #include <string>
 #include <vector>
 
+#include "absl/synchronization/mutex.h"
 #include "src/cli/bench.h"
+#include "src/cli/commands.h"
 #include "src/cli/demo.h"
 
 namespace {
@@ -19,6 +21,11 @@ void PrintUsage() {
       "  demo     run the embedded cache over a multi-turn chat workload and show\n"
       "           prefix reuse (lookups, hits, prefill tokens saved, bytes per tier)\n"
       "  bench    run a benchmark suite beside its reference (kvtier bench --help)\n"
+      "  stats    kvtierd's health and per-tier statistics\n"
+      "  lookup   how many leading chunks of a chain kvtierd holds, and where\n"
+      "  put      store a file in kvtierd (kvtier put FILE)\n"
+      "  get      read a stored file back (kvtier get NAME OUT)\n"
+      "  evict    remove chunks from kvtierd (admin token)\n"
       "  version  print the version\n\n"
       "`kvtier COMMAND --help` describes a command's flags.\n");
 }
@@ -26,6 +33,8 @@ void PrintUsage() {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // As kvtierd: no lock-order cycle checks on every Mutex acquisition.
+  absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
   std::vector<std::string> args(argv + 1, argv + argc);
   if (args.empty() || args[0] == "--help" || args[0] == "-h" || args[0] == "help") {
     PrintUsage();
@@ -35,6 +44,11 @@ int main(int argc, char** argv) {
   std::vector<std::string> rest(args.begin() + 1, args.end());
   if (cmd == "demo") return kvtier::cli::RunDemo(rest);
   if (cmd == "bench") return kvtier::cli::RunBench(rest);
+  if (cmd == "stats") return kvtier::cli::RunStats(rest);
+  if (cmd == "lookup") return kvtier::cli::RunLookup(rest);
+  if (cmd == "put") return kvtier::cli::RunPut(rest);
+  if (cmd == "get") return kvtier::cli::RunGet(rest);
+  if (cmd == "evict") return kvtier::cli::RunEvict(rest);
   if (cmd == "version" || cmd == "--version") {
     std::printf("kvtier %s\n", KVTIER_VERSION);
     return 0;

@@ -128,6 +128,14 @@ absl::Status EmbeddedCache::Save(const Namespace& ns, const ChunkRef& chunk,
   return dram_->SavePayload(meta, payload);
 }
 
+absl::StatusOr<DramTier::SlotReservation> EmbeddedCache::ReserveSlot(const Namespace& ns,
+                                                                     const ChunkRef& chunk) {
+  const size_t payload_bytes = ns.PayloadBytes(chunk.num_tokens);
+  KVTIER_RETURN_IF_ERROR(ValidateChunk(ns, chunk, payload_bytes));
+  ChunkMeta meta{ns.id(), chunk.key, chunk.parent, ns.layout_signature(), chunk.num_tokens};
+  return dram_->ReserveSlot(meta, payload_bytes);
+}
+
 absl::StatusOr<size_t> EmbeddedCache::Load(const Namespace& ns, const BlockKey& key,
                                            absl::Span<std::byte> out) {
   return dram_->LoadPayload(ns.id(), key, ns.layout_signature(), out);

@@ -31,6 +31,14 @@ class EmbeddedCache final : public Cache {
 
   DramTier& dram() { return *dram_; }
 
+  // In-place saves, for kvtierd's local clients that write the shared arena
+  // (dram().arena()) themselves: checks `chunk` as Save does, then reserves a
+  // DRAM slot for its payload (DramTier::ReserveSlot). CommitSlot makes the
+  // written chunk visible; AbortSlot gives the slot back.
+  absl::StatusOr<DramTier::SlotReservation> ReserveSlot(const Namespace& ns, const ChunkRef& chunk);
+  absl::Status CommitSlot(uint64_t handle) { return dram_->CommitSlot(handle); }
+  void AbortSlot(uint64_t handle) { dram_->AbortSlot(handle); }
+
  private:
   explicit EmbeddedCache(std::unique_ptr<DramTier> dram) : dram_(std::move(dram)) {}
 

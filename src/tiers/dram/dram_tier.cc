@@ -370,6 +370,68 @@ absl::Status DramTier::SavePayload(const ChunkMeta& meta, absl::Span<const std::
   return absl::OkStatus();
 }
 
+absl::StatusOr<DramTier::SlotReservation> DramTier::ReserveSlot(const ChunkMeta& meta,
+                                                                uint64_t payload_bytes) {
+  if (meta.key.IsZero()) return absl::InvalidArgumentError("key: must not be zero");
+  bool present = false;
+  KVTIER_ASSIGN_OR_RETURN(Reservation r,
+                          Reserve(meta, kChunkHeaderBytes + payload_bytes, &present));
+  SlotReservation s;
+  if (present) {
+    s.already_present = true;
+    return s;
+  }
+  s.handle = (uint64_t{r.generation} << 32) | r.id;
+  s.payload_offset = static_cast<uint64_t>(r.data - arena_->base()) + kChunkHeaderBytes;
+  s.payload_bytes = payload_bytes;
+  return s;
+}
+
+absl::StatusOr<DramTier::Reservation> DramTier::OutstandingReservation(uint64_t handle) {
+  const EntryId id = static_cast<EntryId>(handle & 0xFFFFFFFFu);
+  const uint32_t generation = static_cast<uint32_t>(handle >> 32);
+  absl::MutexLock lock(&mu_);
+  if (id >= entries_.size() || entries_[id].generation != generation ||
+      entries_[id].state != State::kWriting) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("handle: ", handle, " names no outstanding slot reservation"));
+  }
+  return Reservation{id, entries_[id].data, generation};
+}
+
+absl::Status DramTier::CommitSlot(uint64_t handle) {
+  KVTIER_ASSIGN_OR_RETURN(Reservation r, OutstandingReservation(handle));
+  ChunkHeader h;
+  uint64_t encoded;
+  {
+    absl::MutexLock lock(&mu_);
+    const Entry& e = entries_[r.id];
+    h.namespace_id = e.meta.namespace_id;
+    h.key = e.meta.key;
+    h.layout_signature = e.meta.layout_signature;
+    h.num_tokens = e.meta.num_tokens;
+    encoded = e.encoded_bytes;
+  }
+  // The slot is pinned in kWriting state: it belongs to this caller alone.
+  h.checksum_type = options_.checksum;
+  h.payload_length = encoded - kChunkHeaderBytes;
+  h.sealed = options_.seal_on_save;
+  if (h.sealed) {
+    h.payload_checksum =
+        PayloadChecksum(h.checksum_type, {r.data + kChunkHeaderBytes, h.payload_length});
+  }
+  EncodeChunkHeader(h, r.data);
+  Commit(r, true);
+  saves_.fetch_add(1, std::memory_order_relaxed);
+  bytes_written_.fetch_add(h.payload_length, std::memory_order_relaxed);
+  return absl::OkStatus();
+}
+
+void DramTier::AbortSlot(uint64_t handle) {
+  absl::StatusOr<Reservation> r = OutstandingReservation(handle);
+  if (r.ok()) Commit(*r, false);
+}
+
 absl::Status DramTier::Put(const ChunkMeta& meta, absl::Span<const std::byte> encoded) {
   KVTIER_ASSIGN_OR_RETURN(ChunkHeader h, DecodeChunkHeader(encoded));
   if (h.namespace_id != meta.namespace_id || h.key != meta.key ||
@@ -518,6 +580,8 @@ absl::StatusOr<ChunkPin> DramTier::PinChunk(uint64_t namespace_id, const BlockKe
   absl::MutexLock lock(&mu_);
   const Entry& e = entries_[id];
   uint64_t handle = (uint64_t{e.generation} << 32) | id;
+  // The payload is handed out for reading: it counts as served.
+  bytes_read_.fetch_add(e.encoded_bytes - kChunkHeaderBytes, std::memory_order_relaxed);
   return ChunkPin(this, handle, {e.data + kChunkHeaderBytes, e.encoded_bytes - kChunkHeaderBytes},
                   e.meta.num_tokens);
 }

@@ -93,8 +93,37 @@ class DramTier final : public StorageTier, public ChunkPin::Releaser {
   absl::StatusOr<size_t> LoadPayload(uint64_t namespace_id, const BlockKey& key,
                                      uint64_t layout_signature, absl::Span<std::byte> out);
 
-  // Pins a resident chunk and returns a view of its payload.
+  // Pins a resident chunk and returns a view of its payload (counted in
+  // bytes_read: the payload is served in place).
   absl::StatusOr<ChunkPin> PinChunk(uint64_t namespace_id, const BlockKey& key);
+
+  // ---- in-place writes (kvtierd's local clients fill slots themselves) ----
+
+  // A slot reserved for one chunk. The holder writes exactly `payload_bytes`
+  // payload bytes at arena offset `payload_offset` (the header before it is
+  // the tier's), then calls CommitSlot, or AbortSlot to give it back.
+  struct SlotReservation {
+    uint64_t handle = 0;           // for CommitSlot / AbortSlot
+    uint64_t payload_offset = 0;   // arena offset of the payload's first byte
+    uint64_t payload_bytes = 0;    // bytes to write there
+    bool already_present = false;  // key resident or being written: nothing reserved
+  };
+
+  // Reserves a slot (evicting as SavePayload does). The reserved entry is
+  // pinned and invisible to readers until CommitSlot.
+  // ResourceExhausted when nothing can be evicted; InvalidArgument for a zero
+  // key or a chunk larger than a slab.
+  absl::StatusOr<SlotReservation> ReserveSlot(const ChunkMeta& meta, uint64_t payload_bytes);
+
+  // Writes the header of a reserved slot (sealed when options.seal_on_save)
+  // and makes the chunk visible. FailedPrecondition when `handle` names no
+  // outstanding reservation.
+  // REQUIRES: each handle is committed or aborted once, by one thread.
+  absl::Status CommitSlot(uint64_t handle);
+
+  // Frees a reserved slot unwritten; a stale handle is ignored.
+  // REQUIRES: as CommitSlot.
+  void AbortSlot(uint64_t handle);
 
   // Number of leading keys of `chain` resident in `namespace_id`.
   size_t MatchPrefix(uint64_t namespace_id, absl::Span<const BlockKey> chain) const;
@@ -185,6 +214,9 @@ class DramTier final : public StorageTier, public ChunkPin::Releaser {
                                       bool* already_present) ABSL_LOCKS_EXCLUDED(mu_);
   // Makes a reserved entry visible (or frees it when `ok` is false).
   void Commit(const Reservation& r, bool ok) ABSL_LOCKS_EXCLUDED(mu_);
+  // The reservation behind a ReserveSlot handle; FailedPrecondition when it
+  // is not an outstanding one.
+  absl::StatusOr<Reservation> OutstandingReservation(uint64_t handle) ABSL_LOCKS_EXCLUDED(mu_);
 
   absl::StatusOr<uint32_t> ClassFor(uint64_t encoded_bytes) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   bool TryAllocate(uint32_t cls, uint32_t* slab, uint32_t* slot) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

@@ -1,0 +1,697 @@
+#include "src/server/config.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cmath>
+#include <cstdlib>
+#include <fstream>
+#include <optional>
+#include <set>
+#include <sstream>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "src/common/status_macros.h"
+#include "yaml-cpp/yaml.h"
+
+extern char** environ;
+
+namespace kvtier::server {
+namespace {
+
+constexpr uint64_t kDefaultSlab = 64ull << 20;
+constexpr uint64_t kMaxDefaultDram = 16ull << 30;
+constexpr size_t kMaxSocketPath = 107;  // sizeof(sockaddr_un::sun_path) - 1
+constexpr size_t kMinTokenLength = 16;
+
+absl::Status Invalid(const std::string& field, const std::string& what) {
+  return absl::InvalidArgumentError(absl::StrCat(field, ": ", what));
+}
+
+std::string Join(const std::string& prefix, const std::string& key) {
+  return prefix.empty() ? key : absl::StrCat(prefix, ".", key);
+}
+
+absl::StatusOr<std::string> ReadSmallFile(const std::string& path, const std::string& field) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return Invalid(field, absl::StrCat("cannot read '", path, "'"));
+  std::stringstream ss;
+  ss << in.rdbuf();
+  std::string text = ss.str();
+  if (text.size() > (1 << 20)) return Invalid(field, absl::StrCat("'", path, "' is over 1 MiB"));
+  return text;
+}
+
+absl::StatusOr<bool> ParseBool(const std::string& text, const std::string& field) {
+  std::string t = absl::AsciiStrToLower(text);
+  if (t == "true" || t == "1" || t == "yes" || t == "on") return true;
+  if (t == "false" || t == "0" || t == "no" || t == "off") return false;
+  return Invalid(field, absl::StrCat("'", text, "' is not a boolean (true or false)"));
+}
+
+absl::StatusOr<uint32_t> ParseU32(const std::string& text, const std::string& field, uint32_t lo,
+                                  uint32_t hi) {
+  uint64_t v = 0;
+  if (!absl::SimpleAtoi(text, &v)) {
+    return Invalid(field, absl::StrCat("'", text, "' is not a non-negative integer"));
+  }
+  if (v < lo || v > hi) return Invalid(field, absl::StrCat(v, " is outside [", lo, ", ", hi, "]"));
+  return static_cast<uint32_t>(v);
+}
+
+absl::StatusOr<uint32_t> ParseMode(const std::string& text, const std::string& field) {
+  if (text.empty() || text.size() > 4 ||
+      !std::all_of(text.begin(), text.end(), [](char c) { return c >= '0' && c <= '7'; })) {
+    return Invalid(field, absl::StrCat("'", text, "' is not an octal mode such as \"0660\""));
+  }
+  return static_cast<uint32_t>(std::strtoul(text.c_str(), nullptr, 8));
+}
+
+// "host:port" with a numeric port in [0, 65535] (0: any free port);
+// "[v6]:port" for IPv6.
+absl::Status CheckHostPort(const std::string& text, const std::string& field) {
+  const size_t colon = text.rfind(':');
+  if (colon == std::string::npos || colon == 0) {
+    return Invalid(field, absl::StrCat("'", text, "' is not host:port"));
+  }
+  uint32_t port = 0;
+  if (!absl::SimpleAtoi(text.substr(colon + 1), &port) || port > 65535) {
+    return Invalid(field, absl::StrCat("'", text, "': the port must be in [0, 65535]"));
+  }
+  return absl::OkStatus();
+}
+
+std::string HostOf(const std::string& host_port) {
+  std::string host = host_port.substr(0, host_port.rfind(':'));
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') {
+    host = host.substr(1, host.size() - 2);
+  }
+  return host;
+}
+
+bool IsLoopbackHost(const std::string& host) {
+  return host == "localhost" || host == "::1" || absl::StartsWith(host, "127.");
+}
+
+// ---- YAML -------------------------------------------------------------------
+
+class Yaml {
+ public:
+  // Errors for keys of `node` outside `allowed`.
+  static absl::Status CheckKeys(const YAML::Node& node, const std::string& path,
+                                const std::set<std::string>& allowed) {
+    if (!node.IsMap()) return Invalid(path.empty() ? "(top level)" : path, "must be a mapping");
+    for (const auto& kv : node) {
+      std::string key = kv.first.Scalar();
+      if (!allowed.contains(key)) {
+        return Invalid(Join(path, key),
+                       absl::StrCat("unknown key (known: ", absl::StrJoin(allowed, ", "), ")"));
+      }
+    }
+    return absl::OkStatus();
+  }
+
+  static absl::StatusOr<std::string> Scalar(const YAML::Node& n, const std::string& path) {
+    if (!n.IsScalar()) return Invalid(path, "must be a single value");
+    return n.Scalar();
+  }
+
+  static absl::StatusOr<std::vector<std::string>> StringList(const YAML::Node& n,
+                                                             const std::string& path) {
+    if (n.IsNull()) return std::vector<std::string>{};
+    if (!n.IsSequence()) return Invalid(path, "must be a list");
+    std::vector<std::string> out;
+    for (size_t i = 0; i < n.size(); ++i) {
+      KVTIER_ASSIGN_OR_RETURN(std::string v, Scalar(n[i], absl::StrCat(path, "[", i, "]")));
+      out.push_back(std::move(v));
+    }
+    return out;
+  }
+};
+
+// Applies one scalar setting by its canonical name (the YAML path); shared by
+// the file, the environment and the flags so they parse values the same way.
+absl::Status ApplySetting(const std::string& name, const std::string& value,
+                          const std::string& field, DaemonConfig& c) {
+  if (name == "data_dir") {
+    c.data_dir = value;
+  } else if (name == "listen.unix_socket") {
+    c.unix_socket = value;
+  } else if (name == "listen.unix_socket_mode") {
+    KVTIER_ASSIGN_OR_RETURN(c.unix_socket_mode, ParseMode(value, field));
+  } else if (name == "listen.shared_memory") {
+    KVTIER_ASSIGN_OR_RETURN(c.shared_memory, ParseBool(value, field));
+  } else if (name == "listen.tcp") {
+    c.tcp = value;
+  } else if (name == "listen.allow_insecure_tcp") {
+    KVTIER_ASSIGN_OR_RETURN(c.allow_insecure_tcp, ParseBool(value, field));
+  } else if (name == "listen.http") {
+    c.http = value;
+  } else if (name == "tls.cert_file") {
+    c.tls.cert_file = value;
+  } else if (name == "tls.key_file") {
+    c.tls.key_file = value;
+  } else if (name == "tls.client_ca_file") {
+    c.tls.client_ca_file = value;
+  } else if (name == "tls.require_client_cert") {
+    KVTIER_ASSIGN_OR_RETURN(c.tls.require_client_cert, ParseBool(value, field));
+  } else if (name == "dram.capacity") {
+    KVTIER_ASSIGN_OR_RETURN(c.dram.dram_capacity_bytes, ParseByteSize(value, field));
+  } else if (name == "dram.slab") {
+    KVTIER_ASSIGN_OR_RETURN(c.dram.slab_bytes, ParseByteSize(value, field));
+  } else if (name == "dram.index_shards") {
+    KVTIER_ASSIGN_OR_RETURN(c.dram.index_shards, ParseU32(value, field, 1, 4096));
+  } else if (name == "dram.huge_pages") {
+    KVTIER_ASSIGN_OR_RETURN(c.dram.huge_pages, ParseBool(value, field));
+  } else if (name == "dram.prefault") {
+    KVTIER_ASSIGN_OR_RETURN(c.dram.prefault, ParseBool(value, field));
+  } else if (name == "dram.eviction_policy") {
+    c.dram.eviction_policy = value;
+  } else if (name == "auth.admin_token") {
+    c.admin_token = value;
+  } else if (name == "auth.admin_token_file") {
+    KVTIER_ASSIGN_OR_RETURN(std::string t, ReadSmallFile(value, field));
+    c.admin_token = std::string(absl::StripAsciiWhitespace(t));
+  } else if (name == "limits.max_keys_per_request") {
+    KVTIER_ASSIGN_OR_RETURN(c.max_keys_per_request, ParseU32(value, field, 1, 1u << 20));
+  } else if (name == "limits.max_tokens_per_request") {
+    KVTIER_ASSIGN_OR_RETURN(c.max_tokens_per_request, ParseU32(value, field, 1, 1u << 26));
+  } else if (name == "limits.max_message_bytes") {
+    KVTIER_ASSIGN_OR_RETURN(c.max_message_bytes, ParseByteSize(value, field));
+  } else if (name == "limits.max_grpc_message_bytes") {
+    KVTIER_ASSIGN_OR_RETURN(c.max_grpc_message_bytes, ParseByteSize(value, field));
+  } else if (name == "limits.lease_seconds") {
+    KVTIER_ASSIGN_OR_RETURN(c.lease_seconds, ParseU32(value, field, 1, 86400));
+  } else if (name == "limits.max_leases") {
+    KVTIER_ASSIGN_OR_RETURN(c.max_leases, ParseU32(value, field, 1, 1u << 24));
+  } else if (name == "shutdown.drain_seconds") {
+    KVTIER_ASSIGN_OR_RETURN(c.drain_seconds, ParseU32(value, field, 0, 3600));
+  } else if (name == "log.level") {
+    c.log_level = value;
+  } else {
+    return Invalid(field, "unknown setting");
+  }
+  return absl::OkStatus();
+}
+
+// Scalar keys of each YAML section.
+const std::map<std::string, std::set<std::string>>& SectionKeys() {
+  static const auto* keys = new std::map<std::string, std::set<std::string>>{
+      {"listen",
+       {"unix_socket", "unix_socket_mode", "shared_memory", "tcp", "allow_insecure_tcp", "http"}},
+      {"tls", {"cert_file", "key_file", "client_ca_file", "require_client_cert"}},
+      {"dram", {"capacity", "slab", "index_shards", "huge_pages", "prefault", "eviction_policy"}},
+      {"auth", {"admin_token", "admin_token_file", "tenants"}},
+      {"limits",
+       {"max_keys_per_request", "max_tokens_per_request", "max_message_bytes",
+        "max_grpc_message_bytes", "lease_seconds", "max_leases"}},
+      {"shutdown", {"drain_seconds"}},
+      {"log", {"level"}},
+  };
+  return *keys;
+}
+
+absl::Status ApplyTenants(const YAML::Node& list, DaemonConfig& c) {
+  const std::string path = "auth.tenants";
+  if (list.IsNull()) return absl::OkStatus();
+  if (!list.IsSequence()) return Invalid(path, "must be a list");
+  c.tenants.clear();
+  for (size_t i = 0; i < list.size(); ++i) {
+    const std::string p = absl::StrCat(path, "[", i, "]");
+    const YAML::Node& n = list[i];
+    KVTIER_RETURN_IF_ERROR(Yaml::CheckKeys(
+        n, p, {"name", "token", "token_file", "cache_salts", "model_ids", "shared_memory"}));
+    TenantConfig t;
+    if (n["name"]) {
+      KVTIER_ASSIGN_OR_RETURN(t.name, Yaml::Scalar(n["name"], Join(p, "name")));
+    }
+    if (n["token"] && n["token_file"]) {
+      return Invalid(Join(p, "token_file"), "set either token or token_file, not both");
+    }
+    if (n["token"]) {
+      KVTIER_ASSIGN_OR_RETURN(t.token, Yaml::Scalar(n["token"], Join(p, "token")));
+    }
+    if (n["token_file"]) {
+      KVTIER_ASSIGN_OR_RETURN(std::string file,
+                              Yaml::Scalar(n["token_file"], Join(p, "token_file")));
+      KVTIER_ASSIGN_OR_RETURN(std::string text, ReadSmallFile(file, Join(p, "token_file")));
+      t.token = std::string(absl::StripAsciiWhitespace(text));
+    }
+    if (n["cache_salts"]) {
+      KVTIER_ASSIGN_OR_RETURN(t.cache_salts,
+                              Yaml::StringList(n["cache_salts"], Join(p, "cache_salts")));
+    }
+    if (n["model_ids"]) {
+      KVTIER_ASSIGN_OR_RETURN(t.model_ids, Yaml::StringList(n["model_ids"], Join(p, "model_ids")));
+    }
+    if (n["shared_memory"]) {
+      KVTIER_ASSIGN_OR_RETURN(std::string v,
+                              Yaml::Scalar(n["shared_memory"], Join(p, "shared_memory")));
+      KVTIER_ASSIGN_OR_RETURN(t.shared_memory, ParseBool(v, Join(p, "shared_memory")));
+    }
+    c.tenants.push_back(std::move(t));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ApplyYamlNode(const YAML::Node& root, DaemonConfig& c) {
+  if (root.IsNull()) return absl::OkStatus();  // an empty file
+  std::set<std::string> top{"data_dir"};
+  for (const auto& [section, keys] : SectionKeys()) top.insert(section);
+  KVTIER_RETURN_IF_ERROR(Yaml::CheckKeys(root, "", top));
+  if (root["data_dir"]) {
+    KVTIER_ASSIGN_OR_RETURN(std::string v, Yaml::Scalar(root["data_dir"], "data_dir"));
+    KVTIER_RETURN_IF_ERROR(ApplySetting("data_dir", v, "data_dir", c));
+  }
+  for (const auto& [section, keys] : SectionKeys()) {
+    const YAML::Node node = root[section];
+    if (!node || node.IsNull()) continue;
+    KVTIER_RETURN_IF_ERROR(Yaml::CheckKeys(node, section, keys));
+    for (const std::string& key : keys) {
+      const YAML::Node v = node[key];
+      if (!v) continue;
+      const std::string path = Join(section, key);
+      if (path == "auth.tenants") {
+        KVTIER_RETURN_IF_ERROR(ApplyTenants(v, c));
+        continue;
+      }
+      KVTIER_ASSIGN_OR_RETURN(std::string text, Yaml::Scalar(v, path));
+      KVTIER_RETURN_IF_ERROR(ApplySetting(path, text, path, c));
+    }
+  }
+  if (root["auth"] && root["auth"]["admin_token"] && root["auth"]["admin_token_file"]) {
+    return Invalid("auth.admin_token_file", "set either admin_token or admin_token_file");
+  }
+  return absl::OkStatus();
+}
+
+// ---- flags ------------------------------------------------------------------
+
+struct FlagSpec {
+  const char* flag;
+  const char* setting;  // canonical name for ApplySetting; nullptr for special flags
+  bool takes_value;
+  const char* help;
+};
+
+const std::vector<FlagSpec>& FlagSpecs() {
+  static const auto* specs = new std::vector<FlagSpec>{
+      {"config", nullptr, true, "YAML configuration file (also $KVTIER_CONFIG)"},
+      {"check-config", nullptr, false, "validate the configuration, print it (redacted), exit"},
+      {"data-dir", "data_dir", true, "state directory; the default socket lives in it"},
+      {"socket", "listen.unix_socket", true, "gRPC Unix socket path"},
+      {"socket-mode", "listen.unix_socket_mode", true, "socket permission bits (octal, 0660)"},
+      {"shared-memory", "listen.shared_memory", true, "serve the arena fd to local clients"},
+      {"tcp", "listen.tcp", true, "host:port for gRPC over TCP (off by default)"},
+      {"http", "listen.http", true, "host:port for /metrics /healthz /readyz; '' = off"},
+      {"tls-cert", "tls.cert_file", true, "PEM server certificate (enables TLS on TCP)"},
+      {"tls-key", "tls.key_file", true, "PEM server private key"},
+      {"tls-client-ca", "tls.client_ca_file", true, "PEM CA for client certificates"},
+      {"require-client-cert", "tls.require_client_cert", true, "mTLS: true or false"},
+      {"dram", "dram.capacity", true, "DRAM tier size (e.g. 8GiB; default RAM/4, <= 16GiB)"},
+      {"slab", "dram.slab", true, "DRAM slab size (default 64MiB)"},
+      {"huge-pages", "dram.huge_pages", true, "back the arena with huge pages: true/false"},
+      {"prefault", "dram.prefault", true, "touch every arena page at start: true/false"},
+      {"admin-token-file", "auth.admin_token_file", true, "file holding the admin token"},
+      {"lease-seconds", "limits.lease_seconds", true, "life of unreleased reservations/pins"},
+      {"drain-seconds", "shutdown.drain_seconds", true, "SIGTERM grace for in-flight RPCs"},
+      {"log-level", "log.level", true, "debug | info | warn | error"},
+      {"help", nullptr, false, "print this help"},
+      {"version", nullptr, false, "print the version"},
+  };
+  return *specs;
+}
+
+const FlagSpec* FindFlag(const std::string& name) {
+  for (const FlagSpec& f : FlagSpecs()) {
+    if (name == f.flag) return &f;
+  }
+  return nullptr;
+}
+
+struct EnvSpec {
+  const char* name;
+  const char* setting;
+};
+
+constexpr EnvSpec kEnvSpecs[] = {
+    {"KVTIER_DATA_DIR", "data_dir"},
+    {"KVTIER_SOCKET", "listen.unix_socket"},
+    {"KVTIER_TCP", "listen.tcp"},
+    {"KVTIER_HTTP", "listen.http"},
+    {"KVTIER_DRAM", "dram.capacity"},
+    {"KVTIER_LOG_LEVEL", "log.level"},
+    {"KVTIER_ADMIN_TOKEN", "auth.admin_token"},
+    {"KVTIER_SHARED_MEMORY", "listen.shared_memory"},
+};
+
+}  // namespace
+
+// ---- public -----------------------------------------------------------------
+
+uint64_t DefaultDramBytes() {
+  const long pages = sysconf(_SC_PHYS_PAGES);
+  const long page_size = sysconf(_SC_PAGESIZE);
+  uint64_t ram = pages > 0 && page_size > 0 ? uint64_t(pages) * uint64_t(page_size) : 0;
+  uint64_t bytes = std::min(ram / 4, kMaxDefaultDram);
+  bytes = bytes / kDefaultSlab * kDefaultSlab;
+  return std::max(bytes, kDefaultSlab);
+}
+
+absl::StatusOr<uint64_t> ParseByteSize(const std::string& text, const std::string& field) {
+  std::string t(absl::StripAsciiWhitespace(text));
+  size_t i = 0;
+  while (i < t.size() && (absl::ascii_isdigit(t[i]) || t[i] == '.')) ++i;
+  std::string number = t.substr(0, i);
+  std::string unit = absl::AsciiStrToLower(absl::StripAsciiWhitespace(t.substr(i)));
+  double v = 0;
+  if (number.empty() || !absl::SimpleAtod(number, &v) || v < 0) {
+    return Invalid(field,
+                   absl::StrCat("'", text, "' is not a byte size (e.g. 4096, 64KiB, 16GiB)"));
+  }
+  static const std::map<std::string, uint64_t> kUnits = {{"", 1},
+                                                         {"b", 1},
+                                                         {"k", 1ull << 10},
+                                                         {"kb", 1ull << 10},
+                                                         {"kib", 1ull << 10},
+                                                         {"m", 1ull << 20},
+                                                         {"mb", 1ull << 20},
+                                                         {"mib", 1ull << 20},
+                                                         {"g", 1ull << 30},
+                                                         {"gb", 1ull << 30},
+                                                         {"gib", 1ull << 30},
+                                                         {"t", 1ull << 40},
+                                                         {"tb", 1ull << 40},
+                                                         {"tib", 1ull << 40}};
+  auto it = kUnits.find(unit);
+  if (it == kUnits.end()) {
+    return Invalid(field, absl::StrCat("'", text, "': unknown unit '", unit,
+                                       "' (use B, KiB, MiB, GiB or TiB)"));
+  }
+  const double bytes = v * static_cast<double>(it->second);
+  if (bytes >= 18e18 || bytes != std::floor(bytes)) {
+    return Invalid(field, absl::StrCat("'", text, "' is not a whole number of bytes below 2^64"));
+  }
+  return static_cast<uint64_t>(bytes);
+}
+
+std::string DaemonConfig::DefaultSocketPath(const std::map<std::string, std::string>& env) const {
+  if (!data_dir.empty()) return absl::StrCat(data_dir, "/kvtierd.sock");
+  auto it = env.find("XDG_RUNTIME_DIR");
+  if (it != env.end() && !it->second.empty())
+    return absl::StrCat(it->second, "/kvtier/kvtierd.sock");
+  return absl::StrCat("/tmp/kvtier-", getuid(), "/kvtierd.sock");
+}
+
+absl::Status ApplyYaml(const std::string& yaml_text, DaemonConfig& config) {
+  YAML::Node root;
+  try {
+    root = YAML::Load(yaml_text);
+  } catch (const YAML::Exception& e) {
+    return absl::InvalidArgumentError(absl::StrCat("config: YAML syntax error at line ",
+                                                   e.mark.line + 1, ", column ", e.mark.column + 1,
+                                                   ": ", e.msg));
+  }
+  try {
+    return ApplyYamlNode(root, config);
+  } catch (const YAML::Exception& e) {
+    return absl::InvalidArgumentError(absl::StrCat("config: line ", e.mark.line + 1, ": ", e.msg));
+  }
+}
+
+absl::Status ApplyYamlFile(const std::string& path, DaemonConfig& config) {
+  KVTIER_ASSIGN_OR_RETURN(std::string text, ReadSmallFile(path, "--config"));
+  absl::Status s = ApplyYaml(text, config);
+  if (!s.ok()) return absl::InvalidArgumentError(absl::StrCat(path, ": ", s.message()));
+  return absl::OkStatus();
+}
+
+absl::Status ApplyEnv(const std::map<std::string, std::string>& env, DaemonConfig& config) {
+  for (const EnvSpec& e : kEnvSpecs) {
+    auto it = env.find(e.name);
+    if (it == env.end()) continue;
+    KVTIER_RETURN_IF_ERROR(
+        ApplySetting(e.setting, it->second, absl::StrCat(e.name, " (", e.setting, ")"), config));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<CommandLine> ParseCommandLine(const std::vector<std::string>& args) {
+  CommandLine cl;
+  for (size_t i = 0; i < args.size(); ++i) {
+    const std::string& a = args[i];
+    if (a == "-h") {
+      cl.help = true;
+      continue;
+    }
+    if (!absl::StartsWith(a, "--")) {
+      return absl::InvalidArgumentError(absl::StrCat("'", a, "': kvtierd takes only --flags"));
+    }
+    std::string name = a.substr(2);
+    std::optional<std::string> value;
+    if (size_t eq = name.find('='); eq != std::string::npos) {
+      value = name.substr(eq + 1);
+      name = name.substr(0, eq);
+    }
+    const FlagSpec* spec = FindFlag(name);
+    if (spec == nullptr)
+      return absl::InvalidArgumentError(absl::StrCat("--", name, ": unknown flag"));
+    if (spec->takes_value && !value.has_value()) {
+      if (i + 1 >= args.size()) {
+        return absl::InvalidArgumentError(absl::StrCat("--", name, ": needs a value"));
+      }
+      value = args[++i];
+    }
+    if (!spec->takes_value && value.has_value()) {
+      return absl::InvalidArgumentError(absl::StrCat("--", name, ": takes no value"));
+    }
+    if (name == "config") {
+      cl.config_file = *value;
+    } else if (name == "check-config") {
+      cl.check_config = true;
+    } else if (name == "help") {
+      cl.help = true;
+    } else if (name == "version") {
+      cl.version = true;
+    } else {
+      cl.settings[name] = *value;
+    }
+  }
+  return cl;
+}
+
+absl::Status ApplyFlags(const CommandLine& cl, DaemonConfig& config) {
+  for (const auto& [name, value] : cl.settings) {
+    const FlagSpec* spec = FindFlag(name);
+    if (spec == nullptr || spec->setting == nullptr) {
+      return absl::InvalidArgumentError(absl::StrCat("--", name, ": unknown flag"));
+    }
+    KVTIER_RETURN_IF_ERROR(ApplySetting(
+        spec->setting, value, absl::StrCat("--", name, " (", spec->setting, ")"), config));
+  }
+  return absl::OkStatus();
+}
+
+std::string FlagsHelp() {
+  std::string out;
+  for (const FlagSpec& f : FlagSpecs()) {
+    std::string left = absl::StrCat("  --", f.flag, f.takes_value ? " VALUE" : "");
+    if (left.size() < 28) left.resize(28, ' ');
+    absl::StrAppend(&out, left, " ", f.help, "\n");
+  }
+  return out;
+}
+
+absl::StatusOr<DaemonConfig> LoadConfig(const CommandLine& cl,
+                                        const std::map<std::string, std::string>& env) {
+  DaemonConfig c;
+  c.dram.dram_capacity_bytes = 0;  // filled below unless set
+  std::string file = cl.config_file;
+  if (file.empty()) {
+    auto it = env.find("KVTIER_CONFIG");
+    if (it != env.end()) file = it->second;
+  }
+  if (!file.empty()) KVTIER_RETURN_IF_ERROR(ApplyYamlFile(file, c));
+  KVTIER_RETURN_IF_ERROR(ApplyEnv(env, c));
+  KVTIER_RETURN_IF_ERROR(ApplyFlags(cl, c));
+  if (c.unix_socket.empty()) c.unix_socket = c.DefaultSocketPath(env);
+  // A listener given as ":PORT" or "PORT" binds loopback.
+  for (std::string* addr : {&c.tcp, &c.http}) {
+    if (!addr->empty() && addr->front() == ':') {
+      *addr = "127.0.0.1" + *addr;
+    } else if (!addr->empty() && std::all_of(addr->begin(), addr->end(), absl::ascii_isdigit)) {
+      *addr = "127.0.0.1:" + *addr;
+    }
+  }
+  if (c.dram.dram_capacity_bytes == 0) c.dram.dram_capacity_bytes = DefaultDramBytes();
+  KVTIER_RETURN_IF_ERROR(c.Validate());
+  return c;
+}
+
+std::map<std::string, std::string> ProcessEnv() {
+  std::map<std::string, std::string> env;
+  for (char** e = environ; e != nullptr && *e != nullptr; ++e) {
+    std::string kv(*e);
+    size_t eq = kv.find('=');
+    if (eq == std::string::npos) continue;
+    std::string name = kv.substr(0, eq);
+    if (absl::StartsWith(name, "KVTIER_") || name == "XDG_RUNTIME_DIR") {
+      env[name] = kv.substr(eq + 1);
+    }
+  }
+  return env;
+}
+
+absl::Status DaemonConfig::Validate() const {
+  if (unix_socket.empty()) return Invalid("listen.unix_socket", "must not be empty");
+  if (ShmSocketPath().size() > kMaxSocketPath) {
+    return Invalid("listen.unix_socket", absl::StrCat("'", unix_socket,
+                                                      "' is too long: a Unix socket path (with the "
+                                                      ".shm suffix) must be at most ",
+                                                      kMaxSocketPath, " bytes"));
+  }
+  if (unix_socket_mode > 0777) {
+    return Invalid("listen.unix_socket_mode", "must be permission bits (at most 0777)");
+  }
+  if (!tcp.empty()) {
+    KVTIER_RETURN_IF_ERROR(CheckHostPort(tcp, "listen.tcp"));
+    if (open_mode()) {
+      return Invalid("listen.tcp",
+                     "TCP needs authentication: set auth.tenants and/or auth.admin_token (a "
+                     "daemon without tokens serves the Unix socket only)");
+    }
+    if (!tls.enabled() && !IsLoopbackHost(HostOf(tcp)) && !allow_insecure_tcp) {
+      return Invalid("listen.tcp",
+                     absl::StrCat("'", tcp,
+                                  "' is not a loopback address: set tls.cert_file and "
+                                  "tls.key_file (or listen.allow_insecure_tcp: true)"));
+    }
+  }
+  if (!http.empty()) KVTIER_RETURN_IF_ERROR(CheckHostPort(http, "listen.http"));
+  if (tls.enabled() != !tls.key_file.empty()) {
+    return Invalid(tls.enabled() ? "tls.key_file" : "tls.cert_file",
+                   "tls.cert_file and tls.key_file go together");
+  }
+  if (!tls.client_ca_file.empty() && !tls.enabled()) {
+    return Invalid("tls.client_ca_file", "needs tls.cert_file and tls.key_file");
+  }
+  if (tls.require_client_cert && tls.client_ca_file.empty()) {
+    return Invalid("tls.require_client_cert", "needs tls.client_ca_file");
+  }
+  if (tls.enabled() && tcp.empty()) {
+    return Invalid("tls.cert_file", "TLS applies to TCP only: set listen.tcp");
+  }
+  for (const auto& [field, path] :
+       {std::pair<const char*, const std::string*>{"tls.cert_file", &tls.cert_file},
+        {"tls.key_file", &tls.key_file},
+        {"tls.client_ca_file", &tls.client_ca_file}}) {
+    if (!path->empty() && access(path->c_str(), R_OK) != 0) {
+      return Invalid(field, absl::StrCat("cannot read '", *path, "'"));
+    }
+  }
+  if (absl::Status s = dram.Validate(); !s.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("dram: ", s.message()));
+  }
+  std::set<std::string> names, tokens;
+  if (!admin_token.empty() && admin_token.size() < kMinTokenLength) {
+    return Invalid("auth.admin_token",
+                   absl::StrCat("must be at least ", kMinTokenLength, " characters"));
+  }
+  for (size_t i = 0; i < tenants.size(); ++i) {
+    const TenantConfig& t = tenants[i];
+    const std::string p = absl::StrCat("auth.tenants[", i, "]");
+    if (t.name.empty()) return Invalid(Join(p, "name"), "must not be empty");
+    if (!names.insert(t.name).second) {
+      return Invalid(Join(p, "name"), absl::StrCat("'", t.name, "' is used twice"));
+    }
+    if (t.token.size() < kMinTokenLength) {
+      return Invalid(Join(p, "token"),
+                     absl::StrCat("must be at least ", kMinTokenLength, " characters"));
+    }
+    if (!tokens.insert(t.token).second || t.token == admin_token) {
+      return Invalid(Join(p, "token"), "is used twice (tokens must be unique)");
+    }
+  }
+  if (max_message_bytes < 4096 || max_message_bytes > (64ull << 20)) {
+    return Invalid("limits.max_message_bytes", "must be in [4 KiB, 64 MiB]");
+  }
+  if (max_grpc_message_bytes < max_message_bytes + 65536 || max_grpc_message_bytes > (1ull << 30)) {
+    return Invalid("limits.max_grpc_message_bytes",
+                   "must be at least limits.max_message_bytes + 64 KiB, and at most 1 GiB");
+  }
+  static const std::set<std::string> kLevels = {"debug", "info", "warn", "error"};
+  if (!kLevels.contains(log_level)) {
+    return Invalid("log.level",
+                   absl::StrCat("'", log_level, "' is not debug, info, warn or error"));
+  }
+  return absl::OkStatus();
+}
+
+std::string DaemonConfig::ToRedactedYaml() const {
+  auto redact = [](const std::string& s) { return s.empty() ? std::string() : "<redacted>"; };
+  YAML::Emitter out;
+  out << YAML::BeginMap;
+  out << YAML::Key << "data_dir" << YAML::Value << data_dir;
+  char mode[8];
+  std::snprintf(mode, sizeof(mode), "0%o", unix_socket_mode);
+  out << YAML::Key << "listen" << YAML::Value << YAML::BeginMap;
+  out << YAML::Key << "unix_socket" << YAML::Value << unix_socket;
+  out << YAML::Key << "unix_socket_mode" << YAML::Value << YAML::DoubleQuoted << mode;
+  out << YAML::Key << "shared_memory" << YAML::Value << shared_memory;
+  out << YAML::Key << "tcp" << YAML::Value << tcp;
+  out << YAML::Key << "allow_insecure_tcp" << YAML::Value << allow_insecure_tcp;
+  out << YAML::Key << "http" << YAML::Value << http;
+  out << YAML::EndMap;
+  out << YAML::Key << "tls" << YAML::Value << YAML::BeginMap;
+  out << YAML::Key << "cert_file" << YAML::Value << tls.cert_file;
+  out << YAML::Key << "key_file" << YAML::Value << tls.key_file;
+  out << YAML::Key << "client_ca_file" << YAML::Value << tls.client_ca_file;
+  out << YAML::Key << "require_client_cert" << YAML::Value << tls.require_client_cert;
+  out << YAML::EndMap;
+  out << YAML::Key << "dram" << YAML::Value << YAML::BeginMap;
+  out << YAML::Key << "capacity" << YAML::Value << dram.dram_capacity_bytes;
+  out << YAML::Key << "slab" << YAML::Value << dram.slab_bytes;
+  out << YAML::Key << "index_shards" << YAML::Value << dram.index_shards;
+  out << YAML::Key << "huge_pages" << YAML::Value << dram.huge_pages;
+  out << YAML::Key << "prefault" << YAML::Value << dram.prefault;
+  out << YAML::Key << "eviction_policy" << YAML::Value << dram.eviction_policy;
+  out << YAML::EndMap;
+  out << YAML::Key << "auth" << YAML::Value << YAML::BeginMap;
+  out << YAML::Key << "admin_token" << YAML::Value << redact(admin_token);
+  out << YAML::Key << "tenants" << YAML::Value << YAML::BeginSeq;
+  for (const TenantConfig& t : tenants) {
+    out << YAML::BeginMap;
+    out << YAML::Key << "name" << YAML::Value << t.name;
+    out << YAML::Key << "token" << YAML::Value << redact(t.token);
+    out << YAML::Key << "cache_salts" << YAML::Value << YAML::Flow << t.cache_salts;
+    out << YAML::Key << "model_ids" << YAML::Value << YAML::Flow << t.model_ids;
+    out << YAML::Key << "shared_memory" << YAML::Value << t.shared_memory;
+    out << YAML::EndMap;
+  }
+  out << YAML::EndSeq;
+  out << YAML::EndMap;
+  out << YAML::Key << "limits" << YAML::Value << YAML::BeginMap;
+  out << YAML::Key << "max_keys_per_request" << YAML::Value << max_keys_per_request;
+  out << YAML::Key << "max_tokens_per_request" << YAML::Value << max_tokens_per_request;
+  out << YAML::Key << "max_message_bytes" << YAML::Value << max_message_bytes;
+  out << YAML::Key << "max_grpc_message_bytes" << YAML::Value << max_grpc_message_bytes;
+  out << YAML::Key << "lease_seconds" << YAML::Value << lease_seconds;
+  out << YAML::Key << "max_leases" << YAML::Value << max_leases;
+  out << YAML::EndMap;
+  out << YAML::Key << "shutdown" << YAML::Value << YAML::BeginMap;
+  out << YAML::Key << "drain_seconds" << YAML::Value << drain_seconds;
+  out << YAML::EndMap;
+  out << YAML::Key << "log" << YAML::Value << YAML::BeginMap;
+  out << YAML::Key << "level" << YAML::Value << log_level;
+  out << YAML::EndMap;
+  out << YAML::EndMap;
+  return std::string(out.c_str()) + "\n";
+}
+
+}  // namespace kvtier::server

@@ -1,0 +1,133 @@
+// kvtierd's configuration: defaults, a YAML file, KVTIER_* environment
+// variables and command-line flags, applied in that order (later wins), then
+// validated as a whole. docs/daemon.md lists every key.
+//
+// Every error names the key it is about, as a YAML path ("dram.capacity",
+// "auth.tenants[1].token") or as the flag / variable that set it.
+//
+// Thread-safety: DaemonConfig is a value; the functions are pure apart from
+// reading the files they are given (config file, token files).
+#ifndef KVTIER_SRC_SERVER_CONFIG_H_
+#define KVTIER_SRC_SERVER_CONFIG_H_
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "kvtier/cache.h"
+
+namespace kvtier::server {
+
+// One tenant: a bearer token and the namespaces it may use. A namespace is
+// allowed when its cache_salt is listed in cache_salts (or cache_salts is
+// empty) and its model_id is listed in model_ids (or model_ids is empty).
+struct TenantConfig {
+  std::string name;                      // shown in logs; unique
+  std::string token;                     // the bearer token (from `token` or `token_file`)
+  std::vector<std::string> cache_salts;  // allowed cache salts ("" = the shared space)
+  std::vector<std::string> model_ids;    // allowed model ids
+  bool shared_memory = false;            // may map the DRAM arena (trusted local engine)
+};
+
+struct TlsConfig {
+  std::string cert_file;             // PEM server certificate chain
+  std::string key_file;              // PEM private key
+  std::string client_ca_file;        // PEM CA bundle that signs client certificates
+  bool require_client_cert = false;  // mTLS: refuse clients without a valid certificate
+
+  bool enabled() const { return !cert_file.empty(); }
+};
+
+struct DaemonConfig {
+  // Directory for the daemon's state; the default Unix socket lives in it
+  // when set. Created at start when missing.
+  std::string data_dir;
+  // Listeners.
+  std::string unix_socket;           // gRPC Unix socket path (default: see DefaultSocketPath)
+  uint32_t unix_socket_mode = 0660;  // permission bits of the socket files
+  bool shared_memory = true;         // serve the arena fd on `<unix_socket>.shm`
+  std::string tcp;  // "host:port" for gRPC over TCP (":port" = loopback); empty = off
+  bool allow_insecure_tcp = false;      // allow TCP without TLS on a non-loopback address
+  std::string http = "127.0.0.1:9464";  // "host:port" of /metrics, /healthz, /readyz; empty = off
+  TlsConfig tls;
+  // The DRAM tier (T1). capacity_bytes 0 means the default: a quarter of RAM,
+  // at most 16 GiB.
+  CacheOptions dram;
+  // Security. No tokens at all = open mode: Unix socket only.
+  std::string admin_token;  // allows Evict and Config, and every namespace
+  std::vector<TenantConfig> tenants;
+  // Request limits.
+  uint32_t max_keys_per_request = 4096;           // keys (or chunks) in one request
+  uint32_t max_tokens_per_request = 1u << 20;     // token ids in one Lookup
+  uint64_t max_message_bytes = 1ull << 20;        // payload bytes in one streamed message
+  uint64_t max_grpc_message_bytes = 16ull << 20;  // the transport's cap on one message
+  uint32_t lease_seconds = 30;  // life of an uncommitted reservation or unreleased pin
+  uint32_t max_leases = 65536;  // reservations and pins held at once
+  // Shutdown: seconds SIGTERM waits for in-flight RPCs before cancelling them.
+  uint32_t drain_seconds = 10;
+  std::string log_level = "info";  // debug | info | warn | error
+
+  // The default Unix socket: <data_dir>/kvtierd.sock when data_dir is set,
+  // else $XDG_RUNTIME_DIR/kvtier/kvtierd.sock, else /tmp/kvtier-<uid>/kvtierd.sock.
+  std::string DefaultSocketPath(const std::map<std::string, std::string>& env) const;
+  // The side channel that hands out the arena fd.
+  std::string ShmSocketPath() const { return unix_socket + ".shm"; }
+  bool open_mode() const { return admin_token.empty() && tenants.empty(); }
+
+  // Checks the whole configuration; InvalidArgument naming the key.
+  absl::Status Validate() const;
+  // The effective configuration as YAML with every token replaced by "<redacted>".
+  std::string ToRedactedYaml() const;
+};
+
+// The built-in default: a quarter of physical memory, at most 16 GiB, at
+// least 64 MiB; rounded down to whole 64 MiB slabs.
+uint64_t DefaultDramBytes();
+
+// Parses "4096", "64KiB", "1MiB", "16GiB", "2G", "1.5GiB". InvalidArgument
+// naming `field` otherwise.
+absl::StatusOr<uint64_t> ParseByteSize(const std::string& text, const std::string& field);
+
+// Applies a YAML document to `config`. Unknown keys are errors (they are
+// usually typos). Token files are read here.
+absl::Status ApplyYaml(const std::string& yaml_text, DaemonConfig& config);
+absl::Status ApplyYamlFile(const std::string& path, DaemonConfig& config);
+
+// Applies KVTIER_* variables from `env` (name -> value): KVTIER_DATA_DIR,
+// KVTIER_SOCKET, KVTIER_TCP, KVTIER_HTTP, KVTIER_DRAM, KVTIER_LOG_LEVEL,
+// KVTIER_ADMIN_TOKEN, KVTIER_SHARED_MEMORY. (KVTIER_CONFIG names the file and
+// is read by LoadConfig.)
+absl::Status ApplyEnv(const std::map<std::string, std::string>& env, DaemonConfig& config);
+
+// Parsed command line of kvtierd.
+struct CommandLine {
+  std::string config_file;                      // --config
+  bool check_config = false;                    // --check-config: validate, print, exit
+  bool help = false;                            // --help
+  bool version = false;                         // --version
+  std::map<std::string, std::string> settings;  // the other flags, by name
+};
+
+// Parses argv (without argv[0]). InvalidArgument naming an unknown flag or a
+// flag without its value.
+absl::StatusOr<CommandLine> ParseCommandLine(const std::vector<std::string>& args);
+// Applies the setting flags of `cl` to `config`.
+absl::Status ApplyFlags(const CommandLine& cl, DaemonConfig& config);
+// Help text for the flags.
+std::string FlagsHelp();
+
+// Builds the configuration: defaults, then the file (cl.config_file, else
+// $KVTIER_CONFIG when set), then `env`, then flags; fills defaults that
+// depend on others (socket path, DRAM size) and validates.
+absl::StatusOr<DaemonConfig> LoadConfig(const CommandLine& cl,
+                                        const std::map<std::string, std::string>& env);
+
+// The process environment as a map (KVTIER_* and XDG_RUNTIME_DIR only).
+std::map<std::string, std::string> ProcessEnv();
+
+}  // namespace kvtier::server
+
+#endif  // KVTIER_SRC_SERVER_CONFIG_H_

@@ -1,0 +1,218 @@
+#include "src/server/daemon.h"
+
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "absl/strings/str_cat.h"
+#include "grpcpp/security/server_credentials.h"
+#include "grpcpp/server_builder.h"
+#include "src/common/status_macros.h"
+
+namespace kvtier::server {
+namespace {
+
+absl::StatusOr<std::string> ReadFile(const std::string& path, const std::string& field) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::InvalidArgumentError(absl::StrCat(field, ": cannot read '", path, "'"));
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> TcpCredentials(const TlsConfig& tls) {
+  if (!tls.enabled()) return grpc::InsecureServerCredentials();
+  grpc::SslServerCredentialsOptions opts(
+      tls.client_ca_file.empty()
+          ? GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE
+          : (tls.require_client_cert ? GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY
+                                     : GRPC_SSL_REQUEST_CLIENT_CERTIFICATE_AND_VERIFY));
+  grpc::SslServerCredentialsOptions::PemKeyCertPair pair;
+  KVTIER_ASSIGN_OR_RETURN(pair.private_key, ReadFile(tls.key_file, "tls.key_file"));
+  KVTIER_ASSIGN_OR_RETURN(pair.cert_chain, ReadFile(tls.cert_file, "tls.cert_file"));
+  opts.pem_key_cert_pairs.push_back(std::move(pair));
+  if (!tls.client_ca_file.empty()) {
+    KVTIER_ASSIGN_OR_RETURN(opts.pem_root_certs,
+                            ReadFile(tls.client_ca_file, "tls.client_ca_file"));
+  }
+  return grpc::SslServerCredentials(opts);
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonConfig& config,
+                                                      std::string version, Logger* log) {
+  KVTIER_RETURN_IF_ERROR(config.Validate());
+  std::unique_ptr<Daemon> d(new Daemon(config, log));
+  absl::Status s = d->Init(std::move(version));
+  if (!s.ok()) {
+    d->Shutdown();
+    return s;
+  }
+  return d;
+}
+
+absl::Status Daemon::Init(std::string version) {
+  if (!config_.data_dir.empty()) {
+    std::error_code ec;
+    std::filesystem::create_directories(config_.data_dir, ec);
+    if (ec) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("data_dir: cannot create '", config_.data_dir, "': ", ec.message()));
+    }
+  }
+  absl::StatusOr<std::unique_ptr<EmbeddedCache>> cache = EmbeddedCache::Create(config_.dram);
+  if (!cache.ok()) {
+    return absl::Status(cache.status().code(), absl::StrCat("dram: ", cache.status().message()));
+  }
+  cache_ = std::move(*cache);
+  while (arena_id_ == 0) {
+    if (getrandom(&arena_id_, sizeof(arena_id_), 0) != sizeof(arena_id_)) arena_id_ = 0;
+  }
+  auth_ = std::make_unique<Authenticator>(config_);
+  ServiceOptions so;
+  so.max_keys_per_request = config_.max_keys_per_request;
+  so.max_tokens_per_request = config_.max_tokens_per_request;
+  so.max_message_bytes = config_.max_message_bytes;
+  so.lease_seconds = config_.lease_seconds;
+  so.max_leases = config_.max_leases;
+  so.arena_id = arena_id_;
+  so.shm_socket = config_.shared_memory ? config_.ShmSocketPath() : "";
+  so.version = version;
+  so.config_yaml = config_.ToRedactedYaml();
+  metrics_ = std::make_unique<Metrics>(
+      [this] { return cache_->Stats(); },
+      [this] {
+        return DaemonGauges{service_ ? service_->leases() : 0, shm_ ? shm_->grants() : 0};
+      },
+      version);
+  service_ = std::make_unique<CacheService>(cache_.get(), auth_.get(), metrics_.get(), log_, so);
+
+  KVTIER_RETURN_IF_ERROR(PrepareSocketPath(config_.unix_socket, "listen.unix_socket"));
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort("unix:" + config_.unix_socket, grpc::InsecureServerCredentials());
+  if (!config_.tcp.empty()) {
+    KVTIER_ASSIGN_OR_RETURN(std::shared_ptr<grpc::ServerCredentials> creds,
+                            TcpCredentials(config_.tls));
+    builder.AddListeningPort(config_.tcp, creds, &tcp_port_);
+  }
+  // Bulk transfers: large HTTP/2 frames and flow-control windows instead of
+  // the defaults tuned for small messages (16 KiB frames, 64 KiB windows).
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_FRAME_SIZE, 4 << 20);
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, 16 << 20);
+  builder.SetMaxReceiveMessageSize(static_cast<int>(config_.max_grpc_message_bytes));
+  builder.SetMaxSendMessageSize(static_cast<int>(config_.max_grpc_message_bytes));
+  builder.RegisterService(service_.get());
+  // The socket file is created with the umask; keep it private until chmod.
+  const mode_t old_umask = umask(0177);
+  grpc_ = builder.BuildAndStart();
+  umask(old_umask);
+  if (grpc_ == nullptr) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("listen: cannot start gRPC on unix:", config_.unix_socket,
+                     config_.tcp.empty() ? "" : absl::StrCat(" and ", config_.tcp),
+                     " (address in use, or a directory that does not exist?)"));
+  }
+  if (!config_.tcp.empty() && tcp_port_ == 0) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("listen.tcp: cannot listen on '", config_.tcp, "'"));
+  }
+  chmod(config_.unix_socket.c_str(), config_.unix_socket_mode);
+
+  if (config_.shared_memory) {
+    ShmServerOptions shm;
+    shm.path = config_.ShmSocketPath();
+    shm.mode = config_.unix_socket_mode;
+    shm.arena_fd = cache_->dram().arena().fd();
+    shm.arena_id = arena_id_;
+    shm.arena_bytes = cache_->dram().arena().size();
+    KVTIER_ASSIGN_OR_RETURN(shm_, ShmServer::Start(shm, auth_.get(), log_));
+  }
+  if (!config_.http.empty()) {
+    KVTIER_ASSIGN_OR_RETURN(http_,
+                            HttpServer::Start(
+                                config_.http, "listen.http",
+                                [this](const std::string& path) { return ServeHttp(path); }, log_));
+  }
+  reaper_ = std::thread([this] {
+    const absl::Duration period =
+        std::min(absl::Seconds(1), absl::Seconds(config_.lease_seconds) / 4);
+    while (!stop_reaper_.WaitForNotificationWithTimeout(period)) {
+      service_->ExpireLeases(absl::Now());
+    }
+  });
+  ready_.store(true);
+  const CacheStats st = cache_->Stats();
+  log_->Info(
+      "kvtierd ready",
+      {{"version", version},
+       {"socket", config_.unix_socket},
+       {"shm_socket", config_.shared_memory ? config_.ShmSocketPath() : std::string()},
+       {"tcp", config_.tcp.empty() ? std::string() : absl::StrCat(config_.tcp)},
+       {"tls", config_.tls.enabled()},
+       {"mtls", config_.tls.require_client_cert},
+       {"http", config_.http.empty() ? std::string()
+                                     : absl::StrCat(config_.http.substr(0, config_.http.rfind(':')),
+                                                    ":", http_port())},
+       {"dram_bytes", st.tiers.empty() ? uint64_t{0} : st.tiers[0].capacity_bytes},
+       {"huge_pages", st.huge_pages},
+       {"auth", config_.open_mode() ? "open (unix socket only)" : "tokens"},
+       {"tenants", static_cast<uint64_t>(config_.tenants.size())}});
+  return absl::OkStatus();
+}
+
+HttpResponse Daemon::ServeHttp(const std::string& path) {
+  if (path == "/metrics") {
+    return {200, "text/plain; version=0.0.4; charset=utf-8", metrics_->Render()};
+  }
+  if (path == "/healthz") return {200, "text/plain; charset=utf-8", "ok\n"};
+  if (path == "/readyz") {
+    if (ready_.load() && !service_->draining())
+      return {200, "text/plain; charset=utf-8", "ready\n"};
+    return {503, "text/plain; charset=utf-8", "not ready\n"};
+  }
+  return {404, "text/plain; charset=utf-8", "not found: try /metrics, /healthz or /readyz\n"};
+}
+
+void Daemon::Shutdown() {
+  absl::MutexLock lock(&shutdown_mu_);
+  if (shut_down_) return;
+  shut_down_ = true;
+  const bool was_ready = ready_.exchange(false);
+  if (was_ready) log_->Info("draining", {{"drain_seconds", config_.drain_seconds}});
+  if (service_) service_->SetDraining();
+  if (shm_) shm_->Stop();
+  if (grpc_) {
+    // Drain: new calls are refused (SetDraining); wait for the ones in
+    // flight, then stop at once. (gRPC's own graceful shutdown also waits for
+    // idle clients to answer a ping, which takes seconds for nothing.)
+    const absl::Time deadline = absl::Now() + absl::Seconds(config_.drain_seconds);
+    while (service_->inflight() > 0 && absl::Now() < deadline) {
+      absl::SleepFor(absl::Milliseconds(5));
+    }
+    if (service_->inflight() > 0) {
+      log_->Warn("drain deadline passed; cancelling calls", {{"inflight", service_->inflight()}});
+    }
+    grpc_->Shutdown(std::chrono::system_clock::now());
+    grpc_->Wait();
+  }
+  if (reaper_.joinable()) {
+    stop_reaper_.Notify();
+    reaper_.join();
+  }
+  if (http_) http_->Stop();
+  if (grpc_) unlink(config_.unix_socket.c_str());
+  if (was_ready) log_->Info("stopped");
+}
+
+Daemon::~Daemon() {
+  Shutdown();
+  // Leases (pins, reservations) go before the cache they point into.
+  service_.reset();
+}
+
+}  // namespace kvtier::server

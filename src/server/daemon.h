@@ -1,0 +1,74 @@
+// kvtierd: the node daemon. Owns the cache (DRAM tier), serves kvtier.v1.Cache
+// over gRPC on a Unix socket (always) and TCP (when configured), hands the
+// arena to local clients over the shared-memory side channel, and serves
+// /metrics, /healthz and /readyz over HTTP.
+//
+// Lifecycle: Start brings everything up (and fails with a status naming the
+// config key when a listener cannot be opened); Shutdown drains: readiness
+// turns false, Health says DRAINING, new RPCs are refused, in-flight RPCs get
+// up to drain_seconds to finish, then everything stops and the socket files
+// are removed.
+//
+// Thread-safety: Shutdown may be called from any thread, once or more.
+#ifndef KVTIER_SRC_SERVER_DAEMON_H_
+#define KVTIER_SRC_SERVER_DAEMON_H_
+
+#include <atomic>
+#include <memory>
+#include <string>
+#include <thread>
+
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
+#include "grpcpp/server.h"
+#include "src/core/embedded_cache.h"
+#include "src/server/auth.h"
+#include "src/server/cache_service.h"
+#include "src/server/config.h"
+#include "src/server/http_server.h"
+#include "src/server/log.h"
+#include "src/server/metrics.h"
+#include "src/server/shm_server.h"
+
+namespace kvtier::server {
+
+class Daemon {
+ public:
+  // `log` must outlive the daemon.
+  static absl::StatusOr<std::unique_ptr<Daemon>> Start(const DaemonConfig& config,
+                                                       std::string version, Logger* log);
+  ~Daemon();
+
+  void Shutdown();
+  bool ready() const { return ready_.load(); }
+  int http_port() const { return http_ ? http_->port() : 0; }
+  int tcp_port() const { return tcp_port_; }
+  uint64_t arena_id() const { return arena_id_; }
+
+ private:
+  Daemon(DaemonConfig config, Logger* log) : config_(std::move(config)), log_(log) {}
+  absl::Status Init(std::string version);
+  HttpResponse ServeHttp(const std::string& path);
+
+  const DaemonConfig config_;
+  Logger* const log_;
+  uint64_t arena_id_ = 0;
+  int tcp_port_ = 0;
+  std::unique_ptr<EmbeddedCache> cache_;
+  std::unique_ptr<Authenticator> auth_;
+  std::unique_ptr<Metrics> metrics_;
+  std::unique_ptr<CacheService> service_;
+  std::unique_ptr<grpc::Server> grpc_;
+  std::unique_ptr<ShmServer> shm_;
+  std::unique_ptr<HttpServer> http_;
+  std::thread reaper_;
+  absl::Notification stop_reaper_;
+  std::atomic<bool> ready_{false};
+  absl::Mutex shutdown_mu_;
+  bool shut_down_ ABSL_GUARDED_BY(shutdown_mu_) = false;
+};
+
+}  // namespace kvtier::server
+
+#endif  // KVTIER_SRC_SERVER_DAEMON_H_

@@ -1,0 +1,167 @@
+#include "src/server/http_server.h"
+
+#include <netdb.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+
+namespace kvtier::server {
+namespace {
+
+constexpr size_t kMaxRequestBytes = 8192;
+
+const char* Reason(int status) {
+  switch (status) {
+    case 200:
+      return "OK";
+    case 404:
+      return "Not Found";
+    case 405:
+      return "Method Not Allowed";
+    case 400:
+      return "Bad Request";
+    case 503:
+      return "Service Unavailable";
+    default:
+      return "Status";
+  }
+}
+
+void SendAll(int fd, const std::string& bytes) {
+  size_t sent = 0;
+  while (sent < bytes.size()) {
+    ssize_t r = send(fd, bytes.data() + sent, bytes.size() - sent, MSG_NOSIGNAL);
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) return;
+    sent += static_cast<size_t>(r);
+  }
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(const std::string& host_port,
+                                                              const std::string& field,
+                                                              Handler handler, Logger* log) {
+  const size_t colon = host_port.rfind(':');
+  if (colon == std::string::npos) {
+    return absl::InvalidArgumentError(absl::StrCat(field, ": '", host_port, "' is not host:port"));
+  }
+  std::string host = host_port.substr(0, colon);
+  if (host.size() >= 2 && host.front() == '[') host = host.substr(1, host.size() - 2);
+  const std::string port = host_port.substr(colon + 1);
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_PASSIVE;
+  addrinfo* res = nullptr;
+  if (int rc = getaddrinfo(host.empty() ? nullptr : host.c_str(), port.c_str(), &hints, &res);
+      rc != 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(field, ": cannot resolve '", host_port, "': ", gai_strerror(rc)));
+  }
+  int fd = -1;
+  std::string error = "no address";
+  for (addrinfo* a = res; a != nullptr; a = a->ai_next) {
+    fd = socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC, a->ai_protocol);
+    if (fd < 0) continue;
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    if (bind(fd, a->ai_addr, a->ai_addrlen) == 0 && listen(fd, 64) == 0) break;
+    error = std::strerror(errno);
+    close(fd);
+    fd = -1;
+  }
+  freeaddrinfo(res);
+  if (fd < 0) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(field, ": cannot listen on '", host_port, "': ", error));
+  }
+  sockaddr_storage bound{};
+  socklen_t len = sizeof(bound);
+  getsockname(fd, reinterpret_cast<sockaddr*>(&bound), &len);
+  int bound_port = bound.ss_family == AF_INET6
+                       ? ntohs(reinterpret_cast<sockaddr_in6*>(&bound)->sin6_port)
+                       : ntohs(reinterpret_cast<sockaddr_in*>(&bound)->sin_port);
+  int wake = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (wake < 0) {
+    close(fd);
+    return absl::InternalError(absl::StrCat("eventfd: ", std::strerror(errno)));
+  }
+  std::unique_ptr<HttpServer> s(new HttpServer(fd, wake, bound_port, std::move(handler), log));
+  s->thread_ = std::thread([p = s.get()] { p->Run(); });
+  return s;
+}
+
+HttpServer::~HttpServer() {
+  Stop();
+  close(listen_fd_);
+  close(wake_fd_);
+}
+
+void HttpServer::Stop() {
+  if (stopped_.exchange(true)) return;
+  uint64_t one = 1;
+  [[maybe_unused]] ssize_t n = write(wake_fd_, &one, sizeof(one));
+  if (thread_.joinable()) thread_.join();
+}
+
+void HttpServer::Run() {
+  while (!stopped_.load()) {
+    pollfd fds[2] = {{listen_fd_, POLLIN, 0}, {wake_fd_, POLLIN, 0}};
+    int r = poll(fds, 2, -1);
+    if (r < 0) {
+      if (errno == EINTR) continue;
+      return;
+    }
+    if (fds[1].revents != 0) return;
+    if ((fds[0].revents & POLLIN) == 0) continue;
+    int conn = accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
+    if (conn < 0) continue;
+    timeval tv{2, 0};
+    setsockopt(conn, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    setsockopt(conn, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+    Serve(conn);
+    close(conn);
+  }
+}
+
+void HttpServer::Serve(int conn) {
+  std::string req;
+  char buf[2048];
+  while (req.find("\r\n\r\n") == std::string::npos && req.size() < kMaxRequestBytes) {
+    ssize_t n = recv(conn, buf, sizeof(buf), 0);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    req.append(buf, static_cast<size_t>(n));
+  }
+  HttpResponse resp;
+  bool head = false;
+  const size_t eol = req.find("\r\n");
+  std::vector<std::string> parts =
+      absl::StrSplit(req.substr(0, eol == std::string::npos ? 0 : eol), ' ');
+  if (parts.size() != 3 || !absl::StartsWith(parts[2], "HTTP/1.")) {
+    resp = {400, "text/plain; charset=utf-8", "bad request\n"};
+  } else if (parts[0] != "GET" && parts[0] != "HEAD") {
+    resp = {405, "text/plain; charset=utf-8", "only GET and HEAD\n"};
+  } else {
+    head = parts[0] == "HEAD";
+    std::string path = parts[1].substr(0, parts[1].find('?'));
+    resp = handler_(path);
+  }
+  std::string out = absl::StrCat(
+      "HTTP/1.1 ", resp.status, " ", Reason(resp.status), "\r\nContent-Type: ", resp.content_type,
+      "\r\nContent-Length: ", resp.body.size(), "\r\nConnection: close\r\n\r\n");
+  if (!head) out += resp.body;
+  SendAll(conn, out);
+  log_->Debug("http", {{"path", parts.size() > 1 ? parts[1] : ""}, {"status", resp.status}});
+}
+
+}  // namespace kvtier::server

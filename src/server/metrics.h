@@ -1,0 +1,88 @@
+// kvtierd's Prometheus metrics.
+//
+// Cache counters are read from Cache::Stats() at scrape time (they already
+// live in the tiers as atomics), so the hot path pays nothing for them. RPCs
+// are timed into a histogram per method. Names follow Prometheus conventions
+// (base units, _total for counters); docs/daemon.md lists them.
+//
+// Thread-safety: every method is thread-safe.
+#ifndef KVTIER_SRC_SERVER_METRICS_H_
+#define KVTIER_SRC_SERVER_METRICS_H_
+
+#include <array>
+#include <chrono>
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "absl/strings/string_view.h"
+#include "kvtier/cache.h"
+#include "prometheus/counter.h"
+#include "prometheus/family.h"
+#include "prometheus/gauge.h"
+#include "prometheus/histogram.h"
+#include "prometheus/registry.h"
+
+namespace kvtier::server {
+
+// RPC methods, for per-method metrics.
+enum class Method {
+  kLookup,
+  kSave,
+  kLoad,
+  kReserve,
+  kCommit,
+  kPin,
+  kRelease,
+  kPrefetch,
+  kEvict,
+  kStats,
+  kHealth,
+  kConfig,
+  kCount,
+};
+absl::string_view MethodName(Method m);
+
+// What the exposition adds beside the cache's own counters.
+struct DaemonGauges {
+  uint64_t leases = 0;      // reservations and pins held for clients
+  uint64_t shm_grants = 0;  // arena fds handed out
+};
+
+class Metrics {
+ public:
+  Metrics(std::function<CacheStats()> cache_stats, std::function<DaemonGauges()> daemon_gauges,
+          std::string version);
+
+  // Times one RPC: counts it in flight while alive, then records its
+  // duration and status code.
+  class RpcTimer {
+   public:
+    RpcTimer(Metrics* m, Method method);
+    ~RpcTimer();
+    void set_code(int grpc_code) { code_ = grpc_code; }
+
+   private:
+    Metrics* m_;
+    Method method_;
+    int code_ = 0;
+    std::chrono::steady_clock::time_point start_;
+  };
+
+  // The text exposition format (version 0.0.4).
+  std::string Render() const;
+
+ private:
+  std::function<CacheStats()> cache_stats_;
+  std::function<DaemonGauges()> daemon_gauges_;
+  std::string version_;
+  double start_time_;
+  std::shared_ptr<prometheus::Registry> registry_;
+  prometheus::Family<prometheus::Counter>* rpc_total_;
+  prometheus::Gauge* inflight_;
+  std::array<prometheus::Histogram*, static_cast<size_t>(Method::kCount)> rpc_duration_{};
+};
+
+}  // namespace kvtier::server
+
+#endif  // KVTIER_SRC_SERVER_METRICS_H_

@@ -1,0 +1,278 @@
+#include "src/server/config.h"
+
+#include <unistd.h>
+
+#include <cstdio>
+#include <fstream>
+#include <string>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "tests/testing/status_matchers.h"
+
+namespace kvtier::server {
+namespace {
+
+using ::kvtier::testing::StatusIs;
+using ::testing::HasSubstr;
+
+constexpr absl::StatusCode kInvalid = absl::StatusCode::kInvalidArgument;
+
+// A valid base: small DRAM so Validate passes without touching RAM size.
+DaemonConfig Base() {
+  DaemonConfig c;
+  c.unix_socket = "/tmp/kvtier-test/kvtierd.sock";
+  c.dram.dram_capacity_bytes = 256ull << 20;
+  return c;
+}
+
+std::string TempFile(const std::string& contents) {
+  char path[] = "/tmp/kvtier_config_test_XXXXXX";
+  int fd = mkstemp(path);
+  EXPECT_GE(fd, 0);
+  EXPECT_EQ(write(fd, contents.data(), contents.size()), static_cast<ssize_t>(contents.size()));
+  close(fd);
+  return path;
+}
+
+TEST(ByteSize, ParsesUnits) {
+  EXPECT_EQ(*ParseByteSize("4096", "f"), 4096u);
+  EXPECT_EQ(*ParseByteSize("64KiB", "f"), 64u << 10);
+  EXPECT_EQ(*ParseByteSize("1MiB", "f"), 1u << 20);
+  EXPECT_EQ(*ParseByteSize("16GiB", "f"), 16ull << 30);
+  EXPECT_EQ(*ParseByteSize("2G", "f"), 2ull << 30);
+  EXPECT_EQ(*ParseByteSize("1.5GiB", "f"), 3ull << 29);
+  EXPECT_EQ(*ParseByteSize(" 8 mb ", "f"), 8u << 20);
+  EXPECT_THAT(ParseByteSize("lots", "dram.capacity"),
+              StatusIs(kInvalid, HasSubstr("dram.capacity")));
+  EXPECT_THAT(ParseByteSize("3 parsecs", "x"), StatusIs(kInvalid, HasSubstr("unknown unit")));
+  EXPECT_THAT(ParseByteSize("0.5", "x"), StatusIs(kInvalid, HasSubstr("whole number")));
+}
+
+TEST(Yaml, AppliesEveryKey) {
+  const std::string token_file = TempFile("tenant-b-token-0123456789\n");
+  DaemonConfig c = Base();
+  ASSERT_OK(ApplyYaml(R"(
+data_dir: /var/lib/kvtier
+listen:
+  unix_socket: /run/kvtier/k.sock
+  unix_socket_mode: "0600"
+  shared_memory: false
+  tcp: 127.0.0.1:7000
+  allow_insecure_tcp: true
+  http: 127.0.0.1:9999
+dram:
+  capacity: 2GiB
+  slab: 32MiB
+  index_shards: 16
+  huge_pages: false
+  prefault: true
+  eviction_policy: lru
+auth:
+  admin_token: admin-token-0123456789
+  tenants:
+    - name: a
+      token: tenant-a-token-0123456789
+      cache_salts: [salt-a, ""]
+      model_ids: [m1]
+      shared_memory: true
+    - name: b
+      token_file: )" + token_file +
+                          R"(
+limits:
+  max_keys_per_request: 100
+  max_tokens_per_request: 5000
+  max_message_bytes: 256KiB
+  max_grpc_message_bytes: 4MiB
+  lease_seconds: 5
+  max_leases: 10
+shutdown:
+  drain_seconds: 3
+log:
+  level: debug
+)",
+                      c));
+  EXPECT_EQ(c.data_dir, "/var/lib/kvtier");
+  EXPECT_EQ(c.unix_socket, "/run/kvtier/k.sock");
+  EXPECT_EQ(c.unix_socket_mode, 0600u);
+  EXPECT_FALSE(c.shared_memory);
+  EXPECT_EQ(c.tcp, "127.0.0.1:7000");
+  EXPECT_TRUE(c.allow_insecure_tcp);
+  EXPECT_EQ(c.http, "127.0.0.1:9999");
+  EXPECT_EQ(c.dram.dram_capacity_bytes, 2ull << 30);
+  EXPECT_EQ(c.dram.slab_bytes, 32ull << 20);
+  EXPECT_EQ(c.dram.index_shards, 16u);
+  EXPECT_FALSE(c.dram.huge_pages);
+  EXPECT_TRUE(c.dram.prefault);
+  EXPECT_EQ(c.admin_token, "admin-token-0123456789");
+  ASSERT_EQ(c.tenants.size(), 2u);
+  EXPECT_EQ(c.tenants[0].name, "a");
+  EXPECT_EQ(c.tenants[0].cache_salts, (std::vector<std::string>{"salt-a", ""}));
+  EXPECT_EQ(c.tenants[0].model_ids, (std::vector<std::string>{"m1"}));
+  EXPECT_TRUE(c.tenants[0].shared_memory);
+  EXPECT_EQ(c.tenants[1].token, "tenant-b-token-0123456789");  // trimmed
+  EXPECT_FALSE(c.tenants[1].shared_memory);
+  EXPECT_EQ(c.max_keys_per_request, 100u);
+  EXPECT_EQ(c.max_tokens_per_request, 5000u);
+  EXPECT_EQ(c.max_message_bytes, 256u << 10);
+  EXPECT_EQ(c.max_grpc_message_bytes, 4u << 20);
+  EXPECT_EQ(c.lease_seconds, 5u);
+  EXPECT_EQ(c.max_leases, 10u);
+  EXPECT_EQ(c.drain_seconds, 3u);
+  EXPECT_EQ(c.log_level, "debug");
+  EXPECT_OK(c.Validate());
+  std::remove(token_file.c_str());
+}
+
+TEST(Yaml, ErrorsNameTheKey) {
+  DaemonConfig c = Base();
+  EXPECT_THAT(ApplyYaml("dram:\n  capacty: 1GiB\n", c),
+              StatusIs(kInvalid, HasSubstr("dram.capacty: unknown key")));
+  EXPECT_THAT(ApplyYaml("colour: blue\n", c), StatusIs(kInvalid, HasSubstr("colour")));
+  EXPECT_THAT(ApplyYaml("dram:\n  capacity: many\n", c),
+              StatusIs(kInvalid, HasSubstr("dram.capacity")));
+  EXPECT_THAT(ApplyYaml("listen:\n  shared_memory: perhaps\n", c),
+              StatusIs(kInvalid, HasSubstr("listen.shared_memory")));
+  EXPECT_THAT(ApplyYaml("limits:\n  lease_seconds: -3\n", c),
+              StatusIs(kInvalid, HasSubstr("limits.lease_seconds")));
+  EXPECT_THAT(ApplyYaml("listen:\n  unix_socket_mode: \"0999\"\n", c),
+              StatusIs(kInvalid, HasSubstr("listen.unix_socket_mode")));
+  EXPECT_THAT(ApplyYaml("auth:\n  tenants:\n    - name: a\n      tokn: x\n", c),
+              StatusIs(kInvalid, HasSubstr("auth.tenants[0].tokn")));
+  EXPECT_THAT(ApplyYaml("auth:\n  tenants:\n    - name: a\n      token_file: /nonexistent/t\n", c),
+              StatusIs(kInvalid, HasSubstr("auth.tenants[0].token_file")));
+  EXPECT_THAT(ApplyYaml("dram: [1, 2\n", c), StatusIs(kInvalid, HasSubstr("line")));
+  EXPECT_THAT(ApplyYaml("dram:\n  capacity: [1]\n", c),
+              StatusIs(kInvalid, HasSubstr("dram.capacity: must be a single value")));
+}
+
+TEST(Validate, RejectsUnsafeOrBrokenSettings) {
+  {
+    DaemonConfig c = Base();
+    c.tcp = "127.0.0.1:7000";
+    EXPECT_THAT(c.Validate(),
+                StatusIs(kInvalid, HasSubstr("listen.tcp: TCP needs authentication")));
+    c.admin_token = "admin-token-0123456789";
+    EXPECT_OK(c.Validate());
+    c.tcp = "0.0.0.0:7000";
+    EXPECT_THAT(c.Validate(), StatusIs(kInvalid, HasSubstr("not a loopback address")));
+    c.allow_insecure_tcp = true;
+    EXPECT_OK(c.Validate());
+    c.tcp = "localhost";
+    EXPECT_THAT(c.Validate(), StatusIs(kInvalid, HasSubstr("listen.tcp")));
+  }
+  {
+    DaemonConfig c = Base();
+    c.admin_token = "short";
+    EXPECT_THAT(c.Validate(), StatusIs(kInvalid, HasSubstr("auth.admin_token")));
+  }
+  {
+    DaemonConfig c = Base();
+    c.tenants.push_back({"a", "tenant-token-0123456789", {}, {}, false});
+    c.tenants.push_back({"a", "tenant-token-9876543210", {}, {}, false});
+    EXPECT_THAT(c.Validate(), StatusIs(kInvalid, HasSubstr("auth.tenants[1].name")));
+    c.tenants[1].name = "b";
+    c.tenants[1].token = c.tenants[0].token;
+    EXPECT_THAT(c.Validate(), StatusIs(kInvalid, HasSubstr("auth.tenants[1].token")));
+  }
+  {
+    DaemonConfig c = Base();
+    c.tls.cert_file = "/nonexistent/cert.pem";
+    EXPECT_THAT(c.Validate(), StatusIs(kInvalid, HasSubstr("tls.")));
+  }
+  {
+    DaemonConfig c = Base();
+    c.tls.require_client_cert = true;
+    EXPECT_THAT(c.Validate(), StatusIs(kInvalid, HasSubstr("tls.require_client_cert")));
+  }
+  {
+    DaemonConfig c = Base();
+    c.dram.slab_bytes = 3 << 20;  // not a multiple of 2 MiB
+    EXPECT_THAT(c.Validate(), StatusIs(kInvalid, HasSubstr("dram: ")));
+  }
+  {
+    DaemonConfig c = Base();
+    c.max_grpc_message_bytes = c.max_message_bytes;
+    EXPECT_THAT(c.Validate(), StatusIs(kInvalid, HasSubstr("limits.max_grpc_message_bytes")));
+  }
+  {
+    DaemonConfig c = Base();
+    c.log_level = "chatty";
+    EXPECT_THAT(c.Validate(), StatusIs(kInvalid, HasSubstr("log.level")));
+  }
+  {
+    DaemonConfig c = Base();
+    c.unix_socket = "/tmp/" + std::string(120, 'x');
+    EXPECT_THAT(c.Validate(), StatusIs(kInvalid, HasSubstr("listen.unix_socket")));
+  }
+}
+
+TEST(Layering, FlagsBeatEnvironmentBeatFile) {
+  const std::string file = TempFile(
+      "dram:\n  capacity: 1GiB\nlog:\n  level: warn\n"
+      "listen:\n  http: 127.0.0.1:1111\n");
+  ASSERT_OK_AND_ASSIGN(CommandLine cl, ParseCommandLine({"--config", file, "--dram=512MiB",
+                                                         "--socket", "/tmp/kvtier-test/x.sock"}));
+  std::map<std::string, std::string> env = {{"KVTIER_DRAM", "768MiB"},
+                                            {"KVTIER_LOG_LEVEL", "error"}};
+  ASSERT_OK_AND_ASSIGN(DaemonConfig c, LoadConfig(cl, env));
+  EXPECT_EQ(c.dram.dram_capacity_bytes, 512ull << 20);  // flag
+  EXPECT_EQ(c.log_level, "error");                      // env over file
+  EXPECT_EQ(c.http, "127.0.0.1:1111");                  // file
+  EXPECT_EQ(c.unix_socket, "/tmp/kvtier-test/x.sock");
+  std::remove(file.c_str());
+}
+
+TEST(Layering, DefaultsFillTheRest) {
+  ASSERT_OK_AND_ASSIGN(CommandLine cl, ParseCommandLine({}));
+  ASSERT_OK_AND_ASSIGN(DaemonConfig c, LoadConfig(cl, {{"XDG_RUNTIME_DIR", "/run/user/7"}}));
+  EXPECT_EQ(c.unix_socket, "/run/user/7/kvtier/kvtierd.sock");
+  EXPECT_EQ(c.dram.dram_capacity_bytes, DefaultDramBytes());
+  EXPECT_LE(c.dram.dram_capacity_bytes, 16ull << 30);
+  EXPECT_EQ(c.dram.dram_capacity_bytes % (64ull << 20), 0u);
+  EXPECT_TRUE(c.tcp.empty());
+  EXPECT_TRUE(c.open_mode());
+
+  ASSERT_OK_AND_ASSIGN(CommandLine cl2, ParseCommandLine({"--data-dir", "/tmp/kvtier-dd"}));
+  ASSERT_OK_AND_ASSIGN(DaemonConfig c2, LoadConfig(cl2, {}));
+  EXPECT_EQ(c2.unix_socket, "/tmp/kvtier-dd/kvtierd.sock");
+}
+
+TEST(Layering, BarePortsBindLoopback) {
+  ASSERT_OK_AND_ASSIGN(CommandLine cl, ParseCommandLine({"--tcp", ":7001", "--http", "9999",
+                                                         "--socket", "/tmp/kvtier-test/x.sock"}));
+  ASSERT_OK_AND_ASSIGN(DaemonConfig c,
+                       LoadConfig(cl, {{"KVTIER_ADMIN_TOKEN", "admin-token-0123456789"}}));
+  EXPECT_EQ(c.tcp, "127.0.0.1:7001");
+  EXPECT_EQ(c.http, "127.0.0.1:9999");
+}
+
+TEST(Layering, BadFlagsAndVariablesAreNamed) {
+  EXPECT_THAT(ParseCommandLine({"--colour", "blue"}), StatusIs(kInvalid, HasSubstr("--colour")));
+  EXPECT_THAT(ParseCommandLine({"--dram"}), StatusIs(kInvalid, HasSubstr("--dram: needs a value")));
+  EXPECT_THAT(ParseCommandLine({"stray"}), StatusIs(kInvalid, HasSubstr("stray")));
+  ASSERT_OK_AND_ASSIGN(CommandLine cl, ParseCommandLine({"--lease-seconds", "0"}));
+  EXPECT_THAT(LoadConfig(cl, {}), StatusIs(kInvalid, HasSubstr("--lease-seconds")));
+  ASSERT_OK_AND_ASSIGN(CommandLine none, ParseCommandLine({}));
+  EXPECT_THAT(LoadConfig(none, {{"KVTIER_SHARED_MEMORY", "sometimes"}}),
+              StatusIs(kInvalid, HasSubstr("KVTIER_SHARED_MEMORY")));
+  EXPECT_THAT(LoadConfig(none, {{"KVTIER_CONFIG", "/nonexistent/kvtierd.yaml"}}),
+              StatusIs(kInvalid, HasSubstr("/nonexistent/kvtierd.yaml")));
+}
+
+TEST(Redaction, TokensNeverAppear) {
+  DaemonConfig c = Base();
+  c.admin_token = "admin-secret-0123456789";
+  c.tenants.push_back({"a", "tenant-secret-0123456789", {"s"}, {}, true});
+  std::string yaml = c.ToRedactedYaml();
+  EXPECT_THAT(yaml, ::testing::Not(HasSubstr("secret")));
+  EXPECT_THAT(yaml, HasSubstr("<redacted>"));
+  // The redacted YAML is itself a valid config file (tokens aside).
+  DaemonConfig back = Base();
+  ASSERT_OK(ApplyYaml(yaml, back));
+  EXPECT_EQ(back.tenants.size(), 1u);
+  EXPECT_EQ(back.unix_socket, c.unix_socket);
+}
+
+}  // namespace
+}  // namespace kvtier::server
