@@ -8,7 +8,11 @@
 #ifndef KVTIER_SRC_CLI_BENCH_H_
 #define KVTIER_SRC_CLI_BENCH_H_
 
+#include <atomic>
+#include <chrono>
+#include <cstdint>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "src/cli/flags.h"
@@ -34,6 +38,46 @@ int RunBench(const std::vector<std::string>& args);
 double Median(std::vector<double> samples);
 // The p-th percentile (0..100) by nearest rank; 0 for none.
 double Percentile(std::vector<double> samples, double p);
+
+// Runs `fn(thread, iteration)` on `threads` threads for about `seconds`;
+// returns bytes per second (each call moves `bytes`). `fn` returns false on
+// failure, which stops the run and makes the result 0.
+template <typename Fn>
+double MeasureThroughput(int threads, double seconds, uint64_t bytes, Fn fn) {
+  std::atomic<bool> stop{false}, failed{false};
+  std::atomic<int> ready{0};
+  std::vector<uint64_t> counts(static_cast<size_t>(threads), 0);
+  std::vector<std::thread> pool;
+  for (int t = 0; t < threads; ++t) {
+    pool.emplace_back([&, t] {
+      ready.fetch_add(1);
+      while (ready.load() < threads) {
+      }
+      uint64_t n = 0;
+      while (!stop.load(std::memory_order_relaxed)) {
+        if (!fn(t, n++)) {
+          failed.store(true);
+          stop.store(true);
+        }
+      }
+      counts[static_cast<size_t>(t)] = n;
+    });
+  }
+  while (ready.load() < threads) {
+  }
+  auto t0 = std::chrono::steady_clock::now();
+  while (!stop.load() &&
+         std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() < seconds) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  stop.store(true);
+  for (auto& th : pool) th.join();
+  double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  if (failed.load()) return 0;
+  uint64_t total = 0;
+  for (uint64_t c : counts) total += c;
+  return static_cast<double>(total * bytes) / elapsed;
+}
 
 // Suites.
 int RunDramBench(Flags& flags);

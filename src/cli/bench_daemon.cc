@@ -103,45 +103,6 @@ std::string FindKvtierd() {
   return "kvtierd";
 }
 
-// Runs `fn(thread, iteration)` on `threads` threads for about `seconds`;
-// returns bytes per second (each call moves `bytes`). `fn` returns false on
-// failure, which stops the run and makes the result 0.
-template <typename Fn>
-double Throughput(int threads, double seconds, uint64_t bytes, Fn fn) {
-  std::atomic<bool> stop{false}, failed{false};
-  std::atomic<int> ready{0};
-  std::vector<uint64_t> counts(static_cast<size_t>(threads), 0);
-  std::vector<std::thread> pool;
-  for (int t = 0; t < threads; ++t) {
-    pool.emplace_back([&, t] {
-      ready.fetch_add(1);
-      while (ready.load() < threads) {
-      }
-      uint64_t n = 0;
-      while (!stop.load(std::memory_order_relaxed)) {
-        if (!fn(t, n++)) {
-          failed.store(true);
-          stop.store(true);
-        }
-      }
-      counts[static_cast<size_t>(t)] = n;
-    });
-  }
-  while (ready.load() < threads) {
-  }
-  auto t0 = Clock::now();
-  while (!stop.load() && std::chrono::duration<double>(Clock::now() - t0).count() < seconds) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  }
-  stop.store(true);
-  for (auto& th : pool) th.join();
-  double elapsed = std::chrono::duration<double>(Clock::now() - t0).count();
-  if (failed.load()) return 0;
-  uint64_t total = 0;
-  for (uint64_t c : counts) total += c;
-  return static_cast<double>(total * bytes) / elapsed;
-}
-
 void Fill(std::vector<std::byte>& v, uint64_t seed) {
   std::mt19937_64 rng(seed);
   for (size_t i = 0; i + 8 <= v.size(); i += 8) {
@@ -449,7 +410,7 @@ int RunDaemonBench(Flags& flags) {
     return redis_c[t]->SetBatch(redis_keys(t, n, false), vals, chunk);
   };
   std::vector<uint64_t> save_counter(threads, 0);
-  auto run = [&](auto fn) { return Throughput(threads, seconds, op_bytes, fn); };
+  auto run = [&](auto fn) { return MeasureThroughput(threads, seconds, op_bytes, fn); };
   // Warm-up: touch every page of every path once.
   run(memcpy_load);
   run(memcpy_save);
@@ -516,7 +477,7 @@ int RunDaemonBench(Flags& flags) {
     }
   }
   const double qps1 = static_cast<double>(lat_us.size()) / lookup_seconds;
-  const double qpsn = Throughput(threads, lookup_seconds, 1, [&](int t, uint64_t) {
+  const double qpsn = MeasureThroughput(threads, lookup_seconds, 1, [&](int t, uint64_t) {
     return shm_c[t]->Lookup(*ns, lookup_chain).ok();
   });
 

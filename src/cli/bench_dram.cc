@@ -18,36 +18,6 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-// Runs `fn(thread, iteration)` on `threads` threads for about `seconds` and
-// returns the bytes per second moved (each call moves `bytes`).
-template <typename Fn>
-double Throughput(int threads, double seconds, uint64_t bytes, Fn fn) {
-  std::atomic<bool> stop{false};
-  std::atomic<int> ready{0};
-  std::vector<uint64_t> counts(static_cast<size_t>(threads), 0);
-  std::vector<std::thread> pool;
-  for (int t = 0; t < threads; ++t) {
-    pool.emplace_back([&, t] {
-      ready.fetch_add(1);
-      while (ready.load() < threads) {
-      }
-      uint64_t n = 0;
-      while (!stop.load(std::memory_order_relaxed)) fn(t, n++);
-      counts[static_cast<size_t>(t)] = n;
-    });
-  }
-  while (ready.load() < threads) {
-  }
-  auto t0 = Clock::now();
-  std::this_thread::sleep_for(std::chrono::duration<double>(seconds));
-  stop.store(true);
-  for (auto& th : pool) th.join();
-  double elapsed = std::chrono::duration<double>(Clock::now() - t0).count();
-  uint64_t total = 0;
-  for (uint64_t c : counts) total += c;
-  return static_cast<double>(total * bytes) / elapsed;
-}
-
 absl::StatusOr<Namespace> BenchNamespace(uint64_t payload_bytes) {
   // One token = 1 KiB (4 layers x K,V x 1 head x 64 x fp16 = 1 KiB), so a
   // payload of N KiB is a chunk of N tokens.
@@ -136,23 +106,26 @@ int RunDramBench(Flags& flags) {
       for (auto& k : next_key) k = per_thread;
       std::vector<double> ms, s, ml, l;
       for (int64_t r = 0; r < reps; ++r) {
-        ms.push_back(Throughput(threads, seconds, size, [&](int t, uint64_t i) {
+        ms.push_back(MeasureThroughput(threads, seconds, size, [&](int t, uint64_t i) {
           std::byte* dst = pool.data() + ((t * per_thread + i % per_thread) * size);
           std::memcpy(dst, src[t].data(), size);
+          return true;
         }));
         // Save: new keys each time; the oldest chunk is evicted once full.
-        s.push_back(Throughput(threads, seconds, size, [&](int t, uint64_t) {
+        s.push_back(MeasureThroughput(threads, seconds, size, [&](int t, uint64_t) {
           ChunkRef c{KeyOf(t, next_key[t]++), BlockKey{}, 0, ns->tokens_per_chunk()};
-          (void)(*cache)->Save(*ns, c, src[t]);
+          (void)(*cache)->Save(*ns, c, src[t]);  // a refused save still cost its time
+          return true;
         }));
-        ml.push_back(Throughput(threads, seconds, size, [&](int t, uint64_t i) {
+        ml.push_back(MeasureThroughput(threads, seconds, size, [&](int t, uint64_t i) {
           const std::byte* from = pool.data() + ((t * per_thread + i % per_thread) * size);
           std::memcpy(src[t].data(), from, size);
+          return true;
         }));
-        l.push_back(Throughput(threads, seconds, size, [&](int t, uint64_t i) {
+        l.push_back(MeasureThroughput(threads, seconds, size, [&](int t, uint64_t i) {
           uint64_t newest = next_key[t].load(std::memory_order_relaxed);
           uint64_t k = newest - 1 - (i % per_thread);
-          (void)(*cache)->Load(*ns, KeyOf(t, k), absl::MakeSpan(src[t]));
+          return (*cache)->Load(*ns, KeyOf(t, k), absl::MakeSpan(src[t])).ok();
         }));
       }
       rows.push_back(Row{size, threads, Median(ms), Median(s), Median(ml), Median(l),
@@ -231,10 +204,11 @@ int RunDramBench(Flags& flags) {
     std::printf("%s\n", j.Dump().c_str());
     return 0;
   }
-  std::printf("kvtier bench dram: medians of %lld x %.2fs (ratio = median of per-repetition "
-              "ratios), arena %s, working set %s\n\n",
-              static_cast<long long>(reps), seconds, HumanBytes(capacity).c_str(),
-              HumanBytes(working_set).c_str());
+  std::printf(
+      "kvtier bench dram: medians of %lld x %.2fs (ratio = median of per-repetition "
+      "ratios), arena %s, working set %s\n\n",
+      static_cast<long long>(reps), seconds, HumanBytes(capacity).c_str(),
+      HumanBytes(working_set).c_str());
   Table t({"chunk", "threads", "memcpy (save)", "Save", "ratio", "memcpy (load)", "Load", "ratio"});
   for (const Row& r : rows) {
     t.AddRow({HumanBytes(r.size), absl::StrCat(r.threads), HumanRate(r.memcpy_save),

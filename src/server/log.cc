@@ -6,6 +6,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "src/common/json_escape.h"
 
 namespace kvtier::server {
 namespace {
@@ -33,38 +34,6 @@ absl::StatusOr<LogLevel> ParseLogLevel(absl::string_view name) {
   if (name == "error") return LogLevel::kError;
   return absl::InvalidArgumentError(
       absl::StrCat("log.level: '", name, "' is not debug, info, warn or error"));
-}
-
-std::string JsonEscape(absl::string_view s) {
-  std::string out;
-  out.reserve(s.size());
-  for (char ch : s) {
-    const unsigned char c = static_cast<unsigned char>(ch);
-    switch (c) {
-      case '"':
-        out += "\\\"";
-        break;
-      case '\\':
-        out += "\\\\";
-        break;
-      case '\n':
-        out += "\\n";
-        break;
-      case '\r':
-        out += "\\r";
-        break;
-      case '\t':
-        out += "\\t";
-        break;
-      default:
-        if (c < 0x20) {
-          absl::StrAppendFormat(&out, "\\u%04x", c);
-        } else {
-          out += ch;
-        }
-    }
-  }
-  return out;
 }
 
 LogField::LogField(absl::string_view key, absl::string_view value)

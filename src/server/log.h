@@ -47,9 +47,6 @@ class LogField {
   std::string json_;
 };
 
-// Escapes `s` as the inside of a JSON string.
-std::string JsonEscape(absl::string_view s);
-
 class Logger {
  public:
   explicit Logger(LogLevel min_level, FILE* out = stderr) : min_level_(min_level), out_(out) {}
