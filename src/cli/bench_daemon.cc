@@ -32,6 +32,7 @@
 #include "kvtier/namespace.h"
 #include "src/cli/bench.h"
 #include "src/cli/report.h"
+#include "src/common/temp_path.h"
 
 namespace kvtier::cli {
 namespace {
@@ -214,12 +215,12 @@ int RunDaemonBench(Flags& flags) {
   }
 
   // ---- start kvtierd and redis-server
-  char tmpl[] = "/tmp/kvtier-bench-XXXXXX";
-  if (mkdtemp(tmpl) == nullptr) {
-    std::perror("mkdtemp");
+  absl::StatusOr<std::string> tmp_dir = MakeTempDir("/tmp", "kvtier-bench-");
+  if (!tmp_dir.ok()) {
+    std::fprintf(stderr, "kvtier bench daemon: %s\n", tmp_dir.status().ToString().c_str());
     return 1;
   }
-  const std::string dir = tmpl;
+  const std::string dir = *tmp_dir;
   struct Cleanup {
     std::string dir;
     ~Cleanup() {

@@ -32,6 +32,7 @@
 #include "src/cli/report.h"
 #include "src/common/bytes.h"
 #include "src/common/env.h"
+#include "src/common/temp_path.h"
 #include "src/core/chunk_format.h"
 #include "src/tiers/nvme/nvme_tier.h"
 
@@ -244,15 +245,13 @@ int RunNvmeBench(Flags& flags) {
     std::fprintf(stderr, "kvtier bench nvme: --qd must be 1..4096 and --reps at least 1\n");
     return 2;
   }
-  std::string tmpl = parent + "/kvtier-bench-nvme-XXXXXX";
-  std::vector<char> dirbuf(tmpl.begin(), tmpl.end());
-  dirbuf.push_back('\0');
-  if (::mkdtemp(dirbuf.data()) == nullptr) {
-    std::fprintf(stderr, "kvtier bench nvme: cannot create a folder in %s: %s\n", parent.c_str(),
-                 ErrnoText(errno).c_str());
+  absl::StatusOr<std::string> tmp_dir = MakeTempDir(parent, "kvtier-bench-nvme-");
+  if (!tmp_dir.ok()) {
+    std::fprintf(stderr, "kvtier bench nvme: %s\n",
+                 std::string(tmp_dir.status().message()).c_str());
     return 1;
   }
-  const std::string dir = dirbuf.data();
+  const std::string dir = *tmp_dir;
   struct Cleanup {
     std::string d;
     ~Cleanup() {

@@ -18,13 +18,13 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "src/common/temp_path.h"
 
 namespace kvtier::testing {
 
 TempDir::TempDir() {
-  char tmpl[] = "/tmp/kvtd-XXXXXX";
-  char* p = mkdtemp(tmpl);
-  path_ = p != nullptr ? p : "/tmp";
+  absl::StatusOr<std::string> p = MakeTempDir("/tmp", "kvtd-");
+  path_ = p.ok() ? *p : "/tmp";
 }
 
 TempDir::~TempDir() {

@@ -108,7 +108,7 @@ class LineParser {
   }
   bool AtDigit() const { return pos_ < text_.size() && text_[pos_] >= '0' && text_[pos_] <= '9'; }
 
-  // A JSON string; escapes are decoded (\uXXXX to UTF-8, surrogate pairs
+  // A JSON string; escapes are decoded (\u escapes to UTF-8, surrogate pairs
   // joined).
   absl::Status ParseString(std::string* out) {
     if (!Consume('"')) return Syntax("expected '\"' to open a key or string");

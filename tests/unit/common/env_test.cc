@@ -1,5 +1,7 @@
 #include "src/common/env.h"
 
+#include "src/common/temp_path.h"
+
 #include <errno.h>
 
 #include <cstring>
@@ -23,9 +25,9 @@ using ::testing::HasSubstr;
 class EnvTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    char tmpl[] = "/tmp/kvtier-env-XXXXXX";
-    ASSERT_NE(::mkdtemp(tmpl), nullptr);
-    dir_ = tmpl;
+    absl::StatusOr<std::string> dir = MakeTempDir("/tmp", "kvtier-env-");
+    ASSERT_TRUE(dir.ok()) << dir.status();
+    dir_ = *dir;
   }
   void TearDown() override { std::filesystem::remove_all(dir_); }
   std::string dir_;

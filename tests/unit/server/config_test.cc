@@ -1,5 +1,7 @@
 #include "src/server/config.h"
 
+#include "src/common/temp_path.h"
+
 #include <unistd.h>
 
 #include <cstdio>
@@ -27,9 +29,11 @@ DaemonConfig Base() {
 }
 
 std::string TempFile(const std::string& contents) {
-  char path[] = "/tmp/kvtier_config_test_XXXXXX";
-  int fd = mkstemp(path);
-  EXPECT_GE(fd, 0);
+  absl::StatusOr<std::pair<std::string, int>> file = MakeTempFile("/tmp", "kvtier_config_test_");
+  EXPECT_TRUE(file.ok()) << file.status();
+  if (!file.ok()) return "";
+  const std::string path = file->first;
+  const int fd = file->second;
   EXPECT_EQ(write(fd, contents.data(), contents.size()), static_cast<ssize_t>(contents.size()));
   close(fd);
   return path;

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "kvtier/keys.h"
+#include "src/common/temp_path.h"
 #include "src/core/chunk_format.h"
 #include "src/tiers/tier.h"
 
@@ -66,11 +67,9 @@ inline TestChunk MakeChunk(const BlockKey& key, size_t payload_bytes,
 class TempDir {
  public:
   explicit TempDir(const std::string& parent = "/tmp") {
-    std::string tmpl = parent + "/kvtier-nvme-XXXXXX";
-    std::vector<char> buf(tmpl.begin(), tmpl.end());
-    buf.push_back('\0');
-    if (::mkdtemp(buf.data()) == nullptr) std::abort();
-    path_ = buf.data();
+    absl::StatusOr<std::string> dir = MakeTempDir(parent, "kvtier-nvme-");
+    if (!dir.ok()) std::abort();
+    path_ = *dir;
   }
   ~TempDir() {
     std::error_code ec;
