@@ -2,8 +2,6 @@
 
 #include <netdb.h>
 #include <netinet/in.h>
-#include <poll.h>
-#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -12,6 +10,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "src/server/accept_loop.h"
 
 namespace kvtier::server {
 namespace {
@@ -90,48 +89,17 @@ absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(const std::string&
   int bound_port = bound.ss_family == AF_INET6
                        ? ntohs(reinterpret_cast<sockaddr_in6*>(&bound)->sin6_port)
                        : ntohs(reinterpret_cast<sockaddr_in*>(&bound)->sin_port);
-  int wake = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-  if (wake < 0) {
-    close(fd);
-    return absl::InternalError(absl::StrCat("eventfd: ", std::strerror(errno)));
-  }
-  std::unique_ptr<HttpServer> s(new HttpServer(fd, wake, bound_port, std::move(handler), log));
-  s->thread_ = std::thread([p = s.get()] { p->Run(); });
+  std::unique_ptr<HttpServer> s(new HttpServer(bound_port, std::move(handler), log));
+  absl::StatusOr<std::unique_ptr<AcceptLoop>> loop = AcceptLoop::Start(
+      fd, [p = s.get()](int conn) { p->Serve(conn); }, "http", log);
+  if (!loop.ok()) return loop.status();
+  s->loop_ = *std::move(loop);
   return s;
 }
 
-HttpServer::~HttpServer() {
-  Stop();
-  close(listen_fd_);
-  close(wake_fd_);
-}
+HttpServer::~HttpServer() { Stop(); }
 
-void HttpServer::Stop() {
-  if (stopped_.exchange(true)) return;
-  uint64_t one = 1;
-  [[maybe_unused]] ssize_t n = write(wake_fd_, &one, sizeof(one));
-  if (thread_.joinable()) thread_.join();
-}
-
-void HttpServer::Run() {
-  while (!stopped_.load()) {
-    pollfd fds[2] = {{listen_fd_, POLLIN, 0}, {wake_fd_, POLLIN, 0}};
-    int r = poll(fds, 2, -1);
-    if (r < 0) {
-      if (errno == EINTR) continue;
-      return;
-    }
-    if (fds[1].revents != 0) return;
-    if ((fds[0].revents & POLLIN) == 0) continue;
-    int conn = accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
-    if (conn < 0) continue;
-    timeval tv{2, 0};
-    setsockopt(conn, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-    setsockopt(conn, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
-    Serve(conn);
-    close(conn);
-  }
-}
+void HttpServer::Stop() { loop_->Stop(); }
 
 void HttpServer::Serve(int conn) {
   std::string req;

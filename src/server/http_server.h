@@ -8,13 +8,12 @@
 #ifndef KVTIER_SRC_SERVER_HTTP_SERVER_H_
 #define KVTIER_SRC_SERVER_HTTP_SERVER_H_
 
-#include <atomic>
 #include <functional>
 #include <memory>
 #include <string>
-#include <thread>
 
 #include "absl/status/statusor.h"
+#include "src/server/accept_loop.h"
 #include "src/server/log.h"
 
 namespace kvtier::server {
@@ -43,22 +42,14 @@ class HttpServer {
   void Stop();
 
  private:
-  HttpServer(int listen_fd, int wake_fd, int port, Handler handler, Logger* log)
-      : listen_fd_(listen_fd),
-        wake_fd_(wake_fd),
-        port_(port),
-        handler_(std::move(handler)),
-        log_(log) {}
-  void Run();
+  HttpServer(int port, Handler handler, Logger* log)
+      : port_(port), handler_(std::move(handler)), log_(log) {}
   void Serve(int conn);
 
-  const int listen_fd_;
-  const int wake_fd_;
   const int port_;
   const Handler handler_;
   Logger* const log_;
-  std::atomic<bool> stopped_{false};
-  std::thread thread_;
+  std::unique_ptr<AcceptLoop> loop_;  // last: stops before the members above go
 };
 
 }  // namespace kvtier::server

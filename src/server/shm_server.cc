@@ -1,8 +1,6 @@
 #include "src/server/shm_server.h"
 
 #include <fcntl.h>
-#include <poll.h>
-#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -13,6 +11,7 @@
 #include <filesystem>
 
 #include "absl/strings/str_cat.h"
+#include "src/server/accept_loop.h"
 #include "src/server/shm_protocol.h"
 
 namespace kvtier::server {
@@ -74,50 +73,23 @@ absl::StatusOr<std::unique_ptr<ShmServer>> ShmServer::Start(const ShmServerOptio
     return s;
   }
   chmod(options.path.c_str(), options.mode);
-  int wake = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-  if (wake < 0) {
-    close(fd);
-    return absl::InternalError(absl::StrCat("eventfd: ", std::strerror(errno)));
+  std::unique_ptr<ShmServer> server(new ShmServer(options, auth, log));
+  absl::StatusOr<std::unique_ptr<AcceptLoop>> loop = AcceptLoop::Start(
+      fd, [s = server.get()](int conn) { s->Serve(conn); }, "shared memory", log);
+  if (!loop.ok()) {
+    unlink(options.path.c_str());
+    return loop.status();
   }
-  std::unique_ptr<ShmServer> server(new ShmServer(options, auth, log, fd, wake));
-  server->thread_ = std::thread([s = server.get()] { s->Run(); });
+  server->loop_ = *std::move(loop);
   return server;
 }
 
-ShmServer::~ShmServer() {
-  Stop();
-  close(listen_fd_);
-  close(wake_fd_);
-}
+ShmServer::~ShmServer() { Stop(); }
 
 void ShmServer::Stop() {
   if (stopped_.exchange(true)) return;
-  uint64_t one = 1;
-  [[maybe_unused]] ssize_t n = write(wake_fd_, &one, sizeof(one));
-  if (thread_.joinable()) thread_.join();
+  loop_->Stop();
   unlink(options_.path.c_str());
-}
-
-void ShmServer::Run() {
-  while (!stopped_.load()) {
-    pollfd fds[2] = {{listen_fd_, POLLIN, 0}, {wake_fd_, POLLIN, 0}};
-    int r = poll(fds, 2, -1);
-    if (r < 0) {
-      if (errno == EINTR) continue;
-      log_->Error("shared memory: poll failed", {{"error", std::strerror(errno)}});
-      return;
-    }
-    if (fds[1].revents != 0) return;
-    if ((fds[0].revents & POLLIN) == 0) continue;
-    int conn = accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
-    if (conn < 0) continue;
-    // A client that stalls mid-request cannot hold the loop for long.
-    timeval tv{2, 0};
-    setsockopt(conn, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-    setsockopt(conn, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
-    Serve(conn);
-    close(conn);
-  }
 }
 
 void ShmServer::Serve(int conn) {

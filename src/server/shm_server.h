@@ -10,9 +10,9 @@
 #include <cstdint>
 #include <memory>
 #include <string>
-#include <thread>
 
 #include "absl/status/statusor.h"
+#include "src/server/accept_loop.h"
 #include "src/server/auth.h"
 #include "src/server/log.h"
 
@@ -46,24 +46,16 @@ class ShmServer {
   uint64_t grants() const { return grants_.load(std::memory_order_relaxed); }
 
  private:
-  ShmServer(ShmServerOptions options, const Authenticator* auth, Logger* log, int listen_fd,
-            int wake_fd)
-      : options_(std::move(options)),
-        auth_(auth),
-        log_(log),
-        listen_fd_(listen_fd),
-        wake_fd_(wake_fd) {}
-  void Run();
+  ShmServer(ShmServerOptions options, const Authenticator* auth, Logger* log)
+      : options_(std::move(options)), auth_(auth), log_(log) {}
   void Serve(int conn);
 
   const ShmServerOptions options_;
   const Authenticator* const auth_;
   Logger* const log_;
-  const int listen_fd_;
-  const int wake_fd_;  // eventfd that wakes the accept loop for Stop
   std::atomic<bool> stopped_{false};
   std::atomic<uint64_t> grants_{0};
-  std::thread thread_;
+  std::unique_ptr<AcceptLoop> loop_;  // last: stops before the members above go
 };
 
 }  // namespace kvtier::server
