@@ -11,6 +11,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "cuda/cuda_backend.h"
 #include "cuda/cuda_status.h"
 #include "cuda/device_runtime.h"
@@ -97,7 +98,8 @@ absl::StatusOr<Region> Resolve(const void* ptr, size_t bytes, absl::string_view 
 
 class CudaKvCopier final : public KvCopier {
  public:
-  static absl::StatusOr<std::unique_ptr<KvCopier>> Create(int device, const EngineLayout& layout) {
+  static absl::StatusOr<std::unique_ptr<KvCopier>> Create(int device, const EngineLayout& layout,
+                                                          const KvCopierOptions& options) {
     KVTIER_RETURN_IF_ERROR(layout.Validate());
     KVTIER_RETURN_IF_ERROR(SetDevice(device));
     // Every base must be memory of this device and hold the whole tensor the
@@ -129,16 +131,25 @@ class CudaKvCopier final : public KvCopier {
     const size_t table_bytes = addresses.size() * sizeof(uint64_t);
     KVTIER_RETURN_IF_ERROR(CudaStatus(cudaMalloc(&table, table_bytes), "cudaMalloc(layer table)"));
     std::unique_ptr<CudaKvCopier> copier(
-        new CudaKvCopier(layout, device, static_cast<uint64_t*>(table)));
+        new CudaKvCopier(layout, device, static_cast<uint64_t*>(table), options));
     KVTIER_RETURN_IF_ERROR(
         CudaStatus(cudaMemcpy(table, addresses.data(), table_bytes, cudaMemcpyHostToDevice),
                    "cudaMemcpy(layer table)"));
+    if (options.host_staging_bytes > 0) {
+      KVTIER_RETURN_IF_ERROR(
+          CudaStatus(cudaEventCreateWithFlags(&copier->staging_free_, cudaEventDisableTiming),
+                     "cudaEventCreate(staging)"));
+    }
     return std::unique_ptr<KvCopier>(std::move(copier));
   }
 
   ~CudaKvCopier() override {
-    // Work still queued may use the table; cudaFree waits for the device.
-    if (cudaSetDevice(device_) == cudaSuccess) cudaFree(layer_table_);
+    // Work still queued may use the table and the staging buffer; cudaFree
+    // waits for the device.
+    if (cudaSetDevice(device_) != cudaSuccess) return;
+    cudaFree(layer_table_);
+    if (staging_ != nullptr) cudaFree(staging_);
+    if (staging_free_ != nullptr) cudaEventDestroy(staging_free_);
   }
 
  protected:
@@ -147,12 +158,39 @@ class CudaKvCopier final : public KvCopier {
     KVTIER_RETURN_IF_ERROR(SetDevice(device_));
     // Resolve every payload before enqueuing anything, so a bad one fails
     // the whole call with nothing started.
-    std::vector<uint64_t> payloads(chunks.size());
+    std::vector<Target> direct, staged;
     for (size_t i = 0; i < chunks.size(); ++i) {
-      KVTIER_ASSIGN_OR_RETURN(payloads[i], DevicePayload(chunks[i].payload, chunks[i].payload_bytes,
-                                                         absl::StrCat("chunks[", i, "].payload")));
+      KVTIER_ASSIGN_OR_RETURN(Region r, DevicePayload(chunks[i].payload, chunks[i].payload_bytes,
+                                                      absl::StrCat("chunks[", i, "].payload")));
+      const bool host = r.type != cudaMemoryTypeDevice && r.type != cudaMemoryTypeManaged;
+      (host && options_.host_staging_bytes > 0 ? staged : direct)
+          .push_back({&chunks[i], r.device_address});
     }
+    KVTIER_RETURN_IF_ERROR(Launch(gather, first_layer, num_layers, direct, AsStream(stream)));
+    if (staged.empty()) return absl::OkStatus();
+    return CopyStaged(gather, first_layer, num_layers, staged, AsStream(stream));
+  }
 
+ private:
+  // A chunk and the device address the kernel uses for its payload.
+  struct Target {
+    const ChunkTransfer* chunk;
+    uint64_t payload;
+  };
+
+  CudaKvCopier(const EngineLayout& layout, int device, uint64_t* layer_table,
+               const KvCopierOptions& options)
+      : KvCopier(layout),
+        device_(device),
+        plan_(MakeKvCopyPlan(layout)),
+        layer_table_(layer_table),
+        options_(options) {}
+
+  // Enqueues the kernels for `targets`, as few launches as the launch limits
+  // allow.
+  absl::Status Launch(bool gather, uint32_t first_layer, uint32_t num_layers,
+                      absl::Span<const Target> targets, cudaStream_t stream) const {
+    if (targets.empty()) return absl::OkStatus();
     auto args = std::make_unique<KvCopyArgs>();
     args->plan = plan_;
     args->layer_bases = layer_table_;
@@ -162,26 +200,25 @@ class CudaKvCopier final : public KvCopier {
       if (args->num_blocks == 0) return absl::OkStatus();
       absl::Status s;
       if (num_layers == 1) {
-        s = gather ? LaunchKvGatherLayer(*args, first_layer, AsStream(stream))
-                   : LaunchKvScatterLayer(*args, first_layer, AsStream(stream));
+        s = gather ? LaunchKvGatherLayer(*args, first_layer, stream)
+                   : LaunchKvScatterLayer(*args, first_layer, stream);
       } else {
-        s = gather ? LaunchKvGather(*args, AsStream(stream))
-                   : LaunchKvScatter(*args, AsStream(stream));
+        s = gather ? LaunchKvGather(*args, stream) : LaunchKvScatter(*args, stream);
       }
       args->num_blocks = 0;
       args->num_chunks = 0;
       return s;
     };
-    for (size_t i = 0; i < chunks.size(); ++i) {
-      const absl::Span<const int32_t> ids = chunks[i].block_ids;
+    for (const Target& t : targets) {
+      const absl::Span<const int32_t> ids = t.chunk->block_ids;
       uint32_t b = 0;
       while (b < ids.size()) {
         if (args->num_blocks == kMaxLaunchBlocks || args->num_chunks == kMaxLaunchChunks) {
           KVTIER_RETURN_IF_ERROR(flush());
         }
         KvLaunchChunk& entry = args->chunks[args->num_chunks++];
-        entry.payload = payloads[i];
-        entry.num_tokens = chunks[i].num_tokens;
+        entry.payload = t.payload;
+        entry.num_tokens = t.chunk->num_tokens;
         entry.first_block = b;
         entry.begin = args->num_blocks;
         const uint32_t take = std::min<uint32_t>(static_cast<uint32_t>(ids.size()) - b,
@@ -194,15 +231,85 @@ class CudaKvCopier final : public KvCopier {
     return flush();
   }
 
- private:
-  CudaKvCopier(const EngineLayout& layout, int device, uint64_t* layer_table)
-      : KvCopier(layout),
-        device_(device),
-        plan_(MakeKvCopyPlan(layout)),
-        layer_table_(layer_table) {}
+  // Host payloads through the staging buffer, in rounds that fit it. Gather:
+  // kernels into staging, then one device-to-host copy of each chunk's moved
+  // layers (contiguous in the payload). Scatter: the reverse. Calls from
+  // several streams take turns on the buffer: each waits for the event the
+  // previous one recorded after its last use.
+  absl::Status CopyStaged(bool gather, uint32_t first_layer, uint32_t num_layers,
+                          absl::Span<const Target> targets, cudaStream_t stream) {
+    constexpr size_t kAlign = 256;
+    auto aligned = [](size_t n) { return (n + kAlign - 1) / kAlign * kAlign; };
+    size_t largest = 0, sum = 0;
+    for (const Target& t : targets) {
+      largest = std::max(largest, aligned(t.chunk->payload_bytes));
+      sum += aligned(t.chunk->payload_bytes);
+    }
+    absl::MutexLock lock(&staging_mu_);
+    const size_t want = std::max(largest, std::min(sum, options_.host_staging_bytes));
+    if (want > staging_bytes_) {
+      // cudaFree waits for work still using the old buffer.
+      if (staging_ != nullptr) {
+        KVTIER_RETURN_IF_ERROR(CudaStatus(cudaFree(staging_), "cudaFree(staging)"));
+        staging_ = nullptr;
+        staging_bytes_ = 0;
+      }
+      KVTIER_RETURN_IF_ERROR(
+          CudaStatus(cudaMalloc(&staging_, want), absl::StrCat("cudaMalloc(staging, ", want, ")")));
+      staging_bytes_ = want;
+    }
+    KVTIER_RETURN_IF_ERROR(
+        CudaStatus(cudaStreamWaitEvent(stream, staging_free_, 0), "cudaStreamWaitEvent(staging)"));
+    auto* base = static_cast<std::byte*>(staging_);
+    std::vector<Target> round;
+    size_t used = 0;
+    auto run_round = [&]() -> absl::Status {
+      if (round.empty()) return absl::OkStatus();
+      auto move_bytes = [&](bool to_host) -> absl::Status {
+        for (const Target& t : round) {
+          const size_t layer_bytes = layout().LayerPayloadBytes(t.chunk->num_tokens);
+          const size_t offset = size_t{first_layer} * layer_bytes;
+          const size_t bytes = size_t{num_layers} * layer_bytes;
+          std::byte* dev = reinterpret_cast<std::byte*>(t.payload) + offset;
+          std::byte* host = t.chunk->payload + offset;
+          KVTIER_RETURN_IF_ERROR(CudaStatus(
+              to_host ? cudaMemcpyAsync(host, dev, bytes, cudaMemcpyDeviceToHost, stream)
+                      : cudaMemcpyAsync(dev, host, bytes, cudaMemcpyHostToDevice, stream),
+              "cudaMemcpyAsync(staging)"));
+        }
+        return absl::OkStatus();
+      };
+      if (gather) {
+        KVTIER_RETURN_IF_ERROR(Launch(true, first_layer, num_layers, round, stream));
+        KVTIER_RETURN_IF_ERROR(move_bytes(true));
+      } else {
+        KVTIER_RETURN_IF_ERROR(move_bytes(false));
+        KVTIER_RETURN_IF_ERROR(Launch(false, first_layer, num_layers, round, stream));
+      }
+      round.clear();
+      used = 0;
+      return absl::OkStatus();
+    };
+    absl::Status status;
+    for (const Target& t : targets) {
+      const size_t need = aligned(t.chunk->payload_bytes);
+      if (used + need > staging_bytes_) {
+        status = run_round();
+        if (!status.ok()) break;
+      }
+      round.push_back({t.chunk, reinterpret_cast<uint64_t>(base + used)});
+      used += need;
+    }
+    if (status.ok()) status = run_round();
+    // Recorded even after a failure, so the next user waits for whatever
+    // was enqueued.
+    const absl::Status recorded =
+        CudaStatus(cudaEventRecord(staging_free_, stream), "cudaEventRecord(staging)");
+    return status.ok() ? recorded : status;
+  }
 
-  absl::StatusOr<uint64_t> DevicePayload(const void* ptr, size_t bytes,
-                                         const std::string& what) const {
+  absl::StatusOr<Region> DevicePayload(const void* ptr, size_t bytes,
+                                       const std::string& what) const {
     KVTIER_ASSIGN_OR_RETURN(Region r, Resolve(ptr, bytes, what));
     if (r.type == cudaMemoryTypeUnregistered) {
       return absl::FailedPreconditionError(
@@ -218,12 +325,19 @@ class CudaKvCopier final : public KvCopier {
       return absl::FailedPreconditionError(
           absl::StrCat(what, ": host memory registered without a device mapping"));
     }
-    return r.device_address;
+    return r;
   }
 
   const int device_;
   const KvCopyPlan plan_;
   uint64_t* const layer_table_;  // device array of num_layers base addresses
+  const KvCopierOptions options_;
+
+  absl::Mutex staging_mu_;
+  void* staging_ ABSL_GUARDED_BY(staging_mu_) = nullptr;
+  size_t staging_bytes_ ABSL_GUARDED_BY(staging_mu_) = 0;
+  // Recorded after each use of the staging buffer; null without staging.
+  cudaEvent_t staging_free_ = nullptr;
 };
 
 class CudaDeviceRuntime final : public DeviceRuntime {
@@ -315,8 +429,10 @@ class CudaDeviceRuntime final : public DeviceRuntime {
     return true;
   }
 
-  absl::StatusOr<std::unique_ptr<KvCopier>> CreateKvCopier(const EngineLayout& layout) override {
-    return CudaKvCopier::Create(device_, layout);
+  using DeviceRuntime::CreateKvCopier;
+  absl::StatusOr<std::unique_ptr<KvCopier>> CreateKvCopier(
+      const EngineLayout& layout, const KvCopierOptions& options) override {
+    return CudaKvCopier::Create(device_, layout, options);
   }
 
  private:

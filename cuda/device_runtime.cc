@@ -101,7 +101,9 @@ class CpuDeviceRuntime final : public DeviceRuntime {
   absl::Status SynchronizeEvent(DeviceEvent) override { return absl::OkStatus(); }
   absl::StatusOr<bool> EventDone(DeviceEvent) override { return true; }
 
-  absl::StatusOr<std::unique_ptr<KvCopier>> CreateKvCopier(const EngineLayout& layout) override {
+  using DeviceRuntime::CreateKvCopier;
+  absl::StatusOr<std::unique_ptr<KvCopier>> CreateKvCopier(
+      const EngineLayout& layout, const KvCopierOptions& /*options*/) override {
     KVTIER_RETURN_IF_ERROR(layout.Validate());
     return std::unique_ptr<KvCopier>(new CpuKvCopier(layout));
   }

@@ -72,10 +72,11 @@ struct Row {
   uint32_t layers = 0, kv_heads = 0, head_size = 0, chunks = 0;
   uint64_t bytes = 0;  // moved per operation
   // Medians over repetitions, bytes per second.
-  double ceiling_out = 0, gather = 0, per_copy_out = 0;
-  double ceiling_in = 0, scatter = 0, per_copy_in = 0;
+  double ceiling_out = 0, gather = 0, direct_out = 0, per_copy_out = 0;
+  double ceiling_in = 0, scatter = 0, direct_in = 0, per_copy_in = 0;
   // Medians of the per-repetition ratios to the ceiling.
-  double gather_ratio = 0, per_copy_out_ratio = 0, scatter_ratio = 0, per_copy_in_ratio = 0;
+  double gather_ratio = 0, direct_out_ratio = 0, per_copy_out_ratio = 0;
+  double scatter_ratio = 0, direct_in_ratio = 0, per_copy_in_ratio = 0;
 };
 
 std::vector<double> Ratios(const std::vector<double>& a, const std::vector<double>& b) {
@@ -125,6 +126,10 @@ absl::StatusOr<Row> RunModel(DeviceRuntime& rt, DeviceStream stream, const Model
   const EngineLayout layout = EngineLayout::VllmFlashNhd(bases, shape);
   absl::StatusOr<std::unique_ptr<KvCopier>> copier = rt.CreateKvCopier(layout);
   if (!copier.ok()) return copier.status();
+  // The same kernels reading and writing pinned host memory directly.
+  absl::StatusOr<std::unique_ptr<KvCopier>> direct =
+      rt.CreateKvCopier(layout, KvCopierOptions{.host_staging_bytes = 0});
+  if (!direct.ok()) return direct.status();
 
   // Chunks take random distinct blocks, as an engine's free list hands out.
   std::vector<int32_t> ids(pool_blocks);
@@ -167,29 +172,35 @@ absl::StatusOr<Row> RunModel(DeviceRuntime& rt, DeviceStream stream, const Model
     return absl::OkStatus();
   };
 
-  std::vector<double> ceiling_out, gather, per_out, ceiling_in, scatter, per_in;
+  std::vector<double> ceiling_out, gather, dir_out, per_out, ceiling_in, scatter, dir_in, per_in;
   for (int64_t r = -1; r < reps; ++r) {  // repetition -1 warms up and is dropped
     absl::StatusOr<double> a = Time(rt, stream, total, [&] {
       return rt.Memcpy(payload.get(), contiguous.get(), total, stream);
     });
     absl::StatusOr<double> g =
         Time(rt, stream, total, [&] { return (*copier)->Gather(batch, stream); });
+    absl::StatusOr<double> so =
+        Time(rt, stream, total, [&] { return (*direct)->Gather(batch, stream); });
     absl::StatusOr<double> p = Time(rt, stream, total, [&] { return per_copy(true); });
     absl::StatusOr<double> b = Time(rt, stream, total, [&] {
       return rt.Memcpy(contiguous.get(), payload.get(), total, stream);
     });
     absl::StatusOr<double> s =
         Time(rt, stream, total, [&] { return (*copier)->Scatter(batch, stream); });
+    absl::StatusOr<double> si =
+        Time(rt, stream, total, [&] { return (*direct)->Scatter(batch, stream); });
     absl::StatusOr<double> q = Time(rt, stream, total, [&] { return per_copy(false); });
-    for (const auto* x : {&a, &g, &p, &b, &s, &q}) {
+    for (const auto* x : {&a, &g, &so, &p, &b, &s, &si, &q}) {
       if (!x->ok()) return x->status();
     }
     if (r < 0) continue;
     ceiling_out.push_back(*a);
     gather.push_back(*g);
+    dir_out.push_back(*so);
     per_out.push_back(*p);
     ceiling_in.push_back(*b);
     scatter.push_back(*s);
+    dir_in.push_back(*si);
     per_in.push_back(*q);
   }
 
@@ -202,13 +213,17 @@ absl::StatusOr<Row> RunModel(DeviceRuntime& rt, DeviceStream stream, const Model
   row.bytes = total;
   row.ceiling_out = Median(ceiling_out);
   row.gather = Median(gather);
+  row.direct_out = Median(dir_out);
   row.per_copy_out = Median(per_out);
   row.ceiling_in = Median(ceiling_in);
   row.scatter = Median(scatter);
+  row.direct_in = Median(dir_in);
   row.per_copy_in = Median(per_in);
   row.gather_ratio = Median(Ratios(gather, ceiling_out));
+  row.direct_out_ratio = Median(Ratios(dir_out, ceiling_out));
   row.per_copy_out_ratio = Median(Ratios(per_out, ceiling_out));
   row.scatter_ratio = Median(Ratios(scatter, ceiling_in));
+  row.direct_in_ratio = Median(Ratios(dir_in, ceiling_in));
   row.per_copy_in_ratio = Median(Ratios(per_in, ceiling_in));
   return row;
 }
@@ -299,11 +314,15 @@ int RunGpuBench(Flags& flags) {
                        .Set("ceiling_d2h_gbps", r.ceiling_out / 1e9)
                        .Set("gather_gbps", r.gather / 1e9)
                        .Set("gather_ratio", r.gather_ratio)
+                       .Set("direct_gather_gbps", r.direct_out / 1e9)
+                       .Set("direct_gather_ratio", r.direct_out_ratio)
                        .Set("per_block_copy_d2h_gbps", r.per_copy_out / 1e9)
                        .Set("per_block_copy_d2h_ratio", r.per_copy_out_ratio)
                        .Set("ceiling_h2d_gbps", r.ceiling_in / 1e9)
                        .Set("scatter_gbps", r.scatter / 1e9)
                        .Set("scatter_ratio", r.scatter_ratio)
+                       .Set("direct_scatter_gbps", r.direct_in / 1e9)
+                       .Set("direct_scatter_ratio", r.direct_in_ratio)
                        .Set("per_block_copy_h2d_gbps", r.per_copy_in / 1e9)
                        .Set("per_block_copy_h2d_ratio", r.per_copy_in_ratio));
     }
@@ -334,17 +353,22 @@ int RunGpuBench(Flags& flags) {
   }
   std::printf(
       "bf16, %u-token blocks, %u-token chunks, random block ids; medians of %lld repetitions\n"
-      "ceiling = one %s of a contiguous buffer of the same bytes; per-block = one %s\n"
+      "ceiling = one %s of a contiguous buffer of the same bytes; kvtier = KvCopier\n"
+      "(kernels through a device staging buffer, one copy per chunk); direct = the\n"
+      "kernels reading and writing pinned host memory; per-block = one %s\n"
       "per (layer, K/V, block); ratio = median of per-repetition ratios to the ceiling\n\n",
       kBlockTokens, kChunkTokens, static_cast<long long>(reps), reference, reference);
-  Table t({"model", "bytes", "direction", "ceiling", "kvtier", "ratio", "per-block", "ratio"});
+  Table t({"model", "bytes", "direction", "ceiling", "kvtier", "ratio", "direct", "ratio",
+           "per-block", "ratio"});
   for (const Row& r : rows) {
     t.AddRow({r.model, HumanBytes(r.bytes), gpu ? "gather D2H" : "gather", HumanRate(r.ceiling_out),
-              HumanRate(r.gather), Fixed(r.gather_ratio, 2), HumanRate(r.per_copy_out),
+              HumanRate(r.gather), Fixed(r.gather_ratio, 2), HumanRate(r.direct_out),
+              Fixed(r.direct_out_ratio, 2), HumanRate(r.per_copy_out),
               Fixed(r.per_copy_out_ratio, 2)});
     t.AddRow({r.model, HumanBytes(r.bytes), gpu ? "scatter H2D" : "scatter",
               HumanRate(r.ceiling_in), HumanRate(r.scatter), Fixed(r.scatter_ratio, 2),
-              HumanRate(r.per_copy_in), Fixed(r.per_copy_in_ratio, 2)});
+              HumanRate(r.direct_in), Fixed(r.direct_in_ratio, 2), HumanRate(r.per_copy_in),
+              Fixed(r.per_copy_in_ratio, 2)});
   }
   t.Print();
   if (gpu) {

@@ -1,13 +1,14 @@
 // The CUDA gather/scatter kernels against the CPU path (label "gpu"). Every
 // test skips when kvtier was built without CUDA or no device is visible.
+#include <atomic>
 #include <cstdint>
 #include <cstring>
 #include <memory>
 #include <string>
+#include <thread>
 #include <tuple>
 #include <vector>
 
-#include "absl/strings/match.h"
 #include "absl/types/span.h"
 #include "cuda/device_runtime.h"
 #include "cuda/kv_copy.h"
@@ -56,14 +57,7 @@ class CudaKvCopyTest : public ::testing::Test {
     DeviceRuntimeOptions o;
     o.kind = DeviceRuntimeOptions::Kind::kCuda;
     auto rt = DeviceRuntime::Create(o);
-    if (!rt.ok()) {
-      // Either "no CUDA device visible: <cudaGetDeviceCount error>" or the
-      // build has no CUDA at all.
-      const std::string why(rt.status().message());
-      GTEST_SKIP() << (absl::StartsWith(why, "no CUDA device visible")
-                           ? why
-                           : "no CUDA device visible: " + why);
-    }
+    if (!rt.ok()) GTEST_SKIP() << testing::NoCudaReason(rt.status());
     rt_ = std::move(rt).value();
     auto stream = rt_->CreateStream();
     ASSERT_TRUE(stream.ok()) << stream.status();
@@ -105,12 +99,13 @@ class CudaKvCopyTest : public ::testing::Test {
   DeviceStream stream_ = nullptr;
 };
 
-using Param = std::tuple<PoolKind, DType, uint32_t, uint32_t>;  // kind, dtype, bs, head size
+// kind, dtype, block size, head size, direct (kernels on host memory, no staging)
+using Param = std::tuple<PoolKind, DType, uint32_t, uint32_t, bool>;
 
 class CudaKvCopyLayoutTest : public CudaKvCopyTest, public ::testing::WithParamInterface<Param> {};
 
 TEST_P(CudaKvCopyLayoutTest, MatchesCpuPath) {
-  const auto [kind, dtype, bs, head_size] = GetParam();
+  const auto [kind, dtype, bs, head_size, direct] = GetParam();
   EngineShape shape{.num_blocks = 24,
                     .tokens_per_block = bs,
                     .num_kv_heads = kind == PoolKind::kMla ? 1u : 2u,
@@ -118,7 +113,9 @@ TEST_P(CudaKvCopyLayoutTest, MatchesCpuPath) {
                     .dtype = dtype};
   HostPool host(kind, kLayers, shape, 5);
   DevicePool dev = Upload(host);
-  ASSERT_OK_AND_ASSIGN(std::unique_ptr<KvCopier> copier, rt_->CreateKvCopier(dev.layout));
+  KvCopierOptions options;
+  if (direct) options.host_staging_bytes = 0;
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<KvCopier> copier, rt_->CreateKvCopier(dev.layout, options));
 
   // Three chunks: a whole chunk, a partial one (partial last block), one token.
   const std::vector<int32_t> ids = RandomBlockIds(24, 9, 17);
@@ -185,19 +182,21 @@ TEST_P(CudaKvCopyLayoutTest, MatchesCpuPath) {
 }
 
 std::string ParamName(const ::testing::TestParamInfo<Param>& info) {
-  const auto [kind, dtype, bs, head] = info.param;
+  const auto [kind, dtype, bs, head, direct] = info.param;
   return testing::PoolKindName(kind) + "_" + std::string(DTypeName(dtype)) + "_bs" +
-         std::to_string(bs) + "_d" + std::to_string(head);
+         std::to_string(bs) + "_d" + std::to_string(head) + (direct ? "_direct" : "_staged");
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    AllLayouts, CudaKvCopyLayoutTest,
-    ::testing::Combine(::testing::ValuesIn(testing::kAllPoolKinds),
-                       ::testing::Values(DType::kBFloat16, DType::kFloat8E4M3, DType::kFloat32),
-                       ::testing::Values(16u, 256u), ::testing::Values(128u, 72u, 1u)),
-    ParamName);
+INSTANTIATE_TEST_SUITE_P(AllLayouts, CudaKvCopyLayoutTest,
+                         ::testing::Combine(::testing::ValuesIn(testing::kAllPoolKinds),
+                                            ::testing::Values(DType::kBFloat16, DType::kFloat8E4M3,
+                                                              DType::kFloat32),
+                                            ::testing::Values(16u, 256u),
+                                            ::testing::Values(128u, 72u, 1u), ::testing::Bool()),
+                         ParamName);
 
-// More blocks and chunks than one launch carries: the batch is split.
+// More blocks and chunks than one launch carries: the batch is split; and
+// more host payload bytes than the staging buffer holds: it moves in rounds.
 TEST_F(CudaKvCopyTest, SplitsLargeBatches) {
   const EngineShape shape{.num_blocks = 1400,
                           .tokens_per_block = 16,
@@ -206,7 +205,6 @@ TEST_F(CudaKvCopyTest, SplitsLargeBatches) {
                           .dtype = DType::kBFloat16};
   HostPool host(PoolKind::kFlashNhd, kLayers, shape, 8);
   DevicePool dev = Upload(host);
-  ASSERT_OK_AND_ASSIGN(std::unique_ptr<KvCopier> copier, rt_->CreateKvCopier(dev.layout));
 
   // 45 chunks of 30 blocks (1350 blocks, 45 chunks > 32 per launch), the last
   // block of each chunk partial.
@@ -219,24 +217,81 @@ TEST_F(CudaKvCopyTest, SplitsLargeBatches) {
     batch.push_back(
         {absl::MakeConstSpan(ids).subspan(i * 30, 30), tokens, pinned.get() + i * bytes, bytes});
   }
-  ASSERT_OK(copier->Gather(batch, stream_));
-  ASSERT_OK(rt_->SynchronizeStream(stream_));
-  std::vector<std::byte> want(bytes);
-  for (size_t i = 0; i < 45; ++i) {
-    ASSERT_OK(Gather(host.layout(), batch[i].block_ids, tokens, absl::MakeSpan(want)));
-    EXPECT_EQ(FirstDifference(pinned.get() + i * bytes, want.data(), bytes), -1) << "chunk " << i;
-  }
+  // Default staging (one round), none, rounds of four chunks, and a buffer
+  // smaller than one chunk (it grows to one chunk).
+  for (size_t staging :
+       {KvCopierOptions{}.host_staging_bytes, size_t{0}, 4 * bytes + 4096, size_t{1}}) {
+    SCOPED_TRACE(::testing::Message() << "host_staging_bytes = " << staging);
+    ASSERT_OK_AND_ASSIGN(std::unique_ptr<KvCopier> copier,
+                         rt_->CreateKvCopier(dev.layout, {.host_staging_bytes = staging}));
+    testing::FillRandom(pinned.get(), bytes * 45, staging + 1);
+    ASSERT_OK(copier->Gather(batch, stream_));
+    ASSERT_OK(rt_->SynchronizeStream(stream_));
+    std::vector<std::byte> want(bytes);
+    for (size_t i = 0; i < 45; ++i) {
+      ASSERT_OK(Gather(host.layout(), batch[i].block_ids, tokens, absl::MakeSpan(want)));
+      EXPECT_EQ(FirstDifference(pinned.get() + i * bytes, want.data(), bytes), -1) << "chunk " << i;
+    }
 
-  testing::FillRandom(pinned.get(), bytes * 45, 9);
-  ASSERT_OK(copier->Scatter(batch, stream_));
-  for (size_t i = 0; i < 45; ++i) {
-    ASSERT_OK(
-        Scatter(host.layout(), batch[i].block_ids, tokens, {pinned.get() + i * bytes, bytes}));
+    testing::FillRandom(pinned.get(), bytes * 45, 9);
+    ASSERT_OK(copier->Scatter(batch, stream_));
+    for (size_t i = 0; i < 45; ++i) {
+      ASSERT_OK(
+          Scatter(host.layout(), batch[i].block_ids, tokens, {pinned.get() + i * bytes, bytes}));
+    }
+    const std::vector<std::vector<std::byte>> got = Download(dev, host.tensor_bytes());
+    for (size_t i = 0; i < got.size(); ++i) {
+      EXPECT_EQ(FirstDifference(got[i].data(), host.storage()[i].data(), host.tensor_bytes()), -1);
+    }
   }
-  const std::vector<std::vector<std::byte>> got = Download(dev, host.tensor_bytes());
-  for (size_t i = 0; i < got.size(); ++i) {
-    EXPECT_EQ(FirstDifference(got[i].data(), host.storage()[i].data(), host.tensor_bytes()), -1);
+}
+
+// Two threads, each on its own stream, share one copier and so its staging
+// buffer; every round trip must come back intact.
+TEST_F(CudaKvCopyTest, StreamsTakeTurnsOnTheStagingBuffer) {
+  const EngineShape shape{.num_blocks = 64,
+                          .tokens_per_block = 16,
+                          .num_kv_heads = 4,
+                          .head_size = 128,
+                          .dtype = DType::kFloat16};
+  HostPool host(PoolKind::kFlashNhd, kLayers, shape, 21);
+  DevicePool dev = Upload(host);
+  const size_t bytes = host.layout().PayloadBytes(64);
+  // A buffer of two chunks, so each call of four chunks runs two rounds.
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<KvCopier> copier,
+                       rt_->CreateKvCopier(dev.layout, {.host_staging_bytes = 2 * bytes}));
+  const std::vector<int32_t> ids = RandomBlockIds(64, 64, 6);
+  std::vector<std::vector<std::byte>> want(16, std::vector<std::byte>(bytes));
+  for (size_t c = 0; c < 16; ++c) {
+    ASSERT_OK(Gather(host.layout(), absl::MakeConstSpan(ids).subspan(c * 4, 4), 64,
+                     absl::MakeSpan(want[c])));
   }
+  std::atomic<int> wrong{0};
+  auto worker = [&](size_t first_chunk) {
+    auto stream = rt_->CreateStream();
+    ASSERT_TRUE(stream.ok());
+    Buffer pinned(rt_.get(), 8 * bytes, true);
+    for (int rep = 0; rep < 20; ++rep) {
+      testing::FillRandom(pinned.get(), 8 * bytes, rep);
+      std::vector<ChunkTransfer> batch;
+      for (size_t c = 0; c < 8; ++c) {
+        batch.push_back({absl::MakeConstSpan(ids).subspan((first_chunk + c) * 4, 4), 64,
+                         pinned.get() + c * bytes, bytes});
+      }
+      ASSERT_OK(copier->Gather(batch, *stream));
+      ASSERT_OK(rt_->SynchronizeStream(*stream));
+      for (size_t c = 0; c < 8; ++c) {
+        if (FirstDifference(pinned.get() + c * bytes, want[first_chunk + c].data(), bytes) != -1) {
+          ++wrong;
+        }
+      }
+    }
+    EXPECT_OK(rt_->DestroyStream(*stream));
+  };
+  std::thread a(worker, 0), b(worker, 8);
+  a.join();
+  b.join();
+  EXPECT_EQ(wrong.load(), 0);
 }
 
 TEST_F(CudaKvCopyTest, RegisteredHostMemoryWorksAndPageableIsRefused) {

@@ -14,6 +14,8 @@
 #include <string>
 #include <vector>
 
+#include "absl/status/status.h"
+#include "absl/strings/match.h"
 #include "kvtier/engine_layout.h"
 #include "kvtier/namespace.h"
 
@@ -252,6 +254,14 @@ inline int64_t FirstDifference(const std::byte* a, const std::byte* b, size_t n)
     if (a[i] != b[i]) return static_cast<int64_t>(i);
   }
   return -1;
+}
+
+// Why a GPU test skips, from DeviceRuntime::Create(kCuda)'s failure: always
+// starting "no CUDA device visible" (the failure says it, or the build has no
+// CUDA at all).
+inline std::string NoCudaReason(const absl::Status& failure) {
+  const std::string why(failure.message());
+  return absl::StartsWith(why, "no CUDA device visible") ? why : "no CUDA device visible: " + why;
 }
 
 }  // namespace kvtier::testing
