@@ -47,18 +47,22 @@ const std::vector<BenchSuite>& BenchSuites() {
        "path beside memcpy (1 chunk, 15 reps) and says so.\n"
        "Target: gather and scatter >= 0.9x the ceiling on a GPU.",
        RunGpuBench},
-      {"nvme", "NVMe tier Save/Load beside fio; reopen time with and without the snapshot",
-       "kvtier bench nvme [--json] [--dir /var/tmp] [--sizes 256KiB,1MiB,4MiB] [--volume 256MiB]\n"
-       "                  [--reps 3] [--qd 16] [--inflight BYTES] [--io-mode direct|buffered]\n"
-       "                  [--fio fio] [--no-dsync] [--reopen-chunks 100000] [--reopen-payload "
-       "4032]\n\n"
-       "In a temporary folder under --dir: per chunk size, fills a tier of --volume, then\n"
-       "sequential and random Load and Save (saves evict, the steady state of a cache), each\n"
-       "right after fio on the same pattern (io_uring, O_DIRECT, bs = chunk, iodepth --qd,\n"
-       "same folder, file of the same size), plus fio with O_DSYNC for writes. Prints the\n"
-       "median of --reps per-repetition ratios. Then the time to reopen a tier of\n"
-       "--reopen-chunks small chunks from its snapshot and by scanning.\n"
-       "Target: Save and Load >= 0.85x fio.",
+      {"nvme",
+       "NVMe tier Save/Load beside fio (plain and O_DSYNC); reopen with and without the snapshot",
+       "kvtier bench nvme [--json] [--dir /var/tmp] [--sizes 256KiB,1MiB,4MiB] [--volume 512MiB]\n"
+       "                  [--layout regions|classes] [--region 64MiB] [--reps 3] [--qd 16]\n"
+       "                  [--inflight BYTES] [--io-mode direct|buffered] [--fio fio] [--no-dsync]\n"
+       "                  [--reopen-chunks 100000] [--reopen-payload 4032]\n\n"
+       "In a temporary folder under --dir: per chunk size, fills a tier of --volume (on-demand\n"
+       "regions of --region, or one explicit slot class), then sequential and random Load and\n"
+       "Save (saves evict, the steady state of a cache), each right after fio on the same\n"
+       "pattern (io_uring, O_DIRECT, bs = chunk, iodepth --qd, same folder, file of the same\n"
+       "size). Saves run twice: with durability \"process\" (acknowledged when written) beside\n"
+       "plain fio writes, and with durability \"power\" (flushed group commit) beside fio with\n"
+       "O_DSYNC (--no-dsync skips them). Prints the median of --reps per-repetition ratios.\n"
+       "Then the time to reopen a tier of --reopen-chunks small chunks from its snapshot and\n"
+       "by scanning.\n"
+       "Targets: Load and Save (process) >= 0.85x fio.",
        RunNvmeBench},
       {"replay", "a request trace through the real cache beside the simulators' hit rates",
        "kvtier bench replay --trace FILE [--json] [--dram-tokens 3M] [--policy all|lru,2q,...]\n"
@@ -67,7 +71,7 @@ const std::vector<BenchSuite>& BenchSuites() {
        "through the embedded cache: per request Lookup, Load of the hit chunks (bytes\n"
        "verified), Save of the rest. The DRAM tier holds exactly floor(tokens / 512)\n"
        "chunks (2 MiB slabs; surplus slots of the last slab hold pinned filler chunks).\n"
-       "--policy all runs lru, 2q and cost. --speed N replays at N x the trace's\n"
+       "--policy all runs lru, 2q, 2q-chain and cost. --speed N replays at N x the trace's\n"
        "timestamps (0: as fast as possible). Reports block and token hit rates,\n"
        "prefill tokens saved, DRAM bytes written and read, requests/s, and beside them\n"
        "the simulators' figures on the same trace: the policy's tail-first simulation\n"

@@ -2,9 +2,15 @@
 // commit record and the index snapshot. docs/nvme-format.md describes the
 // same bytes, the commit protocol and recovery.
 //
-// A volume is one file (in the configured folder) or one block device:
+// A volume is one file (in the configured folder) or one block device, laid
+// out in one of two ways, fixed at format:
 //
-//   [superblock: 4 KiB][snapshot region][class 0 slots][class 1 slots]...
+//   explicit classes:  [superblock: 4 KiB][snapshot region][class 0 slots]...
+//   on-demand regions: [superblock: 4 KiB][snapshot region][region 0][region 1]...
+//
+// A region is [region header: 4 KiB][slots of one size]; its slot size is
+// chosen (from SlotLadder) when a save first needs it, and the header is
+// durable before any of its slots is written.
 //
 // A slot is [commit sector: 4 KiB][data area: the encoded chunk (64-byte
 // chunk header + payload), zero-padded to 4 KiB]. All integers are
@@ -31,7 +37,14 @@ namespace kvtier::nvme {
 // Unit of alignment and of the superblock, commit record and snapshot header.
 inline constexpr uint64_t kSectorBytes = 4096;
 inline constexpr uint32_t kMaxSlotClasses = 32;
-inline constexpr uint32_t kVolumeFormatVersion = 1;
+// Version 2 added on-demand regions and region-relative slot ids; version 1
+// volumes are refused (see docs/nvme-format.md).
+inline constexpr uint32_t kVolumeFormatVersion = 2;
+// Bytes of one snapshot region-table entry (the region's slot data bytes).
+inline constexpr uint64_t kSnapshotRegionEntryBytes = 8;
+// Region sizes accepted for on-demand regions.
+inline constexpr uint64_t kMinRegionBytes = 1ull << 20;
+inline constexpr uint64_t kMaxRegionBytes = 1ull << 30;
 // Bytes of one snapshot record.
 inline constexpr uint64_t kSnapshotRecordBytes = 96;
 
@@ -46,15 +59,24 @@ struct SlotClassGeometry {
 };
 
 struct VolumeGeometry {
+  // Explicit classes; empty for a volume of on-demand regions.
   std::vector<SlotClassGeometry> classes;
   uint64_t snapshot_offset = 0;
   uint64_t snapshot_bytes = 0;
   uint64_t volume_bytes = 0;
-  uint32_t total_slots = 0;
+  uint32_t total_slots = 0;  // explicit classes: slots in all classes
+  // On-demand regions (region_bytes == 0 for explicit classes).
+  uint64_t region_bytes = 0;
+  uint64_t region_count = 0;
+  uint64_t regions_offset = 0;    // offset of region 0
+  uint64_t max_region_slots = 0;  // slots of the smallest ladder size in a region
 
-  // Class of a global slot id. REQUIRES: slot < total_slots.
+  bool regions() const { return region_bytes != 0; }
+  uint64_t RegionOffset(uint64_t region) const { return regions_offset + region * region_bytes; }
+  // Class of a global slot id. REQUIRES: explicit classes, slot < total_slots.
   uint32_t ClassOf(uint32_t slot) const;
   // Offset of the slot's commit sector; its data area follows it.
+  // REQUIRES: explicit classes.
   uint64_t SlotOffset(uint32_t slot) const;
 
   friend bool operator==(const VolumeGeometry& a, const VolumeGeometry& b);
@@ -66,6 +88,22 @@ struct VolumeGeometry {
 absl::StatusOr<VolumeGeometry> MakeGeometry(
     absl::Span<const std::pair<uint64_t, uint64_t>> data_bytes_and_counts);
 
+// Slot data-area sizes of on-demand regions, ascending, 4 KiB-aligned: every
+// 4 KiB up to 36 KiB, then 2^e * m / 8 + 4 KiB for m = 9..16 (each step at
+// most 12.5% above the one before, and a power-of-two payload plus its
+// chunk header fits the step one sector above it), up to the largest that
+// RegionMaxDataBytes allows.
+std::vector<uint64_t> SlotLadder(uint64_t region_bytes);
+// Largest data area an on-demand region of `region_bytes` offers: the
+// largest ladder step whose slot (data + 4 KiB commit sector) fits four times
+// into the region after its 4 KiB header.
+uint64_t RegionMaxDataBytes(uint64_t region_bytes);
+// Lays out a volume of on-demand regions in at most `capacity_bytes`.
+// InvalidArgument (naming region_bytes or capacity_bytes) when region_bytes
+// is not a multiple of 1 MiB in [1 MiB, 1 GiB], or the capacity holds no
+// region, or a slot would need an id of 32 bits or more.
+absl::StatusOr<VolumeGeometry> MakeRegionGeometry(uint64_t capacity_bytes, uint64_t region_bytes);
+
 struct Superblock {
   uint64_t generation = 0;  // random at format; slot records of another
                             // generation are ignored
@@ -76,6 +114,27 @@ struct Superblock {
 void EncodeSuperblock(const Superblock& superblock, absl::Span<std::byte> sector);
 // DataLoss naming the field when the sector is not an intact superblock.
 absl::StatusOr<Superblock> DecodeSuperblock(absl::Span<const std::byte> sector);
+
+// The 4 KiB header at the start of an on-demand region.
+struct RegionHeader {
+  uint64_t generation = 0;
+  uint32_t region = 0;           // its own index: catches misdirected writes
+  uint64_t slot_data_bytes = 0;  // a SlotLadder step
+  uint64_t slot_count = 0;
+};
+
+enum class RegionHeaderKind : uint8_t {
+  kUnassigned = 0,  // zero, or from an earlier format of the volume
+  kAssigned = 1,
+  kDamaged = 2,
+};
+
+void EncodeRegionHeader(const RegionHeader& header, absl::Span<std::byte> sector);
+// Classifies the first sector of region `region` of `geometry` in a volume of
+// `generation`. For kDamaged, *problem says why.
+RegionHeaderKind DecodeRegionHeader(absl::Span<const std::byte> sector, uint64_t generation,
+                                    const VolumeGeometry& geometry, uint32_t region,
+                                    RegionHeader* out, std::string* problem);
 
 // What a commit sector says about its slot.
 enum class SlotRecordKind : uint8_t {
@@ -90,6 +149,8 @@ struct SlotRecord {
   SlotRecordKind kind = SlotRecordKind::kEmpty;
   uint64_t generation = 0;
   uint64_t sequence = 0;  // global write order; the larger wins on duplicates
+  // The slot's on-disk id: its index for explicit classes, its commit
+  // sector's offset in 4 KiB units for on-demand regions.
   uint32_t slot = 0;
   BlockKey parent;
   ChunkHeader chunk;  // decoded copy of the chunk header in the data area
@@ -110,7 +171,10 @@ struct SnapshotHeader {
   uint64_t geometry_hash = 0;  // GeometryHash of the superblock it belongs to
   uint64_t next_sequence = 0;
   uint64_t record_count = 0;
-  uint64_t records_checksum = 0;  // xxh3-64 of record_count * 96 record bytes
+  // xxh3-64 of the region table (padded to 4 KiB; none for explicit classes)
+  // followed by record_count * 96 record bytes.
+  uint64_t records_checksum = 0;
+  uint64_t region_count = 0;  // entries in the region table
 };
 
 enum class SnapshotRecordKind : uint32_t {
@@ -120,7 +184,7 @@ enum class SnapshotRecordKind : uint32_t {
 
 struct SnapshotRecord {
   SnapshotRecordKind kind = SnapshotRecordKind::kLive;
-  uint32_t slot = 0;
+  uint32_t slot = 0;  // on-disk slot id, as in SlotRecord::slot
   uint64_t sequence = 0;
   BlockKey parent;
   std::array<std::byte, kChunkHeaderBytes> chunk_header_bytes{};

@@ -38,6 +38,11 @@ constexpr uint64_t kScanRunSlotBytes = 16 << 10;
 constexpr uint64_t kScanRunBytes = 1 << 20;
 constexpr uint64_t kScanBufferBytes = 16 << 20;
 constexpr uint64_t kWakeTag = 2;
+// region_class_ values that are not a class.
+constexpr int32_t kRegionFree = -1;
+constexpr int32_t kRegionDamaged = -2;
+// Snapshot region-table entry of a region whose header was damaged.
+constexpr uint64_t kSnapshotRegionDamaged = ~0ull;
 
 uint64_t RandomGeneration() {
   std::random_device rd;
@@ -71,6 +76,10 @@ uint64_t KeyFingerprint(uint64_t ns, const BlockKey& key) {
 }
 
 std::string ClassesText(const nvme::VolumeGeometry& g) {
+  if (g.regions()) {
+    return absl::StrCat("on-demand regions (", g.region_count, " regions of ", g.region_bytes,
+                        " bytes, ", g.volume_bytes, " bytes in all)");
+  }
   std::vector<std::string> parts;
   for (const auto& c : g.classes) {
     parts.push_back(absl::StrCat(c.slot_count, " x ", c.data_bytes(), " bytes"));
@@ -89,6 +98,9 @@ struct NvmeTier::Op {
   NsKey id;
   ChunkHeader header;  // of the chunk being written or read
   uint64_t sequence = 0;
+  uint64_t slot_offset = 0;  // of the slot's commit sector (reads)
+  // "process" saves: commit sector and data area in one write.
+  bool combined = false;
   uint64_t encoded_bytes = 0;
   uint64_t aligned_bytes = 0;  // encoded_bytes rounded up to 4 KiB
   // Staging extent: for writes [commit sector][data area], for staged reads
@@ -110,14 +122,28 @@ struct NvmeTier::Op {
 
 absl::Status NvmeTierOptions::Validate() const {
   if (path.empty()) return absl::InvalidArgumentError("path: must name a folder or block device");
+  if (durability != "process" && durability != "power") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("durability: '", durability, "' is not \"process\" or \"power\""));
+  }
+  uint64_t largest_slot = 0;
   if (slot_classes.empty()) {
-    return absl::InvalidArgumentError("slot_classes: at least one class is required");
+    if (capacity_bytes == 0) {
+      return absl::InvalidArgumentError(
+          "capacity_bytes: required (the volume's size) when slot_classes is empty");
+    }
+    KVTIER_ASSIGN_OR_RETURN(nvme::VolumeGeometry g,
+                            nvme::MakeRegionGeometry(capacity_bytes, region_bytes));
+    largest_slot = nvme::RegionMaxDataBytes(g.region_bytes) + kSectorBytes;
+  } else if (capacity_bytes != 0) {
+    return absl::InvalidArgumentError(
+        "capacity_bytes: must be 0 with explicit slot_classes (each class gives its own "
+        "capacity)");
   }
   if (slot_classes.size() > nvme::kMaxSlotClasses) {
     return absl::InvalidArgumentError(absl::StrCat("slot_classes: ", slot_classes.size(),
                                                    " classes; at most ", nvme::kMaxSlotClasses));
   }
-  uint64_t largest_slot = 0;
   for (size_t i = 0; i < slot_classes.size(); ++i) {
     const NvmeSlotClass& c = slot_classes[i];
     if (c.max_chunk_bytes <= kChunkHeaderBytes || c.max_chunk_bytes > kMaxChunkBytes) {
@@ -170,7 +196,8 @@ absl::Status NvmeTierOptions::Validate() const {
 NvmeTier::NvmeTier(const NvmeTierOptions& options)
     : options_(options),
       env_(options.env != nullptr ? options.env : Env::Default()),
-      direct_(options.io_mode == "direct") {}
+      direct_(options.io_mode == "direct"),
+      flush_writes_(options.durability == "power") {}
 
 absl::StatusOr<std::unique_ptr<NvmeTier>> NvmeTier::Create(const NvmeTierOptions& options) {
   KVTIER_RETURN_IF_ERROR(options.Validate());
@@ -182,12 +209,19 @@ absl::StatusOr<std::unique_ptr<NvmeTier>> NvmeTier::Create(const NvmeTierOptions
 NvmeTier::~NvmeTier() { Close().IgnoreError(); }
 
 absl::Status NvmeTier::Open() {
-  std::vector<std::pair<uint64_t, uint64_t>> classes;
-  for (const NvmeSlotClass& c : options_.slot_classes) {
-    uint64_t data = AlignUp(c.max_chunk_bytes, kSectorBytes);
-    classes.emplace_back(data, c.capacity_bytes / (data + kSectorBytes));
+  if (options_.slot_classes.empty()) {
+    KVTIER_ASSIGN_OR_RETURN(superblock_.geometry, nvme::MakeRegionGeometry(options_.capacity_bytes,
+                                                                           options_.region_bytes));
+    class_data_bytes_ = nvme::SlotLadder(options_.region_bytes);
+  } else {
+    std::vector<std::pair<uint64_t, uint64_t>> classes;
+    for (const NvmeSlotClass& c : options_.slot_classes) {
+      uint64_t data = AlignUp(c.max_chunk_bytes, kSectorBytes);
+      classes.emplace_back(data, c.capacity_bytes / (data + kSectorBytes));
+      class_data_bytes_.push_back(data);
+    }
+    KVTIER_ASSIGN_OR_RETURN(superblock_.geometry, nvme::MakeGeometry(classes));
   }
-  KVTIER_ASSIGN_OR_RETURN(superblock_.geometry, nvme::MakeGeometry(classes));
   KVTIER_RETURN_IF_ERROR(OpenVolume());
 
   AsyncIoOptions io_options;
@@ -207,19 +241,18 @@ absl::Status NvmeTier::Open() {
   const nvme::VolumeGeometry& g = superblock_.geometry;
   {
     absl::MutexLock lock(&mu_);
-    slots_.assign(g.total_slots, Slot{});
+    slots_.clear();
     classes_.clear();
-    for (uint32_t c = 0; c < g.classes.size(); ++c) {
+    for (uint32_t c = 0; c < class_data_bytes_.size(); ++c) {
       ClassState cs;
       KVTIER_ASSIGN_OR_RETURN(cs.policy, NewEvictionPolicy(options_.eviction_policy));
-      cs.reserve = options_.clean_slots >= 0
-                       ? std::min<uint64_t>(options_.clean_slots, g.classes[c].slot_count / 2)
-                       : std::min<uint64_t>(options_.queue_depth, g.classes[c].slot_count / 16);
       classes_.push_back(std::move(cs));
-      for (uint64_t i = 0; i < g.classes[c].slot_count; ++i) {
-        slots_[g.classes[c].first_slot + i].cls = static_cast<uint16_t>(c);
-      }
     }
+    for (uint32_t c = 0; c < g.classes.size(); ++c) {
+      AddSlots(c, g.classes[c].region_offset, g.classes[c].slot_count);
+    }
+    region_class_.assign(g.region_count, kRegionFree);
+    region_first_slot_.assign(g.region_count, 0);
   }
   absl::Time start = absl::Now();
   KVTIER_RETURN_IF_ERROR(Recover());
@@ -277,9 +310,9 @@ absl::Status NvmeTier::OpenVolume() {
 
   KVTIER_ASSIGN_OR_RETURN(uint64_t size, file_->Size());
   if (device && size < g.volume_bytes) {
-    return absl::InvalidArgumentError(absl::StrCat("slot_classes: the volume needs ",
-                                                   g.volume_bytes, " bytes but ", volume_path_,
-                                                   " holds ", size));
+    return absl::InvalidArgumentError(absl::StrCat(g.regions() ? "capacity_bytes" : "slot_classes",
+                                                   ": the volume needs ", g.volume_bytes,
+                                                   " bytes but ", volume_path_, " holds ", size));
   }
   if (!device && (created || size == 0)) {
     absl::Status s = FormatVolume();
@@ -304,11 +337,17 @@ absl::Status NvmeTier::OpenVolume() {
                : "); delete the file to start over"));
   }
   if (!(sb->geometry == g)) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("slot_classes: ", volume_path_, " holds a volume of slot classes ",
-                     ClassesText(sb->geometry), " but the options ask for ", ClassesText(g),
-                     device ? "; set format_device and reopen to reformat it"
-                            : "; delete the file or open it with the same slot_classes"));
+    const char* field = sb->geometry.regions() != g.regions() ? "slot_classes"
+                        : g.regions()                         ? "capacity_bytes, region_bytes"
+                                                              : "slot_classes";
+    const char* same = sb->geometry.regions()
+                           ? "empty slot_classes and the same capacity_bytes and region_bytes"
+                           : "the same explicit slot_classes";
+    return absl::FailedPreconditionError(absl::StrCat(
+        field, ": ", volume_path_, " holds a volume of ",
+        sb->geometry.regions() ? "" : "slot classes ", ClassesText(sb->geometry),
+        " but the options ask for ", g.regions() ? "" : "slot classes ", ClassesText(g),
+        "; open it with ", same, device ? "" : ", or delete the file to start over"));
   }
   if (size < g.volume_bytes) {
     return absl::FailedPreconditionError(absl::StrCat("path: ", volume_path_, " is truncated (",
@@ -339,11 +378,68 @@ absl::Status NvmeTier::FormatVolume() {
   return absl::OkStatus();
 }
 
+uint32_t NvmeTier::AddSlots(uint32_t cls, uint64_t offset, uint64_t count) {
+  const uint32_t first = static_cast<uint32_t>(slots_.size());
+  const uint64_t slot_bytes = class_data_bytes_[cls] + kSectorBytes;
+  for (uint64_t i = 0; i < count; ++i) {
+    Slot s;
+    s.offset = offset + i * slot_bytes;
+    s.cls = static_cast<uint16_t>(cls);
+    slots_.push_back(s);
+  }
+  classes_[cls].slots += count;
+  UpdateReserve(cls);
+  return first;
+}
+
+void NvmeTier::UpdateReserve(uint32_t cls) {
+  ClassState& c = classes_[cls];
+  // "process" saves need no clean slot: they rewrite a slot's record and data
+  // in one write.
+  if (!flush_writes_) {
+    c.reserve = 0;
+    return;
+  }
+  c.reserve = options_.clean_slots >= 0 ? std::min<uint64_t>(options_.clean_slots, c.slots / 2)
+                                        : std::min<uint64_t>(options_.queue_depth, c.slots / 16);
+}
+
+void NvmeTier::AssignRegion(uint32_t region, uint32_t cls) {
+  const nvme::VolumeGeometry& g = superblock_.geometry;
+  const uint64_t count = (g.region_bytes - kSectorBytes) / (class_data_bytes_[cls] + kSectorBytes);
+  region_class_[region] = static_cast<int32_t>(cls);
+  region_first_slot_[region] = AddSlots(cls, g.RegionOffset(region) + kSectorBytes, count);
+}
+
+uint32_t NvmeTier::DiskSlotId(uint32_t slot) const {
+  if (!superblock_.geometry.regions()) return slot;
+  return static_cast<uint32_t>(slots_[slot].offset / kSectorBytes);
+}
+
+std::optional<uint32_t> NvmeTier::SlotOfDiskId(uint32_t disk_id) const {
+  const nvme::VolumeGeometry& g = superblock_.geometry;
+  if (!g.regions()) {
+    if (disk_id >= slots_.size()) return std::nullopt;
+    return disk_id;
+  }
+  const uint64_t offset = static_cast<uint64_t>(disk_id) * kSectorBytes;
+  if (offset < g.regions_offset) return std::nullopt;
+  const uint64_t region = (offset - g.regions_offset) / g.region_bytes;
+  if (region >= g.region_count || region_class_[region] < 0) return std::nullopt;
+  const uint64_t within = offset - g.RegionOffset(region);
+  const uint64_t slot_bytes = class_data_bytes_[region_class_[region]] + kSectorBytes;
+  if (within < kSectorBytes || (within - kSectorBytes) % slot_bytes != 0) return std::nullopt;
+  const uint64_t index = (within - kSectorBytes) / slot_bytes;
+  if (index >= (g.region_bytes - kSectorBytes) / slot_bytes) return std::nullopt;
+  return static_cast<uint32_t>(region_first_slot_[region] + index);
+}
+
 absl::Status NvmeTier::Recover() {
   absl::MutexLock lock(&mu_);
   if (fresh_volume_) {
     open_source_ = "new";
     for (uint32_t s = 0; s < slots_.size(); ++s) classes_[slots_[s].cls].free_clean.push_back(s);
+    for (uint32_t r = 0; r < region_class_.size(); ++r) free_regions_.push_back(r);
     return absl::OkStatus();
   }
   std::string rejected;
@@ -354,6 +450,9 @@ absl::Status NvmeTier::Recover() {
     snapshot_rejected_ = rejected;
     KVTIER_RETURN_IF_ERROR(Scan());
     open_source_ = "scan";
+  }
+  for (uint32_t r = 0; r < region_class_.size(); ++r) {
+    if (region_class_[r] == kRegionFree) free_regions_.push_back(r);
   }
   return InvalidateSnapshot();
 }
@@ -372,14 +471,17 @@ absl::Status NvmeTier::LoadSnapshot(std::string* rejected) {
     return reject(std::string(h.status().message()));
   }
   if (h->generation != superblock_.generation) return reject("snapshot of another volume format");
-  if (h->volume_bytes != g.volume_bytes || h->geometry_hash != nvme::GeometryHash(superblock_)) {
+  if (h->volume_bytes != g.volume_bytes || h->geometry_hash != nvme::GeometryHash(superblock_) ||
+      h->region_count != g.region_count) {
     return reject("snapshot of another volume geometry");
   }
-  if (h->record_count > g.total_slots) {
+  const uint64_t max_slots = g.regions() ? g.region_count * g.max_region_slots : g.total_slots;
+  if (h->record_count > max_slots) {
     return reject(
-        absl::StrCat("snapshot lists ", h->record_count, " records for ", g.total_slots, " slots"));
+        absl::StrCat("snapshot lists ", h->record_count, " records for ", max_slots, " slots"));
   }
-  uint64_t bytes = h->record_count * nvme::kSnapshotRecordBytes;
+  const uint64_t table = AlignUp(h->region_count * nvme::kSnapshotRegionEntryBytes, kSectorBytes);
+  const uint64_t bytes = table + h->record_count * nvme::kSnapshotRecordBytes;
   AlignedBuffer records(std::max<uint64_t>(AlignUp(bytes, kSectorBytes), kSectorBytes));
   if (bytes > 0) {
     KVTIER_RETURN_IF_ERROR(file_->ReadAt(g.snapshot_offset + kSectorBytes,
@@ -388,33 +490,73 @@ absl::Status NvmeTier::LoadSnapshot(std::string* rejected) {
   if (Xxh3_64(records.span().subspan(0, bytes)) != h->records_checksum) {
     return reject("snapshot records checksum mismatch");
   }
-  std::vector<nvme::SnapshotRecord> decoded;
+  // Regions first: slot ids depend on them.
+  std::vector<int32_t> region_class(g.region_count, kRegionFree);
+  for (uint64_t r = 0; r < g.region_count; ++r) {
+    const uint64_t data = LoadLE<uint64_t>(records.data() + r * nvme::kSnapshotRegionEntryBytes);
+    if (data == 0) continue;
+    if (data == kSnapshotRegionDamaged) {
+      region_class[r] = kRegionDamaged;
+      continue;
+    }
+    auto it = std::lower_bound(class_data_bytes_.begin(), class_data_bytes_.end(), data);
+    if (it == class_data_bytes_.end() || *it != data) {
+      return reject(absl::StrCat("snapshot gives region ", r, " slots of ", data, " bytes"));
+    }
+    region_class[r] = static_cast<int32_t>(it - class_data_bytes_.begin());
+  }
+  for (uint32_t r = 0; r < g.region_count; ++r) {
+    if (region_class[r] >= 0) {
+      AssignRegion(r, static_cast<uint32_t>(region_class[r]));
+    } else if (region_class[r] == kRegionDamaged) {
+      region_class_[r] = kRegionDamaged;
+      ++damaged_regions_;
+    }
+  }
+  auto undo_regions = [this, &g]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (!g.regions()) return;
+    slots_.clear();
+    for (ClassState& c : classes_) c.slots = 0;
+    region_class_.assign(g.region_count, kRegionFree);
+    damaged_regions_ = 0;
+  };
+  std::vector<std::pair<uint32_t, nvme::SnapshotRecord>> decoded;
   decoded.reserve(h->record_count);
-  std::vector<bool> seen(g.total_slots, false);
+  std::vector<bool> seen(slots_.size(), false);
   absl::flat_hash_map<NsKey, uint32_t> keys;
   for (uint64_t i = 0; i < h->record_count; ++i) {
     absl::StatusOr<nvme::SnapshotRecord> r =
-        nvme::DecodeSnapshotRecord(records.data() + i * nvme::kSnapshotRecordBytes);
-    if (!r.ok()) return reject(std::string(r.status().message()));
-    if (r->slot >= g.total_slots || seen[r->slot]) {
+        nvme::DecodeSnapshotRecord(records.data() + table + i * nvme::kSnapshotRecordBytes);
+    if (!r.ok()) {
+      undo_regions();
+      return reject(std::string(r.status().message()));
+    }
+    std::optional<uint32_t> slot = SlotOfDiskId(r->slot);
+    if (!slot.has_value() || seen[*slot]) {
+      undo_regions();
       return reject(absl::StrCat("snapshot record ", i, " names slot ", r->slot));
     }
-    seen[r->slot] = true;
+    seen[*slot] = true;
     if (r->kind == nvme::SnapshotRecordKind::kLive) {
       absl::StatusOr<ChunkHeader> ch = DecodeChunkHeader(r->chunk_header_bytes);
-      if (!ch.ok()) return reject(std::string(ch.status().message()));
-      if (kChunkHeaderBytes + ch->payload_length > g.classes[g.ClassOf(r->slot)].data_bytes()) {
+      if (!ch.ok()) {
+        undo_regions();
+        return reject(std::string(ch.status().message()));
+      }
+      if (kChunkHeaderBytes + ch->payload_length > class_data_bytes_[slots_[*slot].cls]) {
+        undo_regions();
         return reject(absl::StrCat("snapshot record ", i, " is larger than its slot"));
       }
-      if (!keys.emplace(NsKey{ch->namespace_id, ch->key}, r->slot).second) {
+      if (!keys.emplace(NsKey{ch->namespace_id, ch->key}, *slot).second) {
+        undo_regions();
         return reject(absl::StrCat("snapshot lists key ", ch->key.ToHex(), " twice"));
       }
     }
-    decoded.push_back(*r);
+    decoded.emplace_back(*slot, *r);
   }
   // Valid: build the index from it.
-  for (const nvme::SnapshotRecord& r : decoded) {
-    Slot& s = slots_[r.slot];
+  for (const auto& [slot, r] : decoded) {
+    Slot& s = slots_[slot];
     s.disk_dirty = true;
     if (r.kind == nvme::SnapshotRecordKind::kDirtyFree) continue;
     ChunkHeader ch = *DecodeChunkHeader(r.chunk_header_bytes);
@@ -423,7 +565,7 @@ absl::Status NvmeTier::LoadSnapshot(std::string* rejected) {
     s.id = NsKey{ch.namespace_id, ch.key};
     s.parent = r.parent;
     s.header = ch;
-    index_[s.id] = r.slot;
+    index_[s.id] = slot;
   }
   for (uint32_t slot = 0; slot < slots_.size(); ++slot) {
     Slot& s = slots_[slot];
@@ -438,32 +580,10 @@ absl::Status NvmeTier::LoadSnapshot(std::string* rejected) {
   return absl::OkStatus();
 }
 
-absl::Status NvmeTier::Scan() {
-  const nvme::VolumeGeometry& g = superblock_.geometry;
-  // Read every commit sector. Small slots are read in runs of about 1 MiB
-  // (fewer, larger requests: more bytes, far fewer I/Os); large ones one
-  // 4 KiB sector each.
-  struct Job {
-    uint64_t offset;
-    uint32_t first_slot;
-    uint32_t slots;
-    uint64_t stride;  // bytes between commit sectors in the buffer
-    uint64_t len;
-  };
-  std::vector<Job> jobs;
+absl::Status NvmeTier::ReadAll(absl::Span<const std::pair<uint64_t, uint64_t>> jobs,
+                               absl::FunctionRef<void(size_t, const std::byte*)> on_read) {
   uint64_t max_len = kSectorBytes;
-  for (const nvme::SlotClassGeometry& c : g.classes) {
-    const bool runs = c.slot_bytes <= kScanRunSlotBytes;
-    const uint64_t per_job = runs ? std::max<uint64_t>(1, kScanRunBytes / c.slot_bytes) : 1;
-    for (uint64_t i = 0; i < c.slot_count; i += per_job) {
-      const uint64_t n = std::min<uint64_t>(per_job, c.slot_count - i);
-      Job j{c.region_offset + i * c.slot_bytes, static_cast<uint32_t>(c.first_slot + i),
-            static_cast<uint32_t>(n), c.slot_bytes,
-            runs ? (n - 1) * c.slot_bytes + kSectorBytes : kSectorBytes};
-      max_len = std::max(max_len, j.len);
-      jobs.push_back(j);
-    }
-  }
+  for (const auto& j : jobs) max_len = std::max(max_len, j.second);
   const uint32_t window = std::min<uint32_t>(
       io_->depth(), static_cast<uint32_t>(std::max<uint64_t>(1, kScanBufferBytes / max_len)));
   AlignedBuffer buffer(static_cast<size_t>(window) * max_len);
@@ -471,8 +591,6 @@ absl::Status NvmeTier::Scan() {
   for (uint32_t i = 0; i < window; ++i) free_bufs[i] = i;
   std::vector<size_t> job_of_buf(window);
   std::vector<IoCompletion> done(window);
-  std::vector<nvme::SlotRecord> records(g.total_slots);
-  uint64_t max_sequence = 0;
   size_t next = 0;
   uint32_t inflight = 0;
   while (next < jobs.size() || inflight > 0) {
@@ -484,9 +602,9 @@ absl::Status NvmeTier::Scan() {
       IoRequest r;
       r.opcode = IoOpcode::kRead;
       r.file = file_.get();
-      r.offset = jobs[next].offset;
+      r.offset = jobs[next].first;
       r.buf = buffer.data() + static_cast<size_t>(b) * max_len;
-      r.len = static_cast<uint32_t>(jobs[next].len);
+      r.len = static_cast<uint32_t>(jobs[next].second);
       r.tag = b;
       reqs.push_back(r);
       ++next;
@@ -498,27 +616,103 @@ absl::Status NvmeTier::Scan() {
     KVTIER_ASSIGN_OR_RETURN(size_t got, io_->Reap(absl::MakeSpan(done), absl::InfiniteDuration()));
     for (size_t k = 0; k < got; ++k) {
       const uint32_t b = static_cast<uint32_t>(done[k].tag);
-      const Job& j = jobs[job_of_buf[b]];
-      if (done[k].result != static_cast<int32_t>(j.len)) {
-        return IoStatus("recovery read", j.len, j.offset, volume_path_, done[k].result);
+      const auto& j = jobs[job_of_buf[b]];
+      if (done[k].result != static_cast<int32_t>(j.second)) {
+        return IoStatus("recovery read", j.second, j.first, volume_path_, done[k].result);
       }
-      const std::byte* base = buffer.data() + static_cast<size_t>(b) * max_len;
-      for (uint32_t i = 0; i < j.slots; ++i) {
-        records[j.first_slot + i] = nvme::DecodeSlotRecord(
-            {base + i * j.stride, kSectorBytes}, superblock_.generation, j.first_slot + i);
-      }
+      on_read(job_of_buf[b], buffer.data() + static_cast<size_t>(b) * max_len);
       free_bufs.push_back(b);
       --inflight;
     }
   }
-  for (uint32_t slot = 0; slot < g.total_slots; ++slot) {
+  return absl::OkStatus();
+}
+
+absl::Status NvmeTier::Scan() {
+  const nvme::VolumeGeometry& g = superblock_.geometry;
+  // On-demand regions: their headers say which slot size each one holds.
+  if (g.regions()) {
+    std::vector<std::pair<uint64_t, uint64_t>> headers;
+    for (uint64_t r = 0; r < g.region_count; ++r) {
+      headers.emplace_back(g.RegionOffset(r), kSectorBytes);
+    }
+    std::vector<int32_t> region_class(g.region_count, kRegionFree);
+    KVTIER_RETURN_IF_ERROR(ReadAll(headers, [&](size_t r, const std::byte* bytes) {
+      nvme::RegionHeader h;
+      std::string problem;
+      nvme::RegionHeaderKind kind = nvme::DecodeRegionHeader(
+          {bytes, kSectorBytes}, superblock_.generation, g, static_cast<uint32_t>(r), &h, &problem);
+      if (kind == nvme::RegionHeaderKind::kDamaged) {
+        region_class[r] = kRegionDamaged;
+      } else if (kind == nvme::RegionHeaderKind::kAssigned) {
+        region_class[r] =
+            static_cast<int32_t>(std::lower_bound(class_data_bytes_.begin(),
+                                                  class_data_bytes_.end(), h.slot_data_bytes) -
+                                 class_data_bytes_.begin());
+      }
+    }));
+    for (uint32_t r = 0; r < g.region_count; ++r) {
+      if (region_class[r] >= 0) {
+        AssignRegion(r, static_cast<uint32_t>(region_class[r]));
+      } else if (region_class[r] == kRegionDamaged) {
+        // Left unused until the volume is formatted again: its slots'
+        // size is unknown.
+        region_class_[r] = kRegionDamaged;
+        ++damaged_regions_;
+      }
+    }
+  }
+  // Runs of slots: one per class, or one per assigned region.
+  std::vector<SlotRun> runs;
+  for (uint32_t c = 0; c < g.classes.size(); ++c) {
+    runs.push_back(SlotRun{g.classes[c].region_offset, g.classes[c].slot_bytes,
+                           g.classes[c].slot_count, g.classes[c].first_slot});
+  }
+  for (uint32_t r = 0; r < region_class_.size(); ++r) {
+    if (region_class_[r] < 0) continue;
+    const uint64_t slot_bytes = class_data_bytes_[region_class_[r]] + kSectorBytes;
+    runs.push_back(SlotRun{g.RegionOffset(r) + kSectorBytes, slot_bytes,
+                           (g.region_bytes - kSectorBytes) / slot_bytes, region_first_slot_[r]});
+  }
+  // Read every commit sector. Small slots are read in runs of about 1 MiB
+  // (fewer, larger requests: more bytes, far fewer I/Os); large ones one
+  // 4 KiB sector each.
+  struct Job {
+    uint32_t first_slot;
+    uint32_t slots;
+    uint64_t stride;  // bytes between commit sectors in the buffer
+  };
+  std::vector<Job> jobs;
+  std::vector<std::pair<uint64_t, uint64_t>> reads;
+  for (const SlotRun& run : runs) {
+    const bool batch = run.slot_bytes <= kScanRunSlotBytes;
+    const uint64_t per_job = batch ? std::max<uint64_t>(1, kScanRunBytes / run.slot_bytes) : 1;
+    for (uint64_t i = 0; i < run.count; i += per_job) {
+      const uint64_t n = std::min<uint64_t>(per_job, run.count - i);
+      jobs.push_back(
+          Job{static_cast<uint32_t>(run.first_slot + i), static_cast<uint32_t>(n), run.slot_bytes});
+      reads.emplace_back(run.offset + i * run.slot_bytes,
+                         batch ? (n - 1) * run.slot_bytes + kSectorBytes : kSectorBytes);
+    }
+  }
+  std::vector<nvme::SlotRecord> records(slots_.size());
+  KVTIER_RETURN_IF_ERROR(ReadAll(reads, [&](size_t k, const std::byte* base) {
+    const Job& j = jobs[k];
+    for (uint32_t i = 0; i < j.slots; ++i) {
+      const uint32_t slot = j.first_slot + i;
+      records[slot] = nvme::DecodeSlotRecord({base + i * j.stride, kSectorBytes},
+                                             superblock_.generation, DiskSlotId(slot));
+    }
+  }));
+  uint64_t max_sequence = 0;
+  for (uint32_t slot = 0; slot < slots_.size(); ++slot) {
     nvme::SlotRecord& r = records[slot];
     Slot& s = slots_[slot];
     if (r.kind == nvme::SlotRecordKind::kCommitted || r.kind == nvme::SlotRecordKind::kTombstone) {
       max_sequence = std::max(max_sequence, r.sequence);
     }
     if (r.kind == nvme::SlotRecordKind::kCommitted &&
-        kChunkHeaderBytes + r.chunk.payload_length > g.classes[s.cls].data_bytes()) {
+        kChunkHeaderBytes + r.chunk.payload_length > class_data_bytes_[s.cls]) {
       r.kind = nvme::SlotRecordKind::kDamaged;
     }
     if (r.kind == nvme::SlotRecordKind::kDamaged) ++damaged_records_;
@@ -540,7 +734,7 @@ absl::Status NvmeTier::Scan() {
     s.parent = r.parent;
     s.header = r.chunk;
   }
-  for (uint32_t slot = 0; slot < g.total_slots; ++slot) {
+  for (uint32_t slot = 0; slot < slots_.size(); ++slot) {
     if (slots_[slot].state == SlotState::kLive) {
       LinkLive(slot);
       ++recovered_chunks_;
@@ -567,13 +761,19 @@ absl::Status NvmeTier::InvalidateSnapshot() {
 absl::Status NvmeTier::WriteSnapshot() {
   const nvme::VolumeGeometry& g = superblock_.geometry;
   std::vector<nvme::SnapshotRecord> records;
+  std::vector<uint64_t> region_table;
   uint64_t next_sequence;
   {
     absl::MutexLock lock(&mu_);
+    for (int32_t c : region_class_) {
+      region_table.push_back(c >= 0                ? class_data_bytes_[c]
+                             : c == kRegionDamaged ? kSnapshotRegionDamaged
+                                                   : 0);
+    }
     for (uint32_t slot = 0; slot < slots_.size(); ++slot) {
       const Slot& s = slots_[slot];
       nvme::SnapshotRecord r;
-      r.slot = slot;
+      r.slot = DiskSlotId(slot);
       if (s.state == SlotState::kLive) {
         r.kind = nvme::SnapshotRecordKind::kLive;
         r.sequence = s.sequence;
@@ -588,10 +788,16 @@ absl::Status NvmeTier::WriteSnapshot() {
     }
     next_sequence = next_sequence_;
   }
-  uint64_t bytes = records.size() * nvme::kSnapshotRecordBytes;
+  const uint64_t table =
+      AlignUp(region_table.size() * nvme::kSnapshotRegionEntryBytes, kSectorBytes);
+  uint64_t bytes = table + records.size() * nvme::kSnapshotRecordBytes;
   AlignedBuffer buffer(std::max<uint64_t>(AlignUp(bytes, kSectorBytes), kSectorBytes));
+  std::memset(buffer.data(), 0, buffer.size());
+  for (size_t r = 0; r < region_table.size(); ++r) {
+    StoreLE<uint64_t>(buffer.data() + r * nvme::kSnapshotRegionEntryBytes, region_table[r]);
+  }
   for (size_t i = 0; i < records.size(); ++i) {
-    nvme::EncodeSnapshotRecord(records[i], buffer.data() + i * nvme::kSnapshotRecordBytes);
+    nvme::EncodeSnapshotRecord(records[i], buffer.data() + table + i * nvme::kSnapshotRecordBytes);
   }
   if (bytes > 0) {
     KVTIER_RETURN_IF_ERROR(file_->WriteAt(g.snapshot_offset + kSectorBytes,
@@ -604,6 +810,7 @@ absl::Status NvmeTier::WriteSnapshot() {
   h.geometry_hash = nvme::GeometryHash(superblock_);
   h.next_sequence = next_sequence;
   h.record_count = records.size();
+  h.region_count = region_table.size();
   h.records_checksum = Xxh3_64(buffer.span().subspan(0, bytes));
   AlignedBuffer sector(kSectorBytes);
   nvme::EncodeSnapshotHeader(h, sector.span());
@@ -720,11 +927,45 @@ void NvmeTier::Defer(Deferred fn) {
 // ---- slots and eviction ------------------------------------------------------
 
 std::optional<uint32_t> NvmeTier::ClassFor(uint64_t encoded_bytes) const {
+  auto it = std::lower_bound(class_data_bytes_.begin(), class_data_bytes_.end(), encoded_bytes);
+  if (it == class_data_bytes_.end()) return std::nullopt;
+  return static_cast<uint32_t>(it - class_data_bytes_.begin());
+}
+
+absl::Status NvmeTier::OpenRegion(uint32_t cls) {
   const nvme::VolumeGeometry& g = superblock_.geometry;
-  for (uint32_t c = 0; c < g.classes.size(); ++c) {
-    if (encoded_bytes <= g.classes[c].data_bytes()) return c;
+  const uint32_t region = free_regions_.front();
+  free_regions_.pop_front();
+  classes_[cls].opening = true;
+  ++live_ops_;  // keeps Close from closing the volume under the write
+  nvme::RegionHeader h;
+  h.generation = superblock_.generation;
+  h.region = region;
+  h.slot_data_bytes = class_data_bytes_[cls];
+  h.slot_count = (g.region_bytes - kSectorBytes) / (class_data_bytes_[cls] + kSectorBytes);
+  AlignedBuffer sector(kSectorBytes);
+  nvme::EncodeRegionHeader(h, sector.span());
+  // The header must be durable before any slot of the region is written (in
+  // both durability modes): a slot record is only trusted inside a region
+  // whose header says how the region is cut.
+  mu_.Unlock();
+  absl::Status s = file_->WriteAt(g.RegionOffset(region), sector.span());
+  if (s.ok()) s = file_->Sync();
+  mu_.Lock();
+  classes_[cls].opening = false;
+  --live_ops_;
+  ++flushes_;
+  if (!s.ok()) {
+    ++write_errors_;
+    free_regions_.push_front(region);
+    return absl::Status(s.code(), absl::StrCat("nvme: cannot assign region ", region, " of ",
+                                               volume_path_, ": ", s.message()));
   }
-  return std::nullopt;
+  AssignRegion(region, cls);
+  for (uint32_t i = 0; i < h.slot_count; ++i) {
+    FreeSlot(region_first_slot_[region] + i);
+  }
+  return absl::OkStatus();
 }
 
 bool NvmeTier::HasRoom(uint64_t bytes, bool staged) const {
@@ -773,10 +1014,9 @@ absl::Status NvmeTier::StartTombstone(uint32_t slot, OpKind kind, PutCallback do
   tomb.kind = nvme::SlotRecordKind::kTombstone;
   tomb.generation = superblock_.generation;
   tomb.sequence = next_sequence_++;
-  tomb.slot = slot;
+  tomb.slot = DiskSlotId(slot);
   nvme::EncodeSlotRecord(tomb, {base, kSectorBytes});
-  absl::Status submitted =
-      SubmitNow(WriteRequest(op, superblock_.geometry.SlotOffset(slot), base, kSectorBytes));
+  absl::Status submitted = SubmitNow(WriteRequest(op, s.offset, base, kSectorBytes));
   if (!submitted.ok()) {
     // The caller hears the error directly; the slot stays dirty.
     op->remove_callback = nullptr;
@@ -793,6 +1033,8 @@ void NvmeTier::RefillClean(uint32_t cls) {
       slot = c.free_dirty.front();
       c.free_dirty.pop_front();
     } else {
+      // While a region is free, the next save opens it instead.
+      if (!free_regions_.empty()) return;
       std::optional<EntryId> victim = c.policy->PickVictim([](EntryId) { return true; });
       if (!victim.has_value()) return;
       ++evictions_;
@@ -815,7 +1057,7 @@ void NvmeTier::LinkLive(uint32_t slot) {
     }
   }
   s.depth = depth;
-  c.policy->OnInsert(slot, EntryTraits{depth, superblock_.geometry.classes[s.cls].slot_bytes,
+  c.policy->OnInsert(slot, EntryTraits{depth, class_data_bytes_[s.cls] + kSectorBytes,
                                        KeyFingerprint(s.id.ns, s.id.key)});
   if (!s.parent.IsZero()) {
     NsKey parent{s.id.ns, s.parent};
@@ -926,9 +1168,9 @@ absl::Status NvmeTier::StartPut(const ChunkMeta& meta, absl::Span<const std::byt
   }
   std::optional<uint32_t> cls = ClassFor(encoded.size());
   if (!cls.has_value()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("encoded: ", encoded.size(), " bytes is larger than the largest slot class (",
-                     superblock_.geometry.classes.back().data_bytes(), " bytes)"));
+    return absl::InvalidArgumentError(absl::StrCat("encoded: ", encoded.size(),
+                                                   " bytes is larger than the largest slot class (",
+                                                   class_data_bytes_.back(), " bytes)"));
   }
   const uint64_t aligned = AlignUp(encoded.size(), kSectorBytes);
   const uint64_t need = kSectorBytes + aligned;
@@ -950,7 +1192,22 @@ absl::Status NvmeTier::StartPut(const ChunkMeta& meta, absl::Span<const std::byt
         }
         return absl::OkStatus();
       }
-      if (HasRoom(need, true)) break;
+      if (HasRoom(need, true)) {
+        ClassState& c = classes_[*cls];
+        if (superblock_.geometry.regions() && c.free_clean.empty() && c.free_dirty.empty() &&
+            (c.opening || !free_regions_.empty())) {
+          // Give the slot size a new region rather than evict while one is free.
+          if (c.opening) {
+            auto opened = [&c, this]()
+                              ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return closing_ || !c.opening; };
+            mu_.Await(absl::Condition(&opened));
+            continue;
+          }
+          KVTIER_RETURN_IF_ERROR(OpenRegion(*cls));
+          continue;
+        }
+        break;
+      }
       if (!wait_for_room) {
         ++busy_rejections_;
         return absl::UnavailableError(absl::StrCat("nvme: ", inflight_bytes_, " of ",
@@ -966,9 +1223,11 @@ absl::Status NvmeTier::StartPut(const ChunkMeta& meta, absl::Span<const std::byt
     if (!slot.has_value()) {
       ++save_rejections_;
       return absl::ResourceExhaustedError(absl::StrCat(
-          "nvme: no free or evictable slot of ", superblock_.geometry.classes[*cls].data_bytes(),
-          " bytes (", superblock_.geometry.classes[*cls].slot_count,
-          " slots, all being read or written or parents of resident chunks)"));
+          "nvme: no free or evictable slot of ", class_data_bytes_[*cls], " bytes (",
+          classes_[*cls].slots, " slots, all being read or written or parents of resident chunks",
+          superblock_.geometry.regions() ? "; no region is free, and regions keep their slot size"
+                                         : "",
+          ")"));
     }
     op = new Op;
     op->kind = OpKind::kPut;
@@ -1013,20 +1272,35 @@ absl::Status NvmeTier::StartPut(const ChunkMeta& meta, absl::Span<const std::byt
                         checksum, header->payload_checksum));
   } else {
     Slot& s = slots_[op->slot];
-    if (s.disk_dirty) {
+    if (!flush_writes_) {
+      // "process": the commit record and the data area in one write, to a
+      // clean or dirty slot alike (see the header comment).
+      nvme::SlotRecord rec;
+      rec.kind = nvme::SlotRecordKind::kCommitted;
+      rec.generation = superblock_.generation;
+      rec.sequence = next_sequence_++;
+      rec.slot = DiskSlotId(op->slot);
+      rec.parent = s.parent;
+      rec.chunk = op->header;
+      std::memcpy(rec.chunk_header_bytes.data(), data, kChunkHeaderBytes);
+      nvme::EncodeSlotRecord(rec, {base, kSectorBytes});
+      op->sequence = rec.sequence;
+      op->stage = Stage::kCommit;
+      op->combined = true;
+      s.disk_dirty = true;
+      bad = SubmitNow(WriteRequest(op, s.offset, base, kSectorBytes + aligned));
+    } else if (s.disk_dirty) {
       op->stage = Stage::kTombstone;
       nvme::SlotRecord tomb;
       tomb.kind = nvme::SlotRecordKind::kTombstone;
       tomb.generation = superblock_.generation;
       tomb.sequence = next_sequence_++;
-      tomb.slot = op->slot;
+      tomb.slot = DiskSlotId(op->slot);
       nvme::EncodeSlotRecord(tomb, {base, kSectorBytes});
-      bad = SubmitNow(
-          WriteRequest(op, superblock_.geometry.SlotOffset(op->slot), base, kSectorBytes));
+      bad = SubmitNow(WriteRequest(op, s.offset, base, kSectorBytes));
     } else {
       op->stage = Stage::kData;
-      bad = SubmitNow(WriteRequest(op, superblock_.geometry.SlotOffset(op->slot) + kSectorBytes,
-                                   data, aligned));
+      bad = SubmitNow(WriteRequest(op, s.offset + kSectorBytes, data, aligned));
     }
   }
   if (bad.ok()) return absl::OkStatus();
@@ -1038,8 +1312,12 @@ absl::Status NvmeTier::StartPut(const ChunkMeta& meta, absl::Span<const std::byt
 }
 
 void NvmeTier::AdvanceAfterFlush(Op* op) {
+  if (op->kind == OpKind::kFlush) {
+    FinishRemove(op, absl::OkStatus());
+    return;
+  }
   Slot& s = slots_[op->slot];
-  const uint64_t slot_offset = superblock_.geometry.SlotOffset(op->slot);
+  const uint64_t slot_offset = s.offset;
   std::byte* base = op->staged ? pool_->base() + op->staging_offset : nullptr;
   switch (op->stage) {
     case Stage::kTombstone:
@@ -1057,7 +1335,7 @@ void NvmeTier::AdvanceAfterFlush(Op* op) {
       rec.kind = nvme::SlotRecordKind::kCommitted;
       rec.generation = superblock_.generation;
       rec.sequence = next_sequence_++;
-      rec.slot = op->slot;
+      rec.slot = DiskSlotId(op->slot);
       rec.parent = s.parent;
       rec.chunk = op->header;
       std::memcpy(rec.chunk_header_bytes.data(), base + kSectorBytes, kChunkHeaderBytes);
@@ -1092,13 +1370,22 @@ void NvmeTier::FinishPut(Op* op, absl::Status status) {
     // a failed data write leaves it clean, a failed commit leaves it dirty.
     auto it = index_.find(op->id);
     if (it != index_.end() && it->second == op->slot) index_.erase(it);
-    FreeSlot(op->slot);
   }
   for (PutCallback& cb : op->put_callbacks) {
     Defer([cb = std::move(cb), status]() mutable { std::move(cb)(status); });
   }
   inflight_puts_.erase(op->put_id);
+  const uint32_t slot = op->slot;
+  const bool retire = !status.ok() && op->combined;
   ReleaseOp(op);
+  if (status.ok()) return;
+  // A failed combined write may have left its record over partial data:
+  // replace it with a tombstone before the slot is reused. Without room for
+  // it the slot stays dirty, and reads still refuse the damaged bytes.
+  if (retire && HasRoom(kSectorBytes, true) && StartTombstone(slot, OpKind::kClean, nullptr).ok()) {
+    return;
+  }
+  if (slots_[slot].state == SlotState::kWriting) FreeSlot(slot);
 }
 
 void NvmeTier::ReleaseOp(Op* op) {
@@ -1115,6 +1402,7 @@ void NvmeTier::FailOp(Op* op, absl::Status status) {
       return;
     case OpKind::kRemove:
     case OpKind::kClean:
+    case OpKind::kFlush:
       FinishRemove(op, std::move(status));
       return;
     case OpKind::kGet:
@@ -1197,6 +1485,7 @@ absl::Status NvmeTier::StartGet(uint64_t namespace_id, const BlockKey& key,
     op->id = id;
     op->header = s.header;
     op->sequence = s.sequence;
+    op->slot_offset = s.offset;
     op->encoded_bytes = encoded;
     op->aligned_bytes = aligned;
     op->out = out;
@@ -1219,7 +1508,7 @@ absl::Status NvmeTier::StartGet(uint64_t namespace_id, const BlockKey& key,
     IoRequest r;
     r.opcode = IoOpcode::kRead;
     r.file = file_.get();
-    r.offset = superblock_.geometry.SlotOffset(slot) + kSectorBytes;
+    r.offset = s.offset + kSectorBytes;
     r.buf = op->read_buf;
     r.len = static_cast<uint32_t>(aligned);
     r.buf_index = (op->staged && fixed_buffers_) ? 0 : -1;
@@ -1239,8 +1528,7 @@ absl::Status NvmeTier::StartGet(uint64_t namespace_id, const BlockKey& key,
 absl::Status NvmeTier::VerifyRead(Op* op) {
   if (op->read_result != static_cast<int32_t>(op->aligned_bytes)) {
     op->io_error = true;
-    return IoStatus("read", op->aligned_bytes,
-                    superblock_.geometry.SlotOffset(op->slot) + kSectorBytes, volume_path_,
+    return IoStatus("read", op->aligned_bytes, op->slot_offset + kSectorBytes, volume_path_,
                     op->read_result);
   }
   absl::Span<const std::byte> bytes(op->read_buf, op->encoded_bytes);
@@ -1347,6 +1635,12 @@ absl::Status NvmeTier::Remove(uint64_t namespace_id, const BlockKey& key) {
 }
 
 void NvmeTier::FinishRemove(Op* op, absl::Status status) {
+  if (op->kind == OpKind::kFlush) {  // no slot: only the caller to answer
+    if (!status.ok()) ++write_errors_;
+    Defer([cb = std::move(op->remove_callback), status]() mutable { std::move(cb)(status); });
+    ReleaseOp(op);
+    return;
+  }
   Slot& s = slots_[op->slot];
   if (!status.ok() && op->io_error) ++write_errors_;
   if (op->kind == OpKind::kClean) --classes_[s.cls].cleaning;
@@ -1389,12 +1683,19 @@ void NvmeTier::Dispatch(const IoCompletion& c, std::vector<Op*>& reads) {
     reads.push_back(op);
     return;
   }
-  const uint64_t len = op->stage == Stage::kData ? op->aligned_bytes : kSectorBytes;
+  const uint64_t len = op->combined                ? kSectorBytes + op->aligned_bytes
+                       : op->stage == Stage::kData ? op->aligned_bytes
+                                                   : kSectorBytes;
   if (c.result != static_cast<int32_t>(len)) {
-    uint64_t offset =
-        superblock_.geometry.SlotOffset(op->slot) + (op->stage == Stage::kData ? kSectorBytes : 0);
+    uint64_t offset = slots_[op->slot].offset + (op->stage == Stage::kData ? kSectorBytes : 0);
     op->io_error = true;
     FailOp(op, IoStatus("write", len, offset, volume_path_, c.result));
+    return;
+  }
+  // "process": the next step may start as soon as this write completed (the
+  // kernel finishes it even if the process dies). Remove always flushes.
+  if (!flush_writes_ && op->kind != OpKind::kRemove) {
+    AdvanceAfterFlush(op);
     return;
   }
   awaiting_flush_.push_back(op);
@@ -1445,6 +1746,15 @@ bool NvmeTier::Contains(uint64_t namespace_id, const BlockKey& key) const {
   return it != index_.end() && slots_[it->second].state == SlotState::kLive;
 }
 
+std::vector<BlockKey> NvmeTier::KeysOf(uint64_t namespace_id) const {
+  std::vector<BlockKey> keys;
+  absl::MutexLock lock(&mu_);
+  for (const auto& [id, slot] : index_) {
+    if (id.ns == namespace_id && slots_[slot].state == SlotState::kLive) keys.push_back(id.key);
+  }
+  return keys;
+}
+
 bool NvmeTier::CouldExist(uint64_t namespace_id, const BlockKey& key) const {
   absl::MutexLock lock(&mu_);
   return index_.contains(NsKey{namespace_id, key});
@@ -1466,7 +1776,7 @@ absl::StatusOr<NvmeChunkInfo> NvmeTier::Describe(uint64_t namespace_id, const Bl
   info.meta.num_tokens = s.header.num_tokens;
   info.encoded_bytes = kChunkHeaderBytes + s.header.payload_length;
   info.direct_bytes = AlignUp(info.encoded_bytes, kSectorBytes);
-  info.volume_offset = superblock_.geometry.SlotOffset(it->second);
+  info.volume_offset = s.offset;
   return info;
 }
 
@@ -1478,7 +1788,22 @@ absl::Status NvmeTier::Flush() {
     return inflight_puts_.empty() || *inflight_puts_.begin() > target;
   };
   mu_.Await(absl::Condition(&done));
-  return absl::OkStatus();
+  if (flush_writes_ || closing_) return absl::OkStatus();
+  // "process": make what completed so far survive a power loss too, with a
+  // flush through the ring (shared with any other flush waiting).
+  std::promise<absl::Status> promise;
+  std::future<absl::Status> future = promise.get_future();
+  Op* op = new Op;
+  op->kind = OpKind::kFlush;
+  op->remove_callback = [&promise](absl::Status st) { promise.set_value(st); };
+  ++live_ops_;
+  awaiting_flush_.push_back(op);
+  MaybeStartFlush();
+  DrainPending();
+  mu_.Unlock();
+  absl::Status s = future.get();
+  mu_.Lock();
+  return s;
 }
 
 TierCapabilities NvmeTier::Capabilities() const {
@@ -1486,7 +1811,7 @@ TierCapabilities NvmeTier::Capabilities() const {
   c.persistent = true;
   c.shared = false;
   c.zero_copy = false;
-  c.max_chunk_bytes = superblock_.geometry.classes.back().data_bytes();
+  c.max_chunk_bytes = class_data_bytes_.back();
   return c;
 }
 
@@ -1495,11 +1820,13 @@ TierStats NvmeTier::Stats() const {
   const nvme::VolumeGeometry& g = superblock_.geometry;
   TierStats t;
   t.tier = Tier::kNvme;
-  for (uint32_t c = 0; c < g.classes.size(); ++c) {
-    t.capacity_bytes += g.classes[c].slot_bytes * g.classes[c].slot_count;
-    t.used_bytes += g.classes[c].slot_bytes * classes_[c].live;
+  for (uint32_t c = 0; c < classes_.size(); ++c) {
+    const uint64_t slot_bytes = class_data_bytes_[c] + kSectorBytes;
+    if (!g.regions()) t.capacity_bytes += slot_bytes * classes_[c].slots;
+    t.used_bytes += slot_bytes * classes_[c].live;
     t.chunks += classes_[c].live;
   }
+  if (g.regions()) t.capacity_bytes = g.region_count * g.region_bytes;
   t.pinned_chunks = pinned_slots_;
   t.hits = hits_;
   t.misses = misses_;
@@ -1516,6 +1843,9 @@ NvmeTierStats NvmeTier::DetailedStats() const {
   NvmeTierStats d;
   d.tier = Stats();
   d.io_mode = options_.io_mode;
+  d.durability = options_.durability;
+  d.layout = superblock_.geometry.regions() ? "regions" : "classes";
+  d.regions = superblock_.geometry.region_count;
   d.fixed_buffers = fixed_buffers_;
   d.queue_depth = options_.queue_depth;
   d.volume_path = volume_path_;
@@ -1533,6 +1863,11 @@ NvmeTierStats NvmeTier::DetailedStats() const {
   d.flushes = flushes_;
   d.tombstones = tombstones_;
   d.removes = removes_;
+  d.damaged_regions = damaged_regions_;
+  for (int32_t c : region_class_) d.regions_assigned += c >= 0 ? 1 : 0;
+  for (uint32_t c = 0; c < classes_.size(); ++c) {
+    if (classes_[c].slots > 0) d.slot_sizes.push_back(class_data_bytes_[c]);
+  }
   return d;
 }
 

@@ -1,48 +1,77 @@
 // NvmeTier: tier T2, chunks in fixed-size slots on local NVMe.
 //
 // The tier keeps one volume: a preallocated file FOLDER/kvtier-nvme.dat in a
-// configured folder, or a whole block device. The volume is carved into slot
-// classes (one region per class, fixed slot size each); a chunk goes to the
-// smallest class that holds it. I/O runs on io_uring (liburing), with O_DIRECT
-// by default and the staging memory registered as fixed buffers.
-// docs/nvme-format.md describes the bytes on disk.
+// configured folder, or a whole block device. A chunk lives in a slot of the
+// smallest size that holds it. The slot sizes come either from explicit
+// slot_classes (one fixed region per class, sized up front), or, when
+// slot_classes is empty, on demand: the volume (capacity_bytes) is cut into
+// regions of region_bytes, and a region is given to one slot size (a step of
+// a geometric ladder: 4 KiB-aligned, at most 12.5% apart) the first time a
+// save needs that size. Its region header is written and flushed before any
+// of its slots is used; a region never changes its slot size afterwards, so
+// once no region is free a save evicts within its own slot size. I/O runs on
+// io_uring (liburing), with O_DIRECT by default and the staging memory
+// registered as fixed buffers. docs/nvme-format.md describes the bytes on
+// disk.
 //
-// Durability. A Put completes only after the chunk is durable: the tier
-// writes the data area, flushes (fdatasync), writes the slot's commit record,
-// and flushes again (flushes are shared by every write that completed before
-// them: group commit). Before a slot that held a chunk is rewritten, its
-// commit record is replaced by a tombstone and flushed, so a crash at any
-// moment leaves each slot either with its old chunk intact, empty, or with
-// the new chunk intact; a freed chunk never comes back with other bytes.
-// (Each class keeps a few free slots tombstoned ahead of need, see
-// clean_slots, so most saves into a full tier skip that step.) Removed
-// chunks stay removed across restarts.
+// Durability (option `durability`).
+//  * "power": a save writes the slot's data area, flushes (fdatasync, shared
+//    by every write that completed before it: group commit), writes the
+//    slot's commit record and flushes again; only then is it acknowledged.
+//    Before a slot that held a chunk is rewritten its commit record is
+//    replaced by a tombstone and flushed (each class keeps a few free slots
+//    tombstoned ahead of need, see clean_slots, so most saves skip that
+//    step). A power loss at any moment leaves each slot with its old chunk
+//    intact, empty, or with the new chunk intact; nothing acknowledged is
+//    lost.
+//  * "process" (default): a save is one write of the slot's commit record
+//    and data area together, acknowledged when it completed; no flush, no
+//    tombstone first. The kernel finishes every write it accepted even when
+//    the process is killed and cancels whole the ones it has not started,
+//    so after a kill -9 each slot holds its old record over its old bytes
+//    or the new record over the new bytes, and nothing acknowledged is lost.
+//    After a power loss, unflushed writes may be missing or land in part, in
+//    any order: recent saves may be lost, and a commit record may describe
+//    a data area holding other bytes (the old record over new bytes, or the
+//    new record over old or partial bytes). Such a chunk is never served:
+//    the record carries a copy of the chunk header (namespace, key, length,
+//    payload checksum), every read checks the data area against it and the
+//    payload checksum, and a mismatch is a DataLoss miss that drops the
+//    chunk. A stale record cannot validate new bytes, which would have to
+//    be the same chunk. A save whose write failed has its record replaced by
+//    a tombstone before the slot is reused. Flush() makes every save
+//    acknowledged before it power-safe.
+// In both modes Remove writes its tombstone and flushes before returning,
+// so a removed chunk stays removed across any crash, and a region header is
+// flushed before any slot of its region is written.
 //
 // Recovery. Opening the volume rebuilds the index from the snapshot written
 // by the last clean Close when it is valid (version, volume generation and
-// geometry, checksum), and otherwise by reading every slot's commit record.
-// The snapshot is invalidated on disk before the tier accepts work, so a
-// crash after an open never trusts it.
+// geometry, checksum), and otherwise by reading every region header and
+// every slot's commit record. The snapshot is invalidated on disk before the
+// tier accepts work, so a crash after an open never trusts it.
 //
 // Integrity. Every read checks the chunk header against the commit record
 // and the payload checksum; a chunk that fails is dropped, counted in
 // TierStats::corrupt_chunks, and reported as DataLoss (callers treat it as a
 // miss).
 //
-// Eviction. A Put into a full class evicts a chain tail of that class (a
+// Eviction. A Put into a full slot size evicts a chain tail of that size (a
 // chunk with no resident child in this tier), in the eviction policy's order
 // (least recently used first with "lru"); a chunk being read or written is
-// never evicted or reused. ResourceExhausted when nothing in the class is
-// evictable.
+// never evicted or reused. ResourceExhausted when nothing of that size is
+// evictable (with on-demand regions: and no region is free).
 //
-// Asynchronous use. PutAsync and GetAsync never wait for the disk: they
-// either reject the call at once (the returned Status; the callback is then
-// never called), or accept it and call the callback exactly once, later, on
-// the tier's completion thread. At most max_inflight_bytes are in flight;
-// beyond that async calls fail with Unavailable (the synchronous Tier methods
-// wait for room instead). Callbacks must be short and must not call the
-// synchronous methods (Put, Get, Remove, Flush, Close), which fail with
-// FailedPrecondition from that thread; they may call PutAsync and GetAsync.
+// Asynchronous use. PutAsync and GetAsync never wait for the disk, except
+// that a PutAsync that opens a new region waits for its 4 KiB header write
+// and flush (once per region): they either reject the call at once (the
+// returned Status; the callback is then never called), or accept it and call
+// the callback exactly once, later, on the tier's completion thread. At most
+// max_inflight_bytes are in flight; beyond that async calls fail with
+// Unavailable (the synchronous Tier methods wait for room instead). Callbacks
+// must be short and must not call the synchronous methods (Put, Get, Remove,
+// Flush, Close), which fail with FailedPrecondition from that thread; they
+// may call PutAsync and GetAsync.
 //
 // Thread-safety: every method may be called from any number of threads.
 #ifndef KVTIER_SRC_TIERS_NVME_NVME_TIER_H_
@@ -65,6 +94,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/functional/any_invocable.h"
+#include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
@@ -93,8 +123,23 @@ struct NvmeTierOptions {
   // A folder (the volume is FOLDER/kvtier-nvme.dat, created and preallocated
   // on first use) or a block device used whole from offset 0.
   std::string path;
-  // Slot classes in ascending max_chunk_bytes (1 to 32 classes).
+  // Slot classes in ascending max_chunk_bytes (0 to 32 classes). Empty:
+  // slot sizes are chosen on demand, per region (capacity_bytes,
+  // region_bytes).
   std::vector<NvmeSlotClass> slot_classes;
+  // Bytes of the volume when slot_classes is empty (rounded down to whole
+  // regions after the superblock and snapshot region); must be 0 with
+  // explicit slot_classes. At most 16 TiB.
+  uint64_t capacity_bytes = 0;
+  // Bytes per region when slot_classes is empty: a multiple of 1 MiB, from
+  // 1 MiB to 1 GiB. The largest chunk accepted is the largest slot size of
+  // which four fit in a region (just under a quarter of it).
+  uint64_t region_bytes = 64ull << 20;
+  // When a Put is acknowledged: "process" (its write completed: survives a
+  // killed process, not a power loss) or "power" (its writes flushed:
+  // survives a power loss). Not stored in the volume: either mode opens any
+  // volume. See the comment at the top of this file.
+  std::string durability = "process";
   // "direct" (O_DIRECT, bypassing the page cache) or "buffered" (for file
   // systems that refuse O_DIRECT).
   std::string io_mode = "direct";
@@ -121,6 +166,7 @@ struct NvmeTierOptions {
   // Free slots per class whose commit record is invalidated ahead of need, so
   // a save into a full tier skips the tombstone step (the tier evicts this
   // many chunks early). -1 picks min(queue_depth, slots in the class / 16).
+  // Used with durability "power" only ("process" saves need no clean slot).
   int32_t clean_slots = -1;
   // Files and I/O; nullptr means Env::Default(). Not owned; must outlive the
   // tier.
@@ -132,8 +178,14 @@ struct NvmeTierOptions {
 // NVMe-specific counters beside the common TierStats.
 struct NvmeTierStats {
   TierStats tier;
-  std::string io_mode;         // "direct" or "buffered"
-  bool fixed_buffers = false;  // staging memory registered with io_uring
+  std::string io_mode;               // "direct" or "buffered"
+  std::string durability;            // "process" or "power"
+  std::string layout;                // "classes" (explicit slot_classes) or "regions" (on demand)
+  uint64_t regions = 0;              // regions in the volume (on-demand layout)
+  uint64_t regions_assigned = 0;     // regions given to a slot size
+  uint64_t damaged_regions = 0;      // region headers that failed their checks at open (unused)
+  std::vector<uint64_t> slot_sizes;  // data bytes of each slot size in use
+  bool fixed_buffers = false;        // staging memory registered with io_uring
   uint32_t queue_depth = 0;
   std::string volume_path;        // the file or block device
   std::string open_source;        // how the index was built: "new", "snapshot" or "scan"
@@ -183,12 +235,15 @@ class NvmeTier final : public StorageTier {
 
   // Stores `encoded` (a chunk from EncodeChunk whose header matches `meta`).
   // The bytes are copied before PutAsync returns. `done` gets OK once the
-  // chunk is durable and readable, or the error that stopped it. A key
+  // chunk is durable (as `durability` says) and readable, or the error that
+  // stopped it. A save that opens a new region (on-demand layout) first
+  // writes and flushes the region's header. A key
   // already stored or being stored is not written again: `done` gets the
   // outcome of the existing copy.
   // Rejections (done is not called): InvalidArgument (bad chunk, meta
-  // mismatch, larger than every class), Unavailable (max_inflight_bytes in
-  // flight), ResourceExhausted (class full, nothing evictable),
+  // mismatch, larger than every slot size), Unavailable (max_inflight_bytes
+  // in flight), ResourceExhausted (slot size full, nothing evictable, no free
+  // region), an I/O error writing a new region's header,
   // FailedPrecondition (closed).
   absl::Status PutAsync(const ChunkMeta& meta, absl::Span<const std::byte> encoded,
                         PutCallback done);
@@ -210,6 +265,9 @@ class NvmeTier final : public StorageTier {
 
   // True when the chunk is stored and readable now (cheap: an index lookup).
   bool Contains(uint64_t namespace_id, const BlockKey& key) const;
+  // Keys of the readable chunks of one namespace (a snapshot of the index;
+  // for removing a namespace).
+  std::vector<BlockKey> KeysOf(uint64_t namespace_id) const;
   // Meta and sizes of a stored chunk; NotFound otherwise.
   absl::StatusOr<NvmeChunkInfo> Describe(uint64_t namespace_id, const BlockKey& key) const;
 
@@ -233,8 +291,9 @@ class NvmeTier final : public StorageTier {
   // replaced by a tombstone) before returning; waits for a Put of the same
   // key in flight. NotFound when absent.
   absl::Status Remove(uint64_t namespace_id, const BlockKey& key) override;
-  // Waits until every Put accepted before the call has completed. Completed
-  // Puts are already durable.
+  // Waits until every Put accepted before the call has completed. With
+  // durability "power" completed Puts are already durable; with "process" it
+  // then flushes the volume (fdatasync), so they survive a power loss too.
   absl::Status Flush() override;
   TierStats Stats() const override;
 
@@ -262,6 +321,7 @@ class NvmeTier final : public StorageTier {
   };
 
   struct Slot {
+    uint64_t offset = 0;  // of its commit sector in the volume
     SlotState state = SlotState::kFree;
     bool disk_dirty = false;  // its commit sector may hold a valid record
     uint16_t cls = 0;
@@ -274,8 +334,9 @@ class NvmeTier final : public StorageTier {
     Op* writer = nullptr;  // the Put owning a kWriting slot
   };
 
-  // kClean: a tombstone written ahead of need (see clean_slots).
-  enum class OpKind : uint8_t { kPut, kGet, kRemove, kClean };
+  // kClean: a tombstone written ahead of need (see clean_slots). kFlush: a
+  // Flush() waiting for a flush of the volume ("process" durability).
+  enum class OpKind : uint8_t { kPut, kGet, kRemove, kClean, kFlush };
   enum class Stage : uint8_t { kTombstone, kData, kCommit, kRead };
 
   struct ClassState {
@@ -285,6 +346,16 @@ class NvmeTier final : public StorageTier {
     uint64_t live = 0;
     uint64_t reserve = 0;   // clean free slots to keep ready
     uint64_t cleaning = 0;  // kClean operations in flight
+    uint64_t slots = 0;     // slots of this size in the volume
+    bool opening = false;   // a region is being assigned to this size
+  };
+
+  // Slots laid out one after another: a class, or a region.
+  struct SlotRun {
+    uint64_t offset = 0;      // commit sector of the first slot
+    uint64_t slot_bytes = 0;  // commit sector + data area
+    uint64_t count = 0;
+    uint32_t first_slot = 0;  // in-memory id of the first slot
   };
 
   using Deferred = absl::AnyInvocable<void() &&>;
@@ -297,6 +368,10 @@ class NvmeTier final : public StorageTier {
   absl::Status Recover();
   absl::Status LoadSnapshot(std::string* rejected);
   absl::Status Scan();
+  // Reads `len` bytes at each offset through io_uring, a window at a time,
+  // and calls on_read(i, bytes) for offsets[i].
+  absl::Status ReadAll(absl::Span<const std::pair<uint64_t, uint64_t>> offsets_and_lens,
+                       absl::FunctionRef<void(size_t, const std::byte*)> on_read);
   absl::Status InvalidateSnapshot();
   absl::Status WriteSnapshot();
 
@@ -334,10 +409,25 @@ class NvmeTier final : public StorageTier {
   void DropChunk(uint32_t slot) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void FreeSlot(uint32_t slot) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   std::optional<uint32_t> ClassFor(uint64_t encoded_bytes) const;
+  // Appends `count` free slots (not yet on a free list) of class `cls`.
+  uint32_t AddSlots(uint32_t cls, uint64_t offset, uint64_t count)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Gives a free region to class `cls` (region layout): writes and flushes
+  // its header with mu_ released, then adds its slots as free and clean.
+  absl::Status OpenRegion(uint32_t cls) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void AssignRegion(uint32_t region, uint32_t cls) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void UpdateReserve(uint32_t cls) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // On-disk slot id (commit records, snapshot) of an in-memory slot, and back.
+  uint32_t DiskSlotId(uint32_t slot) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  std::optional<uint32_t> SlotOfDiskId(uint32_t disk_id) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const NvmeTierOptions options_;
   Env* const env_;
   const bool direct_;
+  const bool flush_writes_;  // durability "power"
+  // Data bytes of each slot class (explicit classes, or the ladder); set at
+  // open.
+  std::vector<uint64_t> class_data_bytes_;
   std::string volume_path_;
   std::unique_ptr<File> file_;
   nvme::Superblock superblock_;
@@ -356,7 +446,15 @@ class NvmeTier final : public StorageTier {
   uint64_t damaged_records_ = 0;
 
   mutable absl::Mutex mu_;
-  std::vector<Slot> slots_ ABSL_GUARDED_BY(mu_);
+  // A deque: slots are appended when a region is assigned, and references
+  // to existing slots stay valid.
+  std::deque<Slot> slots_ ABSL_GUARDED_BY(mu_);
+  // Region layout: per region its class, kRegionFree or kRegionDamaged, and
+  // its first slot; the free regions in ascending order.
+  std::vector<int32_t> region_class_ ABSL_GUARDED_BY(mu_);
+  std::vector<uint32_t> region_first_slot_ ABSL_GUARDED_BY(mu_);
+  std::deque<uint32_t> free_regions_ ABSL_GUARDED_BY(mu_);
+  uint64_t damaged_regions_ ABSL_GUARDED_BY(mu_) = 0;
   std::vector<ClassState> classes_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<NsKey, uint32_t> index_ ABSL_GUARDED_BY(mu_);
   // Live chunks per (namespace, parent key): a chunk with an entry here has

@@ -14,14 +14,25 @@ namespace kvtier::nvme_test {
 inline constexpr uint64_t kCrashChunksPerRound = 600;
 inline constexpr uint64_t kCrashRounds = 3;
 
-inline NvmeTierOptions CrashTestOptions(const std::string& folder) {
+// `durability` is "process" or "power"; `layout` is "classes" (explicit
+// slot_classes) or "regions" (slot sizes chosen on demand).
+inline NvmeTierOptions CrashTestOptions(const std::string& folder, const std::string& durability,
+                                        const std::string& layout) {
   NvmeTierOptions o;
   o.path = folder;
+  o.durability = durability;
   const uint64_t chunks = kCrashChunksPerRound * kCrashRounds;
   // Room for every chunk plus the clean slots each class keeps free.
   const uint64_t per_class = chunks / 2 + 64;
-  o.slot_classes = {{(64 << 10) + 64, per_class * ((68 << 10) + 4096)},
-                    {(256 << 10) + 64, per_class * ((260 << 10) + 4096)}};
+  if (layout == "regions") {
+    // Each size's slot is at most 12.5% above the chunk, and each size
+    // wastes at most part of one region.
+    o.capacity_bytes = per_class * ((68 << 10) + (256 << 10)) * 9 / 8 + (40ull << 20);
+    o.region_bytes = 4 << 20;
+  } else {
+    o.slot_classes = {{(64 << 10) + 64, per_class * ((68 << 10) + 4096)},
+                      {(256 << 10) + 64, per_class * ((260 << 10) + 4096)}};
+  }
   o.queue_depth = 16;
   o.max_inflight_bytes = 16 << 20;
   return o;

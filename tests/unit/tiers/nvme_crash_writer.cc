@@ -6,7 +6,7 @@
 //   "R <i>"  chunk i is durably removed
 // The test kills it with SIGKILL at a random moment and checks the volume.
 //
-// Usage: nvme_crash_writer FOLDER ROUND COUNT
+// Usage: nvme_crash_writer FOLDER ROUND COUNT DURABILITY LAYOUT
 #include <unistd.h>
 
 #include <condition_variable>
@@ -33,15 +33,15 @@ void Report(char kind, uint64_t i) {
 
 int main(int argc, char** argv) {
   using namespace kvtier;
-  if (argc != 4) {
-    std::fprintf(stderr, "usage: %s FOLDER ROUND COUNT\n", argv[0]);
+  if (argc != 6) {
+    std::fprintf(stderr, "usage: %s FOLDER ROUND COUNT DURABILITY LAYOUT\n", argv[0]);
     return 2;
   }
   const std::string folder = argv[1];
   const uint64_t round = std::strtoull(argv[2], nullptr, 10);
   const uint64_t count = std::strtoull(argv[3], nullptr, 10);
   absl::StatusOr<std::unique_ptr<NvmeTier>> tier =
-      NvmeTier::Create(nvme_test::CrashTestOptions(folder));
+      NvmeTier::Create(nvme_test::CrashTestOptions(folder, argv[4], argv[5]));
   if (!tier.ok()) {
     std::fprintf(stderr, "open: %s\n", std::string(tier.status().message()).c_str());
     return 1;

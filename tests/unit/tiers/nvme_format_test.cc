@@ -1,11 +1,13 @@
 #include "src/tiers/nvme/nvme_format.h"
 
+#include <algorithm>
 #include <array>
 #include <cstring>
 #include <vector>
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "src/core/hash.h"
 #include "src/tiers/nvme/staging_pool.h"
 #include "tests/testing/status_matchers.h"
 
@@ -49,6 +51,108 @@ TEST(NvmeFormat, GeometryRejectsBadClasses) {
   std::vector<std::pair<uint64_t, uint64_t>> empty = {{8192, 0}};
   EXPECT_THAT(MakeGeometry(empty),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("no slot")));
+}
+
+TEST(NvmeFormat, SlotLadderStepsAreAlignedAndAtMostAnEighthApart) {
+  const uint64_t region = 64ull << 20;
+  std::vector<uint64_t> ladder = SlotLadder(region);
+  ASSERT_GT(ladder.size(), 10u);
+  EXPECT_EQ(ladder.front(), kSectorBytes);
+  for (size_t i = 1; i < ladder.size(); ++i) {
+    EXPECT_EQ(ladder[i] % kSectorBytes, 0u) << i;
+    EXPECT_GT(ladder[i], ladder[i - 1]) << i;
+    // A chunk one byte above a step wastes at most 12.5% of its slot's data
+    // area, or one 4 KiB sector where steps are that close.
+    EXPECT_LE(ladder[i], std::max(ladder[i - 1] + kSectorBytes, ladder[i - 1] * 9 / 8)) << i;
+  }
+  // The largest step fits four times in a region after its header, and the
+  // next would not.
+  EXPECT_EQ(ladder.back(), RegionMaxDataBytes(region));
+  EXPECT_LE(4 * (ladder.back() + kSectorBytes), region - kSectorBytes);
+  const std::vector<uint64_t> longer = SlotLadder(2 * region);
+  const uint64_t next = *std::upper_bound(longer.begin(), longer.end(), ladder.back());
+  EXPECT_GT(4 * (next + kSectorBytes), region - kSectorBytes);
+  // A power-of-two payload plus its 64-byte chunk header gets the step one
+  // sector above it: its slot is written whole, with no gap.
+  for (uint64_t payload : {64ull << 10, 256ull << 10, 1ull << 20, 4ull << 20}) {
+    EXPECT_EQ(*std::lower_bound(ladder.begin(), ladder.end(), payload + 64), payload + kSectorBytes)
+        << payload;
+  }
+}
+
+TEST(NvmeFormat, RegionGeometryFitsTheCapacity) {
+  const uint64_t region = 4ull << 20;
+  ASSERT_OK_AND_ASSIGN(VolumeGeometry g, MakeRegionGeometry(100ull << 20, region));
+  EXPECT_TRUE(g.regions());
+  EXPECT_TRUE(g.classes.empty());
+  EXPECT_EQ(g.snapshot_offset, kSectorBytes);
+  EXPECT_EQ(g.max_region_slots, (region - kSectorBytes) / 8192);
+  // The snapshot region holds a record for every slot the smallest size
+  // could give, and the region table.
+  EXPECT_GE(g.snapshot_bytes, kSectorBytes + g.region_count * 8 +
+                                  g.region_count * g.max_region_slots * kSnapshotRecordBytes);
+  EXPECT_EQ(g.regions_offset, g.snapshot_offset + g.snapshot_bytes);
+  EXPECT_EQ(g.volume_bytes, g.regions_offset + g.region_count * region);
+  EXPECT_LE(g.volume_bytes, 100ull << 20);
+  EXPECT_GT(g.volume_bytes + region, 100ull << 20);  // no room for one more
+  EXPECT_THAT(MakeRegionGeometry(100ull << 20, (4ull << 20) + 4096),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("region_bytes")));
+  EXPECT_THAT(MakeRegionGeometry(1ull << 20, 4ull << 20),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("capacity_bytes")));
+  EXPECT_THAT(MakeRegionGeometry(20ull << 40, 64ull << 20),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("16 TiB")));
+}
+
+TEST(NvmeFormat, RegionSuperblockAndHeadersRoundTrip) {
+  ASSERT_OK_AND_ASSIGN(VolumeGeometry g, MakeRegionGeometry(64ull << 20, 4ull << 20));
+  Superblock sb{77, g};
+  Sector s{};
+  EncodeSuperblock(sb, absl::MakeSpan(s));
+  ASSERT_OK_AND_ASSIGN(Superblock back, DecodeSuperblock(s));
+  EXPECT_EQ(back.generation, 77u);
+  EXPECT_TRUE(back.geometry == g);
+  // Not equal to a volume of explicit classes.
+  EXPECT_FALSE(back.geometry == TwoClasses());
+
+  const std::vector<uint64_t> ladder = SlotLadder(g.region_bytes);
+  RegionHeader h;
+  h.generation = 77;
+  h.region = 3;
+  h.slot_data_bytes = ladder[5];
+  h.slot_count = (g.region_bytes - kSectorBytes) / (ladder[5] + kSectorBytes);
+  EncodeRegionHeader(h, absl::MakeSpan(s));
+  RegionHeader out;
+  std::string problem;
+  ASSERT_EQ(DecodeRegionHeader(s, 77, g, 3, &out, &problem), RegionHeaderKind::kAssigned)
+      << problem;
+  EXPECT_EQ(out.slot_data_bytes, ladder[5]);
+  EXPECT_EQ(out.slot_count, h.slot_count);
+  // Another generation: an old format's header, so the region is free.
+  EXPECT_EQ(DecodeRegionHeader(s, 78, g, 3, &out, &problem), RegionHeaderKind::kUnassigned);
+  // Misplaced, damaged, or a size that is not a ladder step.
+  EXPECT_EQ(DecodeRegionHeader(s, 77, g, 4, &out, &problem), RegionHeaderKind::kDamaged);
+  Sector bad = s;
+  bad[30] ^= std::byte{1};
+  EXPECT_EQ(DecodeRegionHeader(bad, 77, g, 3, &out, &problem), RegionHeaderKind::kDamaged);
+  EXPECT_THAT(problem, HasSubstr("checksum"));
+  h.slot_data_bytes = ladder[5] + 4096;
+  EncodeRegionHeader(h, absl::MakeSpan(s));
+  EXPECT_EQ(DecodeRegionHeader(s, 77, g, 3, &out, &problem), RegionHeaderKind::kDamaged);
+  Sector zero{};
+  EXPECT_EQ(DecodeRegionHeader(zero, 77, g, 3, &out, &problem), RegionHeaderKind::kUnassigned);
+}
+
+TEST(NvmeFormat, OlderFormatVersionsAreRefused) {
+  Superblock sb{5, TwoClasses()};
+  Sector s{};
+  EncodeSuperblock(sb, absl::MakeSpan(s));
+  // Rewrite it as a version 1 superblock with a valid checksum.
+  const uint32_t v1 = 1;
+  std::memcpy(s.data() + 8, &v1, 4);
+  const uint64_t sum = Xxh3_64({s.data(), kSectorBytes - 8});
+  std::memcpy(s.data() + kSectorBytes - 8, &sum, 8);
+  EXPECT_THAT(DecodeSuperblock(s),
+              StatusIs(absl::StatusCode::kDataLoss, HasSubstr("unsupported format version 1")));
 }
 
 TEST(NvmeFormat, SuperblockRoundTripsAndDetectsDamage) {

@@ -20,12 +20,14 @@
 #include <sstream>
 #include <string>
 #include <thread>
+#include <tuple>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "src/common/bytes.h"
+#include "src/core/hash.h"
 #include "src/tiers/nvme/nvme_format.h"
 #include "tests/testing/fault_env.h"
 #include "tests/testing/status_matchers.h"
@@ -66,6 +68,16 @@ NvmeTierOptions Options(const std::string& dir, std::vector<NvmeSlotClass> class
   o.max_inflight_bytes = 32 << 20;
   o.clean_slots = 0;  // evict only on demand, so eviction counts are exact
   o.env = env;
+  return o;
+}
+
+// On-demand slot sizes: a volume of `capacity` bytes in regions of
+// `region` bytes.
+NvmeTierOptions RegionOptions(const std::string& dir, uint64_t capacity, uint64_t region = 4 << 20,
+                              Env* env = nullptr) {
+  NvmeTierOptions o = Options(dir, {}, env);
+  o.capacity_bytes = capacity;
+  o.region_bytes = region;
   return o;
 }
 
@@ -129,7 +141,20 @@ TEST(NvmeTier, BadOptionsNameTheField) {
   o.path = "";
   check(o, "path");
   o = Options(dir.path(), {});
-  check(o, "slot_classes");
+  check(o, "capacity_bytes");
+  o = Options(dir.path(), {Class(k64K, 4)});
+  o.capacity_bytes = 64 << 20;
+  check(o, "capacity_bytes");
+  o = RegionOptions(dir.path(), 64 << 20, (1 << 20) + 4096);
+  check(o, "region_bytes");
+  o = RegionOptions(dir.path(), 1 << 20, 4 << 20);
+  check(o, "capacity_bytes");
+  o = RegionOptions(dir.path(), 256 << 20, 64 << 20);
+  o.max_inflight_bytes = 4 << 20;  // below the largest slot of a 64 MiB region
+  check(o, "max_inflight_bytes");
+  o = Options(dir.path(), {Class(k64K, 4)});
+  o.durability = "fsync";
+  check(o, "durability");
   o = Options(dir.path(), {Class(k256K, 4), Class(k64K, 4)});
   check(o, "slot_classes[1].max_chunk_bytes");
   o = Options(dir.path(), {NvmeSlotClass{k64K, 100}});
@@ -267,14 +292,18 @@ TEST(NvmeTier, EnospcOnATinyTmpfsFailsCreateInBufferedMode) {
 
 // ---- round trips ----------------------------------------------------------------
 
-class NvmeRoundTrip : public ::testing::TestWithParam<size_t> {};
+// (payload bytes, durability, layout)
+class NvmeRoundTrip
+    : public ::testing::TestWithParam<std::tuple<size_t, std::string, std::string>> {};
 
 TEST_P(NvmeRoundTrip, PutGetByteIdentical) {
-  const size_t payload = GetParam();
+  const auto& [payload, durability, layout] = GetParam();
   TempDir dir;
-  ASSERT_OK_AND_ASSIGN(
-      auto tier,
-      NvmeTier::Create(Options(dir.path(), {Class(k256K, 4), Class(k1M, 4), Class(k4M, 4)})));
+  NvmeTierOptions o = layout == "regions"
+                          ? RegionOptions(dir.path(), 128 << 20, 32 << 20)
+                          : Options(dir.path(), {Class(k256K, 4), Class(k1M, 4), Class(k4M, 4)});
+  o.durability = durability;
+  ASSERT_OK_AND_ASSIGN(auto tier, NvmeTier::Create(o));
   std::vector<TestChunk> chunks;
   for (uint64_t i = 0; i < 3; ++i) chunks.push_back(MakeChunk(Key(i + 1), payload));
   // Sync Put, async Put with a callback, and the future form.
@@ -311,11 +340,35 @@ TEST_P(NvmeRoundTrip, PutGetByteIdentical) {
   NvmeTierStats d = tier->DetailedStats();
   EXPECT_EQ(d.io_mode, "direct");
   EXPECT_EQ(d.open_source, "new");
-  EXPECT_GE(d.flushes, 1u);
+  EXPECT_EQ(d.durability, durability);
+  EXPECT_EQ(d.layout, layout);
+  // "power" flushes each step; "process" flushes only region headers.
+  const uint64_t region_flushes = layout == "regions" ? 1 : 0;
+  if (durability == "power") {
+    EXPECT_GE(d.flushes, region_flushes + 2);
+  } else {
+    EXPECT_EQ(d.flushes, region_flushes);
+    ASSERT_OK(tier->Flush());  // makes completed saves power-safe
+    EXPECT_EQ(tier->DetailedStats().flushes, region_flushes + 1);
+  }
+  if (layout == "regions") {
+    EXPECT_EQ(d.regions_assigned, 1u);
+    ASSERT_EQ(d.slot_sizes.size(), 1u);
+    EXPECT_GE(d.slot_sizes[0], payload + kChunkHeaderBytes);
+    EXPECT_LE(d.slot_sizes[0], (payload + kChunkHeaderBytes) * 9 / 8 + 4096);
+    EXPECT_EQ(s.capacity_bytes, d.regions * (32u << 20));
+  }
 }
 
-INSTANTIATE_TEST_SUITE_P(Sizes, NvmeRoundTrip, ::testing::Values(k256K, k1M, k4M),
-                         [](const auto& info) { return absl::StrCat(info.param >> 10, "KiB"); });
+INSTANTIATE_TEST_SUITE_P(Sizes, NvmeRoundTrip,
+                         ::testing::Combine(::testing::Values(k256K, k1M, k4M),
+                                            ::testing::Values("process", "power"),
+                                            ::testing::Values("classes", "regions")),
+                         [](const auto& info) {
+                           return absl::StrCat(std::get<0>(info.param) >> 10, "KiB_",
+                                               std::get<1>(info.param), "_",
+                                               std::get<2>(info.param));
+                         });
 
 TEST(NvmeTier, GetRejectsSmallBuffersAndReportsMisses) {
   TempDir dir;
@@ -461,6 +514,7 @@ TEST(NvmeTier, ReopenRebuildsTheIndexByScanning) {
 TEST(NvmeTier, ReopenUsesTheSnapshotAndNeverTrustsItAfterACrash) {
   TempDir dir;
   NvmeTierOptions o = Options(dir.path(), {Class(k64K, 16), Class(k256K, 8)});
+  o.durability = "power";  // the simulated power loss keeps only flushed writes
   std::vector<TestChunk> chunks;
   {
     ASSERT_OK_AND_ASSIGN(auto tier, NvmeTier::Create(o));
@@ -537,9 +591,12 @@ TEST(NvmeTier, RemoveIsDurable) {
 
 // ---- integrity -------------------------------------------------------------------
 
-TEST(NvmeTier, FlippedBytesAreDetectedAndNeverServed) {
+class NvmeDurability : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(NvmeDurability, FlippedBytesAreDetectedAndNeverServed) {
   TempDir dir;
   NvmeTierOptions o = Options(dir.path(), {Class(k64K, 40)});
+  o.durability = GetParam();
   o.write_snapshot = false;
   std::vector<TestChunk> chunks;
   {
@@ -594,12 +651,17 @@ TEST(NvmeTier, FlippedBytesAreDetectedAndNeverServed) {
   EXPECT_EQ(tier->Stats().evictions, 0u);
 }
 
+INSTANTIATE_TEST_SUITE_P(Modes, NvmeDurability, ::testing::Values("process", "power"),
+                         [](const auto& info) { return info.param; });
+
 // ---- faults at run time -------------------------------------------------------------
 
 TEST(NvmeTier, InjectedWriteAndFlushErrorsFailThePut) {
   TempDir dir;
   FaultInjectionEnv env;
-  ASSERT_OK_AND_ASSIGN(auto tier, NvmeTier::Create(Options(dir.path(), {Class(k64K, 8)}, &env)));
+  NvmeTierOptions o = Options(dir.path(), {Class(k64K, 8)}, &env);
+  o.durability = "power";
+  ASSERT_OK_AND_ASSIGN(auto tier, NvmeTier::Create(o));
   TestChunk a = MakeChunk(Key(1), k64K);
   env.AddIoFault(IoFault{IoOpcode::kWrite, "", 0, EIO, 0, 0, 1});
   EXPECT_THAT(tier->Put(a.meta, a.encoded),
@@ -621,6 +683,26 @@ TEST(NvmeTier, InjectedWriteAndFlushErrorsFailThePut) {
   ExpectStored(*tier, a);
 }
 
+TEST(NvmeTier, ProcessDurabilityFailsOnWriteErrorsAndReportsFlushErrorsFromFlush) {
+  TempDir dir;
+  FaultInjectionEnv env;
+  ASSERT_OK_AND_ASSIGN(auto tier, NvmeTier::Create(Options(dir.path(), {Class(k64K, 8)}, &env)));
+  EXPECT_EQ(tier->DetailedStats().durability, "process");
+  TestChunk a = MakeChunk(Key(1), k64K);
+  // One write per save: the commit record and the data area together.
+  env.AddIoFault(IoFault{IoOpcode::kWrite, "", 4096 + (68 << 10), EIO, 0, 0, 1});
+  EXPECT_THAT(tier->Put(a.meta, a.encoded), StatusIs(absl::StatusCode::kUnavailable));
+  EXPECT_FALSE(tier->CouldExist(kNs, Key(1)));
+  // No flush on the save path: a failing fdatasync does not touch Put...
+  ASSERT_OK(tier->Put(a.meta, a.encoded));
+  EXPECT_EQ(tier->DetailedStats().flushes, 0u);
+  // ...but Flush reports it.
+  env.AddIoFault(IoFault{IoOpcode::kDataSync, "", 0, EIO, 0, 0, 1});
+  EXPECT_FALSE(tier->Flush().ok());
+  ASSERT_OK(tier->Flush());
+  ExpectStored(*tier, a);
+}
+
 TEST(NvmeTier, InjectedReadErrorIsAMissAndDropsTheChunk) {
   TempDir dir;
   FaultInjectionEnv env;
@@ -639,6 +721,7 @@ TEST(NvmeTier, TornWritesNeverBecomeVisible) {
   TempDir dir;
   FaultInjectionEnv env;
   NvmeTierOptions o = Options(dir.path(), {Class(k256K, 8)}, &env);
+  o.durability = "power";  // a data write and a commit write per save
   o.write_snapshot = false;
   TestChunk intact = MakeChunk(Key(1), k256K);
   TestChunk torn_data = MakeChunk(Key(2), k256K);
@@ -665,6 +748,46 @@ TEST(NvmeTier, TornWritesNeverBecomeVisible) {
   EXPECT_EQ(tier->Stats().corrupt_chunks, 0u);
 }
 
+TEST(NvmeTier, ATornSaveWithProcessDurabilityIsRetiredAndNeverServed) {
+  TempDir dir;
+  FaultInjectionEnv env;
+  NvmeTierOptions o = Options(dir.path(), {Class(k256K, 8)}, &env);
+  o.write_snapshot = false;
+  TestChunk intact = MakeChunk(Key(1), k256K);
+  TestChunk retired = MakeChunk(Key(2), k256K);
+  TestChunk stuck = MakeChunk(Key(3), k256K);
+  {
+    ASSERT_OK_AND_ASSIGN(auto tier, NvmeTier::Create(o));
+    ASSERT_OK(tier->Put(intact.meta, intact.encoded));
+    // The save's one write lands in part (its record and 4 KiB of data);
+    // the tier then replaces the record with a tombstone.
+    env.AddIoFault(IoFault{IoOpcode::kWrite, "", 0, EIO, 8192, 0, 1});
+    EXPECT_THAT(tier->Put(retired.meta, retired.encoded), StatusIs(absl::StatusCode::kUnavailable));
+    ASSERT_OK(tier->Close());  // waits for the tombstone
+    EXPECT_EQ(tier->DetailedStats().tombstones, 1u);
+  }
+  {
+    ASSERT_OK_AND_ASSIGN(auto tier, NvmeTier::Create(o));
+    EXPECT_FALSE(tier->Contains(kNs, Key(2)));
+    ExpectStored(*tier, intact);
+    // Now the tombstone fails too: the record stays over partial data.
+    env.AddIoFault(IoFault{IoOpcode::kWrite, "", 0, EIO, 8192, 0, 1});
+    env.AddIoFault(IoFault{IoOpcode::kWrite, "", 4096, EIO, 0, 0, 1});
+    EXPECT_THAT(tier->Put(stuck.meta, stuck.encoded), StatusIs(absl::StatusCode::kUnavailable));
+    ASSERT_OK(tier->Close());
+    EXPECT_EQ(env.faults_fired(), 3u);
+  }
+  ASSERT_OK_AND_ASSIGN(auto tier, NvmeTier::Create(o));
+  ExpectStored(*tier, intact);
+  EXPECT_FALSE(tier->Contains(kNs, Key(2)));
+  // Listed from its record, but its bytes are refused, never served.
+  ASSERT_TRUE(tier->Contains(kNs, Key(3)));
+  std::vector<std::byte> out(stuck.encoded.size());
+  EXPECT_THAT(tier->Get(kNs, Key(3), absl::MakeSpan(out)), StatusIs(absl::StatusCode::kDataLoss));
+  EXPECT_FALSE(tier->Contains(kNs, Key(3)));
+  EXPECT_EQ(tier->Stats().corrupt_chunks, 1u);
+}
+
 // Power cut in the middle of a write storm: every write not covered by a
 // completed flush may be lost, sector by sector. Saves acknowledged before
 // the cut (and not evicted since) must be intact, removed chunks must stay
@@ -683,6 +806,7 @@ void RunPowerLoss(uint64_t seed, bool evicting) {
   o.max_inflight_bytes = 4 << 20;
   // Evicting: some slots are tombstoned ahead of need, others on demand.
   if (evicting) o.clean_slots = 3;
+  o.durability = "power";
   std::vector<TestChunk> all;
   std::set<uint64_t> removed;
   std::set<uint64_t> must_survive;  // acknowledged and still resident at the cut
@@ -780,6 +904,95 @@ void RunPowerLoss(uint64_t seed, bool evicting) {
   EXPECT_EQ(tier->Stats().corrupt_chunks, 0u);
 }
 
+// Power cut with durability "process": writes not covered by a flush may be
+// lost or land partly, in any order, so unflushed saves may vanish and a
+// commit record may describe other bytes. What must hold: chunks made
+// durable by Flush() and still resident at the cut survive intact, removed
+// chunks stay removed, and a read never returns bytes other than the
+// chunk's own (a mismatch is a DataLoss miss).
+// A save of the storm: done, or refused because every slot was busy or no
+// room was in flight.
+void CheckStormSave(const absl::Status& s) {
+  EXPECT_TRUE(s.ok() || absl::IsResourceExhausted(s) || absl::IsUnavailable(s)) << s;
+}
+
+void RunProcessPowerLoss(uint64_t seed) {
+  SCOPED_TRACE(absl::StrCat("seed ", seed));
+  TempDir dir;
+  FaultInjectionEnv env;
+  // Small classes: the storm evicts, so slots are reused without flushes.
+  NvmeTierOptions o = Options(dir.path(), {Class(k64K, 16), Class(k256K, 8)}, &env);
+  o.queue_depth = 8;
+  o.max_inflight_bytes = 4 << 20;
+  o.clean_slots = 2;
+  o.write_snapshot = false;
+  std::vector<TestChunk> all;
+  std::set<uint64_t> removed;
+  std::set<uint64_t> flushed;  // made durable by Flush()
+  std::set<uint64_t> must_survive;
+  std::mt19937_64 rng(seed);
+  {
+    ASSERT_OK_AND_ASSIGN(auto tier, NvmeTier::Create(o));
+    for (uint64_t i = 0; i < 12; ++i) {
+      all.push_back(MakeChunk(Key(i + 1), i % 3 == 0 ? k256K : k64K));
+      ASSERT_OK(tier->Put(all.back().meta, all.back().encoded));
+    }
+    for (uint64_t i = 0; i < 12; i += 3) {
+      ASSERT_OK(tier->Remove(kNs, all[i].meta.key));
+      removed.insert(i);
+    }
+    ASSERT_OK(tier->Flush());
+    for (uint64_t i = 0; i < 12; ++i) {
+      if (!removed.contains(i)) flushed.insert(i);
+    }
+    env.TrackUnsynced(true);
+    const uint64_t storm = 60 + rng() % 40;
+    std::vector<std::future<absl::Status>> futures;
+    for (uint64_t i = 12; i < 12 + storm; ++i) {
+      all.push_back(MakeChunk(Key(i + 1), i % 3 == 0 ? k256K : k64K));
+      futures.push_back(tier->PutAsync(all.back().meta, all.back().encoded));
+      if (futures.size() % 8 == 0) {
+        for (auto& f : futures) CheckStormSave(f.get());
+        futures.clear();
+      }
+    }
+    for (auto& f : futures) CheckStormSave(f.get());
+    EXPECT_GT(tier->Stats().evictions, 0u);
+    EXPECT_GT(env.unsynced_writes(), 0u);
+    for (uint64_t i : flushed) {
+      if (tier->Contains(kNs, all[i].meta.key)) must_survive.insert(i);
+    }
+    env.Crash();
+    tier->Close().IgnoreError();
+  }
+  // Each unflushed write of the storm reaches the disk or not, sector by
+  // sector, at random.
+  ASSERT_OK(env.DropUnsyncedWrites(seed, 0.5));
+  o.env = nullptr;
+  ASSERT_OK_AND_ASSIGN(auto tier, NvmeTier::Create(o));
+  for (uint64_t i : must_survive) {
+    ASSERT_TRUE(tier->Contains(kNs, all[i].meta.key)) << "flushed chunk " << i << " lost";
+    ExpectStored(*tier, all[i]);
+  }
+  for (uint64_t i : removed) {
+    EXPECT_FALSE(tier->Contains(kNs, all[i].meta.key)) << "removed chunk " << i << " is back";
+  }
+  for (uint64_t i = 0; i < all.size(); ++i) {
+    if (!tier->Contains(kNs, all[i].meta.key)) continue;
+    std::vector<std::byte> out(all[i].encoded.size());
+    absl::StatusOr<size_t> n = tier->Get(kNs, all[i].meta.key, absl::MakeSpan(out));
+    if (n.ok()) {
+      EXPECT_TRUE(out == all[i].encoded) << "chunk " << i << " served with other bytes";
+    } else {
+      EXPECT_THAT(n, StatusIs(absl::StatusCode::kDataLoss)) << i;
+    }
+  }
+}
+
+TEST(NvmeTier, ProcessDurabilityPowerLossNeverServesOtherBytes) {
+  for (uint64_t seed = 1; seed <= 5; ++seed) RunProcessPowerLoss(seed);
+}
+
 TEST(NvmeTier, PowerLossLosesNothingAcknowledged) {
   for (uint64_t seed = 1; seed <= 5; ++seed) RunPowerLoss(seed, /*evicting=*/false);
 }
@@ -819,6 +1032,7 @@ TEST(NvmeTier, EvictsChainTailsFirstInLruOrder) {
 TEST(NvmeTier, CleanSlotsAreKeptReadyByEvictingEarly) {
   TempDir dir;
   NvmeTierOptions o = Options(dir.path(), {Class(k64K, 32)});
+  o.durability = "power";  // "process" saves need no clean slots
   o.clean_slots = 4;
   ASSERT_OK_AND_ASSIGN(auto tier, NvmeTier::Create(o));
   std::vector<TestChunk> chunks;
@@ -1061,13 +1275,248 @@ TEST(NvmeTier, BlockDeviceNeedsFormatDeviceAndPersists) {
   ExpectAllStored(*tier, chunks);
 }
 
+// ---- on-demand slot sizes (regions) -----------------------------------------------
+
+TEST(NvmeTier, RegionsGetSlotSizesOnDemandFromTheLadder) {
+  TempDir dir;
+  NvmeTierOptions o = RegionOptions(dir.path(), 64 << 20);
+  ASSERT_OK_AND_ASSIGN(auto tier, NvmeTier::Create(o));
+  NvmeTierStats d = tier->DetailedStats();
+  EXPECT_EQ(d.layout, "regions");
+  EXPECT_EQ(d.regions_assigned, 0u);
+  ASSERT_GE(d.regions, 14u);
+  EXPECT_EQ(tier->Stats().capacity_bytes, d.regions * (4u << 20));
+  // The last chunk of each request is partial: 60 sizes between 200 KiB
+  // and 256 KiB share a few slot sizes instead of one class each.
+  std::mt19937_64 rng(3);
+  std::vector<TestChunk> chunks;
+  for (uint64_t i = 0; i < 60; ++i) {
+    chunks.push_back(MakeChunk(Key(i + 1), (200 << 10) + rng() % (56 << 10)));
+    ASSERT_OK(tier->Put(chunks.back().meta, chunks.back().encoded));
+  }
+  chunks.push_back(MakeChunk(Key(100), 5000));  // a small one: another size
+  ASSERT_OK(tier->Put(chunks.back().meta, chunks.back().encoded));
+  for (const TestChunk& c : chunks) ExpectStored(*tier, c);
+  // Each chunk went to the smallest ladder step holding it, and each step
+  // got as many regions as its chunks need.
+  const std::vector<uint64_t> ladder = nvme::SlotLadder(4 << 20);
+  std::map<uint64_t, uint64_t> per_step;
+  for (const TestChunk& c : chunks) {
+    ++per_step[*std::lower_bound(ladder.begin(), ladder.end(), c.encoded.size())];
+  }
+  uint64_t regions = 0;
+  std::vector<uint64_t> steps;
+  for (const auto& [step, n] : per_step) {
+    const uint64_t per_region = ((4 << 20) - 4096) / (step + 4096);
+    regions += (n + per_region - 1) / per_region;
+    steps.push_back(step);
+  }
+  d = tier->DetailedStats();
+  EXPECT_EQ(d.slot_sizes, steps);
+  EXPECT_LE(d.slot_sizes.size(), 5u);  // 56 KiB of lengths share four steps
+  EXPECT_EQ(d.regions_assigned, regions);
+  for (const TestChunk& c : chunks) {
+    ASSERT_OK_AND_ASSIGN(NvmeChunkInfo info, tier->Describe(kNs, c.meta.key));
+    EXPECT_EQ(info.volume_offset % 4096, 0u);
+  }
+  // The largest chunk is just under a quarter of a region.
+  const uint64_t max_chunk = tier->Capabilities().max_chunk_bytes;
+  EXPECT_LT(max_chunk, (4u << 20) / 4);
+  EXPECT_GT(max_chunk, (4u << 20) / 4 * 7 / 8);
+  TestChunk big = MakeChunk(Key(200), max_chunk);  // header makes it too big
+  EXPECT_THAT(tier->Put(big.meta, big.encoded),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("larger than")));
+  TestChunk largest = MakeChunk(Key(201), max_chunk - kChunkHeaderBytes);
+  ASSERT_OK(tier->Put(largest.meta, largest.encoded));
+  ExpectStored(*tier, largest);
+}
+
+TEST(NvmeTier, RegionsAreRecoveredByTheSnapshotAndByTheScan) {
+  for (bool snapshot : {true, false}) {
+    SCOPED_TRACE(snapshot ? "snapshot" : "scan");
+    TempDir dir;
+    NvmeTierOptions o = RegionOptions(dir.path(), 48 << 20);
+    o.write_snapshot = snapshot;
+    std::vector<TestChunk> chunks;
+    NvmeTierStats before;
+    {
+      ASSERT_OK_AND_ASSIGN(auto tier, NvmeTier::Create(o));
+      // Chains in three sizes; the sizes' regions are assigned in the order
+      // of first need, not in slot-size order.
+      for (uint64_t c = 0; c < 6; ++c) {
+        BlockKey parent;
+        for (uint64_t i = 0; i < 4; ++i) {
+          BlockKey key = Key(c * 10 + i + 1);
+          const size_t bytes = i == 0 ? k256K : i == 1 ? 5000 : i == 2 ? k64K : 3000;
+          chunks.push_back(MakeChunk(key, bytes, parent));
+          ASSERT_OK(tier->Put(chunks.back().meta, chunks.back().encoded));
+          parent = key;
+        }
+      }
+      ASSERT_OK(tier->Remove(kNs, chunks[3].meta.key));
+      chunks.erase(chunks.begin() + 3);
+      before = tier->DetailedStats();
+    }
+    ASSERT_OK_AND_ASSIGN(auto tier, NvmeTier::Create(o));
+    NvmeTierStats d = tier->DetailedStats();
+    EXPECT_EQ(d.open_source, snapshot ? "snapshot" : "scan");
+    EXPECT_EQ(d.recovered_chunks, chunks.size());
+    EXPECT_EQ(d.regions_assigned, before.regions_assigned);
+    EXPECT_EQ(d.slot_sizes, before.slot_sizes);
+    EXPECT_EQ(d.damaged_records, 0u);
+    ExpectAllStored(*tier, chunks);
+    EXPECT_FALSE(tier->Contains(kNs, Key(4)));
+    // New saves land in free slots of the recovered regions.
+    for (uint64_t i = 0; i < 20; ++i) {
+      chunks.push_back(MakeChunk(Key(500 + i), i % 2 == 0 ? 5000 : k64K));
+      ASSERT_OK(tier->Put(chunks.back().meta, chunks.back().encoded));
+    }
+    EXPECT_EQ(tier->DetailedStats().regions_assigned, before.regions_assigned);
+    ExpectAllStored(*tier, chunks);
+  }
+}
+
+TEST(NvmeTier, AFullVolumeEvictsWithinTheSlotSize) {
+  TempDir dir;
+  // Three regions of 4 MiB.
+  NvmeTierOptions o = RegionOptions(dir.path(), (12 << 20) + (1 << 20));
+  ASSERT_OK_AND_ASSIGN(auto tier, NvmeTier::Create(o));
+  ASSERT_EQ(tier->DetailedStats().regions, 3u);
+  // Small chunks take one region; 256 KiB chunks the other two (14 slots each
+  // at most), then evict each other, never the small ones.
+  std::vector<TestChunk> small;
+  for (uint64_t i = 0; i < 10; ++i) {
+    small.push_back(MakeChunk(Key(1000 + i), 5000));
+    ASSERT_OK(tier->Put(small.back().meta, small.back().encoded));
+  }
+  for (uint64_t i = 0; i < 60; ++i) {
+    TestChunk c = MakeChunk(Key(i + 1), k256K);
+    ASSERT_OK(tier->Put(c.meta, c.encoded));
+  }
+  NvmeTierStats d = tier->DetailedStats();
+  EXPECT_EQ(d.regions_assigned, 3u);
+  EXPECT_GT(d.tier.evictions, 0u);
+  for (const TestChunk& c : small) ExpectStored(*tier, c);
+  EXPECT_TRUE(tier->Contains(kNs, Key(60)));
+  EXPECT_FALSE(tier->Contains(kNs, Key(1)));  // least recently used went first
+  // A third size has no region left: regions do not move between sizes.
+  TestChunk other = MakeChunk(Key(5000), k64K);
+  EXPECT_THAT(tier->Put(other.meta, other.encoded),
+              StatusIs(absl::StatusCode::kResourceExhausted, HasSubstr("no region is free")));
+}
+
+TEST(NvmeTier, ReopenWithAnotherLayoutOrGeometryFails) {
+  TempDir dir;
+  { ASSERT_OK_AND_ASSIGN(auto tier, NvmeTier::Create(Options(dir.path(), {Class(k64K, 4)}))); }
+  EXPECT_THAT(
+      NvmeTier::Create(RegionOptions(dir.path(), 64 << 20)),
+      StatusIs(absl::StatusCode::kFailedPrecondition,
+               AllOf(HasSubstr("slot_classes"), HasSubstr("slot classes [4 x 69632"),
+                     HasSubstr("on-demand regions"), HasSubstr("the same explicit slot_classes"))));
+  TempDir dir2;
+  { ASSERT_OK_AND_ASSIGN(auto tier, NvmeTier::Create(RegionOptions(dir2.path(), 64 << 20))); }
+  EXPECT_THAT(NvmeTier::Create(Options(dir2.path(), {Class(k64K, 4)})),
+              StatusIs(absl::StatusCode::kFailedPrecondition,
+                       AllOf(HasSubstr("slot_classes"), HasSubstr("on-demand regions"),
+                             HasSubstr("empty slot_classes and the same capacity_bytes"))));
+  EXPECT_THAT(NvmeTier::Create(RegionOptions(dir2.path(), 64 << 20, 8 << 20)),
+              StatusIs(absl::StatusCode::kFailedPrecondition,
+                       AllOf(HasSubstr("capacity_bytes, region_bytes"),
+                             HasSubstr("of 4194304 bytes"), HasSubstr("of 8388608 bytes"))));
+  EXPECT_THAT(NvmeTier::Create(RegionOptions(dir2.path(), 128 << 20)),
+              StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("capacity_bytes")));
+  // Durability is not part of the volume: either mode opens it.
+  NvmeTierOptions power = RegionOptions(dir2.path(), 64 << 20);
+  power.durability = "power";
+  ASSERT_OK_AND_ASSIGN(auto tier, NvmeTier::Create(power));
+  EXPECT_EQ(tier->DetailedStats().durability, "power");
+}
+
+TEST(NvmeTier, AVolumeOfAnOlderFormatIsRefused) {
+  TempDir dir;
+  NvmeTierOptions o = Options(dir.path(), {Class(k64K, 4)});
+  { ASSERT_OK_AND_ASSIGN(auto tier, NvmeTier::Create(o)); }
+  // Make it a version 1 superblock, checksum and all.
+  std::vector<std::byte> sector(4096);
+  {
+    std::ifstream f(dir.volume(), std::ios::binary);
+    f.read(reinterpret_cast<char*>(sector.data()), 4096);
+  }
+  const uint32_t v1 = 1;
+  std::memcpy(sector.data() + 8, &v1, 4);
+  const uint64_t sum = Xxh3_64({sector.data(), 4088});
+  std::memcpy(sector.data() + 4088, &sum, 8);
+  {
+    std::fstream f(dir.volume(), std::ios::binary | std::ios::in | std::ios::out);
+    f.write(reinterpret_cast<const char*>(sector.data()), 4096);
+  }
+  EXPECT_THAT(NvmeTier::Create(o),
+              StatusIs(absl::StatusCode::kFailedPrecondition,
+                       AllOf(HasSubstr(dir.volume()), HasSubstr("unsupported format version 1"),
+                             HasSubstr("delete the file"))));
+}
+
+TEST(NvmeTier, ADamagedRegionHeaderLeavesTheRegionUnused) {
+  TempDir dir;
+  NvmeTierOptions o = RegionOptions(dir.path(), 40 << 20);
+  o.write_snapshot = false;
+  std::vector<TestChunk> small;
+  std::vector<TestChunk> large;
+  uint64_t large_region = 0;
+  {
+    ASSERT_OK_AND_ASSIGN(auto tier, NvmeTier::Create(o));
+    for (uint64_t i = 0; i < 8; ++i) {
+      small.push_back(MakeChunk(Key(i + 1), 5000));
+      ASSERT_OK(tier->Put(small.back().meta, small.back().encoded));
+      large.push_back(MakeChunk(Key(i + 101), k256K));
+      ASSERT_OK(tier->Put(large.back().meta, large.back().encoded));
+    }
+    ASSERT_OK_AND_ASSIGN(NvmeChunkInfo info, tier->Describe(kNs, large[0].meta.key));
+    // Regions are 4 MiB-aligned relative to the first one, which follows
+    // the superblock and snapshot region; the large chunks' region starts
+    // at the first region header at or below their slot.
+    std::ifstream f(dir.volume(), std::ios::binary);
+    std::vector<char> sb(4096);
+    f.read(sb.data(), 4096);
+    ASSERT_OK_AND_ASSIGN(nvme::Superblock s,
+                         nvme::DecodeSuperblock({reinterpret_cast<std::byte*>(sb.data()), 4096}));
+    const nvme::VolumeGeometry& g = s.geometry;
+    large_region = g.regions_offset +
+                   (info.volume_offset - g.regions_offset) / g.region_bytes * g.region_bytes;
+  }
+  FlipByte(dir.volume(), large_region + 30);
+  ASSERT_OK_AND_ASSIGN(auto tier, NvmeTier::Create(o));
+  NvmeTierStats d = tier->DetailedStats();
+  EXPECT_EQ(d.open_source, "scan");
+  EXPECT_EQ(d.damaged_regions, 1u);
+  EXPECT_EQ(d.recovered_chunks, small.size());
+  for (const TestChunk& c : small) ExpectStored(*tier, c);
+  for (const TestChunk& c : large) EXPECT_FALSE(tier->Contains(kNs, c.meta.key));
+  // The size gets another region; the damaged one stays out of use, also
+  // across a snapshot.
+  ASSERT_OK(tier->Put(large[0].meta, large[0].encoded));
+  ExpectStored(*tier, large[0]);
+  EXPECT_EQ(tier->DetailedStats().regions_assigned, 2u);
+  ASSERT_OK(tier->Close());
+  o.write_snapshot = true;
+  { ASSERT_OK_AND_ASSIGN(auto again, NvmeTier::Create(o)); }
+  ASSERT_OK_AND_ASSIGN(auto again, NvmeTier::Create(o));
+  EXPECT_EQ(again->DetailedStats().open_source, "snapshot");
+  EXPECT_EQ(again->DetailedStats().damaged_regions, 1u);
+  ExpectStored(*again, large[0]);
+}
+
 // ---- SIGKILL during a write storm ---------------------------------------------------
 
 #ifndef KVTIER_NVME_CRASH_WRITER
 #error "KVTIER_NVME_CRASH_WRITER must name the nvme_crash_writer binary"
 #endif
 
-TEST(NvmeTier, SigkillDuringAWriteStormLosesNothingAcknowledged) {
+// (durability, layout)
+class NvmeSigkill : public ::testing::TestWithParam<std::tuple<std::string, std::string>> {};
+
+TEST_P(NvmeSigkill, DuringAWriteStormLosesNothingAcknowledged) {
+  const auto& [durability, layout] = GetParam();
   TempDir dir;
   std::map<uint64_t, std::set<uint64_t>> acked;    // round -> acknowledged saves
   std::map<uint64_t, std::set<uint64_t>> removed;  // round -> acknowledged removals
@@ -1085,7 +1534,7 @@ TEST(NvmeTier, SigkillDuringAWriteStormLosesNothingAcknowledged) {
       std::string r = std::to_string(round);
       std::string n = std::to_string(nvme_test::kCrashChunksPerRound);
       ::execl(KVTIER_NVME_CRASH_WRITER, "nvme_crash_writer", dir.path().c_str(), r.c_str(),
-              n.c_str(), static_cast<char*>(nullptr));
+              n.c_str(), durability.c_str(), layout.c_str(), static_cast<char*>(nullptr));
       ::_exit(127);
     }
     ::close(fds[1]);
@@ -1129,7 +1578,8 @@ TEST(NvmeTier, SigkillDuringAWriteStormLosesNothingAcknowledged) {
 
     // Every acknowledged save of every round is there and byte-identical,
     // every acknowledged removal stays removed, nothing visible is damaged.
-    ASSERT_OK_AND_ASSIGN(auto tier, NvmeTier::Create(nvme_test::CrashTestOptions(dir.path())));
+    ASSERT_OK_AND_ASSIGN(
+        auto tier, NvmeTier::Create(nvme_test::CrashTestOptions(dir.path(), durability, layout)));
     // The writer never closes cleanly, and its open invalidated any snapshot.
     EXPECT_EQ(tier->DetailedStats().open_source, "scan");
     for (uint64_t r = 0; r <= round; ++r) {
@@ -1148,9 +1598,20 @@ TEST(NvmeTier, SigkillDuringAWriteStormLosesNothingAcknowledged) {
       }
     }
     EXPECT_EQ(tier->Stats().corrupt_chunks, 0u);
+    EXPECT_EQ(tier->DetailedStats().damaged_records, 0u);
+    EXPECT_EQ(tier->DetailedStats().durability, durability);
+    EXPECT_EQ(tier->DetailedStats().layout, layout);
     // This Close writes a snapshot: the next writer opens from it.
   }
 }
+
+INSTANTIATE_TEST_SUITE_P(Modes, NvmeSigkill,
+                         ::testing::Combine(::testing::Values("process", "power"),
+                                            ::testing::Values("classes", "regions")),
+                         [](const auto& info) {
+                           return absl::StrCat(std::get<0>(info.param), "_",
+                                               std::get<1>(info.param));
+                         });
 
 }  // namespace
 }  // namespace kvtier
