@@ -9,10 +9,11 @@ Reads the JSON object the trace replay benchmark prints:
      "unbounded_hit_rate_blocks": 0.640, ...}
 
 ("unbounded_hit_rate_blocks" is optional: when present it is drawn as a
-dashed ceiling) and writes a PNG.
+dashed ceiling; policies whose name contains "(simulator" are references and
+are drawn dotted) and writes a PNG.
 
 Usage: /usr/bin/python3 bench/plot_replay.py [INPUT.json|-] [OUTPUT.png]
-Defaults: bench/replay_sim.json and bench/replay_hit_rate.png beside this
+Defaults: bench/replay.json and bench/replay_hit_rate.png beside this
 script. Needs Debian's python3-matplotlib (scripts/install-deps.sh).
 """
 
@@ -73,7 +74,11 @@ def plot(report, output):
     for i, (policy, points) in enumerate(series.items()):
         xs = [c for c, _ in points]
         ys = [r for _, r in points]
-        ax.plot(xs, ys, marker=markers[i % len(markers)], markersize=4, linewidth=1.5,
+        # Simulator references (reference LRU, future-knowledge bound) are
+        # drawn dotted so the cache's own policies stand out.
+        reference = "(simulator" in policy
+        ax.plot(xs, ys, marker=markers[i % len(markers)], markersize=4,
+                linewidth=1.0 if reference else 1.5, linestyle=":" if reference else "-",
                 label=policy)
     ceiling = report.get("unbounded_hit_rate_blocks")
     if ceiling is not None:
@@ -89,14 +94,14 @@ def plot(report, output):
     ax.set_title(title)
     ax.set_ylim(0, 1 if ceiling is None else min(1.0, float(ceiling) * 1.15))
     ax.grid(True, which="both", linestyle=":", linewidth=0.5)
-    ax.legend(loc="upper left")
+    ax.legend(loc="lower right", fontsize="small")
     fig.tight_layout()
     fig.savefig(output)
     plt.close(fig)
 
 
 def main(argv):
-    src = argv[1] if len(argv) > 1 else os.path.join(HERE, "replay_sim.json")
+    src = argv[1] if len(argv) > 1 else os.path.join(HERE, "replay.json")
     dst = argv[2] if len(argv) > 2 else os.path.join(HERE, "replay_hit_rate.png")
     try:
         plot(load(src), dst)

@@ -16,7 +16,7 @@
 namespace kvtier::cli {
 namespace {
 
-constexpr const char* kAllPolicies[] = {"lru", "2q", "cost"};
+constexpr const char* kAllPolicies[] = {"lru", "2q", "2q-chain", "cost"};
 
 std::string Tokens(uint64_t tokens) {
   if (tokens >= 1'000'000 && tokens % 100'000 == 0)
@@ -33,6 +33,7 @@ int Fail(const std::string& message) {
 // The simulator figures for one capacity.
 struct Reference {
   double lru = 0;                  // ReplayLru: the published reference
+  double belady = 0;               // ReplayTailFirstBelady: what future knowledge reaches
   std::vector<double> tail_first;  // ReplayTailFirst, one per policy
 };
 
@@ -43,6 +44,10 @@ absl::StatusOr<Reference> Simulate(const std::vector<replay::TraceRequest>& trac
   absl::StatusOr<replay::ReplayResult> lru = replay::ReplayLru(trace, blocks);
   if (!lru.ok()) return lru.status();
   ref.lru = lru->HitRate();
+  absl::StatusOr<replay::ReplayResult> belady =
+      replay::ReplayTailFirstBelady(trace, blocks, replay::kReplayBlockTokens);
+  if (!belady.ok()) return belady.status();
+  ref.belady = belady->HitRate();
   for (const std::string& name : policies) {
     absl::StatusOr<std::unique_ptr<EvictionPolicy>> policy = NewEvictionPolicy(name);
     if (!policy.ok()) return policy.status();
@@ -142,10 +147,18 @@ int RunReplayBench(Flags& flags) {
     double hit_rate;
   };
   std::vector<CurvePoint> points;
+  std::vector<Reference> curve_refs;
   for (uint64_t c : curve) {
     absl::StatusOr<Reference> cref = Simulate(*trace, {}, c);
     if (!cref.ok()) return Fail(cref.status().ToString());
-    points.push_back({"lru-reference (simulator)", c, cref->lru});
+    curve_refs.push_back(*std::move(cref));
+  }
+  for (size_t i = 0; i < curve.size(); ++i) {
+    points.push_back({"lru-reference (simulator)", curve[i], curve_refs[i].lru});
+  }
+  for (size_t i = 0; i < curve.size(); ++i) {
+    points.push_back(
+        {"belady-tail-first (simulator, future knowledge)", curve[i], curve_refs[i].belady});
   }
   for (const std::string& p : policies) {
     for (uint64_t c : curve) {
@@ -204,7 +217,8 @@ int RunReplayBench(Flags& flags) {
         .Set("reference", Json::Object()
                               .Set("capacity_tokens", *dram_tokens)
                               .Set("unbounded", unbounded->HitRate())
-                              .Set("lru", ref->lru))
+                              .Set("lru", ref->lru)
+                              .Set("belady_tail_first", ref->belady))
         .Set("unbounded_hit_rate_blocks", unbounded->HitRate())
         .Set("ratios", ratios)
         .Set("curve", cj);
@@ -229,9 +243,11 @@ int RunReplayBench(Flags& flags) {
               HumanBytes(r.bytes_read), Fixed(r.RequestsPerSecond(), 0)});
   }
   t.Print();
-  std::printf("\nsimulator on the same trace: unbounded %s, reference LRU at %s tokens %s\n",
-              Fixed(unbounded->HitRate(), 4).c_str(), Tokens(*dram_tokens).c_str(),
-              Fixed(ref->lru, 4).c_str());
+  std::printf(
+      "\nsimulator on the same trace: unbounded %s, reference LRU at %s tokens %s, tail-first "
+      "Belady (future knowledge) %s\n",
+      Fixed(unbounded->HitRate(), 4).c_str(), Tokens(*dram_tokens).c_str(),
+      Fixed(ref->lru, 4).c_str(), Fixed(ref->belady, 4).c_str());
   if (!points.empty()) {
     std::printf("\n");
     Table ct({"policy", "capacity (tokens)", "hit rate (blocks)"});

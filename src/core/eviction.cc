@@ -73,9 +73,11 @@ std::unique_ptr<EvictionPolicy> NewLruPolicy() { return std::make_unique<LruPoli
 absl::StatusOr<std::unique_ptr<EvictionPolicy>> NewEvictionPolicy(std::string_view name) {
   if (name == "lru") return NewLruPolicy();
   if (name == "2q") return NewTwoQueuePolicy(TwoQueueOptions{});
+  if (name == "2q-chain") return NewChainTwoQueuePolicy(ChainTwoQueueOptions{});
   if (name == "cost") return NewCostPolicy(CostOptions{});
-  return absl::InvalidArgumentError(
-      absl::StrCat("eviction_policy: unknown policy '", std::string(name), "' (known: lru, 2q, cost)"));
+  return absl::InvalidArgumentError(absl::StrCat("eviction_policy: unknown policy '",
+                                                 std::string(name),
+                                                 "' (known: lru, 2q, 2q-chain, cost)"));
 }
 
 }  // namespace kvtier

@@ -1,6 +1,7 @@
 #include "src/core/eviction_policies.h"
 
 #include <algorithm>
+#include <array>
 #include <deque>
 #include <limits>
 #include <optional>
@@ -136,6 +137,107 @@ class TwoQueuePolicy final : public EvictionPolicy {
   Queue_ protected_;  // evictable re-referenced entries, least recent first
 };
 
+class ChainTwoQueuePolicy final : public EvictionPolicy {
+ public:
+  explicit ChainTwoQueuePolicy(const ChainTwoQueueOptions& options)
+      : options_(options), history_(options.history) {}
+
+  std::string_view Name() const override { return "2q-chain"; }
+
+  void OnInsert(EntryId id, const EntryTraits& traits) override {
+    OnErase(id);
+    const uint32_t count =
+        traits.key_fingerprint != 0 ? history_.See(traits.key_fingerprint, entries_.size() + 1) : 1;
+    State s;
+    s.tick = ++tick_;
+    s.serial = ++inserts_;
+    s.fingerprint = traits.key_fingerprint;
+    s.first_timer = count < 2;
+    s.queue = (!s.first_timer || traits.depth >= options_.deep_depth) ? kProtected : kProbation;
+    entries_[id] = s;
+    // An entry settles `settle_inserts` inserts after its own: if it is
+    // then still an unread first-timer and a candidate (no child, not
+    // pinned), it ended its run.
+    recent_.emplace_back(id, s.serial);
+    if (recent_.size() > options_.settle_inserts) {
+      const auto [old_id, serial] = recent_.front();
+      recent_.pop_front();
+      auto it = entries_.find(old_id);
+      if (it != entries_.end() && it->second.serial == serial && it->second.evictable &&
+          it->second.first_timer) {
+        Move(old_id, it->second, kRunEnd);
+      }
+    }
+  }
+
+  void OnAccess(EntryId id) override {
+    auto it = entries_.find(id);
+    if (it == entries_.end()) return;
+    State& s = it->second;
+    if (s.fingerprint != 0) history_.See(s.fingerprint, entries_.size());
+    if (s.evictable) queues_[s.queue].erase({s.tick, id});
+    s.tick = ++tick_;
+    s.queue = kProtected;
+    s.first_timer = false;
+    if (s.evictable) queues_[s.queue].insert({s.tick, id});
+  }
+
+  void SetEvictable(EntryId id, bool evictable) override {
+    auto it = entries_.find(id);
+    if (it == entries_.end() || it->second.evictable == evictable) return;
+    State& s = it->second;
+    s.evictable = evictable;
+    if (evictable) {
+      queues_[s.queue].insert({s.tick, id});
+    } else {
+      queues_[s.queue].erase({s.tick, id});
+    }
+  }
+
+  void OnErase(EntryId id) override {
+    auto it = entries_.find(id);
+    if (it == entries_.end()) return;
+    if (it->second.evictable) queues_[it->second.queue].erase({it->second.tick, id});
+    entries_.erase(it);
+  }
+
+  std::optional<EntryId> PickVictim(absl::FunctionRef<bool(EntryId)> accept) override {
+    for (const auto& queue : queues_) {
+      for (const auto& [tick, id] : queue) {
+        if (accept(id)) return id;
+      }
+    }
+    return std::nullopt;
+  }
+
+ private:
+  // Queue indices, in eviction order.
+  enum QueueIndex : uint8_t { kRunEnd = 0, kProbation = 1, kProtected = 2 };
+  struct State {
+    uint64_t tick = 0;    // last insert or access
+    uint64_t serial = 0;  // inserts_ at this entry's insert
+    uint64_t fingerprint = 0;
+    QueueIndex queue = kProbation;
+    bool first_timer = true;  // no earlier sighting in the history, not read since
+    bool evictable = false;
+  };
+
+  void Move(EntryId id, State& s, QueueIndex to) {
+    if (s.evictable) queues_[s.queue].erase({s.tick, id});
+    s.queue = to;
+    if (s.evictable) queues_[s.queue].insert({s.tick, id});
+  }
+
+  ChainTwoQueueOptions options_;
+  KeyHistory history_;
+  uint64_t tick_ = 0;
+  uint64_t inserts_ = 0;
+  absl::flat_hash_map<EntryId, State> entries_;
+  std::array<std::set<std::pair<uint64_t, EntryId>>, 3> queues_;  // evictable, least recent first
+  std::deque<std::pair<EntryId, uint64_t>>
+      recent_;  // (id, serial) of the last inserts, oldest first
+};
+
 class CostPolicy final : public EvictionPolicy {
  public:
   explicit CostPolicy(const CostOptions& options) : history_(options.history) {}
@@ -238,9 +340,21 @@ absl::Status TwoQueueOptions::Validate() const { return history.Validate(); }
 
 absl::Status CostOptions::Validate() const { return history.Validate(); }
 
+absl::Status ChainTwoQueueOptions::Validate() const {
+  if (deep_depth == 0) return absl::InvalidArgumentError("deep_depth: must be positive");
+  if (settle_inserts == 0) return absl::InvalidArgumentError("settle_inserts: must be positive");
+  return history.Validate();
+}
+
 absl::StatusOr<std::unique_ptr<EvictionPolicy>> NewTwoQueuePolicy(const TwoQueueOptions& options) {
   if (absl::Status s = options.Validate(); !s.ok()) return s;
   return std::make_unique<TwoQueuePolicy>(options);
+}
+
+absl::StatusOr<std::unique_ptr<EvictionPolicy>> NewChainTwoQueuePolicy(
+    const ChainTwoQueueOptions& options) {
+  if (absl::Status s = options.Validate(); !s.ok()) return s;
+  return std::make_unique<ChainTwoQueuePolicy>(options);
 }
 
 absl::StatusOr<std::unique_ptr<EvictionPolicy>> NewCostPolicy(const CostOptions& options) {

@@ -1,12 +1,17 @@
 #include "src/core/replay/sim.h"
 
+#include <algorithm>
+#include <functional>
 #include <limits>
 #include <memory>
 #include <optional>
+#include <set>
+#include <tuple>
 #include <utility>
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
+#include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 
@@ -153,9 +158,13 @@ absl::StatusOr<ReplayResult> ReplayLru(absl::Span<const TraceRequest> trace,
   return out;
 }
 
-absl::StatusOr<ReplayResult> ReplayTailFirst(absl::Span<const TraceRequest> trace,
-                                             uint64_t capacity_blocks, EvictionPolicy& policy,
-                                             uint32_t block_tokens) {
+namespace {
+
+// ReplayTailFirst, calling `on_request(i)` before request i is looked up.
+absl::StatusOr<ReplayResult> TailFirst(absl::Span<const TraceRequest> trace,
+                                       uint64_t capacity_blocks, EvictionPolicy& policy,
+                                       uint32_t block_tokens,
+                                       absl::FunctionRef<void(size_t)> on_request) {
   if (absl::Status s = CheckCapacity(capacity_blocks); !s.ok()) return s;
   absl::StatusOr<DenseTrace> dense = Densify(trace);
   if (!dense.ok()) return dense.status();
@@ -198,7 +207,9 @@ absl::StatusOr<ReplayResult> ReplayTailFirst(absl::Span<const TraceRequest> trac
     return absl::OkStatus();
   };
 
-  for (const std::vector<uint32_t>& ids : dense->requests) {
+  for (size_t r = 0; r < dense->requests.size(); ++r) {
+    on_request(r);
+    const std::vector<uint32_t>& ids = dense->requests[r];
     const size_t k = LeadingHits(ids, [&](uint32_t b) { return blocks[b].cached; });
     out.hit_blocks += k;
     for (size_t j = 0; j < k; ++j) policy.OnAccess(blocks[ids[j]].entry);
@@ -245,6 +256,107 @@ absl::StatusOr<ReplayResult> ReplayTailFirst(absl::Span<const TraceRequest> trac
   return out;
 }
 
+// Ranks candidates by their next use in the trace: never again first, then
+// farthest first; ties deeper first (a later chunk of the same prompt). The
+// replay tells it which request is current.
+class FuturePolicy final : public EvictionPolicy {
+ public:
+  // `uses`: request indices (ascending) of every fingerprint; `current`: the
+  // request being replayed. Both outlive the policy.
+  FuturePolicy(const absl::flat_hash_map<uint64_t, std::vector<uint32_t>>& uses,
+               const size_t& current)
+      : uses_(uses), current_(current) {}
+
+  std::string_view Name() const override {
+    return std::string_view(kBeladyTailFirst.data(), kBeladyTailFirst.size());
+  }
+
+  void OnInsert(EntryId id, const EntryTraits& traits) override {
+    OnErase(id);
+    entries_[id] =
+        State{traits.key_fingerprint, NextUse(traits.key_fingerprint), traits.depth, false};
+  }
+
+  void OnAccess(EntryId id) override {
+    auto it = entries_.find(id);
+    if (it == entries_.end()) return;
+    State& s = it->second;
+    if (s.evictable) candidates_.erase(Key(s, id));
+    s.next_use = NextUse(s.fingerprint);
+    if (s.evictable) candidates_.insert(Key(s, id));
+  }
+
+  void SetEvictable(EntryId id, bool evictable) override {
+    auto it = entries_.find(id);
+    if (it == entries_.end() || it->second.evictable == evictable) return;
+    it->second.evictable = evictable;
+    if (evictable) {
+      candidates_.insert(Key(it->second, id));
+    } else {
+      candidates_.erase(Key(it->second, id));
+    }
+  }
+
+  void OnErase(EntryId id) override {
+    auto it = entries_.find(id);
+    if (it == entries_.end()) return;
+    if (it->second.evictable) candidates_.erase(Key(it->second, id));
+    entries_.erase(it);
+  }
+
+  std::optional<EntryId> PickVictim(absl::FunctionRef<bool(EntryId)> accept) override {
+    for (const auto& [next_use, depth, id] : candidates_) {
+      if (accept(id)) return id;
+    }
+    return std::nullopt;
+  }
+
+ private:
+  struct State {
+    uint64_t fingerprint = 0;
+    uint64_t next_use = 0;  // request index; max() for never
+    uint32_t depth = 0;
+    bool evictable = false;
+  };
+  using Key_ = std::tuple<uint64_t, uint32_t, EntryId>;
+  static Key_ Key(const State& s, EntryId id) { return {s.next_use, s.depth, id}; }
+
+  uint64_t NextUse(uint64_t fingerprint) const {
+    auto it = uses_.find(fingerprint);
+    if (it == uses_.end()) return std::numeric_limits<uint64_t>::max();
+    auto next = std::upper_bound(it->second.begin(), it->second.end(), current_);
+    return next == it->second.end() ? std::numeric_limits<uint64_t>::max() : *next;
+  }
+
+  const absl::flat_hash_map<uint64_t, std::vector<uint32_t>>& uses_;
+  const size_t& current_;
+  absl::flat_hash_map<EntryId, State> entries_;
+  std::set<Key_, std::greater<Key_>> candidates_;  // farthest next use first
+};
+
+}  // namespace
+
+absl::StatusOr<ReplayResult> ReplayTailFirst(absl::Span<const TraceRequest> trace,
+                                             uint64_t capacity_blocks, EvictionPolicy& policy,
+                                             uint32_t block_tokens) {
+  return TailFirst(trace, capacity_blocks, policy, block_tokens, [](size_t) {});
+}
+
+absl::StatusOr<ReplayResult> ReplayTailFirstBelady(absl::Span<const TraceRequest> trace,
+                                                   uint64_t capacity_blocks,
+                                                   uint32_t block_tokens) {
+  absl::flat_hash_map<uint64_t, std::vector<uint32_t>> uses;
+  for (size_t r = 0; r < trace.size(); ++r) {
+    for (uint64_t id : trace[r].hash_ids) {
+      std::vector<uint32_t>& u = uses[Fingerprint(id)];
+      if (u.empty() || u.back() != r) u.push_back(static_cast<uint32_t>(r));
+    }
+  }
+  size_t current = 0;
+  FuturePolicy policy(uses, current);
+  return TailFirst(trace, capacity_blocks, policy, block_tokens, [&](size_t r) { current = r; });
+}
+
 absl::StatusOr<std::vector<CurvePoint>> ReplayCurve(absl::Span<const TraceRequest> trace,
                                                     absl::Span<const std::string> policies,
                                                     absl::Span<const uint64_t> capacities_tokens,
@@ -263,6 +375,8 @@ absl::StatusOr<std::vector<CurvePoint>> ReplayCurve(absl::Span<const TraceReques
       absl::StatusOr<ReplayResult> r;
       if (name == kLruReference) {
         r = ReplayLru(trace, blocks);
+      } else if (name == kBeladyTailFirst) {
+        r = ReplayTailFirstBelady(trace, blocks, block_tokens);
       } else {
         absl::StatusOr<std::unique_ptr<EvictionPolicy>> policy = NewEvictionPolicy(name);
         if (!policy.ok()) return policy.status();

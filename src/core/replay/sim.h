@@ -44,7 +44,8 @@
 namespace kvtier::replay {
 
 struct ReplayResult {
-  std::string policy;            // "unbounded", "lru-reference" or an EvictionPolicy name
+  std::string
+      policy;  // "unbounded", "lru-reference", "belady-tail-first" or an EvictionPolicy name
   uint64_t capacity_blocks = 0;  // 0 for the unbounded cache
   uint64_t requests = 0;
   uint64_t total_blocks = 0;  // ids of all requests
@@ -74,6 +75,20 @@ absl::StatusOr<ReplayResult> ReplayTailFirst(absl::Span<const TraceRequest> trac
                                              uint64_t capacity_blocks, EvictionPolicy& policy,
                                              uint32_t block_tokens = 512);
 
+// The policy name of ReplayTailFirstBelady in results and ReplayCurve.
+inline constexpr absl::string_view kBeladyTailFirst = "belady-tail-first";
+
+// ReplayTailFirst with future knowledge instead of a policy: the candidate
+// (chain tail) whose id is next requested farthest ahead goes first, ids never
+// requested again before all others; ties go deeper first. Not a proven
+// optimum for prefix hits (a victim's value also depends on the chain behind
+// it), but a reference no online policy is expected to reach: the gap between
+// it and an online policy is what knowing the future is worth. InvalidArgument
+// as ReplayTailFirst.
+absl::StatusOr<ReplayResult> ReplayTailFirstBelady(absl::Span<const TraceRequest> trace,
+                                                   uint64_t capacity_blocks,
+                                                   uint32_t block_tokens = 512);
+
 // floor(capacity_tokens / block_tokens): the blocks a cache of that many
 // tokens holds. REQUIRES: block_tokens > 0.
 uint64_t CapacityBlocks(uint64_t capacity_tokens, uint32_t block_tokens);
@@ -87,7 +102,8 @@ struct CurvePoint {
 };
 
 // Every (policy, capacity) pair, policies outer: `policies` holds
-// kLruReference (ReplayLru) or names for NewEvictionPolicy
+// kLruReference (ReplayLru), kBeladyTailFirst (ReplayTailFirstBelady) or
+// names for NewEvictionPolicy
 // (ReplayTailFirst, a fresh policy each run). Capacities are in tokens and
 // become CapacityBlocks(c, block_tokens). InvalidArgument for an unknown
 // policy name, a capacity below one block, or block_tokens 0.

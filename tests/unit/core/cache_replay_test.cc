@@ -192,6 +192,7 @@ TEST(CacheReplay, MatchesTheTailFirstSimulatorOnAGeneratedTrace) {
   auto t = GeneratedTrace(1500, 11);
   ExpectMatchesSimulator(t, 200 * 512, "lru");
   ExpectMatchesSimulator(t, 512 * 512, "2q");  // one whole slab: no fillers
+  ExpectMatchesSimulator(t, 512 * 512, "2q-chain");
 }
 
 TEST(CacheReplay, MatchesTheTailFirstSimulatorOnTheMooncakeTrace) {
@@ -204,6 +205,7 @@ TEST(CacheReplay, MatchesTheTailFirstSimulatorOnTheMooncakeTrace) {
   // 2q sizes its history by the entries it holds, pinned fillers included, so
   // it is compared at a capacity of whole slabs (1024 chunks, no fillers).
   ExpectMatchesSimulator(t, 1024 * 512, "2q");
+  ExpectMatchesSimulator(t, 1024 * 512, "2q-chain");
 }
 
 TEST(FillChunkPayload, IsDeterministicAndKeyed) {

@@ -42,6 +42,15 @@ std::unique_ptr<EvictionPolicy> MakeTwoQueue(TwoQueueOptions options = {}) {
   return *std::move(p);
 }
 
+std::unique_ptr<EvictionPolicy> MakeChain(uint32_t deep_depth, uint32_t settle_inserts) {
+  ChainTwoQueueOptions o;
+  o.deep_depth = deep_depth;
+  o.settle_inserts = settle_inserts;
+  auto p = NewChainTwoQueuePolicy(o);
+  EXPECT_TRUE(p.ok()) << p.status();
+  return *std::move(p);
+}
+
 std::unique_ptr<EvictionPolicy> MakeCost(CostOptions options = {}) {
   auto p = NewCostPolicy(options);
   EXPECT_TRUE(p.ok()) << p.status();
@@ -113,7 +122,7 @@ TEST_P(EveryPolicy, CallsForUnknownIdsAreIgnored) {
   EXPECT_FALSE(p->PickVictim([](EntryId) { return true; }).has_value());
 }
 
-INSTANTIATE_TEST_SUITE_P(Policies, EveryPolicy, ::testing::Values("lru", "2q", "cost"));
+INSTANTIATE_TEST_SUITE_P(Policies, EveryPolicy, ::testing::Values("lru", "2q", "2q-chain", "cost"));
 
 TEST(EvictionPolicyFactory, UnknownNameNamesTheField) {
   EXPECT_THAT(NewEvictionPolicy("arc"),
@@ -192,6 +201,103 @@ TEST(TwoQueuePolicy, HistoryIsBounded) {
   Add(*p, 11, Key(4));  // remembered: protected
   Add(*p, 12, Key(99));
   EXPECT_EQ(DrainVictims(*p), (std::vector<EntryId>{10, 12, 11}));
+}
+
+// ---- 2q-chain ------------------------------------------------------------
+
+TEST(ChainTwoQueuePolicy, QueuesGoRunEndsProbationProtected) {
+  auto p = MakeChain(/*deep_depth=*/100, /*settle_inserts=*/2);
+  Add(*p, 0, Key(10));
+  Add(*p, 1, Key(11));
+  Add(*p, 2, Key(12));  // 0 settles: an unread tail with no child, a run end
+  Add(*p, 3, Key(13));  // 1 settles too
+  p->OnAccess(1);       // read: protected
+  // Run ends (0), probation (2, 3), protected (1).
+  EXPECT_EQ(DrainVictims(*p), (std::vector<EntryId>{0, 2, 3, 1}));
+}
+
+TEST(ChainTwoQueuePolicy, AnEntryWithAChildWhenItSettlesIsNoRunEnd) {
+  auto p = MakeChain(/*deep_depth=*/100, /*settle_inserts=*/1);
+  p->OnInsert(0, Key(1, 0));
+  p->SetEvictable(0, true);
+  p->SetEvictable(0, false);  // its child arrives
+  p->OnInsert(1, Key(2, 1));  // 0 settles with a child: stays in probation
+  p->SetEvictable(1, true);
+  Add(*p, 2, Key(3));  // another run: 1 settles childless, a run end
+  ASSERT_EQ(*p->PickVictim([](EntryId) { return true; }), 1u);
+  p->OnErase(1);
+  p->SetEvictable(0, true);  // the parent is a tail again
+  Add(*p, 3, Key(4));        // 2 settles: a run end, newer than 0
+  // Run end 2, then probation 0 (oldest) and 3.
+  EXPECT_EQ(DrainVictims(*p), (std::vector<EntryId>{2, 0, 3}));
+}
+
+TEST(ChainTwoQueuePolicy, ARunEndIsChosenOverAnOlderProbationTail) {
+  auto p = MakeChain(/*deep_depth=*/100, /*settle_inserts=*/1);
+  Add(*p, 0, Key(1));
+  p->SetEvictable(0, false);  // pinned while 1 and 2 arrive
+  Add(*p, 1, Key(2));         // 0 is not a candidate when it settles: stays in probation
+  Add(*p, 2, Key(3));         // 1 settles: run end
+  p->SetEvictable(0, true);
+  // Least recent first would be 0, 1, 2; the run end 1 goes first.
+  EXPECT_EQ(DrainVictims(*p), (std::vector<EntryId>{1, 0, 2}));
+}
+
+TEST(ChainTwoQueuePolicy, DeepFirstTimersAreProtected) {
+  auto p = MakeChain(/*deep_depth=*/3, /*settle_inserts=*/100);
+  Add(*p, 0, Key(1, 5));
+  Add(*p, 1, Key(2, 2));
+  Add(*p, 2, Key(3, 3));
+  Add(*p, 3, Key(4, 0));
+  // Probation (1, 3), then protected (0, 2).
+  EXPECT_EQ(DrainVictims(*p), (std::vector<EntryId>{1, 3, 0, 2}));
+}
+
+TEST(ChainTwoQueuePolicy, ADeepRunEndIsStillARunEnd) {
+  auto p = MakeChain(/*deep_depth=*/3, /*settle_inserts=*/1);
+  Add(*p, 0, Key(1, 4));  // protected by depth
+  Add(*p, 1, Key(2, 0));  // 0 settles unread: run end
+  Add(*p, 2, Key(3, 0));  // 1 settles: run end
+  p->OnAccess(1);
+  EXPECT_EQ(DrainVictims(*p), (std::vector<EntryId>{0, 2, 1}));
+}
+
+TEST(ChainTwoQueuePolicy, SeenBeforeIsNeverARunEnd) {
+  auto p = MakeChain(/*deep_depth=*/100, /*settle_inserts=*/1);
+  Add(*p, 0, Key(7));
+  p->OnErase(0);
+  Add(*p, 1, Key(7));  // second sighting: protected
+  Add(*p, 2, Key(8));  // 1 settles, but it is no first-timer
+  Add(*p, 3, Key(9));  // 2 settles: run end
+  EXPECT_EQ(DrainVictims(*p), (std::vector<EntryId>{2, 3, 1}));
+}
+
+TEST(ChainTwoQueuePolicy, AReusedIdIsNotSettledByItsPredecessor) {
+  auto p = MakeChain(/*deep_depth=*/100, /*settle_inserts=*/2);
+  Add(*p, 7, Key(7));
+  p->SetEvictable(7, false);  // pinned while it settles: stays in probation
+  Add(*p, 0, Key(1));
+  p->OnErase(0);
+  Add(*p, 0, Key(2));  // 7 settles
+  Add(*p, 1, Key(3));  // the erased entry 0 settles, not the new one
+  p->SetEvictable(7, true);
+  // Probation least recent first: 7, the new 0, 1; no run end.
+  EXPECT_EQ(DrainVictims(*p), (std::vector<EntryId>{7, 0, 1}));
+}
+
+TEST(ChainTwoQueueOptions, ZeroesAreRefused) {
+  ChainTwoQueueOptions a;
+  a.deep_depth = 0;
+  EXPECT_THAT(NewChainTwoQueuePolicy(a),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("deep_depth")));
+  ChainTwoQueueOptions b;
+  b.settle_inserts = 0;
+  EXPECT_THAT(NewChainTwoQueuePolicy(b),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("settle_inserts")));
+  ChainTwoQueueOptions c;
+  c.history.keys_per_entry = 0;
+  EXPECT_THAT(NewChainTwoQueuePolicy(c),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("history.keys_per_entry")));
 }
 
 // ---- cost --------------------------------------------------------------
