@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
-# The main job on the embedded default: starts kvtierd (DRAM tier of a quarter
-# of RAM, at most 16 GiB; Unix socket only; data dir ./.kvtier-data with the
-# socket in it), waits until it is ready, runs the multi-turn chat demo
-# through it (kvtier::Client over the Unix socket and the shared arena), shows
-# the daemon's statistics, then keeps serving until Ctrl-C (SIGINT/SIGTERM
-# drain the daemon, which exits 0).
+# The main job: starts kvtierd on the embedded default (Unix socket only; data
+# dir ./.kvtier-data with the socket in it; NVMe tier in ./.kvtier-data/nvme)
+# but with a 64 MiB DRAM tier, so that the demo's conversations outgrow DRAM
+# and older chunks are served from NVMe; waits until it is ready, runs the
+# multi-turn chat demo through it (kvtier::Client over the Unix socket and the
+# shared arena), shows the daemon's statistics for both tiers, then keeps
+# serving until Ctrl-C (SIGINT/SIGTERM drain the daemon, which writes its NVMe
+# index snapshot and exits 0). A later run finds the NVMe chunks again.
 #
 #   scripts/run-main.sh [BUILD_DIR] [--exit-after-demo]
 #
 # Environment: KVTIER_DATA_DIR (default ./.kvtier-data), KVTIER_HTTP (metrics
-# listener, default 127.0.0.1:9464), and every KVTIER_* variable kvtierd reads
-# (docs/daemon.md).
+# listener, default 127.0.0.1:9464), KVTIER_DRAM (DRAM tier, default 64MiB
+# here), KVTIER_DEMO_CONVERSATIONS (default 16), and every KVTIER_* variable
+# kvtierd reads (docs/daemon.md).
 set -euo pipefail
 build_dir="${1:-build}"
 mode="${2:-serve}"
@@ -18,11 +21,13 @@ kvtierd="$build_dir/src/server/kvtierd"
 kvtier="$build_dir/src/cli/kvtier"
 data_dir="${KVTIER_DATA_DIR:-./.kvtier-data}"
 http="${KVTIER_HTTP:-127.0.0.1:9464}"
+dram="${KVTIER_DRAM:-64MiB}"
+conversations="${KVTIER_DEMO_CONVERSATIONS:-16}"
 mkdir -p "$data_dir"
 socket="$data_dir/kvtierd.sock"
 log="$data_dir/kvtierd.log"
 
-"$kvtierd" --data-dir "$data_dir" --socket "$socket" --http "$http" 2>"$log" &
+"$kvtierd" --data-dir "$data_dir" --socket "$socket" --http "$http" --dram "$dram" 2>"$log" &
 daemon=$!
 stop_daemon() {
   if kill -0 "$daemon" 2>/dev/null; then
@@ -52,7 +57,7 @@ bound=$(grep -o '"http":"[^"]*"' "$log" | head -1 | cut -d'"' -f4)
 echo "kvtierd is ready: socket $socket, metrics http://${bound:-$http}/metrics, log $log"
 echo
 
-"$kvtier" demo --socket "$socket"
+"$kvtier" demo --socket "$socket" --conversations "$conversations"
 echo
 "$kvtier" stats --socket "$socket"
 

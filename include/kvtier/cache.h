@@ -1,7 +1,10 @@
 // kvtier::Cache: the interface an inference server uses to save and reuse KV.
 //
 // Cache::Create builds the embedded cache: it lives in the caller's process
-// and keeps chunks in a bounded host-DRAM arena (tier T1). Other
+// and keeps chunks in a bounded host-DRAM arena (tier T1) and, when
+// CacheOptions::nvme.path is set, in a volume on local NVMe (tier T2): chunks
+// evicted from DRAM are written there (demoted) in the background, and a
+// chunk found there is read back and copied into DRAM again (promoted). Other
 // implementations of the same interface (the kvtierd client) are
 // interchangeable with it.
 //
@@ -25,10 +28,13 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <future>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
+#include "absl/functional/any_invocable.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
@@ -77,6 +83,27 @@ struct TierStats {
   uint64_t corrupt_chunks = 0;  // header or checksum failures, dropped
 };
 
+// The movement of chunks between DRAM and NVMe (all zero without NVMe).
+// Monotonic counters unless marked as gauges.
+struct TieringStats {
+  bool nvme_enabled = false;
+  std::string nvme_volume;               // the volume file or device
+  std::string nvme_io_mode;              // "direct" or "buffered"
+  std::string nvme_open_source;          // how its index was built: "new", "snapshot", "scan"
+  uint64_t nvme_recovered_chunks = 0;    // chunks found on NVMe at start
+  uint64_t demoted = 0;                  // chunks written to NVMe after leaving DRAM
+  uint64_t demotion_already_stored = 0;  // evicted chunks NVMe held already
+  // Evicted chunks not written, by reason:
+  uint64_t skipped_admission = 0;    // the admission policy refused them
+  uint64_t skipped_busy = 0;         // NVMe had max_inflight_bytes in flight
+  uint64_t skipped_full = 0;         // NVMe had nothing evictable in that slot size
+  uint64_t skipped_io_error = 0;     // the write failed, or NVMe refused it otherwise
+  uint64_t demotions_in_flight = 0;  // gauge
+  uint64_t promoted = 0;             // chunks copied from NVMe into DRAM
+  uint64_t promotion_failures = 0;   // read from NVMe but DRAM had no room
+  uint64_t prefetched = 0;           // chunks promoted by Prefetch
+};
+
 struct CacheStats {
   uint64_t lookups = 0;          // Lookup calls
   uint64_t lookup_chunks = 0;    // keys asked about
@@ -85,6 +112,14 @@ struct CacheStats {
   bool huge_pages = false;       // the DRAM arena is backed by huge pages
   bool gpu_registered = false;   // the DRAM arena is pinned for GPU DMA
   std::string gpu_registration;  // "registered", or why not
+  TieringStats tiering;
+};
+
+// Outcome of a Prefetch.
+struct PrefetchResult {
+  size_t requested = 0;  // chunks of the chain that had to come up from NVMe
+  size_t promoted = 0;   // of those, now in DRAM
+  size_t failed = 0;     // of those, not promoted (gone, damaged, or no room)
 };
 
 // A chunk held in place: it cannot be evicted until the pin is released
@@ -122,6 +157,49 @@ class ChunkPin {
   uint32_t num_tokens_ = 0;
 };
 
+// The NVMe tier (T2) of the embedded cache. docs/nvme-format.md describes the
+// volume.
+struct NvmeCacheOptions {
+  // Folder of the volume (FOLDER/kvtier-nvme.dat, created and preallocated on
+  // first use) or a block device. Empty: no NVMe tier (DRAM only).
+  std::string path;
+  // Bytes of the volume.
+  uint64_t capacity_bytes = 16ull << 30;
+  // Largest chunk payload, in bytes, of each slot size the volume is carved
+  // into (ascending); capacity_bytes is split evenly among them. Empty (the
+  // default): slot sizes are chosen on demand, the volume being cut into
+  // regions each given to one slot size when first needed (regions hold four
+  // of the largest chunk a DRAM slab can hold, within the limits of
+  // max_inflight_bytes and a quarter of capacity_bytes). A volume keeps its
+  // geometry: reopening with other sizes fails.
+  std::vector<uint64_t> slot_payload_bytes;
+  // "direct" (O_DIRECT) or "buffered" (for file systems that refuse
+  // O_DIRECT, such as tmpfs).
+  std::string io_mode = "direct";
+  // I/O requests in flight at once (1..4096).
+  uint32_t queue_depth = 32;
+  // Bytes of staging memory for reads and writes in flight: a multiple of
+  // 4096, at least the largest slot, at most 1 GiB. Demotions beyond it are
+  // skipped (counted in TieringStats::skipped_busy).
+  uint64_t max_inflight_bytes = 64ull << 20;
+  // Which chunks evicted from DRAM are written to NVMe: "all", or
+  // "second-chance" (only chunks read at least once while in DRAM).
+  std::string admission = "all";
+  // What a completed demotion survives: "process" (its write completed: a
+  // killed process, not a power loss; damaged chunks after a power loss are
+  // detected and dropped) or "power" (flushed: survives a power loss, at
+  // the cost of two flushes per write).
+  std::string durability = "process";
+  // Write an index snapshot at close so the next start skips the slot scan.
+  bool write_snapshot = true;
+  // Eviction among NVMe chain tails (a name NewEvictionPolicy knows).
+  std::string eviction_policy = "lru";
+
+  bool enabled() const { return !path.empty(); }
+  // InvalidArgument naming the field ("nvme.<field>").
+  absl::Status Validate() const;
+};
+
 // Options of the embedded cache.
 struct CacheOptions {
   // Bytes of host DRAM for chunks (T1). Rounded down to whole slabs.
@@ -137,14 +215,18 @@ struct CacheOptions {
   // Touch every arena page at start so the first saves do not page-fault.
   bool prefault = false;
   // Eviction policy among chain tails: "lru" (default), "2q" (first-time
-  // chunks go before re-used ones; best hit rate on the Mooncake trace),
-  // "cost" (recompute cost by prefix depth). See src/core/eviction_policies.h.
+  // chunks go before re-used ones), "2q-chain" (2q that also evicts the
+  // unread last chunks of prompts first; best hit rate on the Mooncake
+  // trace), "cost" (recompute cost by prefix depth). See
+  // src/core/eviction_policies.h and docs/design-notes.md.
   std::string eviction_policy = "lru";
   // Register the arena with the GPU driver (cudaHostRegister) so copies
   // between engine blocks and DRAM slots are DMA without a bounce buffer.
   // Without a GPU (or a CUDA build) the arena stays pageable and
   // CacheStats::gpu_registration says why.
   bool register_with_gpu = true;
+  // The NVMe tier; nvme.path empty (the default) keeps every chunk in DRAM.
+  NvmeCacheOptions nvme;
 
   absl::Status Validate() const;
 };
@@ -155,6 +237,10 @@ class Cache {
 
   // Creates the embedded cache. InvalidArgument for bad options;
   // ResourceExhausted when the arena cannot be allocated.
+  // With NVMe: the errors of opening the volume, naming its path (NotFound
+  // for a missing folder, PermissionDenied for a read-only one,
+  // ResourceExhausted when the file system cannot hold it,
+  // FailedPrecondition for a volume of other slot sizes or in use).
   static absl::StatusOr<std::unique_ptr<Cache>> Create(const CacheOptions& options);
 
   // How many leading chunks of `chain` (chunk keys, first chunk first) are
@@ -174,14 +260,67 @@ class Cache {
   // Copies the payload of `key` into `out` and returns its size in bytes.
   // NotFound when `key` is not cached in `ns`; InvalidArgument when `out` is
   // smaller than the payload (nothing is written).
+  // A chunk on NVMe is read (and its checksum verified), copied into `out`
+  // and promoted into DRAM; a damaged one is dropped, counted and reported
+  // as NotFound. Load waits for the disk; LoadAsync does not.
   virtual absl::StatusOr<size_t> Load(const Namespace& ns, const BlockKey& key,
                                       absl::Span<std::byte> out) = 0;
 
-  // Pins `key` in place (zero-copy read). NotFound when it is not cached.
+  using LoadCallback = absl::AnyInvocable<void(absl::StatusOr<size_t>) &&>;
+  // Load without waiting for the disk: `done` runs exactly once with what
+  // Load would return, either before LoadAsync returns (a DRAM hit, a miss,
+  // bad input) or later on a cache thread (a chunk read from NVMe). `out`
+  // must stay valid until `done` runs. `done` must not block.
+  // This default implementation calls Load.
+  virtual void LoadAsync(const Namespace& ns, const BlockKey& key, absl::Span<std::byte> out,
+                         LoadCallback done) {
+    std::move(done)(Load(ns, key, out));
+  }
+  // LoadAsync with a future.
+  std::future<absl::StatusOr<size_t>> LoadAsync(const Namespace& ns, const BlockKey& key,
+                                                absl::Span<std::byte> out) {
+    auto promise = std::make_shared<std::promise<absl::StatusOr<size_t>>>();
+    std::future<absl::StatusOr<size_t>> f = promise->get_future();
+    LoadAsync(ns, key, out,
+              [promise](absl::StatusOr<size_t> r) { promise->set_value(std::move(r)); });
+    return f;
+  }
+
+  using PrefetchCallback = absl::AnyInvocable<void(PrefetchResult) &&>;
+  // Brings the chunks of the cached prefix of `chain` (as Lookup reports it)
+  // that are on NVMe only up into DRAM, in the background, and calls `done`
+  // once when all are done (on a cache thread, or before Prefetch returns
+  // when nothing had to move). InvalidArgument for a bad chain (`done` is
+  // then not called). This default implementation (a cache without slower
+  // tiers) moves nothing.
+  virtual absl::Status Prefetch(const Namespace& ns, absl::Span<const BlockKey> chain,
+                                PrefetchCallback done) {
+    (void)ns;
+    (void)chain;
+    std::move(done)(PrefetchResult{});
+    return absl::OkStatus();
+  }
+  // Prefetch with a future (ready with the rejection or the result).
+  std::future<absl::StatusOr<PrefetchResult>> Prefetch(const Namespace& ns,
+                                                       absl::Span<const BlockKey> chain) {
+    auto promise = std::make_shared<std::promise<absl::StatusOr<PrefetchResult>>>();
+    std::future<absl::StatusOr<PrefetchResult>> f = promise->get_future();
+    absl::Status s =
+        Prefetch(ns, chain, [promise](PrefetchResult r) { promise->set_value(std::move(r)); });
+    if (!s.ok()) promise->set_value(std::move(s));
+    return f;
+  }
+
+  // Pins `key` in place (zero-copy read). NotFound when it is not cached. A
+  // chunk on NVMe only is promoted into DRAM first (ResourceExhausted when
+  // DRAM has no room for it).
   virtual absl::StatusOr<ChunkPin> Pin(const Namespace& ns, const BlockKey& key) = 0;
 
   // Removes `key` and every cached chunk that extends it, and returns how
-  // many chunks were removed. Pinned chunks are left in place.
+  // many chunks were removed. Pinned chunks are left in place. With NVMe,
+  // `key` is removed from both tiers; descendants on NVMe that are not in
+  // DRAM stay until evicted, but no Lookup reaches them (a prefix is matched
+  // from its first chunk).
   // NotFound when `key` is not cached in `ns`.
   virtual absl::StatusOr<size_t> Remove(const Namespace& ns, const BlockKey& key) = 0;
 

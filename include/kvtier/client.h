@@ -95,7 +95,8 @@ struct TokenLookup {
   std::vector<ChunkRef> chunks;  // every chunk of the tokens, cached or not
 };
 
-struct PrefetchResult {
+// The daemon's answer to a Prefetch RPC (Client::DaemonPrefetch).
+struct DaemonPrefetchResult {
   size_t matched = 0;           // leading chunks cached in any tier
   size_t resident_in_dram = 0;  // of those, already in DRAM
   size_t scheduled = 0;         // promotions started
@@ -137,7 +138,9 @@ class Client final : public Cache {
   // Lookup by token ids: the daemon hashes them into chunk keys.
   absl::StatusOr<TokenLookup> LookupTokens(const Namespace& ns, absl::Span<const TokenId> tokens,
                                            bool include_partial = false);
-  absl::StatusOr<PrefetchResult> Prefetch(const Namespace& ns, absl::Span<const BlockKey> chain);
+  // The daemon's Prefetch RPC: what of `chain` is cached, and in DRAM.
+  absl::StatusOr<DaemonPrefetchResult> DaemonPrefetch(const Namespace& ns,
+                                                      absl::Span<const BlockKey> chain);
   // Admin: removes `keys` and their descendants, or every chunk of the
   // namespace when `keys` is empty. Returns the number removed.
   absl::StatusOr<uint64_t> Evict(const Namespace& ns, absl::Span<const BlockKey> keys = {});

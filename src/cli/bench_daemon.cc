@@ -234,7 +234,7 @@ int RunDaemonBench(Flags& flags) {
   const std::string tcp = absl::StrCat("127.0.0.1:", FreePort());
   std::unique_ptr<Child> daemon =
       Child::Start({kvtierd, "--socket", socket, "--http", "", "--dram", absl::StrCat(dram),
-                    "--tcp", tcp, "--log-level", "warn"},
+                    "--tcp", tcp, "--nvme", "off", "--log-level", "warn"},
                    {"KVTIER_ADMIN_TOKEN=" + token}, dir + "/kvtierd.log");
   const int redis_port = FreePort();
   std::unique_ptr<Child> redis =

@@ -4,8 +4,10 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <memory>
 #include <random>
+#include <system_error>
 
 #include "absl/strings/str_cat.h"
 #include "kvtier/cache.h"
@@ -13,25 +15,31 @@
 #include "kvtier/namespace.h"
 #include "src/cli/flags.h"
 #include "src/cli/report.h"
+#include "src/common/temp_path.h"
 
 namespace kvtier::cli {
 namespace {
 
 constexpr const char* kHelp =
     "usage: kvtier demo [--conversations 8] [--turns 6] [--system-tokens 1024]\n"
-    "                   [--dram 256MiB] [--seed 1] [--quiet] [--json]\n"
+    "                   [--dram 64MiB] [--nvme FOLDER|off] [--nvme-capacity 1GiB]\n"
+    "                   [--seed 1] [--quiet] [--json]\n"
     "                   [--socket PATH [--token TOKEN]]\n\n"
-    "Runs a multi-turn chat workload through the embedded cache. Every\n"
+    "Runs a multi-turn chat workload through the embedded cache: DRAM (--dram)\n"
+    "over an NVMe tier in FOLDER (default: a temporary folder under /var/tmp,\n"
+    "removed at exit; 'off' keeps everything in DRAM). DRAM is smaller than the\n"
+    "workload, so older chunks are demoted to NVMe and served from there. Every\n"
     "conversation shares one system prompt, and each turn's prompt is the whole\n"
     "conversation so far plus a new user message, so later turns find their\n"
     "prefix cached. For each request the demo looks up the prompt's chunk chain,\n"
     "loads the cached chunks (checking every byte against the KV that prefill\n"
     "would have produced), 'prefills' the rest and saves it. It prints one line\n"
-    "per request and a summary: lookups, prefix hits, prefill tokens saved and\n"
-    "bytes per tier. Exits 1 if any loaded byte is wrong.\n\n"
+    "per request (with how many of the cached chunks came from NVMe) and a\n"
+    "summary: lookups, prefix hits, prefill tokens saved and bytes per tier.\n"
+    "Exits 1 if any loaded byte is wrong.\n\n"
     "With --socket the same workload runs against kvtierd through kvtier::Client\n"
     "(OpenCache in daemon mode; --token or $KVTIER_TOKEN when the daemon has\n"
-    "tokens); --dram is then the daemon's business.";
+    "tokens); --dram and --nvme are then the daemon's business.";
 
 // Stand-in for prefill: the KV of a chunk is a pure function of its key (which
 // names its whole prefix), so a loaded chunk can be checked byte for byte.
@@ -51,6 +59,20 @@ struct Conversation {
   std::vector<TokenId> tokens;
 };
 
+// A folder removed (recursively) on destruction, when set.
+class OwnedFolder {
+ public:
+  ~OwnedFolder() {
+    if (path_.empty()) return;
+    std::error_code ec;
+    std::filesystem::remove_all(path_, ec);
+  }
+  void Own(std::string path) { path_ = std::move(path); }
+
+ private:
+  std::string path_;
+};
+
 }  // namespace
 
 int RunDemo(const std::vector<std::string>& args) {
@@ -62,7 +84,9 @@ int RunDemo(const std::vector<std::string>& args) {
   const int64_t conversations = flags.Int("conversations", 8);
   const int64_t turns = flags.Int("turns", 6);
   const int64_t system_tokens = flags.Int("system-tokens", 1024);
-  const uint64_t dram = flags.Bytes("dram", 256ull << 20);
+  const uint64_t dram = flags.Bytes("dram", 64ull << 20);
+  std::string nvme = flags.String("nvme", "");
+  const uint64_t nvme_capacity = flags.Bytes("nvme-capacity", 1ull << 30);
   const int64_t seed = flags.Int("seed", 1);
   const bool quiet = flags.Bool("quiet");
   const bool json = flags.Bool("json");
@@ -91,6 +115,22 @@ int RunDemo(const std::vector<std::string>& args) {
   }
   CacheConfig cc;
   cc.embedded.dram_capacity_bytes = dram;
+  OwnedFolder nvme_folder;  // declared before the cache: removed after it closes
+  if (socket.empty() && nvme != "off") {
+    if (nvme.empty()) {
+      absl::StatusOr<std::string> tmp = MakeTempDir("/var/tmp", "kvtier-demo-");
+      if (!tmp.ok()) {
+        std::fprintf(stderr, "kvtier demo: --nvme: %s\n", tmp.status().ToString().c_str());
+        return 1;
+      }
+      nvme = *tmp;
+      nvme_folder.Own(nvme);
+    }
+    cc.embedded.nvme.path = nvme;
+    cc.embedded.nvme.capacity_bytes = nvme_capacity;
+    // Every chunk of this model fits slots sized for a full chunk.
+    cc.embedded.nvme.slot_payload_bytes = {ns->FullChunkPayloadBytes()};
+  }
   if (!socket.empty()) {
     cc.mode = "daemon";
     cc.daemon.socket_path = socket;
@@ -119,16 +159,21 @@ int RunDemo(const std::vector<std::string>& args) {
         static_cast<long long>(conversations), static_cast<long long>(turns),
         static_cast<long long>(system_tokens), HumanBytes(ns->FullChunkPayloadBytes()).c_str(),
         ns->tokens_per_chunk(),
-        socket.empty() ? absl::StrCat("DRAM ", HumanBytes(dram)).c_str()
-                       : absl::StrCat("kvtierd at ", socket).c_str());
-    std::printf("%-5s %-4s %8s %8s %7s %9s\n", "conv", "turn", "prompt", "cached", "hit",
-                "load ms");
+        !socket.empty()
+            ? absl::StrCat("kvtierd at ", socket).c_str()
+            : absl::StrCat("DRAM ", HumanBytes(dram),
+                           cc.embedded.nvme.enabled()
+                               ? absl::StrCat(" + NVMe ", HumanBytes(nvme_capacity), " in ", nvme)
+                               : std::string(" (no NVMe)"))
+                  .c_str());
+    std::printf("%-5s %-4s %8s %8s %7s %6s %9s\n", "conv", "turn", "prompt", "cached", "hit",
+                "nvme", "load ms");
   }
 
   std::vector<std::byte> buf(ns->FullChunkPayloadBytes());
   std::vector<std::byte> expect(ns->FullChunkPayloadBytes());
   uint64_t prompt_tokens = 0, saved_tokens = 0, chunks_looked_up = 0, chunks_hit = 0;
-  uint64_t requests = 0, wrong = 0, save_failures = 0;
+  uint64_t requests = 0, wrong = 0, save_failures = 0, from_nvme = 0;
   auto t0 = std::chrono::steady_clock::now();
   for (int64_t turn = 0; turn < turns; ++turn) {
     for (size_t ci = 0; ci < convs.size(); ++ci) {
@@ -145,6 +190,12 @@ int RunDemo(const std::vector<std::string>& args) {
       if (!hit.ok()) {
         std::fprintf(stderr, "kvtier demo: lookup: %s\n", hit.status().ToString().c_str());
         return 1;
+      }
+      size_t nvme_chunks = 0;
+      for (const ChunkLocation& loc : hit->chunks) nvme_chunks += loc.tier == Tier::kNvme;
+      // Chunks on NVMe start coming up to DRAM while the first ones load.
+      if (nvme_chunks > 0) {
+        (void)(*cache)->Prefetch(*ns, absl::MakeConstSpan(keys).first(hit->matched));
       }
       auto l0 = std::chrono::steady_clock::now();
       size_t loaded = 0;
@@ -171,11 +222,13 @@ int RunDemo(const std::vector<std::string>& args) {
       saved_tokens += cached;
       chunks_looked_up += keys.size();
       chunks_hit += loaded;
+      from_nvme += std::min(nvme_chunks, loaded);
       if (!quiet && !json) {
-        std::printf("%-5zu %-4lld %8zu %8llu %6.1f%% %9.2f\n", ci, static_cast<long long>(turn),
-                    c.tokens.size(), static_cast<unsigned long long>(cached),
+        std::printf("%-5zu %-4lld %8zu %8llu %6.1f%% %6zu %9.2f\n", ci,
+                    static_cast<long long>(turn), c.tokens.size(),
+                    static_cast<unsigned long long>(cached),
                     100.0 * static_cast<double>(cached) / static_cast<double>(c.tokens.size()),
-                    load_ms);
+                    nvme_chunks, load_ms);
       }
       // The assistant's answer joins the conversation for the next turn.
       std::vector<TokenId> answer = random_tokens(100 + rng() % 200);
@@ -191,6 +244,7 @@ int RunDemo(const std::vector<std::string>& args) {
         .Set("lookups", st.lookups)
         .Set("chunks_looked_up", chunks_looked_up)
         .Set("prefix_hit_chunks", chunks_hit)
+        .Set("prefix_hit_chunks_on_nvme", from_nvme)
         .Set("prompt_tokens", prompt_tokens)
         .Set("prefill_tokens_saved", saved_tokens)
         .Set("wrong_bytes_chunks", wrong)
@@ -218,6 +272,14 @@ int RunDemo(const std::vector<std::string>& args) {
               absl::StrCat(chunks_hit, " (",
                            Fixed(100.0 * chunks_hit / std::max<uint64_t>(1, chunks_looked_up), 1),
                            "%)")});
+    t.AddRow({"prefix hits found on NVMe", absl::StrCat(from_nvme)});
+    if (st.tiering.nvme_enabled) {
+      t.AddRow({"chunks demoted to NVMe", absl::StrCat(st.tiering.demoted)});
+      t.AddRow({"chunks promoted to DRAM", absl::StrCat(st.tiering.promoted)});
+      t.AddRow({"demotions skipped",
+                absl::StrCat(st.tiering.skipped_busy + st.tiering.skipped_full +
+                             st.tiering.skipped_io_error + st.tiering.skipped_admission)});
+    }
     t.AddRow({"prompt tokens", absl::StrCat(prompt_tokens)});
     t.AddRow({"prefill tokens saved",
               absl::StrCat(saved_tokens, " (",
@@ -228,11 +290,11 @@ int RunDemo(const std::vector<std::string>& args) {
     t.AddRow({"wall time", absl::StrCat(Fixed(secs * 1000, 1), " ms")});
     t.Print();
     std::printf("\nbytes per tier\n");
-    Table bt({"tier", "written", "read", "resident", "chunks", "evictions"});
+    Table bt({"tier", "written", "read", "hits", "resident", "chunks", "evictions"});
     for (const TierStats& ts : st.tiers) {
       bt.AddRow({std::string(TierName(ts.tier)), HumanBytes(ts.bytes_written),
-                 HumanBytes(ts.bytes_read), HumanBytes(ts.used_bytes), absl::StrCat(ts.chunks),
-                 absl::StrCat(ts.evictions)});
+                 HumanBytes(ts.bytes_read), absl::StrCat(ts.hits), HumanBytes(ts.used_bytes),
+                 absl::StrCat(ts.chunks), absl::StrCat(ts.evictions)});
     }
     bt.Print();
   }

@@ -1,6 +1,8 @@
 #include "kvtier/client.h"
 
 #include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/time.h>
 #include <unistd.h>
 
 #include <cstring>
@@ -134,13 +136,6 @@ class Client::Impl : public ChunkPin::Releaser {
                                                                      ctx, req));
   }
 
-  ~Impl() override {
-    // Asynchronous releases still in flight use the stub and this object.
-    absl::MutexLock lock(&mu_);
-    mu_.Await(absl::Condition(
-        +[](int* n) { return *n == 0; }, &async_calls_));
-  }
-
   // Releases pins without waiting for the answer: a load returns as soon as
   // its bytes are copied. Best effort: an unreleased pin expires with its
   // lease.
@@ -199,26 +194,152 @@ class Client::Impl : public ChunkPin::Releaser {
     absl::MutexLock lock(&mu_);
     if (mapping_ != nullptr && (want_id == 0 || mapping_->id() == want_id)) return mapping_;
     absl::StatusOr<shm::ArenaGrant> g = shm::RequestArena(shm_socket_, options_.token, kShmTimeout);
-    if (!g.ok()) {
-      if (absl::IsPermissionDenied(g.status()) || absl::IsUnauthenticated(g.status())) {
-        shm_refused_ = true;  // stream over gRPC from now on
-      }
-      return g.status();
-    }
-    int flags = MAP_SHARED | (options_.prefault_arena ? MAP_POPULATE : 0);
-    void* p = mmap(nullptr, g->arena_bytes, PROT_READ | PROT_WRITE, flags, g->fd, 0);
-    close(g->fd);
-    if (p == MAP_FAILED) {
-      shm_refused_ = true;
-      return absl::ResourceExhaustedError(
-          absl::StrCat("shared memory: cannot map the arena: ", std::strerror(errno)));
-    }
-    mapping_ =
-        std::make_shared<ArenaMapping>(static_cast<std::byte*>(p), g->arena_bytes, g->arena_id);
+    if (!g.ok()) return Refused(g.status());
+    KVTIER_RETURN_IF_ERROR(Adopt(*g));
     if (want_id != 0 && mapping_->id() != want_id) {
       return absl::UnavailableError("shared memory: the daemon restarted during the call");
     }
     return mapping_;
+  }
+
+  // A way to make shared-memory control calls: a control session with the
+  // arena mapping it was granted with, or, where the daemon serves no
+  // sessions, the gRPC stub and the current mapping.
+  struct Control {
+    int fd = -1;  // the session; -1: use gRPC
+    std::shared_ptr<ArenaMapping> mapping;
+    bool reused = false;  // an idle session (which the daemon may have closed since)
+  };
+
+  // An idle session (unless `fresh`), or a new one. Errors as Mapping's:
+  // the caller then streams over gRPC (which reports a daemon that is down).
+  absl::StatusOr<Control> TakeControl(bool fresh = false) {
+    bool sessions = false;
+    {
+      absl::MutexLock lock(&mu_);
+      if (!idle_.empty() && !fresh) {
+        Control c = std::move(idle_.back());
+        idle_.pop_back();
+        c.reused = true;
+        return c;
+      }
+      sessions = !sessions_refused_;
+    }
+    if (sessions) {
+      absl::StatusOr<shm::ArenaGrant> g =
+          shm::RequestArena(shm_socket_, options_.token, kShmTimeout, /*session=*/true);
+      absl::MutexLock lock(&mu_);
+      if (g.ok()) {
+        const int fd = g->session_fd;
+        if (mapping_ != nullptr && mapping_->id() == g->arena_id) {
+          close(g->fd);
+        } else if (absl::Status s = Adopt(*g); !s.ok()) {
+          close(fd);
+          return s;
+        }
+        // A daemon that stops answering fails the call instead of hanging it.
+        timeval tv{static_cast<time_t>(options_.rpc_timeout_ms / 1000),
+                   static_cast<suseconds_t>((options_.rpc_timeout_ms % 1000) * 1000)};
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+        return Control{fd, mapping_};
+      }
+      // A daemon without sessions, or with all of them taken: control
+      // calls go over gRPC (from now on, or for this call).
+      if (absl::IsUnimplemented(g.status())) {
+        sessions_refused_ = true;
+      } else if (!absl::IsResourceExhausted(g.status())) {
+        return Refused(g.status());
+      }
+    }
+    KVTIER_ASSIGN_OR_RETURN(std::shared_ptr<ArenaMapping> m, Mapping(0));
+    return Control{-1, std::move(m)};
+  }
+
+  // Hands a session back for reuse (`broken`: closes it instead).
+  void ReturnControl(Control c, bool broken) {
+    if (c.fd < 0) return;
+    absl::MutexLock lock(&mu_);
+    if (broken || idle_.size() >= kMaxIdleSessions) {
+      close(c.fd);
+      return;
+    }
+    idle_.push_back(std::move(c));
+  }
+
+  // One control call: over the session, or as a gRPC call. A session that
+  // fails is closed; when it was an idle one (the daemon may have restarted
+  // since), the call is sent once more on a new session (which maps the new
+  // arena: callers read c.mapping after the call), else it reports
+  // Unavailable. Sending again is safe: a daemon that closed the session
+  // took its leases with it, and Commit of a lease it no longer knows fails.
+  template <typename Req, typename Resp, typename Rpc>
+  absl::Status Call(Control& c, shm::ControlMethod method, const Req& req, Resp* resp, Rpc rpc) {
+    if (c.fd < 0) return FromGrpcStatus(rpc(Context().get(), req, resp));
+    const std::string body = req.SerializeAsString();
+    absl::Status s = shm::WriteControlRequest(c.fd, method, 0, body);
+    absl::StatusOr<shm::ControlReply> reply =
+        s.ok() ? shm::ReadControlReply(c.fd) : absl::StatusOr<shm::ControlReply>(s);
+    if (!reply.ok() && c.reused) {
+      close(c.fd);
+      c.fd = -1;
+      absl::StatusOr<Control> fresh = TakeControl(/*fresh=*/true);
+      if (!fresh.ok()) return fresh.status();
+      c = *std::move(fresh);
+      if (c.fd < 0) return FromGrpcStatus(rpc(Context().get(), req, resp));
+      s = shm::WriteControlRequest(c.fd, method, 0, body);
+      reply = s.ok() ? shm::ReadControlReply(c.fd) : absl::StatusOr<shm::ControlReply>(s);
+    }
+    if (!reply.ok()) {
+      close(c.fd);
+      c.fd = -1;
+      return absl::UnavailableError(
+          absl::StrCat("kvtierd control session: ", reply.status().message()));
+    }
+    KVTIER_RETURN_IF_ERROR(reply->status);
+    if (!resp->ParseFromString(reply->body)) {
+      close(c.fd);
+      c.fd = -1;
+      return absl::DataLossError("kvtierd control session: a reply that does not parse");
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status Lookup(Control& c, const v1::LookupRequest& req, v1::LookupResponse* resp) {
+    return Call(c, shm::ControlMethod::kLookup, req, resp,
+                [this](grpc::ClientContext* ctx, const v1::LookupRequest& r,
+                       v1::LookupResponse* o) { return stub_->Lookup(ctx, r, o); });
+  }
+  absl::Status Reserve(Control& c, const v1::ReserveRequest& req, v1::ReserveResponse* resp) {
+    return Call(c, shm::ControlMethod::kReserve, req, resp,
+                [this](grpc::ClientContext* ctx, const v1::ReserveRequest& r,
+                       v1::ReserveResponse* o) { return stub_->Reserve(ctx, r, o); });
+  }
+  absl::Status Commit(Control& c, const v1::CommitRequest& req, v1::CommitResponse* resp) {
+    return Call(c, shm::ControlMethod::kCommit, req, resp,
+                [this](grpc::ClientContext* ctx, const v1::CommitRequest& r,
+                       v1::CommitResponse* o) { return stub_->Commit(ctx, r, o); });
+  }
+  absl::Status Pin(Control& c, const v1::PinRequest& req, v1::PinResponse* resp) {
+    return Call(c, shm::ControlMethod::kPin, req, resp,
+                [this](grpc::ClientContext* ctx, const v1::PinRequest& r, v1::PinResponse* o) {
+                  return stub_->Pin(ctx, r, o);
+                });
+  }
+
+  // Releases pins without waiting for the answer (best effort: an
+  // unreleased pin expires with its lease).
+  void Release(Control& c, v1::ReleaseRequest req) {
+    if (c.fd < 0) {
+      ReleaseAsync(std::move(req));
+      return;
+    }
+    if (!shm::WriteControlRequest(c.fd, shm::ControlMethod::kRelease, shm::kNoReply,
+                                  req.SerializeAsString())
+             .ok()) {
+      close(c.fd);
+      c.fd = -1;
+    }
   }
 
   // Keeps `pin` alive until ReleasePin(handle).
@@ -246,11 +367,43 @@ class Client::Impl : public ChunkPin::Releaser {
     if (state.pin_id != 0) {
       v1::ReleaseRequest req;
       req.add_pin_ids(state.pin_id);
-      ReleaseAsync(std::move(req));
+      absl::StatusOr<Control> c = ShmWanted() ? TakeControl() : absl::StatusOr<Control>(Control{});
+      if (!c.ok()) {
+        ReleaseAsync(std::move(req));
+        return;
+      }
+      Release(*c, std::move(req));
+      ReturnControl(*std::move(c), false);
     }
   }
 
+  ~Impl() override;
+
  private:
+  // At most this many sessions stay open for reuse.
+  static constexpr size_t kMaxIdleSessions = 8;
+
+  // Notes a refusal: PermissionDenied or Unauthenticated mean streaming
+  // over gRPC from now on.
+  absl::Status Refused(absl::Status s) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (absl::IsPermissionDenied(s) || absl::IsUnauthenticated(s)) shm_refused_ = true;
+    return s;
+  }
+  // Maps the arena of `g` (taking its fd) as the current mapping.
+  absl::Status Adopt(const shm::ArenaGrant& g) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    int flags = MAP_SHARED | (options_.prefault_arena ? MAP_POPULATE : 0);
+    void* p = mmap(nullptr, g.arena_bytes, PROT_READ | PROT_WRITE, flags, g.fd, 0);
+    close(g.fd);
+    if (p == MAP_FAILED) {
+      shm_refused_ = true;
+      return absl::ResourceExhaustedError(
+          absl::StrCat("shared memory: cannot map the arena: ", std::strerror(errno)));
+    }
+    mapping_ =
+        std::make_shared<ArenaMapping>(static_cast<std::byte*>(p), g.arena_bytes, g.arena_id);
+    return absl::OkStatus();
+  }
+
   struct PinState {
     std::shared_ptr<ArenaMapping> mapping;
     uint64_t pin_id = 0;
@@ -266,10 +419,52 @@ class Client::Impl : public ChunkPin::Releaser {
   mutable absl::Mutex mu_;
   std::shared_ptr<ArenaMapping> mapping_ ABSL_GUARDED_BY(mu_);
   bool shm_refused_ ABSL_GUARDED_BY(mu_) = false;
+  bool sessions_refused_ ABSL_GUARDED_BY(mu_) = false;
+  std::vector<Control> idle_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<uint64_t, PinState> pins_ ABSL_GUARDED_BY(mu_);
   uint64_t next_pin_ ABSL_GUARDED_BY(mu_) = 0;
   int async_calls_ ABSL_GUARDED_BY(mu_) = 0;
 };
+
+namespace {
+
+// Holds a control channel for one Client call and hands it back after.
+class ControlScope {
+ public:
+  ControlScope(Client::Impl& impl, Client::Impl::Control c) : impl_(impl), c_(std::move(c)) {}
+  ~ControlScope() { impl_.ReturnControl(std::move(c_), false); }
+  ControlScope(const ControlScope&) = delete;
+  ControlScope& operator=(const ControlScope&) = delete;
+  Client::Impl::Control& get() { return c_; }
+
+ private:
+  Client::Impl& impl_;
+  Client::Impl::Control c_;
+};
+
+// Lookup over a control session when the client uses shared memory, else
+// as a gRPC call.
+absl::Status LookupCall(Client::Impl& impl, const v1::LookupRequest& req,
+                        v1::LookupResponse* resp) {
+  if (impl.ShmWanted()) {
+    absl::StatusOr<Client::Impl::Control> control = impl.TakeControl();
+    if (control.ok()) {
+      ControlScope scope(impl, *std::move(control));
+      return impl.Lookup(scope.get(), req, resp);
+    }
+  }
+  return FromGrpcStatus(impl.stub().Lookup(impl.Context().get(), req, resp));
+}
+
+}  // namespace
+
+Client::Impl::~Impl() {
+  // Asynchronous releases still in flight use the stub and this object.
+  absl::MutexLock lock(&mu_);
+  mu_.Await(absl::Condition(
+      +[](int* n) { return *n == 0; }, &async_calls_));
+  for (const Control& c : idle_) close(c.fd);
+}
 
 // ---- construction -----------------------------------------------------------------
 
@@ -335,7 +530,7 @@ absl::StatusOr<LookupResult> Client::Lookup(const Namespace& ns, absl::Span<cons
   wire::NamespaceToProto(ns.options(), req.mutable_namespace_());
   for (const BlockKey& k : chain) req.add_keys(wire::KeyToBytes(k));
   v1::LookupResponse resp;
-  KVTIER_RETURN_IF_ERROR(FromGrpcStatus(impl_->stub().Lookup(impl_->Context().get(), req, &resp)));
+  KVTIER_RETURN_IF_ERROR(LookupCall(*impl_, req, &resp));
   LookupResult r;
   r.matched = resp.matched();
   for (int t : resp.tiers()) r.chunks.push_back(ChunkLocation{static_cast<Tier>(t), ""});
@@ -350,7 +545,7 @@ absl::StatusOr<TokenLookup> Client::LookupTokens(const Namespace& ns,
   req.mutable_token_ids()->Add(tokens.begin(), tokens.end());
   req.set_include_partial(include_partial);
   v1::LookupResponse resp;
-  KVTIER_RETURN_IF_ERROR(FromGrpcStatus(impl_->stub().Lookup(impl_->Context().get(), req, &resp)));
+  KVTIER_RETURN_IF_ERROR(LookupCall(*impl_, req, &resp));
   TokenLookup out;
   out.result.matched = resp.matched();
   for (int t : resp.tiers()) out.result.chunks.push_back(ChunkLocation{static_cast<Tier>(t), ""});
@@ -362,15 +557,15 @@ absl::StatusOr<TokenLookup> Client::LookupTokens(const Namespace& ns,
   return out;
 }
 
-absl::StatusOr<PrefetchResult> Client::Prefetch(const Namespace& ns,
-                                                absl::Span<const BlockKey> chain) {
+absl::StatusOr<DaemonPrefetchResult> Client::DaemonPrefetch(const Namespace& ns,
+                                                            absl::Span<const BlockKey> chain) {
   v1::PrefetchRequest req;
   wire::NamespaceToProto(ns.options(), req.mutable_namespace_());
   for (const BlockKey& k : chain) req.add_keys(wire::KeyToBytes(k));
   v1::PrefetchResponse resp;
   KVTIER_RETURN_IF_ERROR(
       FromGrpcStatus(impl_->stub().Prefetch(impl_->Context().get(), req, &resp)));
-  return PrefetchResult{resp.matched(), resp.resident_in_dram(), resp.scheduled()};
+  return DaemonPrefetchResult{resp.matched(), resp.resident_in_dram(), resp.scheduled()};
 }
 
 // ---- Save -------------------------------------------------------------------------
@@ -443,15 +638,16 @@ std::optional<absl::StatusOr<std::vector<absl::Status>>> SaveShm(
     Client::Impl& impl, const Namespace& ns, absl::Span<const ChunkRef> chunks,
     absl::Span<const absl::Span<const std::byte>> payloads, std::vector<absl::Status> results,
     const std::vector<size_t>& todo) {
-  absl::StatusOr<std::shared_ptr<ArenaMapping>> mapping = impl.Mapping(0);
+  absl::StatusOr<Client::Impl::Control> control = impl.TakeControl();
   // Refused, or no side channel: stream (which reports a down daemon as
   // Unavailable).
-  if (!mapping.ok()) return std::nullopt;
+  if (!control.ok()) return std::nullopt;
+  ControlScope scope(impl, *std::move(control));
   v1::ReserveRequest req;
   wire::NamespaceToProto(ns.options(), req.mutable_namespace_());
   for (size_t i : todo) wire::ChunkToProto(chunks[i], req.add_chunks());
   v1::ReserveResponse resp;
-  absl::Status s = FromGrpcStatus(impl.stub().Reserve(impl.Context().get(), req, &resp));
+  absl::Status s = impl.Reserve(scope.get(), req, &resp);
   if (absl::IsPermissionDenied(s) && absl::StrContains(s.message(), "shared_memory")) {
     return std::nullopt;
   }
@@ -461,7 +657,7 @@ std::optional<absl::StatusOr<std::vector<absl::Status>>> SaveShm(
         absl::InternalError(absl::StrCat("Reserve: the daemon answered ", resp.reservations_size(),
                                          " reservations for ", todo.size(), " chunks")));
   }
-  std::shared_ptr<ArenaMapping> m = *mapping;
+  std::shared_ptr<ArenaMapping> m = scope.get().mapping;
   absl::Status remap = absl::OkStatus();
   if (m->id() != resp.arena_id()) {
     absl::StatusOr<std::shared_ptr<ArenaMapping>> fresh = impl.Mapping(resp.arena_id());
@@ -490,7 +686,7 @@ std::optional<absl::StatusOr<std::vector<absl::Status>>> SaveShm(
   }
   if (commit.handles_size() == 0 && commit.aborts_size() == 0) return results;
   v1::CommitResponse cresp;
-  s = FromGrpcStatus(impl.stub().Commit(impl.Context().get(), commit, &cresp));
+  s = impl.Commit(scope.get(), commit, &cresp);
   if (!s.ok()) {
     for (size_t i : committed) results[i] = s;
     return results;
@@ -524,14 +720,15 @@ absl::StatusOr<std::vector<absl::StatusOr<size_t>>> Client::LoadBatch(
   if (keys.empty()) return results;
 
   if (impl_->ShmWanted()) {
-    absl::StatusOr<std::shared_ptr<ArenaMapping>> mapping = impl_->Mapping(0);
-    if (mapping.ok()) {
+    absl::StatusOr<Impl::Control> control = impl_->TakeControl();
+    if (control.ok()) {
+      ControlScope scope(*impl_, *std::move(control));
       v1::PinRequest req;
       wire::NamespaceToProto(ns.options(), req.mutable_namespace_());
       for (const BlockKey& k : keys) req.add_keys(wire::KeyToBytes(k));
       v1::PinResponse resp;
-      KVTIER_RETURN_IF_ERROR(FromGrpcStatus(impl_->stub().Pin(impl_->Context().get(), req, &resp)));
-      std::shared_ptr<ArenaMapping> m = *mapping;
+      KVTIER_RETURN_IF_ERROR(impl_->Pin(scope.get(), req, &resp));
+      std::shared_ptr<ArenaMapping> m = scope.get().mapping;
       absl::Status remap = absl::OkStatus();
       if (m->id() != resp.arena_id()) {
         absl::StatusOr<std::shared_ptr<ArenaMapping>> fresh = impl_->Mapping(resp.arena_id());
@@ -561,7 +758,7 @@ absl::StatusOr<std::vector<absl::StatusOr<size_t>>> Client::LoadBatch(
           results[i] = static_cast<size_t>(c.length());
         }
       }
-      if (release.pin_ids_size() > 0) impl_->ReleaseAsync(std::move(release));
+      if (release.pin_ids_size() > 0) impl_->Release(scope.get(), std::move(release));
       return results;
     }
     // Not mapped (refused, or the daemon is down): stream, which reports a
@@ -631,17 +828,21 @@ absl::StatusOr<size_t> Client::Load(const Namespace& ns, const BlockKey& key,
 
 absl::StatusOr<ChunkPin> Client::Pin(const Namespace& ns, const BlockKey& key) {
   if (impl_->ShmWanted()) {
-    absl::StatusOr<std::shared_ptr<ArenaMapping>> mapping = impl_->Mapping(0);
-    if (mapping.ok()) {
+    absl::StatusOr<Impl::Control> control = impl_->TakeControl();
+    if (control.ok()) {
+      std::shared_ptr<ArenaMapping> mapping = control->mapping;
       v1::PinRequest req;
       wire::NamespaceToProto(ns.options(), req.mutable_namespace_());
       req.add_keys(wire::KeyToBytes(key));
       v1::PinResponse resp;
-      KVTIER_RETURN_IF_ERROR(FromGrpcStatus(impl_->stub().Pin(impl_->Context().get(), req, &resp)));
+      {
+        ControlScope scope(*impl_, *std::move(control));
+        KVTIER_RETURN_IF_ERROR(impl_->Pin(scope.get(), req, &resp));
+      }
       if (resp.chunks_size() != 1) return absl::InternalError("Pin: no answer for the key");
       const v1::PinnedChunk& c = resp.chunks(0);
       KVTIER_RETURN_IF_ERROR(StatusOf(c.status()));
-      std::shared_ptr<ArenaMapping> m = *mapping;
+      std::shared_ptr<ArenaMapping> m = mapping;
       absl::StatusOr<std::shared_ptr<ArenaMapping>> fresh =
           m->id() == resp.arena_id() ? absl::StatusOr<std::shared_ptr<ArenaMapping>>(m)
                                      : impl_->Mapping(resp.arena_id());

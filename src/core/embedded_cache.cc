@@ -2,13 +2,18 @@
 
 #include <algorithm>
 #include <array>
+#include <cstdlib>
+#include <cstring>
+#include <set>
 #include <utility>
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
 #include "cuda/device_runtime.h"
+#include "src/common/bytes.h"
 #include "src/common/status_macros.h"
+#include "src/core/chunk_format.h"
 
 namespace kvtier {
 
@@ -25,9 +30,105 @@ DramTierOptions ToDramOptions(const CacheOptions& options) {
   return dram;
 }
 
+absl::Status Invalid(absl::string_view field, absl::string_view what) {
+  return absl::InvalidArgumentError(absl::StrCat("nvme.", field, ": ", what));
+}
+
+// Region size of an on-demand volume (no slot_payload_bytes): big enough for
+// four of the largest chunk a DRAM slab holds, but at most four times the
+// staging memory (a slot must fit in flight), a quarter of the volume, and
+// 1 GiB; a whole number of MiB.
+uint64_t RegionBytes(const CacheOptions& options) {
+  constexpr uint64_t kMiB = 1ull << 20;
+  const uint64_t for_slab = AlignUp(4 * (options.slab_bytes + 2 * 4096), kMiB);
+  const uint64_t for_staging = 4 * options.nvme.max_inflight_bytes / kMiB * kMiB;
+  const uint64_t for_volume = std::max(kMiB, options.nvme.capacity_bytes / 4 / kMiB * kMiB);
+  return std::max(kMiB, std::min({for_slab, for_staging, for_volume, 1024 * kMiB}));
+}
+
 }  // namespace
 
-absl::Status CacheOptions::Validate() const { return ToDramOptions(*this).Validate(); }
+NvmeTierOptions ToNvmeTierOptions(const CacheOptions& options, Env* env) {
+  NvmeTierOptions o;
+  o.path = options.nvme.path;
+  const std::vector<uint64_t>& payloads = options.nvme.slot_payload_bytes;
+  if (payloads.empty()) {
+    o.capacity_bytes = options.nvme.capacity_bytes;
+    o.region_bytes = RegionBytes(options);
+  } else {
+    for (uint64_t p : payloads) {
+      o.slot_classes.push_back(
+          NvmeSlotClass{p + kChunkHeaderBytes, options.nvme.capacity_bytes / payloads.size()});
+    }
+  }
+  o.durability = options.nvme.durability;
+  o.io_mode = options.nvme.io_mode;
+  o.queue_depth = options.nvme.queue_depth;
+  o.max_inflight_bytes = options.nvme.max_inflight_bytes;
+  o.write_snapshot = options.nvme.write_snapshot;
+  o.eviction_policy = options.nvme.eviction_policy;
+  o.env = env;
+  return o;
+}
+
+absl::Status NvmeCacheOptions::Validate() const {
+  if (path.empty()) return Invalid("path", "must not be empty when the NVMe tier is on");
+  if (capacity_bytes < (16ull << 20)) {
+    return Invalid("capacity_bytes", absl::StrCat(capacity_bytes, " is below 16 MiB"));
+  }
+  for (size_t i = 0; i < slot_payload_bytes.size(); ++i) {
+    if (slot_payload_bytes[i] == 0) {
+      return Invalid(absl::StrCat("slot_payload_bytes[", i, "]"), "must be positive");
+    }
+    if (i > 0 && slot_payload_bytes[i] <= slot_payload_bytes[i - 1]) {
+      return Invalid(absl::StrCat("slot_payload_bytes[", i, "]"), "sizes must ascend");
+    }
+  }
+  if (io_mode != "direct" && io_mode != "buffered") {
+    return Invalid("io_mode", absl::StrCat("'", io_mode, "' is not direct or buffered"));
+  }
+  if (queue_depth < 1 || queue_depth > 4096) {
+    return Invalid("queue_depth", absl::StrCat(queue_depth, " is outside [1, 4096]"));
+  }
+  if (max_inflight_bytes % 4096 != 0 || max_inflight_bytes == 0 ||
+      max_inflight_bytes > (1ull << 30)) {
+    return Invalid(
+        "max_inflight_bytes",
+        absl::StrCat(max_inflight_bytes, " must be a positive multiple of 4096 up to 1 GiB"));
+  }
+  if (admission != "all" && admission != "second-chance") {
+    return Invalid("admission", absl::StrCat("'", admission, "' is not all or second-chance"));
+  }
+  if (durability != "power" && durability != "process") {
+    return Invalid("durability", absl::StrCat("'", durability, "' is not power or process"));
+  }
+  if (eviction_policy.empty()) return Invalid("eviction_policy", "must not be empty");
+  return absl::OkStatus();
+}
+
+absl::Status CacheOptions::Validate() const {
+  KVTIER_RETURN_IF_ERROR(ToDramOptions(*this).Validate());
+  if (!nvme.enabled()) return absl::OkStatus();
+  KVTIER_RETURN_IF_ERROR(nvme.Validate());
+  const std::vector<uint64_t>& payloads = nvme.slot_payload_bytes;
+  if (!payloads.empty() && payloads.back() + kChunkHeaderBytes > slab_bytes) {
+    return Invalid(absl::StrCat("slot_payload_bytes[", payloads.size() - 1, "]"),
+                   absl::StrCat(payloads.back(), " bytes: no chunk that large fits a DRAM slab (",
+                                slab_bytes, " bytes)"));
+  }
+  absl::Status s = ToNvmeTierOptions(*this, nullptr).Validate();
+  if (!s.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("nvme: ", s.message(),
+                     nvme.slot_payload_bytes.empty()
+                         ? absl::StrCat(" (region_bytes ", RegionBytes(*this),
+                                        " follows from slab_bytes, nvme.max_inflight_bytes "
+                                        "and nvme.capacity_bytes)")
+                         : std::string(" (slot_classes come from nvme.capacity_bytes split "
+                                       "evenly among nvme.slot_payload_bytes)")));
+  }
+  return absl::OkStatus();
+}
 
 absl::StatusOr<std::unique_ptr<Cache>> Cache::Create(const CacheOptions& options) {
   KVTIER_ASSIGN_OR_RETURN(std::unique_ptr<EmbeddedCache> cache, EmbeddedCache::Create(options));
@@ -91,9 +192,38 @@ absl::Status ValidateChunk(const Namespace& ns, const ChunkRef& chunk, size_t pa
 
 // ---- EmbeddedCache ----------------------------------------------------------
 
-absl::StatusOr<std::unique_ptr<EmbeddedCache>> EmbeddedCache::Create(const CacheOptions& options) {
-  KVTIER_ASSIGN_OR_RETURN(std::unique_ptr<DramTier> tier, DramTier::Create(ToDramOptions(options)));
-  std::unique_ptr<EmbeddedCache> cache(new EmbeddedCache(std::move(tier)));
+struct EmbeddedCache::NvmeRead {
+  struct Free {
+    void operator()(std::byte* p) const { std::free(p); }
+  };
+  BlockKey key;
+  NvmeChunkInfo info;
+  std::unique_ptr<std::byte, Free> memory;
+  size_t size = 0;
+
+  absl::Span<std::byte> buffer() { return absl::MakeSpan(memory.get(), size); }
+};
+
+EmbeddedCache::EmbeddedCache(const CacheOptions& options) : options_(options) {}
+
+absl::StatusOr<std::unique_ptr<EmbeddedCache>> EmbeddedCache::Create(
+    const CacheOptions& options, const EmbeddedCacheSeams& seams) {
+  KVTIER_RETURN_IF_ERROR(options.Validate());
+  std::unique_ptr<EmbeddedCache> cache(new EmbeddedCache(options));
+  DramTierOptions dram = ToDramOptions(options);
+  if (options.nvme.enabled()) {
+    KVTIER_RETURN_IF_ERROR(cache->OpenNvme(seams));
+    EmbeddedCache* self = cache.get();
+    dram.on_evict = [self](const ChunkMeta& meta, absl::Span<const std::byte> encoded) {
+      self->Demote(meta, encoded);
+    };
+  }
+  KVTIER_ASSIGN_OR_RETURN(cache->dram_, DramTier::Create(std::move(dram)));
+  if (cache->track_reads_) {
+    // A bound on the chunks DRAM can hold (4 KiB is the smallest slot).
+    cache->max_tracked_per_shard_ =
+        std::max<uint64_t>(1024, options.dram_capacity_bytes / 4096 / kAccessShards);
+  }
   if (options.register_with_gpu) {
     const Arena& arena = cache->dram_->arena();
     absl::Status s = RegisterHostMemoryForDevice(arena.base(), arena.size());
@@ -105,21 +235,192 @@ absl::StatusOr<std::unique_ptr<EmbeddedCache>> EmbeddedCache::Create(const Cache
   return cache;
 }
 
+absl::Status EmbeddedCache::OpenNvme(const EmbeddedCacheSeams& seams) {
+  KVTIER_ASSIGN_OR_RETURN(admission_, NewAdmissionPolicy(options_.nvme.admission));
+  track_reads_ = options_.nvme.admission != "all";
+  access_ = std::make_unique<AccessShard[]>(kAccessShards);
+  absl::StatusOr<std::unique_ptr<NvmeTier>> tier =
+      NvmeTier::Create(ToNvmeTierOptions(options_, seams.nvme_env));
+  if (!tier.ok()) {
+    return absl::Status(tier.status().code(), absl::StrCat("nvme: ", tier.status().message()));
+  }
+  nvme_ = std::move(*tier);
+  constexpr int kWorkers = 2;
+  for (int i = 0; i < kWorkers; ++i) workers_.emplace_back([this] { WorkerLoop(); });
+  return absl::OkStatus();
+}
+
 EmbeddedCache::~EmbeddedCache() {
+  (void)Close();
   if (gpu_registered_) (void)UnregisterHostMemoryForDevice(dram_->arena().base());
+}
+
+absl::Status EmbeddedCache::Close() {
+  absl::MutexLock close_lock(&close_mu_);
+  if (closed_) return close_status_;
+  closed_ = true;
+  if (nvme_ == nullptr) return absl::OkStatus();
+  WaitForDemotions();
+  // New demotions are dropped from here on; reads in flight complete (their
+  // callbacks post to the workers, which still run).
+  nvme_closed_.store(true);
+  WaitForDemotions();
+  close_status_ = nvme_->Close();
+  {
+    absl::MutexLock lock(&work_mu_);
+    workers_stopping_ = true;
+  }
+  for (std::thread& t : workers_) t.join();
+  workers_.clear();
+  return close_status_;
+}
+
+void EmbeddedCache::WaitForDemotions() {
+  if (nvme_ == nullptr) return;
+  absl::MutexLock lock(&demote_mu_);
+  demote_mu_.Await(absl::Condition(
+      +[](uint64_t* n) { return *n == 0; }, &demotions_in_flight_));
+}
+
+// ---- demotion -----------------------------------------------------------------
+
+void EmbeddedCache::Demote(const ChunkMeta& meta, absl::Span<const std::byte> encoded) {
+  const uint32_t reads = track_reads_ ? TakeReads(meta.namespace_id, meta.key) : 0;
+  if (nvme_closed_.load(std::memory_order_relaxed)) {
+    skipped_io_error_.fetch_add(1, std::memory_order_relaxed);
+    return;
+  }
+  if (nvme_->Contains(meta.namespace_id, meta.key)) {
+    already_stored_.fetch_add(1, std::memory_order_relaxed);
+    return;
+  }
+  if (!admission_->Admit(meta, reads)) {
+    skipped_admission_.fetch_add(1, std::memory_order_relaxed);
+    return;
+  }
+  {
+    absl::MutexLock lock(&demote_mu_);
+    ++demotions_in_flight_;
+  }
+  absl::Status s = nvme_->PutAsync(meta, encoded, [this](absl::Status st) { DemotionDone(st); });
+  if (!s.ok()) {
+    switch (s.code()) {
+      case absl::StatusCode::kUnavailable:
+        skipped_busy_.fetch_add(1, std::memory_order_relaxed);
+        break;
+      case absl::StatusCode::kResourceExhausted:
+        skipped_full_.fetch_add(1, std::memory_order_relaxed);
+        break;
+      default:
+        skipped_io_error_.fetch_add(1, std::memory_order_relaxed);
+        break;
+    }
+    absl::MutexLock lock(&demote_mu_);
+    --demotions_in_flight_;
+  }
+}
+
+void EmbeddedCache::DemotionDone(const absl::Status& status) {
+  if (status.ok()) {
+    demoted_.fetch_add(1, std::memory_order_relaxed);
+  } else {
+    skipped_io_error_.fetch_add(1, std::memory_order_relaxed);
+  }
+  absl::MutexLock lock(&demote_mu_);
+  --demotions_in_flight_;
+}
+
+// ---- read tracking (admission) ------------------------------------------------
+
+void EmbeddedCache::NoteRead(uint64_t ns_id, const BlockKey& key) {
+  if (!track_reads_) return;
+  NsKey k{ns_id, key};
+  AccessShard& sh = access_[absl::HashOf(k) % kAccessShards];
+  absl::MutexLock lock(&sh.mu);
+  ++sh.reads[k];
+  if (sh.reads.size() > max_tracked_per_shard_) {
+    // Entries of chunks that left DRAM without an eviction (Remove) linger;
+    // drop every entry whose chunk is gone.
+    absl::erase_if(sh.reads,
+                   [&](const auto& kv) { return !dram_->CouldExist(kv.first.ns, kv.first.key); });
+  }
+}
+
+uint32_t EmbeddedCache::TakeReads(uint64_t ns_id, const BlockKey& key) {
+  NsKey k{ns_id, key};
+  AccessShard& sh = access_[absl::HashOf(k) % kAccessShards];
+  absl::MutexLock lock(&sh.mu);
+  auto it = sh.reads.find(k);
+  if (it == sh.reads.end()) return 0;
+  const uint32_t n = it->second;
+  sh.reads.erase(it);
+  return n;
+}
+
+void EmbeddedCache::ForgetReads(uint64_t ns_id, const BlockKey& key) {
+  if (track_reads_) (void)TakeReads(ns_id, key);
+}
+
+// ---- workers --------------------------------------------------------------------
+
+void EmbeddedCache::Post(absl::AnyInvocable<void() &&> task) {
+  {
+    absl::MutexLock lock(&work_mu_);
+    if (!workers_stopping_ && !workers_.empty()) {
+      work_.push_back(std::move(task));
+      return;
+    }
+  }
+  std::move(task)();
+}
+
+void EmbeddedCache::WorkerLoop() {
+  for (;;) {
+    absl::AnyInvocable<void() &&> task;
+    {
+      absl::MutexLock lock(&work_mu_);
+      work_mu_.Await(absl::Condition(
+          +[](EmbeddedCache* c) { return c->workers_stopping_ || !c->work_.empty(); }, this));
+      if (work_.empty()) return;  // stopping, and everything queued has run
+      task = std::move(work_.front());
+      work_.pop_front();
+    }
+    std::move(task)();
+  }
+}
+
+// ---- lookup -----------------------------------------------------------------------
+
+std::vector<ChunkLocation> EmbeddedCache::Locate(uint64_t ns_id,
+                                                 absl::Span<const BlockKey> chain) const {
+  const size_t in_dram = dram_->MatchPrefix(ns_id, chain);
+  std::vector<ChunkLocation> out(in_dram, ChunkLocation{Tier::kDram, ""});
+  if (nvme_ == nullptr || nvme_closed_.load(std::memory_order_relaxed)) return out;
+  for (size_t i = in_dram; i < chain.size(); ++i) {
+    if (nvme_->Contains(ns_id, chain[i])) {
+      out.push_back(ChunkLocation{Tier::kNvme, ""});
+    } else if (dram_->CouldExist(ns_id, chain[i])) {
+      out.push_back(ChunkLocation{Tier::kDram, ""});
+    } else {
+      break;
+    }
+  }
+  return out;
 }
 
 absl::StatusOr<LookupResult> EmbeddedCache::Lookup(const Namespace& ns,
                                                    absl::Span<const BlockKey> chain) {
   KVTIER_RETURN_IF_ERROR(ValidateChain(chain));
   LookupResult result;
-  result.matched = dram_->MatchPrefix(ns.id(), chain);
-  result.chunks.assign(result.matched, ChunkLocation{Tier::kDram, ""});
+  result.chunks = Locate(ns.id(), chain);
+  result.matched = result.chunks.size();
   lookups_.fetch_add(1, std::memory_order_relaxed);
   lookup_chunks_.fetch_add(chain.size(), std::memory_order_relaxed);
   lookup_hits_.fetch_add(result.matched, std::memory_order_relaxed);
   return result;
 }
+
+// ---- save -------------------------------------------------------------------------
 
 absl::Status EmbeddedCache::Save(const Namespace& ns, const ChunkRef& chunk,
                                  absl::Span<const std::byte> payload) {
@@ -136,17 +437,287 @@ absl::StatusOr<DramTier::SlotReservation> EmbeddedCache::ReserveSlot(const Names
   return dram_->ReserveSlot(meta, payload_bytes);
 }
 
+// ---- NVMe reads ---------------------------------------------------------------------
+
+absl::StatusOr<std::unique_ptr<EmbeddedCache::NvmeRead>> EmbeddedCache::StartNvmeRead(
+    const Namespace& ns, const BlockKey& key, size_t out_limit) {
+  absl::StatusOr<NvmeChunkInfo> info = nvme_closed_.load(std::memory_order_relaxed)
+                                           ? absl::NotFoundError("the NVMe tier is closed")
+                                           : nvme_->Describe(ns.id(), key);
+  if (!info.ok()) {
+    nvme_misses_.fetch_add(1, std::memory_order_relaxed);
+    return absl::NotFoundError(
+        absl::StrCat("chunk ", key.ToHex(), " is not cached in namespace ", ns.id()));
+  }
+  if (info->meta.layout_signature != ns.layout_signature()) {
+    nvme_misses_.fetch_add(1, std::memory_order_relaxed);
+    return absl::NotFoundError(
+        absl::StrCat("chunk ", key.ToHex(), " is cached with another KV layout"));
+  }
+  const uint64_t payload = info->encoded_bytes - kChunkHeaderBytes;
+  if (payload > out_limit) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "out: ", out_limit, " bytes, smaller than the chunk payload (", payload, " bytes)"));
+  }
+  auto read = std::make_unique<NvmeRead>();
+  read->key = key;
+  read->info = *info;
+  read->size = AlignUp(info->direct_bytes, 4096);
+  read->memory.reset(static_cast<std::byte*>(std::aligned_alloc(4096, read->size)));
+  if (read->memory == nullptr) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("cannot allocate ", read->size, " bytes to read a chunk from NVMe"));
+  }
+  return read;
+}
+
+absl::StatusOr<size_t> EmbeddedCache::FinishNvmeRead(const Namespace& ns, NvmeRead& read,
+                                                     absl::StatusOr<size_t> got,
+                                                     absl::Span<std::byte> out, bool* promoted) {
+  *promoted = false;
+  const std::string key_hex = read.key.ToHex();
+  if (!got.ok()) {
+    // Gone meanwhile (NotFound), damaged (DataLoss: dropped and counted by
+    // the tier) or unreadable (Unavailable: dropped): a miss either way.
+    nvme_misses_.fetch_add(1, std::memory_order_relaxed);
+    return absl::NotFoundError(absl::StrCat("chunk ", key_hex, " is not cached in namespace ",
+                                            ns.id(), " (NVMe: ", got.status().message(), ")"));
+  }
+  ChunkExpectation expect;
+  expect.namespace_id = ns.id();
+  expect.key = read.key;
+  expect.layout_signature = ns.layout_signature();
+  expect.verify_payload_checksum = false;  // the tier verified it
+  absl::StatusOr<DecodedChunk> chunk =
+      DecodeChunk(absl::MakeConstSpan(read.memory.get(), *got), expect);
+  if (!chunk.ok()) {
+    nvme_misses_.fetch_add(1, std::memory_order_relaxed);
+    return absl::NotFoundError(absl::StrCat("chunk ", key_hex, " is not cached in namespace ",
+                                            ns.id(), " (NVMe: ", chunk.status().message(), ")"));
+  }
+  const size_t n = chunk->payload.size();
+  if (!out.empty()) {
+    if (out.size() < n) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "out: ", out.size(), " bytes, smaller than the chunk payload (", n, " bytes)"));
+    }
+    std::memcpy(out.data(), chunk->payload.data(), n);
+  }
+  absl::Status s = dram_->SavePayload(read.info.meta, chunk->payload);
+  if (s.ok()) {
+    *promoted = true;
+    promoted_.fetch_add(1, std::memory_order_relaxed);
+    NoteRead(ns.id(), read.key);
+  } else {
+    promotion_failures_.fetch_add(1, std::memory_order_relaxed);
+  }
+  return n;
+}
+
+absl::StatusOr<size_t> EmbeddedCache::LoadFromNvme(const Namespace& ns, const BlockKey& key,
+                                                   absl::Span<std::byte> out, bool* promoted) {
+  *promoted = false;
+  KVTIER_ASSIGN_OR_RETURN(std::unique_ptr<NvmeRead> read,
+                          StartNvmeRead(ns, key, out.empty() ? SIZE_MAX : out.size()));
+  absl::StatusOr<size_t> got = nvme_->Get(ns.id(), key, read->buffer());
+  return FinishNvmeRead(ns, *read, std::move(got), out, promoted);
+}
+
 absl::StatusOr<size_t> EmbeddedCache::Load(const Namespace& ns, const BlockKey& key,
                                            absl::Span<std::byte> out) {
-  return dram_->LoadPayload(ns.id(), key, ns.layout_signature(), out);
+  absl::StatusOr<size_t> r = dram_->LoadPayload(ns.id(), key, ns.layout_signature(), out);
+  if (r.ok()) {
+    NoteRead(ns.id(), key);
+    return r;
+  }
+  if (nvme_ == nullptr || r.status().code() != absl::StatusCode::kNotFound) return r;
+  if (out.empty()) {
+    return absl::InvalidArgumentError("out: 0 bytes, too small for any chunk payload");
+  }
+  bool promoted = false;
+  return LoadFromNvme(ns, key, out, &promoted);
+}
+
+void EmbeddedCache::LoadAsync(const Namespace& ns, const BlockKey& key, absl::Span<std::byte> out,
+                              LoadCallback done) {
+  absl::StatusOr<size_t> r = dram_->LoadPayload(ns.id(), key, ns.layout_signature(), out);
+  if (r.ok()) NoteRead(ns.id(), key);
+  if (r.ok() || nvme_ == nullptr || r.status().code() != absl::StatusCode::kNotFound) {
+    std::move(done)(std::move(r));
+    return;
+  }
+  if (out.empty()) {
+    std::move(done)(absl::InvalidArgumentError("out: 0 bytes, too small for any chunk payload"));
+    return;
+  }
+  absl::StatusOr<std::unique_ptr<NvmeRead>> started = StartNvmeRead(ns, key, out.size());
+  if (!started.ok()) {
+    std::move(done)(started.status());
+    return;
+  }
+  // The read, the namespace and the callback travel together until the
+  // worker finishes the load.
+  struct Job {
+    Namespace ns;
+    std::unique_ptr<NvmeRead> read;
+    absl::Span<std::byte> out;
+    LoadCallback done;
+  };
+  auto job = std::make_shared<Job>(Job{ns, std::move(*started), out, std::move(done)});
+  absl::Span<std::byte> buffer = job->read->buffer();
+  absl::Status s =
+      nvme_->GetAsync(ns.id(), key, buffer, [this, job](absl::StatusOr<size_t> got) mutable {
+        Post([this, job, got = std::move(got)]() mutable {
+          bool promoted = false;
+          absl::StatusOr<size_t> n =
+              FinishNvmeRead(job->ns, *job->read, std::move(got), job->out, &promoted);
+          std::move(job->done)(std::move(n));
+        });
+      });
+  if (s.ok()) return;
+  if (s.code() == absl::StatusCode::kUnavailable) {
+    // Too much in flight: a worker reads it, waiting for room.
+    Post([this, job]() mutable {
+      absl::StatusOr<size_t> got = nvme_->Get(job->ns.id(), job->read->key, job->read->buffer());
+      bool promoted = false;
+      absl::StatusOr<size_t> n =
+          FinishNvmeRead(job->ns, *job->read, std::move(got), job->out, &promoted);
+      std::move(job->done)(std::move(n));
+    });
+    return;
+  }
+  bool promoted = false;
+  std::move(job->done)(FinishNvmeRead(ns, *job->read, s, out, &promoted));
+}
+
+absl::Status EmbeddedCache::Prefetch(const Namespace& ns, absl::Span<const BlockKey> chain,
+                                     PrefetchCallback done) {
+  KVTIER_RETURN_IF_ERROR(ValidateChain(chain));
+  if (nvme_ == nullptr) {
+    std::move(done)(PrefetchResult{});
+    return absl::OkStatus();
+  }
+  std::vector<ChunkLocation> where = Locate(ns.id(), chain);
+  std::vector<BlockKey> keys;
+  for (size_t i = 0; i < where.size(); ++i) {
+    if (where[i].tier == Tier::kNvme) keys.push_back(chain[i]);
+  }
+  if (keys.empty()) {
+    std::move(done)(PrefetchResult{});
+    return absl::OkStatus();
+  }
+  Post([this, ns, keys = std::move(keys), done = std::move(done)]() mutable {
+    PrefetchResult result;
+    result.requested = keys.size();
+    // Reads go out together, up to what NVMe takes in flight; each is
+    // promoted as it completes, in chain order.
+    struct Pending {
+      std::unique_ptr<NvmeRead> read;
+      std::future<absl::StatusOr<size_t>> got;
+    };
+    std::deque<Pending> pending;
+    auto finish_oldest = [&] {
+      Pending p = std::move(pending.front());
+      pending.pop_front();
+      bool promoted = false;
+      absl::StatusOr<size_t> n = FinishNvmeRead(ns, *p.read, p.got.get(), {}, &promoted);
+      if (n.ok() && promoted) {
+        ++result.promoted;
+        prefetched_.fetch_add(1, std::memory_order_relaxed);
+      } else {
+        ++result.failed;
+      }
+    };
+    for (const BlockKey& key : keys) {
+      absl::StatusOr<std::unique_ptr<NvmeRead>> read = StartNvmeRead(ns, key, SIZE_MAX);
+      if (!read.ok()) {
+        ++result.failed;
+        continue;
+      }
+      for (;;) {
+        auto promise = std::make_shared<std::promise<absl::StatusOr<size_t>>>();
+        std::future<absl::StatusOr<size_t>> got = promise->get_future();
+        absl::Status s = nvme_->GetAsync(
+            ns.id(), key, (*read)->buffer(),
+            [promise](absl::StatusOr<size_t> r) { promise->set_value(std::move(r)); });
+        if (s.ok()) {
+          pending.push_back(Pending{std::move(*read), std::move(got)});
+          break;
+        }
+        if (s.code() == absl::StatusCode::kUnavailable && !pending.empty()) {
+          finish_oldest();  // frees room in flight
+          continue;
+        }
+        if (s.code() == absl::StatusCode::kUnavailable) {
+          promise->set_value(nvme_->Get(ns.id(), key, (*read)->buffer()));
+        } else {
+          promise->set_value(s);
+        }
+        pending.push_back(Pending{std::move(*read), std::move(got)});
+        break;
+      }
+    }
+    while (!pending.empty()) finish_oldest();
+    std::move(done)(result);
+  });
+  return absl::OkStatus();
 }
 
 absl::StatusOr<ChunkPin> EmbeddedCache::Pin(const Namespace& ns, const BlockKey& key) {
-  return dram_->PinChunk(ns.id(), key);
+  absl::StatusOr<ChunkPin> pin = dram_->PinChunk(ns.id(), key, ns.layout_signature());
+  if (pin.ok()) {
+    NoteRead(ns.id(), key);
+    return pin;
+  }
+  if (nvme_ == nullptr || pin.status().code() != absl::StatusCode::kNotFound) return pin;
+  // Promote, then pin; another thread's saves may evict the promoted chunk
+  // before the pin takes it, so try a few times.
+  constexpr int kAttempts = 3;
+  for (int attempt = 0; attempt < kAttempts; ++attempt) {
+    bool promoted = false;
+    absl::StatusOr<size_t> n = LoadFromNvme(ns, key, {}, &promoted);
+    if (!n.ok()) return n.status();
+    if (!promoted) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "chunk ", key.ToHex(), " is on NVMe, but DRAM has no room to promote it for a pin"));
+    }
+    pin = dram_->PinChunk(ns.id(), key, ns.layout_signature());
+    if (pin.ok() || pin.status().code() != absl::StatusCode::kNotFound) return pin;
+  }
+  return pin;
 }
 
 absl::StatusOr<size_t> EmbeddedCache::Remove(const Namespace& ns, const BlockKey& key) {
-  return dram_->RemoveTree(ns.id(), key);
+  return RemoveById(ns.id(), key);
+}
+
+absl::StatusOr<size_t> EmbeddedCache::RemoveById(uint64_t namespace_id, const BlockKey& key) {
+  absl::StatusOr<size_t> removed = dram_->RemoveTree(namespace_id, key);
+  ForgetReads(namespace_id, key);
+  if (nvme_ == nullptr || nvme_closed_.load(std::memory_order_relaxed)) return removed;
+  absl::Status s = nvme_->Remove(namespace_id, key);
+  if (removed.ok()) return removed;
+  if (s.ok()) return size_t{1};
+  if (s.code() != absl::StatusCode::kNotFound) return s;
+  return removed.status();
+}
+
+size_t EmbeddedCache::RemoveNamespace(uint64_t namespace_id) {
+  if (nvme_ == nullptr || nvme_closed_.load(std::memory_order_relaxed)) {
+    return dram_->RemoveNamespace(namespace_id);
+  }
+  // Chunks in both tiers count once: note which NVMe chunks DRAM also holds.
+  const std::vector<BlockKey> on_nvme = nvme_->KeysOf(namespace_id);
+  std::vector<bool> in_dram(on_nvme.size());
+  for (size_t i = 0; i < on_nvme.size(); ++i) {
+    in_dram[i] = dram_->MatchPrefix(namespace_id, absl::MakeConstSpan(&on_nvme[i], 1)) > 0;
+  }
+  size_t removed = dram_->RemoveNamespace(namespace_id);
+  for (size_t i = 0; i < on_nvme.size(); ++i) {
+    ForgetReads(namespace_id, on_nvme[i]);
+    if (nvme_->Remove(namespace_id, on_nvme[i]).ok() && !in_dram[i]) ++removed;
+  }
+  return removed;
 }
 
 CacheStats EmbeddedCache::Stats() const {
@@ -158,6 +729,36 @@ CacheStats EmbeddedCache::Stats() const {
   s.huge_pages = dram_->huge_pages();
   s.gpu_registered = gpu_registered_;
   s.gpu_registration = gpu_registration_;
+  if (nvme_ != nullptr) {
+    const NvmeTierStats d = nvme_->DetailedStats();
+    TieringStats& t = s.tiering;
+    t.nvme_enabled = true;
+    t.nvme_volume = d.volume_path;
+    t.nvme_io_mode = d.io_mode;
+    t.nvme_open_source = d.open_source;
+    t.nvme_recovered_chunks = d.recovered_chunks;
+    t.demoted = demoted_.load(std::memory_order_relaxed);
+    t.demotion_already_stored = already_stored_.load(std::memory_order_relaxed);
+    t.skipped_admission = skipped_admission_.load(std::memory_order_relaxed);
+    t.skipped_busy = skipped_busy_.load(std::memory_order_relaxed);
+    t.skipped_full = skipped_full_.load(std::memory_order_relaxed);
+    t.skipped_io_error = skipped_io_error_.load(std::memory_order_relaxed);
+    {
+      absl::MutexLock lock(&demote_mu_);
+      t.demotions_in_flight = demotions_in_flight_;
+    }
+    t.promoted = promoted_.load(std::memory_order_relaxed);
+    t.promotion_failures = promotion_failures_.load(std::memory_order_relaxed);
+    t.prefetched = prefetched_.load(std::memory_order_relaxed);
+    TierStats nv = d.tier;
+    nv.tier = Tier::kNvme;
+    // Misses: loads that found the chunk in neither tier, or damaged on NVMe.
+    nv.misses = nvme_misses_.load(std::memory_order_relaxed);
+    // Rejections: demotions NVMe refused or failed (admission refusals are
+    // policy, not lack of room, and are counted in TieringStats only).
+    nv.save_rejections = t.skipped_busy + t.skipped_full + t.skipped_io_error;
+    s.tiers.push_back(nv);
+  }
   return s;
 }
 

@@ -298,6 +298,48 @@ grpc::Status CacheService::Config(grpc::ServerContext* ctx, const v1::ConfigRequ
   return Finish(timer, Method::kConfig, &*who, s);
 }
 
+// ---- shared-memory control sessions ---------------------------------------------
+
+absl::StatusOr<std::string> CacheService::Control(const Principal& principal,
+                                                  shm::ControlMethod method,
+                                                  absl::string_view body) {
+  InflightScope inflight(inflight_);
+  Principal who = principal;
+  auto serve = [&](Method m, auto req, auto resp, auto handler) -> absl::StatusOr<std::string> {
+    Metrics::RpcTimer timer(metrics_, m);
+    absl::Status s;
+    if (draining_.load()) {
+      s = absl::UnavailableError("kvtierd is shutting down");
+    } else if (!req.ParseFromArray(body.data(), static_cast<int>(body.size()))) {
+      s = absl::InvalidArgumentError(
+          absl::StrCat("request: not a valid ", req.GetTypeName(), " message"));
+    } else {
+      s = (this->*handler)(nullptr, req, resp, who);
+    }
+    (void)Finish(timer, m, &who, s);
+    if (!s.ok()) return s;
+    return resp.SerializeAsString();
+  };
+  switch (method) {
+    case shm::ControlMethod::kLookup:
+      return serve(Method::kLookup, v1::LookupRequest(), v1::LookupResponse(),
+                   &CacheService::DoLookup);
+    case shm::ControlMethod::kReserve:
+      return serve(Method::kReserve, v1::ReserveRequest(), v1::ReserveResponse(),
+                   &CacheService::DoReserve);
+    case shm::ControlMethod::kCommit:
+      return serve(Method::kCommit, v1::CommitRequest(), v1::CommitResponse(),
+                   &CacheService::DoCommit);
+    case shm::ControlMethod::kPin:
+      return serve(Method::kPin, v1::PinRequest(), v1::PinResponse(), &CacheService::DoPin);
+    case shm::ControlMethod::kRelease:
+      return serve(Method::kRelease, v1::ReleaseRequest(), v1::ReleaseResponse(),
+                   &CacheService::DoRelease);
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat("method: ", static_cast<int>(method), " is not a control method"));
+}
+
 // ---- Lookup -------------------------------------------------------------------
 
 absl::Status CacheService::DoLookup(grpc::ServerContext*, const v1::LookupRequest& req,
@@ -620,9 +662,13 @@ absl::Status CacheService::DoPrefetch(grpc::ServerContext*, const v1::PrefetchRe
   }
   resp.set_matched(static_cast<uint32_t>(r.matched));
   resp.set_resident_in_dram(in_dram);
-  // Every cached chunk is in DRAM, the only tier of this cache: nothing to
-  // bring up.
-  resp.set_scheduled(0);
+  // The NVMe-resident chunks of the matched prefix come up in the background;
+  // the reply does not wait for the disk.
+  const uint32_t to_move = static_cast<uint32_t>(r.matched) - in_dram;
+  if (to_move > 0) {
+    KVTIER_RETURN_IF_ERROR(cache_->Prefetch(ns, keys, [](PrefetchResult) {}));
+  }
+  resp.set_scheduled(to_move);
   return absl::OkStatus();
 }
 
@@ -644,10 +690,12 @@ absl::Status CacheService::DoEvict(grpc::ServerContext*, const v1::EvictRequest&
   }
   uint64_t removed = 0;
   if (keys.empty()) {
-    removed = cache_->dram().RemoveNamespace(ns_id);
+    removed = cache_->RemoveNamespace(ns_id);
   } else {
+    // Every tier: Cache::Remove drops the key's subtree from DRAM and the
+    // key from NVMe.
     for (const BlockKey& key : keys) {
-      absl::StatusOr<size_t> n = cache_->dram().RemoveTree(ns_id, key);
+      absl::StatusOr<size_t> n = cache_->RemoveById(ns_id, key);
       if (n.ok()) removed += *n;
     }
   }

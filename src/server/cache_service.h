@@ -35,6 +35,7 @@
 #include "src/server/frames.h"
 #include "src/server/log.h"
 #include "src/server/metrics.h"
+#include "src/server/shm_protocol.h"
 
 namespace kvtier::server {
 
@@ -68,6 +69,14 @@ class CacheService final : public grpc::Service {
   // Aborts reservations and drops pins whose lease ran out; returns how many.
   size_t ExpireLeases(absl::Time now);
   uint64_t leases() const;
+
+  // Serves one call of a shared-memory control session (shm_protocol.h) for
+  // `who`, whose token opened the session: the checks, limits, metrics and
+  // logs of the RPC of the same name. `body` is the serialized request;
+  // returns the serialized response. InvalidArgument for a body that does
+  // not parse or an unknown method.
+  absl::StatusOr<std::string> Control(const Principal& who, shm::ControlMethod method,
+                                      absl::string_view body);
 
   grpc::Status Lookup(grpc::ServerContext* ctx, const v1::LookupRequest* req,
                       v1::LookupResponse* resp);

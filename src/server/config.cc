@@ -1,11 +1,13 @@
 #include "src/server/config.h"
 
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
 #include <cmath>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <optional>
 #include <set>
@@ -173,6 +175,38 @@ absl::Status ApplySetting(const std::string& name, const std::string& value,
     KVTIER_ASSIGN_OR_RETURN(c.dram.prefault, ParseBool(value, field));
   } else if (name == "dram.eviction_policy") {
     c.dram.eviction_policy = value;
+  } else if (name == "nvme.enabled") {
+    KVTIER_ASSIGN_OR_RETURN(c.nvme_enabled, ParseBool(value, field));
+  } else if (name == "nvme.path") {
+    if (value == "off" || value == "none") {
+      c.nvme_enabled = false;
+    } else if (!value.empty()) {
+      c.nvme_enabled = true;
+      c.dram.nvme.path = value;
+    }
+  } else if (name == "nvme.capacity") {
+    // 0: the default size.
+    KVTIER_ASSIGN_OR_RETURN(c.dram.nvme.capacity_bytes, ParseByteSize(value, field));
+  } else if (name == "nvme.slot_payload_sizes") {
+    c.dram.nvme.slot_payload_bytes.clear();
+    for (absl::string_view part : absl::StrSplit(value, ',', absl::SkipWhitespace())) {
+      KVTIER_ASSIGN_OR_RETURN(uint64_t v, ParseByteSize(std::string(part), field));
+      c.dram.nvme.slot_payload_bytes.push_back(v);
+    }
+  } else if (name == "nvme.io_mode") {
+    c.dram.nvme.io_mode = value;
+  } else if (name == "nvme.queue_depth") {
+    KVTIER_ASSIGN_OR_RETURN(c.dram.nvme.queue_depth, ParseU32(value, field, 1, 4096));
+  } else if (name == "nvme.max_inflight") {
+    KVTIER_ASSIGN_OR_RETURN(c.dram.nvme.max_inflight_bytes, ParseByteSize(value, field));
+  } else if (name == "nvme.admission") {
+    c.dram.nvme.admission = value;
+  } else if (name == "nvme.durability") {
+    c.dram.nvme.durability = value;
+  } else if (name == "nvme.write_snapshot") {
+    KVTIER_ASSIGN_OR_RETURN(c.dram.nvme.write_snapshot, ParseBool(value, field));
+  } else if (name == "nvme.eviction_policy") {
+    c.dram.nvme.eviction_policy = value;
   } else if (name == "auth.admin_token") {
     c.admin_token = value;
   } else if (name == "auth.admin_token_file") {
@@ -207,6 +241,9 @@ const std::map<std::string, std::set<std::string>>& SectionKeys() {
        {"unix_socket", "unix_socket_mode", "shared_memory", "tcp", "allow_insecure_tcp", "http"}},
       {"tls", {"cert_file", "key_file", "client_ca_file", "require_client_cert"}},
       {"dram", {"capacity", "slab", "index_shards", "huge_pages", "prefault", "eviction_policy"}},
+      {"nvme",
+       {"enabled", "path", "capacity", "slot_payload_sizes", "io_mode", "queue_depth",
+        "max_inflight", "admission", "durability", "write_snapshot", "eviction_policy"}},
       {"auth", {"admin_token", "admin_token_file", "tenants"}},
       {"limits",
        {"max_keys_per_request", "max_tokens_per_request", "max_message_bytes",
@@ -281,6 +318,11 @@ absl::Status ApplyYamlNode(const YAML::Node& root, DaemonConfig& c) {
         KVTIER_RETURN_IF_ERROR(ApplyTenants(v, c));
         continue;
       }
+      if (path == "nvme.slot_payload_sizes" && !v.IsScalar()) {
+        KVTIER_ASSIGN_OR_RETURN(std::vector<std::string> sizes, Yaml::StringList(v, path));
+        KVTIER_RETURN_IF_ERROR(ApplySetting(path, absl::StrJoin(sizes, ","), path, c));
+        continue;
+      }
       KVTIER_ASSIGN_OR_RETURN(std::string text, Yaml::Scalar(v, path));
       KVTIER_RETURN_IF_ERROR(ApplySetting(path, text, path, c));
     }
@@ -318,6 +360,13 @@ const std::vector<FlagSpec>& FlagSpecs() {
       {"slab", "dram.slab", true, "DRAM slab size (default 64MiB)"},
       {"huge-pages", "dram.huge_pages", true, "back the arena with huge pages: true/false"},
       {"prefault", "dram.prefault", true, "touch every arena page at start: true/false"},
+      {"eviction-policy", "dram.eviction_policy", true,
+       "DRAM eviction: lru | 2q | 2q-chain | cost"},
+      {"nvme", "nvme.path", true, "NVMe tier folder or device; 'off' = DRAM only"},
+      {"nvme-capacity", "nvme.capacity", true, "NVMe volume size (default free/4, <= 16GiB)"},
+      {"nvme-io-mode", "nvme.io_mode", true, "direct | buffered (tmpfs and the like)"},
+      {"nvme-admission", "nvme.admission", true, "all | second-chance"},
+      {"nvme-slot-sizes", "nvme.slot_payload_sizes", true, "chunk payload sizes, e.g. 1MiB,4MiB"},
       {"admin-token-file", "auth.admin_token_file", true, "file holding the admin token"},
       {"lease-seconds", "limits.lease_seconds", true, "life of unreleased reservations/pins"},
       {"drain-seconds", "shutdown.drain_seconds", true, "SIGTERM grace for in-flight RPCs"},
@@ -349,6 +398,8 @@ constexpr EnvSpec kEnvSpecs[] = {
     {"KVTIER_LOG_LEVEL", "log.level"},
     {"KVTIER_ADMIN_TOKEN", "auth.admin_token"},
     {"KVTIER_SHARED_MEMORY", "listen.shared_memory"},
+    {"KVTIER_NVME", "nvme.path"},
+    {"KVTIER_NVME_CAPACITY", "nvme.capacity"},
 };
 
 }  // namespace
@@ -362,6 +413,25 @@ uint64_t DefaultDramBytes() {
   uint64_t bytes = std::min(ram / 4, kMaxDefaultDram);
   bytes = bytes / kDefaultSlab * kDefaultSlab;
   return std::max(bytes, kDefaultSlab);
+}
+
+std::string DefaultNvmePath(const std::string& data_dir) {
+  if (!data_dir.empty()) return absl::StrCat(data_dir, "/nvme");
+  return absl::StrCat("/var/tmp/kvtier-", getuid(), "/nvme");
+}
+
+uint64_t DefaultNvmeBytes(const std::string& folder) {
+  constexpr uint64_t kUnit = 64ull << 20;
+  constexpr uint64_t kMax = 16ull << 30;
+  constexpr uint64_t kMin = 256ull << 20;
+  std::filesystem::path p(folder);
+  std::error_code ec;
+  while (!p.empty() && !std::filesystem::exists(p, ec) && p != p.root_path()) p = p.parent_path();
+  struct statvfs fs;
+  if (p.empty() || statvfs(p.c_str(), &fs) != 0) return 0;
+  const uint64_t free_bytes = uint64_t(fs.f_bavail) * uint64_t(fs.f_frsize);
+  const uint64_t bytes = std::min(free_bytes / 4, kMax) / kUnit * kUnit;
+  return bytes < kMin ? 0 : bytes;
 }
 
 absl::StatusOr<uint64_t> ParseByteSize(const std::string& text, const std::string& field) {
@@ -512,6 +582,7 @@ absl::StatusOr<DaemonConfig> LoadConfig(const CommandLine& cl,
                                         const std::map<std::string, std::string>& env) {
   DaemonConfig c;
   c.dram.dram_capacity_bytes = 0;  // filled below unless set
+  c.dram.nvme.capacity_bytes = 0;  // likewise
   std::string file = cl.config_file;
   if (file.empty()) {
     auto it = env.find("KVTIER_CONFIG");
@@ -530,6 +601,24 @@ absl::StatusOr<DaemonConfig> LoadConfig(const CommandLine& cl,
     }
   }
   if (c.dram.dram_capacity_bytes == 0) c.dram.dram_capacity_bytes = DefaultDramBytes();
+  if (!c.nvme_enabled) {
+    c.dram.nvme.path.clear();
+  } else {
+    if (c.dram.nvme.path.empty()) {
+      c.dram.nvme.path = DefaultNvmePath(c.data_dir);
+      c.nvme_create_folder = true;
+    }
+    if (c.dram.nvme.capacity_bytes == 0) {
+      c.dram.nvme.capacity_bytes = DefaultNvmeBytes(c.dram.nvme.path);
+      if (c.dram.nvme.capacity_bytes == 0) {
+        c.nvme_note = absl::StrCat("NVMe tier off: under 1 GiB free for ", c.dram.nvme.path,
+                                   " (set nvme.capacity to force a size)");
+        c.dram.nvme.path.clear();
+        c.nvme_enabled = false;
+        c.nvme_create_folder = false;
+      }
+    }
+  }
   KVTIER_RETURN_IF_ERROR(c.Validate());
   return c;
 }
@@ -595,8 +684,14 @@ absl::Status DaemonConfig::Validate() const {
       return Invalid(field, absl::StrCat("cannot read '", *path, "'"));
     }
   }
-  if (absl::Status s = dram.Validate(); !s.ok()) {
+  CacheOptions dram_only = dram;
+  dram_only.nvme.path.clear();
+  if (absl::Status s = dram_only.Validate(); !s.ok()) {
     return absl::InvalidArgumentError(absl::StrCat("dram: ", s.message()));
+  }
+  if (dram.nvme.enabled()) {
+    // Messages name "nvme.<field>" already.
+    KVTIER_RETURN_IF_ERROR(dram.Validate());
   }
   std::set<std::string> names, tokens;
   if (!admin_token.empty() && admin_token.size() < kMinTokenLength) {
@@ -661,6 +756,20 @@ std::string DaemonConfig::ToRedactedYaml() const {
   out << YAML::Key << "huge_pages" << YAML::Value << dram.huge_pages;
   out << YAML::Key << "prefault" << YAML::Value << dram.prefault;
   out << YAML::Key << "eviction_policy" << YAML::Value << dram.eviction_policy;
+  out << YAML::EndMap;
+  out << YAML::Key << "nvme" << YAML::Value << YAML::BeginMap;
+  out << YAML::Key << "enabled" << YAML::Value << dram.nvme.enabled();
+  out << YAML::Key << "path" << YAML::Value << dram.nvme.path;
+  out << YAML::Key << "capacity" << YAML::Value << dram.nvme.capacity_bytes;
+  out << YAML::Key << "slot_payload_sizes" << YAML::Value << YAML::Flow
+      << dram.nvme.slot_payload_bytes;
+  out << YAML::Key << "io_mode" << YAML::Value << dram.nvme.io_mode;
+  out << YAML::Key << "queue_depth" << YAML::Value << dram.nvme.queue_depth;
+  out << YAML::Key << "max_inflight" << YAML::Value << dram.nvme.max_inflight_bytes;
+  out << YAML::Key << "admission" << YAML::Value << dram.nvme.admission;
+  out << YAML::Key << "durability" << YAML::Value << dram.nvme.durability;
+  out << YAML::Key << "write_snapshot" << YAML::Value << dram.nvme.write_snapshot;
+  out << YAML::Key << "eviction_policy" << YAML::Value << dram.nvme.eviction_policy;
   out << YAML::EndMap;
   out << YAML::Key << "auth" << YAML::Value << YAML::BeginMap;
   out << YAML::Key << "admin_token" << YAML::Value << redact(admin_token);

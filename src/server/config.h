@@ -53,9 +53,20 @@ struct DaemonConfig {
   bool allow_insecure_tcp = false;      // allow TCP without TLS on a non-loopback address
   std::string http = "127.0.0.1:9464";  // "host:port" of /metrics, /healthz, /readyz; empty = off
   TlsConfig tls;
-  // The DRAM tier (T1). capacity_bytes 0 means the default: a quarter of RAM,
-  // at most 16 GiB.
+  // The cache: the DRAM tier (T1) and, in dram.nvme, the NVMe tier (T2).
+  // dram.dram_capacity_bytes 0 means the default: a quarter of RAM, at most
+  // 16 GiB. dram.nvme.path empty (after LoadConfig) means no NVMe tier.
   CacheOptions dram;
+  // The `nvme:` section. nvme_enabled false turns the tier off; with it on,
+  // an empty dram.nvme.path means DefaultNvmePath() and a zero
+  // dram.nvme.capacity_bytes means DefaultNvmeBytes() (both filled by
+  // LoadConfig).
+  bool nvme_enabled = true;
+  // Set by LoadConfig when it chose the NVMe folder: kvtierd creates it at
+  // start. A folder named in the configuration must exist.
+  bool nvme_create_folder = false;
+  // Why LoadConfig turned the default NVMe tier off (logged at start).
+  std::string nvme_note;
   // Security. No tokens at all = open mode: Unix socket only.
   std::string admin_token;  // allows Evict and Config, and every namespace
   std::vector<TenantConfig> tenants;
@@ -87,6 +98,16 @@ struct DaemonConfig {
 // least 64 MiB; rounded down to whole 64 MiB slabs.
 uint64_t DefaultDramBytes();
 
+// The default NVMe folder: <data_dir>/nvme when data_dir is set, else
+// /var/tmp/kvtier-<uid>/nvme (a disk-backed folder that survives reboots).
+std::string DefaultNvmePath(const std::string& data_dir);
+
+// The default NVMe volume size for a folder: a quarter of the free space of
+// the file system that holds it (or would hold it: the nearest existing
+// parent), at most 16 GiB, rounded down to 64 MiB. 0 when that is under
+// 256 MiB (LoadConfig then leaves the NVMe tier off).
+uint64_t DefaultNvmeBytes(const std::string& folder);
+
 // Parses "4096", "64KiB", "1MiB", "16GiB", "2G", "1.5GiB". InvalidArgument
 // naming `field` otherwise.
 absl::StatusOr<uint64_t> ParseByteSize(const std::string& text, const std::string& field);
@@ -98,8 +119,9 @@ absl::Status ApplyYamlFile(const std::string& path, DaemonConfig& config);
 
 // Applies KVTIER_* variables from `env` (name -> value): KVTIER_DATA_DIR,
 // KVTIER_SOCKET, KVTIER_TCP, KVTIER_HTTP, KVTIER_DRAM, KVTIER_LOG_LEVEL,
-// KVTIER_ADMIN_TOKEN, KVTIER_SHARED_MEMORY. (KVTIER_CONFIG names the file and
-// is read by LoadConfig.)
+// KVTIER_ADMIN_TOKEN, KVTIER_SHARED_MEMORY, KVTIER_NVME (the NVMe folder, or
+// "off"), KVTIER_NVME_CAPACITY. (KVTIER_CONFIG names the file and is read by
+// LoadConfig.)
 absl::Status ApplyEnv(const std::map<std::string, std::string>& env, DaemonConfig& config);
 
 // Parsed command line of kvtierd.

@@ -67,7 +67,7 @@ absl::Status Daemon::Init(std::string version) {
   }
   absl::StatusOr<std::unique_ptr<EmbeddedCache>> cache = EmbeddedCache::Create(config_.dram);
   if (!cache.ok()) {
-    return absl::Status(cache.status().code(), absl::StrCat("dram: ", cache.status().message()));
+    return absl::Status(cache.status().code(), absl::StrCat("cache: ", cache.status().message()));
   }
   cache_ = std::move(*cache);
   while (arena_id_ == 0) {
@@ -130,6 +130,11 @@ absl::Status Daemon::Init(std::string version) {
     shm.arena_fd = cache_->dram().arena().fd();
     shm.arena_id = arena_id_;
     shm.arena_bytes = cache_->dram().arena().size();
+    shm.control = [this](const Principal& who, shm::ControlMethod method, absl::string_view body) {
+      return service_->Control(who, method, body);
+    };
+    shm.max_control_bytes = static_cast<uint32_t>(
+        std::min<uint64_t>(config_.max_grpc_message_bytes, shm::kMaxControlBytes));
     KVTIER_ASSIGN_OR_RETURN(shm_, ShmServer::Start(shm, auth_.get(), log_));
   }
   if (!config_.http.empty()) {

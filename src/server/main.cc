@@ -3,7 +3,9 @@
 // variables, the API and the security model.
 #include <csignal>
 #include <cstdio>
+#include <filesystem>
 #include <string>
+#include <system_error>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -16,12 +18,14 @@ namespace {
 
 constexpr const char* kUsage =
     "usage: kvtierd [--config FILE] [flags]\n\n"
-    "The kvtier node daemon: a DRAM cache of attention KV chunks served over gRPC\n"
-    "(Unix socket always, TCP when configured), with shared memory for local\n"
-    "engines and /metrics, /healthz, /readyz over HTTP. With no configuration it\n"
-    "runs the embedded default: DRAM of a quarter of RAM (at most 16 GiB), Unix\n"
-    "socket only. Settings apply in this order: defaults, the YAML file, KVTIER_*\n"
-    "environment variables, flags. SIGTERM or SIGINT drains and exits 0.\n\n"
+    "The kvtier node daemon: a cache of attention KV chunks in DRAM and on local\n"
+    "NVMe, served over gRPC (Unix socket always, TCP when configured), with shared\n"
+    "memory for local engines and /metrics, /healthz, /readyz over HTTP. With no\n"
+    "configuration it runs the embedded default: DRAM of a quarter of RAM (at most\n"
+    "16 GiB), NVMe in <data_dir>/nvme (or /var/tmp/kvtier-<uid>/nvme) of a quarter\n"
+    "of that file system's free space (at most 16 GiB), Unix socket only. Settings\n"
+    "apply in this order: defaults, the YAML file, KVTIER_* environment variables,\n"
+    "flags. SIGTERM or SIGINT drains, writes the NVMe index snapshot and exits 0.\n\n"
     "flags:\n";
 
 }  // namespace
@@ -60,6 +64,18 @@ int main(int argc, char** argv) {
     return 0;
   }
   Logger log(*kvtier::server::ParseLogLevel(config->log_level));
+  if (!config->nvme_note.empty()) log.Warn("nvme", {{"note", config->nvme_note}});
+  if (config->nvme_create_folder) {
+    // The default NVMe folder is ours to create; a configured one must exist.
+    std::error_code ec;
+    std::filesystem::create_directories(config->dram.nvme.path, ec);
+    if (ec) {
+      log.Error("cannot start",
+                {{"error", absl::StrCat("nvme.path: cannot create '", config->dram.nvme.path,
+                                        "': ", ec.message())}});
+      return 1;
+    }
+  }
 
   // Signals are taken synchronously by this thread; every thread started
   // from here on inherits the mask.
@@ -79,10 +95,20 @@ int main(int argc, char** argv) {
     log.Error("cannot start", {{"error", std::string(daemon.status().message())}});
     return 1;
   }
+  if (config->dram.nvme.enabled()) {
+    log.Info("nvme tier", {{"path", config->dram.nvme.path},
+                           {"capacity_bytes", config->dram.nvme.capacity_bytes},
+                           {"io_mode", config->dram.nvme.io_mode},
+                           {"admission", config->dram.nvme.admission},
+                           {"durability", config->dram.nvme.durability}});
+  }
   int sig = 0;
   sigwait(&signals, &sig);
   log.Info("signal received", {{"signal", sig == SIGTERM ? "SIGTERM" : "SIGINT"}});
   (*daemon)->Shutdown();
+  // Destroying the daemon closes the cache: demotions in flight finish and
+  // the NVMe tier writes its index snapshot.
   daemon->reset();
+  log.Info("cache closed", {{"nvme", config->dram.nvme.enabled()}});
   return 0;
 }

@@ -76,7 +76,7 @@ std::string Reply(uint32_t code, uint64_t arena_id, uint64_t arena_bytes, absl::
 }  // namespace
 
 absl::StatusOr<ArenaGrant> RequestArena(const std::string& socket_path, absl::string_view token,
-                                        absl::Duration timeout) {
+                                        absl::Duration timeout, bool session) {
   if (token.size() > kMaxTokenBytes) {
     return absl::InvalidArgumentError("token: longer than 4096 bytes");
   }
@@ -91,13 +91,15 @@ absl::StatusOr<ArenaGrant> RequestArena(const std::string& socket_path, absl::st
   if (fd < 0) return Errno("socket");
   struct Closer {
     int fd;
-    ~Closer() { close(fd); }
+    ~Closer() {
+      if (fd >= 0) close(fd);
+    }
   } closer{fd};
   if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
     return absl::UnavailableError(absl::StrCat("shared memory: cannot connect to '", socket_path,
                                                "': ", std::strerror(errno)));
   }
-  std::string req(kMagic, sizeof(kMagic));
+  std::string req(session ? kSessionMagic : kMagic, sizeof(kMagic));
   PutLE(req, token.size(), 4);
   req.append(token.data(), token.size());
   KVTIER_RETURN_IF_ERROR(WriteAll(fd, req));
@@ -164,13 +166,20 @@ absl::StatusOr<ArenaGrant> RequestArena(const std::string& socket_path, absl::st
     return absl::DataLossError("shared memory: the daemon granted the arena but sent no fd");
   }
   g.fd = received_fd;
+  if (session) {
+    g.session_fd = fd;
+    closer.fd = -1;
+  }
   return g;
 }
 
-absl::StatusOr<std::string> ReadRequest(int conn) {
+absl::StatusOr<ArenaRequest> ReadRequest(int conn) {
   char head[12];
   KVTIER_RETURN_IF_ERROR(ReadFull(conn, head, sizeof(head), absl::InfiniteFuture()));
-  if (std::memcmp(head, kMagic, sizeof(kMagic)) != 0) {
+  ArenaRequest req;
+  if (std::memcmp(head, kSessionMagic, sizeof(kSessionMagic)) == 0) {
+    req.session = true;
+  } else if (std::memcmp(head, kMagic, sizeof(kMagic)) != 0) {
     return absl::InvalidArgumentError("magic: not a kvtier shared-memory request");
   }
   const uint32_t len = static_cast<uint32_t>(GetLE(head + 8, 4));
@@ -178,9 +187,9 @@ absl::StatusOr<std::string> ReadRequest(int conn) {
     return absl::InvalidArgumentError(
         absl::StrCat("token: ", len, " bytes exceed the limit of ", kMaxTokenBytes));
   }
-  std::string token(len, '\0');
-  KVTIER_RETURN_IF_ERROR(ReadFull(conn, token.data(), len, absl::InfiniteFuture()));
-  return token;
+  req.token.assign(len, '\0');
+  KVTIER_RETURN_IF_ERROR(ReadFull(conn, req.token.data(), len, absl::InfiniteFuture()));
+  return req;
 }
 
 absl::Status SendGrant(int conn, const ArenaGrant& grant) {
@@ -208,6 +217,73 @@ absl::Status SendGrant(int conn, const ArenaGrant& grant) {
 
 absl::Status SendRefusal(int conn, const absl::Status& status) {
   return WriteAll(conn, Reply(static_cast<uint32_t>(status.code()), 0, 0, status.message()));
+}
+
+absl::Status WriteControlRequest(int fd, ControlMethod method, uint8_t flags,
+                                 absl::string_view body) {
+  if (body.size() > kMaxControlBytes) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "request: ", body.size(), " bytes exceed the control frame limit of ", kMaxControlBytes));
+  }
+  std::string frame;
+  frame.reserve(6 + body.size());
+  PutLE(frame, body.size(), 4);
+  frame.push_back(static_cast<char>(method));
+  frame.push_back(static_cast<char>(flags));
+  frame.append(body.data(), body.size());
+  return WriteAll(fd, frame);
+}
+
+absl::StatusOr<ControlReply> ReadControlReply(int fd) {
+  char head[8];
+  KVTIER_RETURN_IF_ERROR(ReadFull(fd, head, sizeof(head), absl::InfiniteFuture()));
+  const uint32_t len = static_cast<uint32_t>(GetLE(head, 4));
+  const uint32_t code = static_cast<uint32_t>(GetLE(head + 4, 4));
+  if (len > kMaxControlBytes) {
+    return absl::DataLossError("shared memory: the daemon's reply is too long");
+  }
+  ControlReply reply;
+  reply.body.resize(len);
+  KVTIER_RETURN_IF_ERROR(ReadFull(fd, reply.body.data(), len, absl::InfiniteFuture()));
+  if (code != 0) {
+    reply.status = absl::Status(
+        code <= 16 ? static_cast<absl::StatusCode>(code) : absl::StatusCode::kUnknown, reply.body);
+    reply.body.clear();
+  }
+  return reply;
+}
+
+absl::StatusOr<ControlRequest> ReadControlRequest(int fd, uint32_t max_bytes) {
+  char head[6];
+  // A clean close between frames ends the session without an error.
+  ssize_t first;
+  do {
+    first = recv(fd, head, 1, 0);
+  } while (first < 0 && errno == EINTR);
+  if (first == 0) return absl::OutOfRangeError("shared memory: the client closed the session");
+  if (first < 0) return Errno("recv");
+  KVTIER_RETURN_IF_ERROR(ReadFull(fd, head + 1, sizeof(head) - 1, absl::InfiniteFuture()));
+  const uint32_t len = static_cast<uint32_t>(GetLE(head, 4));
+  if (len > max_bytes) {
+    return absl::InvalidArgumentError(absl::StrCat("request: ", len, " bytes exceed the limit of ",
+                                                   max_bytes, " for a control message"));
+  }
+  ControlRequest req;
+  req.method = static_cast<ControlMethod>(static_cast<uint8_t>(head[4]));
+  req.flags = static_cast<uint8_t>(head[5]);
+  req.body.resize(len);
+  KVTIER_RETURN_IF_ERROR(ReadFull(fd, req.body.data(), len, absl::InfiniteFuture()));
+  return req;
+}
+
+absl::Status WriteControlReply(int fd, const absl::Status& status, absl::string_view body) {
+  absl::string_view payload = status.ok() ? body : status.message().substr(0, kMaxMessageBytes);
+  std::string frame;
+  frame.reserve(8 + payload.size());
+  PutLE(frame, payload.size(), 4);
+  PutLE(frame, static_cast<uint32_t>(status.code()), 4);
+  frame.append(payload.data(), payload.size());
+  return WriteAll(fd, frame);
 }
 
 }  // namespace kvtier::shm

@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/time.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -89,21 +90,81 @@ ShmServer::~ShmServer() { Stop(); }
 void ShmServer::Stop() {
   if (stopped_.exchange(true)) return;
   loop_->Stop();
+  std::list<Session> sessions;
+  {
+    absl::MutexLock lock(&sessions_mu_);
+    sessions.swap(sessions_);
+  }
+  // Wakes each session's blocking read; a call being served finishes first.
+  for (Session& s : sessions) shutdown(s.fd, SHUT_RDWR);
+  for (Session& s : sessions) {
+    s.thread.join();
+    close(s.fd);
+  }
   unlink(options_.path.c_str());
 }
 
+size_t ShmServer::sessions() const {
+  absl::MutexLock lock(&sessions_mu_);
+  size_t n = 0;
+  for (const Session& s : sessions_) n += s.done.load() ? 0 : 1;
+  return n;
+}
+
+void ShmServer::ReapSessions() {
+  for (auto it = sessions_.begin(); it != sessions_.end();) {
+    if (it->done.load()) {
+      it->thread.join();
+      close(it->fd);
+      it = sessions_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+}
+
+void ShmServer::RunSession(int fd, const Principal& who) {
+  for (;;) {
+    absl::StatusOr<shm::ControlRequest> req =
+        shm::ReadControlRequest(fd, options_.max_control_bytes);
+    if (!req.ok()) {
+      if (absl::IsInvalidArgument(req.status())) {
+        (void)shm::WriteControlReply(fd, req.status(), "");
+        log_->Warn("shared memory: bad control request",
+                   {{"principal", who.name}, {"error", std::string(req.status().message())}});
+      }
+      return;
+    }
+    absl::StatusOr<std::string> resp = options_.control(who, req->method, req->body);
+    if ((req->flags & shm::kNoReply) != 0) continue;
+    if (!shm::WriteControlReply(fd, resp.status(), resp.ok() ? *resp : std::string()).ok()) return;
+  }
+}
+
 void ShmServer::Serve(int conn) {
-  absl::StatusOr<std::string> token = shm::ReadRequest(conn);
-  if (!token.ok()) {
-    log_->Warn("shared memory: bad request", {{"error", std::string(token.status().message())}});
-    (void)shm::SendRefusal(conn, token.status());
+  absl::StatusOr<shm::ArenaRequest> request = shm::ReadRequest(conn);
+  if (!request.ok()) {
+    log_->Warn("shared memory: bad request", {{"error", std::string(request.status().message())}});
+    (void)shm::SendRefusal(conn, request.status());
     return;
   }
-  absl::StatusOr<Principal> who = auth_->AuthenticateToken(*token);
+  absl::StatusOr<Principal> who = auth_->AuthenticateToken(request->token);
   absl::Status verdict = who.status();
   if (verdict.ok() && !who->shared_memory) {
     verdict = absl::PermissionDeniedError(absl::StrCat(
         "shared memory: tenant '", who->name, "' is not allowed to map the arena (shared_memory)"));
+  }
+  if (verdict.ok() && request->session) {
+    if (!options_.control) {
+      verdict = absl::UnimplementedError("shared memory: this daemon serves no control sessions");
+    } else {
+      absl::MutexLock lock(&sessions_mu_);
+      ReapSessions();
+      if (sessions_.size() >= options_.max_sessions) {
+        verdict = absl::ResourceExhaustedError(absl::StrCat(
+            "shared memory: ", sessions_.size(), " control sessions are open (the limit)"));
+      }
+    }
   }
   if (!verdict.ok()) {
     log_->Warn("shared memory: refused", {{"error", std::string(verdict.message())}});
@@ -116,7 +177,30 @@ void ShmServer::Serve(int conn) {
     return;
   }
   grants_.fetch_add(1, std::memory_order_relaxed);
-  log_->Debug("shared memory: arena granted", {{"principal", who->name}});
+  log_->Debug("shared memory: arena granted",
+              {{"principal", who->name}, {"session", request->session}});
+  if (!request->session) return;
+  // The session outlives this accept-loop call: it gets its own descriptor
+  // (the loop closes `conn`), waits for calls without a receive timeout and
+  // keeps the send timeout (a client that stops reading is dropped).
+  const int fd = fcntl(conn, F_DUPFD_CLOEXEC, 0);
+  if (fd < 0) return;
+  timeval none{0, 0};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &none, sizeof(none));
+  absl::MutexLock lock(&sessions_mu_);
+  if (stopped_.load()) {
+    close(fd);
+    return;
+  }
+  Session& s = sessions_.emplace_back();
+  s.fd = fd;
+  s.thread = std::thread([this, &s, fd, principal = *who] {
+    RunSession(fd, principal);
+    // The client sees the end at once; the descriptor is closed when the
+    // session is reaped.
+    shutdown(fd, SHUT_RDWR);
+    s.done.store(true);
+  });
 }
 
 }  // namespace kvtier::server

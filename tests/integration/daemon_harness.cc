@@ -142,6 +142,10 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const TempDir& dir,
   auto d = std::unique_ptr<Daemon>(new Daemon());
   d->socket_ = dir.File("kvtierd.sock");
   d->http_port_ = FreePort();
+  // A small NVMe tier in the test's folder (the default one would be shared
+  // by every test, and large).
+  std::error_code ec;
+  std::filesystem::create_directories(dir.File("nvme"), ec);
   std::vector<std::string> argv = {KvtierdPath(),
                                    "--socket",
                                    d->socket_,
@@ -150,7 +154,11 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const TempDir& dir,
                                    "--dram",
                                    "256MiB",
                                    "--huge-pages",
-                                   "false"};
+                                   "false",
+                                   "--nvme",
+                                   dir.File("nvme"),
+                                   "--nvme-capacity",
+                                   "64MiB"};
   argv.insert(argv.end(), extra.begin(), extra.end());
   absl::StatusOr<std::unique_ptr<Process>> p = Process::Start(argv, dir.File(log_name));
   if (!p.ok()) return p.status();

@@ -62,8 +62,8 @@ class Process {
 class Daemon {
  public:
   // Starts kvtierd with --socket dir/kvtierd.sock --http 127.0.0.1:<free>
-  // --dram 256MiB plus `extra` flags, and waits until Health answers
-  // (with `token`, over the socket).
+  // --dram 256MiB --nvme dir/nvme --nvme-capacity 64MiB plus `extra` flags
+  // (which win over these), and waits until Health answers over the socket.
   static absl::StatusOr<std::unique_ptr<Daemon>> Start(const TempDir& dir,
                                                        const std::vector<std::string>& extra = {},
                                                        const std::string& log_name = "kvtierd.log");

@@ -136,7 +136,9 @@ TEST(Daemon, ConcurrentClientProcessesShareOverlappingChains) {
   // the shared prefixes was stored once.
   auto client = Connect(daemon->socket());
   ASSERT_OK_AND_ASSIGN(CacheStats st, client->FetchStats());
-  ASSERT_EQ(st.tiers.size(), 1u);
+  ASSERT_EQ(st.tiers.size(), 2u);
+  EXPECT_EQ(st.tiers[1].tier, Tier::kNvme);
+  EXPECT_EQ(st.tiers[1].chunks, 0u) << "DRAM had room for everything";
   EXPECT_GT(st.tiers[0].hits, 0u);
   EXPECT_GT(st.lookup_hits, 0u);
   // 3 shared prefixes of 4 chunks + 4 clients x 6 chains x 4 own chunks.
@@ -201,7 +203,9 @@ TEST(Daemon, CliDemoStatsLookupAndEvictWorkAgainstTheDaemon) {
   EXPECT_THAT(read("demo.txt"), HasSubstr("chunks with wrong bytes"));
   ASSERT_EQ(run("stats --json", "stats.json"), 0) << read("stats.json");
   EXPECT_THAT(read("stats.json"), HasSubstr("\"tier\":\"dram\""));
-  EXPECT_THAT(read("stats.json"), ::testing::Not(HasSubstr("\"chunks\":0,")));
+  EXPECT_THAT(read("stats.json"),
+              ::testing::ContainsRegex("\"tier\":\"dram\",[^}]*\"chunks\":[1-9]"));
+  EXPECT_THAT(read("stats.json"), HasSubstr("\"tier\":\"nvme\""));
 
   // Lookup by token ids: the daemon chunks them as the client library does.
   ASSERT_OK_AND_ASSIGN(Namespace ns, Namespace::Create(SmallNamespace()));
@@ -213,7 +217,7 @@ TEST(Daemon, CliDemoStatsLookupAndEvictWorkAgainstTheDaemon) {
   EXPECT_EQ(tl.result.matched, 3u);
   ASSERT_EQ(tl.chunks.size(), 3u);
   for (size_t i = 0; i < 3; ++i) EXPECT_EQ(tl.chunks[i].key, saved[i].key);
-  ASSERT_OK_AND_ASSIGN(PrefetchResult pf, client->Prefetch(ns, Namespace::Keys(saved)));
+  ASSERT_OK_AND_ASSIGN(DaemonPrefetchResult pf, client->DaemonPrefetch(ns, Namespace::Keys(saved)));
   EXPECT_EQ(pf.matched, 3u);
   EXPECT_EQ(pf.resident_in_dram, 3u);
 
@@ -548,6 +552,76 @@ TEST(Daemon, ClientKeepsWorkingAcrossADaemonRestart) {
   EXPECT_EQ(in_place, Payload(after[1].key, in_place.size()));
 }
 
+TEST(Daemon, NvmeChunksSurviveARestart) {
+  TempDir dir;
+  ASSERT_OK_AND_ASSIGN(Namespace ns, Namespace::Create(SmallNamespace()));
+  // DRAM of two 2 MiB slabs: about 60 chunks of 64 KiB; the rest of the
+  // chain is demoted to NVMe.
+  const std::vector<std::string> small_dram = {"--dram", "4MiB", "--slab", "2MiB"};
+  auto daemon = Daemon::Start(dir, small_dram, "first.log");
+  ASSERT_TRUE(daemon.ok()) << daemon.status();
+  auto client = Connect((*daemon)->socket());
+  // One chunk at a time: a batch reserves all its DRAM slots at once.
+  ASSERT_OK_AND_ASSIGN(std::vector<ChunkRef> chain, ns.Chunks(Tokens(64 * 200, 11)));
+  ASSERT_EQ(chain.size(), 200u);
+  for (const ChunkRef& c : chain) {
+    ASSERT_OK(client->Save(ns, c, Payload(c.key, ns.PayloadBytes(c.num_tokens))));
+  }
+  ASSERT_OK_AND_ASSIGN(CacheStats st, client->FetchStats());
+  ASSERT_EQ(st.tiers.size(), 2u);
+  EXPECT_EQ(st.tiers[1].tier, Tier::kNvme);
+  const uint64_t evicted = st.tiers[0].evictions;
+  ASSERT_GT(evicted, 100u);
+  // Where each chunk is: DRAM or NVMe (a chunk whose demotion is still
+  // being written is briefly in neither, hence the retries).
+  LookupResult before;
+  const absl::Time deadline = absl::Now() + absl::Seconds(10);
+  do {
+    ASSERT_OK_AND_ASSIGN(before, client->Lookup(ns, Namespace::Keys(chain)));
+  } while (before.matched < chain.size() && absl::Now() < deadline);
+  ASSERT_EQ(before.matched, chain.size());
+  std::vector<size_t> on_nvme;
+  size_t nvme_prefix = 0;
+  for (size_t i = 0; i < chain.size(); ++i) {
+    if (before.chunks[i].tier == Tier::kNvme) {
+      on_nvme.push_back(i);
+      if (nvme_prefix == i) ++nvme_prefix;
+    }
+  }
+  EXPECT_EQ(on_nvme.size(), evicted);
+  ASSERT_GT(nvme_prefix, 0u);
+  ASSERT_OK_AND_ASSIGN(auto metrics, (*daemon)->HttpGet("/metrics"));
+  EXPECT_THAT(metrics.second, HasSubstr("kvtier_capacity_bytes{tier=\"nvme\"}"));
+  EXPECT_THAT(metrics.second, HasSubstr("kvtier_checksum_failures_total{tier=\"nvme\"} 0"));
+  // SIGTERM finishes the demotions in flight and writes the NVMe snapshot.
+  ASSERT_OK_AND_ASSIGN(int code, (*daemon)->Stop());
+  EXPECT_EQ(code, 0);
+  EXPECT_THAT((*daemon)->process().Log(), HasSubstr("\"msg\":\"cache closed\""));
+  client.reset();
+
+  auto again = Daemon::Start(dir, small_dram, "second.log");
+  ASSERT_TRUE(again.ok()) << again.status();
+  client = Connect((*again)->socket());
+  ASSERT_OK_AND_ASSIGN(st, client->FetchStats());
+  ASSERT_EQ(st.tiers.size(), 2u);
+  EXPECT_EQ(st.tiers[0].chunks, 0u);
+  EXPECT_EQ(st.tiers[1].chunks, evicted) << "every evicted chunk was demoted and kept";
+  // What DRAM held is gone with the process; the NVMe chunks are back, so
+  // the chain matches up to its first chunk that was in DRAM only.
+  ASSERT_OK_AND_ASSIGN(LookupResult r, client->Lookup(ns, Namespace::Keys(chain)));
+  ASSERT_EQ(r.matched, nvme_prefix);
+  for (const ChunkLocation& loc : r.chunks) EXPECT_EQ(loc.tier, Tier::kNvme);
+  std::vector<std::byte> out(ns.FullChunkPayloadBytes());
+  for (size_t i : on_nvme) {
+    ASSERT_OK_AND_ASSIGN(size_t n, client->Load(ns, chain[i].key, absl::MakeSpan(out)));
+    ASSERT_EQ(out, Payload(chain[i].key, n)) << "chunk " << i;
+  }
+  ASSERT_OK_AND_ASSIGN(metrics, (*again)->HttpGet("/metrics"));
+  EXPECT_THAT(metrics.second,
+              HasSubstr(absl::StrCat("kvtier_hits_total{tier=\"nvme\"} ", evicted)));
+  EXPECT_THAT(metrics.second, HasSubstr("kvtier_resident_chunks{tier=\"dram\"}"));
+}
+
 TEST(Daemon, ObservabilityAndGracefulShutdown) {
   TempDir dir;
   ASSERT_OK_AND_ASSIGN(auto daemon, Daemon::Start(dir));
@@ -601,6 +675,49 @@ TEST(Daemon, BadConfigurationExitsWithTheFieldName) {
   ASSERT_OK_AND_ASSIGN(int code, p->Wait(absl::Seconds(10)));
   EXPECT_EQ(code, 2);
   EXPECT_THAT(p->Log(), HasSubstr("dram.slabs: unknown key"));
+}
+
+TEST(Daemon, NvmeSettingsAreValidatedAndStartupFaultsNameThePath) {
+  TempDir dir;
+  auto run = [&](std::vector<std::string> args, const std::string& log) {
+    args.insert(args.begin(), {KvtierdPath(), "--socket", dir.File("s.sock"), "--http", ""});
+    absl::StatusOr<std::unique_ptr<Process>> p = Process::Start(args, dir.File(log));
+    EXPECT_TRUE(p.ok()) << p.status();
+    absl::StatusOr<int> code = (*p)->Wait(absl::Seconds(20));
+    EXPECT_TRUE(code.ok()) << code.status();
+    return std::make_pair(code.ok() ? *code : -1, (*p)->Log());
+  };
+  // The nvme section, its flags and variables map to the effective settings.
+  const std::string cfg =
+      dir.Write("nvme.yaml", absl::StrCat("nvme:\n  path: ", dir.path(),
+                                          "\n  capacity: 1GiB\n"
+                                          "  admission: second-chance\n"
+                                          "  slot_payload_sizes: [64KiB, 1MiB]\n"
+                                          "  durability: power\n"));
+  auto [code, log] = run({"--config", cfg, "--nvme-io-mode", "buffered", "--check-config"}, "a");
+  EXPECT_EQ(code, 0) << log;
+  EXPECT_THAT(log, HasSubstr("admission: second-chance"));
+  EXPECT_THAT(log, HasSubstr("io_mode: buffered"));
+  EXPECT_THAT(log, HasSubstr("capacity: 1073741824"));
+  EXPECT_THAT(log, HasSubstr("slot_payload_sizes: [65536, 1048576]"));
+  EXPECT_THAT(log, HasSubstr("durability: power"));
+  std::tie(code, log) = run({"--nvme", "off", "--check-config"}, "b");
+  EXPECT_EQ(code, 0) << log;
+  EXPECT_THAT(log, HasSubstr("enabled: false"));
+  // Bad values exit 2 naming the key.
+  std::tie(code, log) = run({"--config", cfg, "--nvme-admission", "sometimes"}, "c");
+  EXPECT_EQ(code, 2);
+  EXPECT_THAT(log, HasSubstr("nvme.admission"));
+  const std::string typo = dir.Write("typo.yaml", "nvme:\n  capacty: 1GiB\n");
+  std::tie(code, log) = run({"--config", typo}, "d");
+  EXPECT_EQ(code, 2);
+  EXPECT_THAT(log, HasSubstr("nvme.capacty: unknown key"));
+  // A configured folder that does not exist: start-up fails naming it.
+  const std::string missing = dir.File("no-such-folder");
+  std::tie(code, log) =
+      run({"--nvme", missing, "--nvme-capacity", "64MiB", "--dram", "64MiB"}, "e");
+  EXPECT_EQ(code, 1);
+  EXPECT_THAT(log, HasSubstr(missing));
 }
 
 // ---- TLS ----------------------------------------------------------------------------

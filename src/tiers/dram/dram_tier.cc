@@ -572,10 +572,40 @@ absl::StatusOr<size_t> DramTier::Get(uint64_t namespace_id, const BlockKey& key,
 }
 
 absl::StatusOr<ChunkPin> DramTier::PinChunk(uint64_t namespace_id, const BlockKey& key) {
+  return PinChunkChecked(namespace_id, key, std::nullopt);
+}
+
+absl::StatusOr<ChunkPin> DramTier::PinChunk(uint64_t namespace_id, const BlockKey& key,
+                                            uint64_t layout_signature) {
+  return PinChunkChecked(namespace_id, key, layout_signature);
+}
+
+absl::StatusOr<ChunkPin> DramTier::PinChunkChecked(uint64_t namespace_id, const BlockKey& key,
+                                                   std::optional<uint64_t> layout_signature) {
   EntryId id = PinForRead(IndexKey{namespace_id, key}, true);
   if (id == kNoEntry) {
     return absl::NotFoundError(absl::StrCat("chunk ", key.ToHex(), " is not cached in namespace ",
                                             absl::Hex(namespace_id, absl::kZeroPad16)));
+  }
+  if (layout_signature.has_value()) {
+    // The header is checked as LoadPayload checks it, so a damaged chunk is
+    // never handed out for zero-copy reads either.
+    std::byte* data;
+    uint64_t encoded;
+    {
+      absl::MutexLock lock(&mu_);
+      data = entries_[id].data;
+      encoded = entries_[id].encoded_bytes;
+    }
+    ChunkExpectation expect{namespace_id, key, *layout_signature,
+                            /*verify_payload_checksum=*/false};
+    absl::StatusOr<DecodedChunk> d = DecodeChunk({data, encoded}, expect);
+    if (!d.ok()) {
+      absl::MutexLock lock(&mu_);
+      DropCorrupt(id);
+      Unpin(id);
+      return d.status();
+    }
   }
   absl::MutexLock lock(&mu_);
   const Entry& e = entries_[id];

@@ -24,6 +24,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <set>
 #include <string>
 #include <vector>
@@ -96,6 +97,11 @@ class DramTier final : public StorageTier, public ChunkPin::Releaser {
   // Pins a resident chunk and returns a view of its payload (counted in
   // bytes_read: the payload is served in place).
   absl::StatusOr<ChunkPin> PinChunk(uint64_t namespace_id, const BlockKey& key);
+  // The same, after checking the chunk's header against the key and
+  // `layout_signature` as LoadPayload does: a damaged header is DataLoss, and
+  // the chunk is dropped and counted as corrupt.
+  absl::StatusOr<ChunkPin> PinChunk(uint64_t namespace_id, const BlockKey& key,
+                                    uint64_t layout_signature);
 
   // ---- in-place writes (kvtierd's local clients fill slots themselves) ----
 
@@ -142,6 +148,8 @@ class DramTier final : public StorageTier, public ChunkPin::Releaser {
   void ReleasePin(uint64_t handle) override;
 
  private:
+  absl::StatusOr<ChunkPin> PinChunkChecked(uint64_t namespace_id, const BlockKey& key,
+                                           std::optional<uint64_t> layout_signature);
   enum class State : uint8_t { kFree, kWriting, kReady, kDetached };
 
   struct IndexKey {

@@ -1,10 +1,36 @@
 // Saves one request's KV through the installed kvtier and reuses it for a
-// second request with the same prefix. Exits non-zero on any mismatch.
+// second request with the same prefix; then opens the daemon client through
+// kvtier::OpenCache against a socket no daemon serves and expects a clear
+// Unavailable naming kvtierd. Exits non-zero on any mismatch.
 #include <kvtier/cache.h>
+#include <kvtier/client.h>
 #include <kvtier/namespace.h>
+#include <unistd.h>
 
 #include <cstdio>
+#include <string>
 #include <vector>
+
+// OpenCache with mode "daemon" and no daemon behind the socket.
+static int CheckDaemonClient() {
+  kvtier::CacheConfig config;
+  config.mode = "daemon";
+  config.daemon.socket_path =
+      "/tmp/kvtier-consumer-" + std::to_string(getpid()) + "-absent/kvtierd.sock";
+  config.daemon.rpc_timeout_ms = 3000;
+  auto cache = kvtier::OpenCache(config);
+  if (cache.ok() || !absl::IsUnavailable(cache.status()) ||
+      cache.status().message().find("kvtierd") == absl::string_view::npos) {
+    std::fprintf(stderr, "consumer: OpenCache(daemon) without a daemon gave: %s\n",
+                 cache.status().ToString().c_str());
+    return 1;
+  }
+  config.mode = "sideways";
+  if (!absl::IsInvalidArgument(kvtier::OpenCache(config).status())) return 1;
+  std::printf("consumer: OpenCache(daemon) without a daemon: %s\n",
+              cache.status().ToString().c_str());
+  return 0;
+}
 
 int main() {
   kvtier::NamespaceOptions nso;
@@ -34,5 +60,5 @@ int main() {
     if (!n.ok() || out[0] != std::byte(c.first_token & 0xFF)) return 1;
   }
   std::printf("consumer: reused %zu chunks through find_package(kvtier)\n", hit->matched);
-  return 0;
+  return CheckDaemonClient();
 }

@@ -9,22 +9,17 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "kvtier/namespace.h"
+#include "tests/testing/cache_fixtures.h"
 #include "tests/testing/status_matchers.h"
 
 namespace kvtier {
 namespace {
 
+using ::kvtier::testing::KvFor;
+using ::kvtier::testing::SmallModel;
 using ::kvtier::testing::StatusIs;
+using ::kvtier::testing::Tokens;
 using ::testing::HasSubstr;
-
-NamespaceOptions SmallModel(std::string salt = "") {
-  NamespaceOptions o;
-  o.model_id = "test/small";
-  o.layout = KvLayout{2, 2, 32, 2, 16, DType::kFloat16};  // 512 B per token
-  o.tokens_per_chunk = 64;                                // 32 KiB chunks
-  o.cache_salt = std::move(salt);
-  return o;
-}
 
 CacheOptions SmallCache(uint64_t capacity = 8ull << 20) {
   CacheOptions o;
@@ -33,24 +28,6 @@ CacheOptions SmallCache(uint64_t capacity = 8ull << 20) {
   o.huge_pages = false;
   o.index_shards = 8;
   return o;
-}
-
-// KV that a prefill of this chunk would produce: a function of its key.
-std::vector<std::byte> KvFor(const ChunkRef& c, size_t bytes) {
-  std::vector<std::byte> v(bytes);
-  uint64_t s = c.key.hi ^ (c.key.lo * 0x9E3779B97F4A7C15ull);
-  for (size_t i = 0; i < bytes; ++i) {
-    s = s * 6364136223846793005ull + 1442695040888963407ull;
-    v[i] = static_cast<std::byte>(s >> 56);
-  }
-  return v;
-}
-
-std::vector<TokenId> Tokens(size_t n, uint32_t seed) {
-  std::vector<TokenId> t(n);
-  std::mt19937 rng(seed);
-  for (auto& x : t) x = rng() % 50000;
-  return t;
 }
 
 class CacheTest : public ::testing::Test {
@@ -267,6 +244,24 @@ TEST(CacheConcurrency, EightThreadsOverlappingChains) {
   EXPECT_GT(st.evictions, 0u);
   EXPECT_LE(st.used_bytes, st.capacity_bytes);
   EXPECT_EQ(st.pinned_chunks, 0u);
+}
+
+TEST_F(CacheTest, PinRefusesAChunkWithADamagedHeader) {
+  ASSERT_OK_AND_ASSIGN(std::vector<ChunkRef> chunks, ns_->Chunks(Tokens(64 * 2, 9)));
+  ASSERT_OK(SaveAll(chunks));
+  {
+    ASSERT_OK_AND_ASSIGN(ChunkPin pin, cache_->Pin(*ns_, chunks[1].key));
+    // The 64-byte header sits right before the payload in the arena.
+    std::memset(const_cast<std::byte*>(pin.payload().data()) - 64 + 8, 0x5A, 8);
+  }
+  EXPECT_THAT(cache_->Pin(*ns_, chunks[1].key).status(), StatusIs(absl::StatusCode::kDataLoss));
+  // Dropped and counted: the next lookup stops before it, and no pin or load
+  // serves it.
+  EXPECT_EQ(cache_->Stats().tiers[0].corrupt_chunks, 1u);
+  ASSERT_OK_AND_ASSIGN(LookupResult r, cache_->Lookup(*ns_, Namespace::Keys(chunks)));
+  EXPECT_EQ(r.matched, 1u);
+  EXPECT_THAT(cache_->Pin(*ns_, chunks[1].key).status(), StatusIs(absl::StatusCode::kNotFound));
+  ASSERT_OK(cache_->Pin(*ns_, chunks[0].key).status());
 }
 
 TEST(CacheGpuRegistration, FallbackIsReported) {

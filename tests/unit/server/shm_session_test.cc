@@ -1,0 +1,201 @@
+// The shared-memory side channel's control sessions (shm_protocol.h,
+// shm_server.h): a real ShmServer on a Unix socket in a temporary folder,
+// with a control handler that echoes what it was asked, and the client
+// functions of shm_protocol.h.
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstdio>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "src/common/status_macros.h"
+#include "src/common/temp_path.h"
+#include "src/server/config.h"
+#include "src/server/shm_protocol.h"
+#include "src/server/shm_server.h"
+#include "tests/testing/status_matchers.h"
+
+namespace kvtier::server {
+namespace {
+
+using ::kvtier::testing::StatusIs;
+
+constexpr char kAdmin[] = "admin-token-0123456789";
+constexpr char kTenant[] = "tenant-a-token-012345";  // no shared memory
+
+class ShmSessionTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    ASSERT_OK_AND_ASSIGN(dir_, MakeTempDir("/tmp", "kvtier-shm-session-"));
+    DaemonConfig config;
+    config.admin_token = kAdmin;
+    config.tenants.push_back({"a", kTenant, {}, {}, false});
+    auth_ = std::make_unique<Authenticator>(config);
+    memfd_ = static_cast<int>(syscall(SYS_memfd_create, "kvtier-test-arena", 0));
+    ASSERT_GE(memfd_, 0);
+    ASSERT_EQ(ftruncate(memfd_, 1 << 20), 0);
+  }
+  void TearDown() override {
+    server_.reset();
+    if (memfd_ >= 0) close(memfd_);
+    std::error_code ec;
+    std::filesystem::remove_all(dir_, ec);
+  }
+
+  void Start(uint32_t max_sessions = 4) {
+    ShmServerOptions o;
+    o.path = path();
+    o.arena_fd = memfd_;
+    o.arena_id = 42;
+    o.arena_bytes = 1 << 20;
+    o.max_sessions = max_sessions;
+    o.max_control_bytes = 1 << 16;
+    // Echoes "<principal>:<method>:<body>"; a body "fail" fails the call.
+    o.control = [this](const Principal& who, shm::ControlMethod m,
+                       absl::string_view body) -> absl::StatusOr<std::string> {
+      calls_.fetch_add(1);
+      if (body == "fail") return absl::NotFoundError("asked to fail");
+      return absl::StrCat(who.name, ":", static_cast<int>(m), ":", body);
+    };
+    ASSERT_OK_AND_ASSIGN(server_, ShmServer::Start(o, auth_.get(), &log_));
+  }
+  std::string path() const { return dir_ + "/kvtierd.sock.shm"; }
+
+  absl::StatusOr<shm::ArenaGrant> Open(const std::string& token) {
+    return shm::RequestArena(path(), token, absl::Seconds(5), /*session=*/true);
+  }
+
+  std::string dir_;
+  std::unique_ptr<Authenticator> auth_;
+  Logger log_{LogLevel::kError};
+  int memfd_ = -1;
+  std::atomic<int> calls_{0};
+  std::unique_ptr<ShmServer> server_;
+};
+
+absl::StatusOr<shm::ControlReply> Call(int fd, shm::ControlMethod m, absl::string_view body) {
+  KVTIER_RETURN_IF_ERROR(shm::WriteControlRequest(fd, m, 0, body));
+  return shm::ReadControlReply(fd);
+}
+
+TEST_F(ShmSessionTest, SessionCarriesCallsForItsPrincipal) {
+  Start();
+  ASSERT_OK_AND_ASSIGN(shm::ArenaGrant g, Open(kAdmin));
+  EXPECT_GE(g.fd, 0);
+  EXPECT_GE(g.session_fd, 0);
+  EXPECT_EQ(g.arena_id, 42u);
+  EXPECT_EQ(g.arena_bytes, 1u << 20);
+  close(g.fd);
+  for (int i = 0; i < 3; ++i) {
+    ASSERT_OK_AND_ASSIGN(shm::ControlReply r,
+                         Call(g.session_fd, shm::ControlMethod::kPin, absl::StrCat("b", i)));
+    EXPECT_OK(r.status);
+    EXPECT_EQ(r.body, absl::StrCat("admin:4:b", i));
+  }
+  // A failed call answers with its status and leaves the session usable.
+  ASSERT_OK_AND_ASSIGN(shm::ControlReply bad,
+                       Call(g.session_fd, shm::ControlMethod::kLookup, "fail"));
+  EXPECT_THAT(bad.status, StatusIs(absl::StatusCode::kNotFound, "asked to fail"));
+  // A request without a reply, then one with: the answers stay in step.
+  ASSERT_OK(
+      shm::WriteControlRequest(g.session_fd, shm::ControlMethod::kRelease, shm::kNoReply, "quiet"));
+  ASSERT_OK_AND_ASSIGN(shm::ControlReply r,
+                       Call(g.session_fd, shm::ControlMethod::kCommit, "loud"));
+  EXPECT_EQ(r.body, "admin:3:loud");
+  EXPECT_EQ(calls_.load(), 6);
+  EXPECT_EQ(server_->sessions(), 1u);
+  close(g.session_fd);
+}
+
+TEST_F(ShmSessionTest, OneShotRequestStillClosesTheConnection) {
+  Start();
+  ASSERT_OK_AND_ASSIGN(shm::ArenaGrant g, shm::RequestArena(path(), kAdmin, absl::Seconds(5)));
+  EXPECT_GE(g.fd, 0);
+  EXPECT_EQ(g.session_fd, -1);
+  close(g.fd);
+  EXPECT_EQ(server_->sessions(), 0u);
+}
+
+TEST_F(ShmSessionTest, RefusesPrincipalsWithoutSharedMemory) {
+  Start();
+  EXPECT_THAT(Open(kTenant), StatusIs(absl::StatusCode::kPermissionDenied));
+  EXPECT_THAT(Open("wrong-token-0000000000"), StatusIs(absl::StatusCode::kPermissionDenied));
+  EXPECT_THAT(Open(""), StatusIs(absl::StatusCode::kUnauthenticated));
+  EXPECT_EQ(calls_.load(), 0);
+}
+
+TEST_F(ShmSessionTest, OversizedRequestIsRefusedAndEndsTheSession) {
+  Start();
+  ASSERT_OK_AND_ASSIGN(shm::ArenaGrant g, Open(kAdmin));
+  close(g.fd);
+  ASSERT_OK_AND_ASSIGN(shm::ControlReply r,
+                       Call(g.session_fd, shm::ControlMethod::kLookup, std::string(70000, 'x')));
+  EXPECT_THAT(r.status, StatusIs(absl::StatusCode::kInvalidArgument,
+                                 ::testing::HasSubstr("exceed the limit of 65536")));
+  EXPECT_THAT(shm::ReadControlReply(g.session_fd), StatusIs(absl::StatusCode::kUnavailable));
+  EXPECT_EQ(calls_.load(), 0);
+  close(g.session_fd);
+}
+
+TEST_F(ShmSessionTest, LimitsSessionsAndReusesEndedOnes) {
+  Start(/*max_sessions=*/2);
+  std::vector<int> open;
+  for (int i = 0; i < 2; ++i) {
+    ASSERT_OK_AND_ASSIGN(shm::ArenaGrant g, Open(kAdmin));
+    close(g.fd);
+    open.push_back(g.session_fd);
+  }
+  EXPECT_THAT(Open(kAdmin), StatusIs(absl::StatusCode::kResourceExhausted));
+  close(open.back());
+  open.pop_back();
+  // The ended session's place is given to the next one once its thread is
+  // done.
+  absl::StatusOr<shm::ArenaGrant> again;
+  for (int i = 0; i < 200; ++i) {
+    again = Open(kAdmin);
+    if (again.ok()) break;
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  ASSERT_OK(again.status());
+  close(again->fd);
+  open.push_back(again->session_fd);
+  for (int fd : open) close(fd);
+}
+
+TEST_F(ShmSessionTest, StopEndsOpenSessions) {
+  Start();
+  ASSERT_OK_AND_ASSIGN(shm::ArenaGrant g, Open(kAdmin));
+  close(g.fd);
+  server_->Stop();
+  EXPECT_EQ(server_->sessions(), 0u);
+  // The daemon's end is closed: the next call fails as Unavailable.
+  absl::Status s = shm::WriteControlRequest(g.session_fd, shm::ControlMethod::kPin, 0, "x");
+  if (s.ok()) {
+    EXPECT_THAT(shm::ReadControlReply(g.session_fd), StatusIs(absl::StatusCode::kUnavailable));
+  } else {
+    EXPECT_THAT(s, StatusIs(absl::StatusCode::kUnavailable));
+  }
+  close(g.session_fd);
+  EXPECT_FALSE(std::filesystem::exists(path()));
+}
+
+TEST_F(ShmSessionTest, DaemonWithoutSessionsSaysUnimplemented) {
+  ShmServerOptions o;
+  o.path = path();
+  o.arena_fd = memfd_;
+  o.arena_id = 7;
+  o.arena_bytes = 1 << 20;
+  ASSERT_OK_AND_ASSIGN(server_, ShmServer::Start(o, auth_.get(), &log_));
+  EXPECT_THAT(Open(kAdmin), StatusIs(absl::StatusCode::kUnimplemented));
+}
+
+}  // namespace
+}  // namespace kvtier::server
