@@ -15,6 +15,7 @@ packages=(
   fio
   python3-matplotlib
   libyaml-cpp-dev prometheus-cpp-dev libhiredis-dev redis-server redis-tools openssl
+  python3-dev pybind11-dev python3-pybind11 python3-pytest python3-numpy python3-torch
 )
 
 missing=()
