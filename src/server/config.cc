@@ -420,18 +420,25 @@ std::string DefaultNvmePath(const std::string& data_dir) {
   return absl::StrCat("/var/tmp/kvtier-", getuid(), "/nvme");
 }
 
-uint64_t DefaultNvmeBytes(const std::string& folder) {
+uint64_t DefaultNvmeBytesFor(uint64_t free_bytes, uint64_t existing_volume_bytes) {
   constexpr uint64_t kUnit = 64ull << 20;
   constexpr uint64_t kMax = 16ull << 30;
   constexpr uint64_t kMin = 256ull << 20;
+  const uint64_t available = free_bytes + existing_volume_bytes;
+  const uint64_t bytes = std::min(available / 4, kMax) / kUnit * kUnit;
+  return bytes < kMin ? 0 : bytes;
+}
+
+uint64_t DefaultNvmeBytes(const std::string& folder) {
   std::filesystem::path p(folder);
   std::error_code ec;
   while (!p.empty() && !std::filesystem::exists(p, ec) && p != p.root_path()) p = p.parent_path();
   struct statvfs fs;
   if (p.empty() || statvfs(p.c_str(), &fs) != 0) return 0;
   const uint64_t free_bytes = uint64_t(fs.f_bavail) * uint64_t(fs.f_frsize);
-  const uint64_t bytes = std::min(free_bytes / 4, kMax) / kUnit * kUnit;
-  return bytes < kMin ? 0 : bytes;
+  const uintmax_t existing =
+      std::filesystem::file_size(std::filesystem::path(folder) / "kvtier-nvme.dat", ec);
+  return DefaultNvmeBytesFor(free_bytes, ec ? 0 : existing);
 }
 
 absl::StatusOr<uint64_t> ParseByteSize(const std::string& text, const std::string& field) {

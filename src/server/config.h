@@ -105,8 +105,13 @@ std::string DefaultNvmePath(const std::string& data_dir);
 // The default NVMe volume size for a folder: a quarter of the free space of
 // the file system that holds it (or would hold it: the nearest existing
 // parent), at most 16 GiB, rounded down to 64 MiB. 0 when that is under
-// 256 MiB (LoadConfig then leaves the NVMe tier off).
+// 256 MiB (LoadConfig then leaves the NVMe tier off). A volume an earlier
+// run left in the folder counts as free space, so a restart computes the
+// size it was created with and reopens it.
 uint64_t DefaultNvmeBytes(const std::string& folder);
+// The rule above on numbers: free bytes of the file system and the size of
+// an existing volume (0 when none).
+uint64_t DefaultNvmeBytesFor(uint64_t free_bytes, uint64_t existing_volume_bytes);
 
 // Parses "4096", "64KiB", "1MiB", "16GiB", "2G", "1.5GiB". InvalidArgument
 // naming `field` otherwise.

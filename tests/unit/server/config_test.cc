@@ -39,6 +39,16 @@ std::string TempFile(const std::string& contents) {
   return path;
 }
 
+TEST(NvmeDefault, AQuarterOfFreeSpaceCountingTheVolumeAlreadyThere) {
+  constexpr uint64_t kGiB = 1ull << 30;
+  EXPECT_EQ(DefaultNvmeBytesFor(40 * kGiB, 0), 10 * kGiB);
+  // After a first run took 10 GiB of those 40, a restart asks for the same.
+  EXPECT_EQ(DefaultNvmeBytesFor(30 * kGiB, 10 * kGiB), 10 * kGiB);
+  EXPECT_EQ(DefaultNvmeBytesFor(1000 * kGiB, 0), 16 * kGiB);               // the cap
+  EXPECT_EQ(DefaultNvmeBytesFor(kGiB + (100ull << 20), 0), 256ull << 20);  // 64 MiB steps
+  EXPECT_EQ(DefaultNvmeBytesFor(kGiB / 2, 0), 0u);                         // too small: off
+}
+
 TEST(ByteSize, ParsesUnits) {
   EXPECT_EQ(*ParseByteSize("4096", "f"), 4096u);
   EXPECT_EQ(*ParseByteSize("64KiB", "f"), 64u << 10);
