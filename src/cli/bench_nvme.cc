@@ -408,8 +408,11 @@ int RunNvmeBench(Flags& flags) {
     constexpr int kPhases = 6;
     const char* kOps[3] = {"load", "save", "save-power"};
     std::vector<std::vector<double>> tier_rate(kPhases), ref_bw(kPhases), ratio(kPhases);
-    // Per repetition and phase: fio, then the tier, back to back.
+    // Per repetition and phase: fio and the tier back to back, fio first in
+    // even repetitions and second in odd ones, so neither side always runs
+    // while the disk's write-back cache drains the other's writes.
     for (int64_t rep = 0; rep < reps; ++rep) {
+      const bool fio_first = rep % 2 == 0;
       for (int phase = 0; phase < kPhases; ++phase) {
         const bool random = phase >= 3;
         const int op = phase % 3;
@@ -428,7 +431,7 @@ int RunNvmeBench(Flags& flags) {
           keys = resident_keys(random);
           if (absl::StatusOr<double> t = load(keys); !t.ok()) return fail("reorder", t.status());
         }
-        double f = fio_rate(rw, is_save ? "write" : "read", op == 2);
+        double f = fio_first ? fio_rate(rw, is_save ? "write" : "read", op == 2) : 0;
         absl::StatusOr<double> t;
         uint64_t moved;
         if (!is_save) {
@@ -446,6 +449,7 @@ int RunNvmeBench(Flags& flags) {
         if (!t.ok()) {
           return fail(absl::StrCat(random ? "random " : "sequential ", kOps[op]), t.status());
         }
+        if (!fio_first) f = fio_rate(rw, is_save ? "write" : "read", op == 2);
         tier_rate[phase].push_back(moved / *t);
         ref_bw[phase].push_back(f);
         if (f > 0) ratio[phase].push_back(moved / *t / f);
