@@ -305,8 +305,7 @@ class Cache {
                                                        absl::Span<const BlockKey> chain) {
     auto promise = std::make_shared<std::promise<absl::StatusOr<PrefetchResult>>>();
     std::future<absl::StatusOr<PrefetchResult>> f = promise->get_future();
-    absl::Status s =
-        Prefetch(ns, chain, [promise](PrefetchResult r) { promise->set_value(std::move(r)); });
+    absl::Status s = Prefetch(ns, chain, [promise](PrefetchResult r) { promise->set_value(r); });
     if (!s.ok()) promise->set_value(std::move(s));
     return f;
   }

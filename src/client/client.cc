@@ -150,11 +150,12 @@ class Client::Impl : public ChunkPin::Releaser {
       absl::MutexLock lock(&mu_);
       ++async_calls_;
     }
-    stub_->async()->Release(call->ctx.get(), &call->req, &call->resp, [this, call](grpc::Status) {
-      delete call;
-      absl::MutexLock lock(&mu_);
-      --async_calls_;
-    });
+    stub_->async()->Release(call->ctx.get(), &call->req, &call->resp,
+                            [this, call](const grpc::Status&) {
+                              delete call;
+                              absl::MutexLock lock(&mu_);
+                              --async_calls_;
+                            });
   }
 
   std::unique_ptr<grpc::ClientContext> Context() const {

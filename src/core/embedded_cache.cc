@@ -40,7 +40,7 @@ absl::Status Invalid(absl::string_view field, absl::string_view what) {
 // 1 GiB; a whole number of MiB.
 uint64_t RegionBytes(const CacheOptions& options) {
   constexpr uint64_t kMiB = 1ull << 20;
-  const uint64_t for_slab = AlignUp(4 * (options.slab_bytes + 2 * 4096), kMiB);
+  const uint64_t for_slab = AlignUp(uint64_t{4} * (options.slab_bytes + uint64_t{2} * 4096), kMiB);
   const uint64_t for_staging = 4 * options.nvme.max_inflight_bytes / kMiB * kMiB;
   const uint64_t for_volume = std::max(kMiB, options.nvme.capacity_bytes / 4 / kMiB * kMiB);
   return std::max(kMiB, std::min({for_slab, for_staging, for_volume, 1024 * kMiB}));
@@ -302,7 +302,8 @@ void EmbeddedCache::Demote(const ChunkMeta& meta, absl::Span<const std::byte> en
     absl::MutexLock lock(&demote_mu_);
     ++demotions_in_flight_;
   }
-  absl::Status s = nvme_->PutAsync(meta, encoded, [this](absl::Status st) { DemotionDone(st); });
+  absl::Status s =
+      nvme_->PutAsync(meta, encoded, [this](const absl::Status& st) { DemotionDone(st); });
   if (!s.ok()) {
     switch (s.code()) {
       case absl::StatusCode::kUnavailable:

@@ -59,7 +59,7 @@ class CacheService final : public grpc::Service {
   // `cache`, `auth`, `metrics` and `log` must outlive the service.
   CacheService(EmbeddedCache* cache, const Authenticator* auth, Metrics* metrics, Logger* log,
                ServiceOptions options);
-  ~CacheService();
+  ~CacheService() override;
 
   // From now on Health reports DRAINING and new calls get UNAVAILABLE.
   void SetDraining() { draining_.store(true); }

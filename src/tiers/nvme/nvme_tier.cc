@@ -462,7 +462,7 @@ absl::Status NvmeTier::LoadSnapshot(std::string* rejected) {
   AlignedBuffer sector(kSectorBytes);
   KVTIER_RETURN_IF_ERROR(file_->ReadAt(g.snapshot_offset, sector.span()));
   absl::StatusOr<nvme::SnapshotHeader> h = nvme::DecodeSnapshotHeader(sector.span());
-  auto reject = [rejected](std::string why) {
+  auto reject = [rejected](const std::string& why) {
     *rejected = why;
     return absl::DataLossError(why);
   };
@@ -894,6 +894,7 @@ void NvmeTier::DrainPending() {
         for (Op* op : group) FailOp(op, s);
         continue;
       }
+      // NOLINTNEXTLINE(performance-no-int-to-ptr): the tag is io_uring user data.
       FailOp(reinterpret_cast<Op*>(r.tag), s);
     }
   }
@@ -1132,8 +1133,8 @@ std::future<absl::Status> NvmeTier::PutAsync(const ChunkMeta& meta,
                                              absl::Span<const std::byte> encoded) {
   auto promise = std::make_shared<std::promise<absl::Status>>();
   std::future<absl::Status> future = promise->get_future();
-  absl::Status s =
-      PutAsync(meta, encoded, [promise](absl::Status st) mutable { promise->set_value(st); });
+  absl::Status s = PutAsync(meta, encoded,
+                            [promise](const absl::Status& st) mutable { promise->set_value(st); });
   if (!s.ok()) promise->set_value(s);
   return future;
 }
@@ -1143,7 +1144,7 @@ absl::Status NvmeTier::Put(const ChunkMeta& meta, absl::Span<const std::byte> en
   std::promise<absl::Status> promise;
   std::future<absl::Status> future = promise.get_future();
   KVTIER_RETURN_IF_ERROR(StartPut(
-      meta, encoded, [&promise](absl::Status st) { promise.set_value(st); },
+      meta, encoded, [&promise](const absl::Status& st) { promise.set_value(st); },
       /*wait_for_room=*/true));
   return future.get();
 }
@@ -1355,7 +1356,7 @@ void NvmeTier::AdvanceAfterFlush(Op* op) {
   }
 }
 
-void NvmeTier::FinishPut(Op* op, absl::Status status) {
+void NvmeTier::FinishPut(Op* op, const absl::Status& status) {
   Slot& s = slots_[op->slot];
   if (status.ok()) {
     s.state = SlotState::kLive;
@@ -1398,12 +1399,12 @@ void NvmeTier::ReleaseOp(Op* op) {
 void NvmeTier::FailOp(Op* op, absl::Status status) {
   switch (op->kind) {
     case OpKind::kPut:
-      FinishPut(op, std::move(status));
+      FinishPut(op, status);
       return;
     case OpKind::kRemove:
     case OpKind::kClean:
     case OpKind::kFlush:
-      FinishRemove(op, std::move(status));
+      FinishRemove(op, status);
       return;
     case OpKind::kGet:
       op->status = std::move(status);
@@ -1628,13 +1629,13 @@ absl::Status NvmeTier::Remove(uint64_t namespace_id, const BlockKey& key) {
     }
     UnlinkLive(slot);
     ++removes_;
-    KVTIER_RETURN_IF_ERROR(StartTombstone(slot, OpKind::kRemove,
-                                          [&promise](absl::Status st) { promise.set_value(st); }));
+    KVTIER_RETURN_IF_ERROR(StartTombstone(
+        slot, OpKind::kRemove, [&promise](const absl::Status& st) { promise.set_value(st); }));
   }
   return future.get();
 }
 
-void NvmeTier::FinishRemove(Op* op, absl::Status status) {
+void NvmeTier::FinishRemove(Op* op, const absl::Status& status) {
   if (op->kind == OpKind::kFlush) {  // no slot: only the caller to answer
     if (!status.ok()) ++write_errors_;
     Defer([cb = std::move(op->remove_callback), status]() mutable { std::move(cb)(status); });
@@ -1677,6 +1678,7 @@ void NvmeTier::Dispatch(const IoCompletion& c, std::vector<Op*>& reads) {
     }
     return;
   }
+  // NOLINTNEXTLINE(performance-no-int-to-ptr): the tag is io_uring user data.
   Op* op = reinterpret_cast<Op*>(c.tag);
   if (op->stage == Stage::kRead) {
     op->read_result = c.result;
@@ -1795,7 +1797,7 @@ absl::Status NvmeTier::Flush() {
   std::future<absl::Status> future = promise.get_future();
   Op* op = new Op;
   op->kind = OpKind::kFlush;
-  op->remove_callback = [&promise](absl::Status st) { promise.set_value(st); };
+  op->remove_callback = [&promise](const absl::Status& st) { promise.set_value(st); };
   ++live_ops_;
   awaiting_flush_.push_back(op);
   MaybeStartFlush();

@@ -385,9 +385,9 @@ class NvmeTier final : public StorageTier {
   void Dispatch(const IoCompletion& c, std::vector<Op*>& reads) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status VerifyRead(Op* op);
   void AdvanceAfterFlush(Op* op) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void FinishPut(Op* op, absl::Status status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void FinishPut(Op* op, const absl::Status& status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void FinishGet(Op* op) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void FinishRemove(Op* op, absl::Status status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void FinishRemove(Op* op, const absl::Status& status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void FailOp(Op* op, absl::Status status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void ReleaseOp(Op* op) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
