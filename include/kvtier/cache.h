@@ -192,6 +192,10 @@ struct NvmeCacheOptions {
   std::string durability = "process";
   // Write an index snapshot at close so the next start skips the slot scan.
   bool write_snapshot = true;
+  // At Close, copy the chunks still in DRAM (and not yet on NVMe) to NVMe,
+  // shallowest first, for at most this many seconds, so a restart finds the
+  // hot prefixes too and not only what DRAM had evicted. 0 = off.
+  double persist_on_close_seconds = 10;
   // Eviction among NVMe chain tails (a name NewEvictionPolicy knows).
   std::string eviction_policy = "lru";
 

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <array>
+#include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <set>
@@ -73,6 +74,10 @@ NvmeTierOptions ToNvmeTierOptions(const CacheOptions& options, Env* env) {
 
 absl::Status NvmeCacheOptions::Validate() const {
   if (path.empty()) return Invalid("path", "must not be empty when the NVMe tier is on");
+  if (!(persist_on_close_seconds >= 0)) {
+    return Invalid("persist_on_close_seconds",
+                   absl::StrCat(persist_on_close_seconds, " must be >= 0"));
+  }
   if (capacity_bytes < (16ull << 20)) {
     return Invalid("capacity_bytes", absl::StrCat(capacity_bytes, " is below 16 MiB"));
   }
@@ -238,6 +243,7 @@ absl::StatusOr<std::unique_ptr<EmbeddedCache>> EmbeddedCache::Create(
 absl::Status EmbeddedCache::OpenNvme(const EmbeddedCacheSeams& seams) {
   KVTIER_ASSIGN_OR_RETURN(admission_, NewAdmissionPolicy(options_.nvme.admission));
   track_reads_ = options_.nvme.admission != "all";
+  persist_on_close_seconds_ = options_.nvme.persist_on_close_seconds;
   access_ = std::make_unique<AccessShard[]>(kAccessShards);
   absl::StatusOr<std::unique_ptr<NvmeTier>> tier =
       NvmeTier::Create(ToNvmeTierOptions(options_, seams.nvme_env));
@@ -261,6 +267,7 @@ absl::Status EmbeddedCache::Close() {
   closed_ = true;
   if (nvme_ == nullptr) return absl::OkStatus();
   WaitForDemotions();
+  PersistDramToNvme();
   // New demotions are dropped from here on; reads in flight complete (their
   // callbacks post to the workers, which still run).
   nvme_closed_.store(true);
@@ -273,6 +280,23 @@ absl::Status EmbeddedCache::Close() {
   for (std::thread& t : workers_) t.join();
   workers_.clear();
   return close_status_;
+}
+
+void EmbeddedCache::PersistDramToNvme() {
+  const double budget = persist_on_close_seconds_;
+  if (!(budget > 0)) return;
+  const auto deadline = std::chrono::steady_clock::now() +
+                        std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+                            std::chrono::duration<double>(budget));
+  // Shallowest first: a restart reaches a prefix's deep chunks only through
+  // its first ones. Put waits for room in flight; a chunk NVMe refuses (full
+  // of chunks it cannot evict, or an I/O error) is skipped.
+  dram_->ForEachChunk([&](const ChunkMeta& meta, absl::Span<const std::byte> sealed) {
+    if (std::chrono::steady_clock::now() >= deadline) return false;
+    if (nvme_->Contains(meta.namespace_id, meta.key)) return true;
+    if (nvme_->Put(meta, sealed).ok()) ++persisted_on_close_;
+    return true;
+  });
 }
 
 void EmbeddedCache::WaitForDemotions() {

@@ -90,6 +90,8 @@ class EmbeddedCache final : public Cache {
   // Blocks until every demotion started before the call has finished
   // (written or failed). Returns at once without NVMe.
   void WaitForDemotions();
+  // Chunks Close copied from DRAM to NVMe (nvme.persist_on_close_seconds).
+  uint64_t persisted_on_close() const { return persisted_on_close_.load(); }
 
   DramTier& dram() { return *dram_; }
   // The NVMe tier; nullptr without one.
@@ -158,6 +160,8 @@ class EmbeddedCache final : public Cache {
   // Runs `task` on a worker thread (inline once the workers have stopped).
   void Post(absl::AnyInvocable<void() &&> task);
   void WorkerLoop();
+  // Close's copy of DRAM-resident chunks to NVMe (see CacheOptions).
+  void PersistDramToNvme();
 
   const CacheOptions options_;
   // Declared before dram_ so it is destroyed after it.
@@ -178,6 +182,8 @@ class EmbeddedCache final : public Cache {
   mutable absl::Mutex demote_mu_;
   uint64_t demotions_in_flight_ ABSL_GUARDED_BY(demote_mu_) = 0;
   std::atomic<bool> nvme_closed_{false};
+  double persist_on_close_seconds_ = 0;
+  std::atomic<uint64_t> persisted_on_close_{0};
   std::atomic<uint64_t> demoted_{0};
   std::atomic<uint64_t> already_stored_{0};
   std::atomic<uint64_t> skipped_admission_{0};

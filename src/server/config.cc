@@ -207,6 +207,12 @@ absl::Status ApplySetting(const std::string& name, const std::string& value,
     KVTIER_ASSIGN_OR_RETURN(c.dram.nvme.write_snapshot, ParseBool(value, field));
   } else if (name == "nvme.eviction_policy") {
     c.dram.nvme.eviction_policy = value;
+  } else if (name == "nvme.persist_on_close_seconds") {
+    double v = 0;
+    if (!absl::SimpleAtod(value, &v) || v < 0) {
+      return Invalid(field, absl::StrCat("'", value, "' is not a number of seconds >= 0"));
+    }
+    c.dram.nvme.persist_on_close_seconds = v;
   } else if (name == "auth.admin_token") {
     c.admin_token = value;
   } else if (name == "auth.admin_token_file") {
@@ -243,7 +249,8 @@ const std::map<std::string, std::set<std::string>>& SectionKeys() {
       {"dram", {"capacity", "slab", "index_shards", "huge_pages", "prefault", "eviction_policy"}},
       {"nvme",
        {"enabled", "path", "capacity", "slot_payload_sizes", "io_mode", "queue_depth",
-        "max_inflight", "admission", "durability", "write_snapshot", "eviction_policy"}},
+        "max_inflight", "admission", "durability", "write_snapshot", "eviction_policy",
+        "persist_on_close_seconds"}},
       {"auth", {"admin_token", "admin_token_file", "tenants"}},
       {"limits",
        {"max_keys_per_request", "max_tokens_per_request", "max_message_bytes",
@@ -777,6 +784,8 @@ std::string DaemonConfig::ToRedactedYaml() const {
   out << YAML::Key << "durability" << YAML::Value << dram.nvme.durability;
   out << YAML::Key << "write_snapshot" << YAML::Value << dram.nvme.write_snapshot;
   out << YAML::Key << "eviction_policy" << YAML::Value << dram.nvme.eviction_policy;
+  out << YAML::Key << "persist_on_close_seconds" << YAML::Value
+      << dram.nvme.persist_on_close_seconds;
   out << YAML::EndMap;
   out << YAML::Key << "auth" << YAML::Value << YAML::BeginMap;
   out << YAML::Key << "admin_token" << YAML::Value << redact(admin_token);

@@ -571,6 +571,49 @@ absl::StatusOr<size_t> DramTier::Get(uint64_t namespace_id, const BlockKey& key,
   return encoded;
 }
 
+void DramTier::ForEachChunk(
+    absl::FunctionRef<bool(const ChunkMeta& meta, absl::Span<const std::byte> sealed)> fn) {
+  std::vector<std::pair<uint32_t, std::pair<EntryId, uint32_t>>> ready;  // depth, (id, gen)
+  {
+    absl::MutexLock lock(&mu_);
+    for (EntryId id = 0; id < entries_.size(); ++id) {
+      if (entries_[id].state == State::kReady) {
+        ready.push_back({entries_[id].depth, {id, entries_[id].generation}});
+      }
+    }
+  }
+  std::sort(ready.begin(), ready.end());
+  std::vector<std::byte> copy;
+  for (const auto& [depth, entry] : ready) {
+    const auto [id, generation] = entry;
+    ChunkMeta meta;
+    const std::byte* data = nullptr;
+    uint64_t bytes = 0;
+    {
+      absl::MutexLock lock(&mu_);
+      Entry& e = entries_[id];
+      if (e.state != State::kReady || e.generation != generation) continue;
+      if (e.pins++ == 0) {
+        ++pinned_;
+        UpdateEvictable(id);
+      }
+      meta = e.meta;
+      data = e.data;
+      bytes = e.encoded_bytes;
+    }
+    copy.assign(data, data + bytes);  // pinned: the slot cannot be reused meanwhile
+    {
+      absl::MutexLock lock(&mu_);
+      Unpin(id);
+    }
+    if (!SealChunk(absl::MakeSpan(copy)).ok()) {
+      corrupt_.fetch_add(1, std::memory_order_relaxed);
+      continue;
+    }
+    if (!fn(meta, copy)) return;
+  }
+}
+
 absl::StatusOr<ChunkPin> DramTier::PinChunk(uint64_t namespace_id, const BlockKey& key) {
   return PinChunkChecked(namespace_id, key, std::nullopt);
 }

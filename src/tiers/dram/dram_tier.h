@@ -32,6 +32,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/inlined_vector.h"
+#include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
@@ -96,6 +97,12 @@ class DramTier final : public StorageTier, public ChunkPin::Releaser {
 
   // Pins a resident chunk and returns a view of its payload (counted in
   // bytes_read: the payload is served in place).
+  // Calls `fn` with the meta and a sealed copy of the bytes (header and
+  // payload) of every resident chunk, parents before their children; each is
+  // pinned while its bytes are copied. Stops early when `fn` returns false.
+  // Chunks saved or evicted meanwhile may or may not be seen.
+  void ForEachChunk(
+      absl::FunctionRef<bool(const ChunkMeta& meta, absl::Span<const std::byte> sealed)> fn);
   absl::StatusOr<ChunkPin> PinChunk(uint64_t namespace_id, const BlockKey& key);
   // The same, after checking the chunk's header against the key and
   // `layout_signature` as LoadPayload does: a damaged header is DataLoss, and

@@ -240,6 +240,7 @@ TEST_F(CacheNvmeTest, RestartFindsTheNvmeChunks) {
   CacheOptions o = TieredOptions(dir.path());
   o.nvme.slot_payload_bytes.clear();
   o.nvme.durability = "power";
+  o.nvme.persist_on_close_seconds = 0;  // only what DRAM evicted reaches NVMe
   Open(o);
   ASSERT_OK(SaveAll(chain));
   cache_->WaitForDemotions();
@@ -263,6 +264,27 @@ TEST_F(CacheNvmeTest, RestartFindsTheNvmeChunks) {
   ASSERT_GT(r.matched, 0u);
   EXPECT_EQ(r.chunks[0].tier, Tier::kNvme);
   ExpectAllLoad(on_nvme);
+}
+
+TEST_F(CacheNvmeTest, CloseCopiesDramChunksToNvmeSoARestartFindsThemAll) {
+  TempFolder dir;
+  std::vector<ChunkRef> chain = Chain(150, 7);
+  CacheOptions o = TieredOptions(dir.path());
+  Open(o);
+  ASSERT_OK(SaveAll(chain));
+  cache_->WaitForDemotions();
+  size_t in_dram_only = 0;
+  for (const ChunkRef& c : chain) in_dram_only += InDram(c) && !OnNvme(c);
+  ASSERT_GT(in_dram_only, 20u);
+  ASSERT_OK(cache_->Close());
+  EXPECT_EQ(cache_->persisted_on_close(), in_dram_only);
+
+  Open(o);
+  EXPECT_EQ(cache_->Stats().tiering.nvme_recovered_chunks, chain.size());
+  ASSERT_OK_AND_ASSIGN(LookupResult r, cache_->Lookup(*ns_, Namespace::Keys(chain)));
+  EXPECT_EQ(r.matched, chain.size());
+  for (const ChunkLocation& loc : r.chunks) EXPECT_EQ(loc.tier, Tier::kNvme);
+  ExpectAllLoad(chain);
 }
 
 TEST_F(CacheNvmeTest, DamagedNvmeChunkIsACountedMissNeverData) {
