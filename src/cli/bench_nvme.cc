@@ -329,7 +329,7 @@ int RunNvmeBench(Flags& flags) {
             : std::min<uint64_t>({1ull << 30, std::max<uint64_t>(slots / 4, 1) * (slot_data + 4096),
                                   std::max<uint64_t>(64ull << 20, 4ull * qd * (slot_data + 4096))});
     std::error_code ec;
-    std::filesystem::remove(tier_dir + "/kvtier-nvme.dat", ec);
+    std::filesystem::remove(absl::StrCat(tier_dir, "/", kNvmeVolumeFileName), ec);
     absl::StatusOr<std::unique_ptr<NvmeTier>> tier = NvmeTier::Create(
         TierOptions(tier_dir, size, slots, qd, inflight, io_mode, layout, "process"));
     if (!tier.ok()) return fail("create", tier.status());
@@ -493,7 +493,7 @@ int RunNvmeBench(Flags& flags) {
   double reopen_snapshot = 0, reopen_scan = 0, reopen_fill = 0;
   {
     std::error_code ec;
-    std::filesystem::remove(tier_dir + "/kvtier-nvme.dat", ec);
+    std::filesystem::remove(absl::StrCat(tier_dir, "/", kNvmeVolumeFileName), ec);
     const uint64_t slot_data = AlignUp(reopen_payload + kChunkHeaderBytes, 4096);
     NvmeTierOptions o = TierOptions(tier_dir, reopen_payload, reopen_chunks, 128,
                                     std::max<uint64_t>(16ull << 20, 64 * (slot_data + 4096)),

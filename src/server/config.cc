@@ -20,6 +20,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "src/common/status_macros.h"
+#include "src/tiers/nvme/nvme_tier.h"
 #include "yaml-cpp/yaml.h"
 
 extern char** environ;
@@ -444,7 +445,7 @@ uint64_t DefaultNvmeBytes(const std::string& folder) {
   if (p.empty() || statvfs(p.c_str(), &fs) != 0) return 0;
   const uint64_t free_bytes = uint64_t(fs.f_bavail) * uint64_t(fs.f_frsize);
   const uintmax_t existing =
-      std::filesystem::file_size(std::filesystem::path(folder) / "kvtier-nvme.dat", ec);
+      std::filesystem::file_size(std::filesystem::path(folder) / kNvmeVolumeFileName, ec);
   return DefaultNvmeBytesFor(free_bytes, ec ? 0 : existing);
 }
 

@@ -465,14 +465,17 @@ EntryId DramTier::PinForRead(const IndexKey& k, bool count_access) {
     misses_.fetch_add(1, std::memory_order_relaxed);
     return kNoEntry;
   }
-  Entry& e = entries_[id];
-  if (e.pins++ == 0) {
-    ++pinned_;
-    UpdateEvictable(id);
-  }
+  PinEntry(id);
   if (count_access) policy_->OnAccess(id);
   hits_.fetch_add(1, std::memory_order_relaxed);
   return id;
+}
+
+void DramTier::PinEntry(EntryId id) {
+  if (entries_[id].pins++ == 0) {
+    ++pinned_;
+    UpdateEvictable(id);
+  }
 }
 
 void DramTier::Unpin(EntryId id) {
@@ -500,6 +503,27 @@ absl::StatusOr<size_t> DramTier::LoadPayload(uint64_t namespace_id, const BlockK
     return absl::NotFoundError(absl::StrCat("chunk ", key.ToHex(), " is not cached in namespace ",
                                             absl::Hex(namespace_id, absl::kZeroPad16)));
   }
+  absl::StatusOr<DecodedChunk> d = DecodePinned(id, namespace_id, key, layout_signature);
+  if (!d.ok()) return d.status();
+  absl::Status status;
+  size_t n = 0;
+  if (out.size() < d->payload.size()) {
+    status = absl::InvalidArgumentError(
+        absl::StrCat("out: buffer of ", out.size(), " bytes is smaller than the ",
+                     d->payload.size(), "-byte payload of chunk ", key.ToHex()));
+  } else {
+    n = d->payload.size();
+    std::memcpy(out.data(), d->payload.data(), n);
+    bytes_read_.fetch_add(n, std::memory_order_relaxed);
+  }
+  UnpinForRead(id);
+  if (!status.ok()) return status;
+  return n;
+}
+
+absl::StatusOr<DecodedChunk> DramTier::DecodePinned(EntryId id, uint64_t namespace_id,
+                                                    const BlockKey& key,
+                                                    uint64_t layout_signature) {
   std::byte* data;
   uint64_t encoded;
   {
@@ -509,24 +533,12 @@ absl::StatusOr<size_t> DramTier::LoadPayload(uint64_t namespace_id, const BlockK
   }
   ChunkExpectation expect{namespace_id, key, layout_signature, /*verify_payload_checksum=*/false};
   absl::StatusOr<DecodedChunk> d = DecodeChunk({data, encoded}, expect);
-  absl::Status status;
-  size_t n = 0;
   if (!d.ok()) {
-    status = d.status();
-  } else if (out.size() < d->payload.size()) {
-    status = absl::InvalidArgumentError(
-        absl::StrCat("out: buffer of ", out.size(), " bytes is smaller than the ",
-                     d->payload.size(), "-byte payload of chunk ", key.ToHex()));
-  } else {
-    n = d->payload.size();
-    std::memcpy(out.data(), d->payload.data(), n);
-    bytes_read_.fetch_add(n, std::memory_order_relaxed);
+    absl::MutexLock lock(&mu_);
+    DropCorrupt(id);
+    Unpin(id);
   }
-  absl::MutexLock lock(&mu_);
-  if (!d.ok()) DropCorrupt(id);
-  Unpin(id);
-  if (!status.ok()) return status;
-  return n;
+  return d;
 }
 
 absl::StatusOr<size_t> DramTier::Get(uint64_t namespace_id, const BlockKey& key,
@@ -593,10 +605,7 @@ void DramTier::ForEachChunk(
       absl::MutexLock lock(&mu_);
       Entry& e = entries_[id];
       if (e.state != State::kReady || e.generation != generation) continue;
-      if (e.pins++ == 0) {
-        ++pinned_;
-        UpdateEvictable(id);
-      }
+      PinEntry(id);
       meta = e.meta;
       data = e.data;
       bytes = e.encoded_bytes;
@@ -633,22 +642,7 @@ absl::StatusOr<ChunkPin> DramTier::PinChunkChecked(uint64_t namespace_id, const 
   if (layout_signature.has_value()) {
     // The header is checked as LoadPayload checks it, so a damaged chunk is
     // never handed out for zero-copy reads either.
-    std::byte* data;
-    uint64_t encoded;
-    {
-      absl::MutexLock lock(&mu_);
-      data = entries_[id].data;
-      encoded = entries_[id].encoded_bytes;
-    }
-    ChunkExpectation expect{namespace_id, key, *layout_signature,
-                            /*verify_payload_checksum=*/false};
-    absl::StatusOr<DecodedChunk> d = DecodeChunk({data, encoded}, expect);
-    if (!d.ok()) {
-      absl::MutexLock lock(&mu_);
-      DropCorrupt(id);
-      Unpin(id);
-      return d.status();
-    }
+    KVTIER_RETURN_IF_ERROR(DecodePinned(id, namespace_id, key, *layout_signature).status());
   }
   absl::MutexLock lock(&mu_);
   const Entry& e = entries_[id];

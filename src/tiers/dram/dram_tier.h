@@ -244,7 +244,14 @@ class DramTier final : public StorageTier, public ChunkPin::Releaser {
   // Frees the slot and the entry of a detached or writing entry.
   void Destroy(EntryId id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void UpdateEvictable(EntryId id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Takes a pin on a live entry (it cannot be evicted or reused until Unpin).
+  void PinEntry(EntryId id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Unpin(EntryId id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Decodes the header of pinned entry `id` against the key and layout. On
+  // failure the entry is dropped as corrupt and unpinned; on success it stays
+  // pinned and the result points into its slot.
+  absl::StatusOr<DecodedChunk> DecodePinned(EntryId id, uint64_t namespace_id, const BlockKey& key,
+                                            uint64_t layout_signature) ABSL_LOCKS_EXCLUDED(mu_);
   // Drops a chunk whose header failed a check.
   void DropCorrupt(EntryId id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Pins a ready entry for reading. kNoEntry when absent.

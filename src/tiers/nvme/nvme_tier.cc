@@ -24,7 +24,6 @@ using nvme::kSectorBytes;
 
 namespace {
 
-constexpr char kVolumeFileName[] = "kvtier-nvme.dat";
 constexpr uint64_t kMaxChunkBytes = 1ull << 30;
 constexpr uint64_t kMaxInflightBytes = 1ull << 30;
 constexpr uint32_t kMaxQueueDepth = 4096;
@@ -270,7 +269,7 @@ absl::Status NvmeTier::OpenVolume() {
     case PathKind::kMissing:
       return ErrnoToStatus(ENOENT, absl::StrCat("path: ", path));
     case PathKind::kDirectory:
-      volume_path_ = absl::StrCat(path, path.back() == '/' ? "" : "/", kVolumeFileName);
+      volume_path_ = absl::StrCat(path, path.back() == '/' ? "" : "/", kNvmeVolumeFileName);
       break;
     case PathKind::kBlockDevice:
       volume_path_ = path;

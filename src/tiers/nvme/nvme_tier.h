@@ -119,6 +119,9 @@ struct NvmeSlotClass {
   uint64_t capacity_bytes = 0;
 };
 
+// The volume's file name inside a folder path.
+inline constexpr char kNvmeVolumeFileName[] = "kvtier-nvme.dat";
+
 struct NvmeTierOptions {
   // A folder (the volume is FOLDER/kvtier-nvme.dat, created and preallocated
   // on first use) or a block device used whole from offset 0.
