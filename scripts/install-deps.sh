@@ -16,7 +16,11 @@ packages=(
   python3-matplotlib
   libyaml-cpp-dev prometheus-cpp-dev libhiredis-dev redis-server redis-tools openssl
   python3-dev pybind11-dev python3-pybind11 python3-pytest python3-numpy python3-torch
+  nlohmann-json3-dev chromium prometheus
 )
+# Node.js and npm (the status page's uPlot bundle, the browser test's driver):
+# Debian's packages unless a node with npm is installed already.
+if ! command -v npm >/dev/null 2>&1; then packages+=(nodejs npm); fi
 
 missing=()
 for p in "${packages[@]}"; do
@@ -27,12 +31,23 @@ done
 
 if [ ${#missing[@]} -eq 0 ]; then
   echo "install-deps: all ${#packages[@]} packages present"
-  exit 0
+else
+  SUDO=""
+  if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+  echo "install-deps: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
-SUDO=""
-if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
-echo "install-deps: installing ${missing[*]}"
-export DEBIAN_FRONTEND=noninteractive
-$SUDO apt-get update -qq
-$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+# npm packages pinned in package.json / package-lock.json, into the project's
+# node_modules (the build embeds node_modules/uplot/dist). Skipped when
+# node_modules already matches the lock file.
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+if ! cmp -s "$root/package-lock.json" "$root/node_modules/.package-lock.json.installed"; then
+  echo "install-deps: npm ci in $root"
+  (cd "$root" && npm ci --no-audit --no-fund --loglevel=error)
+  cp "$root/package-lock.json" "$root/node_modules/.package-lock.json.installed"
+else
+  echo "install-deps: node_modules matches package-lock.json"
+fi

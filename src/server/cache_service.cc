@@ -8,6 +8,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
 #include "grpcpp/impl/codegen/method_handler.h"
 #include "grpcpp/impl/codegen/proto_utils.h"
@@ -366,6 +367,9 @@ absl::Status CacheService::DoLookup(grpc::ServerContext*, const v1::LookupReques
     return absl::InvalidArgumentError(msg);
   }
   KVTIER_ASSIGN_OR_RETURN(LookupResult r, cache_->Lookup(ns, keys));
+  if (options_.namespace_stats != nullptr) {
+    options_.namespace_stats->AddLookup(ns, keys.size(), r.matched);
+  }
   resp.set_matched(static_cast<uint32_t>(r.matched));
   for (const ChunkLocation& loc : r.chunks) resp.add_tiers(static_cast<v1::Tier>(loc.tier));
   return absl::OkStatus();
@@ -386,6 +390,7 @@ absl::Status CacheService::DoSave(grpc::ServerContext*, grpc::ServerReader<wire:
   absl::Status chunk_status;
   SlotGuard slot(cache_);
   uint32_t chunks = 0, saved = 0;
+  uint64_t saved_bytes = 0;
 
   while (reader->Read(&msg)) {
     if (!ns.has_value()) {
@@ -437,7 +442,10 @@ absl::Status CacheService::DoSave(grpc::ServerContext*, grpc::ServerReader<wire:
     }
     if (active && got == expected) {
       if (slot.held()) chunk_status = cache_->CommitSlot(slot.Release());
-      if (chunk_status.ok()) ++saved;
+      if (chunk_status.ok()) {
+        ++saved;
+        saved_bytes += expected;
+      }
       SetChunkStatus(resp.add_results(), ref.key, chunk_status);
       active = false;
     }
@@ -448,6 +456,9 @@ absl::Status CacheService::DoSave(grpc::ServerContext*, grpc::ServerReader<wire:
                                                    expected, " bytes)"));
   }
   if (!ns.has_value()) return absl::InvalidArgumentError("namespace: required (empty stream)");
+  if (options_.namespace_stats != nullptr) {
+    options_.namespace_stats->AddSaved(*ns, saved, saved_bytes);
+  }
   resp.set_saved(saved);
   return absl::OkStatus();
 }
@@ -460,6 +471,12 @@ absl::Status CacheService::DoLoad(grpc::ServerContext* ctx, const v1::LoadReques
                           wire::KeysFromProto(req.keys(), "keys", options_.max_keys_per_request));
   KVTIER_ASSIGN_OR_RETURN(Namespace ns, OpenNamespace(who, req.has_namespace_(), req.namespace_()));
   wire::LoadFrame msg;
+  uint64_t loaded = 0, loaded_bytes = 0, loaded_tokens = 0;
+  absl::Cleanup count = [&] {
+    if (options_.namespace_stats != nullptr && loaded > 0) {
+      options_.namespace_stats->AddLoaded(ns, loaded, loaded_bytes, loaded_tokens);
+    }
+  };
   for (const BlockKey& key : keys) {
     if (ctx->IsCancelled()) return absl::CancelledError("Load: the client went away");
     absl::StatusOr<ChunkPin> pin = cache_->Pin(ns, key);
@@ -479,6 +496,9 @@ absl::Status CacheService::DoLoad(grpc::ServerContext* ctx, const v1::LoadReques
     const absl::Span<const std::byte> payload = held->payload();
     msg.chunk.set_num_tokens(held->num_tokens());
     msg.chunk.set_payload_bytes(payload.size());
+    ++loaded;
+    loaded_bytes += payload.size();
+    loaded_tokens += held->num_tokens();
     msg.data_owner = held;
     size_t sent = 0;
     do {
@@ -536,6 +556,9 @@ absl::Status CacheService::DoReserve(grpc::ServerContext*, const v1::ReserveRequ
     if (r->already_present) {
       out->set_already_present(true);
       continue;
+    }
+    if (options_.namespace_stats != nullptr) {
+      options_.namespace_stats->AddSaved(ns, 1, r->payload_bytes);
     }
     const uint64_t id = NewLeaseId();
     Lease lease;
@@ -602,6 +625,12 @@ absl::Status CacheService::DoPin(grpc::ServerContext*, const v1::PinRequest& req
   KVTIER_RETURN_IF_ERROR(CheckLeaseRoom(keys.size()));
   const std::byte* arena = cache_->dram().arena().base();
   const absl::Time expires = absl::Now() + absl::Seconds(options_.lease_seconds);
+  uint64_t pinned = 0, pinned_bytes = 0, pinned_tokens = 0;
+  absl::Cleanup count = [&] {
+    if (options_.namespace_stats != nullptr && pinned > 0) {
+      options_.namespace_stats->AddLoaded(ns, pinned, pinned_bytes, pinned_tokens);
+    }
+  };
   for (const BlockKey& key : keys) {
     absl::StatusOr<ChunkPin> pin = cache_->Pin(ns, key);
     v1::PinnedChunk* out = resp.add_chunks();
@@ -613,6 +642,9 @@ absl::Status CacheService::DoPin(grpc::ServerContext*, const v1::PinRequest& req
     out->set_offset(static_cast<uint64_t>(pin->payload().data() - arena));
     out->set_length(pin->payload().size());
     out->set_num_tokens(pin->num_tokens());
+    ++pinned;
+    pinned_bytes += pin->payload().size();
+    pinned_tokens += pin->num_tokens();
     Lease lease;
     lease.kind = Lease::Kind::kPin;
     lease.owner = who.name;

@@ -35,6 +35,7 @@
 #include "src/server/frames.h"
 #include "src/server/log.h"
 #include "src/server/metrics.h"
+#include "src/server/namespace_stats.h"
 #include "src/server/shm_protocol.h"
 
 namespace kvtier::server {
@@ -49,6 +50,7 @@ struct ServiceOptions {
   std::string shm_socket;                      // side-channel path; empty = disabled
   std::string version;                         // reported by Health and Stats
   std::string config_yaml;                     // redacted effective config (Config RPC)
+  NamespaceStats* namespace_stats = nullptr;   // per-namespace counters; null = not kept
 };
 
 // Registers the kvtier.v1.Cache methods by hand rather than through the

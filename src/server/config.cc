@@ -235,6 +235,19 @@ absl::Status ApplySetting(const std::string& name, const std::string& value,
     KVTIER_ASSIGN_OR_RETURN(c.drain_seconds, ParseU32(value, field, 0, 3600));
   } else if (name == "log.level") {
     c.log_level = value;
+  } else if (name == "listen.status_token") {
+    c.status_token = value;
+  } else if (name == "listen.status_token_file") {
+    KVTIER_ASSIGN_OR_RETURN(std::string t, ReadSmallFile(value, field));
+    c.status_token = std::string(absl::StripAsciiWhitespace(t));
+  } else if (name == "status.tokens_per_gpu_second") {
+    double v = 0;
+    if (!absl::SimpleAtod(value, &v) || !(v > 0) || !std::isfinite(v)) {
+      return Invalid(field, absl::StrCat("'", value, "' is not a number of tokens > 0"));
+    }
+    c.tokens_per_gpu_second = v;
+  } else if (name == "status.node_name") {
+    c.node_name = value;
   } else {
     return Invalid(field, "unknown setting");
   }
@@ -245,7 +258,8 @@ absl::Status ApplySetting(const std::string& name, const std::string& value,
 const std::map<std::string, std::set<std::string>>& SectionKeys() {
   static const auto* keys = new std::map<std::string, std::set<std::string>>{
       {"listen",
-       {"unix_socket", "unix_socket_mode", "shared_memory", "tcp", "allow_insecure_tcp", "http"}},
+       {"unix_socket", "unix_socket_mode", "shared_memory", "tcp", "allow_insecure_tcp", "http",
+        "status_token", "status_token_file"}},
       {"tls", {"cert_file", "key_file", "client_ca_file", "require_client_cert"}},
       {"dram", {"capacity", "slab", "index_shards", "huge_pages", "prefault", "eviction_policy"}},
       {"nvme",
@@ -258,6 +272,7 @@ const std::map<std::string, std::set<std::string>>& SectionKeys() {
         "max_grpc_message_bytes", "lease_seconds", "max_leases"}},
       {"shutdown", {"drain_seconds"}},
       {"log", {"level"}},
+      {"status", {"tokens_per_gpu_second", "node_name"}},
   };
   return *keys;
 }
@@ -335,6 +350,9 @@ absl::Status ApplyYamlNode(const YAML::Node& root, DaemonConfig& c) {
       KVTIER_RETURN_IF_ERROR(ApplySetting(path, text, path, c));
     }
   }
+  if (root["listen"] && root["listen"]["status_token"] && root["listen"]["status_token_file"]) {
+    return Invalid("listen.status_token_file", "set either status_token or status_token_file");
+  }
   if (root["auth"] && root["auth"]["admin_token"] && root["auth"]["admin_token_file"]) {
     return Invalid("auth.admin_token_file", "set either admin_token or admin_token_file");
   }
@@ -379,6 +397,11 @@ const std::vector<FlagSpec>& FlagSpecs() {
       {"lease-seconds", "limits.lease_seconds", true, "life of unreleased reservations/pins"},
       {"drain-seconds", "shutdown.drain_seconds", true, "SIGTERM grace for in-flight RPCs"},
       {"log-level", "log.level", true, "debug | info | warn | error"},
+      {"status-token-file", "listen.status_token_file", true,
+       "file holding the bearer token of / and /api/v1/status"},
+      {"tokens-per-gpu-second", "status.tokens_per_gpu_second", true,
+       "prefill tokens per GPU-second, for the status page's saved panel"},
+      {"node-name", "status.node_name", true, "node name on the status page (default: host name)"},
       {"help", nullptr, false, "print this help"},
       {"version", nullptr, false, "print the version"},
   };
@@ -408,6 +431,8 @@ constexpr EnvSpec kEnvSpecs[] = {
     {"KVTIER_SHARED_MEMORY", "listen.shared_memory"},
     {"KVTIER_NVME", "nvme.path"},
     {"KVTIER_NVME_CAPACITY", "nvme.capacity"},
+    {"KVTIER_STATUS_TOKEN", "listen.status_token"},
+    {"KVTIER_NODE_NAME", "status.node_name"},
 };
 
 }  // namespace
@@ -678,6 +703,9 @@ absl::Status DaemonConfig::Validate() const {
     }
   }
   if (!http.empty()) KVTIER_RETURN_IF_ERROR(CheckHostPort(http, "listen.http"));
+  if (!(tokens_per_gpu_second > 0) || !std::isfinite(tokens_per_gpu_second)) {
+    return Invalid("status.tokens_per_gpu_second", "must be a number > 0");
+  }
   if (tls.enabled() != !tls.key_file.empty()) {
     return Invalid(tls.enabled() ? "tls.key_file" : "tls.cert_file",
                    "tls.cert_file and tls.key_file go together");
@@ -757,6 +785,7 @@ std::string DaemonConfig::ToRedactedYaml() const {
   out << YAML::Key << "tcp" << YAML::Value << tcp;
   out << YAML::Key << "allow_insecure_tcp" << YAML::Value << allow_insecure_tcp;
   out << YAML::Key << "http" << YAML::Value << http;
+  out << YAML::Key << "status_token" << YAML::Value << redact(status_token);
   out << YAML::EndMap;
   out << YAML::Key << "tls" << YAML::Value << YAML::BeginMap;
   out << YAML::Key << "cert_file" << YAML::Value << tls.cert_file;
@@ -815,6 +844,10 @@ std::string DaemonConfig::ToRedactedYaml() const {
   out << YAML::EndMap;
   out << YAML::Key << "log" << YAML::Value << YAML::BeginMap;
   out << YAML::Key << "level" << YAML::Value << log_level;
+  out << YAML::EndMap;
+  out << YAML::Key << "status" << YAML::Value << YAML::BeginMap;
+  out << YAML::Key << "tokens_per_gpu_second" << YAML::Value << tokens_per_gpu_second;
+  out << YAML::Key << "node_name" << YAML::Value << node_name;
   out << YAML::EndMap;
   out << YAML::EndMap;
   return std::string(out.c_str()) + "\n";

@@ -80,6 +80,10 @@ struct DaemonConfig {
   // Shutdown: seconds SIGTERM waits for in-flight RPCs before cancelling them.
   uint32_t drain_seconds = 10;
   std::string log_level = "info";  // debug | info | warn | error
+  // Status page (/ and /api/v1/status on the HTTP listener).
+  std::string status_token;  // bearer token for them; required when listen.http is not loopback
+  double tokens_per_gpu_second = 10000;  // prefill tokens one GPU computes per second ("saved")
+  std::string node_name;                 // shown on the page; empty = the host name
 
   // The default Unix socket: <data_dir>/kvtierd.sock when data_dir is set,
   // else $XDG_RUNTIME_DIR/kvtier/kvtierd.sock, else /tmp/kvtier-<uid>/kvtierd.sock.
@@ -125,8 +129,8 @@ absl::Status ApplyYamlFile(const std::string& path, DaemonConfig& config);
 // Applies KVTIER_* variables from `env` (name -> value): KVTIER_DATA_DIR,
 // KVTIER_SOCKET, KVTIER_TCP, KVTIER_HTTP, KVTIER_DRAM, KVTIER_LOG_LEVEL,
 // KVTIER_ADMIN_TOKEN, KVTIER_SHARED_MEMORY, KVTIER_NVME (the NVMe folder, or
-// "off"), KVTIER_NVME_CAPACITY. (KVTIER_CONFIG names the file and is read by
-// LoadConfig.)
+// "off"), KVTIER_NVME_CAPACITY, KVTIER_STATUS_TOKEN, KVTIER_NODE_NAME. (KVTIER_CONFIG names the
+// file and is read by LoadConfig.)
 absl::Status ApplyEnv(const std::map<std::string, std::string>& env, DaemonConfig& config);
 
 // Parsed command line of kvtierd.

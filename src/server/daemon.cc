@@ -8,6 +8,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "grpcpp/security/server_credentials.h"
 #include "grpcpp/server_builder.h"
@@ -42,6 +43,18 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> TcpCredentials(const Tl
   return grpc::SslServerCredentials(opts);
 }
 
+bool IsLoopbackListener(const std::string& host_port) {
+  std::string host = host_port.substr(0, host_port.rfind(':'));
+  if (host.size() >= 2 && host.front() == '[') host = host.substr(1, host.size() - 2);
+  return host == "localhost" || host == "::1" || absl::StartsWith(host, "127.");
+}
+
+std::string HostName() {
+  char name[256] = {};
+  if (gethostname(name, sizeof(name) - 1) != 0) return "unknown";
+  return name;
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const DaemonConfig& config,
@@ -73,6 +86,9 @@ absl::Status Daemon::Init(std::string version) {
   while (arena_id_ == 0) {
     if (getrandom(&arena_id_, sizeof(arena_id_), 0) != sizeof(arena_id_)) arena_id_ = 0;
   }
+  version_ = version;
+  start_time_ = absl::ToDoubleSeconds(absl::Now() - absl::UnixEpoch());
+  namespace_stats_ = std::make_unique<NamespaceStats>();
   auth_ = std::make_unique<Authenticator>(config_);
   ServiceOptions so;
   so.max_keys_per_request = config_.max_keys_per_request;
@@ -84,6 +100,7 @@ absl::Status Daemon::Init(std::string version) {
   so.shm_socket = config_.shared_memory ? config_.ShmSocketPath() : "";
   so.version = version;
   so.config_yaml = config_.ToRedactedYaml();
+  so.namespace_stats = namespace_stats_.get();
   metrics_ = std::make_unique<Metrics>(
       [this] { return cache_->Stats(); },
       [this] {
@@ -138,10 +155,30 @@ absl::Status Daemon::Init(std::string version) {
     KVTIER_ASSIGN_OR_RETURN(shm_, ShmServer::Start(shm, auth_.get(), log_));
   }
   if (!config_.http.empty()) {
-    KVTIER_ASSIGN_OR_RETURN(http_,
-                            HttpServer::Start(
-                                config_.http, "listen.http",
-                                [this](const std::string& path) { return ServeHttp(path); }, log_));
+    StatusPageOptions po;
+    po.title = "kvtierd";
+    po.snapshot = [this] { return Snapshot(); };
+    po.tokens_per_gpu_second = config_.tokens_per_gpu_second;
+    po.bearer_token = config_.status_token;
+    const bool remote = !IsLoopbackListener(config_.http);
+    po.require_token = remote;
+    absl::StatusOr<std::unique_ptr<StatusPage>> page = StatusPage::Create(std::move(po));
+    if (!page.ok()) {
+      return absl::Status(page.status().code(),
+                          absl::StrCat("status page: ", page.status().message()));
+    }
+    status_page_ = *std::move(page);
+    KVTIER_ASSIGN_OR_RETURN(
+        http_, HttpServer::Start(config_.http, "listen.http",
+                                 HttpServer::RequestHandler([this](const HttpRequest& request) {
+                                   std::optional<HttpResponse> r = status_page_->Handle(request);
+                                   return r.has_value() ? *std::move(r) : ServeHttp(request.path);
+                                 }),
+                                 log_));
+    if (remote && config_.status_token.empty()) {
+      log_->Warn("status page off",
+                 {{"reason", "listen.http is not loopback and listen.status_token is not set"}});
+    }
   }
   reaper_ = std::thread([this] {
     const absl::Duration period =
@@ -180,7 +217,29 @@ HttpResponse Daemon::ServeHttp(const std::string& path) {
       return {200, "text/plain; charset=utf-8", "ready\n"};
     return {503, "text/plain; charset=utf-8", "not ready\n"};
   }
-  return {404, "text/plain; charset=utf-8", "not found: try /metrics, /healthz or /readyz\n"};
+  return {404,
+          "text/plain; charset=utf-8",
+          "not found: try /, /api/v1/status, /metrics, /healthz or /readyz\n",
+          {}};
+}
+
+StatusSnapshot Daemon::Snapshot() const {
+  StatusSnapshot s;
+  s.service = "kvtierd";
+  s.node = config_.node_name.empty() ? HostName() : config_.node_name;
+  s.version = version_;
+  s.start_time_seconds = start_time_;
+  s.ready = ready_.load() && service_ != nullptr && !service_->draining();
+  const CacheStats st = cache_->Stats();
+  s.lookups = st.lookups;
+  s.lookup_chunks = st.lookup_chunks;
+  s.lookup_hit_chunks = st.lookup_hits;
+  s.tiers = st.tiers;
+  s.namespaces = namespace_stats_->Snapshot();
+  for (const NamespaceCounters& n : s.namespaces) s.prefill_tokens_saved += n.loaded_tokens;
+  s.latencies = metrics_->Latencies();
+  s.requests_by_code = metrics_->RequestsByCode();
+  return s;
 }
 
 void Daemon::Shutdown() {
@@ -210,6 +269,7 @@ void Daemon::Shutdown() {
     reaper_.join();
   }
   if (http_) http_->Stop();
+  if (status_page_) status_page_->Stop();
   if (grpc_) unlink(config_.unix_socket.c_str());
   if (was_ready) log_->Info("stopped");
 }

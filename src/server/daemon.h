@@ -29,7 +29,9 @@
 #include "src/server/http_server.h"
 #include "src/server/log.h"
 #include "src/server/metrics.h"
+#include "src/server/namespace_stats.h"
 #include "src/server/shm_server.h"
+#include "src/server/status_page.h"
 
 namespace kvtier::server {
 
@@ -50,6 +52,8 @@ class Daemon {
   Daemon(DaemonConfig config, Logger* log) : config_(std::move(config)), log_(log) {}
   absl::Status Init(std::string version);
   HttpResponse ServeHttp(const std::string& path);
+  // The figures of the status page.
+  StatusSnapshot Snapshot() const;
 
   const DaemonConfig config_;
   Logger* const log_;
@@ -62,6 +66,10 @@ class Daemon {
   std::unique_ptr<grpc::Server> grpc_;
   std::unique_ptr<ShmServer> shm_;
   std::unique_ptr<HttpServer> http_;
+  std::unique_ptr<NamespaceStats> namespace_stats_;
+  std::unique_ptr<StatusPage> status_page_;
+  std::string version_;
+  double start_time_ = 0;  // Unix seconds
   std::thread reaper_;
   absl::Notification stop_reaper_;
   std::atomic<bool> ready_{false};

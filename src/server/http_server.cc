@@ -8,6 +8,8 @@
 #include <cerrno>
 #include <cstring>
 
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "src/server/accept_loop.h"
@@ -21,6 +23,10 @@ const char* Reason(int status) {
   switch (status) {
     case 200:
       return "OK";
+    case 401:
+      return "Unauthorized";
+    case 403:
+      return "Forbidden";
     case 404:
       return "Not Found";
     case 405:
@@ -44,11 +50,56 @@ void SendAll(int fd, const std::string& bytes) {
   }
 }
 
+int HexValue(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+std::string PercentDecode(absl::string_view s) {
+  std::string out;
+  for (size_t i = 0; i < s.size(); ++i) {
+    if (s[i] == '+') {
+      out += ' ';
+    } else if (s[i] == '%' && i + 2 < s.size() && HexValue(s[i + 1]) >= 0 &&
+               HexValue(s[i + 2]) >= 0) {
+      out += static_cast<char>(HexValue(s[i + 1]) * 16 + HexValue(s[i + 2]));
+      i += 2;
+    } else {
+      out += s[i];
+    }
+  }
+  return out;
+}
+
 }  // namespace
+
+std::string HttpRequest::Header(const std::string& name) const {
+  auto it = headers.find(name);
+  return it == headers.end() ? std::string() : it->second;
+}
+
+std::string HttpRequest::QueryParam(const std::string& name) const {
+  for (absl::string_view part : absl::StrSplit(query, '&', absl::SkipEmpty())) {
+    const size_t eq = part.find('=');
+    if (PercentDecode(part.substr(0, eq)) != name) continue;
+    return eq == absl::string_view::npos ? std::string() : PercentDecode(part.substr(eq + 1));
+  }
+  return std::string();
+}
 
 absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(const std::string& host_port,
                                                               const std::string& field,
                                                               Handler handler, Logger* log) {
+  return Start(host_port, field,
+               RequestHandler([h = std::move(handler)](const HttpRequest& r) { return h(r.path); }),
+               log);
+}
+
+absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(const std::string& host_port,
+                                                              const std::string& field,
+                                                              RequestHandler handler, Logger* log) {
   const size_t colon = host_port.rfind(':');
   if (colon == std::string::npos) {
     return absl::InvalidArgumentError(absl::StrCat(field, ": '", host_port, "' is not host:port"));
@@ -121,12 +172,28 @@ void HttpServer::Serve(int conn) {
     resp = {405, "text/plain; charset=utf-8", "only GET and HEAD\n"};
   } else {
     head = parts[0] == "HEAD";
-    std::string path = parts[1].substr(0, parts[1].find('?'));
-    resp = handler_(path);
+    HttpRequest request;
+    request.method = parts[0];
+    const size_t q = parts[1].find('?');
+    request.path = parts[1].substr(0, q);
+    if (q != std::string::npos) request.query = parts[1].substr(q + 1);
+    const size_t end = req.find("\r\n\r\n");
+    if (eol != std::string::npos && end != std::string::npos && end > eol) {
+      for (absl::string_view line :
+           absl::StrSplit(absl::string_view(req).substr(eol + 2, end - eol - 2), "\r\n")) {
+        const size_t colon = line.find(':');
+        if (colon == absl::string_view::npos) continue;
+        request.headers[absl::AsciiStrToLower(line.substr(0, colon))] =
+            std::string(absl::StripAsciiWhitespace(line.substr(colon + 1)));
+      }
+    }
+    resp = handler_(request);
   }
-  std::string out = absl::StrCat(
-      "HTTP/1.1 ", resp.status, " ", Reason(resp.status), "\r\nContent-Type: ", resp.content_type,
-      "\r\nContent-Length: ", resp.body.size(), "\r\nConnection: close\r\n\r\n");
+  std::string out = absl::StrCat("HTTP/1.1 ", resp.status, " ", Reason(resp.status),
+                                 "\r\nContent-Type: ", resp.content_type,
+                                 "\r\nContent-Length: ", resp.body.size());
+  for (const std::string& h : resp.headers) absl::StrAppend(&out, "\r\n", h);
+  absl::StrAppend(&out, "\r\nConnection: close\r\n\r\n");
   if (!head) out += resp.body;
   SendAll(conn, out);
   log_->Debug("http", {{"path", parts.size() > 1 ? parts[1] : ""}, {"status", resp.status}});

@@ -9,8 +9,10 @@
 #define KVTIER_SRC_SERVER_HTTP_SERVER_H_
 
 #include <functional>
+#include <map>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "src/server/accept_loop.h"
@@ -22,18 +24,39 @@ struct HttpResponse {
   int status = 200;
   std::string content_type = "text/plain; charset=utf-8";
   std::string body;
+  // Extra header lines, each "Name: value" (no CRLF).
+  std::vector<std::string> headers;
+};
+
+// A parsed request line and headers.
+struct HttpRequest {
+  std::string method;                          // "GET" or "HEAD"
+  std::string path;                            // without the query string
+  std::string query;                           // after '?', undecoded; empty when none
+  std::map<std::string, std::string> headers;  // names lowercased, values trimmed
+
+  // The header's value, or "" when absent. `name` must be lowercase.
+  std::string Header(const std::string& name) const;
+  // The query parameter's value (percent-decoded), or "" when absent.
+  std::string QueryParam(const std::string& name) const;
 };
 
 class HttpServer {
  public:
   // Called with the request path (query string removed).
   using Handler = std::function<HttpResponse(const std::string& path)>;
+  // Called with the whole request (headers and query included).
+  using RequestHandler = std::function<HttpResponse(const HttpRequest& request)>;
 
   // Listens on "host:port" (port 0 picks a free one). InvalidArgument naming
   // `field` for a bad address, FailedPrecondition when it cannot bind.
   static absl::StatusOr<std::unique_ptr<HttpServer>> Start(const std::string& host_port,
                                                            const std::string& field,
                                                            Handler handler, Logger* log);
+  // As above, with a handler that sees the headers and the query string.
+  static absl::StatusOr<std::unique_ptr<HttpServer>> Start(const std::string& host_port,
+                                                           const std::string& field,
+                                                           RequestHandler handler, Logger* log);
   ~HttpServer();
   HttpServer(const HttpServer&) = delete;
   HttpServer& operator=(const HttpServer&) = delete;
@@ -42,12 +65,12 @@ class HttpServer {
   void Stop();
 
  private:
-  HttpServer(int port, Handler handler, Logger* log)
+  HttpServer(int port, RequestHandler handler, Logger* log)
       : port_(port), handler_(std::move(handler)), log_(log) {}
   void Serve(int conn);
 
   const int port_;
-  const Handler handler_;
+  const RequestHandler handler_;
   Logger* const log_;
   std::unique_ptr<AcceptLoop> loop_;  // last: stops before the members above go
 };

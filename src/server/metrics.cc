@@ -1,5 +1,6 @@
 #include "src/server/metrics.h"
 
+#include <cmath>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -167,6 +168,35 @@ std::string Metrics::Render() const {
     families.push_back(std::move(*f));
   }
   return prometheus::TextSerializer().Serialize(families);
+}
+
+std::vector<Metrics::MethodLatency> Metrics::Latencies() const {
+  std::vector<MethodLatency> out;
+  for (size_t i = 0; i < rpc_duration_.size(); ++i) {
+    const ClientMetric m = rpc_duration_[i]->Collect();
+    MethodLatency l;
+    l.method = std::string(MethodName(static_cast<Method>(i)));
+    l.count = m.histogram.sample_count;
+    l.sum_seconds = m.histogram.sample_sum;
+    for (const ClientMetric::Bucket& b : m.histogram.bucket) {
+      if (!std::isinf(b.upper_bound)) l.upper_bounds.push_back(b.upper_bound);
+      l.bucket_counts.push_back(b.cumulative_count);
+    }
+    out.push_back(std::move(l));
+  }
+  return out;
+}
+
+std::map<std::string, uint64_t> Metrics::RequestsByCode() const {
+  std::map<std::string, uint64_t> out;
+  for (const MetricFamily& f : rpc_total_->Collect()) {
+    for (const ClientMetric& m : f.metric) {
+      for (const ClientMetric::Label& label : m.label) {
+        if (label.name == "code") out[label.value] += static_cast<uint64_t>(m.counter.value);
+      }
+    }
+  }
+  return out;
 }
 
 }  // namespace kvtier::server

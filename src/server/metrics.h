@@ -12,8 +12,10 @@
 #include <array>
 #include <chrono>
 #include <functional>
+#include <map>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/strings/string_view.h"
 #include "kvtier/cache.h"
@@ -71,6 +73,20 @@ class Metrics {
 
   // The text exposition format (version 0.0.4).
   std::string Render() const;
+
+  // One method's RPC duration histogram, as the exposition has it.
+  struct MethodLatency {
+    std::string method;
+    std::vector<double> upper_bounds;     // seconds, ascending; +Inf not included
+    std::vector<uint64_t> bucket_counts;  // cumulative; upper_bounds.size() + 1 (last: +Inf)
+    uint64_t count = 0;
+    double sum_seconds = 0;
+  };
+  // Every method's histogram (methods never called included, all zero).
+  std::vector<MethodLatency> Latencies() const;
+  // Finished RPCs by gRPC status code name ("OK", "NOT_FOUND", ...), all
+  // methods together.
+  std::map<std::string, uint64_t> RequestsByCode() const;
 
  private:
   std::function<CacheStats()> cache_stats_;
