@@ -16,7 +16,7 @@ packages=(
   python3-matplotlib
   libyaml-cpp-dev prometheus-cpp-dev libhiredis-dev redis-server redis-tools openssl
   python3-dev pybind11-dev python3-pybind11 python3-pytest python3-numpy python3-torch
-  nlohmann-json3-dev chromium prometheus
+  nlohmann-json3-dev chromium prometheus python3-yaml
 )
 # Node.js and npm (the status page's uPlot bundle, the browser test's driver):
 # Debian's packages unless a node with npm is installed already.

@@ -107,6 +107,7 @@ absl::Status Daemon::Init(std::string version) {
         return DaemonGauges{service_ ? service_->leases() : 0, shm_ ? shm_->grants() : 0};
       },
       version);
+  metrics_->SetNamespaceSource([this] { return namespace_stats_->Snapshot(); });
   service_ = std::make_unique<CacheService>(cache_.get(), auth_.get(), metrics_.get(), log_, so);
 
   KVTIER_RETURN_IF_ERROR(PrepareSocketPath(config_.unix_socket, "listen.unix_socket"));

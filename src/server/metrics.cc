@@ -167,7 +167,47 @@ std::string Metrics::Render() const {
                           &lookup_hits, &leases, &grants, &info, &start}) {
     families.push_back(std::move(*f));
   }
+  if (namespaces_) {
+    MetricFamily ns_lookup =
+        Family("kvtier_namespace_lookup_chunks_total",
+               "Chunk keys asked about by Lookup, by namespace.", MetricType::Counter);
+    MetricFamily ns_hit =
+        Family("kvtier_namespace_lookup_hit_chunks_total",
+               "Chunks Lookup reported cached, by namespace.", MetricType::Counter);
+    MetricFamily ns_saved =
+        Family("kvtier_namespace_saved_bytes_total",
+               "Payload bytes stored (Save, Reserve), by namespace.", MetricType::Counter);
+    MetricFamily ns_loaded =
+        Family("kvtier_namespace_loaded_bytes_total",
+               "Payload bytes served (Load, Pin), by namespace.", MetricType::Counter);
+    MetricFamily ns_tokens = Family(
+        "kvtier_namespace_loaded_tokens_total",
+        "Tokens of the chunks served (prefill not redone), by namespace.", MetricType::Counter);
+    MetricFamily saved_tokens = Family("kvtier_prefill_tokens_saved_total",
+                                       "Tokens of the chunks served by Load and Pin, all "
+                                       "namespaces: prefill the engines did not redo.",
+                                       MetricType::Counter);
+    uint64_t total_tokens = 0;
+    for (const NamespaceCounters& n : namespaces_()) {
+      std::vector<ClientMetric::Label> l = {{"model", n.model_id}, {"namespace", n.id}};
+      AddSample(ns_lookup, l, static_cast<double>(n.lookup_chunks));
+      AddSample(ns_hit, l, static_cast<double>(n.lookup_hit_chunks));
+      AddSample(ns_saved, l, static_cast<double>(n.saved_bytes));
+      AddSample(ns_loaded, l, static_cast<double>(n.loaded_bytes));
+      AddSample(ns_tokens, l, static_cast<double>(n.loaded_tokens));
+      total_tokens += n.loaded_tokens;
+    }
+    AddSample(saved_tokens, {}, static_cast<double>(total_tokens));
+    for (MetricFamily* f :
+         {&ns_lookup, &ns_hit, &ns_saved, &ns_loaded, &ns_tokens, &saved_tokens}) {
+      families.push_back(std::move(*f));
+    }
+  }
   return prometheus::TextSerializer().Serialize(families);
+}
+
+void Metrics::SetNamespaceSource(std::function<std::vector<NamespaceCounters>()> source) {
+  namespaces_ = std::move(source);
 }
 
 std::vector<Metrics::MethodLatency> Metrics::Latencies() const {

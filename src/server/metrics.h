@@ -24,6 +24,7 @@
 #include "prometheus/gauge.h"
 #include "prometheus/histogram.h"
 #include "prometheus/registry.h"
+#include "src/server/namespace_stats.h"
 
 namespace kvtier::server {
 
@@ -82,6 +83,10 @@ class Metrics {
     uint64_t count = 0;
     double sum_seconds = 0;
   };
+  // Adds per-namespace series (kvtier_namespace_*, kvtier_prefill_tokens_saved_total)
+  // read from `source` at each Render. Call before the first Render.
+  void SetNamespaceSource(std::function<std::vector<NamespaceCounters>()> source);
+
   // Every method's histogram (methods never called included, all zero).
   std::vector<MethodLatency> Latencies() const;
   // Finished RPCs by gRPC status code name ("OK", "NOT_FOUND", ...), all
@@ -92,6 +97,7 @@ class Metrics {
   std::function<CacheStats()> cache_stats_;
   std::function<DaemonGauges()> daemon_gauges_;
   std::string version_;
+  std::function<std::vector<NamespaceCounters>()> namespaces_;
   double start_time_;
   std::shared_ptr<prometheus::Registry> registry_;
   prometheus::Family<prometheus::Counter>* rpc_total_;

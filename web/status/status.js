@@ -129,13 +129,13 @@
     var el = document.getElementById(id);
     if (existing) { existing.plot.destroy(); }
     var series = [{}].concat(seriesDefs.map(function (s, i) {
-      return { label: s.label, stroke: COLORS[i % COLORS.length], width: 1.5,
+      return { label: s.label, stroke: s.color || COLORS[i % COLORS.length], width: 1.5,
                spanGaps: false, value: function (u, v) { return valueFmt(v); } };
     }));
     var opts = {
       width: chartWidth(el), height: 180, series: series,
       scales: { x: { time: true }, y: range ? { range: range } : { auto: true } },
-      axes: [{}, { size: 70, values: function (u, vals) { return vals.map(valueFmt); } }],
+      axes: [{}, { size: 96, values: function (u, vals) { return vals.map(valueFmt); } }],
       legend: { live: true }
     };
     var empty = [[]].concat(seriesDefs.map(function () { return []; }));
@@ -165,8 +165,9 @@
     ensureChart('chart-latency', [{ label: 'p50' }, { label: 'p90' }, { label: 'p99' }],
                 fmtSeconds).setData([t, h.latency_p50_seconds, h.latency_p90_seconds,
                                      h.latency_p99_seconds]);
-    ensureChart('chart-events', [{ label: 'requests' }, { label: 'errors' },
-                                 { label: 'evictions' }, { label: 'checksum failures' }], fmtRate)
+    ensureChart('chart-events', [{ label: 'requests' }, { label: 'errors', color: '#d62728' },
+                                 { label: 'evictions', color: '#ff7f0e' },
+                                 { label: 'checksum failures', color: '#9467bd' }], fmtRate)
         .setData([t, h.requests_per_second, h.errors_per_second, h.evictions_per_second,
                   h.checksum_failures_per_second]);
     ensureChart('chart-saved', [{ label: 'tokens saved' }], fmtRate)

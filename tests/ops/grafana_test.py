@@ -1,0 +1,58 @@
+#!/usr/bin/env python3
+"""The Grafana dashboard in deploy/grafana/: its layout (overview, per tier,
+per node, per namespace), and every metric its queries use exists in the
+/metrics of a running kvtierd that served the demo workload.
+
+usage: grafana_test.py BUILD_DIR SOURCE_DIR"""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import dashboard  # noqa: E402
+import opslib  # noqa: E402
+
+
+def main():
+    build, source = os.path.abspath(sys.argv[1]), os.path.abspath(sys.argv[2])
+    dash = dashboard.load(os.path.join(source, "deploy/grafana/kvtier-dashboard.json"))
+    rows = [p["title"] for p in dashboard.panels(dash) if p["type"] == "row"]
+    if rows != ["Overview", "Per tier", "Per node", "Per namespace"]:
+        opslib.fail(f"rows: {rows}")
+    ids = [p["id"] for p in dashboard.panels(dash)]
+    if len(ids) != len(set(ids)):
+        opslib.fail(f"panel ids repeat: {ids}")
+    variables = {v["name"] for v in dash["templating"]["list"]}
+    for p in dashboard.panels(dash):
+        if p["type"] == "row":
+            continue
+        if not p.get("targets"):
+            opslib.fail(f"panel {p['title']!r} has no query")
+        if p["datasource"]["uid"] != "${datasource}":
+            opslib.fail(f"panel {p['title']!r}: datasource is not the $datasource variable")
+        for k in ("x", "y", "w", "h"):
+            if k not in p["gridPos"]:
+                opslib.fail(f"panel {p['title']!r}: gridPos lacks {k}")
+
+    daemon = opslib.Kvtierd(build)
+    daemon.demo()
+    exported = daemon.metric_names()
+    exported.add("up")  # Prometheus' own series for every target
+    used = set()
+    for title, expr in dashboard.queries(dash):
+        names = dashboard.metric_names(expr)
+        if not names:
+            opslib.fail(f"panel {title!r}: no metric in {expr!r}")
+        for v in ("$instance", "$tokens_per_gpu_second"):
+            if v in expr and v[1:] not in variables:
+                opslib.fail(f"panel {title!r} uses {v}, which the dashboard does not define")
+        missing = names - exported
+        if missing:
+            opslib.fail(f"panel {title!r} uses {sorted(missing)}, which kvtierd does not export")
+        used |= names
+    print(f"{len(list(dashboard.queries(dash)))} queries use {len(used)} metrics, "
+          f"all exported by kvtierd ({len(exported)} names)")
+    print("PASSED")
+
+
+if __name__ == "__main__":
+    main()

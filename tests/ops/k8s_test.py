@@ -1,0 +1,237 @@
+#!/usr/bin/env python3
+"""Renders every Kustomize overlay in deploy/k8s/ with `kubectl kustomize` and
+checks the result: probes, resource limits, non-root, pinned image tags,
+ports that match kvtierd's configuration, hugepages that hold the DRAM tier,
+and the ConfigMap's kvtierd YAML accepted by `kvtierd --check-config`.
+
+usage: k8s_test.py BUILD_DIR SOURCE_DIR"""
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import yaml
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import opslib  # noqa: E402
+
+WORKLOADS = ("DaemonSet", "Deployment", "StatefulSet")
+UNITS = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "K": 10**3, "M": 10**6,
+         "G": 10**9, "T": 10**12, "": 1}
+errors = []
+
+
+def check(cond, message):
+    if not cond:
+        errors.append(message)
+
+
+def quantity(q):
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)([KMGT]i?)?", str(q))
+    return float(m.group(1)) * UNITS[m.group(2) or ""] if m else None
+
+
+def byte_size(text):
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([KMGT]i?)?B?", str(text))
+    return float(m.group(1)) * UNITS[m.group(2) or ""] if m else None
+
+
+def port_of(host_port):
+    return int(str(host_port).rsplit(":", 1)[1])
+
+
+def kustomize_ok(kubectl):
+    out = subprocess.run([kubectl, "version", "--client"], stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True).stdout
+    m = re.search(r"Kustomize Version: v(\d+)\.(\d+)", out)
+    return m and (int(m.group(1)), int(m.group(2))) >= (4, 5), out.strip()
+
+
+def check_config(kvtierd, name, text, work):
+    """kvtierd --check-config on the ConfigMap's YAML, its absolute paths
+    moved under a temporary root (token and TLS files made up)."""
+    name = name.replace("/", "-")
+    root = os.path.join(work, name)
+    doc = yaml.safe_load(text)
+
+    def relocate(node, key_path):
+        if isinstance(node, dict):
+            return {k: relocate(v, f"{key_path}.{k}" if key_path else k) for k, v in node.items()}
+        if isinstance(node, str) and node.startswith("/"):
+            moved = root + node
+            if key_path.endswith("_file"):
+                os.makedirs(os.path.dirname(moved), exist_ok=True)
+                with open(moved, "w") as f:
+                    f.write("token-for-the-config-check-0123456789\n")
+            elif key_path == "listen.unix_socket":
+                os.makedirs(os.path.dirname(moved), exist_ok=True)
+            else:
+                os.makedirs(moved, exist_ok=True)
+            return moved
+        return node
+
+    path = os.path.join(work, f"{name}.yaml")
+    with open(path, "w") as f:
+        yaml.safe_dump(relocate(doc, ""), f)
+    # dram.capacity is checked against this machine's memory; the node's is
+    # checked against the hugepages limit below instead.
+    r = subprocess.run([kvtierd, "--check-config", "--config", path, "--dram", "64MiB"],
+                       stdout=subprocess.PIPE,
+                       stderr=subprocess.STDOUT, text=True)
+    check(r.returncode == 0, f"{name}: kvtierd --check-config failed: {r.stdout.strip()}")
+    return doc
+
+
+def containers(spec):
+    return spec.get("initContainers", []) + spec.get("containers", [])
+
+
+def check_overlay(name, docs, kvtierd, work):
+    by_kind = {}
+    for d in docs:
+        by_kind.setdefault(d["kind"], []).append(d)
+    for kind in ("DaemonSet", "Deployment", "StatefulSet", "Service", "ServiceMonitor",
+                 "NetworkPolicy", "ConfigMap", "Namespace"):
+        check(kind in by_kind, f"{name}: no {kind}")
+    for w in (d for d in docs if d["kind"] in WORKLOADS):
+        wname = f"{name}: {w['kind']}/{w['metadata']['name']}"
+        pod = w["spec"]["template"]["spec"]
+        pod_sc = pod.get("securityContext", {})
+        check(pod.get("automountServiceAccountToken") is False,
+              f"{wname}: automountServiceAccountToken must be false")
+        for c in containers(pod):
+            cname = f"{wname} container {c['name']}"
+            image = c["image"]
+            tag = image.rsplit("/", 1)[-1].partition(":")[2]
+            check(tag and tag != "latest" and ("@sha256:" in image or re.match(r"v?\d", tag)),
+                  f"{cname}: image {image!r} is not pinned to a version")
+            res = c.get("resources", {})
+            for k in ("cpu", "memory"):
+                check(k in res.get("requests", {}), f"{cname}: no {k} request")
+                check(k in res.get("limits", {}), f"{cname}: no {k} limit")
+            sc = c.get("securityContext", {})
+            check(sc.get("allowPrivilegeEscalation") is False,
+                  f"{cname}: allowPrivilegeEscalation must be false")
+            check("ALL" in sc.get("capabilities", {}).get("drop", []),
+                  f"{cname}: capabilities must drop ALL")
+            is_init = c in pod.get("initContainers", [])
+            if not is_init:
+                check(sc.get("runAsNonRoot", pod_sc.get("runAsNonRoot")) is True
+                      and sc.get("runAsUser", pod_sc.get("runAsUser", 0)) != 0,
+                      f"{cname}: must run as a non-root user")
+                check("livenessProbe" in c and "readinessProbe" in c,
+                      f"{cname}: needs liveness and readiness probes")
+                named = {p["name"]: p["containerPort"] for p in c.get("ports", [])}
+                for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
+                    port = c.get(probe, {}).get("httpGet", {}).get("port")
+                    if port is not None:
+                        check(port in named or port in named.values(),
+                              f"{cname}: {probe} port {port!r} is not a container port")
+
+    # kvtierd: config, ports, probes, capabilities, hugepages.
+    cms = [d for d in docs if d["kind"] == "ConfigMap" and
+           d["metadata"]["name"].startswith("kvtierd-config")]
+    check(len(cms) == 1, f"{name}: want one kvtierd-config ConfigMap")
+    ds = [d for d in docs if d["kind"] == "DaemonSet" and d["metadata"]["name"] == "kvtierd"]
+    if len(cms) != 1 or len(ds) != 1:
+        return
+    config = check_config(kvtierd, name, cms[0]["data"]["kvtierd.yaml"], work)
+    pod = ds[0]["spec"]["template"]["spec"]
+    c = next(x for x in pod["containers"] if x["name"] == "kvtierd")
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    http = port_of(config["listen"]["http"])
+    check(ports.get("http") == http, f"{name}: containerPort http {ports.get('http')} "
+          f"!= listen.http port {http}")
+    if config["listen"].get("tcp"):
+        tcp = port_of(config["listen"]["tcp"])
+        check(ports.get("grpc") == tcp, f"{name}: containerPort grpc {ports.get('grpc')} "
+              f"!= listen.tcp port {tcp}")
+    check(c["livenessProbe"]["httpGet"]["path"] == "/healthz", f"{name}: liveness not /healthz")
+    check(c["readinessProbe"]["httpGet"]["path"] == "/readyz", f"{name}: readiness not /readyz")
+    check("IPC_LOCK" in c["securityContext"]["capabilities"].get("add", []),
+          f"{name}: kvtierd needs IPC_LOCK for the pinned arena")
+    check(config["listen"].get("status_token_file") or config["listen"].get("status_token"),
+          f"{name}: listen.http is not loopback: set listen.status_token_file")
+    if config.get("dram", {}).get("huge_pages"):
+        want = byte_size(config["dram"]["capacity"])
+        got = quantity(c["resources"]["limits"].get("hugepages-2Mi", "0"))
+        check(got is not None and want is not None and got >= want,
+              f"{name}: hugepages-2Mi limit {c['resources']['limits'].get('hugepages-2Mi')} "
+              f"< dram.capacity {config['dram']['capacity']}")
+    mounts = {m["mountPath"] for m in c["volumeMounts"]}
+    for key in ("data_dir",):
+        check(config[key] in mounts, f"{name}: {key} {config[key]} is not a volume mount")
+    check(config["nvme"]["path"] in mounts, f"{name}: nvme.path is not a volume mount")
+    check(os.path.dirname(config["listen"]["unix_socket"]) in mounts,
+          f"{name}: the socket folder is not a volume mount (engines cannot reach it)")
+    for key in ("status_token_file",):
+        f = config["listen"].get(key)
+        if f:
+            check(os.path.dirname(f) in mounts, f"{name}: listen.{key} folder not mounted")
+    # Services and ServiceMonitors point at named container ports.
+    for svc in (d for d in docs if d["kind"] == "Service"):
+        sel = svc["spec"]["selector"]
+        pods = [w for w in docs if w["kind"] in WORKLOADS and
+                all(w["spec"]["template"]["metadata"]["labels"].get(k) == v
+                    for k, v in sel.items())]
+        check(pods, f"{name}: Service {svc['metadata']['name']} selects no workload")
+        for w in pods:
+            names = {p["name"] for x in w["spec"]["template"]["spec"]["containers"]
+                     for p in x.get("ports", [])}
+            for p in svc["spec"]["ports"]:
+                check(p["targetPort"] in names, f"{name}: Service {svc['metadata']['name']} "
+                      f"targetPort {p['targetPort']} is not a port of {w['metadata']['name']}")
+    for sm in (d for d in docs if d["kind"] == "ServiceMonitor"):
+        sel = sm["spec"]["selector"]["matchLabels"]
+        svcs = [s for s in docs if s["kind"] == "Service" and
+                all(s["metadata"].get("labels", {}).get(k) == v for k, v in sel.items())]
+        check(svcs, f"{name}: ServiceMonitor {sm['metadata']['name']} matches no Service")
+        for s in svcs:
+            for e in sm["spec"]["endpoints"]:
+                check(e["port"] in {p["name"] for p in s["spec"]["ports"]},
+                      f"{name}: ServiceMonitor port {e['port']} not on {s['metadata']['name']}")
+    return pod, c
+
+
+def main():
+    build, source = os.path.abspath(sys.argv[1]), os.path.abspath(sys.argv[2])
+    kubectl = shutil.which("kubectl")
+    if not kubectl:
+        opslib.skip("no kubectl (Debian's kubernetes-client 1.20 bundles kustomize v2, too old "
+                    "for these manifests; install a kubectl >= 1.24)")
+    ok, version = kustomize_ok(kubectl)
+    if not ok:
+        opslib.skip(f"kubectl's kustomize is older than v4.5: {version}")
+    kvtierd = os.path.join(build, "src/server/kvtierd")
+    work = opslib.temp_dir("k8s")
+    k8s = os.path.join(source, "deploy/k8s")
+    targets = ["base"] + [os.path.join("overlays", d)
+                          for d in sorted(os.listdir(os.path.join(k8s, "overlays")))]
+    rendered = {}
+    for t in targets:
+        r = subprocess.run([kubectl, "kustomize", os.path.join(k8s, t)], stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+        if r.returncode != 0:
+            opslib.fail(f"kubectl kustomize {t}: {r.stderr}")
+        docs = [d for d in yaml.safe_load_all(r.stdout) if d]
+        rendered[t] = check_overlay(t, docs, kvtierd, work)
+        print(f"{t}: {len(docs)} objects")
+    # What each overlay is for.
+    aks_pod, _ = rendered["overlays/aks"]
+    check(aks_pod.get("nodeSelector", {}).get("kubernetes.azure.com/accelerator") == "nvidia",
+          "overlays/aks: kvtierd is not pinned to GPU nodes")
+    check(aks_pod.get("runtimeClassName") == "nvidia", "overlays/aks: no GPU access")
+    rdma_pod, rdma_c = rendered["overlays/aks-rdma"]
+    check(rdma_pod.get("hostNetwork") is True, "overlays/aks-rdma: not on the host network")
+    check("rdma/hca_shared_devices_a" in rdma_c["resources"]["limits"],
+          "overlays/aks-rdma: no RDMA device")
+    base_pod, _ = rendered["base"]
+    check(base_pod.get("hostNetwork") is False, "base: kvtierd must not use the host network")
+    if errors:
+        opslib.fail("\n".join(errors))
+    print("PASSED")
+
+
+if __name__ == "__main__":
+    main()
