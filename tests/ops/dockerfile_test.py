@@ -1,0 +1,58 @@
+#!/usr/bin/env python3
+"""The Dockerfile: base images pinned to a Debian 12 point release (no
+:latest), a non-root USER, runtime packages pinned to versions, and those
+packages cover every shared library kvtierd and kvtier link against here.
+
+usage: dockerfile_test.py BUILD_DIR SOURCE_DIR"""
+import os
+import re
+import subprocess
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import opslib  # noqa: E402
+
+# In debian:12-slim already.
+BASE = {"libc6", "libgcc-s1", "libstdc++6", "zlib1g"}
+
+
+def main():
+    build, source = os.path.abspath(sys.argv[1]), os.path.abspath(sys.argv[2])
+    text = open(os.path.join(source, "Dockerfile")).read()
+    args = dict(re.findall(r"^ARG (\w+)=(\S+)", text, re.M))
+    froms = re.findall(r"^FROM (\S+)", text, re.M)
+    if len(froms) < 2:
+        opslib.fail("want a multi-stage build")
+    for f in froms:
+        image = re.sub(r"\$\{(\w+)\}", lambda m: args.get(m.group(1), ""), f)
+        if not re.fullmatch(r"debian:12\.\d+-slim", image):
+            opslib.fail(f"FROM {f} ({image}): want a pinned debian:12.N-slim tag")
+    users = re.findall(r"^USER (\S+)", text, re.M)
+    if not users or users[-1].split(":")[0] in ("0", "root"):
+        opslib.fail(f"the image must end on a non-root USER, not {users}")
+    runtime = text[text.rindex("\nFROM "):]
+    pinned = dict(re.findall(r"^\s+([a-z0-9][a-z0-9.+-]+)=(\S+) \\$", runtime, re.M))
+    unpinned = re.findall(r"^\s+([a-z0-9][a-z0-9.+-]+) \\$", runtime, re.M)
+    if unpinned:
+        opslib.fail(f"runtime packages without a version: {unpinned}")
+    needed = set()
+    for binary in ("src/server/kvtierd", "src/cli/kvtier"):
+        out = subprocess.run(["ldd", os.path.join(build, binary)], stdout=subprocess.PIPE,
+                             text=True, check=True).stdout
+        for lib in re.findall(r"=> (\S+)", out):
+            r = subprocess.run(["dpkg", "-S", os.path.realpath(lib)], stdout=subprocess.PIPE,
+                               stderr=subprocess.DEVNULL, text=True)
+            if r.returncode != 0:
+                r = subprocess.run(["dpkg", "-S", lib], stdout=subprocess.PIPE,
+                                   stderr=subprocess.DEVNULL, text=True)
+            if r.returncode == 0:
+                needed.add(r.stdout.split(":")[0])
+    missing = needed - BASE - set(pinned)
+    if missing:
+        opslib.fail(f"the runtime stage lacks packages the binaries link: {sorted(missing)}")
+    print(f"{len(pinned)} runtime packages pinned; they cover {sorted(needed - BASE)}")
+    print("PASSED")
+
+
+if __name__ == "__main__":
+    main()
