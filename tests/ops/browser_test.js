@@ -113,6 +113,7 @@ async function main() {
 
   // The charts draw: each has a canvas, and the series' colour is on it.
   const charts = await page.evaluate(() => {
+    const colors = [[31, 119, 180], [255, 127, 14], [44, 160, 44], [214, 39, 40], [148, 103, 189]];
     const out = {};
     for (const el of document.querySelectorAll('.chart')) {
       const c = el.querySelector('canvas');
@@ -122,9 +123,11 @@ async function main() {
       for (let i = 0; i < data.length; i += 4) {
         if (data[i + 3] === 0) continue;
         painted++;
-        // The first series' stroke, #1f77b4.
-        if (Math.abs(data[i] - 31) < 40 && Math.abs(data[i + 1] - 119) < 40 &&
-            Math.abs(data[i + 2] - 180) < 40) series++;
+        // A series' stroke (status.js' palette); axes and grid are grey.
+        for (const [r, g, b] of colors) {
+          if (Math.abs(data[i] - r) < 30 && Math.abs(data[i + 1] - g) < 30 &&
+              Math.abs(data[i + 2] - b) < 30) { series++; break; }
+        }
       }
       out[el.id] = { canvas: true, width: c.width, height: c.height, painted, series };
     }
