@@ -116,8 +116,7 @@ TEST(StatusApi, AgreesWithMetricsUnderTheDemoWorkload) {
   EXPECT_EQ(doc["node"], "node-under-test");
   EXPECT_EQ(doc["ready"], true);
   EXPECT_EQ(doc["totals"]["lookups"].get<double>(), metrics.at("kvtier_lookups_total"));
-  EXPECT_EQ(doc["totals"]["lookup_chunks"].get<double>(),
-            metrics.at("kvtier_lookup_chunks_total"));
+  EXPECT_EQ(doc["totals"]["lookup_chunks"].get<double>(), metrics.at("kvtier_lookup_chunks_total"));
   EXPECT_EQ(doc["totals"]["lookup_hit_chunks"].get<double>(),
             metrics.at("kvtier_lookup_hit_chunks_total"));
   EXPECT_GT(doc["totals"]["lookup_hit_chunks"].get<double>(), 0);
@@ -131,9 +130,9 @@ TEST(StatusApi, AgreesWithMetricsUnderTheDemoWorkload) {
     EXPECT_EQ(t["evictions"].get<double>(), metrics.at("kvtier_evictions_total" + l));
     EXPECT_EQ(t["checksum_failures"].get<double>(),
               metrics.at("kvtier_checksum_failures_total" + l));
-    EXPECT_EQ(t["bytes_read"].get<double>(),
-              metrics.at(absl::StrCat("kvtier_bytes_total{direction=\"read\",tier=\"", tier,
-                                      "\"}")));
+    EXPECT_EQ(
+        t["bytes_read"].get<double>(),
+        metrics.at(absl::StrCat("kvtier_bytes_total{direction=\"read\",tier=\"", tier, "\"}")));
   }
   EXPECT_EQ(doc["tiers"][0]["tier"], "dram");
   EXPECT_GT(doc["tiers"][0]["bytes_written"].get<double>(), 0);
@@ -179,9 +178,8 @@ TEST(StatusApi, OffLoopbackTheTokenIsRequiredAndMetricsStayOpen) {
   const std::string token = "status-token-0123456789abcdef";
   const std::string file = dir.Write("status.token", token + "\n");
   const int port = FreePort();
-  ASSERT_OK_AND_ASSIGN(auto daemon,
-                       Daemon::Start(dir, {"--http", absl::StrCat("0.0.0.0:", port),
-                                           "--status-token-file", file}));
+  ASSERT_OK_AND_ASSIGN(auto daemon, Daemon::Start(dir, {"--http", absl::StrCat("0.0.0.0:", port),
+                                                        "--status-token-file", file}));
   for (const char* path : {"/", "/api/v1/status"}) {
     ASSERT_OK_AND_ASSIGN(Reply none, Get(port, path));
     EXPECT_EQ(none.code, 401) << path;
@@ -206,8 +204,7 @@ TEST(StatusApi, OffLoopbackTheTokenIsRequiredAndMetricsStayOpen) {
   // Off loopback without a token: the page is off, /metrics is not.
   TempDir dir2;
   const int port2 = FreePort();
-  ASSERT_OK_AND_ASSIGN(auto open,
-                       Daemon::Start(dir2, {"--http", absl::StrCat("0.0.0.0:", port2)}));
+  ASSERT_OK_AND_ASSIGN(auto open, Daemon::Start(dir2, {"--http", absl::StrCat("0.0.0.0:", port2)}));
   ASSERT_OK_AND_ASSIGN(Reply off, Get(port2, "/api/v1/status"));
   EXPECT_EQ(off.code, 403);
   EXPECT_THAT(off.body, HasSubstr("status_token"));

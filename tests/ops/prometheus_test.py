@@ -35,10 +35,13 @@ def main():
 
     work = opslib.temp_dir("prometheus")
     rules = os.path.join(source, "deploy/prometheus/kvtier-alerts.yaml")
+    # (job, port) of each binary scraped; kvtier-index joins with one line.
+    targets = [("kvtierd", daemon.port)]
+    args = [a for job, port in targets for a in ("--target", f"{job}=127.0.0.1:{port}")]
     config = subprocess.run(
-        [sys.executable, os.path.join(source, "deploy/prometheus/scrape_config.py"),
-         "--target", f"kvtierd=127.0.0.1:{daemon.port}", "--rules", rules,
-         "--interval", "1s"], check=True, stdout=subprocess.PIPE, text=True).stdout
+        [sys.executable, os.path.join(source, "deploy/prometheus/scrape_config.py"), *args,
+         "--rules", rules, "--interval", "1s"],
+        check=True, stdout=subprocess.PIPE, text=True).stdout
     config_path = os.path.join(work, "prometheus.yml")
     with open(config_path, "w") as f:
         f.write(config)
@@ -66,9 +69,9 @@ def main():
     # Wait for a scrape, then compare what Prometheus stored with /metrics.
     deadline = time.time() + 30
     while time.time() < deadline:
-        up = query(base, 'up{job="kvtierd"}')
+        up = query(base, "up == 1")
         hits = query(base, 'kvtier_lookup_hit_chunks_total{job="kvtierd"}')
-        if up and up[0]["value"][1] == "1" and hits:
+        if {r["metric"]["job"] for r in up} == {job for job, _ in targets} and hits:
             break
         time.sleep(0.5)
     else:

@@ -288,5 +288,39 @@ TEST(Redaction, TokensNeverAppear) {
   EXPECT_EQ(back.unix_socket, c.unix_socket);
 }
 
+TEST(StatusPageKeys, TokenGpuSecondsAndNodeName) {
+  DaemonConfig c = Base();
+  ASSERT_OK(ApplyYaml(R"(
+listen:
+  status_token: status-secret-0123456789
+status:
+  tokens_per_gpu_second: 2500.5
+  node_name: gpu-node-7
+)",
+                      c));
+  EXPECT_EQ(c.status_token, "status-secret-0123456789");
+  EXPECT_EQ(c.tokens_per_gpu_second, 2500.5);
+  EXPECT_EQ(c.node_name, "gpu-node-7");
+  EXPECT_OK(c.Validate());
+  EXPECT_THAT(c.ToRedactedYaml(), ::testing::Not(HasSubstr("status-secret")));
+  EXPECT_THAT(c.ToRedactedYaml(), HasSubstr("tokens_per_gpu_second: 2500.5"));
+
+  EXPECT_THAT(ApplyYaml("status:\n  tokens_per_gpu_second: 0\n", c),
+              StatusIs(kInvalid, HasSubstr("status.tokens_per_gpu_second")));
+  EXPECT_THAT(ApplyYaml("status:\n  tokens_per_gpu_secnd: 1\n", c),
+              StatusIs(kInvalid, HasSubstr("status.tokens_per_gpu_secnd")));
+  EXPECT_THAT(ApplyYaml("listen:\n  status_token: a\n  status_token_file: /nonexistent\n", c),
+              StatusIs(kInvalid, HasSubstr("listen.status_token_file")));
+  ASSERT_OK_AND_ASSIGN(CommandLine cl, ParseCommandLine({"--tokens-per-gpu-second", "-1"}));
+  EXPECT_THAT(LoadConfig(cl, {}), StatusIs(kInvalid, HasSubstr("--tokens-per-gpu-second")));
+  ASSERT_OK_AND_ASSIGN(CommandLine none, ParseCommandLine({}));
+  ASSERT_OK_AND_ASSIGN(DaemonConfig from_env,
+                       LoadConfig(none, {{"KVTIER_STATUS_TOKEN", "env-token-0123456789"},
+                                         {"KVTIER_NODE_NAME", "n1"},
+                                         {"KVTIER_NVME", "off"}}));
+  EXPECT_EQ(from_env.status_token, "env-token-0123456789");
+  EXPECT_EQ(from_env.node_name, "n1");
+}
+
 }  // namespace
 }  // namespace kvtier::server

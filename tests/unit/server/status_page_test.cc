@@ -13,9 +13,9 @@
 namespace kvtier::server {
 namespace {
 
+using ::kvtier::testing::StatusIs;
 using ::nlohmann::json;
 using ::testing::HasSubstr;
-using ::kvtier::testing::StatusIs;
 
 Metrics::MethodLatency Latency(const std::string& method, std::vector<uint64_t> cumulative) {
   Metrics::MethodLatency l;
@@ -78,8 +78,8 @@ TEST(StatusPageOptions, ValidateNamesTheField) {
   o.snapshot = [] { return StatusSnapshot(); };
   EXPECT_OK(o.Validate());
   o.tokens_per_gpu_second = 0;
-  EXPECT_THAT(o.Validate(), StatusIs(absl::StatusCode::kInvalidArgument,
-                                     HasSubstr("tokens_per_gpu_second")));
+  EXPECT_THAT(o.Validate(),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("tokens_per_gpu_second")));
   o.tokens_per_gpu_second = 1;
   o.history_samples = 1;
   EXPECT_THAT(o.Validate(),
