@@ -194,13 +194,49 @@ async function main() {
 
   const shot = path.join(build, 'status-page.png');
   await page.screenshot({ path: shot, fullPage: true });
+
+  // Off loopback with a token: the page opened as /?token=... draws, drops
+  // the token from the address bar and sends it as a bearer header.
+  const token = 'browser-status-token-0123456789';
+  fs.writeFileSync(path.join(dir, 'status.token'), token + '\n');
+  fs.mkdirSync(path.join(dir, 'b'));
+  const port2 = await freePort();
+  const base2 = `http://127.0.0.1:${port2}`;
+  const guarded = start([path.join(build, 'src/server/kvtierd'), '--socket',
+                         path.join(dir, 'b', 'kvtierd.sock'), '--http', `0.0.0.0:${port2}`,
+                         '--dram', '64MiB', '--nvme', 'off', '--status-token-file',
+                         path.join(dir, 'status.token')], path.join(dir, 'guarded.log'));
+  for (let i = 0; ; i++) {
+    if (guarded.exitCode !== null) fail('kvtierd (token) exited: ' + fs.readFileSync(path.join(dir, 'guarded.log')));
+    try { if ((await fetch(base2 + '/readyz')).ok) break; } catch (e) { /* not yet */ }
+    if (i > 200) fail('kvtierd (token) did not get ready');
+    await sleep(100);
+  }
+  if ((await fetch(base2 + '/api/v1/status')).status !== 401) fail('no token: want 401');
+  const page2 = await browser.newPage();
+  const sent = [];
+  page2.on('request', (r) => {
+    requests.push(r.url());
+    if (r.url().startsWith(base2 + '/api/v1/status')) sent.push(r.headers().authorization || '');
+  });
+  page2.on('console', (m) => { if (m.type() === 'error') problems.push('console: ' + m.text()); });
+  page2.on('pageerror', (e) => problems.push('page error: ' + e.message));
+  await page2.goto(`${base2}/?token=${token}`, { waitUntil: 'load' });
+  await page2.waitForFunction(() => Number(document.body.getAttribute('data-seq') || 0) > 0,
+                              null, { timeout: 15000 });
+  if (page2.url().includes(token)) fail('the token stayed in the address bar: ' + page2.url());
+  if (!sent.length || sent.some((h) => h !== 'Bearer ' + token)) {
+    fail('the page did not send the token as a bearer header: ' + JSON.stringify(sent));
+  }
+  if (!(await page2.isHidden('#banner'))) fail('banner shown: ' + await page2.textContent('#banner'));
   await browser.close();
 
-  const outside = requests.filter((u) => !u.startsWith(base + '/'));
+  const outside = requests.filter((u) => !u.startsWith(base + '/') && !u.startsWith(base2 + '/'));
   if (outside.length) fail('requests outside the daemon: ' + outside.join(', '));
   if (!requests.some((u) => u.startsWith(base + '/api/v1/status'))) fail('the page never read the API');
   if (problems.length) fail(problems.join('\n'));
-  console.log(`${requests.length} requests, all to ${base}; no console errors; screenshot ${shot}`);
+  console.log(`${requests.length} requests, all to the daemons; no console errors; the token ` +
+              `page sent ${sent.length} bearer requests; screenshot ${shot}`);
   console.log('PASSED');
   cleanup();
   process.exit(0);
