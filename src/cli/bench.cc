@@ -67,7 +67,8 @@ const std::vector<BenchSuite>& BenchSuites() {
        RunNvmeBench},
       {"replay", "a request trace through the real cache beside the simulators' hit rates",
        "kvtier bench replay --trace FILE [--json] [--dram-tokens 3M] [--policy all|lru,2q,...]\n"
-       "                    [--bytes-per-token 7] [--speed 0] [--curve 1M,3M,10M,50M]\n\n"
+       "                    [--bytes-per-token 7] [--speed 0] [--curve 1M,3M,10M,50M]\n"
+       "                    [--nvme-tokens 50M] [--nvme-path DIR] [--nvme-io-mode direct]\n\n"
        "Replays a Mooncake-format trace (JSON Lines with hash_ids of 512-token blocks)\n"
        "through the embedded cache: per request Lookup, Load of the hit chunks (bytes\n"
        "verified), Save of the rest. The DRAM tier holds exactly floor(tokens / 512)\n"
@@ -77,7 +78,12 @@ const std::vector<BenchSuite>& BenchSuites() {
        "prefill tokens saved, DRAM bytes written and read, requests/s, and beside them\n"
        "the simulators' figures on the same trace: the policy's tail-first simulation\n"
        "(the replay must match it), unbounded, and reference LRU, with the ratios.\n"
-       "--curve adds every policy at each capacity (input of bench/plot_replay.py).",
+       "--curve adds every policy at each capacity (input of bench/plot_replay.py).\n"
+       "--nvme-tokens N (e.g. 50M) adds a table of every policy through DRAM plus an NVMe\n"
+       "tier of exactly floor(N / 512) chunks, in a fresh folder under --nvme-path (default\n"
+       "$TMPDIR or /tmp, removed afterwards), --nvme-io-mode direct|buffered, --nvme-admission\n"
+       "all|second-chance; the replay waits for demotions after each request unless\n"
+       "--no-wait-demotions. Reports per-tier hits and bytes, and the ratio to unbounded.",
        RunReplayBench},
   };
   return suites;
