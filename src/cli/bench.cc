@@ -50,19 +50,25 @@ const std::vector<BenchSuite>& BenchSuites() {
       {"nvme",
        "NVMe tier Save/Load beside fio (plain and O_DSYNC); reopen with and without the snapshot",
        "kvtier bench nvme [--json] [--dir /var/tmp] [--sizes 256KiB,1MiB,4MiB] [--volume 512MiB]\n"
-       "                  [--layout regions|classes] [--region 64MiB] [--reps 3] [--qd 16]\n"
+       "                  [--layout regions|classes] [--region 64MiB] [--reps 4] [--qd 16]\n"
        "                  [--inflight BYTES] [--io-mode direct|buffered] [--fio fio] [--no-dsync]\n"
+       "                  [--no-settle]\n"
        "                  [--reopen-chunks 100000] [--reopen-payload 4032]\n\n"
        "In a temporary folder under --dir: per chunk size, fills a tier of --volume (on-demand\n"
        "regions of --region, or one explicit slot class), then sequential and random Load and\n"
        "Save (saves evict, the steady state of a cache), each beside fio on the same pattern\n"
        "(io_uring, O_DIRECT, bs = chunk, iodepth --qd, same folder, file of the same size),\n"
-       "fio first in even repetitions and second in odd ones. Saves run twice: with\n"
+       "fio first in even repetitions and second in odd ones (an even --reps gives both sides\n"
+       "the first place equally often); before each timed run the device's write cache is\n"
+       "flushed (fdatasync, untimed; --no-settle skips it) so neither side starts while the\n"
+       "disk still drains the other's writes. Saves run twice: with\n"
        "durability \"process\" (acknowledged when written) beside plain fio writes, and with\n"
        "durability \"power\" (flushed group commit) beside fio with O_DSYNC (--no-dsync\n"
        "skips them). Prints the median of --reps per-repetition ratios.\n"
        "Then the time to reopen a tier of --reopen-chunks small chunks from its snapshot and\n"
-       "by scanning.\n"
+       "by scanning. Columns \"submit busy\" (share of the tier's time spent inside PutAsync or\n"
+       "GetAsync: staging copy and checksum) and \"in flight\" (mean operations in flight)\n"
+       "tell a CPU-bound submitter from a disk-bound one.\n"
        "Targets: Load and Save (process) >= 0.85x fio.",
        RunNvmeBench},
       {"replay", "a request trace through the real cache beside the simulators' hit rates",

@@ -285,7 +285,7 @@ int RunNvmeBench(Flags& flags) {
   const uint64_t volume = flags.Bytes("volume", 512ull << 20);
   const std::string layout_name = flags.String("layout", "regions");
   const uint64_t region_bytes = flags.Bytes("region", 64ull << 20);
-  const int64_t reps = flags.Int("reps", 3);
+  const int64_t reps = flags.Int("reps", 4);
   const uint32_t qd = static_cast<uint32_t>(flags.Int("qd", 16));
   const uint64_t inflight_flag = flags.Bytes("inflight", 0);
   const std::string io_mode = flags.String("io-mode", "direct");
