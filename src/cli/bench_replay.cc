@@ -70,6 +70,7 @@ Json TiersJson(const replay::CacheReplayResult& r) {
   for (const replay::TierTraffic& t : r.tiers) {
     tiers.Push(Json::Object()
                    .Set("tier", std::string(TierName(t.tier)))
+                   .Set("hits", t.hits)
                    .Set("bytes_written", t.bytes_written)
                    .Set("bytes_read", t.bytes_read)
                    .Set("evictions", t.evictions));
