@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "src/cli/bench.h"
@@ -181,12 +182,12 @@ int RunReplayBench(Flags& flags) {
           absl::StrCat("replay ", p, " ", Tokens(*dram_tokens), " + NVMe ", Tokens(*nvme_tokens)),
           *nvme_tokens);
       if (!r.ok()) {
-        return Fail(absl::StrCat("policy ", p, " with NVMe in ", nvme_parent, ": ",
-                                 r.status().ToString(),
-                                 absl::IsInvalidArgument(r.status()) && nvme_io_mode == "direct"
-                                     ? " (a file system without O_DIRECT needs "
-                                       "--nvme-io-mode buffered)"
-                                     : ""));
+        return Fail(absl::StrCat(
+            "policy ", p, " with NVMe in ", nvme_parent, ": ", r.status().ToString(),
+            absl::StrContains(r.status().message(), "io_mode") && nvme_io_mode == "direct"
+                ? " (a file system without O_DIRECT needs "
+                  "--nvme-io-mode buffered)"
+                : ""));
       }
       nvme_results.push_back(*std::move(r));
     }
