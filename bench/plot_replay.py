@@ -10,7 +10,8 @@ Reads the JSON object the trace replay benchmark prints:
 
 ("unbounded_hit_rate_blocks" is optional: when present it is drawn as a
 dashed ceiling; policies whose name contains "(simulator" are references and
-are drawn dotted) and writes a PNG.
+are drawn dotted; "nvme_results", from --nvme-tokens, are drawn as stars at
+DRAM + NVMe tokens, one per policy) and writes a PNG.
 
 Usage: /usr/bin/python3 bench/plot_replay.py [INPUT.json|-] [OUTPUT.png]
 Defaults: bench/replay.json and bench/replay_hit_rate.png beside this
@@ -59,6 +60,22 @@ def curves(report):
     return out
 
 
+def nvme_points(report):
+    """Returns [(label, dram + nvme tokens, hit_rate)] of the DRAM + NVMe runs."""
+    out = []
+    for i, r in enumerate(report.get("nvme_results") or []):
+        for field in ("policy", "dram_tokens", "nvme_tokens", "hit_rate_blocks"):
+            if field not in r:
+                raise ValueError("nvme_results[%d]: missing field %r" % (i, field))
+        rate = float(r["hit_rate_blocks"])
+        if not 0.0 <= rate <= 1.0:
+            raise ValueError("nvme_results[%d].hit_rate_blocks: %r is not in [0, 1]" % (i, rate))
+        label = "%s, DRAM %s + NVMe %s" % (r["policy"], tokens_label(int(r["dram_tokens"])),
+                                           tokens_label(int(r["nvme_tokens"])))
+        out.append((label, int(r["dram_tokens"]) + int(r["nvme_tokens"]), rate))
+    return out
+
+
 def tokens_label(x, _pos=None):
     if x >= 1e6:
         return "%gM" % (x / 1e6)
@@ -80,6 +97,9 @@ def plot(report, output):
         ax.plot(xs, ys, marker=markers[i % len(markers)], markersize=4,
                 linewidth=1.0 if reference else 1.5, linestyle=":" if reference else "-",
                 label=policy)
+    for j, (label, tokens, rate) in enumerate(nvme_points(report)):
+        ax.plot([tokens], [rate], marker="*", markersize=11 - 2 * (j % 4), linestyle="none",
+                label=label)
     ceiling = report.get("unbounded_hit_rate_blocks")
     if ceiling is not None:
         ax.axhline(float(ceiling), color="grey", linestyle="--", linewidth=1,

@@ -50,24 +50,31 @@ const std::vector<BenchSuite>& BenchSuites() {
       {"nvme",
        "NVMe tier Save/Load beside fio (plain and O_DSYNC); reopen with and without the snapshot",
        "kvtier bench nvme [--json] [--dir /var/tmp] [--sizes 256KiB,1MiB,4MiB] [--volume 512MiB]\n"
-       "                  [--layout regions|classes] [--region 64MiB] [--reps 3] [--qd 16]\n"
+       "                  [--layout regions|classes] [--region 64MiB] [--reps 4] [--qd 16]\n"
        "                  [--inflight BYTES] [--io-mode direct|buffered] [--fio fio] [--no-dsync]\n"
+       "                  [--no-settle]\n"
        "                  [--reopen-chunks 100000] [--reopen-payload 4032]\n\n"
        "In a temporary folder under --dir: per chunk size, fills a tier of --volume (on-demand\n"
        "regions of --region, or one explicit slot class), then sequential and random Load and\n"
        "Save (saves evict, the steady state of a cache), each beside fio on the same pattern\n"
        "(io_uring, O_DIRECT, bs = chunk, iodepth --qd, same folder, file of the same size),\n"
-       "fio first in even repetitions and second in odd ones. Saves run twice: with\n"
+       "fio first in even repetitions and second in odd ones (an even --reps gives both sides\n"
+       "the first place equally often); before each timed run the device's write cache is\n"
+       "flushed (fdatasync, untimed; --no-settle skips it) so neither side starts while the\n"
+       "disk still drains the other's writes. Saves run twice: with\n"
        "durability \"process\" (acknowledged when written) beside plain fio writes, and with\n"
        "durability \"power\" (flushed group commit) beside fio with O_DSYNC (--no-dsync\n"
        "skips them). Prints the median of --reps per-repetition ratios.\n"
        "Then the time to reopen a tier of --reopen-chunks small chunks from its snapshot and\n"
-       "by scanning.\n"
+       "by scanning. Columns \"submit busy\" (share of the tier's time spent inside PutAsync or\n"
+       "GetAsync: staging copy and checksum) and \"in flight\" (mean operations in flight)\n"
+       "tell a CPU-bound submitter from a disk-bound one.\n"
        "Targets: Load and Save (process) >= 0.85x fio.",
        RunNvmeBench},
       {"replay", "a request trace through the real cache beside the simulators' hit rates",
        "kvtier bench replay --trace FILE [--json] [--dram-tokens 3M] [--policy all|lru,2q,...]\n"
-       "                    [--bytes-per-token 7] [--speed 0] [--curve 1M,3M,10M,50M]\n\n"
+       "                    [--bytes-per-token 7] [--speed 0] [--curve 1M,3M,10M,50M]\n"
+       "                    [--nvme-tokens 50M] [--nvme-path DIR] [--nvme-io-mode direct]\n\n"
        "Replays a Mooncake-format trace (JSON Lines with hash_ids of 512-token blocks)\n"
        "through the embedded cache: per request Lookup, Load of the hit chunks (bytes\n"
        "verified), Save of the rest. The DRAM tier holds exactly floor(tokens / 512)\n"
@@ -77,7 +84,12 @@ const std::vector<BenchSuite>& BenchSuites() {
        "prefill tokens saved, DRAM bytes written and read, requests/s, and beside them\n"
        "the simulators' figures on the same trace: the policy's tail-first simulation\n"
        "(the replay must match it), unbounded, and reference LRU, with the ratios.\n"
-       "--curve adds every policy at each capacity (input of bench/plot_replay.py).",
+       "--curve adds every policy at each capacity (input of bench/plot_replay.py).\n"
+       "--nvme-tokens N (e.g. 50M) adds a table of every policy through DRAM plus an NVMe\n"
+       "tier of exactly floor(N / 512) chunks, in a fresh folder under --nvme-path (default\n"
+       "$TMPDIR or /tmp, removed afterwards), --nvme-io-mode direct|buffered, --nvme-admission\n"
+       "all|second-chance; the replay waits for demotions after each request unless\n"
+       "--no-wait-demotions. Reports per-tier hits and bytes, and the ratio to unbounded.",
        RunReplayBench},
   };
   return suites;

@@ -11,6 +11,7 @@
 // Sequential means slots in disk order, random a random permutation of them.
 // Then the time to reopen a tier holding many small chunks, from its snapshot
 // and by scanning.
+#include <fcntl.h>
 #include <stdlib.h>
 #include <unistd.h>
 
@@ -67,13 +68,18 @@ class AsyncDriver {
     errors_ = 0;
     first_error_ = absl::OkStatus();
     inflight_ = 0;
+    submit_seconds_ = 0;
+    inflight_sum_ = 0;
     auto t0 = Clock::now();
     for (uint64_t i = 0; i < n; ++i) {
       for (;;) {
+        auto s0 = Clock::now();
         absl::Status s = submit(i, [this](absl::Status st) { Done(st); });
+        submit_seconds_ += Seconds(s0);
         if (s.ok()) {
           std::lock_guard<std::mutex> lock(mu_);
           ++inflight_;
+          inflight_sum_ += inflight_;
           break;
         }
         // No room in flight, or every slot busy: wait for a completion.
@@ -87,8 +93,15 @@ class AsyncDriver {
     std::unique_lock<std::mutex> lock(mu_);
     cv_.wait(lock, [&] { return inflight_ == 0; });
     double elapsed = Seconds(t0);
+    submitted_ = n;
     if (errors_ > 0) return first_error_;
     return elapsed;
+  }
+  // Of the last Run: seconds spent inside `submit` (the tier's staging copy
+  // and checks), and the mean operations in flight right after a submission.
+  double submit_seconds() const { return submit_seconds_; }
+  double mean_inflight() const {
+    return submitted_ == 0 ? 0.0 : static_cast<double>(inflight_sum_) / submitted_;
   }
 
  private:
@@ -106,6 +119,9 @@ class AsyncDriver {
   uint64_t completions_ = 0;
   uint64_t errors_ = 0;
   absl::Status first_error_;
+  double submit_seconds_ = 0;
+  uint64_t inflight_sum_ = 0;
+  uint64_t submitted_ = 0;
 };
 
 // A reusable encoded chunk: one payload, a header rewritten per key.
@@ -206,12 +222,15 @@ FioResult RunFio(const std::string& fio, const std::string& args, const std::str
 
 struct Row {
   uint64_t size = 0;
-  std::string pattern;    // "seq" or "rand"
-  std::string op;         // "load", "save" (durability "process") or "save-power"
-  std::string reference;  // "fio" or "fio O_DSYNC"
-  double tier = 0;        // payload bytes per second
-  double fio = 0;         // the reference's bytes per second
-  double ratio = 0;       // median of the per-repetition ratios
+  std::string pattern;       // "seq" or "rand"
+  std::string op;            // "load", "save" (durability "process") or "save-power"
+  std::string reference;     // "fio" or "fio O_DSYNC"
+  double tier = 0;           // payload bytes per second
+  double fio = 0;            // the reference's bytes per second
+  double ratio = 0;          // median of the per-repetition ratios
+  double submit_busy = 0;    // median share of the tier's time spent submitting (copy, checks)
+  double mean_inflight = 0;  // median of the tier's mean operations in flight
+  std::vector<double> tier_runs, fio_runs;  // per repetition, bytes per second
 };
 
 // The tier's layout: explicit classes (one class of `slots` slots of the
@@ -266,12 +285,13 @@ int RunNvmeBench(Flags& flags) {
   const uint64_t volume = flags.Bytes("volume", 512ull << 20);
   const std::string layout_name = flags.String("layout", "regions");
   const uint64_t region_bytes = flags.Bytes("region", 64ull << 20);
-  const int64_t reps = flags.Int("reps", 3);
+  const int64_t reps = flags.Int("reps", 4);
   const uint32_t qd = static_cast<uint32_t>(flags.Int("qd", 16));
   const uint64_t inflight_flag = flags.Bytes("inflight", 0);
   const std::string io_mode = flags.String("io-mode", "direct");
   const std::string fio = flags.String("fio", "fio");
   const bool fio_dsync = !flags.Bool("no-dsync");
+  const bool settle = !flags.Bool("no-settle");
   const uint64_t reopen_chunks = static_cast<uint64_t>(flags.Int("reopen-chunks", 100000));
   const uint64_t reopen_payload = flags.Bytes("reopen-payload", 4096 - kChunkHeaderBytes);
   if (absl::Status s = flags.Finish(); !s.ok()) {
@@ -375,8 +395,21 @@ int RunNvmeBench(Flags& flags) {
                           " --rw=", rw, " --direct=", io_mode == "direct" ? 1 : 0,
                           " --ioengine=io_uring --iodepth=", qd, dsync ? " --sync=dsync" : "");
     };
+    // Before each timed run (fio's or the tier's): flush the device's write
+    // cache (fdatasync sends the file system's cache flush) so neither side
+    // starts while the disk still drains the writes of the run before it.
+    auto drain = [&]() {
+      if (!settle) return;
+      for (const std::string& f : {absl::StrCat(tier_dir, "/", kNvmeVolumeFileName), fio_file}) {
+        int fd = ::open(f.c_str(), O_RDONLY | O_CLOEXEC);
+        if (fd < 0) continue;
+        (void)::fdatasync(fd);
+        ::close(fd);
+      }
+    };
     auto fio_rate = [&](const std::string& rw, const std::string& direction, bool dsync) {
       if (!have_fio) return 0.0;
+      drain();
       FioResult r = RunFio(fio, fio_args(rw, dsync), direction);
       if (!r.error.empty()) {
         have_fio = false;
@@ -408,6 +441,7 @@ int RunNvmeBench(Flags& flags) {
     constexpr int kPhases = 6;
     const char* kOps[3] = {"load", "save", "save-power"};
     std::vector<std::vector<double>> tier_rate(kPhases), ref_bw(kPhases), ratio(kPhases);
+    std::vector<std::vector<double>> busy(kPhases), depth(kPhases);
     // Per repetition and phase: fio and the tier back to back, fio first in
     // even repetitions and second in odd ones, so neither side always runs
     // while the disk's write-back cache drains the other's writes.
@@ -434,6 +468,7 @@ int RunNvmeBench(Flags& flags) {
         double f = fio_first ? fio_rate(rw, is_save ? "write" : "read", op == 2) : 0;
         absl::StatusOr<double> t;
         uint64_t moved;
+        drain();
         if (!is_save) {
           // Every resident chunk (the tier keeps a few slots free), in disk
           // order or shuffled. The loads also set the eviction order, so the
@@ -450,6 +485,8 @@ int RunNvmeBench(Flags& flags) {
           return fail(absl::StrCat(random ? "random " : "sequential ", kOps[op]), t.status());
         }
         if (!fio_first) f = fio_rate(rw, is_save ? "write" : "read", op == 2);
+        busy[phase].push_back(driver.submit_seconds() / *t);
+        depth[phase].push_back(driver.mean_inflight());
         tier_rate[phase].push_back(moved / *t);
         ref_bw[phase].push_back(f);
         if (f > 0) ratio[phase].push_back(moved / *t / f);
@@ -463,7 +500,11 @@ int RunNvmeBench(Flags& flags) {
             phase % 3 == 2 ? "fio O_DSYNC" : "fio",
             Median(tier_rate[phase]),
             Median(ref_bw[phase]),
-            Median(ratio[phase])};
+            Median(ratio[phase]),
+            Median(busy[phase]),
+            Median(depth[phase]),
+            tier_rate[phase],
+            ref_bw[phase]};
       rows.push_back(r);
     }
     NvmeTierStats st = (*tier)->DetailedStats();
@@ -556,7 +597,14 @@ int RunNvmeBench(Flags& flags) {
           .Set("reference", r.reference)
           .Set("kvtier_gbps", r.tier / 1e9)
           .Set("reference_gbps", r.fio / 1e9)
-          .Set("ratio", r.ratio);
+          .Set("ratio", r.ratio)
+          .Set("submit_busy", r.submit_busy)
+          .Set("mean_inflight", r.mean_inflight);
+      Json tier_runs = Json::Array(), fio_runs = Json::Array();
+      for (double v : r.tier_runs) tier_runs.Push(v / 1e9);
+      for (double v : r.fio_runs) fio_runs.Push(v / 1e9);
+      o.Set("kvtier_runs_gbps", std::move(tier_runs))
+          .Set("reference_runs_gbps", std::move(fio_runs));
       results.Push(std::move(o));
     }
     Json notes_json = Json::Array();
@@ -592,11 +640,13 @@ int RunNvmeBench(Flags& flags) {
           ? absl::StrCat("on-demand regions of ", HumanBytes(layout.region)).c_str()
           : "one explicit slot class",
       io_mode == "direct" ? "O_DIRECT" : "buffered", qd);
-  Table table({"chunk", "pattern", "op", "durability", "kvtier", "reference", "ref rate", "ratio"});
+  Table table({"chunk", "pattern", "op", "durability", "kvtier", "reference", "ref rate", "ratio",
+               "submit busy", "in flight"});
   for (const Row& r : rows) {
     table.AddRow({HumanBytes(r.size), r.pattern, r.op == "load" ? "load" : "save",
                   r.op == "load" ? "" : (r.op == "save" ? "process" : "power"), HumanRate(r.tier),
-                  r.reference, HumanRate(r.fio), Fixed(r.ratio, 2)});
+                  r.reference, HumanRate(r.fio), Fixed(r.ratio, 2), Fixed(r.submit_busy, 2),
+                  Fixed(r.mean_inflight, 1)});
   }
   table.Print();
   std::printf(

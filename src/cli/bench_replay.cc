@@ -1,14 +1,19 @@
 // `kvtier bench replay`: a request trace through the real embedded cache,
 // beside the block simulators' unbounded and LRU hit rates on the same trace.
+#include <stdlib.h>
+
 #include <cstdio>
+#include <filesystem>
 #include <memory>
 #include <string>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "src/cli/bench.h"
 #include "src/cli/report.h"
+#include "src/common/temp_path.h"
 #include "src/core/replay/cache_replay.h"
 #include "src/core/replay/sim.h"
 #include "src/core/replay/trace_reader.h"
@@ -66,6 +71,7 @@ Json TiersJson(const replay::CacheReplayResult& r) {
   for (const replay::TierTraffic& t : r.tiers) {
     tiers.Push(Json::Object()
                    .Set("tier", std::string(TierName(t.tier)))
+                   .Set("hits", t.hits)
                    .Set("bytes_written", t.bytes_written)
                    .Set("bytes_read", t.bytes_read)
                    .Set("evictions", t.evictions));
@@ -83,6 +89,13 @@ int RunReplayBench(Flags& flags) {
   const std::string policy_text = flags.String("policy", "all");
   const double speed = flags.Double("speed", 0);
   const std::string curve_text = flags.String("curve", "");
+  const std::string nvme_tokens_text = flags.String("nvme-tokens", "0");
+  const char* tmpdir = ::getenv("TMPDIR");
+  const std::string nvme_parent =
+      flags.String("nvme-path", tmpdir != nullptr && *tmpdir != '\0' ? tmpdir : "/tmp");
+  const std::string nvme_io_mode = flags.String("nvme-io-mode", "direct");
+  const std::string nvme_admission = flags.String("nvme-admission", "all");
+  const bool wait_for_demotions = !flags.Bool("no-wait-demotions");
   if (absl::Status s = flags.Finish(); !s.ok()) return Fail(std::string(s.message()));
   if (trace_path.empty()) return Fail("--trace: a trace file (JSON Lines) is required");
   if (bytes_per_token <= 0 || bytes_per_token > (1 << 20)) {
@@ -90,6 +103,8 @@ int RunReplayBench(Flags& flags) {
   }
   absl::StatusOr<uint64_t> dram_tokens = replay::ParseTokenCount(dram_tokens_text, "--dram-tokens");
   if (!dram_tokens.ok()) return Fail(std::string(dram_tokens.status().message()));
+  absl::StatusOr<uint64_t> nvme_tokens = replay::ParseTokenCount(nvme_tokens_text, "--nvme-tokens");
+  if (!nvme_tokens.ok()) return Fail(std::string(nvme_tokens.status().message()));
   std::vector<uint64_t> curve;
   if (!curve_text.empty()) {
     for (absl::string_view part : absl::StrSplit(curve_text, ',')) {
@@ -113,17 +128,35 @@ int RunReplayBench(Flags& flags) {
   absl::StatusOr<std::vector<replay::TraceRequest>> trace = replay::ReadTraceFile(trace_path);
   if (!trace.ok()) return Fail(trace.status().ToString());
 
-  auto run = [&](const std::string& policy, uint64_t tokens,
-                 const std::string& label) -> absl::StatusOr<replay::CacheReplayResult> {
+  auto run = [&](const std::string& policy, uint64_t tokens, const std::string& label,
+                 uint64_t nvme = 0) -> absl::StatusOr<replay::CacheReplayResult> {
     replay::CacheReplayOptions o;
     o.capacity_tokens = tokens;
     o.bytes_per_token = static_cast<uint32_t>(bytes_per_token);
     o.eviction_policy = policy;
     o.speed = speed;
-    Progress progress(label, trace->size());
-    absl::StatusOr<replay::CacheReplayResult> r =
-        replay::ReplayThroughCache(*trace, o, [&](uint64_t done) { progress.Update(done); });
-    progress.Finish();
+    std::string folder;
+    if (nvme > 0) {
+      // A fresh volume per run, removed afterwards.
+      absl::StatusOr<std::string> dir = MakeTempDir(nvme_parent, "kvtier-replay-nvme-");
+      if (!dir.ok()) return dir.status();
+      folder = *dir;
+      o.nvme_tokens = nvme;
+      o.nvme_path = folder;
+      o.nvme_io_mode = nvme_io_mode;
+      o.nvme_admission = nvme_admission;
+      o.wait_for_demotions = wait_for_demotions;
+    }
+    absl::StatusOr<replay::CacheReplayResult> r;
+    {
+      Progress progress(label, trace->size());
+      r = replay::ReplayThroughCache(*trace, o, [&](uint64_t done) { progress.Update(done); });
+      progress.Finish();
+    }
+    if (!folder.empty()) {
+      std::error_code ec;
+      std::filesystem::remove_all(folder, ec);
+    }
     return r;
   };
 
@@ -139,6 +172,38 @@ int RunReplayBench(Flags& flags) {
     if (!r.ok()) return Fail(absl::StrCat("policy ", p, ": ", r.status().ToString()));
     results.push_back(*std::move(r));
   }
+
+  // DRAM plus NVMe: every policy at --dram-tokens + --nvme-tokens.
+  std::vector<replay::CacheReplayResult> nvme_results;
+  if (*nvme_tokens > 0) {
+    for (const std::string& p : policies) {
+      absl::StatusOr<replay::CacheReplayResult> r = run(
+          p, *dram_tokens,
+          absl::StrCat("replay ", p, " ", Tokens(*dram_tokens), " + NVMe ", Tokens(*nvme_tokens)),
+          *nvme_tokens);
+      if (!r.ok()) {
+        return Fail(absl::StrCat(
+            "policy ", p, " with NVMe in ", nvme_parent, ": ", r.status().ToString(),
+            absl::StrContains(r.status().message(), "io_mode") && nvme_io_mode == "direct"
+                ? " (a file system without O_DIRECT needs "
+                  "--nvme-io-mode buffered)"
+                : ""));
+      }
+      nvme_results.push_back(*std::move(r));
+    }
+  }
+  auto tier_hits = [](const replay::CacheReplayResult& r, Tier tier) -> uint64_t {
+    for (const replay::TierTraffic& t : r.tiers) {
+      if (t.tier == tier) return t.hits;
+    }
+    return 0;
+  };
+  auto tier_traffic = [](const replay::CacheReplayResult& r, Tier tier) {
+    for (const replay::TierTraffic& t : r.tiers) {
+      if (t.tier == tier) return t;
+    }
+    return replay::TierTraffic{};
+  };
 
   // The curve: every policy at every --curve capacity, beside reference LRU.
   struct CurvePoint {
@@ -201,6 +266,28 @@ int RunReplayBench(Flags& flags) {
                   .Set("capacity_tokens", p.tokens)
                   .Set("hit_rate_blocks", p.hit_rate));
     }
+    Json nj = Json::Array();
+    for (const replay::CacheReplayResult& r : nvme_results) {
+      nj.Push(Json::Object()
+                  .Set("policy", r.policy)
+                  .Set("dram_tokens", r.capacity_tokens)
+                  .Set("nvme_tokens", *nvme_tokens)
+                  .Set("nvme_chunks", r.geometry.nvme_chunks)
+                  .Set("nvme_io_mode", nvme_io_mode)
+                  .Set("wait_for_demotions", wait_for_demotions)
+                  .Set("hit_rate_blocks", r.HitRate())
+                  .Set("hit_rate_tokens", r.TokenHitRate())
+                  .Set("vs_unbounded", Ratio(r.HitRate(), unbounded->HitRate()))
+                  .Set("dram_hits", tier_hits(r, Tier::kDram))
+                  .Set("nvme_hits", tier_hits(r, Tier::kNvme))
+                  .Set("lost_hits", r.lost_hits)
+                  .Set("demoted", r.demoted)
+                  .Set("skipped_demotions", r.skipped_demotions)
+                  .Set("promoted", r.promoted)
+                  .Set("nvme_resident_chunks", r.nvme_resident_chunks)
+                  .Set("requests_per_s", r.RequestsPerSecond())
+                  .Set("tiers", TiersJson(r)));
+    }
     Json j = Json::Object();
     j.Set("suite", "replay")
         .Set("trace", trace_path)
@@ -221,6 +308,7 @@ int RunReplayBench(Flags& flags) {
                               .Set("belady_tail_first", ref->belady))
         .Set("unbounded_hit_rate_blocks", unbounded->HitRate())
         .Set("ratios", ratios)
+        .Set("nvme_results", nj)
         .Set("curve", cj);
     std::printf("%s\n", j.Dump().c_str());
     return 0;
@@ -248,6 +336,29 @@ int RunReplayBench(Flags& flags) {
       "Belady (future knowledge) %s\n",
       Fixed(unbounded->HitRate(), 4).c_str(), Tokens(*dram_tokens).c_str(),
       Fixed(ref->lru, 4).c_str(), Fixed(ref->belady, 4).c_str());
+  if (!nvme_results.empty()) {
+    const replay::ReplayGeometry& ng = nvme_results.front().geometry;
+    std::printf(
+        "\nDRAM %s + NVMe %s tokens (%llu chunks in %llu-byte slots, %s, %s): hit rate vs "
+        "unbounded %s\n",
+        Tokens(*dram_tokens).c_str(), Tokens(*nvme_tokens).c_str(),
+        static_cast<unsigned long long>(ng.nvme_chunks),
+        static_cast<unsigned long long>(ng.nvme_slot_bytes), nvme_io_mode.c_str(),
+        wait_for_demotions ? "waiting for demotions" : "not waiting for demotions",
+        Fixed(unbounded->HitRate(), 4).c_str());
+    Table nt({"policy", "hit rate (blocks)", "x unbounded", "DRAM hits", "NVMe hits", "lost",
+              "demoted", "skipped", "promoted", "NVMe written", "NVMe read", "requests/s"});
+    for (const replay::CacheReplayResult& r : nvme_results) {
+      const replay::TierTraffic nv = tier_traffic(r, Tier::kNvme);
+      nt.AddRow(
+          {r.policy, Fixed(r.HitRate(), 4), Fixed(Ratio(r.HitRate(), unbounded->HitRate()), 3),
+           absl::StrCat(tier_hits(r, Tier::kDram)), absl::StrCat(nv.hits),
+           absl::StrCat(r.lost_hits), absl::StrCat(r.demoted), absl::StrCat(r.skipped_demotions),
+           absl::StrCat(r.promoted), HumanBytes(nv.bytes_written), HumanBytes(nv.bytes_read),
+           Fixed(r.RequestsPerSecond(), 0)});
+    }
+    nt.Print();
+  }
   if (!points.empty()) {
     std::printf("\n");
     Table ct({"policy", "capacity (tokens)", "hit rate (blocks)"});

@@ -17,6 +17,7 @@
 #include "kvtier/namespace.h"
 #include "src/common/status_macros.h"
 #include "src/core/chunk_format.h"
+#include "src/core/embedded_cache.h"
 
 namespace kvtier::replay {
 namespace {
@@ -25,6 +26,13 @@ using Clock = std::chrono::steady_clock;
 
 constexpr uint64_t kSlotAlign = 4096;
 constexpr uint64_t kSlabAlign = 2ull << 20;
+constexpr uint64_t kNvmeCommitSector = 4096;
+constexpr uint64_t kNvmeMinVolume = 16ull << 20;  // NvmeCacheOptions::capacity_bytes minimum
+
+uint64_t SlotBytes(uint32_t bytes_per_token) {
+  const uint64_t encoded = kChunkHeaderBytes + uint64_t{kReplayBlockTokens} * bytes_per_token;
+  return (encoded + kSlotAlign - 1) / kSlotAlign * kSlotAlign;
+}
 
 // A namespace whose chunks are 512 tokens of `bytes_per_token` opaque bytes
 // each (one layer, one tensor, one head of bytes_per_token uint8 elements).
@@ -65,12 +73,14 @@ uint64_t BlockTokens(const TraceRequest& r, size_t j) {
   return std::min<uint64_t>(r.input_length - before, kReplayBlockTokens);
 }
 
-const TierStats* DramStats(const CacheStats& stats) {
+const TierStats* StatsOf(const CacheStats& stats, Tier tier) {
   for (const TierStats& t : stats.tiers) {
-    if (t.tier == Tier::kDram) return &t;
+    if (t.tier == tier) return &t;
   }
   return nullptr;
 }
+
+const TierStats* DramStats(const CacheStats& stats) { return StatsOf(stats, Tier::kDram); }
 
 }  // namespace
 
@@ -93,6 +103,26 @@ absl::Status CacheReplayOptions::Validate() const {
   if (!(speed >= 0)) {
     return absl::InvalidArgumentError(absl::StrCat("speed: ", speed, " must be 0 or positive"));
   }
+  if (nvme_tokens == 0) return absl::OkStatus();
+  if (nvme_path.empty()) {
+    return absl::InvalidArgumentError("nvme_path: a folder is needed when nvme_tokens is set");
+  }
+  const uint64_t nvme_slot = SlotBytes(bytes_per_token) + kNvmeCommitSector;
+  const uint64_t min_chunks = (kNvmeMinVolume + nvme_slot - 1) / nvme_slot;
+  if (nvme_tokens / kReplayBlockTokens < min_chunks) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "nvme_tokens: ", nvme_tokens, " tokens make a volume below the NVMe tier's 16 MiB ",
+        "minimum; at least ", min_chunks * kReplayBlockTokens, " tokens (", min_chunks,
+        " slots of ", nvme_slot, " bytes)"));
+  }
+  if (nvme_io_mode != "direct" && nvme_io_mode != "buffered") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("nvme_io_mode: '", nvme_io_mode, "' is not direct or buffered"));
+  }
+  if (nvme_admission != "all" && nvme_admission != "second-chance") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("nvme_admission: '", nvme_admission, "' is not all or second-chance"));
+  }
   return absl::OkStatus();
 }
 
@@ -101,12 +131,16 @@ absl::StatusOr<ReplayGeometry> ComputeGeometry(const CacheReplayOptions& options
   ReplayGeometry g;
   g.capacity_chunks = options.capacity_tokens / kReplayBlockTokens;
   g.payload_bytes = uint64_t{kReplayBlockTokens} * options.bytes_per_token;
-  const uint64_t encoded = kChunkHeaderBytes + g.payload_bytes;
-  g.slot_bytes = (encoded + kSlotAlign - 1) / kSlotAlign * kSlotAlign;
+  g.slot_bytes = SlotBytes(options.bytes_per_token);
   g.slots_per_slab = options.slab_bytes / g.slot_bytes;
   g.slabs = (g.capacity_chunks + g.slots_per_slab - 1) / g.slots_per_slab;
   g.filler_chunks = g.slabs * g.slots_per_slab - g.capacity_chunks;
   g.dram_capacity_bytes = g.slabs * options.slab_bytes;
+  if (options.nvme_tokens > 0) {
+    g.nvme_chunks = options.nvme_tokens / kReplayBlockTokens;
+    g.nvme_slot_bytes = g.slot_bytes + kNvmeCommitSector;
+    g.nvme_capacity_bytes = g.nvme_chunks * g.nvme_slot_bytes;
+  }
   return g;
 }
 
@@ -180,7 +214,23 @@ absl::StatusOr<CacheReplayResult> ReplayThroughCache(
   cache_options.eviction_policy = options.eviction_policy;
   cache_options.register_with_gpu = false;
   cache_options.index_shards = 16;
-  KVTIER_ASSIGN_OR_RETURN(std::unique_ptr<Cache> cache, Cache::Create(cache_options));
+  if (options.nvme_tokens > 0) {
+    // One slot size holding exactly nvme_chunks replay chunks; nothing is
+    // kept after the replay (no snapshot, no copy of DRAM at close).
+    NvmeCacheOptions& n = cache_options.nvme;
+    n.path = options.nvme_path;
+    n.capacity_bytes = geometry.nvme_capacity_bytes;
+    n.slot_payload_bytes = {geometry.payload_bytes};
+    n.io_mode = options.nvme_io_mode;
+    n.admission = options.nvme_admission;
+    n.eviction_policy = options.eviction_policy;
+    n.write_snapshot = false;
+    n.persist_on_close_seconds = 0;
+  }
+  KVTIER_ASSIGN_OR_RETURN(std::unique_ptr<EmbeddedCache> cache,
+                          EmbeddedCache::Create(cache_options));
+  const bool nvme = cache->nvme() != nullptr;
+  const bool wait = nvme && options.wait_for_demotions;
 
   std::vector<std::byte> payload(geometry.payload_bytes);
   std::vector<std::byte> expected(geometry.payload_bytes);
@@ -225,11 +275,29 @@ absl::StatusOr<CacheReplayResult> ReplayThroughCache(
       return absl::Status(lookup.status().code(),
                           absl::StrCat("trace line ", req.line, ": ", lookup.status().message()));
     }
-    const size_t matched = lookup->matched;
+    size_t matched = lookup->matched;
     for (size_t j = 0; j < chain.size(); ++j) out.total_tokens += BlockTokens(req, j);
     out.total_blocks += chain.size();
     for (size_t j = 0; j < matched; ++j) {
-      KVTIER_ASSIGN_OR_RETURN(size_t n, cache->Load(ns, chain[j], absl::MakeSpan(payload)));
+      absl::StatusOr<size_t> loaded = cache->Load(ns, chain[j], absl::MakeSpan(payload));
+      if (nvme && absl::IsNotFound(loaded.status())) {
+        // Evicted from DRAM by an earlier load's promotion: on NVMe, or on
+        // its way there.
+        if (wait) {
+          cache->WaitForDemotions();
+          loaded = cache->Load(ns, chain[j], absl::MakeSpan(payload));
+        }
+        if (absl::IsNotFound(loaded.status())) {
+          out.lost_hits += matched - j;
+          matched = j;
+          break;
+        }
+      }
+      if (!loaded.ok()) {
+        return absl::Status(loaded.status().code(),
+                            absl::StrCat("trace line ", req.line, ": ", loaded.status().message()));
+      }
+      const size_t n = *loaded;
       FillChunkPayload(chain[j], absl::MakeSpan(expected));
       if (n != payload.size() || std::memcmp(payload.data(), expected.data(), n) != 0) {
         return absl::DataLossError(absl::StrCat("trace line ", req.line, ": chunk ", j, " (key ",
@@ -250,6 +318,7 @@ absl::StatusOr<CacheReplayResult> ReplayThroughCache(
         return absl::Status(s.code(), absl::StrCat("trace line ", req.line, ": ", s.message()));
       }
     }
+    if (wait) cache->WaitForDemotions();
     ++out.requests;
     if (progress && (out.requests % 64 == 0 || out.requests == trace.size())) {
       progress(out.requests);
@@ -265,10 +334,21 @@ absl::StatusOr<CacheReplayResult> ReplayThroughCache(
   out.bytes_written = dram_after->bytes_written - dram_before->bytes_written;
   out.bytes_read = dram_after->bytes_read - dram_before->bytes_read;
   out.resident_chunks = dram_after->chunks - geometry.filler_chunks;
+  if (const TierStats* nv = StatsOf(after, Tier::kNvme); nv != nullptr) {
+    out.nvme_resident_chunks = nv->chunks;
+  }
+  const TieringStats& ta = after.tiering;
+  const TieringStats& tb = before.tiering;
+  out.demoted = ta.demoted - tb.demoted;
+  out.skipped_demotions =
+      (ta.skipped_admission + ta.skipped_busy + ta.skipped_full + ta.skipped_io_error) -
+      (tb.skipped_admission + tb.skipped_busy + tb.skipped_full + tb.skipped_io_error);
+  out.promoted = ta.promoted - tb.promoted;
   for (const TierStats& t : after.tiers) {
-    TierTraffic traffic{t.tier, t.bytes_written, t.bytes_read, t.evictions};
+    TierTraffic traffic{t.tier, t.hits, t.bytes_written, t.bytes_read, t.evictions};
     for (const TierStats& b : before.tiers) {
       if (b.tier != t.tier) continue;
+      traffic.hits -= b.hits;
       traffic.bytes_written -= b.bytes_written;
       traffic.bytes_read -= b.bytes_read;
       traffic.evictions -= b.evictions;

@@ -25,6 +25,18 @@
 // surplus slots with pinned chunks of a separate namespace before the trace
 // starts, so exactly `capacity_chunks` slots remain for the trace.
 //
+// NVMe (options.nvme_tokens > 0). The cache also gets an NVMe tier in
+// options.nvme_path with one slot size, the replay chunk's, and room for
+// exactly nvme_chunks of them (geometry.nvme_slot_bytes each: the chunk
+// rounded up to 4 KiB plus a 4 KiB commit sector). Chunks evicted from DRAM
+// are demoted there, Lookup finds them there and Load promotes them back. A
+// demotion is written in the background, so a chunk is briefly in neither
+// tier; with wait_for_demotions the replay waits for the demotions after
+// each request's saves and, when a Load misses a chunk Lookup had matched,
+// once more before retrying it, so no hit is lost to a write still in
+// flight. A matched chunk that still cannot be loaded ends the request's
+// hits there (counted in lost_hits) and is saved again like a miss.
+//
 // Thread-safety: free functions; each call builds its own cache.
 #ifndef KVTIER_SRC_CORE_REPLAY_CACHE_REPLAY_H_
 #define KVTIER_SRC_CORE_REPLAY_CACHE_REPLAY_H_
@@ -51,10 +63,17 @@ struct CacheReplayOptions {
   std::string eviction_policy = "lru";   // CacheOptions::eviction_policy
   double speed = 0;                      // 0: as fast as possible; else timestamps / speed
   uint64_t slab_bytes = 2ull << 20;      // CacheOptions::slab_bytes (multiple of 2 MiB)
+  uint64_t nvme_tokens = 0;              // NVMe capacity, tokens (floor / 512 chunks); 0: none
+  std::string nvme_path;                 // folder of the NVMe volume (needed with nvme_tokens)
+  std::string nvme_io_mode = "direct";   // NvmeCacheOptions::io_mode: "direct" or "buffered"
+  std::string nvme_admission = "all";    // NvmeCacheOptions::admission
+  bool wait_for_demotions = true;        // wait out demotions in flight (see the file comment)
 
   // InvalidArgument naming the field: capacity below one 512-token chunk,
   // bytes_per_token 0 or so large a chunk exceeds a slab, negative speed,
-  // slab_bytes not a positive multiple of 2 MiB.
+  // slab_bytes not a positive multiple of 2 MiB; with nvme_tokens: an empty
+  // nvme_path, a volume below the NVMe tier's 16 MiB minimum, a bad
+  // nvme_io_mode or nvme_admission.
   absl::Status Validate() const;
 };
 
@@ -70,6 +89,9 @@ struct ReplayGeometry {
   uint64_t slabs = 0;          // ceil(capacity_chunks / slots_per_slab)
   uint64_t filler_chunks = 0;  // surplus slots taken by pinned chunks
   uint64_t dram_capacity_bytes = 0;
+  uint64_t nvme_chunks = 0;          // floor(nvme_tokens / 512): chunks NVMe holds
+  uint64_t nvme_slot_bytes = 0;      // slot_bytes + a 4 KiB commit sector
+  uint64_t nvme_capacity_bytes = 0;  // nvme_chunks x nvme_slot_bytes
 };
 
 // The geometry for `options`. InvalidArgument as Validate.
@@ -78,6 +100,7 @@ absl::StatusOr<ReplayGeometry> ComputeGeometry(const CacheReplayOptions& options
 // Traffic of one tier during the trace (CacheStats deltas).
 struct TierTraffic {
   Tier tier = Tier::kNone;
+  uint64_t hits = 0;           // chunks Load found in this tier
   uint64_t bytes_written = 0;  // payload bytes stored
   uint64_t bytes_read = 0;     // payload bytes served
   uint64_t evictions = 0;
@@ -88,18 +111,23 @@ struct CacheReplayResult {
   uint64_t capacity_tokens = 0;
   ReplayGeometry geometry;
   uint64_t requests = 0;
-  uint64_t total_blocks = 0;       // hash ids of all requests
-  uint64_t hit_blocks = 0;         // chunks matched by Lookup and loaded
-  uint64_t total_tokens = 0;       // prompt tokens of all requests
-  uint64_t hit_tokens = 0;         // prompt tokens covered by hit chunks (prefill saved)
-  uint64_t saved_chunks = 0;       // Saves that stored a new chunk
-  uint64_t rejected_saves = 0;     // Saves refused with ResourceExhausted
-  uint64_t evictions = 0;          // DRAM tier evictions during the trace
-  uint64_t bytes_written = 0;      // DRAM tier payload bytes stored during the trace
-  uint64_t bytes_read = 0;         // DRAM tier payload bytes served during the trace
-  uint64_t resident_chunks = 0;    // trace chunks cached at the end
-  std::vector<TierTraffic> tiers;  // every tier of the cache, fastest first
-  double seconds = 0;              // wall time of the trace (setup excluded)
+  uint64_t total_blocks = 0;          // hash ids of all requests
+  uint64_t hit_blocks = 0;            // chunks matched by Lookup and loaded
+  uint64_t total_tokens = 0;          // prompt tokens of all requests
+  uint64_t hit_tokens = 0;            // prompt tokens covered by hit chunks (prefill saved)
+  uint64_t saved_chunks = 0;          // Saves that stored a new chunk
+  uint64_t rejected_saves = 0;        // Saves refused with ResourceExhausted
+  uint64_t evictions = 0;             // DRAM tier evictions during the trace
+  uint64_t bytes_written = 0;         // DRAM tier payload bytes stored during the trace
+  uint64_t bytes_read = 0;            // DRAM tier payload bytes served during the trace
+  uint64_t resident_chunks = 0;       // trace chunks cached at the end (DRAM)
+  uint64_t lost_hits = 0;             // chunks Lookup matched that Load no longer found
+  uint64_t demoted = 0;               // chunks written to NVMe after leaving DRAM
+  uint64_t skipped_demotions = 0;     // evicted chunks NVMe did not take (admission, busy, full)
+  uint64_t promoted = 0;              // chunks copied from NVMe back into DRAM
+  uint64_t nvme_resident_chunks = 0;  // chunks on NVMe at the end
+  std::vector<TierTraffic> tiers;     // every tier of the cache, fastest first
+  double seconds = 0;                 // wall time of the trace (setup excluded)
 
   double HitRate() const;       // hit_blocks / total_blocks; 0 when empty
   double TokenHitRate() const;  // hit_tokens / total_tokens; 0 when empty

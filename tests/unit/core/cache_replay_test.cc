@@ -1,6 +1,7 @@
 #include "src/core/replay/cache_replay.h"
 
 #include <cstddef>
+#include <filesystem>
 #include <fstream>
 #include <memory>
 #include <random>
@@ -9,6 +10,7 @@
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "src/common/temp_path.h"
 #include "src/core/eviction.h"
 #include "src/core/replay/sim.h"
 #include "src/core/replay/trace_reader.h"
@@ -206,6 +208,137 @@ TEST(CacheReplay, MatchesTheTailFirstSimulatorOnTheMooncakeTrace) {
   // it is compared at a capacity of whole slabs (1024 chunks, no fillers).
   ExpectMatchesSimulator(t, 1024 * 512, "2q");
   ExpectMatchesSimulator(t, 1024 * 512, "2q-chain");
+}
+
+// ---- DRAM + NVMe -------------------------------------------------------------------
+
+class NvmeFolder {
+ public:
+  NvmeFolder() {
+    absl::StatusOr<std::string> p = MakeTempDir("/tmp", "kvtier-replay-nvme-test-");
+    path_ = p.ok() ? *p : "";
+  }
+  ~NvmeFolder() {
+    std::error_code ec;
+    if (!path_.empty()) std::filesystem::remove_all(path_, ec);
+  }
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
+
+// The smallest NVMe volume the tier takes: 16 MiB of 8 KiB slots.
+constexpr uint64_t kNvmeChunks = 2048;
+
+uint64_t TierHits(const CacheReplayResult& r, Tier tier) {
+  for (const TierTraffic& t : r.tiers) {
+    if (t.tier == tier) return t.hits;
+  }
+  return ~uint64_t{0};
+}
+
+TEST(CacheReplayGeometry, SizesTheNvmeVolumeInWholeSlots) {
+  CacheReplayOptions o = Options(3'000'000);
+  o.nvme_tokens = 50'000'000;
+  o.nvme_path = "/unused";
+  ASSERT_OK_AND_ASSIGN(ReplayGeometry g, ComputeGeometry(o));
+  EXPECT_EQ(g.nvme_chunks, 97656u);
+  EXPECT_EQ(g.nvme_slot_bytes, 8192u);  // a 4 KiB data area and a 4 KiB commit sector
+  EXPECT_EQ(g.nvme_capacity_bytes, 97656u * 8192);
+  o.nvme_tokens = 0;
+  ASSERT_OK_AND_ASSIGN(g, ComputeGeometry(o));
+  EXPECT_EQ(g.nvme_chunks, 0u);
+  EXPECT_EQ(g.nvme_capacity_bytes, 0u);
+}
+
+TEST(CacheReplayGeometry, RejectsBadNvmeOptions) {
+  CacheReplayOptions o = Options(512);
+  o.nvme_tokens = kNvmeChunks * 512;
+  EXPECT_THAT(ComputeGeometry(o),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("nvme_path")));
+  o.nvme_path = "/unused";
+  o.nvme_tokens = kNvmeChunks * 512 - 1;  // one chunk short of 16 MiB
+  EXPECT_THAT(ComputeGeometry(o), StatusIs(absl::StatusCode::kInvalidArgument,
+                                           HasSubstr("nvme_tokens: 1048575 tokens")));
+  o.nvme_tokens = kNvmeChunks * 512;
+  o.nvme_io_mode = "mmap";
+  EXPECT_THAT(ComputeGeometry(o),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("nvme_io_mode")));
+  o.nvme_io_mode = "buffered";
+  o.nvme_admission = "never";
+  EXPECT_THAT(ComputeGeometry(o),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("nvme_admission")));
+}
+
+TEST(CacheReplay, NvmeBelowOneChunkOfDramKeepsEveryHit) {
+  // DRAM holds one chunk, so every chunk but the last one touched lives on
+  // NVMe. Per request (D: DRAM, N: NVMe; a load from NVMe promotes the chunk
+  // and evicts DRAM's one chunk, which is demoted unless NVMe has it):
+  //   {1,2,3}  no hits; 1 and 2 demoted, DRAM {3}
+  //   {1,2,4}  1 N, 2 N (3 demoted); 4 saved, DRAM {4}
+  //   {1,2,4}  1 N, 2 N, 4 N (demoted while 1 was promoted); DRAM {4}
+  //   {5}      no hit; DRAM {5}
+  //   {5}      5 D
+  //   {1,2,3}  1 N (5 demoted), 2 N, 3 N
+  // 9 hits (8 from NVMe), as many as an unbounded cache gets; DRAM alone
+  // gets 1.
+  auto t = Trace({{1, 2, 3}, {1, 2, 4}, {1, 2, 4}, {5}, {5}, {1, 2, 3}});
+  NvmeFolder folder;
+  ASSERT_FALSE(folder.path().empty());
+  for (const char* io_mode : {"direct", "buffered"}) {
+    CacheReplayOptions o = Options(512);
+    o.nvme_tokens = kNvmeChunks * 512;
+    o.nvme_path = folder.path();
+    o.nvme_io_mode = io_mode;
+    std::error_code ec;
+    std::filesystem::remove(folder.path() + "/kvtier-nvme.dat", ec);
+    ASSERT_OK_AND_ASSIGN(CacheReplayResult r, ReplayThroughCache(t, o));
+    EXPECT_EQ(r.geometry.nvme_chunks, kNvmeChunks);
+    EXPECT_EQ(r.total_blocks, 14u);
+    EXPECT_EQ(r.hit_blocks, 9u) << io_mode;
+    EXPECT_EQ(TierHits(r, Tier::kDram), 1u) << io_mode;
+    EXPECT_EQ(TierHits(r, Tier::kNvme), 8u) << io_mode;
+    EXPECT_EQ(r.lost_hits, 0u);
+    EXPECT_EQ(r.demoted, 5u);  // 1, 2, 3, 4, 5
+    EXPECT_EQ(r.promoted, 8u);
+    EXPECT_EQ(r.skipped_demotions, 0u);
+    EXPECT_EQ(r.nvme_resident_chunks, 5u);
+    EXPECT_EQ(r.resident_chunks, 1u);
+    ASSERT_EQ(r.tiers.size(), 2u);
+    EXPECT_EQ(r.tiers[1].tier, Tier::kNvme);
+    EXPECT_EQ(r.tiers[1].bytes_read, 8u * r.geometry.payload_bytes);
+  }
+  ASSERT_OK_AND_ASSIGN(ReplayResult unbounded, ReplayUnbounded(t));
+  EXPECT_EQ(unbounded.hit_blocks, 9u);
+  ASSERT_OK_AND_ASSIGN(CacheReplayResult dram_only, ReplayThroughCache(t, Options(512)));
+  EXPECT_EQ(dram_only.hit_blocks, 1u);
+}
+
+TEST(CacheReplay, NvmeMatchesUnboundedOnAGeneratedTrace) {
+  // A generated trace whose chunks all fit DRAM + NVMe: with demotions
+  // waited for, every policy gets the unbounded hit count although DRAM
+  // alone evicts.
+  auto t = GeneratedTrace(150, 5);
+  ASSERT_OK_AND_ASSIGN(ReplayResult unbounded, ReplayUnbounded(t));
+  ASSERT_LT(unbounded.saved_blocks, kNvmeChunks);
+  NvmeFolder folder;
+  ASSERT_FALSE(folder.path().empty());
+  for (const char* policy : {"lru", "2q", "2q-chain", "cost"}) {
+    CacheReplayOptions o = Options(32 * 512, policy);
+    ASSERT_OK_AND_ASSIGN(CacheReplayResult dram_only, ReplayThroughCache(t, o));
+    o.nvme_tokens = kNvmeChunks * 512;
+    o.nvme_path = folder.path();
+    std::error_code ec;
+    std::filesystem::remove(folder.path() + "/kvtier-nvme.dat", ec);
+    ASSERT_OK_AND_ASSIGN(CacheReplayResult r, ReplayThroughCache(t, o));
+    EXPECT_LT(dram_only.hit_blocks, unbounded.hit_blocks) << policy;
+    EXPECT_EQ(r.hit_blocks, unbounded.hit_blocks) << policy;
+    EXPECT_EQ(TierHits(r, Tier::kDram) + TierHits(r, Tier::kNvme), r.hit_blocks) << policy;
+    EXPECT_GT(TierHits(r, Tier::kNvme), 0u) << policy;
+    EXPECT_EQ(r.lost_hits, 0u) << policy;
+    EXPECT_EQ(r.skipped_demotions, 0u) << policy;
+  }
 }
 
 TEST(FillChunkPayload, IsDeterministicAndKeyed) {
