@@ -23,14 +23,19 @@ const std::vector<BenchSuite>& BenchSuites() {
        "kvtier bench daemon [--json] [--chunk 1MiB] [--clients 2] [--batch 8]\n"
        "                    [--seconds 1] [--reps 3] [--dram 1GiB] [--chain 64]\n"
        "                    [--lookup-seconds 1] [--paths shm,grpc,tcp]\n"
+       "                    [--message-bytes 1MiB]\n"
        "                    [--kvtierd PATH] [--redis-server PATH]\n\n"
-       "Starts kvtierd and redis-server (free loopback port, no persistence), then\n"
+       "Starts kvtierd and redis-server (free loopback port and a Unix socket, no\n"
+       "persistence; kvtierd's arena prefaulted, as in a long-running daemon), then\n"
        "saves and loads --chunk chunks, --batch per request, from --clients client\n"
        "threads (one connection each): through the shared arena beside memcpy, and\n"
        "over gRPC streaming (Unix socket and loopback TCP) beside redis SET/GET of\n"
-       "the same values with the same batching (pipelined). Prints the median of\n"
-       "--reps repetitions and of the per-repetition ratios, then Lookup latency\n"
-       "(p50, p99) and QPS over the Unix socket.\n"
+       "the same values with the same batching (pipelined) over the same kind of\n"
+       "socket. Prints the median of\n"
+       "--reps repetitions and of the per-repetition ratios, the CPU time of the\n"
+       "client, kvtierd and redis-server per GB moved, then Lookup latency\n"
+       "(p50, p99) and QPS over the Unix socket. --message-bytes sets the payload\n"
+       "bytes per gRPC stream message (client and limits.max_message_bytes).\n"
        "Targets: shared memory >= 0.7x memcpy; gRPC >= 1.0x redis.",
        RunDaemonBench},
       {"gpu", "gather/scatter of engine KV blocks beside the PCIe ceiling (memcpy without a GPU)",

@@ -1,11 +1,14 @@
 // `kvtier bench daemon`: Save/Load of 1 MiB chunks through kvtierd, over the
 // shared arena and over gRPC streaming (Unix socket and loopback TCP), beside
 // memcpy and beside redis-server SET/GET of the same values with the same
-// client concurrency and batch size; then Lookup latency and QPS.
+// client concurrency and batch size over the same kind of socket (Unix or
+// loopback TCP); then Lookup latency and QPS. Each figure comes with the CPU
+// time all processes spent per byte moved.
 //
 // The suite starts its own kvtierd (on a temporary socket, with an admin
-// token so TCP may be enabled) and its own redis-server (free loopback port,
-// no persistence), and stops both at the end.
+// token so TCP may be enabled, its arena prefaulted as in a long-running
+// daemon) and its own redis-server (free loopback port and a Unix socket, no
+// persistence), and stops both at the end.
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <hiredis/hiredis.h>
@@ -72,6 +75,7 @@ class Child {
     waitpid(pid_, nullptr, 0);
   }
   bool Running() { return waitpid(pid_, nullptr, WNOHANG) == 0; }
+  pid_t pid() const { return pid_; }
 
  private:
   explicit Child(pid_t pid) : pid_(pid) {}
@@ -115,8 +119,10 @@ void Fill(std::vector<std::byte>& v, uint64_t seed) {
 // One hiredis connection with pipelined SET/GET batches.
 class Redis {
  public:
-  static std::unique_ptr<Redis> Connect(int port) {
-    redisContext* c = redisConnect("127.0.0.1", port);
+  // Over loopback TCP when `unix_socket` is empty, else over that socket.
+  static std::unique_ptr<Redis> Connect(int port, const std::string& unix_socket = "") {
+    redisContext* c = unix_socket.empty() ? redisConnect("127.0.0.1", port)
+                                          : redisConnectUnix(unix_socket.c_str());
     if (c == nullptr || c->err) {
       if (c) redisFree(c);
       return nullptr;
@@ -174,9 +180,32 @@ std::unique_ptr<Client> NewClient(const ClientOptions& o) {
   return c.ok() ? std::move(*c) : nullptr;
 }
 
+// CPU seconds (user + system, all threads) a process has used so far; 0 when
+// /proc cannot tell.
+double CpuSeconds(pid_t pid) {
+  FILE* f = std::fopen(absl::StrCat("/proc/", pid, "/stat").c_str(), "r");
+  if (f == nullptr) return 0;
+  char buf[1024];
+  const size_t n = std::fread(buf, 1, sizeof(buf) - 1, f);
+  std::fclose(f);
+  buf[n] = '\0';
+  // Fields after the command name (which may hold spaces): state is field 3,
+  // utime and stime are fields 14 and 15.
+  const char* p = std::strrchr(buf, ')');
+  if (p == nullptr) return 0;
+  unsigned long long utime = 0, stime = 0;
+  if (std::sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &utime, &stime) !=
+      2) {
+    return 0;
+  }
+  return static_cast<double>(utime + stime) / static_cast<double>(sysconf(_SC_CLK_TCK));
+}
+
 struct Row {
   std::string what;
   std::vector<double> kvtier, reference, ratio;  // per repetition
+  // CPU nanoseconds per byte moved (this process + kvtierd + redis-server).
+  std::vector<double> kvtier_cpu, reference_cpu;
 };
 
 }  // namespace
@@ -194,6 +223,8 @@ int RunDaemonBench(Flags& flags) {
   const std::string kvtierd = flags.String("kvtierd", FindKvtierd());
   const std::string redis_bin = flags.String("redis-server", "redis-server");
   const std::string paths = flags.String("paths", "shm,grpc,tcp");
+  // Payload bytes per gRPC stream message (client and daemon alike).
+  const uint64_t message_bytes = flags.Bytes("message-bytes", 1ull << 20);
   const bool want_shm = absl::StrContains(paths, "shm");
   const bool want_grpc = absl::StrContains(paths, "grpc");
   const bool want_tcp = absl::StrContains(paths, "tcp");
@@ -201,10 +232,11 @@ int RunDaemonBench(Flags& flags) {
     std::fprintf(stderr, "kvtier bench daemon: %s\n", std::string(s.message()).c_str());
     return 2;
   }
-  if (chunk % 16384 != 0 || chunk == 0 || threads < 1 || batch < 1 || reps < 1 || chain < 1) {
+  if (chunk % 16384 != 0 || chunk == 0 || threads < 1 || batch < 1 || reps < 1 || chain < 1 ||
+      message_bytes < 4096 || message_bytes > (64ull << 20)) {
     std::fprintf(stderr,
                  "kvtier bench daemon: --chunk must be a multiple of 16 KiB; --clients, "
-                 "--batch, --reps, --chain >= 1\n");
+                 "--batch, --reps, --chain >= 1; --message-bytes in [4 KiB, 64 MiB]\n");
     return 2;
   }
   // Working sets: per client, `keys_per_client` chunks for loads.
@@ -232,14 +264,26 @@ int RunDaemonBench(Flags& flags) {
   const std::string token =
       absl::StrCat("bench-admin-", std::random_device()(), "-", std::random_device()(), "-token");
   const std::string tcp = absl::StrCat("127.0.0.1:", FreePort());
-  std::unique_ptr<Child> daemon =
-      Child::Start({kvtierd, "--socket", socket, "--http", "", "--dram", absl::StrCat(dram),
-                    "--tcp", tcp, "--nvme", "off", "--log-level", "warn"},
-                   {"KVTIER_ADMIN_TOKEN=" + token}, dir + "/kvtierd.log");
+  const std::string config = dir + "/kvtierd.yaml";
+  if (FILE* f = std::fopen(config.c_str(), "w"); f != nullptr) {
+    std::fprintf(f,
+                 "limits:\n  max_message_bytes: %llu\n"
+                 "  max_grpc_message_bytes: %llu\n",
+                 static_cast<unsigned long long>(message_bytes),
+                 static_cast<unsigned long long>(
+                     std::max<uint64_t>(16ull << 20, message_bytes + (1 << 20))));
+    std::fclose(f);
+  }
+  std::unique_ptr<Child> daemon = Child::Start(
+      {kvtierd, "--config", config, "--socket", socket, "--http", "", "--dram", absl::StrCat(dram),
+       "--tcp", tcp, "--nvme", "off", "--prefault", "true", "--log-level", "warn"},
+      {"KVTIER_ADMIN_TOKEN=" + token}, dir + "/kvtierd.log");
   const int redis_port = FreePort();
+  const std::string redis_socket = dir + "/redis.sock";
   std::unique_ptr<Child> redis =
-      Child::Start({redis_bin, "--port", absl::StrCat(redis_port), "--bind", "127.0.0.1", "--save",
-                    "", "--appendonly", "no", "--protected-mode", "no", "--loglevel", "warning"},
+      Child::Start({redis_bin, "--port", absl::StrCat(redis_port), "--bind", "127.0.0.1",
+                    "--unixsocket", redis_socket, "--unixsocketperm", "700", "--save", "",
+                    "--appendonly", "no", "--protected-mode", "no", "--loglevel", "warning"},
                    {}, dir + "/redis.log");
   if (daemon == nullptr || redis == nullptr) {
     std::fprintf(stderr, "kvtier bench daemon: cannot start kvtierd or redis-server\n");
@@ -248,11 +292,13 @@ int RunDaemonBench(Flags& flags) {
   ClientOptions uds;
   uds.socket_path = socket;
   uds.token = token;
+  uds.max_message_bytes = message_bytes;
   ClientOptions grpc_uds = uds;
   grpc_uds.shared_memory = false;
   ClientOptions grpc_tcp;
   grpc_tcp.address = tcp;
   grpc_tcp.token = token;
+  grpc_tcp.max_message_bytes = message_bytes;
   {
     auto probe = NewClient(uds);
     bool up = false;
@@ -302,14 +348,17 @@ int RunDaemonBench(Flags& flags) {
   }
   // Clients per thread, one connection each.
   std::vector<std::unique_ptr<Client>> shm_c, grpc_c, tcp_c;
-  std::vector<std::unique_ptr<Redis>> redis_c;
+  // Redis over TCP (beside gRPC over TCP) and over a Unix socket (beside
+  // gRPC over kvtierd's Unix socket): one connection per client thread each.
+  std::vector<std::unique_ptr<Redis>> redis_c, redis_u;
   uds.prefault_arena = true;
   for (int t = 0; t < threads; ++t) {
     shm_c.push_back(NewClient(uds));
     grpc_c.push_back(NewClient(grpc_uds));
     tcp_c.push_back(NewClient(grpc_tcp));
     redis_c.push_back(Redis::Connect(redis_port));
-    if (!shm_c.back() || !grpc_c.back() || !tcp_c.back() || !redis_c.back()) {
+    redis_u.push_back(Redis::Connect(redis_port, redis_socket));
+    if (!shm_c.back() || !grpc_c.back() || !tcp_c.back() || !redis_c.back() || !redis_u.back()) {
       std::fprintf(stderr, "kvtier bench daemon: cannot connect\n");
       return 1;
     }
@@ -381,9 +430,10 @@ int RunDaemonBench(Flags& flags) {
   // Large shared destination for memcpy "saves" (like the arena).
   std::vector<std::byte> arena_like(uint64_t(threads) * 4 * keys_per_client * chunk);
   const uint64_t op_bytes = uint64_t(batch) * chunk;
-  std::vector<Row> rows = {{"load: shared memory vs memcpy"},  {"load: gRPC (unix) vs redis GET"},
-                           {"load: gRPC (tcp) vs redis GET"},  {"save: shared memory vs memcpy"},
-                           {"save: gRPC (unix) vs redis SET"}, {"save: gRPC (tcp) vs redis SET"}};
+  std::vector<Row> rows = {
+      {"load: shared memory vs memcpy"},         {"load: gRPC (unix) vs redis GET (unix)"},
+      {"load: gRPC (tcp) vs redis GET (tcp)"},   {"save: shared memory vs memcpy"},
+      {"save: gRPC (unix) vs redis SET (unix)"}, {"save: gRPC (tcp) vs redis SET (tcp)"}};
   auto memcpy_load = [&](int t, uint64_t n) {
     for (int b = 0; b < batch; ++b) {
       const uint64_t i = (n * batch + b) % keys_per_client;
@@ -400,25 +450,48 @@ int RunDaemonBench(Flags& flags) {
     }
     return true;
   };
-  auto redis_get = [&](int t, uint64_t n) {
-    std::vector<std::byte*> outs;
-    for (int b = 0; b < batch; ++b) outs.push_back(dst[t][b % pool_chunks].data());
-    return redis_c[t]->GetBatch(redis_keys(t, n, true), outs, chunk);
+  auto redis_get = [&](std::vector<std::unique_ptr<Redis>>& rs) {
+    return [&](int t, uint64_t n) {
+      std::vector<std::byte*> outs;
+      for (int b = 0; b < batch; ++b) outs.push_back(dst[t][b % pool_chunks].data());
+      return rs[t]->GetBatch(redis_keys(t, n, true), outs, chunk);
+    };
   };
-  auto redis_set = [&](int t, uint64_t n) {
-    std::vector<const std::byte*> vals;
-    for (int b = 0; b < batch; ++b) vals.push_back(src[t][(n * batch + b) % pool_chunks].data());
-    return redis_c[t]->SetBatch(redis_keys(t, n, false), vals, chunk);
+  auto redis_set = [&](std::vector<std::unique_ptr<Redis>>& rs) {
+    return [&](int t, uint64_t n) {
+      std::vector<const std::byte*> vals;
+      for (int b = 0; b < batch; ++b) vals.push_back(src[t][(n * batch + b) % pool_chunks].data());
+      return rs[t]->SetBatch(redis_keys(t, n, false), vals, chunk);
+    };
   };
   std::vector<uint64_t> save_counter(threads, 0);
-  auto run = [&](auto fn) { return MeasureThroughput(threads, seconds, op_bytes, fn); };
+  // Each measurement also notes the CPU time that the client, kvtierd and
+  // redis-server spent on it per byte moved: on a shared machine the rates
+  // swing with other load, the CPU cost per byte much less.
+  const pid_t pids[] = {getpid(), daemon->pid(), redis->pid()};
+  double last_cpu_ns_per_byte = 0;
+  auto run = [&](auto fn) {
+    double cpu0 = 0;
+    for (pid_t p : pids) cpu0 -= CpuSeconds(p);
+    const auto t0 = Clock::now();
+    const double rate = MeasureThroughput(threads, seconds, op_bytes, fn);
+    const double wall = std::chrono::duration<double>(Clock::now() - t0).count();
+    for (pid_t p : pids) cpu0 += CpuSeconds(p);
+    last_cpu_ns_per_byte = rate > 0 ? cpu0 * 1e9 / (rate * wall) : 0;
+    return rate;
+  };
   // Warm-up: touch every page of every path once.
   run(memcpy_load);
   run(memcpy_save);
   run([&](int t, uint64_t n) { return load_batch(*shm_c[t], t, n); });
   Progress progress("bench daemon", uint64_t(reps) * rows.size());
   for (int rep = 0; rep < reps; ++rep) {
-    auto record = [&](Row& row, double kv, double ref) {
+    // Measures kvtier's side, then the reference's, and records both.
+    auto record_pair = [&](Row& row, auto kv_fn, auto ref_fn) {
+      const double kv = kv_fn();
+      row.kvtier_cpu.push_back(last_cpu_ns_per_byte);
+      const double ref = ref_fn();
+      row.reference_cpu.push_back(last_cpu_ns_per_byte);
       row.kvtier.push_back(kv);
       row.reference.push_back(ref);
       row.ratio.push_back(ref > 0 ? kv / ref : 0);
@@ -426,16 +499,22 @@ int RunDaemonBench(Flags& flags) {
     };
     // Loads first: saves churn the LRU.
     if (want_shm) {
-      record(rows[0], run([&](int t, uint64_t n) { return load_batch(*shm_c[t], t, n); }),
-             run(memcpy_load));
+      record_pair(
+          rows[0],
+          [&] { return run([&](int t, uint64_t n) { return load_batch(*shm_c[t], t, n); }); },
+          [&] { return run(memcpy_load); });
     }
     if (want_grpc) {
-      record(rows[1], run([&](int t, uint64_t n) { return load_batch(*grpc_c[t], t, n); }),
-             run(redis_get));
+      record_pair(
+          rows[1],
+          [&] { return run([&](int t, uint64_t n) { return load_batch(*grpc_c[t], t, n); }); },
+          [&] { return run(redis_get(redis_u)); });
     }
     if (want_tcp) {
-      record(rows[2], run([&](int t, uint64_t n) { return load_batch(*tcp_c[t], t, n); }),
-             run(redis_get));
+      record_pair(
+          rows[2],
+          [&] { return run([&](int t, uint64_t n) { return load_batch(*tcp_c[t], t, n); }); },
+          [&] { return run(redis_get(redis_c)); });
     }
     auto save_with = [&](std::vector<std::unique_ptr<Client>>& cs) {
       return run([&](int t, uint64_t) {
@@ -444,9 +523,18 @@ int RunDaemonBench(Flags& flags) {
         return save_batch(*cs[t], t, first, 2);
       });
     };
-    if (want_shm) record(rows[3], save_with(shm_c), run(memcpy_save));
-    if (want_grpc) record(rows[4], save_with(grpc_c), run(redis_set));
-    if (want_tcp) record(rows[5], save_with(tcp_c), run(redis_set));
+    if (want_shm) {
+      record_pair(
+          rows[3], [&] { return save_with(shm_c); }, [&] { return run(memcpy_save); });
+    }
+    if (want_grpc) {
+      record_pair(
+          rows[4], [&] { return save_with(grpc_c); }, [&] { return run(redis_set(redis_u)); });
+    }
+    if (want_tcp) {
+      record_pair(
+          rows[5], [&] { return save_with(tcp_c); }, [&] { return run(redis_set(redis_c)); });
+    }
     // Bring the load set back in case saves evicted part of it.
     for (int t = 0; t < threads; ++t) {
       for (int i = 0; i < keys_per_client; i += batch) {
@@ -495,6 +583,8 @@ int RunDaemonBench(Flags& flags) {
                        .Set("what", r.what)
                        .Set("kvtier_gbps", med(r.kvtier) / 1e9)
                        .Set("reference_gbps", med(r.reference) / 1e9)
+                       .Set("kvtier_cpu_ns_per_byte", med(r.kvtier_cpu))
+                       .Set("reference_cpu_ns_per_byte", med(r.reference_cpu))
                        .Set("ratio", med(r.ratio)));
     }
     Json j = Json::Object();
@@ -525,13 +615,17 @@ int RunDaemonBench(Flags& flags) {
         "kvtier bench daemon: %s chunks, %d clients, %d chunks per request, %d reps of "
         "%.1f s (median)\n\n",
         HumanBytes(chunk).c_str(), threads, batch, reps, seconds);
-    Table t({"path", "kvtier", "reference", "ratio"});
+    Table t({"path", "kvtier", "reference", "ratio", "CPU ms/GB kvtier", "reference"});
     for (const Row& r : rows) {
       if (r.ratio.empty()) continue;
       t.AddRow({r.what, HumanRate(med(r.kvtier)), HumanRate(med(r.reference)),
-                absl::StrCat(Fixed(med(r.ratio), 2), "x")});
+                absl::StrCat(Fixed(med(r.ratio), 2), "x"), Fixed(med(r.kvtier_cpu) * 1e3, 0),
+                Fixed(med(r.reference_cpu) * 1e3, 0)});
     }
     t.Print();
+    std::printf(
+        "(CPU ms/GB: CPU time of the client threads, kvtierd and redis-server together per "
+        "GB moved)\n");
     std::printf("\nLookup of a %d-chunk chain over the Unix socket (%zu cached)\n", chain, matched);
     Table l({"p50", "p99", "QPS (1 client)", absl::StrCat("QPS (", threads, " clients)")});
     l.AddRow({absl::StrCat(Fixed(Percentile(lat_us, 50), 1), " us"),
