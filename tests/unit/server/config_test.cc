@@ -288,5 +288,43 @@ TEST(Redaction, TokensNeverAppear) {
   EXPECT_EQ(back.unix_socket, c.unix_socket);
 }
 
+TEST(Cluster, NodeIdAndClusterSectionFromEveryLayer) {
+  DaemonConfig c = Base();
+  ASSERT_OK(
+      ApplyYaml("node_id: n1\ncluster:\n  nats_url: nats://127.0.0.1:4222\n"
+                "  heartbeat_interval_ms: 250\n  index_address: 127.0.0.1:7070\n"
+                "  stream_max_bytes: 64MiB\n",
+                c));
+  EXPECT_EQ(c.node_id, "n1");
+  EXPECT_TRUE(c.cluster.enabled());
+  EXPECT_EQ(c.cluster.heartbeat_interval_ms, 250u);
+  EXPECT_EQ(c.cluster.stream_max_bytes, 64ull << 20);
+  ASSERT_OK(ApplyEnv({{"KVTIER_NODE_ID", "n2"}}, c));
+  EXPECT_EQ(c.node_id, "n2");
+  ASSERT_OK_AND_ASSIGN(CommandLine cl,
+                       ParseCommandLine({"--node-id", "n3", "--nats", "nats://10.0.0.1:4222"}));
+  ASSERT_OK(ApplyFlags(cl, c));
+  EXPECT_EQ(c.node_id, "n3");
+  EXPECT_EQ(c.cluster.nats_url, "nats://10.0.0.1:4222");
+  ASSERT_OK(c.Validate());
+  c.node_id = "bad id";
+  EXPECT_THAT(c.Validate(), StatusIs(kInvalid, HasSubstr("node_id")));
+  EXPECT_THAT(ApplyYaml("cluster:\n  heartbeat_interval_ms: 0\n", c),
+              StatusIs(kInvalid, HasSubstr("cluster.heartbeat_interval_ms")));
+  EXPECT_THAT(ApplyYaml("cluster:\n  natsurl: x\n", c), StatusIs(kInvalid, HasSubstr("natsurl")));
+  DaemonConfig single = Base();
+  single.cluster.index_address = "127.0.0.1:7070";
+  EXPECT_THAT(single.Validate(), StatusIs(kInvalid, HasSubstr("cluster.index_address")));
+}
+
+TEST(Cluster, NodeIdDefaultsToTheHostName) {
+  ASSERT_OK_AND_ASSIGN(CommandLine cl, ParseCommandLine({"--dram", "256MiB", "--nvme", "off"}));
+  ASSERT_OK_AND_ASSIGN(DaemonConfig c, LoadConfig(cl, {}));
+  char host[256] = {};
+  ASSERT_EQ(gethostname(host, sizeof(host) - 1), 0);
+  EXPECT_EQ(c.node_id, host);
+  EXPECT_FALSE(c.cluster.enabled());
+}
+
 }  // namespace
 }  // namespace kvtier::server
