@@ -81,10 +81,10 @@ const std::vector<BenchSuite>& BenchSuites() {
        RunReplayBench},
       {"index", "cluster index Lookup beside redis-server holding the same key -> holders map",
        "kvtier bench index [--json] [--nodes 1000] [--chunks-per-node 100000] [--chain 128]\n"
-       "                   [--pool 20000] [--shared 32] [--groups 64] [--clients 2]\n"
+       "                   [--pool 20000] [--zipf 0.6] [--shared 32] [--groups 64] [--clients 2]\n"
        "                   [--seconds 2] [--reps 3] [--redis-server PATH]\n\n"
        "Builds the map of --nodes simulated nodes, each holding --chunks-per-node chunks\n"
-       "as whole --chain-chunk chains drawn (popular ones more often) from a pool of\n"
+       "as whole --chain-chunk chains drawn (rank^-zipf: popular ones more often) from a pool of\n"
        "--pool chains whose first --shared chunks are one of --groups shared prefixes;\n"
        "loads it straight into the index (ClusterIndex::Store) and into redis-server\n"
        "(started here; one set per key, members node*8+tier, pipelined SADD). Then\n"

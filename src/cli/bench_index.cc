@@ -97,28 +97,34 @@ struct Workload {
 };
 
 Workload MakeWorkload(int nodes, int64_t chunks_per_node, int chain, int shared, int groups,
-                      int pool) {
+                      int pool, double zipf) {
   Workload w;
   w.nodes = nodes;
   w.chain = chain;
   w.shared = shared;
   w.groups = groups;
   w.pool = pool;
-  const int per_node = static_cast<int>(std::max<int64_t>(1, chunks_per_node / chain));
   w.node_chains.resize(nodes);
   std::mt19937 rng(42);
   // Popular chains are held by more nodes (Zipf-like by rank).
   std::vector<double> weights(pool);
-  for (int j = 0; j < pool; ++j) weights[j] = 1.0 / std::pow(j + 1.0, 0.6);
+  for (int j = 0; j < pool; ++j) weights[j] = 1.0 / std::pow(j + 1.0, zipf);
   std::discrete_distribution<int> pick(weights.begin(), weights.end());
   for (int n = 0; n < nodes; ++n) {
+    // Chains until the node holds chunks_per_node distinct chunks (a
+    // shared prefix counts once per node).
     std::vector<int>& cs = w.node_chains[n];
-    std::vector<bool> seen(pool, false);
-    while (static_cast<int>(cs.size()) < std::min(per_node, pool)) {
+    std::vector<bool> seen(pool, false), group_seen(groups, false);
+    int64_t distinct = 0;
+    while (distinct < chunks_per_node && static_cast<int>(cs.size()) < pool) {
       const int c = pick(rng);
-      if (!seen[c]) {
-        seen[c] = true;
-        cs.push_back(c);
+      if (seen[c]) continue;
+      seen[c] = true;
+      cs.push_back(c);
+      distinct += chain - shared;
+      if (!group_seen[c % groups]) {
+        group_seen[c % groups] = true;
+        distinct += shared;
       }
     }
   }
@@ -307,6 +313,7 @@ int RunIndexBench(Flags& flags) {
   const int shared = static_cast<int>(flags.Int("shared", 32));
   const int groups = static_cast<int>(flags.Int("groups", 64));
   const int pool = static_cast<int>(flags.Int("pool", 20000));
+  const double zipf = flags.Double("zipf", 0.6);
   const int clients = static_cast<int>(flags.Int("clients", 2));
   const double seconds = flags.Double("seconds", 2);
   const int reps = static_cast<int>(flags.Int("reps", 3));
@@ -331,7 +338,7 @@ int RunIndexBench(Flags& flags) {
     if (!json) std::fprintf(stderr, "%s\n", msg.c_str());
   };
 
-  const Workload w = MakeWorkload(nodes, per_node, chain, shared, groups, pool);
+  const Workload w = MakeWorkload(nodes, per_node, chain, shared, groups, pool, zipf);
 
   // ---- load the index directly
   index::ClusterIndexOptions io;
@@ -389,9 +396,10 @@ int RunIndexBench(Flags& flags) {
 
   // ---- redis-server with the same map
   const int redis_port = FreeTcpPort();
-  const pid_t redis_pid = Spawn({redis_bin, "--port", absl::StrCat(redis_port), "--bind",
-                                 "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", *dir},
-                                *dir + "/redis.log");
+  const pid_t redis_pid =
+      Spawn({redis_bin, "--port", absl::StrCat(redis_port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", *dir, "--set-max-intset-entries", "4096"},
+            *dir + "/redis.log");
   struct Reaper {
     pid_t pid;
     std::string dir;
@@ -431,8 +439,8 @@ int RunIndexBench(Flags& flags) {
       for (int i = 0; i < chain; ++i) {
         args.assign({"SADD", RedisKey(w.Key(c, i))});
         for (int n : holders_of[c]) {
-          args.push_back(absl::StrCat((uint32_t(n) << 3) |
-                                      static_cast<uint32_t>(Workload::TierOf(n, c, i))));
+          args.push_back(
+              absl::StrCat((uint32_t(n) << 3) | static_cast<uint32_t>(Workload::TierOf(n, c, i))));
         }
         argv.clear();
         argl.clear();

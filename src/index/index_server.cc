@@ -175,7 +175,9 @@ absl::Status IndexServer::Init(std::string version) {
       "kvtier-index started",
       {{"version", version_},
        {"grpc", absl::StrCat(options_.grpc.substr(0, options_.grpc.rfind(':')), ":", grpc_port_)},
-       {"http", http_ ? absl::StrCat(http_->port()) : std::string("off")},
+       {"http",
+        http_ ? absl::StrCat(options_.http.substr(0, options_.http.rfind(':')), ":", http_->port())
+              : std::string("off")},
        {"nats", options_.nats.url},
        {"replay_target", replay_target_},
        {"zmq_endpoints", static_cast<uint64_t>(options_.zmq.size())}});

@@ -10,6 +10,8 @@
 namespace kvtier::index {
 namespace {
 
+using ::kvtier::testing::StatusIs;
+
 std::vector<BlockKey> Chain(uint64_t seed, size_t n) {
   std::vector<BlockKey> out;
   for (size_t i = 0; i < n; ++i) out.push_back(BlockKey{seed, i + 1});

@@ -119,7 +119,12 @@ TEST(EmbeddedCacheEvents, DemotionAndPromotion) {
     o.nvme.io_mode = "buffered";
     ASSERT_OK_AND_ASSIGN(std::unique_ptr<EmbeddedCache> cache, EmbeddedCache::Create(o, seams));
     ASSERT_OK_AND_ASSIGN(Namespace ns, Namespace::Create(SmallModel()));
-    ASSERT_OK_AND_ASSIGN(std::vector<ChunkRef> chunks, ns.Chunks(Tokens(64 * 100, 4)));
+    // Independent one-chunk prompts: LRU evicts the oldest first.
+    std::vector<ChunkRef> chunks;
+    for (uint32_t i = 0; i < 100; ++i) {
+      ASSERT_OK_AND_ASSIGN(std::vector<ChunkRef> one, ns.Chunks(Tokens(64, 100 + i)));
+      chunks.push_back(one[0]);
+    }
     for (const ChunkRef& c : chunks) ASSERT_OK(cache->Save(ns, c, KvFor(c, kPayload)));
     cache->WaitForDemotions();
     const size_t left = sink.Count(ChunkEvent::Kind::kRemoved, Tier::kDram);

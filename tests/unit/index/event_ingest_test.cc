@@ -16,6 +16,8 @@
 namespace kvtier::index {
 namespace {
 
+using ::kvtier::testing::StatusIs;
+
 using ::testing::HasSubstr;
 
 constexpr uint64_t kNs = 0x1234;
