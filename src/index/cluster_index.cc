@@ -68,9 +68,16 @@ absl::StatusOr<std::unique_ptr<ClusterIndex>> ClusterIndex::Create(
 }
 
 ClusterIndex::Shard& ClusterIndex::ShardFor(const NsKey& k) const {
-  // The key is already a hash: mix its low bits with the namespace.
-  const uint64_t h = k.key.lo ^ (k.key.hi >> 7) ^ (k.ns * 0x9e3779b97f4a7c15ull);
-  return shards_[(h >> 11) & (options_.shards - 1)];
+  // splitmix64's finalizer over the key and namespace: keys from engines
+  // are hashes already, but keys of synthetic or structured chains need not
+  // spread by themselves.
+  uint64_t h = k.key.lo ^ ((k.key.hi << 31) | (k.key.hi >> 33)) ^ (k.ns * 0x9e3779b97f4a7c15ull);
+  h ^= h >> 30;
+  h *= 0xbf58476d1ce4e5b9ull;
+  h ^= h >> 27;
+  h *= 0x94d049bb133111ebull;
+  h ^= h >> 31;
+  return shards_[h & (options_.shards - 1)];
 }
 
 bool ClusterIndex::Alive(uint32_t node, int64_t now_ns) const {

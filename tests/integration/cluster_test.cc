@@ -21,6 +21,7 @@
 #include "gtest/gtest.h"
 #include "kvtier/client.h"
 #include "kvtier/namespace.h"
+#include "kvtier/v1/events.pb.h"
 #include "kvtier/v1/index.grpc.pb.h"
 #include "src/index/event_ingest.h"
 #include "src/index/event_publisher.h"
