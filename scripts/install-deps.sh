@@ -16,7 +16,7 @@ packages=(
   python3-matplotlib
   libyaml-cpp-dev prometheus-cpp-dev libhiredis-dev redis-server redis-tools openssl
   python3-dev pybind11-dev python3-pybind11 python3-pytest python3-numpy python3-torch
-  libnats-dev nats-server libzmq3-dev libmsgpack-cxx-dev python3-zmq python3-msgpack
+  libnats-dev nats-server libzmq3-dev libmsgpack-cxx-dev
 )
 
 missing=()
