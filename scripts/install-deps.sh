@@ -17,6 +17,7 @@ packages=(
   libyaml-cpp-dev prometheus-cpp-dev libhiredis-dev redis-server redis-tools openssl
   python3-dev pybind11-dev python3-pybind11 python3-pytest python3-numpy python3-torch
   nlohmann-json3-dev chromium prometheus python3-yaml
+  libnats-dev nats-server libzmq3-dev libmsgpack-cxx-dev
 )
 # Node.js and npm (the status page's uPlot bundle, the browser test's driver):
 # Debian's packages unless a node with npm is installed already.

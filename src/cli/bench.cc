@@ -96,6 +96,22 @@ const std::vector<BenchSuite>& BenchSuites() {
        "all|second-chance; the replay waits for demotions after each request unless\n"
        "--no-wait-demotions. Reports per-tier hits and bytes, and the ratio to unbounded.",
        RunReplayBench},
+      {"index", "cluster index Lookup beside redis-server holding the same key -> holders map",
+       "kvtier bench index [--json] [--nodes 1000] [--chunks-per-node 100000] [--chain 128]\n"
+       "                   [--pool 20000] [--zipf 0.6] [--shared 32] [--groups 64] [--clients 2]\n"
+       "                   [--seconds 2] [--reps 3] [--redis-server PATH]\n\n"
+       "Builds the map of --nodes simulated nodes, each holding --chunks-per-node chunks\n"
+       "as whole --chain-chunk chains drawn (rank^-zipf: popular ones more often) from a pool of\n"
+       "--pool chains whose first --shared chunks are one of --groups shared prefixes;\n"
+       "loads it straight into the index (ClusterIndex::Store) and into redis-server\n"
+       "(started here; one set per key, members node*8+tier, pipelined SADD). Then\n"
+       "looks up chains some node holds from --clients threads: Index/Lookup over\n"
+       "loopback gRPC beside one pipeline of --chain SMEMBERS with the prefix walk on\n"
+       "the client, alternating which goes first; also the index in process. Prints\n"
+       "medians of --reps runs: QPS, p50, p99, their ratios, memory per (key, node)\n"
+       "entry of both, and the EventBatch ingest rate (decode + apply, in process).\n"
+       "Targets: QPS >= 2x redis with a lower p99.",
+       RunIndexBench},
   };
   return suites;
 }

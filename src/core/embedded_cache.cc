@@ -215,12 +215,18 @@ absl::StatusOr<std::unique_ptr<EmbeddedCache>> EmbeddedCache::Create(
     const CacheOptions& options, const EmbeddedCacheSeams& seams) {
   KVTIER_RETURN_IF_ERROR(options.Validate());
   std::unique_ptr<EmbeddedCache> cache(new EmbeddedCache(options));
+  cache->event_sink_ = seams.event_sink;
   DramTierOptions dram = ToDramOptions(options);
   if (options.nvme.enabled()) {
     KVTIER_RETURN_IF_ERROR(cache->OpenNvme(seams));
     EmbeddedCache* self = cache.get();
     dram.on_evict = [self](const ChunkMeta& meta, absl::Span<const std::byte> encoded) {
       self->Demote(meta, encoded);
+    };
+  } else if (seams.event_sink != nullptr) {
+    EmbeddedCache* self = cache.get();
+    dram.on_evict = [self](const ChunkMeta& meta, absl::Span<const std::byte>) {
+      self->Emit(ChunkEvent::Kind::kRemoved, meta.namespace_id, meta.key, Tier::kDram);
     };
   }
   KVTIER_ASSIGN_OR_RETURN(cache->dram_, DramTier::Create(std::move(dram)));
@@ -308,7 +314,15 @@ void EmbeddedCache::WaitForDemotions() {
 
 // ---- demotion -----------------------------------------------------------------
 
+void EmbeddedCache::Emit(ChunkEvent::Kind kind, uint64_t ns_id, const BlockKey& key, Tier tier,
+                         uint32_t num_tokens) {
+  if (event_sink_ == nullptr) return;
+  const ChunkEvent e{kind, ns_id, key, tier, num_tokens};
+  event_sink_->OnChunkEvents(absl::MakeConstSpan(&e, 1));
+}
+
 void EmbeddedCache::Demote(const ChunkMeta& meta, absl::Span<const std::byte> encoded) {
+  Emit(ChunkEvent::Kind::kRemoved, meta.namespace_id, meta.key, Tier::kDram);
   const uint32_t reads = track_reads_ ? TakeReads(meta.namespace_id, meta.key) : 0;
   if (nvme_closed_.load(std::memory_order_relaxed)) {
     skipped_io_error_.fetch_add(1, std::memory_order_relaxed);
@@ -326,8 +340,12 @@ void EmbeddedCache::Demote(const ChunkMeta& meta, absl::Span<const std::byte> en
     absl::MutexLock lock(&demote_mu_);
     ++demotions_in_flight_;
   }
-  absl::Status s =
-      nvme_->PutAsync(meta, encoded, [this](const absl::Status& st) { DemotionDone(st); });
+  absl::Status s = nvme_->PutAsync(meta, encoded, [this, meta](const absl::Status& st) {
+    if (st.ok()) {
+      Emit(ChunkEvent::Kind::kStored, meta.namespace_id, meta.key, Tier::kNvme, meta.num_tokens);
+    }
+    DemotionDone(st);
+  });
   if (!s.ok()) {
     switch (s.code()) {
       case absl::StatusCode::kUnavailable:
@@ -451,7 +469,9 @@ absl::Status EmbeddedCache::Save(const Namespace& ns, const ChunkRef& chunk,
                                  absl::Span<const std::byte> payload) {
   KVTIER_RETURN_IF_ERROR(ValidateChunk(ns, chunk, payload.size()));
   ChunkMeta meta{ns.id(), chunk.key, chunk.parent, ns.layout_signature(), chunk.num_tokens};
-  return dram_->SavePayload(meta, payload);
+  absl::Status s = dram_->SavePayload(meta, payload);
+  if (s.ok()) Emit(ChunkEvent::Kind::kStored, ns.id(), chunk.key, Tier::kDram, chunk.num_tokens);
+  return s;
 }
 
 absl::StatusOr<DramTier::SlotReservation> EmbeddedCache::ReserveSlot(const Namespace& ns,
@@ -459,7 +479,38 @@ absl::StatusOr<DramTier::SlotReservation> EmbeddedCache::ReserveSlot(const Names
   const size_t payload_bytes = ns.PayloadBytes(chunk.num_tokens);
   KVTIER_RETURN_IF_ERROR(ValidateChunk(ns, chunk, payload_bytes));
   ChunkMeta meta{ns.id(), chunk.key, chunk.parent, ns.layout_signature(), chunk.num_tokens};
-  return dram_->ReserveSlot(meta, payload_bytes);
+  absl::StatusOr<DramTier::SlotReservation> r = dram_->ReserveSlot(meta, payload_bytes);
+  if (event_sink_ != nullptr && r.ok() && !r->already_present) {
+    absl::MutexLock lock(&reserved_mu_);
+    reserved_[r->handle] =
+        ChunkEvent{ChunkEvent::Kind::kStored, ns.id(), chunk.key, Tier::kDram, chunk.num_tokens};
+  }
+  return r;
+}
+
+absl::Status EmbeddedCache::CommitSlot(uint64_t handle) {
+  absl::Status s = dram_->CommitSlot(handle);
+  if (event_sink_ != nullptr) {
+    std::optional<ChunkEvent> e;
+    {
+      absl::MutexLock lock(&reserved_mu_);
+      auto it = reserved_.find(handle);
+      if (it != reserved_.end()) {
+        e = it->second;
+        reserved_.erase(it);
+      }
+    }
+    if (s.ok() && e.has_value()) event_sink_->OnChunkEvents(absl::MakeConstSpan(&*e, 1));
+  }
+  return s;
+}
+
+void EmbeddedCache::AbortSlot(uint64_t handle) {
+  dram_->AbortSlot(handle);
+  if (event_sink_ != nullptr) {
+    absl::MutexLock lock(&reserved_mu_);
+    reserved_.erase(handle);
+  }
 }
 
 // ---- NVMe reads ---------------------------------------------------------------------
@@ -530,6 +581,7 @@ absl::StatusOr<size_t> EmbeddedCache::FinishNvmeRead(const Namespace& ns, NvmeRe
   }
   absl::Status s = dram_->SavePayload(read.info.meta, chunk->payload);
   if (s.ok()) {
+    Emit(ChunkEvent::Kind::kStored, ns.id(), read.key, Tier::kDram, read.info.meta.num_tokens);
     *promoted = true;
     promoted_.fetch_add(1, std::memory_order_relaxed);
     NoteRead(ns.id(), read.key);
@@ -719,8 +771,10 @@ absl::StatusOr<size_t> EmbeddedCache::Remove(const Namespace& ns, const BlockKey
 absl::StatusOr<size_t> EmbeddedCache::RemoveById(uint64_t namespace_id, const BlockKey& key) {
   absl::StatusOr<size_t> removed = dram_->RemoveTree(namespace_id, key);
   ForgetReads(namespace_id, key);
+  if (removed.ok()) Emit(ChunkEvent::Kind::kRemoved, namespace_id, key, Tier::kDram);
   if (nvme_ == nullptr || nvme_closed_.load(std::memory_order_relaxed)) return removed;
   absl::Status s = nvme_->Remove(namespace_id, key);
+  if (s.ok()) Emit(ChunkEvent::Kind::kRemoved, namespace_id, key, Tier::kNvme);
   if (removed.ok()) return removed;
   if (s.ok()) return size_t{1};
   if (s.code() != absl::StatusCode::kNotFound) return s;
@@ -740,7 +794,10 @@ size_t EmbeddedCache::RemoveNamespace(uint64_t namespace_id) {
   size_t removed = dram_->RemoveNamespace(namespace_id);
   for (size_t i = 0; i < on_nvme.size(); ++i) {
     ForgetReads(namespace_id, on_nvme[i]);
-    if (nvme_->Remove(namespace_id, on_nvme[i]).ok() && !in_dram[i]) ++removed;
+    const bool gone = nvme_->Remove(namespace_id, on_nvme[i]).ok();
+    if (gone) Emit(ChunkEvent::Kind::kRemoved, namespace_id, on_nvme[i], Tier::kNvme);
+    if (in_dram[i]) Emit(ChunkEvent::Kind::kRemoved, namespace_id, on_nvme[i], Tier::kDram);
+    if (gone && !in_dram[i]) ++removed;
   }
   return removed;
 }

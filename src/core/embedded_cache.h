@@ -40,6 +40,7 @@
 #include "kvtier/cache.h"
 #include "src/common/env.h"
 #include "src/core/admission.h"
+#include "src/core/cache_events.h"
 #include "src/tiers/dram/dram_tier.h"
 #include "src/tiers/nvme/nvme_tier.h"
 
@@ -50,6 +51,12 @@ struct EmbeddedCacheSeams {
   // Files and I/O of the NVMe tier; nullptr means Env::Default(). Not owned;
   // must outlive the cache.
   Env* nvme_env = nullptr;
+  // Told about chunks stored in and leaving DRAM and NVMe (the cluster
+  // index's feed); nullptr = nobody. Not owned; must outlive the cache.
+  // Removals of a chunk's descendants (Remove drops a subtree from DRAM),
+  // DRAM-only chunks of RemoveNamespace and NVMe's own evictions are not
+  // reported.
+  CacheEventSink* event_sink = nullptr;
 };
 
 class EmbeddedCache final : public Cache {
@@ -102,8 +109,8 @@ class EmbeddedCache final : public Cache {
   // DRAM slot for its payload (DramTier::ReserveSlot). CommitSlot makes the
   // written chunk visible; AbortSlot gives the slot back.
   absl::StatusOr<DramTier::SlotReservation> ReserveSlot(const Namespace& ns, const ChunkRef& chunk);
-  absl::Status CommitSlot(uint64_t handle) { return dram_->CommitSlot(handle); }
-  void AbortSlot(uint64_t handle) { dram_->AbortSlot(handle); }
+  absl::Status CommitSlot(uint64_t handle);
+  void AbortSlot(uint64_t handle);
 
  private:
   struct NsKey {
@@ -163,7 +170,15 @@ class EmbeddedCache final : public Cache {
   // Close's copy of DRAM-resident chunks to NVMe (see CacheOptions).
   void PersistDramToNvme();
 
+  // Reports one chunk event to seams.event_sink (when set).
+  void Emit(ChunkEvent::Kind kind, uint64_t ns_id, const BlockKey& key, Tier tier,
+            uint32_t num_tokens = 0);
+
   const CacheOptions options_;
+  CacheEventSink* event_sink_ = nullptr;
+  // Reserved slots' chunks, for the Stored event at CommitSlot (with a sink).
+  absl::Mutex reserved_mu_;
+  absl::flat_hash_map<uint64_t, ChunkEvent> reserved_ ABSL_GUARDED_BY(reserved_mu_);
   // Declared before dram_ so it is destroyed after it.
   std::unique_ptr<NvmeTier> nvme_;
   std::unique_ptr<DramTier> dram_;

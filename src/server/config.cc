@@ -20,6 +20,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "src/common/status_macros.h"
+#include "src/index/event_publisher.h"
 #include "src/tiers/nvme/nvme_tier.h"
 #include "yaml-cpp/yaml.h"
 
@@ -246,8 +247,30 @@ absl::Status ApplySetting(const std::string& name, const std::string& value,
       return Invalid(field, absl::StrCat("'", value, "' is not a number of tokens > 0"));
     }
     c.tokens_per_gpu_second = v;
-  } else if (name == "status.node_name") {
-    c.node_name = value;
+  } else if (name == "node_id") {
+    c.node_id = value;
+  } else if (name == "cluster.nats_url") {
+    c.cluster.nats_url = value;
+  } else if (name == "cluster.publish_batch") {
+    KVTIER_ASSIGN_OR_RETURN(c.cluster.publish_batch, ParseU32(value, field, 1, 1u << 20));
+  } else if (name == "cluster.publish_interval_ms") {
+    KVTIER_ASSIGN_OR_RETURN(c.cluster.publish_interval_ms, ParseU32(value, field, 1, 60000));
+  } else if (name == "cluster.heartbeat_interval_ms") {
+    KVTIER_ASSIGN_OR_RETURN(c.cluster.heartbeat_interval_ms, ParseU32(value, field, 10, 600000));
+  } else if (name == "cluster.max_queued_events") {
+    KVTIER_ASSIGN_OR_RETURN(uint32_t v, ParseU32(value, field, 1, 1u << 30));
+    c.cluster.max_queued_events = v;
+  } else if (name == "cluster.index_address") {
+    c.cluster.index_address = value;
+  } else if (name == "cluster.advertise_grpc") {
+    c.cluster.advertise_grpc = value;
+  } else if (name == "cluster.advertise_ucx") {
+    c.cluster.advertise_ucx = value;
+  } else if (name == "cluster.stream_max_age_seconds") {
+    KVTIER_ASSIGN_OR_RETURN(c.cluster.stream_max_age_seconds,
+                            ParseU32(value, field, 1, 365u * 86400u));
+  } else if (name == "cluster.stream_max_bytes") {
+    KVTIER_ASSIGN_OR_RETURN(c.cluster.stream_max_bytes, ParseByteSize(value, field));
   } else {
     return Invalid(field, "unknown setting");
   }
@@ -272,7 +295,11 @@ const std::map<std::string, std::set<std::string>>& SectionKeys() {
         "max_grpc_message_bytes", "lease_seconds", "max_leases"}},
       {"shutdown", {"drain_seconds"}},
       {"log", {"level"}},
-      {"status", {"tokens_per_gpu_second", "node_name"}},
+      {"status", {"tokens_per_gpu_second"}},
+      {"cluster",
+       {"nats_url", "publish_batch", "publish_interval_ms", "heartbeat_interval_ms",
+        "max_queued_events", "index_address", "advertise_grpc", "advertise_ucx",
+        "stream_max_age_seconds", "stream_max_bytes"}},
   };
   return *keys;
 }
@@ -322,12 +349,16 @@ absl::Status ApplyTenants(const YAML::Node& list, DaemonConfig& c) {
 
 absl::Status ApplyYamlNode(const YAML::Node& root, DaemonConfig& c) {
   if (root.IsNull()) return absl::OkStatus();  // an empty file
-  std::set<std::string> top{"data_dir"};
+  std::set<std::string> top{"data_dir", "node_id"};
   for (const auto& [section, keys] : SectionKeys()) top.insert(section);
   KVTIER_RETURN_IF_ERROR(Yaml::CheckKeys(root, "", top));
   if (root["data_dir"]) {
     KVTIER_ASSIGN_OR_RETURN(std::string v, Yaml::Scalar(root["data_dir"], "data_dir"));
     KVTIER_RETURN_IF_ERROR(ApplySetting("data_dir", v, "data_dir", c));
+  }
+  if (root["node_id"]) {
+    KVTIER_ASSIGN_OR_RETURN(std::string v, Yaml::Scalar(root["node_id"], "node_id"));
+    KVTIER_RETURN_IF_ERROR(ApplySetting("node_id", v, "node_id", c));
   }
   for (const auto& [section, keys] : SectionKeys()) {
     const YAML::Node node = root[section];
@@ -401,7 +432,9 @@ const std::vector<FlagSpec>& FlagSpecs() {
        "file holding the bearer token of / and /api/v1/status"},
       {"tokens-per-gpu-second", "status.tokens_per_gpu_second", true,
        "prefill tokens per GPU-second, for the status page's saved panel"},
-      {"node-name", "status.node_name", true, "node name on the status page (default: host name)"},
+      {"node-id", "node_id", true, "this node's id in the cluster (default: host name)"},
+      {"nats", "cluster.nats_url", true, "NATS URL for cluster events (off by default)"},
+      {"index-address", "cluster.index_address", true, "kvtier-index replicas, host:port,..."},
       {"help", nullptr, false, "print this help"},
       {"version", nullptr, false, "print the version"},
   };
@@ -432,7 +465,8 @@ constexpr EnvSpec kEnvSpecs[] = {
     {"KVTIER_NVME", "nvme.path"},
     {"KVTIER_NVME_CAPACITY", "nvme.capacity"},
     {"KVTIER_STATUS_TOKEN", "listen.status_token"},
-    {"KVTIER_NODE_NAME", "status.node_name"},
+    {"KVTIER_NODE_ID", "node_id"},
+    {"KVTIER_NATS_URL", "cluster.nats_url"},
 };
 
 }  // namespace
@@ -641,6 +675,10 @@ absl::StatusOr<DaemonConfig> LoadConfig(const CommandLine& cl,
     }
   }
   if (c.dram.dram_capacity_bytes == 0) c.dram.dram_capacity_bytes = DefaultDramBytes();
+  if (c.node_id.empty()) {
+    char host[256] = {};
+    if (gethostname(host, sizeof(host) - 1) == 0) c.node_id = host;
+  }
   if (!c.nvme_enabled) {
     c.dram.nvme.path.clear();
   } else {
@@ -705,6 +743,16 @@ absl::Status DaemonConfig::Validate() const {
   if (!http.empty()) KVTIER_RETURN_IF_ERROR(CheckHostPort(http, "listen.http"));
   if (!(tokens_per_gpu_second > 0) || !std::isfinite(tokens_per_gpu_second)) {
     return Invalid("status.tokens_per_gpu_second", "must be a number > 0");
+  }
+  if (cluster.enabled()) {
+    KVTIER_RETURN_IF_ERROR(index::ValidateNodeId(node_id, "node_id"));
+    if (!cluster.advertise_grpc.empty()) {
+      KVTIER_RETURN_IF_ERROR(CheckHostPort(cluster.advertise_grpc, "cluster.advertise_grpc"));
+    }
+  }
+  if (!cluster.index_address.empty() && !cluster.enabled()) {
+    return Invalid("cluster.index_address",
+                   "needs cluster.nats_url (the index learns peers from it)");
   }
   if (tls.enabled() != !tls.key_file.empty()) {
     return Invalid(tls.enabled() ? "tls.key_file" : "tls.cert_file",
@@ -847,7 +895,19 @@ std::string DaemonConfig::ToRedactedYaml() const {
   out << YAML::EndMap;
   out << YAML::Key << "status" << YAML::Value << YAML::BeginMap;
   out << YAML::Key << "tokens_per_gpu_second" << YAML::Value << tokens_per_gpu_second;
-  out << YAML::Key << "node_name" << YAML::Value << node_name;
+  out << YAML::EndMap;
+  out << YAML::Key << "node_id" << YAML::Value << node_id;
+  out << YAML::Key << "cluster" << YAML::Value << YAML::BeginMap;
+  out << YAML::Key << "nats_url" << YAML::Value << cluster.nats_url;
+  out << YAML::Key << "publish_batch" << YAML::Value << cluster.publish_batch;
+  out << YAML::Key << "publish_interval_ms" << YAML::Value << cluster.publish_interval_ms;
+  out << YAML::Key << "heartbeat_interval_ms" << YAML::Value << cluster.heartbeat_interval_ms;
+  out << YAML::Key << "max_queued_events" << YAML::Value << cluster.max_queued_events;
+  out << YAML::Key << "index_address" << YAML::Value << cluster.index_address;
+  out << YAML::Key << "advertise_grpc" << YAML::Value << cluster.advertise_grpc;
+  out << YAML::Key << "advertise_ucx" << YAML::Value << cluster.advertise_ucx;
+  out << YAML::Key << "stream_max_age_seconds" << YAML::Value << cluster.stream_max_age_seconds;
+  out << YAML::Key << "stream_max_bytes" << YAML::Value << cluster.stream_max_bytes;
   out << YAML::EndMap;
   out << YAML::EndMap;
   return std::string(out.c_str()) + "\n";

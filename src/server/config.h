@@ -41,10 +41,31 @@ struct TlsConfig {
   bool enabled() const { return !cert_file.empty(); }
 };
 
+// The `cluster:` section: events to the cluster index over NATS, and the
+// index replicas to ask for remote holders. No nats_url = single node.
+struct ClusterConfig {
+  std::string nats_url;                   // nats://host:port (comma-separated); empty = off
+  uint32_t publish_batch = 1024;          // chunk events per published batch
+  uint32_t publish_interval_ms = 20;      // longest wait before queued events are published
+  uint32_t heartbeat_interval_ms = 1000;  // node heartbeat period
+  uint64_t max_queued_events = 1u << 20;  // events waiting to be published; more are dropped
+  std::string index_address;   // kvtier-index replicas (host:port, comma-separated); empty = none
+  std::string advertise_grpc;  // host:port peers reach this node's gRPC at; empty = listen.tcp
+  std::string advertise_ucx;   // the node's UCX listener as peers reach it; empty = none
+  uint32_t stream_max_age_seconds = 3600;  // replay window of the stream when kvtierd creates it
+  uint64_t stream_max_bytes = 1ull << 30;  // bytes the stream keeps when kvtierd creates it
+
+  bool enabled() const { return !nats_url.empty(); }
+};
+
 struct DaemonConfig {
   // Directory for the daemon's state; the default Unix socket lives in it
   // when set. Created at start when missing.
   std::string data_dir;
+  // This node's id in the cluster (events, heartbeats, UCX peers). Default:
+  // the host name.
+  std::string node_id;
+  ClusterConfig cluster;
   // Listeners.
   std::string unix_socket;           // gRPC Unix socket path (default: see DefaultSocketPath)
   uint32_t unix_socket_mode = 0660;  // permission bits of the socket files
@@ -83,7 +104,6 @@ struct DaemonConfig {
   // Status page (/ and /api/v1/status on the HTTP listener).
   std::string status_token;  // bearer token for them; required when listen.http is not loopback
   double tokens_per_gpu_second = 10000;  // prefill tokens one GPU computes per second ("saved")
-  std::string node_name;                 // shown on the page; empty = the host name
 
   // The default Unix socket: <data_dir>/kvtierd.sock when data_dir is set,
   // else $XDG_RUNTIME_DIR/kvtier/kvtierd.sock, else /tmp/kvtier-<uid>/kvtierd.sock.
@@ -129,8 +149,8 @@ absl::Status ApplyYamlFile(const std::string& path, DaemonConfig& config);
 // Applies KVTIER_* variables from `env` (name -> value): KVTIER_DATA_DIR,
 // KVTIER_SOCKET, KVTIER_TCP, KVTIER_HTTP, KVTIER_DRAM, KVTIER_LOG_LEVEL,
 // KVTIER_ADMIN_TOKEN, KVTIER_SHARED_MEMORY, KVTIER_NVME (the NVMe folder, or
-// "off"), KVTIER_NVME_CAPACITY, KVTIER_STATUS_TOKEN, KVTIER_NODE_NAME. (KVTIER_CONFIG names the
-// file and is read by LoadConfig.)
+// "off"), KVTIER_NVME_CAPACITY, KVTIER_STATUS_TOKEN, KVTIER_NODE_ID,
+// KVTIER_NATS_URL. (KVTIER_CONFIG names the file and is read by LoadConfig.)
 absl::Status ApplyEnv(const std::map<std::string, std::string>& env, DaemonConfig& config);
 
 // Parsed command line of kvtierd.

@@ -10,9 +10,11 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "grpcpp/security/server_credentials.h"
 #include "grpcpp/server_builder.h"
 #include "src/common/status_macros.h"
+#include "src/index/index_holder_source.h"
 
 namespace kvtier::server {
 namespace {
@@ -78,7 +80,12 @@ absl::Status Daemon::Init(std::string version) {
           absl::StrCat("data_dir: cannot create '", config_.data_dir, "': ", ec.message()));
     }
   }
-  absl::StatusOr<std::unique_ptr<EmbeddedCache>> cache = EmbeddedCache::Create(config_.dram);
+  EmbeddedCacheSeams seams;
+  if (config_.cluster.enabled()) {
+    KVTIER_RETURN_IF_ERROR(StartCluster());
+    seams.event_sink = publisher_.get();
+  }
+  absl::StatusOr<std::unique_ptr<EmbeddedCache>> cache = EmbeddedCache::Create(config_.dram, seams);
   if (!cache.ok()) {
     return absl::Status(cache.status().code(), absl::StrCat("cache: ", cache.status().message()));
   }
@@ -208,9 +215,57 @@ absl::Status Daemon::Init(std::string version) {
   return absl::OkStatus();
 }
 
+absl::Status Daemon::StartCluster() {
+  const ClusterConfig& c = config_.cluster;
+  index::NatsBusOptions nats;
+  nats.url = c.nats_url;
+  nats.name = absl::StrCat("kvtierd-", config_.node_id);
+  nats.retry_initial_connect = true;  // publish once the server is up
+  absl::StatusOr<std::unique_ptr<index::NatsBus>> bus = index::NatsBus::Connect(nats);
+  if (!bus.ok()) {
+    return absl::Status(bus.status().code(),
+                        absl::StrCat("cluster.nats_url: ", bus.status().message()));
+  }
+  index::EventPublisherOptions po;
+  po.node_id = config_.node_id;
+  po.grpc_address = c.advertise_grpc.empty() ? config_.tcp : c.advertise_grpc;
+  po.ucx_address = c.advertise_ucx;
+  po.max_batch_events = c.publish_batch;
+  po.publish_interval = absl::Milliseconds(c.publish_interval_ms);
+  po.heartbeat_interval = absl::Milliseconds(c.heartbeat_interval_ms);
+  po.max_queued_events = c.max_queued_events;
+  po.stream.max_age = absl::Seconds(c.stream_max_age_seconds);
+  po.stream.max_bytes = static_cast<int64_t>(c.stream_max_bytes);
+  if (absl::Status s = (*bus)->EnsureStream(po.stream); !s.ok()) {
+    log_->Warn("cannot create the event stream yet (the index creates it too)",
+               {{"error", std::string(s.message())}});
+  }
+  po.create_stream = false;
+  absl::StatusOr<std::unique_ptr<index::EventPublisher>> p =
+      index::EventPublisher::Start(po, std::move(*bus));
+  if (!p.ok()) return p.status();
+  publisher_ = std::move(*p);
+  if (!c.index_address.empty()) {
+    index::IndexHolderSourceOptions ho;
+    ho.index_addresses = absl::StrSplit(c.index_address, ',', absl::SkipWhitespace());
+    ho.self_node_id = config_.node_id;
+    absl::StatusOr<std::unique_ptr<index::IndexHolderSource>> h =
+        index::IndexHolderSource::Create(ho);
+    if (!h.ok()) return h.status();
+    holder_source_ = std::move(*h);
+  }
+  log_->Info("cluster events on", {{"node_id", config_.node_id},
+                                   {"nats", c.nats_url},
+                                   {"grpc_address", po.grpc_address},
+                                   {"index", c.index_address}});
+  return absl::OkStatus();
+}
+
 HttpResponse Daemon::ServeHttp(const std::string& path) {
   if (path == "/metrics") {
-    return {200, "text/plain; version=0.0.4; charset=utf-8", metrics_->Render()};
+    std::string text = metrics_->Render();
+    if (publisher_) text += index::RenderPublisherMetrics(publisher_->Stats());
+    return {200, "text/plain; version=0.0.4; charset=utf-8", std::move(text)};
   }
   if (path == "/healthz") return {200, "text/plain; charset=utf-8", "ok\n"};
   if (path == "/readyz") {
@@ -227,7 +282,7 @@ HttpResponse Daemon::ServeHttp(const std::string& path) {
 StatusSnapshot Daemon::Snapshot() const {
   StatusSnapshot s;
   s.service = "kvtierd";
-  s.node = config_.node_name.empty() ? HostName() : config_.node_name;
+  s.node = config_.node_id.empty() ? HostName() : config_.node_id;
   s.version = version_;
   s.start_time_seconds = start_time_;
   s.ready = ready_.load() && service_ != nullptr && !service_->draining();
@@ -271,6 +326,7 @@ void Daemon::Shutdown() {
   }
   if (http_) http_->Stop();
   if (status_page_) status_page_->Stop();
+  if (publisher_) publisher_->Stop();
   if (grpc_) unlink(config_.unix_socket.c_str());
   if (was_ready) log_->Info("stopped");
 }

@@ -23,6 +23,7 @@
 #include "absl/synchronization/notification.h"
 #include "grpcpp/server.h"
 #include "src/core/embedded_cache.h"
+#include "src/index/event_publisher.h"
 #include "src/server/auth.h"
 #include "src/server/cache_service.h"
 #include "src/server/config.h"
@@ -32,6 +33,7 @@
 #include "src/server/namespace_stats.h"
 #include "src/server/shm_server.h"
 #include "src/server/status_page.h"
+#include "src/transfer/holder_source.h"
 
 namespace kvtier::server {
 
@@ -47,6 +49,9 @@ class Daemon {
   int http_port() const { return http_ ? http_->port() : 0; }
   int tcp_port() const { return tcp_port_; }
   uint64_t arena_id() const { return arena_id_; }
+  // Remote holders from the cluster index (cluster.index_address); nullptr
+  // when none is configured.
+  transfer::HolderSource* holder_source() const { return holder_source_.get(); }
 
  private:
   Daemon(DaemonConfig config, Logger* log) : config_(std::move(config)), log_(log) {}
@@ -54,11 +59,17 @@ class Daemon {
   HttpResponse ServeHttp(const std::string& path);
   // The figures of the status page.
   StatusSnapshot Snapshot() const;
+  // Connects to NATS and starts the event publisher (and the HolderSource).
+  absl::Status StartCluster();
 
   const DaemonConfig config_;
   Logger* const log_;
   uint64_t arena_id_ = 0;
   int tcp_port_ = 0;
+  // Cluster events (cluster.nats_url); declared before cache_ so the
+  // publisher outlives the cache that reports to it.
+  std::unique_ptr<index::EventPublisher> publisher_;
+  std::unique_ptr<transfer::HolderSource> holder_source_;
   std::unique_ptr<EmbeddedCache> cache_;
   std::unique_ptr<Authenticator> auth_;
   std::unique_ptr<Metrics> metrics_;

@@ -87,7 +87,7 @@ std::string ReadFile(const std::string& path) {
 TEST(StatusApi, AgreesWithMetricsUnderTheDemoWorkload) {
   TempDir dir;
   ASSERT_OK_AND_ASSIGN(auto daemon, Daemon::Start(dir, {"--tokens-per-gpu-second", "2048",
-                                                        "--node-name", "node-under-test"}));
+                                                        "--node-id", "node-under-test"}));
   const std::string out = dir.File("demo.txt");
   ASSERT_EQ(std::system(absl::StrCat(CliPath(), " demo --quiet --conversations 3 --turns 3",
                                      " --socket ", daemon->socket(), " > ", out, " 2>&1")

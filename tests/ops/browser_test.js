@@ -78,7 +78,7 @@ async function main() {
   const daemon = start([path.join(build, 'src/server/kvtierd'), '--socket', socket, '--http',
                         `127.0.0.1:${port}`, '--dram', '64MiB', '--nvme', path.join(dir, 'nvme'),
                         '--nvme-capacity', '64MiB', '--nvme-io-mode', 'buffered',
-                        '--node-name', 'browser-test-node'], path.join(dir, 'kvtierd.log'));
+                        '--node-id', 'browser-test-node'], path.join(dir, 'kvtierd.log'));
   for (let i = 0; ; i++) {
     if (daemon.exitCode !== null) fail('kvtierd exited: ' + fs.readFileSync(path.join(dir, 'kvtierd.log')));
     try { if ((await fetch(base + '/readyz')).ok) break; } catch (e) { /* not yet */ }

@@ -288,19 +288,17 @@ TEST(Redaction, TokensNeverAppear) {
   EXPECT_EQ(back.unix_socket, c.unix_socket);
 }
 
-TEST(StatusPageKeys, TokenGpuSecondsAndNodeName) {
+TEST(StatusPageKeys, TokenAndGpuSeconds) {
   DaemonConfig c = Base();
   ASSERT_OK(ApplyYaml(R"(
 listen:
   status_token: status-secret-0123456789
 status:
   tokens_per_gpu_second: 2500.5
-  node_name: gpu-node-7
 )",
                       c));
   EXPECT_EQ(c.status_token, "status-secret-0123456789");
   EXPECT_EQ(c.tokens_per_gpu_second, 2500.5);
-  EXPECT_EQ(c.node_name, "gpu-node-7");
   EXPECT_OK(c.Validate());
   EXPECT_THAT(c.ToRedactedYaml(), ::testing::Not(HasSubstr("status-secret")));
   EXPECT_THAT(c.ToRedactedYaml(), HasSubstr("tokens_per_gpu_second: 2500.5"));
@@ -316,10 +314,46 @@ status:
   ASSERT_OK_AND_ASSIGN(CommandLine none, ParseCommandLine({}));
   ASSERT_OK_AND_ASSIGN(DaemonConfig from_env,
                        LoadConfig(none, {{"KVTIER_STATUS_TOKEN", "env-token-0123456789"},
-                                         {"KVTIER_NODE_NAME", "n1"},
                                          {"KVTIER_NVME", "off"}}));
   EXPECT_EQ(from_env.status_token, "env-token-0123456789");
-  EXPECT_EQ(from_env.node_name, "n1");
+}
+
+TEST(Cluster, NodeIdAndClusterSectionFromEveryLayer) {
+  DaemonConfig c = Base();
+  ASSERT_OK(
+      ApplyYaml("node_id: n1\ncluster:\n  nats_url: nats://127.0.0.1:4222\n"
+                "  heartbeat_interval_ms: 250\n  index_address: 127.0.0.1:7070\n"
+                "  stream_max_bytes: 64MiB\n",
+                c));
+  EXPECT_EQ(c.node_id, "n1");
+  EXPECT_TRUE(c.cluster.enabled());
+  EXPECT_EQ(c.cluster.heartbeat_interval_ms, 250u);
+  EXPECT_EQ(c.cluster.stream_max_bytes, 64ull << 20);
+  ASSERT_OK(ApplyEnv({{"KVTIER_NODE_ID", "n2"}}, c));
+  EXPECT_EQ(c.node_id, "n2");
+  ASSERT_OK_AND_ASSIGN(CommandLine cl,
+                       ParseCommandLine({"--node-id", "n3", "--nats", "nats://10.0.0.1:4222"}));
+  ASSERT_OK(ApplyFlags(cl, c));
+  EXPECT_EQ(c.node_id, "n3");
+  EXPECT_EQ(c.cluster.nats_url, "nats://10.0.0.1:4222");
+  ASSERT_OK(c.Validate());
+  c.node_id = "bad id";
+  EXPECT_THAT(c.Validate(), StatusIs(kInvalid, HasSubstr("node_id")));
+  EXPECT_THAT(ApplyYaml("cluster:\n  heartbeat_interval_ms: 0\n", c),
+              StatusIs(kInvalid, HasSubstr("cluster.heartbeat_interval_ms")));
+  EXPECT_THAT(ApplyYaml("cluster:\n  natsurl: x\n", c), StatusIs(kInvalid, HasSubstr("natsurl")));
+  DaemonConfig single = Base();
+  single.cluster.index_address = "127.0.0.1:7070";
+  EXPECT_THAT(single.Validate(), StatusIs(kInvalid, HasSubstr("cluster.index_address")));
+}
+
+TEST(Cluster, NodeIdDefaultsToTheHostName) {
+  ASSERT_OK_AND_ASSIGN(CommandLine cl, ParseCommandLine({"--dram", "256MiB", "--nvme", "off"}));
+  ASSERT_OK_AND_ASSIGN(DaemonConfig c, LoadConfig(cl, {}));
+  char host[256] = {};
+  ASSERT_EQ(gethostname(host, sizeof(host) - 1), 0);
+  EXPECT_EQ(c.node_id, host);
+  EXPECT_FALSE(c.cluster.enabled());
 }
 
 }  // namespace

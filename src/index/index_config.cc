@@ -1,0 +1,291 @@
+#include "src/index/index_config.h"
+
+#include <yaml-cpp/yaml.h>
+
+#include <fstream>
+#include <optional>
+#include <set>
+#include <sstream>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "src/common/status_macros.h"
+#include "src/index/event_publisher.h"
+#include "src/server/config.h"
+
+namespace kvtier::index {
+namespace {
+
+absl::Status Invalid(absl::string_view field, absl::string_view why) {
+  return absl::InvalidArgumentError(absl::StrCat(field, ": ", why));
+}
+
+absl::StatusOr<uint64_t> ParseU64(const std::string& v, const std::string& field, uint64_t lo,
+                                  uint64_t hi) {
+  uint64_t out = 0;
+  if (!absl::SimpleAtoi(v, &out) || out < lo || out > hi) {
+    return Invalid(field, absl::StrCat("'", v, "' is not a whole number in ", lo, "..", hi));
+  }
+  return out;
+}
+
+absl::StatusOr<double> ParseSeconds(const std::string& v, const std::string& field) {
+  double out = 0;
+  if (!absl::SimpleAtod(v, &out) || !(out > 0) || out > 86400 * 365) {
+    return Invalid(field, absl::StrCat("'", v, "' is not a positive number of seconds"));
+  }
+  return out;
+}
+
+absl::StatusOr<bool> ParseBool(const std::string& v, const std::string& field) {
+  if (v == "true" || v == "1" || v == "yes") return true;
+  if (v == "false" || v == "0" || v == "no") return false;
+  return Invalid(field, absl::StrCat("'", v, "' is not true or false"));
+}
+
+// One scalar setting, by its YAML path.
+absl::Status Apply(const std::string& key, const std::string& v, const std::string& field,
+                   IndexCommandLine& c) {
+  IndexServerOptions& o = c.options;
+  if (key == "nats.url") {
+    o.nats.url = v;
+  } else if (key == "nats.stream") {
+    o.stream.name = v;
+  } else if (key == "nats.max_age_seconds") {
+    KVTIER_ASSIGN_OR_RETURN(double s, ParseSeconds(v, field));
+    o.stream.max_age = absl::Seconds(s);
+  } else if (key == "nats.max_bytes") {
+    KVTIER_ASSIGN_OR_RETURN(uint64_t b, server::ParseByteSize(v, field));
+    o.stream.max_bytes = static_cast<int64_t>(b);
+  } else if (key == "nats.create_stream") {
+    KVTIER_ASSIGN_OR_RETURN(o.create_stream, ParseBool(v, field));
+  } else if (key == "nats.memory_storage") {
+    KVTIER_ASSIGN_OR_RETURN(bool m, ParseBool(v, field));
+    o.stream.file_storage = !m;
+  } else if (key == "grpc") {
+    o.grpc = v;
+  } else if (key == "http") {
+    o.http = v;
+  } else if (key == "max_entries") {
+    KVTIER_ASSIGN_OR_RETURN(o.index.max_entries, ParseU64(v, field, 1, uint64_t{1} << 40));
+  } else if (key == "shards") {
+    KVTIER_ASSIGN_OR_RETURN(uint64_t s, ParseU64(v, field, 1, 65536));
+    o.index.shards = static_cast<uint32_t>(s);
+  } else if (key == "max_nodes") {
+    KVTIER_ASSIGN_OR_RETURN(uint64_t s, ParseU64(v, field, 1, 1u << 24));
+    o.index.max_nodes = static_cast<uint32_t>(s);
+  } else if (key == "node_timeout_seconds") {
+    KVTIER_ASSIGN_OR_RETURN(double s, ParseSeconds(v, field));
+    o.index.node_timeout = absl::Seconds(s);
+  } else if (key == "max_chain") {
+    KVTIER_ASSIGN_OR_RETURN(uint64_t s, ParseU64(v, field, 1, 1u << 20));
+    o.max_chain = static_cast<uint32_t>(s);
+  } else if (key == "log_level") {
+    KVTIER_RETURN_IF_ERROR(server::ParseLogLevel(v).status());
+    c.log_level = v;
+  } else {
+    return Invalid(field, "unknown setting");
+  }
+  return absl::OkStatus();
+}
+
+const std::set<std::string>& TopKeys() {
+  static const auto* k = new std::set<std::string>{"nats",
+                                                   "grpc",
+                                                   "http",
+                                                   "max_entries",
+                                                   "shards",
+                                                   "max_nodes",
+                                                   "node_timeout_seconds",
+                                                   "max_chain",
+                                                   "log_level",
+                                                   "zmq"};
+  return *k;
+}
+const std::set<std::string>& NatsKeys() {
+  static const auto* k = new std::set<std::string>{"url",       "stream",        "max_age_seconds",
+                                                   "max_bytes", "create_stream", "memory_storage"};
+  return *k;
+}
+
+absl::Status CheckKeys(const YAML::Node& n, const std::string& where,
+                       const std::set<std::string>& allowed) {
+  if (!n.IsMap()) return Invalid(where.empty() ? "config" : where, "must be a mapping");
+  for (const auto& kv : n) {
+    const std::string k = kv.first.as<std::string>();
+    if (!allowed.contains(k)) {
+      return Invalid(where.empty() ? k : absl::StrCat(where, ".", k), "unknown key");
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ApplyZmq(const YAML::Node& list, IndexCommandLine& c) {
+  if (!list.IsSequence()) return Invalid("zmq", "must be a list");
+  for (size_t i = 0; i < list.size(); ++i) {
+    const std::string f = absl::StrCat("zmq[", i, "]");
+    const YAML::Node& n = list[i];
+    if (n.IsScalar()) {
+      KVTIER_ASSIGN_OR_RETURN(VllmEndpoint e, ParseZmqFlag(n.as<std::string>()));
+      c.options.zmq.push_back(std::move(e));
+      continue;
+    }
+    KVTIER_RETURN_IF_ERROR(CheckKeys(n, f, {"endpoint", "node_id", "topic", "namespace_id"}));
+    VllmEndpoint e;
+    if (!n["endpoint"]) return Invalid(f + ".endpoint", "required");
+    e.endpoint = n["endpoint"].as<std::string>();
+    if (n["node_id"]) {
+      e.node_id = n["node_id"].as<std::string>();
+      KVTIER_RETURN_IF_ERROR(ValidateNodeId(e.node_id, f + ".node_id"));
+    }
+    if (n["topic"]) e.topic = n["topic"].as<std::string>();
+    if (n["namespace_id"]) {
+      const std::string v = n["namespace_id"].as<std::string>();
+      if (!absl::SimpleHexAtoi(v, &e.namespace_id) || e.namespace_id == 0) {
+        return Invalid(f + ".namespace_id", absl::StrCat("'", v, "' is not non-zero hex"));
+      }
+    }
+    c.options.zmq.push_back(std::move(e));
+  }
+  return absl::OkStatus();
+}
+
+struct Flag {
+  const char* name;
+  const char* key;  // YAML path; nullptr for special flags
+  const char* help;
+};
+
+constexpr Flag kFlags[] = {
+    {"config", nullptr, "YAML configuration file"},
+    {"nats", "nats.url", "NATS server URL(s), comma-separated (nats://127.0.0.1:4222)"},
+    {"grpc", "grpc", "host:port of the Index gRPC service (127.0.0.1:7070)"},
+    {"http", "http", "host:port of /metrics /healthz /readyz (127.0.0.1:9465); '' = off"},
+    {"max-entries", "max_entries", "(key, node) entries kept; oldest dropped first"},
+    {"zmq", nullptr, "vLLM KV-event endpoint to read, [NODE_ID=]tcp://host:port (repeatable)"},
+    {"node-timeout", "node_timeout_seconds", "seconds without a heartbeat before a node is dead"},
+    {"stream", "nats.stream", "JetStream stream name (KVTIER_EVENTS)"},
+    {"stream-max-age", "nats.max_age_seconds", "replay window of a created stream, seconds"},
+    {"stream-max-bytes", "nats.max_bytes", "bytes kept by a created stream (e.g. 1GiB)"},
+    {"log-level", "log_level", "debug | info | warn | error"},
+};
+
+}  // namespace
+
+absl::StatusOr<VllmEndpoint> ParseZmqFlag(const std::string& value) {
+  VllmEndpoint e;
+  const size_t scheme = value.find("://");
+  const size_t eq = value.find('=');
+  if (eq != std::string::npos && (scheme == std::string::npos || eq < scheme)) {
+    e.node_id = value.substr(0, eq);
+    e.endpoint = value.substr(eq + 1);
+    KVTIER_RETURN_IF_ERROR(ValidateNodeId(e.node_id, "--zmq node id"));
+  } else {
+    e.endpoint = value;
+  }
+  if (e.endpoint.find("://") == std::string::npos) {
+    return Invalid("--zmq", absl::StrCat("'", value, "' is not [NODE_ID=]tcp://host:port"));
+  }
+  return e;
+}
+
+absl::Status ApplyIndexYaml(const std::string& yaml_text, IndexCommandLine& out) {
+  try {
+    const YAML::Node root = YAML::Load(yaml_text);
+    if (root.IsNull()) return absl::OkStatus();
+    KVTIER_RETURN_IF_ERROR(CheckKeys(root, "", TopKeys()));
+    for (const auto& kv : root) {
+      const std::string k = kv.first.as<std::string>();
+      if (k == "zmq") {
+        KVTIER_RETURN_IF_ERROR(ApplyZmq(kv.second, out));
+      } else if (k == "nats") {
+        KVTIER_RETURN_IF_ERROR(CheckKeys(kv.second, "nats", NatsKeys()));
+        for (const auto& nk : kv.second) {
+          const std::string path = "nats." + nk.first.as<std::string>();
+          KVTIER_RETURN_IF_ERROR(Apply(path, nk.second.as<std::string>(), path, out));
+        }
+      } else {
+        if (!kv.second.IsScalar()) return Invalid(k, "must be a single value");
+        KVTIER_RETURN_IF_ERROR(Apply(k, kv.second.as<std::string>(), k, out));
+      }
+    }
+  } catch (const YAML::Exception& e) {
+    return absl::InvalidArgumentError(absl::StrCat("config: line ", e.mark.line + 1, ": ", e.msg));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<IndexCommandLine> ParseIndexCommandLine(const std::vector<std::string>& args) {
+  IndexCommandLine c;
+  std::vector<std::pair<std::string, std::string>> settings;
+  std::string config_file;
+  for (size_t i = 0; i < args.size(); ++i) {
+    std::string a = args[i];
+    if (a == "-h" || a == "--help") {
+      c.help = true;
+      continue;
+    }
+    if (a == "--version") {
+      c.version = true;
+      continue;
+    }
+    if (a.rfind("--", 0) != 0) {
+      return Invalid(a, "kvtier-index takes only --flags");
+    }
+    std::string name = a.substr(2);
+    std::optional<std::string> value;
+    if (size_t eq = name.find('='); eq != std::string::npos) {
+      value = name.substr(eq + 1);
+      name = name.substr(0, eq);
+    }
+    const Flag* flag = nullptr;
+    for (const Flag& f : kFlags) {
+      if (name == f.name) flag = &f;
+    }
+    if (flag == nullptr) return Invalid("--" + name, "unknown flag");
+    if (!value.has_value()) {
+      if (i + 1 >= args.size()) return Invalid("--" + name, "needs a value");
+      value = args[++i];
+    }
+    if (name == "config") {
+      config_file = *value;
+    } else {
+      settings.emplace_back(name, *value);
+    }
+  }
+  if (!config_file.empty()) {
+    std::ifstream in(config_file);
+    if (!in) return Invalid("--config", absl::StrCat("cannot read '", config_file, "'"));
+    std::stringstream ss;
+    ss << in.rdbuf();
+    absl::Status s = ApplyIndexYaml(ss.str(), c);
+    if (!s.ok()) return absl::InvalidArgumentError(absl::StrCat(config_file, ": ", s.message()));
+  }
+  bool zmq_from_flags = false;
+  for (const auto& [name, value] : settings) {
+    if (name == "zmq") {
+      if (!zmq_from_flags) c.options.zmq.clear();  // flags replace the file's list
+      zmq_from_flags = true;
+      KVTIER_ASSIGN_OR_RETURN(VllmEndpoint e, ParseZmqFlag(value));
+      c.options.zmq.push_back(std::move(e));
+      continue;
+    }
+    for (const Flag& f : kFlags) {
+      if (name == f.name && f.key != nullptr) {
+        KVTIER_RETURN_IF_ERROR(Apply(f.key, value, "--" + name, c));
+      }
+    }
+  }
+  if (!c.help && !c.version) KVTIER_RETURN_IF_ERROR(c.options.Validate());
+  return c;
+}
+
+std::string IndexFlagsHelp() {
+  std::string out;
+  for (const Flag& f : kFlags)
+    absl::StrAppend(&out, "  --", f.name, " VALUE\n      ", f.help, "\n");
+  absl::StrAppend(&out, "  --help, --version\n");
+  return out;
+}
+
+}  // namespace kvtier::index

@@ -1,0 +1,92 @@
+// A small wrapper over the NATS C client (libnats): one connection that
+// publishes, subscribes to plain subjects, and reads a JetStream stream from
+// its beginning (what an index does at start to rebuild its map).
+//
+// Handlers run on libnats' delivery threads (one per subscription, so one
+// subscription's messages arrive in order); they must not block for long.
+//
+// Thread-safety: Publish and the accessors may be called from any thread;
+// subscribe before relying on delivery; destroy after the last use.
+#ifndef KVTIER_SRC_INDEX_NATS_BUS_H_
+#define KVTIER_SRC_INDEX_NATS_BUS_H_
+
+#include <cstdint>
+#include <functional>
+#include <list>
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/time/time.h"
+
+struct __natsConnection;
+struct __jsCtx;
+
+namespace kvtier::index {
+
+struct NatsBusOptions {
+  std::string url = "nats://127.0.0.1:4222";          // nats:// URL (several: comma-separated)
+  std::string name = "kvtier";                        // connection name shown by the server
+  absl::Duration connect_timeout = absl::Seconds(2);  // first connect
+  bool retry_initial_connect = false;  // keep trying in the background when the server is down
+
+  absl::Status Validate() const;
+};
+
+// The JetStream stream that keeps the event replay window.
+struct EventStreamOptions {
+  std::string name = "KVTIER_EVENTS";  // stream name
+  std::string subjects = "kvtier.events.>";
+  absl::Duration max_age = absl::Hours(1);  // events older than this are dropped (0 = no limit)
+  int64_t max_bytes = 1ll << 30;            // bytes kept (-1 = no limit)
+  bool file_storage = true;                 // file (survives a server restart) or memory
+};
+
+// JetStream details of a stream message.
+struct StreamPosition {
+  uint64_t stream_sequence = 0;
+  uint64_t pending = 0;  // messages of the stream after this one not yet delivered
+};
+
+class NatsBus {
+ public:
+  // `pos` is null for plain subscriptions.
+  using Handler = std::function<void(absl::string_view subject, absl::string_view data,
+                                     const StreamPosition* pos)>;
+
+  // Connects. Unavailable when the server cannot be reached (unless
+  // retry_initial_connect), InvalidArgument for a bad URL.
+  static absl::StatusOr<std::unique_ptr<NatsBus>> Connect(const NatsBusOptions& options);
+  ~NatsBus();
+  NatsBus(const NatsBus&) = delete;
+  NatsBus& operator=(const NatsBus&) = delete;
+
+  // Publishes (buffered by the client; Flush waits for the server).
+  absl::Status Publish(const std::string& subject, absl::string_view data);
+  absl::Status Flush(absl::Duration timeout);
+
+  // Creates the stream when missing (an existing one is left as it is).
+  absl::Status EnsureStream(const EventStreamOptions& options);
+  // The sequence of the stream's last message (0 when empty).
+  absl::StatusOr<uint64_t> LastSequence(const std::string& stream);
+
+  absl::Status Subscribe(const std::string& subject, Handler handler);
+  // An ordered JetStream consumer over `subject`, from the stream's first
+  // message on, then live.
+  absl::Status SubscribeStream(const std::string& subject, Handler handler);
+
+  bool connected() const;
+
+ private:
+  struct Sub;
+  NatsBus() = default;
+
+  __natsConnection* nc_ = nullptr;
+  __jsCtx* js_ = nullptr;
+  std::list<std::unique_ptr<Sub>> subs_;
+};
+
+}  // namespace kvtier::index
+
+#endif  // KVTIER_SRC_INDEX_NATS_BUS_H_

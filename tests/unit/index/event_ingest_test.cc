@@ -1,0 +1,206 @@
+#include "src/index/event_ingest.h"
+
+#define MSGPACK_NO_BOOST 1
+#include <msgpack.hpp>
+
+#include <string>
+#include <vector>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "kvtier/v1/events.pb.h"
+#include "src/index/event_publisher.h"
+#include "src/server/wire.h"
+#include "tests/testing/status_matchers.h"
+
+namespace kvtier::index {
+namespace {
+
+using ::kvtier::testing::StatusIs;
+
+using ::testing::HasSubstr;
+
+constexpr uint64_t kNs = 0x1234;
+
+v1::EventBatch Batch(const std::string& node, uint64_t seq, const std::vector<BlockKey>& keys,
+                     bool stored = true) {
+  v1::EventBatch b;
+  b.set_node_id(node);
+  b.set_incarnation(5);
+  b.set_sequence(seq);
+  b.set_namespace_id(kNs);
+  v1::CacheEvent* e = b.add_events();
+  if (stored) {
+    e->mutable_stored()->set_tier(v1::TIER_DRAM);
+    for (const BlockKey& k : keys) e->mutable_stored()->add_keys(wire::KeyToBytes(k));
+  } else {
+    e->mutable_removed()->set_tier(v1::TIER_DRAM);
+    for (const BlockKey& k : keys) e->mutable_removed()->add_keys(wire::KeyToBytes(k));
+  }
+  return b;
+}
+
+class EventIngestTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    ClusterIndexOptions o;
+    o.shards = 4;
+    ASSERT_OK_AND_ASSIGN(index_, ClusterIndex::Create(o));
+    ingest_ = std::make_unique<EventIngest>(index_.get());
+    v1::NodeHeartbeat hb;
+    hb.set_node_id("n1");
+    hb.set_incarnation(5);
+    hb.set_grpc_address("127.0.0.1:1");
+    ASSERT_OK(ingest_->ApplyHeartbeat(hb.SerializeAsString(), absl::Now()));
+  }
+  std::unique_ptr<ClusterIndex> index_;
+  std::unique_ptr<EventIngest> ingest_;
+  const std::vector<BlockKey> chain_ = {{1, 1}, {1, 2}, {1, 3}};
+};
+
+TEST_F(EventIngestTest, AppliesBatchesInOrderAndSkipsDuplicates) {
+  const std::string subject = EventSubject(kNs);
+  ASSERT_OK(ingest_->ApplyEventBatch(subject, Batch("n1", 1, chain_).SerializeAsString()));
+  ASSERT_OK(ingest_->ApplyEventBatch(subject, Batch("n1", 1, chain_).SerializeAsString()));
+  ASSERT_OK(
+      ingest_->ApplyEventBatch(subject, Batch("n1", 3, {chain_[2]}, false).SerializeAsString()));
+  std::vector<NodeMatchResult> r = index_->Lookup(kNs, chain_, {}, absl::Now());
+  ASSERT_EQ(r.size(), 1u);
+  EXPECT_EQ(r[0].matched, 2u);
+  const IngestCounters c = ingest_->Counters();
+  EXPECT_EQ(c.batches, 2u);
+  EXPECT_EQ(c.duplicates, 1u);
+  EXPECT_EQ(c.gaps, 1u);
+  EXPECT_EQ(c.malformed, 0u);
+}
+
+TEST_F(EventIngestTest, MalformedMessagesAreCountedAndChangeNothing) {
+  const std::string subject = EventSubject(kNs);
+  EXPECT_THAT(ingest_->ApplyEventBatch(subject, "\xff\xff not a protobuf"),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  v1::EventBatch short_key = Batch("n1", 1, chain_);
+  short_key.mutable_events(0)->mutable_stored()->set_keys(1, "short");
+  EXPECT_THAT(ingest_->ApplyEventBatch(subject, short_key.SerializeAsString()),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("events[0].stored.keys[1]")));
+  EXPECT_THAT(
+      ingest_->ApplyEventBatch(EventSubject(kNs + 1), Batch("n1", 1, chain_).SerializeAsString()),
+      StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("namespace_id")));
+  v1::EventBatch no_node = Batch("", 1, chain_);
+  EXPECT_THAT(ingest_->ApplyEventBatch(subject, no_node.SerializeAsString()),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("node_id")));
+  v1::EventBatch bad_tier = Batch("n1", 1, chain_);
+  bad_tier.mutable_events(0)->mutable_stored()->set_tier(static_cast<v1::Tier>(42));
+  EXPECT_THAT(ingest_->ApplyEventBatch(subject, bad_tier.SerializeAsString()),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("tier")));
+  EXPECT_EQ(ingest_->Counters().malformed, 5u);
+  EXPECT_EQ(index_->Stats(absl::Now()).entries, 0u);
+  // The valid batch after them still applies (the sequence was not consumed).
+  ASSERT_OK(ingest_->ApplyEventBatch(subject, Batch("n1", 1, chain_).SerializeAsString()));
+  EXPECT_EQ(index_->Stats(absl::Now()).entries, 3u);
+}
+
+// vLLM's wire format: msgspec array_like tagged structs.
+std::string VllmBatch(const std::function<void(msgpack::packer<msgpack::sbuffer>&)>& events,
+                      uint32_t n) {
+  msgpack::sbuffer buf;
+  msgpack::packer<msgpack::sbuffer> pk(buf);
+  pk.pack_array(2);
+  pk.pack_double(1700000000.5);
+  pk.pack_array(n);
+  events(pk);
+  return std::string(buf.data(), buf.size());
+}
+
+TEST_F(EventIngestTest, VllmStoredRemovedAndCleared) {
+  ASSERT_OK_AND_ASSIGN(uint32_t v, index_->NodeIndex("vllm-a", NodeSource::kVllm));
+  const uint64_t ns = VllmNamespaceId();
+  // BlockStored with int hashes (older vLLM) and one with bytes, CPU medium.
+  ASSERT_OK(ingest_->ApplyVllmBatch(v, ns,
+                                    VllmBatch(
+                                        [](auto& pk) {
+                                          pk.pack_array(7);
+                                          pk.pack(std::string("BlockStored"));
+                                          pk.pack(std::vector<int64_t>{11, -12, 13});
+                                          pk.pack_nil();
+                                          pk.pack(std::vector<int>{1, 2, 3});
+                                          pk.pack(16);
+                                          pk.pack_nil();
+                                          pk.pack_nil();
+                                          pk.pack_array(5);  // trailing defaults omitted
+                                          pk.pack(std::string("BlockStored"));
+                                          pk.pack_array(1);
+                                          pk.pack_bin(4);
+                                          pk.pack_bin_body("\x01\x02\x03\x04", 4);
+                                          pk.pack(int64_t{13});
+                                          pk.pack(std::vector<int>{});
+                                          pk.pack(16);
+                                        },
+                                        2)));
+  const std::vector<BlockKey> chain = {
+      VllmKey(ns, VllmIntHashBytes(11)), VllmKey(ns, VllmIntHashBytes(-12)),
+      VllmKey(ns, VllmIntHashBytes(13)), VllmKey(ns, std::string("\x01\x02\x03\x04", 4))};
+  std::vector<NodeMatchResult> r = index_->Lookup(ns, chain, {}, absl::Now());
+  ASSERT_EQ(r.size(), 1u);
+  EXPECT_EQ(r[0].node_id, "vllm-a");
+  EXPECT_EQ(r[0].matched, 4u);
+  EXPECT_EQ(r[0].tier_counts[static_cast<int>(Tier::kGpu)], 4u);
+  ASSERT_OK(ingest_->ApplyVllmBatch(v, ns,
+                                    VllmBatch(
+                                        [](auto& pk) {
+                                          pk.pack_array(3);
+                                          pk.pack(std::string("BlockRemoved"));
+                                          pk.pack(std::vector<int64_t>{13});
+                                          pk.pack(std::string("GPU"));
+                                        },
+                                        1)));
+  r = index_->Lookup(ns, chain, {}, absl::Now());
+  ASSERT_EQ(r.size(), 1u);
+  EXPECT_EQ(r[0].matched, 2u);
+  ASSERT_OK(ingest_->ApplyVllmBatch(v, ns,
+                                    VllmBatch(
+                                        [](auto& pk) {
+                                          pk.pack_array(1);
+                                          pk.pack(std::string("AllBlocksCleared"));
+                                        },
+                                        1)));
+  EXPECT_TRUE(index_->Lookup(ns, chain, {}, absl::Now()).empty());
+  EXPECT_EQ(ingest_->Counters().vllm_cleared, 1u);
+}
+
+TEST_F(EventIngestTest, VllmMalformedIsCounted) {
+  ASSERT_OK_AND_ASSIGN(uint32_t v, index_->NodeIndex("vllm-a", NodeSource::kVllm));
+  EXPECT_THAT(ingest_->ApplyVllmBatch(v, 1, "\xc1"), StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(ingest_->ApplyVllmBatch(v, 1,
+                                      VllmBatch(
+                                          [](auto& pk) {
+                                            pk.pack_array(2);
+                                            pk.pack(std::string("BlockMoved"));
+                                            pk.pack(1);
+                                          },
+                                          1)),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("BlockMoved")));
+  EXPECT_THAT(ingest_->ApplyVllmBatch(v, 1,
+                                      VllmBatch(
+                                          [](auto& pk) {
+                                            pk.pack_array(5);
+                                            pk.pack(std::string("BlockStored"));
+                                            pk.pack(std::vector<double>{1.5});
+                                            pk.pack_nil();
+                                            pk.pack_nil();
+                                            pk.pack(16);
+                                          },
+                                          1)),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("block_hashes[0]")));
+  EXPECT_EQ(ingest_->Counters().malformed, 3u);
+}
+
+TEST(VllmKeys, IntHashesAreBigEndianAndNamespaced) {
+  EXPECT_EQ(VllmIntHashBytes(0x0102030405060708),
+            std::string("\x01\x02\x03\x04\x05\x06\x07\x08", 8));
+  EXPECT_EQ(VllmIntHashBytes(-1), std::string(8, '\xff'));
+  EXPECT_NE(VllmKey(1, "ab"), VllmKey(2, "ab"));
+  EXPECT_NE(VllmNamespaceId(), 0u);
+}
+
+}  // namespace
+}  // namespace kvtier::index
