@@ -16,6 +16,7 @@ packages=(
   python3-matplotlib
   libyaml-cpp-dev prometheus-cpp-dev libhiredis-dev redis-server redis-tools openssl
   python3-dev pybind11-dev python3-pybind11 python3-pytest python3-numpy python3-torch
+  libcurl4-openssl-dev libssl-dev curl
 )
 
 missing=()
@@ -25,14 +26,29 @@ for p in "${packages[@]}"; do
   fi
 done
 
-if [ ${#missing[@]} -eq 0 ]; then
-  echo "install-deps: all ${#packages[@]} packages present"
-  exit 0
-fi
-
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
-echo "install-deps: installing ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
-$SUDO apt-get update -qq
-$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "install-deps: all ${#packages[@]} packages present"
+else
+  echo "install-deps: installing ${missing[*]}"
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+# Node tools of the tests (package.json pins them; installed into
+# <repo>/node_modules): the Azure Blob emulator, azurite-blob.
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+if ! command -v npm >/dev/null 2>&1; then
+  echo "install-deps: installing nodejs and npm"
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends nodejs npm
+fi
+if [ -x "$repo/node_modules/.bin/azurite-blob" ] &&
+   grep -q '"version": "3.37.0"' "$repo/node_modules/azurite/package.json" 2>/dev/null; then
+  echo "install-deps: azurite present in $repo/node_modules"
+else
+  echo "install-deps: npm ci (azurite) into $repo/node_modules"
+  (cd "$repo" && npm ci --no-audit --no-fund --loglevel=error)
+fi

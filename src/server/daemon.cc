@@ -65,7 +65,9 @@ absl::Status Daemon::Init(std::string version) {
           absl::StrCat("data_dir: cannot create '", config_.data_dir, "': ", ec.message()));
     }
   }
-  absl::StatusOr<std::unique_ptr<EmbeddedCache>> cache = EmbeddedCache::Create(config_.dram);
+  EmbeddedCacheSeams seams;
+  seams.blob_log = [log = log_](const std::string& line) { log->Warn(line); };
+  absl::StatusOr<std::unique_ptr<EmbeddedCache>> cache = EmbeddedCache::Create(config_.dram, seams);
   if (!cache.ok()) {
     return absl::Status(cache.status().code(), absl::StrCat("cache: ", cache.status().message()));
   }
