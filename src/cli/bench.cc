@@ -79,6 +79,17 @@ const std::vector<BenchSuite>& BenchSuites() {
        "(the replay must match it), unbounded, and reference LRU, with the ratios.\n"
        "--curve adds every policy at each capacity (input of bench/plot_replay.py).",
        RunReplayBench},
+      {"blob", "Blob Put/Get of whole chunks beside the curl tool, against Azurite",
+       "kvtier bench blob [--json] [--sizes 1MiB,4MiB] [--inflight 1,4,16,32] [--reps 3]\n"
+       "                  [--bytes 64MiB] [--curl curl]\n\n"
+       "Starts azurite-blob on a free loopback port (scripts/install-deps.sh installs it),\n"
+       "then per chunk size and number of transfers in flight puts and gets about --bytes\n"
+       "of chunks (one object per transfer) through kvtier's Blob client (libcurl multi,\n"
+       "Shared Key; Put Blob and Get Blob) and through the curl tool (--parallel\n"
+       "--parallel-max N, SAS token) in the same repetition, alternating which goes first.\n"
+       "Prints medians of --reps repetitions and the median per-repetition ratio.\n"
+       "Target: >= 0.9x curl.",
+       RunBlobBench},
   };
   return suites;
 }

@@ -451,6 +451,9 @@ class BlobClient::Loop {
     curl_easy_setopt(easy, CURLOPT_CONNECTTIMEOUT_MS,
                      static_cast<long>(std::min<int64_t>(o.connect_timeout_ms, left_ms)));
     curl_easy_setopt(easy, CURLOPT_TCP_NODELAY, 1L);
+    // Whole chunks move in few, large socket reads and writes.
+    curl_easy_setopt(easy, CURLOPT_BUFFERSIZE, 512L * 1024);
+    curl_easy_setopt(easy, CURLOPT_UPLOAD_BUFFERSIZE, 512L * 1024);
     if (req->verb == "HEAD") {
       curl_easy_setopt(easy, CURLOPT_NOBODY, 1L);
     } else if (req->verb == "GET") {
