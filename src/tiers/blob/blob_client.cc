@@ -581,7 +581,10 @@ class BlobClient::Loop {
     retry_.push_back(std::move(req));
   }
 
-  void Finish(std::unique_ptr<Request> req, absl::Status status) {
+  // Takes `req` by reference so that callers may build `status` from it in
+  // the same call (no argument is moved from before the others are evaluated).
+  void Finish(std::unique_ptr<Request>&& req_ref, absl::Status status) {
+    std::unique_ptr<Request> req = std::move(req_ref);
     RequestResult r = std::move(req->result);
     r.status = std::move(status);
     std::move(req->done)(std::move(r));
