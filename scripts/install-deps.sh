@@ -18,6 +18,7 @@ packages=(
   python3-dev pybind11-dev python3-pybind11 python3-pytest python3-numpy python3-torch
   nlohmann-json3-dev chromium prometheus python3-yaml
   libnats-dev nats-server libzmq3-dev libmsgpack-cxx-dev
+  libcurl4-openssl-dev libssl-dev curl
 )
 # Node.js and npm (the status page's uPlot bundle, the browser test's driver):
 # Debian's packages unless a node with npm is installed already.
@@ -42,7 +43,8 @@ else
 fi
 
 # npm packages pinned in package.json / package-lock.json, into the project's
-# node_modules (the build embeds node_modules/uplot/dist). Skipped when
+# node_modules: uPlot (the build embeds node_modules/uplot/dist), playwright-core
+# (the browser test) and azurite (the Blob tests and benchmark). Skipped when
 # node_modules already matches the lock file.
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 if ! cmp -s "$root/package-lock.json" "$root/node_modules/.package-lock.json.installed"; then

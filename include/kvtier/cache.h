@@ -102,6 +102,32 @@ struct TieringStats {
   uint64_t promoted = 0;             // chunks copied from NVMe into DRAM
   uint64_t promotion_failures = 0;   // read from NVMe but DRAM had no room
   uint64_t prefetched = 0;           // chunks promoted by Prefetch
+  // The Blob tier (all zero without one).
+  bool blob_enabled = false;
+  std::string blob_endpoint;             // endpoint/container
+  std::string blob_policy;               // on_demotion, always or never
+  bool blob_degraded = false;            // gauge: Blob unreachable, serving DRAM + NVMe only
+  uint64_t blob_degraded_events = 0;     // times the tier became degraded
+  uint64_t blob_uploaded = 0;            // chunks written to Blob
+  uint64_t blob_upload_failures = 0;     // uploads that failed (after retries)
+  uint64_t blob_skipped_queue_full = 0;  // uploads skipped: write-behind queue full
+  uint64_t blob_skipped_degraded = 0;    // uploads skipped: Blob degraded
+  uint64_t blob_queued = 0;              // gauge: chunks waiting to upload
+  uint64_t blob_promoted = 0;            // chunks copied from Blob into DRAM
+  uint64_t blob_probes = 0;              // Get Blob Properties sent by Lookup
+  uint64_t blob_probe_hits = 0;          // of those, found
+  uint64_t blob_deadline_misses = 0;     // reads that ran out of deadline (a miss)
+  // HTTP requests by result, and retries.
+  uint64_t blob_requests_ok = 0;
+  uint64_t blob_requests_not_found = 0;
+  uint64_t blob_requests_denied = 0;
+  uint64_t blob_requests_client_error = 0;
+  uint64_t blob_requests_throttled = 0;
+  uint64_t blob_requests_server_error = 0;
+  uint64_t blob_requests_connection_error = 0;
+  uint64_t blob_retries = 0;
+  uint64_t blob_bytes_sent = 0;      // HTTP body bytes up
+  uint64_t blob_bytes_received = 0;  // HTTP body bytes down
 };
 
 struct CacheStats {
@@ -204,6 +230,47 @@ struct NvmeCacheOptions {
   absl::Status Validate() const;
 };
 
+// The Azure Blob tier (T3) of the embedded cache: write-behind of chunks to a
+// container that every node of a cluster can read. docs/blob-tier.md
+// describes naming, policies and faults.
+struct BlobCacheOptions {
+  // Service endpoint: "https://<account>.blob.core.windows.net", or a path-
+  // style one such as Azurite's "http://127.0.0.1:10000/<account>". Empty:
+  // no Blob tier.
+  std::string endpoint;
+  std::string account;            // storage account name
+  std::string container;          // container (created when missing)
+  std::string prefix = "kvtier";  // object names: <prefix>/<namespace id hex>/<key hex>
+  std::string shared_key;         // base64 account key (Shared Key auth), or
+  std::string sas;                // a SAS token (query string without '?')
+  // Which chunks are uploaded: "on_demotion" (when they leave DRAM, beside
+  // the NVMe demotion), "always" (every save), "never" (read only).
+  std::string policy = "on_demotion";
+  // Lookup asks Blob (Get Blob Properties) about chunks past the local
+  // match that this node did not write itself.
+  bool probe = false;
+  uint32_t queue_chunks = 1024;                // write-behind queue bound, chunks
+  uint64_t queue_bytes = 256ull << 20;         // write-behind queue bound, bytes
+  uint32_t upload_workers = 4;                 // uploads in flight at once
+  uint32_t max_connections = 32;               // HTTP connections kept to the endpoint
+  uint64_t single_put_max_bytes = 8ull << 20;  // Put Blob up to this; blocks above
+  uint64_t block_bytes = 4ull << 20;           // Put Block size
+  uint64_t get_range_bytes = 4ull << 20;       // ranged GETs of a download, in parallel
+  uint32_t connect_timeout_ms = 1000;          // one connection attempt
+  uint32_t request_timeout_ms = 5000;          // one request attempt
+  uint32_t deadline_ms = 2000;            // a Lookup probe or a Load from Blob, retries included
+  uint32_t write_deadline_ms = 30000;     // one upload, retries included
+  uint32_t max_attempts = 6;              // attempts per request (1 = no retry)
+  uint32_t backoff_initial_ms = 20;       // first retry waits up to this (full jitter)
+  uint32_t backoff_max_ms = 1000;         // cap of the exponential backoff
+  uint32_t recheck_ms = 1000;             // while degraded: how often to try the endpoint
+  uint64_t max_record_chunks = 1u << 20;  // chunks this node remembers uploading
+
+  bool enabled() const { return !endpoint.empty(); }
+  // InvalidArgument naming the field ("blob.<field>").
+  absl::Status Validate() const;
+};
+
 // Options of the embedded cache.
 struct CacheOptions {
   // Bytes of host DRAM for chunks (T1). Rounded down to whole slabs.
@@ -231,6 +298,8 @@ struct CacheOptions {
   bool register_with_gpu = true;
   // The NVMe tier; nvme.path empty (the default) keeps every chunk in DRAM.
   NvmeCacheOptions nvme;
+  // The Blob tier; blob.endpoint empty (the default) means none.
+  BlobCacheOptions blob;
 
   absl::Status Validate() const;
 };

@@ -112,6 +112,17 @@ const std::vector<BenchSuite>& BenchSuites() {
        "entry of both, and the EventBatch ingest rate (decode + apply, in process).\n"
        "Targets: QPS >= 2x redis with a lower p99.",
        RunIndexBench},
+      {"blob", "Blob Put/Get of whole chunks beside the curl tool, against Azurite",
+       "kvtier bench blob [--json] [--sizes 1MiB,4MiB] [--inflight 1,4,16,32] [--reps 3]\n"
+       "                  [--bytes 64MiB] [--curl curl]\n\n"
+       "Starts azurite-blob on a free loopback port (scripts/install-deps.sh installs it),\n"
+       "then per chunk size and number of transfers in flight puts and gets about --bytes\n"
+       "of chunks (one object per transfer) through kvtier's Blob client (libcurl multi,\n"
+       "Shared Key; Put Blob and Get Blob) and through the curl tool (--parallel\n"
+       "--parallel-max N, SAS token) in the same repetition, alternating which goes first.\n"
+       "Prints medians of --reps repetitions and the median per-repetition ratio.\n"
+       "Target: >= 0.9x curl.",
+       RunBlobBench},
   };
   return suites;
 }

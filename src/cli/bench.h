@@ -87,6 +87,7 @@ int RunGpuBench(Flags& flags);
 int RunNvmeBench(Flags& flags);
 int RunReplayBench(Flags& flags);
 int RunIndexBench(Flags& flags);
+int RunBlobBench(Flags& flags);
 
 }  // namespace kvtier::cli
 

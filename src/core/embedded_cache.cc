@@ -113,6 +113,7 @@ absl::Status NvmeCacheOptions::Validate() const {
 
 absl::Status CacheOptions::Validate() const {
   KVTIER_RETURN_IF_ERROR(ToDramOptions(*this).Validate());
+  if (blob.enabled()) KVTIER_RETURN_IF_ERROR(blob.Validate());
   if (!nvme.enabled()) return absl::OkStatus();
   KVTIER_RETURN_IF_ERROR(nvme.Validate());
   const std::vector<uint64_t>& payloads = nvme.slot_payload_bytes;
@@ -217,8 +218,14 @@ absl::StatusOr<std::unique_ptr<EmbeddedCache>> EmbeddedCache::Create(
   std::unique_ptr<EmbeddedCache> cache(new EmbeddedCache(options));
   cache->event_sink_ = seams.event_sink;
   DramTierOptions dram = ToDramOptions(options);
-  if (options.nvme.enabled()) {
-    KVTIER_RETURN_IF_ERROR(cache->OpenNvme(seams));
+  if (options.nvme.enabled()) KVTIER_RETURN_IF_ERROR(cache->OpenNvme(seams));
+  if (options.blob.enabled()) {
+    KVTIER_ASSIGN_OR_RETURN(cache->blob_, BlobTier::Create(options.blob, seams.blob_log));
+    cache->blob_on_demotion_ = options.blob.policy == "on_demotion";
+    cache->blob_always_ = options.blob.policy == "always";
+    cache->StartWorkers();
+  }
+  if (options.nvme.enabled() || cache->blob_on_demotion_) {
     EmbeddedCache* self = cache.get();
     dram.on_evict = [self](const ChunkMeta& meta, absl::Span<const std::byte> encoded) {
       self->Demote(meta, encoded);
@@ -257,9 +264,14 @@ absl::Status EmbeddedCache::OpenNvme(const EmbeddedCacheSeams& seams) {
     return absl::Status(tier.status().code(), absl::StrCat("nvme: ", tier.status().message()));
   }
   nvme_ = std::move(*tier);
+  StartWorkers();
+  return absl::OkStatus();
+}
+
+void EmbeddedCache::StartWorkers() {
+  if (!workers_.empty()) return;
   constexpr int kWorkers = 2;
   for (int i = 0; i < kWorkers; ++i) workers_.emplace_back([this] { WorkerLoop(); });
-  return absl::OkStatus();
 }
 
 EmbeddedCache::~EmbeddedCache() {
@@ -271,14 +283,17 @@ absl::Status EmbeddedCache::Close() {
   absl::MutexLock close_lock(&close_mu_);
   if (closed_) return close_status_;
   closed_ = true;
-  if (nvme_ == nullptr) return absl::OkStatus();
-  WaitForDemotions();
-  PersistDramToNvme();
-  // New demotions are dropped from here on; reads in flight complete (their
-  // callbacks post to the workers, which still run).
-  nvme_closed_.store(true);
-  WaitForDemotions();
-  close_status_ = nvme_->Close();
+  // Uploads still queued get blob.write_deadline_ms to finish.
+  if (blob_ != nullptr) blob_->Close();
+  if (nvme_ != nullptr) {
+    WaitForDemotions();
+    PersistDramToNvme();
+    // New demotions are dropped from here on; reads in flight complete (their
+    // callbacks post to the workers, which still run).
+    nvme_closed_.store(true);
+    WaitForDemotions();
+    close_status_ = nvme_->Close();
+  }
   {
     absl::MutexLock lock(&work_mu_);
     workers_stopping_ = true;
@@ -323,6 +338,8 @@ void EmbeddedCache::Emit(ChunkEvent::Kind kind, uint64_t ns_id, const BlockKey& 
 
 void EmbeddedCache::Demote(const ChunkMeta& meta, absl::Span<const std::byte> encoded) {
   Emit(ChunkEvent::Kind::kRemoved, meta.namespace_id, meta.key, Tier::kDram);
+  if (blob_on_demotion_) (void)blob_->Enqueue(meta, encoded);
+  if (nvme_ == nullptr) return;
   const uint32_t reads = track_reads_ ? TakeReads(meta.namespace_id, meta.key) : 0;
   if (nvme_closed_.load(std::memory_order_relaxed)) {
     skipped_io_error_.fetch_add(1, std::memory_order_relaxed);
@@ -456,6 +473,7 @@ absl::StatusOr<LookupResult> EmbeddedCache::Lookup(const Namespace& ns,
   KVTIER_RETURN_IF_ERROR(ValidateChain(chain));
   LookupResult result;
   result.chunks = Locate(ns.id(), chain);
+  if (blob_ != nullptr) ExtendWithBlob(ns.id(), chain, result.chunks);
   result.matched = result.chunks.size();
   lookups_.fetch_add(1, std::memory_order_relaxed);
   lookup_chunks_.fetch_add(chain.size(), std::memory_order_relaxed);
@@ -470,7 +488,10 @@ absl::Status EmbeddedCache::Save(const Namespace& ns, const ChunkRef& chunk,
   KVTIER_RETURN_IF_ERROR(ValidateChunk(ns, chunk, payload.size()));
   ChunkMeta meta{ns.id(), chunk.key, chunk.parent, ns.layout_signature(), chunk.num_tokens};
   absl::Status s = dram_->SavePayload(meta, payload);
-  if (s.ok()) Emit(ChunkEvent::Kind::kStored, ns.id(), chunk.key, Tier::kDram, chunk.num_tokens);
+  if (s.ok()) {
+    Emit(ChunkEvent::Kind::kStored, ns.id(), chunk.key, Tier::kDram, chunk.num_tokens);
+    if (blob_always_) (void)blob_->EnqueuePayload(meta, payload);
+  }
   return s;
 }
 
@@ -480,37 +501,41 @@ absl::StatusOr<DramTier::SlotReservation> EmbeddedCache::ReserveSlot(const Names
   KVTIER_RETURN_IF_ERROR(ValidateChunk(ns, chunk, payload_bytes));
   ChunkMeta meta{ns.id(), chunk.key, chunk.parent, ns.layout_signature(), chunk.num_tokens};
   absl::StatusOr<DramTier::SlotReservation> r = dram_->ReserveSlot(meta, payload_bytes);
-  if (event_sink_ != nullptr && r.ok() && !r->already_present) {
-    absl::MutexLock lock(&reserved_mu_);
-    reserved_[r->handle] =
-        ChunkEvent{ChunkEvent::Kind::kStored, ns.id(), chunk.key, Tier::kDram, chunk.num_tokens};
+  if (r.ok() && !r->already_present && TracksReservations()) {
+    absl::MutexLock lock(&reserve_mu_);
+    reserved_[r->handle] = meta;
   }
   return r;
 }
 
 absl::Status EmbeddedCache::CommitSlot(uint64_t handle) {
-  absl::Status s = dram_->CommitSlot(handle);
-  if (event_sink_ != nullptr) {
-    std::optional<ChunkEvent> e;
-    {
-      absl::MutexLock lock(&reserved_mu_);
-      auto it = reserved_.find(handle);
-      if (it != reserved_.end()) {
-        e = it->second;
-        reserved_.erase(it);
-      }
+  std::optional<ChunkMeta> meta;
+  if (TracksReservations()) {
+    absl::MutexLock lock(&reserve_mu_);
+    auto it = reserved_.find(handle);
+    if (it != reserved_.end()) {
+      meta = it->second;
+      reserved_.erase(it);
     }
-    if (s.ok() && e.has_value()) event_sink_->OnChunkEvents(absl::MakeConstSpan(&*e, 1));
   }
-  return s;
+  KVTIER_RETURN_IF_ERROR(dram_->CommitSlot(handle));
+  if (meta.has_value()) {
+    Emit(ChunkEvent::Kind::kStored, meta->namespace_id, meta->key, Tier::kDram, meta->num_tokens);
+    if (blob_always_) {
+      absl::StatusOr<ChunkPin> pin =
+          dram_->PinChunk(meta->namespace_id, meta->key, meta->layout_signature);
+      if (pin.ok()) (void)blob_->EnqueuePayload(*meta, pin->payload());
+    }
+  }
+  return absl::OkStatus();
 }
 
 void EmbeddedCache::AbortSlot(uint64_t handle) {
-  dram_->AbortSlot(handle);
-  if (event_sink_ != nullptr) {
-    absl::MutexLock lock(&reserved_mu_);
+  if (TracksReservations()) {
+    absl::MutexLock lock(&reserve_mu_);
     reserved_.erase(handle);
   }
+  dram_->AbortSlot(handle);
 }
 
 // ---- NVMe reads ---------------------------------------------------------------------
@@ -607,24 +632,85 @@ absl::StatusOr<size_t> EmbeddedCache::Load(const Namespace& ns, const BlockKey& 
     NoteRead(ns.id(), key);
     return r;
   }
-  if (nvme_ == nullptr || r.status().code() != absl::StatusCode::kNotFound) return r;
+  if (r.status().code() != absl::StatusCode::kNotFound) return r;
+  if (nvme_ == nullptr && blob_ == nullptr) return r;
   if (out.empty()) {
     return absl::InvalidArgumentError("out: 0 bytes, too small for any chunk payload");
   }
   bool promoted = false;
-  return LoadFromNvme(ns, key, out, &promoted);
+  if (nvme_ != nullptr) {
+    r = LoadFromNvme(ns, key, out, &promoted);
+    if (r.ok() || blob_ == nullptr || r.status().code() != absl::StatusCode::kNotFound) return r;
+  }
+  return LoadFromBlob(ns, key, out, &promoted);
+}
+
+absl::StatusOr<size_t> EmbeddedCache::LoadFromBlob(const Namespace& ns, const BlockKey& key,
+                                                   absl::Span<std::byte> out, bool* promoted) {
+  *promoted = false;
+  const absl::Time deadline = absl::Now() + absl::Milliseconds(options_.blob.deadline_ms);
+  const uint64_t limit = out.empty() ? options_.slab_bytes : out.size();
+  KVTIER_ASSIGN_OR_RETURN(BlobChunk chunk,
+                          blob_->Fetch(ns.id(), key, ns.layout_signature(), limit, deadline));
+  const absl::Span<const std::byte> payload = chunk.payload();
+  if (!out.empty()) std::memcpy(out.data(), payload.data(), payload.size());
+  if (dram_->SavePayload(chunk.meta, payload).ok()) {
+    *promoted = true;
+    blob_promoted_.fetch_add(1, std::memory_order_relaxed);
+    NoteRead(ns.id(), key);
+  } else {
+    promotion_failures_.fetch_add(1, std::memory_order_relaxed);
+  }
+  return payload.size();
+}
+
+void EmbeddedCache::ExtendWithBlob(uint64_t ns_id, absl::Span<const BlockKey> chain,
+                                   std::vector<ChunkLocation>& where) {
+  const absl::Time deadline = absl::Now() + absl::Milliseconds(options_.blob.deadline_ms);
+  const bool nvme_open = nvme_ != nullptr && !nvme_closed_.load(std::memory_order_relaxed);
+  auto local = [&](size_t i) -> std::optional<Tier> {
+    if (nvme_open && nvme_->Contains(ns_id, chain[i])) return Tier::kNvme;
+    if (dram_->CouldExist(ns_id, chain[i])) return Tier::kDram;
+    return std::nullopt;
+  };
+  // The prefix goes on through local chunks and runs of chunks Blob holds.
+  size_t i = where.size();
+  while (i < chain.size()) {
+    if (std::optional<Tier> t = local(i)) {
+      where.push_back(ChunkLocation{*t, ""});
+      ++i;
+      continue;
+    }
+    size_t end = i + 1;
+    while (end < chain.size() && !local(end).has_value()) ++end;
+    const size_t n =
+        blob_->MatchPrefix(ns_id, chain.subspan(i, end - i), options_.blob.probe, deadline);
+    where.insert(where.end(), n, ChunkLocation{Tier::kBlob, ""});
+    if (n < end - i) break;
+    i = end;
+  }
 }
 
 void EmbeddedCache::LoadAsync(const Namespace& ns, const BlockKey& key, absl::Span<std::byte> out,
                               LoadCallback done) {
   absl::StatusOr<size_t> r = dram_->LoadPayload(ns.id(), key, ns.layout_signature(), out);
   if (r.ok()) NoteRead(ns.id(), key);
-  if (r.ok() || nvme_ == nullptr || r.status().code() != absl::StatusCode::kNotFound) {
+  if (r.ok() || (nvme_ == nullptr && blob_ == nullptr) ||
+      r.status().code() != absl::StatusCode::kNotFound) {
     std::move(done)(std::move(r));
     return;
   }
   if (out.empty()) {
     std::move(done)(absl::InvalidArgumentError("out: 0 bytes, too small for any chunk payload"));
+    return;
+  }
+  if (blob_ != nullptr && (nvme_ == nullptr || nvme_closed_.load(std::memory_order_relaxed) ||
+                           !nvme_->Contains(ns.id(), key))) {
+    // Not on NVMe: a worker downloads it from Blob.
+    Post([this, ns, key, out, done = std::move(done)]() mutable {
+      bool promoted = false;
+      std::move(done)(LoadFromBlob(ns, key, out, &promoted));
+    });
     return;
   }
   absl::StatusOr<std::unique_ptr<NvmeRead>> started = StartNvmeRead(ns, key, out.size());
@@ -670,22 +756,36 @@ void EmbeddedCache::LoadAsync(const Namespace& ns, const BlockKey& key, absl::Sp
 absl::Status EmbeddedCache::Prefetch(const Namespace& ns, absl::Span<const BlockKey> chain,
                                      PrefetchCallback done) {
   KVTIER_RETURN_IF_ERROR(ValidateChain(chain));
-  if (nvme_ == nullptr) {
+  if (nvme_ == nullptr && blob_ == nullptr) {
     std::move(done)(PrefetchResult{});
     return absl::OkStatus();
   }
   std::vector<ChunkLocation> where = Locate(ns.id(), chain);
+  if (blob_ != nullptr) ExtendWithBlob(ns.id(), chain, where);
   std::vector<BlockKey> keys;
+  std::vector<BlockKey> blob_keys;
   for (size_t i = 0; i < where.size(); ++i) {
     if (where[i].tier == Tier::kNvme) keys.push_back(chain[i]);
+    if (where[i].tier == Tier::kBlob) blob_keys.push_back(chain[i]);
   }
-  if (keys.empty()) {
+  if (keys.empty() && blob_keys.empty()) {
     std::move(done)(PrefetchResult{});
     return absl::OkStatus();
   }
-  Post([this, ns, keys = std::move(keys), done = std::move(done)]() mutable {
+  Post([this, ns, keys = std::move(keys), blob_keys = std::move(blob_keys),
+        done = std::move(done)]() mutable {
     PrefetchResult result;
-    result.requested = keys.size();
+    result.requested = keys.size() + blob_keys.size();
+    for (const BlockKey& key : blob_keys) {
+      bool promoted = false;
+      absl::StatusOr<size_t> n = LoadFromBlob(ns, key, {}, &promoted);
+      if (n.ok() && promoted) {
+        ++result.promoted;
+        prefetched_.fetch_add(1, std::memory_order_relaxed);
+      } else {
+        ++result.failed;
+      }
+    }
     // Reads go out together, up to what NVMe takes in flight; each is
     // promoted as it completes, in chain order.
     struct Pending {
@@ -746,17 +846,25 @@ absl::StatusOr<ChunkPin> EmbeddedCache::Pin(const Namespace& ns, const BlockKey&
     NoteRead(ns.id(), key);
     return pin;
   }
-  if (nvme_ == nullptr || pin.status().code() != absl::StatusCode::kNotFound) return pin;
+  if ((nvme_ == nullptr && blob_ == nullptr) ||
+      pin.status().code() != absl::StatusCode::kNotFound) {
+    return pin;
+  }
   // Promote, then pin; another thread's saves may evict the promoted chunk
   // before the pin takes it, so try a few times.
   constexpr int kAttempts = 3;
   for (int attempt = 0; attempt < kAttempts; ++attempt) {
     bool promoted = false;
-    absl::StatusOr<size_t> n = LoadFromNvme(ns, key, {}, &promoted);
+    absl::StatusOr<size_t> n = absl::NotFoundError("");
+    if (nvme_ != nullptr) n = LoadFromNvme(ns, key, {}, &promoted);
+    if (!n.ok() && blob_ != nullptr && absl::IsNotFound(n.status())) {
+      n = LoadFromBlob(ns, key, {}, &promoted);
+    }
     if (!n.ok()) return n.status();
     if (!promoted) {
-      return absl::ResourceExhaustedError(absl::StrCat(
-          "chunk ", key.ToHex(), " is on NVMe, but DRAM has no room to promote it for a pin"));
+      return absl::ResourceExhaustedError(
+          absl::StrCat("chunk ", key.ToHex(),
+                       " is in a lower tier, but DRAM has no room to promote it for a pin"));
     }
     pin = dram_->PinChunk(ns.id(), key, ns.layout_signature());
     if (pin.ok() || pin.status().code() != absl::StatusCode::kNotFound) return pin;
@@ -772,6 +880,10 @@ absl::StatusOr<size_t> EmbeddedCache::RemoveById(uint64_t namespace_id, const Bl
   absl::StatusOr<size_t> removed = dram_->RemoveTree(namespace_id, key);
   ForgetReads(namespace_id, key);
   if (removed.ok()) Emit(ChunkEvent::Kind::kRemoved, namespace_id, key, Tier::kDram);
+  if (blob_ != nullptr && blob_->Remove(namespace_id, key) && !removed.ok() &&
+      (nvme_ == nullptr || !nvme_->Contains(namespace_id, key))) {
+    removed = size_t{1};
+  }
   if (nvme_ == nullptr || nvme_closed_.load(std::memory_order_relaxed)) return removed;
   absl::Status s = nvme_->Remove(namespace_id, key);
   if (s.ok()) Emit(ChunkEvent::Kind::kRemoved, namespace_id, key, Tier::kNvme);
@@ -840,6 +952,45 @@ CacheStats EmbeddedCache::Stats() const {
     // policy, not lack of room, and are counted in TieringStats only).
     nv.save_rejections = t.skipped_busy + t.skipped_full + t.skipped_io_error;
     s.tiers.push_back(nv);
+  }
+  if (blob_ != nullptr) {
+    const BlobTierStats b = blob_->Stats();
+    TieringStats& t = s.tiering;
+    t.blob_enabled = true;
+    t.blob_endpoint = absl::StrCat(options_.blob.endpoint, "/", options_.blob.container);
+    t.blob_policy = options_.blob.policy;
+    t.blob_degraded = b.degraded;
+    t.blob_degraded_events = b.degraded_events;
+    t.blob_uploaded = b.uploaded;
+    t.blob_upload_failures = b.upload_failures;
+    t.blob_skipped_queue_full = b.skipped_queue_full;
+    t.blob_skipped_degraded = b.skipped_degraded;
+    t.blob_queued = b.queued;
+    t.blob_promoted = blob_promoted_.load(std::memory_order_relaxed);
+    t.blob_probes = b.probes;
+    t.blob_probe_hits = b.probe_hits;
+    t.blob_deadline_misses = b.deadline_misses;
+    t.blob_requests_ok = b.http.requests_ok;
+    t.blob_requests_not_found = b.http.requests_not_found;
+    t.blob_requests_denied = b.http.requests_denied;
+    t.blob_requests_client_error = b.http.requests_client_error;
+    t.blob_requests_throttled = b.http.requests_throttled;
+    t.blob_requests_server_error = b.http.requests_server_error;
+    t.blob_requests_connection_error = b.http.requests_connection_error;
+    t.blob_retries = b.http.retries;
+    t.blob_bytes_sent = b.http.bytes_sent;
+    t.blob_bytes_received = b.http.bytes_received;
+    TierStats bt;
+    bt.tier = Tier::kBlob;
+    bt.chunks = b.recorded;  // chunks this node uploaded (and remembers)
+    bt.hits = b.fetched;
+    bt.misses = b.fetch_misses;
+    bt.saves = b.uploaded;
+    bt.save_rejections = b.skipped_queue_full + b.skipped_degraded + b.upload_failures;
+    bt.bytes_written = b.bytes_uploaded;
+    bt.bytes_read = b.bytes_downloaded;
+    bt.corrupt_chunks = b.corrupt;
+    s.tiers.push_back(bt);
   }
   return s;
 }

@@ -17,8 +17,18 @@
 // (promotion). NVMe keeps its copy, so the chunk's next eviction from DRAM
 // writes nothing.
 //
-// Threads. Besides the NVMe tier's completion thread, the cache runs two
-// worker threads for the asynchronous reads (LoadAsync, Prefetch).
+// Blob (CacheOptions::blob.endpoint set). Chunks are uploaded write-behind
+// by policy: "on_demotion" when DRAM evicts them (beside their NVMe
+// demotion), "always" on every save (Save and CommitSlot), "never". Lookup
+// continues a prefix past DRAM and NVMe with the chunks this node uploaded
+// and, with blob.probe, asks Blob about the rest (within blob.deadline_ms).
+// Load, Pin, LoadAsync and Prefetch download a Blob chunk, verify it, and
+// promote it into DRAM. An unreachable Blob degrades the cache to DRAM +
+// NVMe (BlobTier); no call waits past blob.deadline_ms for it.
+//
+// Threads. Besides the NVMe tier's completion thread and the Blob tier's
+// upload threads, the cache runs two worker threads for the asynchronous
+// reads (LoadAsync, Prefetch) when it has a tier below DRAM.
 //
 // Thread-safety: all methods are thread-safe.
 #ifndef KVTIER_SRC_CORE_EMBEDDED_CACHE_H_
@@ -41,6 +51,7 @@
 #include "src/common/env.h"
 #include "src/core/admission.h"
 #include "src/core/cache_events.h"
+#include "src/tiers/blob/blob_tier.h"
 #include "src/tiers/dram/dram_tier.h"
 #include "src/tiers/nvme/nvme_tier.h"
 
@@ -57,6 +68,8 @@ struct EmbeddedCacheSeams {
   // DRAM-only chunks of RemoveNamespace and NVMe's own evictions are not
   // reported.
   CacheEventSink* event_sink = nullptr;
+  // Where the Blob tier's log lines go; empty means stderr.
+  BlobLogFn blob_log;
 };
 
 class EmbeddedCache final : public Cache {
@@ -109,8 +122,12 @@ class EmbeddedCache final : public Cache {
   // DRAM slot for its payload (DramTier::ReserveSlot). CommitSlot makes the
   // written chunk visible; AbortSlot gives the slot back.
   absl::StatusOr<DramTier::SlotReservation> ReserveSlot(const Namespace& ns, const ChunkRef& chunk);
+  // With blob.policy "always", CommitSlot also queues the chunk's upload.
   absl::Status CommitSlot(uint64_t handle);
   void AbortSlot(uint64_t handle);
+
+  // The Blob tier; nullptr without one.
+  BlobTier* blob() { return blob_.get(); }
 
  private:
   struct NsKey {
@@ -138,6 +155,7 @@ class EmbeddedCache final : public Cache {
   explicit EmbeddedCache(const CacheOptions& options);
 
   absl::Status OpenNvme(const EmbeddedCacheSeams& seams);
+  void StartWorkers();
   // DramTierOptions::on_evict.
   void Demote(const ChunkMeta& meta, absl::Span<const std::byte> encoded);
   void DemotionDone(const absl::Status& status);
@@ -159,6 +177,14 @@ class EmbeddedCache final : public Cache {
   // Synchronous read + promotion (waits for room in flight).
   absl::StatusOr<size_t> LoadFromNvme(const Namespace& ns, const BlockKey& key,
                                       absl::Span<std::byte> out, bool* promoted);
+  // Download from Blob (within blob.deadline_ms), verification, copy into
+  // `out` (when not empty) and promotion into DRAM. NotFound for a chunk Blob
+  // does not hold, damaged, or out of time; InvalidArgument for a small `out`.
+  absl::StatusOr<size_t> LoadFromBlob(const Namespace& ns, const BlockKey& key,
+                                      absl::Span<std::byte> out, bool* promoted);
+  // Extends `where` (the local prefix of `chain`) with the chunks Blob holds.
+  void ExtendWithBlob(uint64_t ns_id, absl::Span<const BlockKey> chain,
+                      std::vector<ChunkLocation>& where);
 
   void NoteRead(uint64_t ns_id, const BlockKey& key);
   uint32_t TakeReads(uint64_t ns_id, const BlockKey& key);
@@ -173,14 +199,21 @@ class EmbeddedCache final : public Cache {
   // Reports one chunk event to seams.event_sink (when set).
   void Emit(ChunkEvent::Kind kind, uint64_t ns_id, const BlockKey& key, Tier tier,
             uint32_t num_tokens = 0);
+  // Whether ReserveSlot records its chunk for CommitSlot.
+  bool TracksReservations() const { return event_sink_ != nullptr || blob_always_; }
 
   const CacheOptions options_;
   CacheEventSink* event_sink_ = nullptr;
-  // Reserved slots' chunks, for the Stored event at CommitSlot (with a sink).
-  absl::Mutex reserved_mu_;
-  absl::flat_hash_map<uint64_t, ChunkEvent> reserved_ ABSL_GUARDED_BY(reserved_mu_);
-  // Declared before dram_ so it is destroyed after it.
+  // Declared before dram_ so they are destroyed after it.
   std::unique_ptr<NvmeTier> nvme_;
+  std::unique_ptr<BlobTier> blob_;
+  bool blob_on_demotion_ = false;
+  bool blob_always_ = false;
+  // Reserved slots' chunks, for what CommitSlot does besides committing: the
+  // Stored event (with an event sink) and the upload (blob.policy "always").
+  absl::Mutex reserve_mu_;
+  absl::flat_hash_map<uint64_t, ChunkMeta> reserved_ ABSL_GUARDED_BY(reserve_mu_);
+  std::atomic<uint64_t> blob_promoted_{0};
   std::unique_ptr<DramTier> dram_;
   std::unique_ptr<AdmissionPolicy> admission_;
   bool track_reads_ = false;

@@ -139,10 +139,85 @@ class Yaml {
   }
 };
 
+// The `blob:` section (ApplySetting's share).
+absl::Status ApplyBlobSetting(const std::string& name, const std::string& value,
+                              const std::string& field, DaemonConfig& c) {
+  BlobCacheOptions& b = c.dram.blob;
+  const std::string key = name.substr(5);  // after "blob."
+  auto u32 = [&](uint32_t* out, uint32_t lo, uint32_t hi) -> absl::Status {
+    KVTIER_ASSIGN_OR_RETURN(*out, ParseU32(value, field, lo, hi));
+    return absl::OkStatus();
+  };
+  auto bytes = [&](uint64_t* out) -> absl::Status {
+    KVTIER_ASSIGN_OR_RETURN(*out, ParseByteSize(value, field));
+    return absl::OkStatus();
+  };
+  auto secret = [&](std::string* out) -> absl::Status {
+    KVTIER_ASSIGN_OR_RETURN(std::string text, ReadSmallFile(value, field));
+    *out = std::string(absl::StripAsciiWhitespace(text));
+    return absl::OkStatus();
+  };
+  if (key == "endpoint") {
+    b.endpoint = value == "off" ? std::string() : value;
+  } else if (key == "account") {
+    b.account = value;
+  } else if (key == "container") {
+    b.container = value;
+  } else if (key == "prefix") {
+    b.prefix = value;
+  } else if (key == "key") {
+    b.shared_key = value;
+  } else if (key == "key_file") {
+    return secret(&b.shared_key);
+  } else if (key == "sas") {
+    b.sas = value;
+  } else if (key == "sas_file") {
+    return secret(&b.sas);
+  } else if (key == "policy") {
+    b.policy = value;
+  } else if (key == "probe") {
+    KVTIER_ASSIGN_OR_RETURN(b.probe, ParseBool(value, field));
+  } else if (key == "queue_chunks") {
+    return u32(&b.queue_chunks, 1, 1u << 24);
+  } else if (key == "queue_bytes") {
+    return bytes(&b.queue_bytes);
+  } else if (key == "upload_workers") {
+    return u32(&b.upload_workers, 1, 256);
+  } else if (key == "max_connections") {
+    return u32(&b.max_connections, 1, 1024);
+  } else if (key == "single_put_max") {
+    return bytes(&b.single_put_max_bytes);
+  } else if (key == "block_size") {
+    return bytes(&b.block_bytes);
+  } else if (key == "get_range_size") {
+    return bytes(&b.get_range_bytes);
+  } else if (key == "connect_timeout_ms") {
+    return u32(&b.connect_timeout_ms, 1, 600000);
+  } else if (key == "request_timeout_ms") {
+    return u32(&b.request_timeout_ms, 1, 600000);
+  } else if (key == "deadline_ms") {
+    return u32(&b.deadline_ms, 1, 600000);
+  } else if (key == "write_deadline_ms") {
+    return u32(&b.write_deadline_ms, 1, 3600000);
+  } else if (key == "max_attempts") {
+    return u32(&b.max_attempts, 1, 100);
+  } else if (key == "backoff_initial_ms") {
+    return u32(&b.backoff_initial_ms, 0, 600000);
+  } else if (key == "backoff_max_ms") {
+    return u32(&b.backoff_max_ms, 0, 600000);
+  } else if (key == "recheck_ms") {
+    return u32(&b.recheck_ms, 1, 3600000);
+  } else {
+    return Invalid(field, "unknown setting");
+  }
+  return absl::OkStatus();
+}
+
 // Applies one scalar setting by its canonical name (the YAML path); shared by
 // the file, the environment and the flags so they parse values the same way.
 absl::Status ApplySetting(const std::string& name, const std::string& value,
                           const std::string& field, DaemonConfig& c) {
+  if (absl::StartsWith(name, "blob.")) return ApplyBlobSetting(name, value, field, c);
   if (name == "data_dir") {
     c.data_dir = value;
   } else if (name == "listen.unix_socket") {
@@ -300,6 +375,32 @@ const std::map<std::string, std::set<std::string>>& SectionKeys() {
        {"nats_url", "publish_batch", "publish_interval_ms", "heartbeat_interval_ms",
         "max_queued_events", "index_address", "advertise_grpc", "advertise_ucx",
         "stream_max_age_seconds", "stream_max_bytes"}},
+      {"blob",
+       {"endpoint",
+        "account",
+        "container",
+        "prefix",
+        "key",
+        "key_file",
+        "sas",
+        "sas_file",
+        "policy",
+        "probe",
+        "queue_chunks",
+        "queue_bytes",
+        "upload_workers",
+        "max_connections",
+        "single_put_max",
+        "block_size",
+        "get_range_size",
+        "connect_timeout_ms",
+        "request_timeout_ms",
+        "deadline_ms",
+        "write_deadline_ms",
+        "max_attempts",
+        "backoff_initial_ms",
+        "backoff_max_ms",
+        "recheck_ms"}},
   };
   return *keys;
 }
@@ -435,6 +536,14 @@ const std::vector<FlagSpec>& FlagSpecs() {
       {"node-id", "node_id", true, "this node's id in the cluster (default: host name)"},
       {"nats", "cluster.nats_url", true, "NATS URL for cluster events (off by default)"},
       {"index-address", "cluster.index_address", true, "kvtier-index replicas, host:port,..."},
+      {"blob-endpoint", "blob.endpoint", true,
+       "Blob tier endpoint (https://ACCOUNT.blob.core.windows.net); 'off' = none"},
+      {"blob-account", "blob.account", true, "Blob storage account"},
+      {"blob-container", "blob.container", true, "Blob container (created when missing)"},
+      {"blob-key-file", "blob.key_file", true, "file holding the base64 account key"},
+      {"blob-sas-file", "blob.sas_file", true, "file holding a SAS token (instead of a key)"},
+      {"blob-policy", "blob.policy", true, "Blob uploads: on_demotion | always | never"},
+      {"blob-probe", "blob.probe", true, "Lookup asks Blob about other nodes' chunks: true/false"},
       {"help", nullptr, false, "print this help"},
       {"version", nullptr, false, "print the version"},
   };
@@ -467,6 +576,12 @@ constexpr EnvSpec kEnvSpecs[] = {
     {"KVTIER_STATUS_TOKEN", "listen.status_token"},
     {"KVTIER_NODE_ID", "node_id"},
     {"KVTIER_NATS_URL", "cluster.nats_url"},
+    {"KVTIER_BLOB_ENDPOINT", "blob.endpoint"},
+    {"KVTIER_BLOB_ACCOUNT", "blob.account"},
+    {"KVTIER_BLOB_CONTAINER", "blob.container"},
+    {"KVTIER_BLOB_KEY", "blob.key"},
+    {"KVTIER_BLOB_SAS", "blob.sas"},
+    {"KVTIER_BLOB_POLICY", "blob.policy"},
 };
 
 }  // namespace
@@ -777,6 +892,7 @@ absl::Status DaemonConfig::Validate() const {
   }
   CacheOptions dram_only = dram;
   dram_only.nvme.path.clear();
+  dram_only.blob = BlobCacheOptions{};
   if (absl::Status s = dram_only.Validate(); !s.ok()) {
     return absl::InvalidArgumentError(absl::StrCat("dram: ", s.message()));
   }
@@ -784,6 +900,7 @@ absl::Status DaemonConfig::Validate() const {
     // Messages name "nvme.<field>" already.
     KVTIER_RETURN_IF_ERROR(dram.Validate());
   }
+  if (dram.blob.enabled()) KVTIER_RETURN_IF_ERROR(dram.blob.Validate());  // names "blob.<field>"
   std::set<std::string> names, tokens;
   if (!admin_token.empty() && admin_token.size() < kMinTokenLength) {
     return Invalid("auth.admin_token",
@@ -908,6 +1025,32 @@ std::string DaemonConfig::ToRedactedYaml() const {
   out << YAML::Key << "advertise_ucx" << YAML::Value << cluster.advertise_ucx;
   out << YAML::Key << "stream_max_age_seconds" << YAML::Value << cluster.stream_max_age_seconds;
   out << YAML::Key << "stream_max_bytes" << YAML::Value << cluster.stream_max_bytes;
+  out << YAML::EndMap;
+  const BlobCacheOptions& b = dram.blob;
+  out << YAML::Key << "blob" << YAML::Value << YAML::BeginMap;
+  out << YAML::Key << "endpoint" << YAML::Value << b.endpoint;
+  out << YAML::Key << "account" << YAML::Value << b.account;
+  out << YAML::Key << "container" << YAML::Value << b.container;
+  out << YAML::Key << "prefix" << YAML::Value << b.prefix;
+  out << YAML::Key << "key" << YAML::Value << redact(b.shared_key);
+  out << YAML::Key << "sas" << YAML::Value << redact(b.sas);
+  out << YAML::Key << "policy" << YAML::Value << b.policy;
+  out << YAML::Key << "probe" << YAML::Value << b.probe;
+  out << YAML::Key << "queue_chunks" << YAML::Value << b.queue_chunks;
+  out << YAML::Key << "queue_bytes" << YAML::Value << b.queue_bytes;
+  out << YAML::Key << "upload_workers" << YAML::Value << b.upload_workers;
+  out << YAML::Key << "max_connections" << YAML::Value << b.max_connections;
+  out << YAML::Key << "single_put_max" << YAML::Value << b.single_put_max_bytes;
+  out << YAML::Key << "block_size" << YAML::Value << b.block_bytes;
+  out << YAML::Key << "get_range_size" << YAML::Value << b.get_range_bytes;
+  out << YAML::Key << "connect_timeout_ms" << YAML::Value << b.connect_timeout_ms;
+  out << YAML::Key << "request_timeout_ms" << YAML::Value << b.request_timeout_ms;
+  out << YAML::Key << "deadline_ms" << YAML::Value << b.deadline_ms;
+  out << YAML::Key << "write_deadline_ms" << YAML::Value << b.write_deadline_ms;
+  out << YAML::Key << "max_attempts" << YAML::Value << b.max_attempts;
+  out << YAML::Key << "backoff_initial_ms" << YAML::Value << b.backoff_initial_ms;
+  out << YAML::Key << "backoff_max_ms" << YAML::Value << b.backoff_max_ms;
+  out << YAML::Key << "recheck_ms" << YAML::Value << b.recheck_ms;
   out << YAML::EndMap;
   out << YAML::EndMap;
   return std::string(out.c_str()) + "\n";

@@ -85,6 +85,7 @@ absl::Status Daemon::Init(std::string version) {
     KVTIER_RETURN_IF_ERROR(StartCluster());
     seams.event_sink = publisher_.get();
   }
+  seams.blob_log = [log = log_](const std::string& line) { log->Warn(line); };
   absl::StatusOr<std::unique_ptr<EmbeddedCache>> cache = EmbeddedCache::Create(config_.dram, seams);
   if (!cache.ok()) {
     return absl::Status(cache.status().code(), absl::StrCat("cache: ", cache.status().message()));

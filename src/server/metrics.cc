@@ -162,6 +162,67 @@ std::string Metrics::Render() const {
   MetricFamily start =
       Family("kvtier_start_time_seconds", "Unix time the daemon started.", MetricType::Gauge);
   AddSample(start, {}, start_time_);
+  if (st.tiering.blob_enabled) {
+    const TieringStats& t = st.tiering;
+    MetricFamily up =
+        Family("kvtier_blob_bytes_total",
+               "HTTP body bytes to and from Blob, by direction (up, down).", MetricType::Counter);
+    AddSample(up, {{"direction", "up"}}, static_cast<double>(t.blob_bytes_sent));
+    AddSample(up, {{"direction", "down"}}, static_cast<double>(t.blob_bytes_received));
+    MetricFamily req = Family("kvtier_blob_requests_total",
+                              "Blob HTTP requests (attempts), by result.", MetricType::Counter);
+    for (const auto& [result, n] : std::initializer_list<std::pair<const char*, uint64_t>>{
+             {"ok", t.blob_requests_ok},
+             {"not_found", t.blob_requests_not_found},
+             {"denied", t.blob_requests_denied},
+             {"client_error", t.blob_requests_client_error},
+             {"throttled", t.blob_requests_throttled},
+             {"server_error", t.blob_requests_server_error},
+             {"connection_error", t.blob_requests_connection_error}}) {
+      AddSample(req, {{"result", result}}, static_cast<double>(n));
+    }
+    MetricFamily retries =
+        Family("kvtier_blob_retries_total", "Blob requests sent again after a retryable failure.",
+               MetricType::Counter);
+    AddSample(retries, {}, static_cast<double>(t.blob_retries));
+    MetricFamily degraded = Family(
+        "kvtier_blob_degraded",
+        "1 while Blob is unreachable and the cache serves DRAM and NVMe only.", MetricType::Gauge);
+    AddSample(degraded, {}, t.blob_degraded ? 1 : 0);
+    MetricFamily degraded_events =
+        Family("kvtier_blob_degraded_events_total", "Times the Blob tier became degraded.",
+               MetricType::Counter);
+    AddSample(degraded_events, {}, static_cast<double>(t.blob_degraded_events));
+    MetricFamily uploads =
+        Family("kvtier_blob_uploads_total", "Chunks offered to Blob write-behind, by outcome.",
+               MetricType::Counter);
+    AddSample(uploads, {{"result", "ok"}}, static_cast<double>(t.blob_uploaded));
+    AddSample(uploads, {{"result", "failed"}}, static_cast<double>(t.blob_upload_failures));
+    AddSample(uploads, {{"result", "skipped_queue_full"}},
+              static_cast<double>(t.blob_skipped_queue_full));
+    AddSample(uploads, {{"result", "skipped_degraded"}},
+              static_cast<double>(t.blob_skipped_degraded));
+    MetricFamily queued =
+        Family("kvtier_blob_queued_chunks", "Chunks waiting in the Blob write-behind queue.",
+               MetricType::Gauge);
+    AddSample(queued, {}, static_cast<double>(t.blob_queued));
+    MetricFamily promoted = Family("kvtier_blob_promoted_total",
+                                   "Chunks downloaded from Blob into DRAM.", MetricType::Counter);
+    AddSample(promoted, {}, static_cast<double>(t.blob_promoted));
+    MetricFamily probes =
+        Family("kvtier_blob_probes_total",
+               "Get Blob Properties sent by Lookup, by result (hit, sent).", MetricType::Counter);
+    AddSample(probes, {{"result", "sent"}}, static_cast<double>(t.blob_probes));
+    AddSample(probes, {{"result", "hit"}}, static_cast<double>(t.blob_probe_hits));
+    MetricFamily late =
+        Family("kvtier_blob_deadline_misses_total",
+               "Blob reads and probes cut short by their deadline (misses).", MetricType::Counter);
+    AddSample(late, {}, static_cast<double>(t.blob_deadline_misses));
+    for (MetricFamily* f : {&up, &req, &retries, &degraded, &degraded_events, &uploads, &queued,
+                            &promoted, &probes, &late}) {
+      families.push_back(std::move(*f));
+    }
+  }
   for (MetricFamily* f : {&hits, &misses, &bytes, &saves, &rejections, &evictions, &corrupt,
                           &res_chunks, &res_bytes, &pinned, &capacity, &lookups, &lookup_chunks,
                           &lookup_hits, &leases, &grants, &info, &start}) {

@@ -8,6 +8,7 @@
 #include <fstream>
 #include <string>
 
+#include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/testing/status_matchers.h"
@@ -354,6 +355,54 @@ TEST(Cluster, NodeIdDefaultsToTheHostName) {
   ASSERT_EQ(gethostname(host, sizeof(host) - 1), 0);
   EXPECT_EQ(c.node_id, host);
   EXPECT_FALSE(c.cluster.enabled());
+}
+
+TEST(Blob, SectionFlagsAndEnvironmentConfigureTheTier) {
+  const std::string key_file = TempFile("  c2VjcmV0LWtleQ==\n");
+  DaemonConfig c = Base();
+  ASSERT_OK(ApplyYaml(absl::StrCat("blob:\n  endpoint: http://127.0.0.1:10000/devstoreaccount1\n"
+                                   "  account: devstoreaccount1\n  container: kvtier\n"
+                                   "  prefix: cluster-a\n  key_file: ",
+                                   key_file,
+                                   "\n  policy: always\n  probe: true\n  queue_chunks: 64\n"
+                                   "  queue_bytes: 32MiB\n  deadline_ms: 250\n"
+                                   "  request_timeout_ms: 100\n  max_attempts: 3\n"),
+                      c));
+  const BlobCacheOptions& b = c.dram.blob;
+  EXPECT_TRUE(b.enabled());
+  EXPECT_EQ(b.container, "kvtier");
+  EXPECT_EQ(b.prefix, "cluster-a");
+  EXPECT_EQ(b.shared_key, "c2VjcmV0LWtleQ==");  // read from the file, trimmed
+  EXPECT_EQ(b.policy, "always");
+  EXPECT_TRUE(b.probe);
+  EXPECT_EQ(b.queue_chunks, 64u);
+  EXPECT_EQ(b.queue_bytes, 32ull << 20);
+  EXPECT_EQ(b.deadline_ms, 250u);
+  EXPECT_EQ(b.max_attempts, 3u);
+  ASSERT_OK(c.Validate());
+  const std::string yaml = c.ToRedactedYaml();
+  EXPECT_THAT(yaml, ::testing::Not(HasSubstr("c2VjcmV0")));
+  EXPECT_THAT(yaml, HasSubstr("policy: always"));
+
+  EXPECT_THAT(ApplyYaml("blob:\n  colour: blue\n", c),
+              StatusIs(kInvalid, HasSubstr("blob.colour")));
+  DaemonConfig bad = c;
+  bad.dram.blob.policy = "sometimes";
+  EXPECT_THAT(bad.Validate(), StatusIs(kInvalid, HasSubstr("blob.policy")));
+  bad = c;
+  bad.dram.blob.sas = "sv=1";
+  EXPECT_THAT(bad.Validate(), StatusIs(kInvalid, HasSubstr("blob.key")));
+
+  ASSERT_OK_AND_ASSIGN(CommandLine cl,
+                       ParseCommandLine({"--blob-endpoint", "https://acct.blob.core.windows.net",
+                                         "--blob-account", "acct", "--blob-container", "kvc",
+                                         "--blob-key-file", key_file, "--blob-probe", "true",
+                                         "--socket", "/tmp/kvtier-test/x.sock", "--nvme", "off"}));
+  ASSERT_OK_AND_ASSIGN(DaemonConfig f, LoadConfig(cl, {{"KVTIER_BLOB_POLICY", "never"}}));
+  EXPECT_EQ(f.dram.blob.endpoint, "https://acct.blob.core.windows.net");
+  EXPECT_EQ(f.dram.blob.policy, "never");
+  EXPECT_TRUE(f.dram.blob.probe);
+  std::remove(key_file.c_str());
 }
 
 }  // namespace

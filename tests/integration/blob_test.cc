@@ -1,0 +1,643 @@
+// The Blob tier against a real Azurite (started once for the suite on a free
+// loopback port in a fresh folder, killed at the end; each test uses its own
+// container) and, for the faults Azurite cannot produce, through a
+// fault-injecting proxy in front of it. The last test runs two kvtierd
+// processes against it.
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "kvtier/cache.h"
+#include "kvtier/client.h"
+#include "kvtier/namespace.h"
+#include "src/core/chunk_format.h"
+#include "src/core/embedded_cache.h"
+#include "src/tiers/blob/azurite.h"
+#include "src/tiers/blob/blob_client.h"
+#include "src/tiers/blob/blob_tier.h"
+#include "tests/integration/daemon_harness.h"
+#include "tests/integration/fault_proxy.h"
+#include "tests/testing/cache_fixtures.h"
+#include "tests/testing/status_matchers.h"
+
+namespace kvtier {
+namespace {
+
+using ::kvtier::testing::Fault;
+using ::kvtier::testing::FaultProxy;
+using ::kvtier::testing::KvFor;
+using ::kvtier::testing::SmallModel;
+using ::kvtier::testing::StatusIs;
+using ::kvtier::testing::Tokens;
+using ::testing::HasSubstr;
+
+std::vector<std::byte> Bytes(size_t n, uint32_t seed) {
+  std::vector<std::byte> v(n);
+  uint64_t s = seed * 0x9E3779B97F4A7C15ull + 1;
+  for (size_t i = 0; i < n; ++i) {
+    s = s * 6364136223846793005ull + 1442695040888963407ull;
+    v[i] = static_cast<std::byte>(s >> 56);
+  }
+  return v;
+}
+
+absl::Time In(int ms) { return absl::Now() + absl::Milliseconds(ms); }
+
+// Collects the tier's log lines.
+struct LogLines {
+  absl::Mutex mu;
+  std::vector<std::string> lines;
+  BlobLogFn Fn() {
+    return [this](const std::string& line) {
+      absl::MutexLock lock(&mu);
+      lines.push_back(line);
+    };
+  }
+  bool Has(const std::string& text) {
+    absl::MutexLock lock(&mu);
+    for (const std::string& l : lines) {
+      if (absl::StrContains(l, text)) return true;
+    }
+    return false;
+  }
+};
+
+class BlobTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    absl::StatusOr<std::string> bin = FindAzuriteBlob();
+    if (!bin.ok()) {
+      skip_reason_ = new std::string(bin.status().message());
+      return;
+    }
+    absl::StatusOr<std::unique_ptr<AzuriteProcess>> a = AzuriteProcess::Start();
+    if (!a.ok()) {
+      start_error_ = new std::string(a.status().ToString());
+      return;
+    }
+    azurite_ = a->release();
+  }
+  static void TearDownTestSuite() {
+    delete azurite_;
+    azurite_ = nullptr;
+  }
+
+  void SetUp() override {
+    if (skip_reason_ != nullptr) {
+      // Without node (or the npm package) there is no emulator to test against.
+      if (absl::StrContains(*skip_reason_, "node is not installed")) {
+        GTEST_SKIP() << "Azurite cannot run here: " << *skip_reason_;
+      }
+      FAIL() << *skip_reason_;
+    }
+    ASSERT_EQ(start_error_, nullptr) << *start_error_;
+    // A container of its own for each test.
+    static int n = 0;
+    container_ = absl::StrCat("kvtier-test-", ++n);
+  }
+
+  BlobClientOptions ClientOptions(const std::string& endpoint = "") const {
+    BlobClientOptions o;
+    o.endpoint = endpoint.empty() ? azurite_->endpoint() : endpoint;
+    o.account = kAzuriteAccount;
+    o.container = container_;
+    o.shared_key = kAzuriteKey;
+    return o;
+  }
+
+  BlobCacheOptions BlobOptions(const std::string& endpoint = "") const {
+    BlobCacheOptions o;
+    o.endpoint = endpoint.empty() ? azurite_->endpoint() : endpoint;
+    o.account = kAzuriteAccount;
+    o.container = container_;
+    o.shared_key = kAzuriteKey;
+    o.policy = "always";
+    o.probe = true;
+    o.upload_workers = 2;
+    o.deadline_ms = 3000;
+    o.recheck_ms = 100;
+    return o;
+  }
+
+  // DRAM of one 2 MiB slab (56 chunks of 32 KiB), no NVMe, Blob as given.
+  static CacheOptions Options(const BlobCacheOptions& blob) {
+    CacheOptions o;
+    o.dram_capacity_bytes = 2ull << 20;
+    o.slab_bytes = 2ull << 20;
+    o.huge_pages = false;
+    o.index_shards = 8;
+    o.register_with_gpu = false;
+    o.blob = blob;
+    return o;
+  }
+
+  static inline AzuriteProcess* azurite_ = nullptr;
+  static inline std::string* skip_reason_ = nullptr;
+  static inline std::string* start_error_ = nullptr;
+  std::string container_;
+};
+
+// ---- the REST client --------------------------------------------------------------
+
+TEST_F(BlobTest, ClientRoundTripsBlocksAndListsWithContinuation) {
+  BlobClientOptions o = ClientOptions();
+  o.single_put_max_bytes = 1 << 20;
+  o.block_bytes = 256 << 10;
+  ASSERT_OK_AND_ASSIGN(auto client, BlobClient::Create(o));
+  ASSERT_OK(client->CreateContainer(In(5000)));
+  ASSERT_OK(client->CreateContainer(In(5000)));  // exists: still OK
+
+  // Put Blob, ranged Get, properties with metadata, Delete.
+  const std::vector<std::byte> small = Bytes(100000, 1);
+  ASSERT_OK(client->Upload("a/small", small, {{"kvtier_parent", "abc"}}, In(5000)));
+  std::vector<std::byte> part(1000);
+  ASSERT_OK_AND_ASSIGN(BlobRangeResult r,
+                       client->GetRange("a/small", 5000, absl::MakeSpan(part), In(5000)));
+  EXPECT_EQ(r.bytes, 1000u);
+  EXPECT_EQ(r.blob_size, small.size());
+  EXPECT_EQ(r.metadata["kvtier_parent"], "abc");
+  EXPECT_TRUE(std::equal(part.begin(), part.end(), small.begin() + 5000));
+  ASSERT_OK_AND_ASSIGN(BlobProperties p, client->GetProperties("a/small", In(5000)));
+  EXPECT_EQ(p.size, small.size());
+  EXPECT_EQ(p.metadata["kvtier_parent"], "abc");
+  const uint64_t ok_before = client->Stats().requests_ok;
+
+  // Above the threshold: Put Block x 21 + Put Block List.
+  const std::vector<std::byte> large = Bytes((5 << 20) + 123, 2);
+  ASSERT_OK(client->Upload("a/large", large, {}, In(20000)));
+  EXPECT_EQ(client->Stats().requests_ok - ok_before, 21u + 1u);
+  std::vector<std::byte> back(large.size() + 10);
+  ASSERT_OK_AND_ASSIGN(r, client->GetRange("a/large", 0, absl::MakeSpan(back), In(10000)));
+  EXPECT_EQ(r.bytes, large.size());
+  EXPECT_TRUE(std::equal(large.begin(), large.end(), back.begin()));
+
+  ASSERT_OK(client->Delete("a/small", In(5000)));
+  EXPECT_THAT(client->GetProperties("a/small", In(5000)), StatusIs(absl::StatusCode::kNotFound));
+  EXPECT_THAT(client->Delete("a/small", In(5000)), StatusIs(absl::StatusCode::kNotFound));
+
+  // Listing: 7 blobs under list/, 3 per page; other prefixes stay out.
+  for (int i = 0; i < 7; ++i) {
+    ASSERT_OK(client->Upload(absl::StrCat("list/", i), Bytes(10 + i, i), {}, In(5000)));
+  }
+  std::vector<std::string> names;
+  std::string marker;
+  int pages = 0;
+  do {
+    ASSERT_OK_AND_ASSIGN(BlobListPage page, client->List("list/", marker, 3, In(5000)));
+    EXPECT_LE(page.blobs.size(), 3u);
+    for (const BlobListItem& b : page.blobs) {
+      names.push_back(b.name);
+      EXPECT_EQ(b.size, 10u + (b.name.back() - '0'));
+    }
+    marker = page.next_marker;
+    ++pages;
+  } while (!marker.empty() && pages < 10);
+  EXPECT_EQ(pages, 3);
+  EXPECT_THAT(names, ::testing::ElementsAre("list/0", "list/1", "list/2", "list/3", "list/4",
+                                            "list/5", "list/6"));
+  EXPECT_EQ(client->Stats().retries, 0u);
+}
+
+TEST_F(BlobTest, WrongKeyIsPermissionDeniedNamingTheAccount) {
+  BlobClientOptions o = ClientOptions();
+  o.shared_key = blob_internal::Base64Encode(std::string(64, 'k'));
+  ASSERT_OK_AND_ASSIGN(auto client, BlobClient::Create(o));
+  absl::Status s = client->Upload("x", Bytes(10, 1), {}, In(5000));
+  EXPECT_THAT(s, StatusIs(absl::StatusCode::kPermissionDenied, HasSubstr("devstoreaccount1")));
+  EXPECT_EQ(client->Stats().retries, 0u) << "403 is not retried";
+
+  BlobCacheOptions b = BlobOptions();
+  b.shared_key = o.shared_key;
+  absl::StatusOr<std::unique_ptr<EmbeddedCache>> cache = EmbeddedCache::Create(Options(b));
+  EXPECT_THAT(cache, StatusIs(absl::StatusCode::kPermissionDenied,
+                              HasSubstr("storage account 'devstoreaccount1'")));
+}
+
+TEST_F(BlobTest, SasTokenAuthorizesRequests) {
+  BlobClientOptions o = ClientOptions();
+  ASSERT_OK_AND_ASSIGN(std::string sas, blob_internal::AccountSas(kAzuriteAccount, kAzuriteKey,
+                                                                  "rwdlac", In(3600 * 1000)));
+  o.shared_key.clear();
+  o.sas = sas;
+  ASSERT_OK_AND_ASSIGN(auto client, BlobClient::Create(o));
+  ASSERT_OK(client->CreateContainer(In(5000)));
+  const std::vector<std::byte> data = Bytes(4096, 3);
+  ASSERT_OK(client->Upload("sas/one", data, {}, In(5000)));
+  std::vector<std::byte> back(4096);
+  ASSERT_OK(client->GetRange("sas/one", 0, absl::MakeSpan(back), In(5000)).status());
+  EXPECT_EQ(back, data);
+  ASSERT_OK_AND_ASSIGN(BlobListPage page, client->List("sas/", "", 0, In(5000)));
+  EXPECT_EQ(page.blobs.size(), 1u);
+
+  // A token signed with another key is refused.
+  ASSERT_OK_AND_ASSIGN(
+      o.sas, blob_internal::AccountSas(kAzuriteAccount, blob_internal::Base64Encode("other-key"),
+                                       "rwdlac", In(3600 * 1000)));
+  ASSERT_OK_AND_ASSIGN(auto bad, BlobClient::Create(o));
+  EXPECT_THAT(bad->GetProperties("sas/one", In(5000)),
+              StatusIs(absl::StatusCode::kPermissionDenied, HasSubstr("SAS token")));
+}
+
+// ---- the tier inside the embedded cache -------------------------------------------
+
+TEST_F(BlobTest, ChunksWrittenByOneCacheAreLoadedByAnother) {
+  ASSERT_OK_AND_ASSIGN(Namespace ns, Namespace::Create(SmallModel()));
+  ASSERT_OK_AND_ASSIGN(std::vector<ChunkRef> chain, ns.Chunks(Tokens(4 * 64, 7)));
+  ASSERT_EQ(chain.size(), 4u);
+  const std::vector<BlockKey> keys = Namespace::Keys(chain);
+  const size_t bytes = ns.FullChunkPayloadBytes();
+  {
+    ASSERT_OK_AND_ASSIGN(auto writer, EmbeddedCache::Create(Options(BlobOptions())));
+    for (const ChunkRef& c : chain) ASSERT_OK(writer->Save(ns, c, KvFor(c, bytes)));
+    writer->blob()->Flush();
+    const CacheStats st = writer->Stats();
+    EXPECT_EQ(st.tiering.blob_uploaded, 4u);
+    ASSERT_OK_AND_ASSIGN(LookupResult lr, writer->Lookup(ns, keys));
+    EXPECT_EQ(lr.matched, 4u);
+    EXPECT_EQ(lr.chunks[0].tier, Tier::kDram);
+  }
+  // Another cache, empty: Lookup probes Blob, Load downloads and promotes.
+  ASSERT_OK_AND_ASSIGN(auto reader, EmbeddedCache::Create(Options(BlobOptions())));
+  ASSERT_OK_AND_ASSIGN(LookupResult lr, reader->Lookup(ns, keys));
+  ASSERT_EQ(lr.matched, 4u);
+  for (const ChunkLocation& l : lr.chunks) EXPECT_EQ(l.tier, Tier::kBlob);
+  std::vector<std::byte> out(bytes);
+  for (const ChunkRef& c : chain) {
+    ASSERT_OK_AND_ASSIGN(size_t n, reader->Load(ns, c.key, absl::MakeSpan(out)));
+    EXPECT_EQ(n, bytes);
+    EXPECT_EQ(out, KvFor(c, bytes));
+  }
+  ASSERT_OK_AND_ASSIGN(lr, reader->Lookup(ns, keys));
+  EXPECT_EQ(lr.chunks[3].tier, Tier::kDram) << "promoted";
+  CacheStats st = reader->Stats();
+  EXPECT_EQ(st.tiering.blob_promoted, 4u);
+  EXPECT_TRUE(st.tiering.blob_enabled);
+  ASSERT_EQ(st.tiers.size(), 2u);
+  EXPECT_EQ(st.tiers[1].tier, Tier::kBlob);
+  EXPECT_EQ(st.tiers[1].hits, 4u);
+  EXPECT_GE(st.tiering.blob_probe_hits, 4u);
+
+  // Other namespaces never see them; without probes an empty cache does not either.
+  ASSERT_OK_AND_ASSIGN(Namespace other, Namespace::Create(SmallModel("tenant-b")));
+  ASSERT_OK_AND_ASSIGN(std::vector<ChunkRef> other_chain, other.Chunks(Tokens(4 * 64, 7)));
+  ASSERT_OK_AND_ASSIGN(lr, reader->Lookup(other, Namespace::Keys(other_chain)));
+  EXPECT_EQ(lr.matched, 0u);
+  EXPECT_THAT(reader->Load(other, keys[0], absl::MakeSpan(out)),
+              StatusIs(absl::StatusCode::kNotFound));
+  BlobCacheOptions no_probe = BlobOptions();
+  no_probe.probe = false;
+  ASSERT_OK_AND_ASSIGN(auto blind, EmbeddedCache::Create(Options(no_probe)));
+  ASSERT_OK_AND_ASSIGN(lr, blind->Lookup(ns, keys));
+  EXPECT_EQ(lr.matched, 0u);
+  // Load still asks Blob.
+  ASSERT_OK(blind->Load(ns, keys[2], absl::MakeSpan(out)).status());
+  // Pin and Prefetch promote too.
+  ASSERT_OK_AND_ASSIGN(auto third, EmbeddedCache::Create(Options(BlobOptions())));
+  ASSERT_OK_AND_ASSIGN(ChunkPin pin, third->Pin(ns, keys[0]));
+  EXPECT_TRUE(
+      std::equal(pin.payload().begin(), pin.payload().end(), KvFor(chain[0], bytes).begin()));
+  pin.Release();
+  ASSERT_OK_AND_ASSIGN(PrefetchResult pr, third->Prefetch(ns, keys).get());
+  EXPECT_EQ(pr.requested, 3u);
+  EXPECT_EQ(pr.promoted, 3u);
+}
+
+TEST_F(BlobTest, OnDemotionUploadsWhatDramEvictsAndQueueBoundSkips) {
+  ASSERT_OK_AND_ASSIGN(Namespace ns, Namespace::Create(SmallModel()));
+  const size_t bytes = ns.FullChunkPayloadBytes();
+  BlobCacheOptions b = BlobOptions();
+  b.policy = "on_demotion";
+  ASSERT_OK_AND_ASSIGN(auto cache, EmbeddedCache::Create(Options(b)));
+  ASSERT_OK_AND_ASSIGN(std::vector<ChunkRef> chain, ns.Chunks(Tokens(80 * 64, 9)));
+  for (const ChunkRef& c : chain) ASSERT_OK(cache->Save(ns, c, KvFor(c, bytes)));
+  cache->blob()->Flush();
+  CacheStats st = cache->Stats();
+  const uint64_t evicted = st.tiers[0].evictions;
+  ASSERT_GT(evicted, 0u);
+  EXPECT_EQ(st.tiering.blob_uploaded + st.tiering.blob_skipped_queue_full, evicted);
+  EXPECT_GT(st.tiering.blob_uploaded, 0u);
+  // What DRAM evicted is in Blob: the chain is whole again through it.
+  ASSERT_OK_AND_ASSIGN(LookupResult lr, cache->Lookup(ns, Namespace::Keys(chain)));
+  EXPECT_EQ(lr.matched, chain.size());
+  size_t in_blob = 0;
+  std::vector<std::byte> out(bytes);
+  for (size_t i = 0; i < lr.chunks.size(); ++i) {
+    if (lr.chunks[i].tier != Tier::kBlob) continue;
+    ++in_blob;
+    ASSERT_OK(cache->Load(ns, chain[i].key, absl::MakeSpan(out)).status());
+    EXPECT_EQ(out, KvFor(chain[i], bytes));
+  }
+  EXPECT_EQ(in_blob, st.tiering.blob_uploaded);
+
+  // A queue of one chunk: a burst of evictions skips uploads, counted.
+  BlobCacheOptions tiny = b;
+  tiny.queue_chunks = 1;
+  tiny.upload_workers = 1;
+  ASSERT_OK_AND_ASSIGN(auto small, EmbeddedCache::Create(Options(tiny)));
+  ASSERT_OK_AND_ASSIGN(std::vector<ChunkRef> chain2, ns.Chunks(Tokens(120 * 64, 10)));
+  for (const ChunkRef& c : chain2) ASSERT_OK(small->Save(ns, c, KvFor(c, bytes)));
+  small->blob()->Flush();
+  st = small->Stats();
+  EXPECT_GT(st.tiering.blob_skipped_queue_full, 0u);
+  EXPECT_EQ(st.tiering.blob_uploaded + st.tiering.blob_skipped_queue_full, st.tiers[0].evictions);
+}
+
+TEST_F(BlobTest, CorruptedOrMisplacedBlobIsACountedMiss) {
+  ASSERT_OK_AND_ASSIGN(Namespace ns, Namespace::Create(SmallModel()));
+  ASSERT_OK_AND_ASSIGN(Namespace other, Namespace::Create(SmallModel("tenant-b")));
+  const size_t bytes = ns.FullChunkPayloadBytes();
+  ASSERT_OK_AND_ASSIGN(std::vector<ChunkRef> chain, ns.Chunks(Tokens(2 * 64, 11)));
+  ASSERT_OK_AND_ASSIGN(auto writer, EmbeddedCache::Create(Options(BlobOptions())));
+  for (const ChunkRef& c : chain) ASSERT_OK(writer->Save(ns, c, KvFor(c, bytes)));
+  writer->blob()->Flush();
+
+  // Flip one payload byte of chunk 0 through the REST API.
+  ASSERT_OK_AND_ASSIGN(auto client, BlobClient::Create(ClientOptions()));
+  const std::string name0 = writer->blob()->ObjectName(ns.id(), chain[0].key);
+  std::vector<std::byte> blob(kChunkHeaderBytes + bytes);
+  ASSERT_OK(client->GetRange(name0, 0, absl::MakeSpan(blob), In(5000)).status());
+  blob[kChunkHeaderBytes + 100] ^= std::byte{0x5a};
+  ASSERT_OK(client->Upload(name0, blob, {}, In(5000)));
+  // Chunk 1's bytes under another namespace's name for the same key.
+  const std::string name1 = writer->blob()->ObjectName(ns.id(), chain[1].key);
+  std::vector<std::byte> blob1(kChunkHeaderBytes + bytes);
+  ASSERT_OK(client->GetRange(name1, 0, absl::MakeSpan(blob1), In(5000)).status());
+  ASSERT_OK(
+      client->Upload(writer->blob()->ObjectName(other.id(), chain[1].key), blob1, {}, In(5000)));
+
+  ASSERT_OK_AND_ASSIGN(auto reader, EmbeddedCache::Create(Options(BlobOptions())));
+  std::vector<std::byte> out(bytes, std::byte{0});
+  EXPECT_THAT(reader->Load(ns, chain[0].key, absl::MakeSpan(out)),
+              StatusIs(absl::StatusCode::kNotFound, HasSubstr("checksum")));
+  EXPECT_THAT(reader->Load(other, chain[1].key, absl::MakeSpan(out)),
+              StatusIs(absl::StatusCode::kNotFound, HasSubstr("namespace")));
+  CacheStats st = reader->Stats();
+  ASSERT_EQ(st.tiers.size(), 2u);
+  EXPECT_EQ(st.tiers[1].corrupt_chunks, 2u);
+  EXPECT_EQ(st.tiers[1].misses, 2u);
+  EXPECT_EQ(st.tiering.blob_promoted, 0u);
+  // Nothing was served or promoted.
+  EXPECT_EQ(out, std::vector<std::byte>(bytes, std::byte{0}));
+  ASSERT_OK_AND_ASSIGN(LookupResult lr, reader->Lookup(ns, {chain[0].key}));
+  EXPECT_NE(lr.matched > 0 ? lr.chunks[0].tier : Tier::kNone, Tier::kDram);
+  // The intact chunk still loads.
+  ASSERT_OK(reader->Load(ns, chain[1].key, absl::MakeSpan(out)).status());
+  EXPECT_EQ(out, KvFor(chain[1], bytes));
+}
+
+TEST_F(BlobTest, OutageDegradesWithinTheDeadlineAndRecoversOnRestart) {
+  ASSERT_OK_AND_ASSIGN(Namespace ns, Namespace::Create(SmallModel()));
+  const size_t bytes = ns.FullChunkPayloadBytes();
+  ASSERT_OK_AND_ASSIGN(std::vector<ChunkRef> chain, ns.Chunks(Tokens(3 * 64, 12)));
+  LogLines log;
+  BlobCacheOptions b = BlobOptions();
+  b.deadline_ms = 1500;
+  b.write_deadline_ms = 3000;
+  EmbeddedCacheSeams seams;
+  seams.blob_log = log.Fn();
+  ASSERT_OK_AND_ASSIGN(auto reader, EmbeddedCache::Create(Options(b), seams));
+  ASSERT_OK_AND_ASSIGN(auto writer, EmbeddedCache::Create(Options(b)));
+  ASSERT_OK(writer->Save(ns, chain[0], KvFor(chain[0], bytes)));
+  writer->blob()->Flush();
+
+  azurite_->Stop();
+  // Whatever happens below, later tests get Azurite back.
+  struct Restarter {
+    AzuriteProcess* a;
+    bool done = false;
+    ~Restarter() {
+      if (!done) (void)a->Restart();
+    }
+  } restarter{azurite_};
+  // The engine's calls come back by the deadline, as misses.
+  std::vector<std::byte> out(bytes);
+  const absl::Time start = absl::Now();
+  EXPECT_THAT(reader->Load(ns, chain[0].key, absl::MakeSpan(out)),
+              StatusIs(absl::StatusCode::kNotFound));
+  EXPECT_LT(absl::Now() - start, absl::Milliseconds(b.deadline_ms) + absl::Seconds(1));
+  CacheStats st = reader->Stats();
+  EXPECT_TRUE(st.tiering.blob_degraded);
+  EXPECT_EQ(st.tiering.blob_degraded_events, 1u);
+  EXPECT_GT(st.tiering.blob_requests_connection_error, 0u);
+  EXPECT_TRUE(log.Has("degraded to DRAM + NVMe"));
+  // Degraded: Lookup and Load answer at once from DRAM; saves still work.
+  const absl::Time t2 = absl::Now();
+  ASSERT_OK(reader->Save(ns, chain[1], KvFor(chain[1], bytes)));
+  ASSERT_OK_AND_ASSIGN(LookupResult lr, reader->Lookup(ns, Namespace::Keys(chain)));
+  EXPECT_EQ(lr.matched, 0u);
+  EXPECT_THAT(reader->Load(ns, chain[0].key, absl::MakeSpan(out)),
+              StatusIs(absl::StatusCode::kNotFound));
+  ASSERT_OK(reader->Load(ns, chain[1].key, absl::MakeSpan(out)).status());
+  EXPECT_LT(absl::Now() - t2, absl::Milliseconds(500));
+  EXPECT_GE(reader->Stats().tiering.blob_skipped_degraded, 1u);
+
+  // Azurite back on the same port: the tier notices and serves again.
+  ASSERT_OK(azurite_->Restart());
+  restarter.done = true;
+  const absl::Time until = absl::Now() + absl::Seconds(15);
+  while (reader->Stats().tiering.blob_degraded && absl::Now() < until) {
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  ASSERT_FALSE(reader->Stats().tiering.blob_degraded);
+  EXPECT_TRUE(log.Has("answers again"));
+  ASSERT_OK(writer->Save(ns, chain[2], KvFor(chain[2], bytes)));
+  writer->blob()->Flush();
+  ASSERT_OK(reader->Load(ns, chain[2].key, absl::MakeSpan(out)).status());
+  EXPECT_EQ(out, KvFor(chain[2], bytes));
+}
+
+// ---- faults Azurite cannot produce, through the proxy ------------------------------
+
+TEST_F(BlobTest, RetriesOf503ResetsAndSlowAnswersSucceedWithinTheDeadline) {
+  ASSERT_OK_AND_ASSIGN(auto proxy, FaultProxy::Start(azurite_->port()));
+  const std::string via_proxy =
+      absl::StrCat("http://127.0.0.1:", proxy->port(), "/", kAzuriteAccount);
+  BlobClientOptions o = ClientOptions(via_proxy);
+  o.request_timeout_ms = 400;
+  o.backoff_initial_ms = 10;
+  o.backoff_max_ms = 100;
+  const std::vector<std::byte> data = Bytes(300000, 5);
+  {
+    ASSERT_OK_AND_ASSIGN(auto direct, BlobClient::Create(ClientOptions()));
+    ASSERT_OK(direct->CreateContainer(In(5000)));
+    ASSERT_OK(direct->Upload("faults/one", data, {}, In(5000)));
+  }
+  struct Case {
+    const char* name;
+    Fault fault;
+    int times;
+  };
+  const Case cases[] = {
+      {"503", Fault{Fault::Kind::kStatus503, {}}, 3},
+      {"500", Fault{Fault::Kind::kStatus500, {}}, 2},
+      {"reset", Fault{Fault::Kind::kReset, {}}, 2},
+      {"slow beyond the attempt timeout", Fault{Fault::Kind::kDelay, absl::Milliseconds(1000)}, 1},
+      {"slow within the attempt timeout", Fault{Fault::Kind::kDelay, absl::Milliseconds(150)}, 1},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.name);
+    // A fresh client: its first request opens a connection and meets the faults.
+    ASSERT_OK_AND_ASSIGN(auto client, BlobClient::Create(o));
+    proxy->Push(c.fault, c.times);
+    std::vector<std::byte> back(data.size());
+    const absl::Time deadline = In(4000);
+    ASSERT_OK(client->GetRange("faults/one", 0, absl::MakeSpan(back), deadline).status());
+    EXPECT_LT(absl::Now(), deadline);
+    EXPECT_EQ(back, data);
+    const BlobClientStats st = client->Stats();
+    const bool slow_ok = absl::StrContains(c.name, "within");
+    EXPECT_EQ(st.retries, slow_ok ? 0u : static_cast<uint64_t>(c.times));
+  }
+  // Uploads retry the same way.
+  ASSERT_OK_AND_ASSIGN(auto client, BlobClient::Create(o));
+  proxy->Push(Fault{Fault::Kind::kStatus503, {}}, 2);
+  ASSERT_OK(client->Upload("faults/two", data, {}, In(4000)));
+  EXPECT_EQ(client->Stats().retries, 2u);
+  EXPECT_EQ(client->Stats().requests_throttled, 2u);
+
+  // The cache over the proxy: a Load through a burst of 503s is a hit.
+  ASSERT_OK_AND_ASSIGN(Namespace ns, Namespace::Create(SmallModel()));
+  const size_t bytes = ns.FullChunkPayloadBytes();
+  ASSERT_OK_AND_ASSIGN(std::vector<ChunkRef> chain, ns.Chunks(Tokens(64, 13)));
+  {
+    ASSERT_OK_AND_ASSIGN(auto writer, EmbeddedCache::Create(Options(BlobOptions())));
+    ASSERT_OK(writer->Save(ns, chain[0], KvFor(chain[0], bytes)));
+    writer->blob()->Flush();
+  }
+  BlobCacheOptions b = BlobOptions(via_proxy);
+  b.backoff_initial_ms = 10;
+  ASSERT_OK_AND_ASSIGN(auto reader, EmbeddedCache::Create(Options(b)));
+  // Only new connections meet faults: drop the one the container check left.
+  proxy->DropConnections();
+  proxy->Push(Fault{Fault::Kind::kStatus503, {}}, 3);
+  std::vector<std::byte> out(bytes);
+  ASSERT_OK(reader->Load(ns, chain[0].key, absl::MakeSpan(out)).status());
+  EXPECT_EQ(out, KvFor(chain[0], bytes));
+  EXPECT_GE(reader->Stats().tiering.blob_retries, 2u);
+  EXPECT_GE(reader->Stats().tiering.blob_requests_throttled, 2u);
+  EXPECT_FALSE(reader->Stats().tiering.blob_degraded);
+}
+
+TEST_F(BlobTest, PermanentlyFailingEndpointDegradesWithoutPassingTheDeadline) {
+  ASSERT_OK_AND_ASSIGN(auto proxy, FaultProxy::Start(azurite_->port()));
+  const std::string via_proxy =
+      absl::StrCat("http://127.0.0.1:", proxy->port(), "/", kAzuriteAccount);
+  ASSERT_OK_AND_ASSIGN(Namespace ns, Namespace::Create(SmallModel()));
+  const size_t bytes = ns.FullChunkPayloadBytes();
+  ASSERT_OK_AND_ASSIGN(std::vector<ChunkRef> chain, ns.Chunks(Tokens(3 * 64, 14)));
+  {
+    ASSERT_OK_AND_ASSIGN(auto writer, EmbeddedCache::Create(Options(BlobOptions())));
+    for (const ChunkRef& c : chain) ASSERT_OK(writer->Save(ns, c, KvFor(c, bytes)));
+    writer->blob()->Flush();
+  }
+  for (Fault::Kind kind : {Fault::Kind::kStatus503, Fault::Kind::kHang}) {
+    SCOPED_TRACE(kind == Fault::Kind::kHang ? "hang" : "503");
+    proxy->SetDefault(Fault{Fault::Kind::kPass, {}});
+    LogLines log;
+    EmbeddedCacheSeams seams;
+    seams.blob_log = log.Fn();
+    BlobCacheOptions b = BlobOptions(via_proxy);
+    b.deadline_ms = 800;
+    b.request_timeout_ms = 300;
+    b.recheck_ms = 60000;  // stay degraded for the checks below
+    ASSERT_OK_AND_ASSIGN(auto reader, EmbeddedCache::Create(Options(b), seams));
+    // From now on every connection fails; the pooled one is dropped.
+    proxy->SetDefault(Fault{kind, {}});
+    proxy->DropConnections();
+    std::vector<std::byte> out(bytes);
+    absl::Time start = absl::Now();
+    ASSERT_OK_AND_ASSIGN(LookupResult lr, reader->Lookup(ns, Namespace::Keys(chain)));
+    EXPECT_LT(absl::Now() - start, absl::Milliseconds(b.deadline_ms) + absl::Milliseconds(700));
+    EXPECT_EQ(lr.matched, 0u);
+    start = absl::Now();
+    EXPECT_THAT(reader->Load(ns, chain[0].key, absl::MakeSpan(out)),
+                StatusIs(absl::StatusCode::kNotFound));
+    EXPECT_LT(absl::Now() - start, absl::Milliseconds(b.deadline_ms) + absl::Milliseconds(700));
+    const CacheStats st = reader->Stats();
+    EXPECT_TRUE(st.tiering.blob_degraded);
+    EXPECT_TRUE(log.Has("unreachable"));
+    // Degraded: no more waiting.
+    start = absl::Now();
+    EXPECT_THAT(reader->Load(ns, chain[1].key, absl::MakeSpan(out)),
+                StatusIs(absl::StatusCode::kNotFound));
+    EXPECT_LT(absl::Now() - start, absl::Milliseconds(100));
+  }
+}
+
+// ---- two kvtierd processes sharing the container ----------------------------------
+
+TEST_F(BlobTest, ChunkUploadedByOneKvtierdIsLoadedByAnotherWithEmptyTiers) {
+  using ::kvtier::testing::Daemon;
+  using ::kvtier::testing::TempDir;
+  TempDir dir1, dir2;
+  auto config = [&](const TempDir& dir, const std::string& policy) {
+    const std::string key_file = dir.Write("blob.key", kAzuriteKey);
+    return dir.Write(
+        "kvtierd.yaml",
+        absl::StrCat("blob:\n  endpoint: ", azurite_->endpoint(), "\n  account: ", kAzuriteAccount,
+                     "\n  container: ", container_, "\n  key_file: ", key_file,
+                     "\n  policy: ", policy, "\n  probe: true\n  deadline_ms: 3000\n"));
+  };
+  ASSERT_OK_AND_ASSIGN(Namespace ns, Namespace::Create(SmallModel()));
+  ASSERT_OK_AND_ASSIGN(std::vector<ChunkRef> chain, ns.Chunks(Tokens(3 * 64, 21)));
+  const std::vector<BlockKey> keys = Namespace::Keys(chain);
+  const size_t bytes = ns.FullChunkPayloadBytes();
+  auto connect = [](const Daemon& d) {
+    ::kvtier::ClientOptions o;
+    o.socket_path = d.socket();
+    o.rpc_timeout_ms = 10000;
+    return Client::Create(o);
+  };
+  {
+    ASSERT_OK_AND_ASSIGN(auto writer, Daemon::Start(dir1, {"--config", config(dir1, "always")}));
+    ASSERT_OK_AND_ASSIGN(auto client, connect(*writer));
+    for (const ChunkRef& c : chain) ASSERT_OK(client->Save(ns, c, KvFor(c, bytes)));
+    // Uploads are write-behind: wait for the metric to show all three.
+    const absl::Time until = absl::Now() + absl::Seconds(20);
+    std::string metrics;
+    while (absl::Now() < until) {
+      ASSERT_OK_AND_ASSIGN(auto got, writer->HttpGet("/metrics"));
+      metrics = got.second;
+      if (absl::StrContains(metrics, "kvtier_blob_uploads_total{result=\"ok\"} 3")) break;
+      absl::SleepFor(absl::Milliseconds(50));
+    }
+    EXPECT_THAT(metrics, HasSubstr("kvtier_blob_uploads_total{result=\"ok\"} 3"));
+    EXPECT_THAT(metrics, HasSubstr("kvtier_blob_degraded 0"));
+    EXPECT_THAT(metrics, HasSubstr("kvtier_blob_requests_total{result=\"ok\"}"));
+    client.reset();
+    ASSERT_OK_AND_ASSIGN(int code, writer->Stop());
+    EXPECT_EQ(code, 0);
+  }
+  // Another daemon with its own, empty DRAM and NVMe finds them by key.
+  ASSERT_OK_AND_ASSIGN(auto reader, Daemon::Start(dir2, {"--config", config(dir2, "never")}));
+  ASSERT_OK_AND_ASSIGN(auto client, connect(*reader));
+  ASSERT_OK_AND_ASSIGN(LookupResult lr, client->Lookup(ns, keys));
+  ASSERT_EQ(lr.matched, 3u);
+  for (const ChunkLocation& l : lr.chunks) EXPECT_EQ(l.tier, Tier::kBlob);
+  std::vector<std::byte> out(bytes);
+  for (const ChunkRef& c : chain) {
+    ASSERT_OK_AND_ASSIGN(size_t n, client->Load(ns, c.key, absl::MakeSpan(out)));
+    EXPECT_EQ(n, bytes);
+    EXPECT_EQ(out, KvFor(c, bytes));
+  }
+  ASSERT_OK_AND_ASSIGN(auto got, reader->HttpGet("/metrics"));
+  EXPECT_THAT(got.second, HasSubstr("kvtier_blob_promoted_total 3"));
+  EXPECT_THAT(got.second, HasSubstr("kvtier_hits_total{tier=\"blob\"} 3"));
+  client.reset();
+  ASSERT_OK_AND_ASSIGN(int code, reader->Stop());
+  EXPECT_EQ(code, 0);
+}
+
+}  // namespace
+}  // namespace kvtier
