@@ -235,6 +235,25 @@ absl::Status ApplySetting(const std::string& name, const std::string& value,
     KVTIER_ASSIGN_OR_RETURN(c.drain_seconds, ParseU32(value, field, 0, 3600));
   } else if (name == "log.level") {
     c.log_level = value;
+  } else if (name == "node_id") {
+    c.node_id = value;
+  } else if (name == "peers") {
+    c.peers.clear();
+    for (absl::string_view p : absl::StrSplit(value, ',', absl::SkipWhitespace())) {
+      c.peers.emplace_back(absl::StripAsciiWhitespace(p));
+    }
+  } else if (name == "ucx.enabled") {
+    KVTIER_ASSIGN_OR_RETURN(c.ucx.enabled, ParseBool(value, field));
+  } else if (name == "ucx.progress_threads") {
+    KVTIER_ASSIGN_OR_RETURN(c.ucx.progress_threads, ParseU32(value, field, 1, 64));
+  } else if (name == "ucx.lease_seconds") {
+    KVTIER_ASSIGN_OR_RETURN(c.ucx.lease_seconds, ParseU32(value, field, 1, 3600));
+  } else if (name == "ucx.lookup_timeout_ms") {
+    KVTIER_ASSIGN_OR_RETURN(c.ucx.lookup_timeout_ms, ParseU32(value, field, 1, 60000));
+  } else if (name == "ucx.transfer_timeout_ms") {
+    KVTIER_ASSIGN_OR_RETURN(c.ucx.transfer_timeout_ms, ParseU32(value, field, 1, 600000));
+  } else if (name == "ucx.peer_token") {
+    c.ucx.peer_token = value;
   } else {
     return Invalid(field, "unknown setting");
   }
@@ -258,6 +277,9 @@ const std::map<std::string, std::set<std::string>>& SectionKeys() {
         "max_grpc_message_bytes", "lease_seconds", "max_leases"}},
       {"shutdown", {"drain_seconds"}},
       {"log", {"level"}},
+      {"ucx",
+       {"enabled", "progress_threads", "lease_seconds", "lookup_timeout_ms",
+        "transfer_timeout_ms", "peer_token"}},
   };
   return *keys;
 }
@@ -307,12 +329,20 @@ absl::Status ApplyTenants(const YAML::Node& list, DaemonConfig& c) {
 
 absl::Status ApplyYamlNode(const YAML::Node& root, DaemonConfig& c) {
   if (root.IsNull()) return absl::OkStatus();  // an empty file
-  std::set<std::string> top{"data_dir"};
+  std::set<std::string> top{"data_dir", "node_id", "peers"};
   for (const auto& [section, keys] : SectionKeys()) top.insert(section);
   KVTIER_RETURN_IF_ERROR(Yaml::CheckKeys(root, "", top));
   if (root["data_dir"]) {
     KVTIER_ASSIGN_OR_RETURN(std::string v, Yaml::Scalar(root["data_dir"], "data_dir"));
     KVTIER_RETURN_IF_ERROR(ApplySetting("data_dir", v, "data_dir", c));
+  }
+  if (root["node_id"]) {
+    KVTIER_ASSIGN_OR_RETURN(std::string v, Yaml::Scalar(root["node_id"], "node_id"));
+    KVTIER_RETURN_IF_ERROR(ApplySetting("node_id", v, "node_id", c));
+  }
+  if (root["peers"]) {
+    KVTIER_ASSIGN_OR_RETURN(std::vector<std::string> v, Yaml::StringList(root["peers"], "peers"));
+    KVTIER_RETURN_IF_ERROR(ApplySetting("peers", absl::StrJoin(v, ","), "peers", c));
   }
   for (const auto& [section, keys] : SectionKeys()) {
     const YAML::Node node = root[section];
@@ -379,6 +409,13 @@ const std::vector<FlagSpec>& FlagSpecs() {
       {"lease-seconds", "limits.lease_seconds", true, "life of unreleased reservations/pins"},
       {"drain-seconds", "shutdown.drain_seconds", true, "SIGTERM grace for in-flight RPCs"},
       {"log-level", "log.level", true, "debug | info | warn | error"},
+      {"node-id", "node_id", true, "this node's id in the cluster (default: the hostname)"},
+      {"peers", "peers", true, "other kvtierds' TCP listeners, host:port,host:port"},
+      {"ucx", "ucx.enabled", true, "node-to-node transfer over UCX: true or false"},
+      {"ucx-progress-threads", "ucx.progress_threads", true, "UCX workers (1..64)"},
+      {"ucx-lease-seconds", "ucx.lease_seconds", true, "life of chunks pinned for peers"},
+      {"ucx-lookup-timeout-ms", "ucx.lookup_timeout_ms", true, "wait for peers' Lookup"},
+      {"ucx-transfer-timeout-ms", "ucx.transfer_timeout_ms", true, "one remote read"},
       {"help", nullptr, false, "print this help"},
       {"version", nullptr, false, "print the version"},
   };
@@ -408,6 +445,9 @@ constexpr EnvSpec kEnvSpecs[] = {
     {"KVTIER_SHARED_MEMORY", "listen.shared_memory"},
     {"KVTIER_NVME", "nvme.path"},
     {"KVTIER_NVME_CAPACITY", "nvme.capacity"},
+    {"KVTIER_NODE_ID", "node_id"},
+    {"KVTIER_PEERS", "peers"},
+    {"KVTIER_UCX", "ucx.enabled"},
 };
 
 }  // namespace
@@ -607,6 +647,10 @@ absl::StatusOr<DaemonConfig> LoadConfig(const CommandLine& cl,
   KVTIER_RETURN_IF_ERROR(ApplyEnv(env, c));
   KVTIER_RETURN_IF_ERROR(ApplyFlags(cl, c));
   if (c.unix_socket.empty()) c.unix_socket = c.DefaultSocketPath(env);
+  if (c.node_id.empty()) {
+    char host[256] = {};
+    if (gethostname(host, sizeof(host) - 1) == 0) c.node_id = host;
+  }
   // A listener given as ":PORT" or "PORT" binds loopback.
   for (std::string* addr : {&c.tcp, &c.http}) {
     if (!addr->empty() && addr->front() == ':') {
@@ -740,6 +784,26 @@ absl::Status DaemonConfig::Validate() const {
     return Invalid("log.level",
                    absl::StrCat("'", log_level, "' is not debug, info, warn or error"));
   }
+  for (size_t i = 0; i < peers.size(); ++i) {
+    const std::string& p = peers[i];
+    const size_t colon = p.rfind(':');
+    uint32_t port = 0;
+    if (colon == std::string::npos || colon == 0 ||
+        !absl::SimpleAtoi(p.substr(colon + 1), &port) || port == 0 || port > 65535) {
+      return Invalid(absl::StrCat("peers[", i, "]"),
+                     absl::StrCat("'", p, "' is not host:port"));
+    }
+  }
+  if (!peers.empty() && !ucx.enabled) {
+    return Invalid("ucx.enabled", "peers are listed but node-to-node transfer is off (set true)");
+  }
+  if (ucx.enabled) {
+    if (node_id.empty()) return Invalid("node_id", "required with ucx.enabled");
+    if (tcp.empty()) {
+      return Invalid("listen.tcp",
+                     "ucx.enabled needs a TCP listener: other nodes call the Peer service there");
+    }
+  }
   return absl::OkStatus();
 }
 
@@ -815,6 +879,16 @@ std::string DaemonConfig::ToRedactedYaml() const {
   out << YAML::EndMap;
   out << YAML::Key << "log" << YAML::Value << YAML::BeginMap;
   out << YAML::Key << "level" << YAML::Value << log_level;
+  out << YAML::EndMap;
+  out << YAML::Key << "node_id" << YAML::Value << node_id;
+  out << YAML::Key << "peers" << YAML::Value << YAML::Flow << peers;
+  out << YAML::Key << "ucx" << YAML::Value << YAML::BeginMap;
+  out << YAML::Key << "enabled" << YAML::Value << ucx.enabled;
+  out << YAML::Key << "progress_threads" << YAML::Value << ucx.progress_threads;
+  out << YAML::Key << "lease_seconds" << YAML::Value << ucx.lease_seconds;
+  out << YAML::Key << "lookup_timeout_ms" << YAML::Value << ucx.lookup_timeout_ms;
+  out << YAML::Key << "transfer_timeout_ms" << YAML::Value << ucx.transfer_timeout_ms;
+  out << YAML::Key << "peer_token" << YAML::Value << redact(ucx.peer_token);
   out << YAML::EndMap;
   out << YAML::EndMap;
   return std::string(out.c_str()) + "\n";

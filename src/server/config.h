@@ -41,6 +41,16 @@ struct TlsConfig {
   bool enabled() const { return !cert_file.empty(); }
 };
 
+// Node-to-node transfer over UCX (docs/transfer.md).
+struct UcxConfig {
+  bool enabled = false;                // serve Peer and read other nodes' chunks
+  uint32_t progress_threads = 1;       // UCX workers, each with a progress thread (1..64)
+  uint32_t lease_seconds = 10;         // life of a chunk pinned for another node's read
+  uint32_t lookup_timeout_ms = 200;    // how long Lookup waits for the peers' answers
+  uint32_t transfer_timeout_ms = 5000;  // deadline of one remote chunk read
+  std::string peer_token;              // shared secret of the Peer service; empty = none
+};
+
 struct DaemonConfig {
   // Directory for the daemon's state; the default Unix socket lives in it
   // when set. Created at start when missing.
@@ -80,6 +90,11 @@ struct DaemonConfig {
   // Shutdown: seconds SIGTERM waits for in-flight RPCs before cancelling them.
   uint32_t drain_seconds = 10;
   std::string log_level = "info";  // debug | info | warn | error
+  // This node's id in the cluster (default: the hostname).
+  std::string node_id;
+  // "host:port" of other kvtierds' gRPC TCP listeners, asked for remote chunks.
+  std::vector<std::string> peers;
+  UcxConfig ucx;
 
   // The default Unix socket: <data_dir>/kvtierd.sock when data_dir is set,
   // else $XDG_RUNTIME_DIR/kvtier/kvtierd.sock, else /tmp/kvtier-<uid>/kvtierd.sock.

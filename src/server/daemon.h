@@ -30,6 +30,11 @@
 #include "src/server/log.h"
 #include "src/server/metrics.h"
 #include "src/server/shm_server.h"
+#include "src/transfer/peer_client.h"
+#include "src/transfer/peer_service.h"
+#include "src/transfer/remote_reader.h"
+#include "src/transfer/static_peers.h"
+#include "src/transfer/ucx_engine.h"
 
 namespace kvtier::server {
 
@@ -64,6 +69,14 @@ class Daemon {
   std::unique_ptr<HttpServer> http_;
   std::thread reaper_;
   absl::Notification stop_reaper_;
+  // Node-to-node transfer (ucx.enabled); torn down before the cache.
+  absl::Status StartTransfer();
+  void StopTransfer();
+  std::unique_ptr<transfer::UcxEngine> ucx_;
+  std::unique_ptr<transfer::PeerService> peer_service_;
+  std::unique_ptr<transfer::PeerClients> peer_clients_;
+  std::unique_ptr<transfer::StaticPeerSource> holder_source_;
+  std::unique_ptr<transfer::RemoteReader> remote_;
   std::atomic<bool> ready_{false};
   absl::Mutex shutdown_mu_;
   bool shut_down_ ABSL_GUARDED_BY(shutdown_mu_) = false;

@@ -166,7 +166,9 @@ std::string Metrics::Render() const {
                           &lookup_hits, &leases, &grants, &info, &start}) {
     families.push_back(std::move(*f));
   }
-  return prometheus::TextSerializer().Serialize(families);
+  std::string out = prometheus::TextSerializer().Serialize(families);
+  for (const auto& section : sections_) out += section();
+  return out;
 }
 
 }  // namespace kvtier::server

@@ -14,6 +14,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/strings/string_view.h"
 #include "kvtier/cache.h"
@@ -72,10 +73,15 @@ class Metrics {
   // The text exposition format (version 0.0.4).
   std::string Render() const;
 
+  // Appends the text `render` returns (exposition format, complete families)
+  // to every Render. Call before serving; `render` must be thread-safe.
+  void AddSection(std::function<std::string()> render) { sections_.push_back(std::move(render)); }
+
  private:
   std::function<CacheStats()> cache_stats_;
   std::function<DaemonGauges()> daemon_gauges_;
   std::string version_;
+  std::vector<std::function<std::string()>> sections_;
   double start_time_;
   std::shared_ptr<prometheus::Registry> registry_;
   prometheus::Family<prometheus::Counter>* rpc_total_;
