@@ -35,8 +35,9 @@ void OnGetDone(void* request, ucs_status_t status, void* user_data) {
   c->done.Notify();
 }
 
-// "rma_bw=tcp/lo am=tcp/lo" from ucp_ep_print_info's lane lines, which look
-// like "#   lane[0]:  2:tcp/lo.0 md[1] -> md[1]/tcp/sysdev[255] rma_bw#0 am am_bw#0".
+// "rma_bw=rc_mlx5/mlx5_0:1 am=rc_mlx5/mlx5_0:1" or "rma=am-emulated am=tcp/lo"
+// from ucp_ep_print_info's lane lines, which look like
+// "#   lane[0]:  1:tcp/lo.0 md[0] -> md[0]/tcp/sysdev[255] am am_bw#0 keepalive wireup".
 std::string LaneTransports(ucp_ep_h ep) {
   char* buf = nullptr;
   size_t len = 0;
@@ -64,10 +65,12 @@ std::string LaneTransports(ucp_ep_h ep) {
     if (line.find("rma_bw") != std::string::npos) rma.insert(tl);
     if (line.find(" am") != std::string::npos) am.insert(tl);
   }
-  std::string out;
-  if (!rma.empty()) absl::StrAppend(&out, "rma_bw=", absl::StrJoin(rma, ","));
-  if (!am.empty()) absl::StrAppend(&out, out.empty() ? "" : " ", "am=", absl::StrJoin(am, ","));
-  return out.empty() ? "unknown" : out;
+  // Without an rma_bw lane (TCP, shared memory without a registering
+  // memory domain) UCX emulates gets with active messages on the am lane,
+  // served by the holder's progress thread.
+  std::string out = rma.empty() ? "rma=am-emulated" : absl::StrCat("rma_bw=", absl::StrJoin(rma, ","));
+  if (!am.empty()) absl::StrAppend(&out, " am=", absl::StrJoin(am, ","));
+  return out;
 }
 
 // True when UCX_TLS names only shared-memory (and loopback) transports, none
@@ -165,6 +168,16 @@ absl::Status UcxEngine::Init() {
 }
 
 UcxEngine::~UcxEngine() {
+  // Let every worker finish the connection traffic in flight (wireup and
+  // disconnect messages of endpoints other nodes made to it) before it goes.
+  for (size_t i = 0; i < workers_.size(); ++i) {
+    ucp_request_param_t param;
+    std::memset(&param, 0, sizeof(param));
+    void* req = ucp_worker_flush_nbx(workers_[i]->worker, &param);
+    WaitRequest(i, req, absl::Now() + absl::Seconds(1));
+  }
+  const absl::Time quiet = absl::Now() + absl::Milliseconds(20);
+  while (absl::Now() < quiet) absl::SleepFor(absl::Milliseconds(2));
   stop_.store(true);
   for (auto& w : workers_) {
     ucp_worker_signal(w->worker);
@@ -199,11 +212,16 @@ void UcxEngine::ProgressLoop(Worker* w) {
 
 void UcxEngine::Wake(size_t worker) { ucp_worker_signal(workers_[worker]->worker); }
 
-ucs_status_t UcxEngine::WaitRequest(size_t worker, void* request) {
+ucs_status_t UcxEngine::WaitRequest(size_t worker, void* request, absl::Time deadline) {
   if (request == nullptr) return UCS_OK;
   if (UCS_PTR_IS_ERR(request)) return UCS_PTR_STATUS(request);
   ucs_status_t s;
   while ((s = ucp_request_check_status(request)) == UCS_INPROGRESS) {
+    if (absl::Now() >= deadline) {
+      // Left to UCX: it completes (or purges) the request on its own.
+      ucp_request_free(request);
+      return UCS_ERR_TIMED_OUT;
+    }
     Wake(worker);
     absl::SleepFor(absl::Microseconds(50));
   }
@@ -283,7 +301,10 @@ absl::StatusOr<std::shared_ptr<UcxPeer>> UcxEngine::Connect(absl::string_view wo
   }
   peer->remote_base_ = remote_base;
   peer->remote_bytes_ = remote_bytes;
-  peer->transports_ = LaneTransports(peer->ep_);
+  {
+    absl::MutexLock lock(&peer->close_mu_);
+    peer->transports_ = LaneTransports(peer->ep_);
+  }
   return peer;
 }
 
@@ -341,6 +362,11 @@ absl::Status UcxEngine::Get(UcxPeer& peer, uint64_t remote_offset, absl::Span<st
   }
   gets_.fetch_add(1);
   get_bytes_.fetch_add(dst.size());
+  absl::MutexLock lock(&peer.close_mu_);
+  if (!peer.transports_final_ && !peer.closed_) {
+    peer.transports_ = LaneTransports(peer.ep_);
+    peer.transports_final_ = true;
+  }
   return absl::OkStatus();
 }
 
@@ -368,12 +394,14 @@ void UcxPeer::Close() {
     return;
   }
   closed_ = true;
+  // A healthy peer gets an orderly disconnect (outstanding operations are
+  // flushed, the peer drops its side); a failed one is torn down at once.
   ucp_request_param_t param;
   std::memset(&param, 0, sizeof(param));
   param.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS;
-  param.flags = UCP_EP_CLOSE_FLAG_FORCE;
+  param.flags = failed_.load() ? UCP_EP_CLOSE_FLAG_FORCE : 0;
   void* req = ucp_ep_close_nbx(ep_, &param);
-  engine_->WaitRequest(worker_, req);
+  engine_->WaitRequest(worker_, req, absl::Now() + absl::Seconds(2));
   ep_ = nullptr;
   if (rkey_ != nullptr) ucp_rkey_destroy(rkey_);
   rkey_ = nullptr;

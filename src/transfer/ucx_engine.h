@@ -71,9 +71,15 @@ class UcxPeer {
   // connection broke) or a get timed out; every later Get fails.
   bool failed() const { return failed_.load(); }
   uint64_t remote_bytes() const { return remote_bytes_; }
-  // The lanes UCX chose, e.g. "rma_bw=tcp/lo am=tcp/lo" or
-  // "rma_bw=cma/memory am=posix/memory".
-  const std::string& transports() const { return transports_; }
+  // The lanes UCX chose, e.g. "rma_bw=rc_mlx5/mlx5_0:1 am=rc_mlx5/mlx5_0:1"
+  // (one-sided RDMA) or "rma=am-emulated am=tcp/lo" (no transport with
+  // remote memory access: UCX serves gets with active messages).
+  // Refreshed after the first completed get (UCX finishes choosing lanes
+  // once the connection is wired up).
+  std::string transports() const {
+    absl::MutexLock lock(&close_mu_);
+    return transports_;
+  }
   // Whether UCX reports the peer's failure (false over shared-memory-only
   // transports, which cannot).
   bool peer_error_handling() const { return peer_error_handling_; }
@@ -91,10 +97,11 @@ class UcxPeer {
   ucp_rkey_h rkey_ = nullptr;
   uint64_t remote_base_ = 0;
   uint64_t remote_bytes_ = 0;
-  std::string transports_;
+  std::string transports_ ABSL_GUARDED_BY(close_mu_);
+  bool transports_final_ ABSL_GUARDED_BY(close_mu_) = false;
   bool peer_error_handling_ = true;
   std::atomic<bool> failed_{false};
-  absl::Mutex close_mu_;
+  mutable absl::Mutex close_mu_;
   bool closed_ ABSL_GUARDED_BY(close_mu_) = false;
 };
 
@@ -147,8 +154,9 @@ class UcxEngine {
   void ProgressLoop(Worker* w);
   // Wakes the worker's progress thread.
   void Wake(size_t worker);
-  // Waits until `request` (from a *_nbx call) completes, and frees it.
-  ucs_status_t WaitRequest(size_t worker, void* request);
+  // Waits until `request` (from a *_nbx call) completes or `deadline`
+  // passes, and frees it.
+  ucs_status_t WaitRequest(size_t worker, void* request, absl::Time deadline);
 
   friend class UcxPeer;
   const UcxOptions options_;
