@@ -86,6 +86,7 @@ int RunNvmeBench(Flags& flags);
 int RunGpuBench(Flags& flags);
 int RunNvmeBench(Flags& flags);
 int RunReplayBench(Flags& flags);
+int RunUcxBench(Flags& flags);
 
 }  // namespace kvtier::cli
 

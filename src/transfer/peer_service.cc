@@ -31,8 +31,7 @@ absl::StatusOr<std::unique_ptr<PeerService>> PeerService::Create(
   std::unique_ptr<PeerService> p(new PeerService(cache, engine, options));
   PeerService* raw = p.get();
   p->reaper_ = std::thread([raw] {
-    const absl::Duration period =
-        std::min(absl::Seconds(1), raw->options_.lease_timeout / 4);
+    const absl::Duration period = std::min(absl::Seconds(1), raw->options_.lease_timeout / 4);
     while (!raw->stop_.WaitForNotificationWithTimeout(period)) raw->ExpireLeases(absl::Now());
   });
   return p;
@@ -89,8 +88,7 @@ grpc::Status PeerService::Lookup(grpc::ServerContext* ctx, const v1::PeerLookupR
   absl::StatusOr<std::vector<BlockKey>> keys = Keys(req->keys());
   if (!keys.ok()) return server::ToGrpcStatus(keys.status());
   lookups_.fetch_add(1);
-  resp->set_matched(
-      static_cast<uint32_t>(cache_->dram().MatchPrefix(req->namespace_id(), *keys)));
+  resp->set_matched(static_cast<uint32_t>(cache_->dram().MatchPrefix(req->namespace_id(), *keys)));
   resp->set_boot_id(options_.boot_id);
   resp->set_node_id(options_.node_id);
   return grpc::Status::OK;

@@ -34,11 +34,11 @@
 namespace kvtier::transfer {
 
 struct PeerServiceOptions {
-  std::string node_id;                            // this node's id (Hello)
-  uint64_t boot_id = 0;                           // random per process start, not 0
+  std::string node_id;                               // this node's id (Hello)
+  uint64_t boot_id = 0;                              // random per process start, not 0
   absl::Duration lease_timeout = absl::Seconds(10);  // life of an unreleased PinForRead
-  uint32_t max_leases = 4096;                     // leases held at once
-  uint32_t max_keys_per_request = 4096;           // keys in one Lookup or PinForRead
+  uint32_t max_leases = 4096;                        // leases held at once
+  uint32_t max_keys_per_request = 4096;              // keys in one Lookup or PinForRead
   // When not empty, every call must carry "authorization: Bearer <token>".
   std::string peer_token;
 
@@ -50,10 +50,10 @@ struct PeerServiceOptions {
 struct PeerServiceStats {
   uint64_t hellos = 0;
   uint64_t lookups = 0;
-  uint64_t pinned_chunks = 0;    // chunks pinned for other nodes
-  uint64_t pinned_bytes = 0;     // their encoded bytes
-  uint64_t leases_expired = 0;   // leases dropped by the reaper
-  uint64_t leases_held = 0;      // gauge
+  uint64_t pinned_chunks = 0;   // chunks pinned for other nodes
+  uint64_t pinned_bytes = 0;    // their encoded bytes
+  uint64_t leases_expired = 0;  // leases dropped by the reaper
+  uint64_t leases_held = 0;     // gauge
 };
 
 class PeerService final : public v1::Peer::Service {
@@ -61,8 +61,8 @@ class PeerService final : public v1::Peer::Service {
   // `cache` and `engine` (whose arena must be the cache's DRAM arena, mapped)
   // must outlive the service.
   static absl::StatusOr<std::unique_ptr<PeerService>> Create(EmbeddedCache* cache,
-                                                            UcxEngine* engine,
-                                                            const PeerServiceOptions& options);
+                                                             UcxEngine* engine,
+                                                             const PeerServiceOptions& options);
   // Stops the reaper and drops every lease.
   ~PeerService() override;
 

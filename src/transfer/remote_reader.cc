@@ -218,8 +218,7 @@ absl::Status RemoteReader::FetchFrom(const Namespace& ns, const BlockKey& key,
                                             " bytes does not match its ", slot.num_tokens(),
                                             " tokens in this namespace"));
   }
-  std::byte* const dst =
-      cache_->dram().arena().base() + r->payload_offset - kChunkHeaderBytes;
+  std::byte* const dst = cache_->dram().arena().base() + r->payload_offset - kChunkHeaderBytes;
   const absl::Span<std::byte> bytes(dst, slot.length());
   absl::Status got = engine_->Get(*conn->peer, slot.offset(), bytes, deadline);
   ReleaseLease(address, resp.lease_id());
@@ -236,8 +235,8 @@ absl::Status RemoteReader::FetchFrom(const Namespace& ns, const BlockKey& key,
   expect.verify_payload_checksum = false;
   absl::StatusOr<DecodedChunk> decoded = DecodeChunk(bytes, expect);
   absl::Status check = decoded.status();
-  if (check.ok() && PayloadChecksum(decoded->header.checksum_type, decoded->payload) !=
-                        slot.checksum()) {
+  if (check.ok() &&
+      PayloadChecksum(decoded->header.checksum_type, decoded->payload) != slot.checksum()) {
     check = absl::DataLossError("payload checksum mismatch");
   }
   if (!check.ok()) {
@@ -305,8 +304,8 @@ RemoteReaderStats RemoteReader::Stats() const {
   s.stale_drops = stale_drops_.load();
   absl::MutexLock lock(&mu_);
   for (const auto& [address, c] : conns_) {
-    s.peers.push_back(RemotePeerInfo{c.node_id, address, c.boot_id, c.peer->transports(),
-                                     c.peer->failed()});
+    s.peers.push_back(
+        RemotePeerInfo{c.node_id, address, c.boot_id, c.peer->transports(), c.peer->failed()});
   }
   return s;
 }

@@ -26,10 +26,10 @@
 #include <atomic>
 #include <cstdint>
 #include <deque>
-#include <thread>
-#include <utility>
 #include <memory>
 #include <string>
+#include <thread>
+#include <utility>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
@@ -46,10 +46,10 @@
 namespace kvtier::transfer {
 
 struct RemoteReaderOptions {
-  std::string node_id;                                    // this node (never its own holder)
+  std::string node_id;                                      // this node (never its own holder)
   absl::Duration lookup_timeout = absl::Milliseconds(200);  // deadline of FindHolders
-  absl::Duration transfer_timeout = absl::Seconds(5);     // PinForRead + get of one chunk
-  uint32_t max_hints = 1u << 16;                          // remembered (chunk -> holder) pairs
+  absl::Duration transfer_timeout = absl::Seconds(5);       // PinForRead + get of one chunk
+  uint32_t max_hints = 1u << 16;                            // remembered (chunk -> holder) pairs
 
   // InvalidArgument naming the field.
   absl::Status Validate() const;
@@ -58,7 +58,7 @@ struct RemoteReaderOptions {
 // One holder the reader knows.
 struct RemotePeerInfo {
   std::string node_id;
-  std::string address;     // host:port of its Peer service
+  std::string address;  // host:port of its Peer service
   uint64_t boot_id = 0;
   std::string transports;  // the UCX lanes in use (UcxPeer::transports)
   bool failed = false;
@@ -84,10 +84,10 @@ class RemoteReader {
   // `cache` (whose arena `engine` has mapped), `engine`, `source` and
   // `clients` must outlive the reader.
   static absl::StatusOr<std::unique_ptr<RemoteReader>> Create(EmbeddedCache* cache,
-                                                             UcxEngine* engine,
-                                                             HolderSource* source,
-                                                             PeerClients* clients,
-                                                             const RemoteReaderOptions& options);
+                                                              UcxEngine* engine,
+                                                              HolderSource* source,
+                                                              PeerClients* clients,
+                                                              const RemoteReaderOptions& options);
   // Sends the releases still queued, then drops every endpoint.
   ~RemoteReader();
 
@@ -127,9 +127,12 @@ class RemoteReader {
     }
   };
 
-  RemoteReader(EmbeddedCache* cache, UcxEngine* engine, HolderSource* source,
-               PeerClients* clients, RemoteReaderOptions options)
-      : cache_(cache), engine_(engine), source_(source), clients_(clients),
+  RemoteReader(EmbeddedCache* cache, UcxEngine* engine, HolderSource* source, PeerClients* clients,
+               RemoteReaderOptions options)
+      : cache_(cache),
+        engine_(engine),
+        source_(source),
+        clients_(clients),
         options_(std::move(options)) {
     releaser_ = std::thread([this] { ReleaseLoop(); });
   }

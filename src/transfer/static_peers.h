@@ -18,8 +18,7 @@ class StaticPeerSource final : public HolderSource {
  public:
   // `peers` are "host:port" of the other nodes' gRPC listeners; a peer that
   // answers with `self_node_id` is ignored. `clients` must outlive this.
-  StaticPeerSource(std::vector<std::string> peers, std::string self_node_id,
-                   PeerClients* clients)
+  StaticPeerSource(std::vector<std::string> peers, std::string self_node_id, PeerClients* clients)
       : peers_(std::move(peers)), self_(std::move(self_node_id)), clients_(clients) {}
 
   // Holders of a prefix of `chain`, longest match first. Peers that fail or

@@ -29,10 +29,10 @@ std::string RenderTransferMetrics(const UcxStats& ucx, const PeerServiceStats& h
          "UCX gets that failed (peer error or deadline).", ucx.get_failures);
   Metric(out, "kvtier_ucx_endpoints_created_total", "counter", "UCX endpoints created.",
          ucx.connects);
-  Metric(out, "kvtier_ucx_peer_failures_total", "counter",
-         "UCX endpoints that reported an error.", ucx.peer_failures);
-  Metric(out, "kvtier_peer_pinned_chunks_total", "counter",
-         "Chunks pinned for other nodes' reads.", holder.pinned_chunks);
+  Metric(out, "kvtier_ucx_peer_failures_total", "counter", "UCX endpoints that reported an error.",
+         ucx.peer_failures);
+  Metric(out, "kvtier_peer_pinned_chunks_total", "counter", "Chunks pinned for other nodes' reads.",
+         holder.pinned_chunks);
   Metric(out, "kvtier_peer_pinned_bytes_total", "counter",
          "Encoded bytes of chunks pinned for other nodes.", holder.pinned_bytes);
   Metric(out, "kvtier_peer_leases_expired_total", "counter",
@@ -51,13 +51,12 @@ std::string RenderTransferMetrics(const UcxStats& ucx, const PeerServiceStats& h
          reader->fetches);
   Metric(out, "kvtier_remote_fetched_bytes_total", "counter",
          "Encoded bytes read from other nodes.", reader->fetched_bytes);
-  Metric(out, "kvtier_remote_fetch_misses_total", "counter",
-         "Remote reads that found no holder.", reader->fetch_misses);
+  Metric(out, "kvtier_remote_fetch_misses_total", "counter", "Remote reads that found no holder.",
+         reader->fetch_misses);
   Metric(out, "kvtier_remote_fetch_failures_total", "counter",
          "Remote reads that failed (peer down, deadline, no room).", reader->fetch_failures);
   Metric(out, "kvtier_remote_verify_failures_total", "counter",
-         "Remote reads whose bytes failed the header or checksum check.",
-         reader->verify_failures);
+         "Remote reads whose bytes failed the header or checksum check.", reader->verify_failures);
   Metric(out, "kvtier_remote_hellos_total", "counter", "Connections made to other nodes.",
          reader->hellos);
   Metric(out, "kvtier_remote_stale_endpoints_total", "counter",

@@ -3,14 +3,15 @@
 #include <poll.h>
 #include <stdio.h>
 
+#include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <set>
 #include <sstream>
 #include <utility>
 
-#include "absl/strings/str_cat.h"
 #include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/notification.h"
@@ -68,7 +69,8 @@ std::string LaneTransports(ucp_ep_h ep) {
   // Without an rma_bw lane (TCP, shared memory without a registering
   // memory domain) UCX emulates gets with active messages on the am lane,
   // served by the holder's progress thread.
-  std::string out = rma.empty() ? "rma=am-emulated" : absl::StrCat("rma_bw=", absl::StrJoin(rma, ","));
+  std::string out =
+      rma.empty() ? "rma=am-emulated" : absl::StrCat("rma_bw=", absl::StrJoin(rma, ","));
   if (!am.empty()) absl::StrAppend(&out, " am=", absl::StrJoin(am, ","));
   return out;
 }
@@ -79,9 +81,9 @@ std::string LaneTransports(ucp_ep_h ep) {
 bool SharedMemoryOnly() {
   const char* tls = std::getenv("UCX_TLS");
   if (tls == nullptr || *tls == '\0' || *tls == '^') return false;
-  static const std::set<std::string> kShm = {"sm",        "shm",       "posix",    "sysv",
-                                             "cma",       "knem",      "xpmem",    "self",
-                                             "cuda_copy", "cuda_ipc",  "rocm_copy", "rocm_ipc"};
+  static const std::set<std::string> kShm = {"sm",        "shm",      "posix",     "sysv",
+                                             "cma",       "knem",     "xpmem",     "self",
+                                             "cuda_copy", "cuda_ipc", "rocm_copy", "rocm_ipc"};
   for (absl::string_view t : absl::StrSplit(tls, ',', absl::SkipEmpty())) {
     if (!kShm.contains(std::string(absl::StripAsciiWhitespace(t)))) return false;
   }
@@ -142,8 +144,7 @@ absl::Status UcxEngine::Init() {
     ucp_worker_attr_t attr;
     std::memset(&attr, 0, sizeof(attr));
     attr.field_mask = UCP_WORKER_ATTR_FIELD_THREAD_MODE;
-    if (ucp_worker_query(w->worker, &attr) == UCS_OK &&
-        attr.thread_mode != UCS_THREAD_MODE_MULTI) {
+    if (ucp_worker_query(w->worker, &attr) == UCS_OK && attr.thread_mode != UCS_THREAD_MODE_MULTI) {
       ucp_worker_destroy(w->worker);
       return absl::FailedPreconditionError(
           "ucx: this UCX library has no multi-thread support (built without --enable-mt)");
@@ -195,8 +196,19 @@ UcxEngine::~UcxEngine() {
 void UcxEngine::ProgressLoop(Worker* w) {
   const int wait_ms =
       std::max<int>(1, static_cast<int>(absl::ToInt64Milliseconds(options_.idle_wait)));
+  // Spins for a while after the last activity: a transfer in progress (an
+  // emulated get served to another node, a send waiting for socket room)
+  // needs progress that no receive event announces.
+  auto last_active = std::chrono::steady_clock::now();
   while (!stop_.load(std::memory_order_relaxed)) {
-    if (ucp_worker_progress(w->worker) != 0) continue;
+    if (ucp_worker_progress(w->worker) != 0) {
+      last_active = std::chrono::steady_clock::now();
+      continue;
+    }
+    if (std::chrono::steady_clock::now() - last_active < std::chrono::milliseconds(2)) {
+      std::this_thread::yield();
+      continue;
+    }
     if (w->efd >= 0) {
       const ucs_status_t s = ucp_worker_arm(w->worker);
       if (s == UCS_ERR_BUSY) continue;
@@ -341,8 +353,23 @@ absl::Status UcxEngine::Get(UcxPeer& peer, uint64_t remote_offset, absl::Span<st
   } else if (UCS_PTR_IS_ERR(req)) {
     status = UCS_PTR_STATUS(req);
   } else {
-    Wake(peer.worker_);
-    if (!c.done.WaitForNotificationWithDeadline(deadline)) {
+    // The caller drives the worker itself while it waits (as ucx_perftest
+    // does): a progress thread parked in its event fd would add a wakeup per
+    // step of the transfer.
+    ucp_worker_h w = workers_[peer.worker_]->worker;
+    bool done = false;
+    uint32_t idle = 0;
+    while (!(done = c.done.HasBeenNotified())) {
+      if (ucp_worker_progress(w) != 0) {
+        idle = 0;
+        continue;
+      }
+      if ((++idle & 1023) == 0) {
+        if (absl::Now() >= deadline) break;
+        std::this_thread::yield();
+      }
+    }
+    if (!done && !c.done.WaitForNotificationWithDeadline(deadline)) {
       // Closing the endpoint completes the get (with an error); only then is
       // `dst` safe from late writes.
       peer.failed_.store(true);

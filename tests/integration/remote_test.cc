@@ -70,10 +70,20 @@ struct Node {
 
 absl::Status StartNode(Node& n, const std::string& id, const std::vector<std::string>& peers) {
   if (n.port == 0) n.port = FreePort();
-  std::vector<std::string> flags = {"--tcp",       n.address(), "--ucx",  "true",
-                                    "--node-id",   id,          "--nvme", "off",
-                                    "--dram",      "128MiB",    "--ucx-transfer-timeout-ms",
-                                    "3000",        "--ucx-lookup-timeout-ms", "500"};
+  std::vector<std::string> flags = {"--tcp",
+                                    n.address(),
+                                    "--ucx",
+                                    "true",
+                                    "--node-id",
+                                    id,
+                                    "--nvme",
+                                    "off",
+                                    "--dram",
+                                    "128MiB",
+                                    "--ucx-transfer-timeout-ms",
+                                    "3000",
+                                    "--ucx-lookup-timeout-ms",
+                                    "500"};
   flags.push_back("--admin-token-file");
   flags.push_back(n.dir->Write("admin.token", kAdmin));
   if (!peers.empty()) {
@@ -305,17 +315,18 @@ TEST(RemoteNetnsTest, ReadsAcrossNetworkNamespacesOverVeth) {
   ASSERT_TRUE(net.ok()) << "could not create network namespaces and a veth pair";
   setenv("UCX_TLS", "tcp", 1);
   TempDir da, db;
-  const std::string yaml = absl::StrCat("listen:\n  allow_insecure_tcp: true\nauth:\n  admin_token: ",
-                                        kAdmin, "\n");
+  const std::string yaml =
+      absl::StrCat("listen:\n  allow_insecure_tcp: true\nauth:\n  admin_token: ", kAdmin, "\n");
   const std::string ya = da.Write("kvtierd.yaml", yaml);
   const std::string yb = db.Write("kvtierd.yaml", yaml);
   auto start = [&](int i, const TempDir& dir, const std::string& yaml, const std::string& ip,
                    const std::string& id, const std::string& peer) {
-    std::vector<std::string> argv = {"/usr/bin/env", "ip", "netns", "exec", net.name(i),
-                                     KvtierdPath(), "--config", yaml, "--socket",
-                                     dir.File("kvtierd.sock"), "--http", "", "--dram", "64MiB",
-                                     "--huge-pages", "false", "--nvme", "off", "--tcp",
-                                     ip + ":7311", "--ucx", "true", "--node-id", id};
+    std::vector<std::string> argv = {
+        "/usr/bin/env", "ip",       "netns",     "exec",     net.name(i),
+        KvtierdPath(),  "--config", yaml,        "--socket", dir.File("kvtierd.sock"),
+        "--http",       "",         "--dram",    "64MiB",    "--huge-pages",
+        "false",        "--nvme",   "off",       "--tcp",    ip + ":7311",
+        "--ucx",        "true",     "--node-id", id};
     if (!peer.empty()) {
       argv.push_back("--peers");
       argv.push_back(peer);

@@ -109,9 +109,9 @@ TEST_P(TransferTest, EngineGetsBytesOutOfAnotherEnginesArena) {
   ASSERT_TRUE(peer.ok()) << peer.status();
   EXPECT_TRUE(absl::StrContains((*peer)->transports(), "am="));
   std::byte* dst = b->cache->dram().arena().base();
-  ASSERT_TRUE(b->ucx->Get(**peer, 4096, absl::MakeSpan(dst, 1 << 19),
-                          absl::Now() + absl::Seconds(10))
-                  .ok());
+  ASSERT_TRUE(
+      b->ucx->Get(**peer, 4096, absl::MakeSpan(dst, 1 << 19), absl::Now() + absl::Seconds(10))
+          .ok());
   EXPECT_EQ(std::memcmp(dst, src + 4096, 1 << 19), 0);
   // Outside the remote arena.
   EXPECT_THAT(b->ucx->Get(**peer, a->cache->dram().arena().size() - 10, absl::MakeSpan(dst, 4096),
@@ -260,15 +260,15 @@ TEST_P(TransferTest, RestartedHolderIsGreetedAgain) {
 TEST(UcxOptionsTest, ValidateNamesTheField) {
   UcxOptions o;
   o.progress_threads = 0;
-  EXPECT_THAT(o.Validate(), StatusIs(absl::StatusCode::kInvalidArgument,
-                                     HasSubstr("ucx.progress_threads")));
+  EXPECT_THAT(o.Validate(),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("ucx.progress_threads")));
   PeerServiceOptions p;
   EXPECT_THAT(p.Validate(), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("node_id")));
   RemoteReaderOptions r;
   r.node_id = "x";
   r.transfer_timeout = absl::ZeroDuration();
-  EXPECT_THAT(r.Validate(), StatusIs(absl::StatusCode::kInvalidArgument,
-                                     HasSubstr("ucx.transfer_timeout_ms")));
+  EXPECT_THAT(r.Validate(),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("ucx.transfer_timeout_ms")));
 }
 
 INSTANTIATE_TEST_SUITE_P(Transports, TransferTest, ::testing::Values("tcp", "posix,cma"),
