@@ -19,6 +19,7 @@ packages=(
   nlohmann-json3-dev chromium prometheus python3-yaml
   libnats-dev nats-server libzmq3-dev libmsgpack-cxx-dev
   libcurl4-openssl-dev libssl-dev curl
+  iproute2
 )
 # Node.js and npm (the status page's uPlot bundle, the browser test's driver):
 # Debian's packages unless a node with npm is installed already.

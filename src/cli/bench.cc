@@ -123,6 +123,22 @@ const std::vector<BenchSuite>& BenchSuites() {
        "Prints medians of --reps repetitions and the median per-repetition ratio.\n"
        "Target: >= 0.9x curl.",
        RunBlobBench},
+      {"ucx", "remote Load between two nodes over UCX beside ucx_perftest; remote read latency",
+       "kvtier bench ucx [--json] [--sizes 256KiB,1MiB,4MiB] [--inflight 1,4,16] [--tls tcp]\n"
+       "                 [--reps 3] [--seconds 0.5] [--chunks 32] [--latency-reads 200]\n"
+       "                 [--kvtierd PATH] [--ucx-perftest PATH]\n\n"
+       "Starts a holder kvtierd (node-to-node transfer on, loopback) and saves --chunks\n"
+       "chunks of each size into it; this process is the reader (an embedded cache with\n"
+       "kvtierd's remote reader). A remote Load is PinForRead, one UCX get into a DRAM\n"
+       "slot, header and checksum checks and the commit; the chunk is then dropped\n"
+       "locally so every Load goes remote. Measures remote Load throughput with\n"
+       "--inflight concurrent reads beside ucx_perftest -t ucp_get (server and client\n"
+       "processes, same size, -O in flight) under the same UCX_TLS (--tls: one or more\n"
+       "values separated by ';', e.g. 'tcp;posix,cma'), and prints the medians of --reps\n"
+       "repetitions and of the per-repetition ratios; then the p50/p99 latency of one\n"
+       "remote chunk read.\n"
+       "Target: remote Load >= 0.85x ucx_perftest.",
+       RunUcxBench},
   };
   return suites;
 }

@@ -88,6 +88,7 @@ int RunNvmeBench(Flags& flags);
 int RunReplayBench(Flags& flags);
 int RunIndexBench(Flags& flags);
 int RunBlobBench(Flags& flags);
+int RunUcxBench(Flags& flags);
 
 }  // namespace kvtier::cli
 

@@ -535,6 +535,9 @@ absl::StatusOr<LookupResult> Client::Lookup(const Namespace& ns, absl::Span<cons
   LookupResult r;
   r.matched = resp.matched();
   for (int t : resp.tiers()) r.chunks.push_back(ChunkLocation{static_cast<Tier>(t), ""});
+  for (int i = 0; i < resp.holders_size() && i < static_cast<int>(r.chunks.size()); ++i) {
+    r.chunks[i].holder = resp.holders(i);
+  }
   return r;
 }
 
@@ -550,6 +553,9 @@ absl::StatusOr<TokenLookup> Client::LookupTokens(const Namespace& ns,
   TokenLookup out;
   out.result.matched = resp.matched();
   for (int t : resp.tiers()) out.result.chunks.push_back(ChunkLocation{static_cast<Tier>(t), ""});
+  for (int i = 0; i < resp.holders_size() && i < static_cast<int>(out.result.chunks.size()); ++i) {
+    out.result.chunks[i].holder = resp.holders(i);
+  }
   for (int i = 0; i < resp.chunks_size(); ++i) {
     KVTIER_ASSIGN_OR_RETURN(ChunkRef c,
                             wire::ChunkFromProto(resp.chunks(i), absl::StrCat("chunks[", i, "]")));

@@ -367,11 +367,23 @@ absl::Status CacheService::DoLookup(grpc::ServerContext*, const v1::LookupReques
     return absl::InvalidArgumentError(msg);
   }
   KVTIER_ASSIGN_OR_RETURN(LookupResult r, cache_->Lookup(ns, keys));
+  if (remote_ != nullptr && r.matched < keys.size()) {
+    std::vector<ChunkLocation> more = remote_->Locate(ns, keys, r.matched);
+    r.matched += more.size();
+    r.chunks.insert(r.chunks.end(), more.begin(), more.end());
+  }
   if (options_.namespace_stats != nullptr) {
     options_.namespace_stats->AddLookup(ns, keys.size(), r.matched);
   }
   resp.set_matched(static_cast<uint32_t>(r.matched));
-  for (const ChunkLocation& loc : r.chunks) resp.add_tiers(static_cast<v1::Tier>(loc.tier));
+  bool any_remote = false;
+  for (const ChunkLocation& loc : r.chunks) {
+    resp.add_tiers(static_cast<v1::Tier>(loc.tier));
+    any_remote |= !loc.holder.empty();
+  }
+  if (any_remote) {
+    for (const ChunkLocation& loc : r.chunks) resp.add_holders(loc.holder);
+  }
   return absl::OkStatus();
 }
 
@@ -465,6 +477,17 @@ absl::Status CacheService::DoSave(grpc::ServerContext*, grpc::ServerReader<wire:
 
 // ---- Load ---------------------------------------------------------------------
 
+absl::StatusOr<ChunkPin> CacheService::PinLocalOrRemote(const Namespace& ns, const BlockKey& key) {
+  absl::StatusOr<ChunkPin> pin = cache_->Pin(ns, key);
+  if (remote_ == nullptr || !absl::IsNotFound(pin.status())) return pin;
+  absl::Status fetched = remote_->Fetch(ns, key);
+  if (!fetched.ok()) {
+    return absl::NotFoundError(absl::StrCat("not cached here, and not read from another node: ",
+                                            fetched.message()));
+  }
+  return cache_->Pin(ns, key);
+}
+
 absl::Status CacheService::DoLoad(grpc::ServerContext* ctx, const v1::LoadRequest& req,
                                   grpc::ServerWriter<wire::LoadFrame>* writer, Principal& who) {
   KVTIER_ASSIGN_OR_RETURN(std::vector<BlockKey> keys,
@@ -479,7 +502,7 @@ absl::Status CacheService::DoLoad(grpc::ServerContext* ctx, const v1::LoadReques
   };
   for (const BlockKey& key : keys) {
     if (ctx->IsCancelled()) return absl::CancelledError("Load: the client went away");
-    absl::StatusOr<ChunkPin> pin = cache_->Pin(ns, key);
+    absl::StatusOr<ChunkPin> pin = PinLocalOrRemote(ns, key);
     msg.Clear();
     msg.has_chunk = true;
     msg.chunk.set_key(wire::KeyToBytes(key));
@@ -632,7 +655,7 @@ absl::Status CacheService::DoPin(grpc::ServerContext*, const v1::PinRequest& req
     }
   };
   for (const BlockKey& key : keys) {
-    absl::StatusOr<ChunkPin> pin = cache_->Pin(ns, key);
+    absl::StatusOr<ChunkPin> pin = PinLocalOrRemote(ns, key);
     v1::PinnedChunk* out = resp.add_chunks();
     SetChunkStatus(out->mutable_status(), key, pin.status());
     if (!pin.ok()) {

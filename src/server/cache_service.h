@@ -37,6 +37,7 @@
 #include "src/server/metrics.h"
 #include "src/server/namespace_stats.h"
 #include "src/server/shm_protocol.h"
+#include "src/transfer/remote_reader.h"
 
 namespace kvtier::server {
 
@@ -62,6 +63,12 @@ class CacheService final : public grpc::Service {
   CacheService(EmbeddedCache* cache, const Authenticator* auth, Metrics* metrics, Logger* log,
                ServiceOptions options);
   ~CacheService() override;
+
+  // Consults `remote` (not owned; outlives the service; nullptr = off) past
+  // the local match: Lookup reports the chunks other nodes hold as
+  // Tier::kRemote, and Load and Pin of such a chunk copy it into DRAM first.
+  // Call before serving.
+  void SetRemoteReader(transfer::RemoteReader* remote) { remote_ = remote; }
 
   // From now on Health reports DRAINING and new calls get UNAVAILABLE.
   void SetDraining() { draining_.store(true); }
@@ -156,6 +163,10 @@ class CacheService final : public grpc::Service {
   absl::Status DoEvict(grpc::ServerContext* ctx, const v1::EvictRequest& req,
                        v1::EvictResponse& resp, Principal& who);
 
+  // cache_->Pin, and on a miss with a remote reader, a fetch from the holder
+  // and a second Pin. A failed fetch is a miss (NotFound with its reason).
+  absl::StatusOr<ChunkPin> PinLocalOrRemote(const Namespace& ns, const BlockKey& key);
+
   // Lease table. NewLeaseId never returns 0 or an id in use.
   uint64_t NewLeaseId() ABSL_EXCLUSIVE_LOCKS_REQUIRED(leases_mu_);
   absl::Status CheckLeaseRoom(size_t wanted) const;
@@ -164,6 +175,7 @@ class CacheService final : public grpc::Service {
   std::optional<Lease> TakeLease(uint64_t id, Lease::Kind kind, const std::string& owner);
 
   EmbeddedCache* const cache_;
+  transfer::RemoteReader* remote_ = nullptr;
   const Authenticator* const auth_;
   Metrics* const metrics_;
   Logger* const log_;

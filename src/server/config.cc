@@ -346,6 +346,23 @@ absl::Status ApplySetting(const std::string& name, const std::string& value,
                             ParseU32(value, field, 1, 365u * 86400u));
   } else if (name == "cluster.stream_max_bytes") {
     KVTIER_ASSIGN_OR_RETURN(c.cluster.stream_max_bytes, ParseByteSize(value, field));
+  } else if (name == "peers") {
+    c.peers.clear();
+    for (absl::string_view p : absl::StrSplit(value, ',', absl::SkipWhitespace())) {
+      c.peers.emplace_back(absl::StripAsciiWhitespace(p));
+    }
+  } else if (name == "ucx.enabled") {
+    KVTIER_ASSIGN_OR_RETURN(c.ucx.enabled, ParseBool(value, field));
+  } else if (name == "ucx.progress_threads") {
+    KVTIER_ASSIGN_OR_RETURN(c.ucx.progress_threads, ParseU32(value, field, 1, 64));
+  } else if (name == "ucx.lease_seconds") {
+    KVTIER_ASSIGN_OR_RETURN(c.ucx.lease_seconds, ParseU32(value, field, 1, 3600));
+  } else if (name == "ucx.lookup_timeout_ms") {
+    KVTIER_ASSIGN_OR_RETURN(c.ucx.lookup_timeout_ms, ParseU32(value, field, 1, 60000));
+  } else if (name == "ucx.transfer_timeout_ms") {
+    KVTIER_ASSIGN_OR_RETURN(c.ucx.transfer_timeout_ms, ParseU32(value, field, 1, 600000));
+  } else if (name == "ucx.peer_token") {
+    c.ucx.peer_token = value;
   } else {
     return Invalid(field, "unknown setting");
   }
@@ -401,6 +418,9 @@ const std::map<std::string, std::set<std::string>>& SectionKeys() {
         "backoff_initial_ms",
         "backoff_max_ms",
         "recheck_ms"}},
+      {"ucx",
+       {"enabled", "progress_threads", "lease_seconds", "lookup_timeout_ms",
+        "transfer_timeout_ms", "peer_token"}},
   };
   return *keys;
 }
@@ -450,7 +470,7 @@ absl::Status ApplyTenants(const YAML::Node& list, DaemonConfig& c) {
 
 absl::Status ApplyYamlNode(const YAML::Node& root, DaemonConfig& c) {
   if (root.IsNull()) return absl::OkStatus();  // an empty file
-  std::set<std::string> top{"data_dir", "node_id"};
+  std::set<std::string> top{"data_dir", "node_id", "peers"};
   for (const auto& [section, keys] : SectionKeys()) top.insert(section);
   KVTIER_RETURN_IF_ERROR(Yaml::CheckKeys(root, "", top));
   if (root["data_dir"]) {
@@ -460,6 +480,10 @@ absl::Status ApplyYamlNode(const YAML::Node& root, DaemonConfig& c) {
   if (root["node_id"]) {
     KVTIER_ASSIGN_OR_RETURN(std::string v, Yaml::Scalar(root["node_id"], "node_id"));
     KVTIER_RETURN_IF_ERROR(ApplySetting("node_id", v, "node_id", c));
+  }
+  if (root["peers"]) {
+    KVTIER_ASSIGN_OR_RETURN(std::vector<std::string> v, Yaml::StringList(root["peers"], "peers"));
+    KVTIER_RETURN_IF_ERROR(ApplySetting("peers", absl::StrJoin(v, ","), "peers", c));
   }
   for (const auto& [section, keys] : SectionKeys()) {
     const YAML::Node node = root[section];
@@ -544,6 +568,12 @@ const std::vector<FlagSpec>& FlagSpecs() {
       {"blob-sas-file", "blob.sas_file", true, "file holding a SAS token (instead of a key)"},
       {"blob-policy", "blob.policy", true, "Blob uploads: on_demotion | always | never"},
       {"blob-probe", "blob.probe", true, "Lookup asks Blob about other nodes' chunks: true/false"},
+      {"peers", "peers", true, "other kvtierds' TCP listeners, host:port,host:port"},
+      {"ucx", "ucx.enabled", true, "node-to-node transfer over UCX: true or false"},
+      {"ucx-progress-threads", "ucx.progress_threads", true, "UCX workers (1..64)"},
+      {"ucx-lease-seconds", "ucx.lease_seconds", true, "life of chunks pinned for peers"},
+      {"ucx-lookup-timeout-ms", "ucx.lookup_timeout_ms", true, "wait for peers' Lookup"},
+      {"ucx-transfer-timeout-ms", "ucx.transfer_timeout_ms", true, "one remote read"},
       {"help", nullptr, false, "print this help"},
       {"version", nullptr, false, "print the version"},
   };
@@ -582,6 +612,8 @@ constexpr EnvSpec kEnvSpecs[] = {
     {"KVTIER_BLOB_KEY", "blob.key"},
     {"KVTIER_BLOB_SAS", "blob.sas"},
     {"KVTIER_BLOB_POLICY", "blob.policy"},
+    {"KVTIER_PEERS", "peers"},
+    {"KVTIER_UCX", "ucx.enabled"},
 };
 
 }  // namespace
@@ -781,6 +813,10 @@ absl::StatusOr<DaemonConfig> LoadConfig(const CommandLine& cl,
   KVTIER_RETURN_IF_ERROR(ApplyEnv(env, c));
   KVTIER_RETURN_IF_ERROR(ApplyFlags(cl, c));
   if (c.unix_socket.empty()) c.unix_socket = c.DefaultSocketPath(env);
+  if (c.node_id.empty()) {
+    char host[256] = {};
+    if (gethostname(host, sizeof(host) - 1) == 0) c.node_id = host;
+  }
   // A listener given as ":PORT" or "PORT" binds loopback.
   for (std::string* addr : {&c.tcp, &c.http}) {
     if (!addr->empty() && addr->front() == ':') {
@@ -790,10 +826,6 @@ absl::StatusOr<DaemonConfig> LoadConfig(const CommandLine& cl,
     }
   }
   if (c.dram.dram_capacity_bytes == 0) c.dram.dram_capacity_bytes = DefaultDramBytes();
-  if (c.node_id.empty()) {
-    char host[256] = {};
-    if (gethostname(host, sizeof(host) - 1) == 0) c.node_id = host;
-  }
   if (!c.nvme_enabled) {
     c.dram.nvme.path.clear();
   } else {
@@ -933,6 +965,26 @@ absl::Status DaemonConfig::Validate() const {
     return Invalid("log.level",
                    absl::StrCat("'", log_level, "' is not debug, info, warn or error"));
   }
+  for (size_t i = 0; i < peers.size(); ++i) {
+    const std::string& p = peers[i];
+    const size_t colon = p.rfind(':');
+    uint32_t port = 0;
+    if (colon == std::string::npos || colon == 0 ||
+        !absl::SimpleAtoi(p.substr(colon + 1), &port) || port == 0 || port > 65535) {
+      return Invalid(absl::StrCat("peers[", i, "]"),
+                     absl::StrCat("'", p, "' is not host:port"));
+    }
+  }
+  if (!peers.empty() && !ucx.enabled) {
+    return Invalid("ucx.enabled", "peers are listed but node-to-node transfer is off (set true)");
+  }
+  if (ucx.enabled) {
+    if (node_id.empty()) return Invalid("node_id", "required with ucx.enabled");
+    if (tcp.empty()) {
+      return Invalid("listen.tcp",
+                     "ucx.enabled needs a TCP listener: other nodes call the Peer service there");
+    }
+  }
   return absl::OkStatus();
 }
 
@@ -1051,6 +1103,15 @@ std::string DaemonConfig::ToRedactedYaml() const {
   out << YAML::Key << "backoff_initial_ms" << YAML::Value << b.backoff_initial_ms;
   out << YAML::Key << "backoff_max_ms" << YAML::Value << b.backoff_max_ms;
   out << YAML::Key << "recheck_ms" << YAML::Value << b.recheck_ms;
+  out << YAML::EndMap;
+  out << YAML::Key << "peers" << YAML::Value << YAML::Flow << peers;
+  out << YAML::Key << "ucx" << YAML::Value << YAML::BeginMap;
+  out << YAML::Key << "enabled" << YAML::Value << ucx.enabled;
+  out << YAML::Key << "progress_threads" << YAML::Value << ucx.progress_threads;
+  out << YAML::Key << "lease_seconds" << YAML::Value << ucx.lease_seconds;
+  out << YAML::Key << "lookup_timeout_ms" << YAML::Value << ucx.lookup_timeout_ms;
+  out << YAML::Key << "transfer_timeout_ms" << YAML::Value << ucx.transfer_timeout_ms;
+  out << YAML::Key << "peer_token" << YAML::Value << redact(ucx.peer_token);
   out << YAML::EndMap;
   out << YAML::EndMap;
   return std::string(out.c_str()) + "\n";

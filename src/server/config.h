@@ -58,6 +58,16 @@ struct ClusterConfig {
   bool enabled() const { return !nats_url.empty(); }
 };
 
+// Node-to-node transfer over UCX (docs/transfer.md).
+struct UcxConfig {
+  bool enabled = false;                // serve Peer and read other nodes' chunks
+  uint32_t progress_threads = 1;       // UCX workers, each with a progress thread (1..64)
+  uint32_t lease_seconds = 10;         // life of a chunk pinned for another node's read
+  uint32_t lookup_timeout_ms = 200;    // how long Lookup waits for the peers' answers
+  uint32_t transfer_timeout_ms = 5000;  // deadline of one remote chunk read
+  std::string peer_token;              // shared secret of the Peer service; empty = none
+};
+
 struct DaemonConfig {
   // Directory for the daemon's state; the default Unix socket lives in it
   // when set. Created at start when missing.
@@ -104,6 +114,9 @@ struct DaemonConfig {
   // Status page (/ and /api/v1/status on the HTTP listener).
   std::string status_token;  // bearer token for them; required when listen.http is not loopback
   double tokens_per_gpu_second = 10000;  // prefill tokens one GPU computes per second ("saved")
+  // "host:port" of other kvtierds' gRPC TCP listeners, asked for remote chunks.
+  std::vector<std::string> peers;
+  UcxConfig ucx;
 
   // The default Unix socket: <data_dir>/kvtierd.sock when data_dir is set,
   // else $XDG_RUNTIME_DIR/kvtier/kvtierd.sock, else /tmp/kvtier-<uid>/kvtierd.sock.

@@ -10,11 +10,13 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "grpcpp/security/server_credentials.h"
 #include "grpcpp/server_builder.h"
 #include "src/common/status_macros.h"
 #include "src/index/index_holder_source.h"
+#include "src/transfer/transfer_metrics.h"
 
 namespace kvtier::server {
 namespace {
@@ -117,6 +119,7 @@ absl::Status Daemon::Init(std::string version) {
       version);
   metrics_->SetNamespaceSource([this] { return namespace_stats_->Snapshot(); });
   service_ = std::make_unique<CacheService>(cache_.get(), auth_.get(), metrics_.get(), log_, so);
+  KVTIER_RETURN_IF_ERROR(StartTransfer());
 
   KVTIER_RETURN_IF_ERROR(PrepareSocketPath(config_.unix_socket, "listen.unix_socket"));
   grpc::ServerBuilder builder;
@@ -133,6 +136,7 @@ absl::Status Daemon::Init(std::string version) {
   builder.SetMaxReceiveMessageSize(static_cast<int>(config_.max_grpc_message_bytes));
   builder.SetMaxSendMessageSize(static_cast<int>(config_.max_grpc_message_bytes));
   builder.RegisterService(service_.get());
+  if (peer_service_ != nullptr) builder.RegisterService(peer_service_.get());
   // The socket file is created with the umask; keep it private until chmod.
   const mode_t old_umask = umask(0177);
   grpc_ = builder.BuildAndStart();
@@ -253,13 +257,75 @@ absl::Status Daemon::StartCluster() {
     absl::StatusOr<std::unique_ptr<index::IndexHolderSource>> h =
         index::IndexHolderSource::Create(ho);
     if (!h.ok()) return h.status();
-    holder_source_ = std::move(*h);
+    index_holders_ = std::move(*h);
   }
   log_->Info("cluster events on", {{"node_id", config_.node_id},
                                    {"nats", c.nats_url},
                                    {"grpc_address", po.grpc_address},
                                    {"index", c.index_address}});
   return absl::OkStatus();
+}
+
+absl::Status Daemon::StartTransfer() {
+  if (!config_.ucx.enabled) return absl::OkStatus();
+  transfer::UcxOptions uo;
+  uo.progress_threads = config_.ucx.progress_threads;
+  absl::StatusOr<std::unique_ptr<transfer::UcxEngine>> engine = transfer::UcxEngine::Create(uo);
+  if (!engine.ok()) {
+    return absl::Status(engine.status().code(),
+                        absl::StrCat("ucx: ", engine.status().message()));
+  }
+  ucx_ = std::move(*engine);
+  const Arena& arena = cache_->dram().arena();
+  KVTIER_RETURN_IF_ERROR(ucx_->MapArena(arena.base(), arena.size()));
+  uint64_t boot_id = 0;
+  while (boot_id == 0) {
+    if (getrandom(&boot_id, sizeof(boot_id), 0) != sizeof(boot_id)) boot_id = 0;
+  }
+  transfer::PeerServiceOptions po;
+  po.node_id = config_.node_id;
+  po.boot_id = boot_id;
+  po.lease_timeout = absl::Seconds(config_.ucx.lease_seconds);
+  po.max_keys_per_request = config_.max_keys_per_request;
+  po.peer_token = config_.ucx.peer_token;
+  KVTIER_ASSIGN_OR_RETURN(peer_service_, transfer::PeerService::Create(cache_.get(), ucx_.get(), po));
+  peer_clients_ = std::make_unique<transfer::PeerClients>(config_.ucx.peer_token);
+  if (!config_.peers.empty()) {
+    static_holders_ = std::make_unique<transfer::StaticPeerSource>(
+        config_.peers, config_.node_id, peer_clients_.get());
+  }
+  if (transfer::HolderSource* holders = holder_source(); holders != nullptr) {
+    transfer::RemoteReaderOptions ro;
+    ro.node_id = config_.node_id;
+    ro.lookup_timeout = absl::Milliseconds(config_.ucx.lookup_timeout_ms);
+    ro.transfer_timeout = absl::Milliseconds(config_.ucx.transfer_timeout_ms);
+    KVTIER_ASSIGN_OR_RETURN(remote_,
+                            transfer::RemoteReader::Create(cache_.get(), ucx_.get(),
+                                                           holders,
+                                                           peer_clients_.get(), ro));
+    service_->SetRemoteReader(remote_.get());
+  }
+  metrics_->AddSection([this] {
+    std::optional<transfer::RemoteReaderStats> rs;
+    if (remote_ != nullptr) rs = remote_->Stats();
+    return transfer::RenderTransferMetrics(ucx_->Stats(), peer_service_->Stats(),
+                                           rs.has_value() ? &*rs : nullptr);
+  });
+  log_->Info("node-to-node transfer",
+             {{"node_id", config_.node_id},
+              {"ucx", transfer::UcxEngine::Version()},
+              {"workers", static_cast<uint64_t>(config_.ucx.progress_threads)},
+              {"peers", absl::StrJoin(config_.peers, ",")},
+              {"UCX_TLS", std::getenv("UCX_TLS") != nullptr ? std::getenv("UCX_TLS") : "all"}});
+  return absl::OkStatus();
+}
+
+void Daemon::StopTransfer() {
+  remote_.reset();
+  static_holders_.reset();
+  peer_clients_.reset();
+  peer_service_.reset();
+  ucx_.reset();
 }
 
 HttpResponse Daemon::ServeHttp(const std::string& path) {
@@ -334,6 +400,9 @@ void Daemon::Shutdown() {
 
 Daemon::~Daemon() {
   Shutdown();
+  // Remote reads and pins for other nodes end before the arena goes.
+  if (service_) service_->SetRemoteReader(nullptr);
+  StopTransfer();
   // Leases (pins, reservations) go before the cache they point into.
   service_.reset();
 }

@@ -34,6 +34,11 @@
 #include "src/server/shm_server.h"
 #include "src/server/status_page.h"
 #include "src/transfer/holder_source.h"
+#include "src/transfer/peer_client.h"
+#include "src/transfer/peer_service.h"
+#include "src/transfer/remote_reader.h"
+#include "src/transfer/static_peers.h"
+#include "src/transfer/ucx_engine.h"
 
 namespace kvtier::server {
 
@@ -49,9 +54,13 @@ class Daemon {
   int http_port() const { return http_ ? http_->port() : 0; }
   int tcp_port() const { return tcp_port_; }
   uint64_t arena_id() const { return arena_id_; }
-  // Remote holders from the cluster index (cluster.index_address); nullptr
-  // when none is configured.
-  transfer::HolderSource* holder_source() const { return holder_source_.get(); }
+  // Where remote reads learn which nodes hold a chain: the cluster index
+  // (cluster.index_address) when configured, else the static `peers` list
+  // (with ucx.enabled); nullptr when neither is.
+  transfer::HolderSource* holder_source() const {
+    if (index_holders_ != nullptr) return index_holders_.get();
+    return static_holders_.get();
+  }
 
  private:
   Daemon(DaemonConfig config, Logger* log) : config_(std::move(config)), log_(log) {}
@@ -69,7 +78,7 @@ class Daemon {
   // Cluster events (cluster.nats_url); declared before cache_ so the
   // publisher outlives the cache that reports to it.
   std::unique_ptr<index::EventPublisher> publisher_;
-  std::unique_ptr<transfer::HolderSource> holder_source_;
+  std::unique_ptr<transfer::HolderSource> index_holders_;
   std::unique_ptr<EmbeddedCache> cache_;
   std::unique_ptr<Authenticator> auth_;
   std::unique_ptr<Metrics> metrics_;
@@ -83,6 +92,14 @@ class Daemon {
   double start_time_ = 0;  // Unix seconds
   std::thread reaper_;
   absl::Notification stop_reaper_;
+  // Node-to-node transfer (ucx.enabled); torn down before the cache.
+  absl::Status StartTransfer();
+  void StopTransfer();
+  std::unique_ptr<transfer::UcxEngine> ucx_;
+  std::unique_ptr<transfer::PeerService> peer_service_;
+  std::unique_ptr<transfer::PeerClients> peer_clients_;
+  std::unique_ptr<transfer::StaticPeerSource> static_holders_;
+  std::unique_ptr<transfer::RemoteReader> remote_;
   std::atomic<bool> ready_{false};
   absl::Mutex shutdown_mu_;
   bool shut_down_ ABSL_GUARDED_BY(shutdown_mu_) = false;

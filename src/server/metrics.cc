@@ -264,7 +264,9 @@ std::string Metrics::Render() const {
       families.push_back(std::move(*f));
     }
   }
-  return prometheus::TextSerializer().Serialize(families);
+  std::string out = prometheus::TextSerializer().Serialize(families);
+  for (const auto& section : sections_) out += section();
+  return out;
 }
 
 void Metrics::SetNamespaceSource(std::function<std::vector<NamespaceCounters>()> source) {

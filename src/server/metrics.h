@@ -92,12 +92,16 @@ class Metrics {
   // Finished RPCs by gRPC status code name ("OK", "NOT_FOUND", ...), all
   // methods together.
   std::map<std::string, uint64_t> RequestsByCode() const;
+  // Appends the text `render` returns (exposition format, complete families)
+  // to every Render. Call before serving; `render` must be thread-safe.
+  void AddSection(std::function<std::string()> render) { sections_.push_back(std::move(render)); }
 
  private:
   std::function<CacheStats()> cache_stats_;
   std::function<DaemonGauges()> daemon_gauges_;
   std::string version_;
   std::function<std::vector<NamespaceCounters>()> namespaces_;
+  std::vector<std::function<std::string()>> sections_;
   double start_time_;
   std::shared_ptr<prometheus::Registry> registry_;
   prometheus::Family<prometheus::Counter>* rpc_total_;

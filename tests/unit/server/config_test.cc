@@ -405,5 +405,53 @@ TEST(Blob, SectionFlagsAndEnvironmentConfigureTheTier) {
   std::remove(key_file.c_str());
 }
 
+TEST(Transfer, NodeIdPeersAndUcxFromYamlEnvAndFlags) {
+  DaemonConfig c;
+  ASSERT_OK(ApplyYaml(
+      "node_id: node-b\npeers: [\"10.0.0.1:7311\", \"10.0.0.2:7311\"]\n"
+      "listen: {tcp: \"127.0.0.1:7311\"}\nauth: {admin_token: admin-token-0123456789}\n"
+      "ucx: {enabled: true, progress_threads: 2, lease_seconds: 5, lookup_timeout_ms: 50,\n"
+      "      transfer_timeout_ms: 900, peer_token: pt}\n",
+      c));
+  EXPECT_EQ(c.node_id, "node-b");
+  EXPECT_EQ(c.peers, (std::vector<std::string>{"10.0.0.1:7311", "10.0.0.2:7311"}));
+  EXPECT_TRUE(c.ucx.enabled);
+  EXPECT_EQ(c.ucx.progress_threads, 2u);
+  EXPECT_EQ(c.ucx.lease_seconds, 5u);
+  EXPECT_EQ(c.ucx.lookup_timeout_ms, 50u);
+  EXPECT_EQ(c.ucx.transfer_timeout_ms, 900u);
+  EXPECT_EQ(c.ucx.peer_token, "pt");
+  c.unix_socket = "/tmp/kvtier-config-test.sock";
+  EXPECT_OK(c.Validate());
+  EXPECT_THAT(c.ToRedactedYaml(), ::testing::Not(HasSubstr("pt\n")));
+  ASSERT_OK(ApplyEnv({{"KVTIER_NODE_ID", "env-node"}, {"KVTIER_PEERS", "h:1"}}, c));
+  EXPECT_EQ(c.node_id, "env-node");
+  EXPECT_EQ(c.peers, (std::vector<std::string>{"h:1"}));
+  ASSERT_OK_AND_ASSIGN(CommandLine cl, ParseCommandLine({"--node-id", "flag-node", "--ucx",
+                                                         "false", "--peers", ""}));
+  ASSERT_OK(ApplyFlags(cl, c));
+  EXPECT_EQ(c.node_id, "flag-node");
+  EXPECT_FALSE(c.ucx.enabled);
+  EXPECT_TRUE(c.peers.empty());
+}
+
+TEST(Transfer, ValidateNamesTheKey) {
+  DaemonConfig c;
+  c.unix_socket = "/tmp/kvtier-config-test.sock";
+  c.peers = {"10.0.0.1:7311"};
+  EXPECT_THAT(c.Validate(), StatusIs(kInvalid, HasSubstr("ucx.enabled")));
+  c.ucx.enabled = true;
+  c.node_id = "n";
+  EXPECT_THAT(c.Validate(), StatusIs(kInvalid, HasSubstr("listen.tcp")));
+  c.tcp = "127.0.0.1:7311";
+  c.admin_token = "admin-token-0123456789";
+  c.peers = {"no-port"};
+  EXPECT_THAT(c.Validate(), StatusIs(kInvalid, HasSubstr("peers[0]")));
+  DaemonConfig d;
+  EXPECT_THAT(ApplyYaml("ucx: {progress_threads: 0}\n", d),
+              StatusIs(kInvalid, HasSubstr("ucx.progress_threads")));
+  EXPECT_THAT(ApplyYaml("ucx: {bogus: 1}\n", d), StatusIs(kInvalid, HasSubstr("ucx.bogus")));
+}
+
 }  // namespace
 }  // namespace kvtier::server

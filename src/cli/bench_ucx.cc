@@ -1,0 +1,396 @@
+// `kvtier bench ucx`: remote Load throughput and latency between two nodes
+// beside ucx_perftest on the same UCX transport and message size.
+//
+// The holder is a real kvtierd (started here, with node-to-node transfer on);
+// the reader is this process: an embedded cache with its own UCX engine and
+// the remote reader kvtierd uses, asking the holder through its Peer service.
+// One remote Load = Peer.PinForRead over gRPC + one ucp_get_nbx of header and
+// payload into a reserved DRAM slot + header and checksum checks + commit
+// (+ the lease release, asynchronous); the chunk is then removed from the
+// reader's DRAM so the next Load of it goes remote again. ucx_perftest runs
+// as a server and a client process on loopback with -t ucp_get, the same
+// size and -O <in flight>, under the same UCX_TLS.
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
+#include "absl/time/clock.h"
+#include "kvtier/client.h"
+#include "src/cli/bench.h"
+#include "src/cli/report.h"
+#include "src/common/temp_path.h"
+#include "src/core/embedded_cache.h"
+#include "src/transfer/peer_client.h"
+#include "src/transfer/remote_reader.h"
+#include "src/transfer/static_peers.h"
+#include "src/transfer/ucx_engine.h"
+
+namespace kvtier::cli {
+namespace {
+
+constexpr const char* kToken = "bench-ucx-admin-token-0123456789";
+
+// A child process with its own environment additions; SIGTERM, then SIGKILL,
+// on destruction.
+class Proc {
+ public:
+  static std::unique_ptr<Proc> Start(const std::vector<std::string>& argv,
+                                     const std::vector<std::string>& env, const std::string& log) {
+    pid_t pid = fork();
+    if (pid < 0) return nullptr;
+    if (pid == 0) {
+      int fd = open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+      if (fd >= 0) {
+        dup2(fd, STDOUT_FILENO);
+        dup2(fd, STDERR_FILENO);
+        close(fd);
+      }
+      for (const std::string& e : env) putenv(const_cast<char*>(e.c_str()));
+      std::vector<char*> args;
+      for (const std::string& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+      args.push_back(nullptr);
+      execvp(args[0], args.data());
+      _exit(127);
+    }
+    return std::unique_ptr<Proc>(new Proc(pid));
+  }
+  ~Proc() {
+    if (!reaped_) {
+      kill(pid_, SIGTERM);
+      for (int i = 0; i < 300; ++i) {
+        if (waitpid(pid_, nullptr, WNOHANG) == pid_) return;
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+      }
+      kill(pid_, SIGKILL);
+      waitpid(pid_, nullptr, 0);
+    }
+  }
+  // Waits for exit (up to `seconds`); the exit status or -1.
+  int Wait(double seconds) {
+    const auto end = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
+    int status = 0;
+    while (std::chrono::steady_clock::now() < end) {
+      if (waitpid(pid_, &status, WNOHANG) == pid_) {
+        reaped_ = true;
+        return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    return -1;
+  }
+
+ private:
+  explicit Proc(pid_t pid) : pid_(pid) {}
+  pid_t pid_;
+  bool reaped_ = false;
+};
+
+int FreeTcpPort() {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
+  socklen_t len = sizeof(addr);
+  getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+  close(fd);
+  return ntohs(addr.sin_port);
+}
+
+std::string SiblingBinary(const std::string& name, const std::string& fallback) {
+  char self[4096];
+  ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+  if (n > 0) {
+    self[n] = '\0';
+    std::filesystem::path dir = std::filesystem::path(self).parent_path();
+    for (const auto& p : {dir / name, dir / ".." / "server" / name}) {
+      if (access(p.c_str(), X_OK) == 0) return p.string();
+    }
+  }
+  return fallback;
+}
+
+std::string ReadAll(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+// Bytes per second of one ucx_perftest ucp_get run (0 on failure).
+double PerftestGet(const std::string& perftest, const std::string& tls, uint64_t size, int inflight,
+                   const std::string& dir) {
+  const int port = FreeTcpPort();
+  const std::vector<std::string> env = {absl::StrCat("UCX_TLS=", tls)};
+  auto server =
+      Proc::Start({perftest, "-p", absl::StrCat(port)}, env, dir + "/perftest-server.log");
+  std::this_thread::sleep_for(std::chrono::milliseconds(150));
+  const uint64_t iters = std::max<uint64_t>(32, (256ull << 20) / size);
+  const std::string log = dir + "/perftest-client.log";
+  auto client = Proc::Start(
+      {perftest, "127.0.0.1", "-p", absl::StrCat(port), "-t", "ucp_get", "-s", absl::StrCat(size),
+       "-n", absl::StrCat(iters), "-w", absl::StrCat(std::max<uint64_t>(4, iters / 10)), "-O",
+       absl::StrCat(inflight), "-f"},
+      env, log);
+  if (client == nullptr || client->Wait(120) != 0) return 0;
+  server->Wait(5);
+  // The last line holds: iterations, latency p50 avg overall, bandwidth avg
+  // overall (MB/s, MB = 2^20), message rate avg overall.
+  std::vector<std::string> lines = absl::StrSplit(ReadAll(log), '\n', absl::SkipWhitespace());
+  if (lines.empty()) return 0;
+  std::vector<std::string> f = absl::StrSplit(lines.back(), ' ', absl::SkipWhitespace());
+  double mbs = 0;
+  if (f.size() < 6 || !absl::SimpleAtod(f[5], &mbs)) return 0;
+  return mbs * (1 << 20);
+}
+
+NamespaceOptions BenchNamespace(uint64_t chunk_bytes) {
+  // 256-token chunks of fp16 K and V: chunk_bytes / 256 bytes per token.
+  const uint64_t per_token = chunk_bytes / 256;
+  const uint32_t layers = static_cast<uint32_t>(std::max<uint64_t>(1, per_token / 512));
+  NamespaceOptions o;
+  o.model_id = absl::StrCat("bench-ucx/", chunk_bytes);
+  o.layout = KvLayout{layers, 2, 64, 2, 16, DType::kFloat16};
+  o.tokens_per_chunk = 256;
+  return o;
+}
+
+}  // namespace
+
+int RunUcxBench(Flags& flags) {
+  const bool json = flags.Bool("json");
+  const std::vector<uint64_t> sizes = flags.BytesList("sizes", {256 << 10, 1 << 20, 4 << 20});
+  const std::vector<int64_t> inflights = flags.IntList("inflight", {1, 4, 16});
+  const std::string tls_list = flags.String("tls", "tcp");
+  const int reps = static_cast<int>(flags.Int("reps", 3));
+  const double seconds = flags.Double("seconds", 0.5);
+  const int chunks = static_cast<int>(flags.Int("chunks", 32));
+  const int latency_reads = static_cast<int>(flags.Int("latency-reads", 200));
+  const std::string kvtierd = flags.String("kvtierd", SiblingBinary("kvtierd", "kvtierd"));
+  const std::string perftest = flags.String("ucx-perftest", "ucx_perftest");
+  if (absl::Status s = flags.Finish(); !s.ok()) {
+    std::fprintf(stderr, "kvtier bench ucx: %s\n", std::string(s.message()).c_str());
+    return 2;
+  }
+  if (system(absl::StrCat(perftest, " -h >/dev/null 2>&1").c_str()) == 127 * 256) {
+    std::fprintf(stderr, "kvtier bench ucx: %s not found (Debian: apt-get install ucx-utils)\n",
+                 perftest.c_str());
+    return 1;
+  }
+  absl::StatusOr<std::string> dir_or = MakeTempDir("/tmp", "kvtier-bench-ucx-");
+  if (!dir_or.ok()) {
+    std::fprintf(stderr, "kvtier bench ucx: %s\n", std::string(dir_or.status().message()).c_str());
+    return 1;
+  }
+  const std::string dir = *dir_or;
+  { std::ofstream(dir + "/admin.token") << kToken; }
+
+  struct Row {
+    std::string tls;
+    uint64_t size;
+    int64_t inflight;
+    double kvtier;    // median bytes/s
+    double perftest;  // median bytes/s
+    double ratio;     // median of per-repetition ratios
+  };
+  std::vector<Row> rows;
+  struct Lat {
+    std::string tls;
+    uint64_t size;
+    double p50_us, p99_us;
+  };
+  std::vector<Lat> lats;
+  std::vector<std::string> notes;
+  int rc = 0;
+
+  const std::vector<std::string> tls_values = absl::StrSplit(tls_list, ';', absl::SkipEmpty());
+  for (const std::string& tls : tls_values) {
+    setenv("UCX_TLS", tls.c_str(), 1);
+    const int port = FreeTcpPort();
+    const std::string socket = dir + "/kvtierd.sock";
+    auto holder = Proc::Start(
+        {kvtierd, "--socket", socket, "--http", "", "--dram", "1GiB", "--huge-pages", "false",
+         "--nvme", "off", "--tcp", absl::StrCat("127.0.0.1:", port), "--ucx", "true", "--node-id",
+         "bench-holder", "--admin-token-file", dir + "/admin.token"},
+        {absl::StrCat("UCX_TLS=", tls)}, dir + "/kvtierd.log");
+    ClientOptions co;
+    co.socket_path = socket;
+    co.token = kToken;
+    co.shared_memory = false;
+    std::unique_ptr<Client> client;
+    for (int i = 0; i < 200 && client == nullptr; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      auto c = Client::Create(co);
+      if (c.ok() && (*c)->Health().ok()) client = std::move(*c);
+    }
+    if (client == nullptr) {
+      std::fprintf(stderr, "kvtier bench ucx: kvtierd did not start:\n%s\n",
+                   ReadAll(dir + "/kvtierd.log").c_str());
+      return 1;
+    }
+    // The reader: this process.
+    CacheOptions opts;
+    opts.dram_capacity_bytes = 512ull << 20;
+    opts.huge_pages = false;
+    opts.register_with_gpu = false;
+    auto cache = EmbeddedCache::Create(opts);
+    auto engine = transfer::UcxEngine::Create(transfer::UcxOptions{});
+    if (!cache.ok() || !engine.ok()) {
+      std::fprintf(stderr, "kvtier bench ucx: %s\n",
+                   std::string((cache.ok() ? engine.status() : cache.status()).message()).c_str());
+      return 1;
+    }
+    const Arena& arena = (*cache)->dram().arena();
+    if (absl::Status s = (*engine)->MapArena(arena.base(), arena.size()); !s.ok()) {
+      std::fprintf(stderr, "kvtier bench ucx: %s\n", std::string(s.message()).c_str());
+      return 1;
+    }
+    transfer::PeerClients clients("");
+    transfer::StaticPeerSource source({absl::StrCat("127.0.0.1:", port)}, "bench-reader", &clients);
+    transfer::RemoteReaderOptions ro;
+    ro.node_id = "bench-reader";
+    ro.transfer_timeout = absl::Seconds(30);
+    auto reader =
+        transfer::RemoteReader::Create(cache->get(), engine->get(), &source, &clients, ro);
+
+    for (uint64_t size : sizes) {
+      absl::StatusOr<Namespace> ns = Namespace::Create(BenchNamespace(size));
+      if (!ns.ok() || ns->PayloadBytes(256) != size) {
+        notes.push_back(absl::StrCat("size ", size, ": not a 256-token chunk size; skipped"));
+        continue;
+      }
+      std::vector<TokenId> tokens(256 * static_cast<size_t>(chunks));
+      for (size_t i = 0; i < tokens.size(); ++i)
+        tokens[i] = static_cast<TokenId>((i * 7919 + size) % 50000);
+      std::vector<ChunkRef> refs = *ns->Chunks(tokens);
+      std::vector<std::byte> payload(size);
+      for (size_t i = 0; i < size; ++i) payload[i] = static_cast<std::byte>(i * 131 + 7);
+      for (const ChunkRef& r : refs) {
+        if (absl::Status s = client->Save(*ns, r, payload); !s.ok()) {
+          std::fprintf(stderr, "kvtier bench ucx: save: %s\n", std::string(s.message()).c_str());
+          return 1;
+        }
+      }
+      std::vector<BlockKey> keys = Namespace::Keys(refs);
+      if ((*reader)->Locate(*ns, keys, 0).size() != keys.size()) {
+        std::fprintf(stderr, "kvtier bench ucx: the holder does not report the chunks\n");
+        return 1;
+      }
+      // One remote read, then drop it locally so the next read is remote too.
+      auto read_one = [&](size_t i) {
+        const BlockKey& k = keys[i % keys.size()];
+        if (!(*reader)->Fetch(*ns, k).ok()) return false;
+        (void)(*cache)->Remove(*ns, k);
+        return true;
+      };
+      // Latency of one chunk read (nothing else in flight).
+      std::vector<double> us;
+      for (int i = 0; i < latency_reads; ++i) {
+        auto t0 = std::chrono::steady_clock::now();
+        if (!read_one(static_cast<size_t>(i))) break;
+        us.push_back(
+            std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0)
+                .count());
+      }
+      lats.push_back({tls, size, Percentile(us, 50), Percentile(us, 99)});
+      for (int64_t inflight : inflights) {
+        std::vector<double> ours, theirs, ratios;
+        for (int r = 0; r < reps; ++r) {
+          // Each thread reads its own keys, so no two fetch the same chunk.
+          const int threads = static_cast<int>(inflight);
+          double k = MeasureThroughput(threads, seconds, size, [&](int t, uint64_t n) {
+            const size_t per = std::max<size_t>(1, keys.size() / static_cast<size_t>(threads));
+            return read_one(static_cast<size_t>(t) * per + n % per);
+          });
+          double p = PerftestGet(perftest, tls, size, threads, dir);
+          ours.push_back(k);
+          theirs.push_back(p);
+          if (p > 0) ratios.push_back(k / p);
+        }
+        rows.push_back({tls, size, inflight, Median(ours), Median(theirs), Median(ratios)});
+        if (Median(ours) == 0) rc = 1;
+      }
+    }
+    const transfer::RemoteReaderStats st = (*reader)->Stats();
+    if (!st.peers.empty()) {
+      notes.push_back(absl::StrCat("UCX_TLS=", tls, ": lanes ", st.peers[0].transports));
+    }
+    reader->reset();
+    engine->reset();
+  }
+  unsetenv("UCX_TLS");
+
+  if (json) {
+    Json results = Json::Array();
+    for (const Row& r : rows) {
+      results.Push(Json::Object()
+                       .Set("ucx_tls", r.tls)
+                       .Set("chunk_bytes", r.size)
+                       .Set("inflight", r.inflight)
+                       .Set("kvtier_bytes_per_s", r.kvtier)
+                       .Set("ucx_perftest_bytes_per_s", r.perftest)
+                       .Set("ratio", r.ratio));
+    }
+    Json latency = Json::Array();
+    for (const Lat& l : lats) {
+      latency.Push(Json::Object()
+                       .Set("ucx_tls", l.tls)
+                       .Set("chunk_bytes", l.size)
+                       .Set("p50_us", l.p50_us)
+                       .Set("p99_us", l.p99_us));
+    }
+    Json n = Json::Array();
+    for (const std::string& s : notes) n.Push(s);
+    std::printf("%s\n", Json::Object()
+                            .Set("suite", "ucx")
+                            .Set("throughput", std::move(results))
+                            .Set("latency", std::move(latency))
+                            .Set("notes", std::move(n))
+                            .Set("target_ratio", 0.85)
+                            .Dump()
+                            .c_str());
+  } else {
+    Table t({"UCX_TLS", "chunk", "in flight", "kvtier MiB/s", "ucx_perftest MiB/s", "ratio"});
+    for (const Row& r : rows) {
+      t.AddRow({r.tls, absl::StrCat(r.size >> 10, " KiB"), absl::StrCat(r.inflight),
+                absl::StrFormat("%.0f", r.kvtier / (1 << 20)),
+                absl::StrFormat("%.0f", r.perftest / (1 << 20)), absl::StrFormat("%.2f", r.ratio)});
+    }
+    t.Print();
+    Table l({"UCX_TLS", "chunk", "remote read p50 us", "p99 us"});
+    for (const Lat& x : lats) {
+      l.AddRow({x.tls, absl::StrCat(x.size >> 10, " KiB"), absl::StrFormat("%.0f", x.p50_us),
+                absl::StrFormat("%.0f", x.p99_us)});
+    }
+    std::printf("\n");
+    l.Print();
+    for (const std::string& s : notes) std::printf("note: %s\n", s.c_str());
+    std::printf("target: remote Load >= 0.85x ucx_perftest (ratio = median of %d repetitions)\n",
+                reps);
+  }
+  std::error_code ec;
+  std::filesystem::remove_all(dir, ec);
+  return rc;
+}
+
+}  // namespace kvtier::cli

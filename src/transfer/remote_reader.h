@@ -1,0 +1,183 @@
+// The read path's remote half: finds which other nodes hold the rest of a
+// chain (through a HolderSource) and pulls a chunk out of a holder's DRAM
+// arena into a reserved local DRAM slot with one one-sided UCX get, so that
+// later reads hit locally.
+//
+// A fetch: PinForRead on the holder (the chunk is pinned there under a lease
+// and its payload checksum computed), a local slot reservation, one
+// ucp_get_nbx of header and payload straight into the slot, Release of the
+// lease (asynchronously), then checks of the header (namespace, key, layout)
+// and of the payload checksum against the holder's, and only then the
+// commit that makes the chunk visible. Any failure (the holder died or
+// restarted, a deadline, a mismatch) aborts the reservation: a chunk is
+// never visible partly written. A miss is reported as NotFound, a damaged
+// transfer as DataLoss, an unreachable holder as Unavailable.
+//
+// Connections: one UCX endpoint per holder, made from the holder's Hello
+// (worker address, packed arena key, arena base, boot id) and cached. A
+// holder whose boot id changes (it restarted, so its arena and keys are new)
+// or whose endpoint failed is said Hello to again; the stale endpoint and
+// remote key are dropped.
+//
+// Thread-safety: thread-safe; fetches run concurrently.
+#ifndef KVTIER_SRC_TRANSFER_REMOTE_READER_H_
+#define KVTIER_SRC_TRANSFER_REMOTE_READER_H_
+
+#include <atomic>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "kvtier/cache.h"
+#include "src/core/embedded_cache.h"
+#include "src/transfer/holder_source.h"
+#include "src/transfer/peer_client.h"
+#include "src/transfer/ucx_engine.h"
+
+namespace kvtier::transfer {
+
+struct RemoteReaderOptions {
+  std::string node_id;                                      // this node (never its own holder)
+  absl::Duration lookup_timeout = absl::Milliseconds(200);  // deadline of FindHolders
+  absl::Duration transfer_timeout = absl::Seconds(5);       // PinForRead + get of one chunk
+  uint32_t max_hints = 1u << 16;                            // remembered (chunk -> holder) pairs
+
+  // InvalidArgument naming the field.
+  absl::Status Validate() const;
+};
+
+// One holder the reader knows.
+struct RemotePeerInfo {
+  std::string node_id;
+  std::string address;  // host:port of its Peer service
+  uint64_t boot_id = 0;
+  std::string transports;  // the UCX lanes in use (UcxPeer::transports)
+  bool failed = false;
+};
+
+// Counters (monotonic).
+struct RemoteReaderStats {
+  uint64_t lookups = 0;          // Locate calls that asked the holder source
+  uint64_t lookup_errors = 0;    // of those, failed or timed out
+  uint64_t remote_chunks = 0;    // chunks Locate reported remote
+  uint64_t fetches = 0;          // chunks pulled into DRAM
+  uint64_t fetched_bytes = 0;    // their encoded bytes
+  uint64_t fetch_misses = 0;     // no holder had the chunk (any more)
+  uint64_t fetch_failures = 0;   // transfer errors (peer down, deadline, no room)
+  uint64_t verify_failures = 0;  // transferred bytes that failed a check
+  uint64_t hellos = 0;           // connections made
+  uint64_t stale_drops = 0;      // endpoints dropped for a changed boot id or a failure
+  std::vector<RemotePeerInfo> peers;
+};
+
+class RemoteReader {
+ public:
+  // `cache` (whose arena `engine` has mapped), `engine`, `source` and
+  // `clients` must outlive the reader.
+  static absl::StatusOr<std::unique_ptr<RemoteReader>> Create(EmbeddedCache* cache,
+                                                              UcxEngine* engine,
+                                                              HolderSource* source,
+                                                              PeerClients* clients,
+                                                              const RemoteReaderOptions& options);
+  // Sends the releases still queued, then drops every endpoint.
+  ~RemoteReader();
+
+  // Where chunks chain[from..] live on other nodes: Tier::kRemote locations
+  // (holder = node id) for the longest prefix of chain[from..] one holder
+  // has. Empty when no holder answers in time (Locate never fails a lookup).
+  std::vector<ChunkLocation> Locate(const Namespace& ns, absl::Span<const BlockKey> chain,
+                                    size_t from);
+
+  // Pulls `key` from a holder into local DRAM (see the file comment). OK when
+  // it is in DRAM now (also when it was already). NotFound when no holder has
+  // it; Unavailable, DeadlineExceeded, DataLoss or ResourceExhausted when the
+  // transfer failed (nothing was committed).
+  absl::Status Fetch(const Namespace& ns, const BlockKey& key);
+
+  RemoteReaderStats Stats() const;
+
+ private:
+  struct Conn {
+    std::string node_id;
+    uint64_t boot_id = 0;
+    std::shared_ptr<UcxPeer> peer;
+  };
+  struct Hint {
+    std::string address;
+    BlockKey parent;
+  };
+  struct HintKey {
+    uint64_t ns = 0;
+    BlockKey key;
+    friend bool operator==(const HintKey& a, const HintKey& b) {
+      return a.ns == b.ns && a.key == b.key;
+    }
+    template <typename H>
+    friend H AbslHashValue(H h, const HintKey& k) {
+      return H::combine(std::move(h), k.ns, k.key);
+    }
+  };
+
+  RemoteReader(EmbeddedCache* cache, UcxEngine* engine, HolderSource* source, PeerClients* clients,
+               RemoteReaderOptions options)
+      : cache_(cache),
+        engine_(engine),
+        source_(source),
+        clients_(clients),
+        options_(std::move(options)) {
+    releaser_ = std::thread([this] { ReleaseLoop(); });
+  }
+
+  // The cached connection to `address`, or a new one from its Hello.
+  absl::StatusOr<Conn> Connect(const std::string& address, absl::Time deadline);
+  // Forgets the connection to `address` when it is still `peer`.
+  void Drop(const std::string& address, const UcxPeer* peer);
+  // One attempt at reading `key` from `address`.
+  absl::Status FetchFrom(const Namespace& ns, const BlockKey& key, const std::string& address,
+                         const BlockKey& parent, absl::Time deadline);
+  // Queues a Release for the releaser thread (a lost one only lets the
+  // lease lapse on the holder).
+  void ReleaseLease(const std::string& address, uint64_t lease_id);
+  void ReleaseLoop();
+  void Remember(uint64_t ns, absl::Span<const BlockKey> keys, const BlockKey& before,
+                const std::string& address);
+
+  EmbeddedCache* const cache_;
+  UcxEngine* const engine_;
+  HolderSource* const source_;
+  PeerClients* const clients_;
+  const RemoteReaderOptions options_;
+
+  mutable absl::Mutex mu_;
+  absl::flat_hash_map<std::string, Conn> conns_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<HintKey, Hint> hints_ ABSL_GUARDED_BY(mu_);
+
+  absl::Mutex release_mu_;
+  std::deque<std::pair<std::string, uint64_t>> releases_ ABSL_GUARDED_BY(release_mu_);
+  bool stopping_ ABSL_GUARDED_BY(release_mu_) = false;
+  std::thread releaser_;
+
+  std::atomic<uint64_t> lookups_{0};
+  std::atomic<uint64_t> lookup_errors_{0};
+  std::atomic<uint64_t> remote_chunks_{0};
+  std::atomic<uint64_t> fetches_{0};
+  std::atomic<uint64_t> fetched_bytes_{0};
+  std::atomic<uint64_t> fetch_misses_{0};
+  std::atomic<uint64_t> fetch_failures_{0};
+  std::atomic<uint64_t> verify_failures_{0};
+  std::atomic<uint64_t> hellos_{0};
+  std::atomic<uint64_t> stale_drops_{0};
+};
+
+}  // namespace kvtier::transfer
+
+#endif  // KVTIER_SRC_TRANSFER_REMOTE_READER_H_

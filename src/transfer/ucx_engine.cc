@@ -1,0 +1,439 @@
+#include "src/transfer/ucx_engine.h"
+
+#include <poll.h>
+#include <stdio.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
+#include <set>
+#include <sstream>
+#include <utility>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "absl/synchronization/notification.h"
+
+namespace kvtier::transfer {
+namespace {
+
+absl::Status UcxError(absl::string_view what, ucs_status_t s) {
+  return absl::UnavailableError(absl::StrCat(what, ": ", ucs_status_string(s)));
+}
+
+// The completion of one get, shared by the caller and UCX's callback.
+struct GetCompletion {
+  absl::Notification done;
+  ucs_status_t status = UCS_OK;
+};
+
+void OnGetDone(void* request, ucs_status_t status, void* user_data) {
+  (void)request;
+  auto* c = static_cast<GetCompletion*>(user_data);
+  c->status = status;
+  c->done.Notify();
+}
+
+// "rma_bw=rc_mlx5/mlx5_0:1 am=rc_mlx5/mlx5_0:1" or "rma=am-emulated am=tcp/lo"
+// from ucp_ep_print_info's lane lines, which look like
+// "#   lane[0]:  1:tcp/lo.0 md[0] -> md[0]/tcp/sysdev[255] am am_bw#0 keepalive wireup".
+std::string LaneTransports(ucp_ep_h ep) {
+  char* buf = nullptr;
+  size_t len = 0;
+  FILE* f = open_memstream(&buf, &len);
+  if (f == nullptr) return "unknown";
+  ucp_ep_print_info(ep, f);
+  fclose(f);
+  std::string text(buf, len);
+  free(buf);
+  std::set<std::string> rma, am;
+  std::istringstream in(text);
+  std::string line;
+  while (std::getline(in, line)) {
+    const size_t lane = line.find("lane[");
+    if (lane == std::string::npos) continue;
+    const size_t colon = line.find(':', line.find(']', lane) + 2);
+    if (colon == std::string::npos) continue;
+    const size_t start = colon + 1;
+    const size_t end = line.find(' ', start);
+    std::string tl = line.substr(start, end == std::string::npos ? std::string::npos : end - start);
+    // "tcp/lo.0" -> "tcp/lo"; keep "posix/memory".
+    if (size_t dot = tl.rfind('.'); dot != std::string::npos && dot > tl.find('/')) {
+      tl.resize(dot);
+    }
+    if (line.find("rma_bw") != std::string::npos) rma.insert(tl);
+    if (line.find(" am") != std::string::npos) am.insert(tl);
+  }
+  // Without an rma_bw lane (TCP, shared memory without a registering
+  // memory domain) UCX emulates gets with active messages on the am lane,
+  // served by the holder's progress thread.
+  std::string out =
+      rma.empty() ? "rma=am-emulated" : absl::StrCat("rma_bw=", absl::StrJoin(rma, ","));
+  if (!am.empty()) absl::StrAppend(&out, " am=", absl::StrJoin(am, ","));
+  return out;
+}
+
+// True when UCX_TLS names only shared-memory (and loopback) transports, none
+// of which detects a peer's failure in UCX: endpoints are then created without
+// peer error handling (UCX would refuse them otherwise).
+bool SharedMemoryOnly() {
+  const char* tls = std::getenv("UCX_TLS");
+  if (tls == nullptr || *tls == '\0' || *tls == '^') return false;
+  static const std::set<std::string> kShm = {"sm",        "shm",      "posix",     "sysv",
+                                             "cma",       "knem",     "xpmem",     "self",
+                                             "cuda_copy", "cuda_ipc", "rocm_copy", "rocm_ipc"};
+  for (absl::string_view t : absl::StrSplit(tls, ',', absl::SkipEmpty())) {
+    if (!kShm.contains(std::string(absl::StripAsciiWhitespace(t)))) return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+absl::Status UcxOptions::Validate() const {
+  if (progress_threads < 1 || progress_threads > 64) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("ucx.progress_threads: ", progress_threads, " is outside 1..64"));
+  }
+  if (idle_wait < absl::ZeroDuration() || idle_wait > absl::Seconds(1)) {
+    return absl::InvalidArgumentError("ucx.idle_wait: must be within 0..1s");
+  }
+  return absl::OkStatus();
+}
+
+std::string UcxEngine::Version() { return ucp_get_version_string(); }
+
+absl::StatusOr<std::unique_ptr<UcxEngine>> UcxEngine::Create(const UcxOptions& options) {
+  if (absl::Status s = options.Validate(); !s.ok()) return s;
+  std::unique_ptr<UcxEngine> e(new UcxEngine(options));
+  if (absl::Status s = e->Init(); !s.ok()) return s;
+  return e;
+}
+
+absl::Status UcxEngine::Init() {
+  ucp_config_t* config = nullptr;
+  ucs_status_t s = ucp_config_read(nullptr, nullptr, &config);
+  if (s != UCS_OK) return UcxError("ucp_config_read", s);
+  // Wakeup lets idle progress threads sleep in an event fd; when no
+  // transport supports it, the threads poll with short sleeps instead.
+  for (bool wakeup : {true, false}) {
+    ucp_params_t params;
+    std::memset(&params, 0, sizeof(params));
+    params.field_mask = UCP_PARAM_FIELD_FEATURES | UCP_PARAM_FIELD_MT_WORKERS_SHARED;
+    params.features = UCP_FEATURE_RMA | (wakeup ? UCP_FEATURE_WAKEUP : 0);
+    params.mt_workers_shared = 1;
+    s = ucp_init(&params, config, &context_);
+    if (s == UCS_OK) {
+      wakeup_ = wakeup;
+      break;
+    }
+  }
+  ucp_config_release(config);
+  if (s != UCS_OK) return UcxError("ucp_init (no usable UCX transport? check UCX_TLS)", s);
+
+  for (uint32_t i = 0; i < options_.progress_threads; ++i) {
+    auto w = std::make_unique<Worker>();
+    ucp_worker_params_t wp;
+    std::memset(&wp, 0, sizeof(wp));
+    wp.field_mask = UCP_WORKER_PARAM_FIELD_THREAD_MODE;
+    wp.thread_mode = UCS_THREAD_MODE_MULTI;
+    s = ucp_worker_create(context_, &wp, &w->worker);
+    if (s != UCS_OK) return UcxError("ucp_worker_create", s);
+    ucp_worker_attr_t attr;
+    std::memset(&attr, 0, sizeof(attr));
+    attr.field_mask = UCP_WORKER_ATTR_FIELD_THREAD_MODE;
+    if (ucp_worker_query(w->worker, &attr) == UCS_OK && attr.thread_mode != UCS_THREAD_MODE_MULTI) {
+      ucp_worker_destroy(w->worker);
+      return absl::FailedPreconditionError(
+          "ucx: this UCX library has no multi-thread support (built without --enable-mt)");
+    }
+    if (wakeup_ && ucp_worker_get_efd(w->worker, &w->efd) != UCS_OK) w->efd = -1;
+    ucp_address_t* addr = nullptr;
+    size_t addr_len = 0;
+    s = ucp_worker_get_address(w->worker, &addr, &addr_len);
+    if (s != UCS_OK) {
+      ucp_worker_destroy(w->worker);
+      return UcxError("ucp_worker_get_address", s);
+    }
+    addresses_.emplace_back(reinterpret_cast<const char*>(addr), addr_len);
+    ucp_worker_release_address(w->worker, addr);
+    workers_.push_back(std::move(w));
+  }
+  for (auto& w : workers_) {
+    Worker* raw = w.get();
+    w->thread = std::thread([this, raw] { ProgressLoop(raw); });
+  }
+  return absl::OkStatus();
+}
+
+UcxEngine::~UcxEngine() {
+  // Let every worker finish the connection traffic in flight (wireup and
+  // disconnect messages of endpoints other nodes made to it) before it goes.
+  for (size_t i = 0; i < workers_.size(); ++i) {
+    ucp_request_param_t param;
+    std::memset(&param, 0, sizeof(param));
+    void* req = ucp_worker_flush_nbx(workers_[i]->worker, &param);
+    WaitRequest(i, req, absl::Now() + absl::Seconds(1));
+  }
+  const absl::Time quiet = absl::Now() + absl::Milliseconds(20);
+  while (absl::Now() < quiet) absl::SleepFor(absl::Milliseconds(2));
+  stop_.store(true);
+  for (auto& w : workers_) {
+    ucp_worker_signal(w->worker);
+    if (w->thread.joinable()) w->thread.join();
+  }
+  {
+    absl::MutexLock lock(&map_mu_);
+    if (memh_ != nullptr) ucp_mem_unmap(context_, memh_);
+    memh_ = nullptr;
+  }
+  for (auto& w : workers_) ucp_worker_destroy(w->worker);
+  if (context_ != nullptr) ucp_cleanup(context_);
+}
+
+void UcxEngine::ProgressLoop(Worker* w) {
+  const int wait_ms =
+      std::max<int>(1, static_cast<int>(absl::ToInt64Milliseconds(options_.idle_wait)));
+  // Spins for a while after the last activity: a transfer in progress (an
+  // emulated get served to another node, a send waiting for socket room)
+  // needs progress that no receive event announces.
+  auto last_active = std::chrono::steady_clock::now();
+  while (!stop_.load(std::memory_order_relaxed)) {
+    if (ucp_worker_progress(w->worker) != 0) {
+      last_active = std::chrono::steady_clock::now();
+      continue;
+    }
+    if (std::chrono::steady_clock::now() - last_active < std::chrono::milliseconds(2)) {
+      std::this_thread::yield();
+      continue;
+    }
+    if (w->efd >= 0) {
+      const ucs_status_t s = ucp_worker_arm(w->worker);
+      if (s == UCS_ERR_BUSY) continue;
+      if (s == UCS_OK) {
+        pollfd p{w->efd, POLLIN, 0};
+        poll(&p, 1, wait_ms);
+        continue;
+      }
+    }
+    absl::SleepFor(absl::Microseconds(20));
+  }
+}
+
+void UcxEngine::Wake(size_t worker) { ucp_worker_signal(workers_[worker]->worker); }
+
+ucs_status_t UcxEngine::WaitRequest(size_t worker, void* request, absl::Time deadline) {
+  if (request == nullptr) return UCS_OK;
+  if (UCS_PTR_IS_ERR(request)) return UCS_PTR_STATUS(request);
+  ucs_status_t s;
+  while ((s = ucp_request_check_status(request)) == UCS_INPROGRESS) {
+    if (absl::Now() >= deadline) {
+      // Left to UCX: it completes (or purges) the request on its own.
+      ucp_request_free(request);
+      return UCS_ERR_TIMED_OUT;
+    }
+    Wake(worker);
+    absl::SleepFor(absl::Microseconds(50));
+  }
+  ucp_request_free(request);
+  return s;
+}
+
+absl::Status UcxEngine::MapArena(void* base, size_t bytes) {
+  absl::MutexLock lock(&map_mu_);
+  if (memh_ != nullptr) return absl::FailedPreconditionError("ucx: the arena is already mapped");
+  ucp_mem_map_params_t mp;
+  std::memset(&mp, 0, sizeof(mp));
+  mp.field_mask = UCP_MEM_MAP_PARAM_FIELD_ADDRESS | UCP_MEM_MAP_PARAM_FIELD_LENGTH;
+  mp.address = base;
+  mp.length = bytes;
+  ucs_status_t s = ucp_mem_map(context_, &mp, &memh_);
+  if (s != UCS_OK) {
+    memh_ = nullptr;
+    return UcxError("ucp_mem_map of the DRAM arena", s);
+  }
+  void* packed = nullptr;
+  size_t packed_len = 0;
+  s = ucp_rkey_pack(context_, memh_, &packed, &packed_len);
+  if (s != UCS_OK) {
+    ucp_mem_unmap(context_, memh_);
+    memh_ = nullptr;
+    return UcxError("ucp_rkey_pack", s);
+  }
+  rkey_.assign(static_cast<const char*>(packed), packed_len);
+  ucp_rkey_buffer_release(packed);
+  return absl::OkStatus();
+}
+
+std::string UcxEngine::packed_rkey() const {
+  absl::MutexLock lock(&map_mu_);
+  return rkey_;
+}
+
+absl::StatusOr<std::shared_ptr<UcxPeer>> UcxEngine::Connect(absl::string_view worker_address,
+                                                            absl::string_view packed_rkey,
+                                                            uint64_t remote_base,
+                                                            uint64_t remote_bytes) {
+  if (worker_address.empty()) return absl::InvalidArgumentError("worker_address: empty");
+  if (packed_rkey.empty()) return absl::InvalidArgumentError("arena_rkey: empty");
+  const size_t wi = next_worker_.fetch_add(1) % workers_.size();
+  std::shared_ptr<UcxPeer> peer(new UcxPeer(this, wi));
+  ucp_ep_params_t ep;
+  std::memset(&ep, 0, sizeof(ep));
+  ep.field_mask = UCP_EP_PARAM_FIELD_REMOTE_ADDRESS | UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE |
+                  UCP_EP_PARAM_FIELD_ERR_HANDLER;
+  std::string addr(worker_address);
+  ep.address = reinterpret_cast<const ucp_address_t*>(addr.data());
+  ep.err_mode = UCP_ERR_HANDLING_MODE_PEER;
+  ep.err_handler.cb = &UcxPeer::OnError;
+  ep.err_handler.arg = peer.get();
+  ucs_status_t s = UCS_ERR_UNREACHABLE;
+  if (!SharedMemoryOnly()) s = ucp_ep_create(workers_[wi]->worker, &ep, &peer->ep_);
+  if (s == UCS_ERR_UNREACHABLE) {
+    // Shared-memory-only transports (UCX_TLS=sm) have no peer failure
+    // detection in UCX; a dead peer then shows as a failed get or a
+    // deadline, and the Peer service's gRPC calls fail.
+    ep.field_mask &= ~(UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE | UCP_EP_PARAM_FIELD_ERR_HANDLER);
+    peer->peer_error_handling_ = false;
+    s = ucp_ep_create(workers_[wi]->worker, &ep, &peer->ep_);
+  }
+  if (s != UCS_OK) {
+    peer->ep_ = nullptr;
+    return UcxError("ucp_ep_create (is the peer reachable over the transports in UCX_TLS?)", s);
+  }
+  connects_.fetch_add(1);
+  std::string key(packed_rkey);
+  s = ucp_ep_rkey_unpack(peer->ep_, key.data(), &peer->rkey_);
+  if (s != UCS_OK) {
+    peer->rkey_ = nullptr;
+    return absl::InvalidArgumentError(
+        absl::StrCat("arena_rkey: does not unpack: ", ucs_status_string(s)));
+  }
+  peer->remote_base_ = remote_base;
+  peer->remote_bytes_ = remote_bytes;
+  {
+    absl::MutexLock lock(&peer->close_mu_);
+    peer->transports_ = LaneTransports(peer->ep_);
+  }
+  return peer;
+}
+
+absl::Status UcxEngine::Get(UcxPeer& peer, uint64_t remote_offset, absl::Span<std::byte> dst,
+                            absl::Time deadline) {
+  if (remote_offset > peer.remote_bytes_ || dst.size() > peer.remote_bytes_ - remote_offset) {
+    return absl::OutOfRangeError(absl::StrCat("remote range [", remote_offset, ", +", dst.size(),
+                                              ") is outside the peer's arena of ",
+                                              peer.remote_bytes_, " bytes"));
+  }
+  if (peer.failed()) {
+    get_failures_.fetch_add(1);
+    return absl::UnavailableError("ucx: the peer's endpoint has failed");
+  }
+  GetCompletion c;
+  ucp_request_param_t param;
+  std::memset(&param, 0, sizeof(param));
+  param.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
+  param.cb.send = &OnGetDone;
+  param.user_data = &c;
+  void* req = nullptr;
+  {
+    absl::MutexLock lock(&peer.close_mu_);
+    if (peer.closed_) {
+      get_failures_.fetch_add(1);
+      return absl::UnavailableError("ucx: the peer's endpoint is closed");
+    }
+    req = ucp_get_nbx(peer.ep_, dst.data(), dst.size(), peer.remote_base_ + remote_offset,
+                      peer.rkey_, &param);
+  }
+  ucs_status_t status = UCS_OK;
+  if (req == nullptr) {
+    status = UCS_OK;
+  } else if (UCS_PTR_IS_ERR(req)) {
+    status = UCS_PTR_STATUS(req);
+  } else {
+    // The caller drives the worker itself while it waits (as ucx_perftest
+    // does): a progress thread parked in its event fd would add a wakeup per
+    // step of the transfer.
+    ucp_worker_h w = workers_[peer.worker_]->worker;
+    bool done = false;
+    uint32_t idle = 0;
+    while (!(done = c.done.HasBeenNotified())) {
+      if (ucp_worker_progress(w) != 0) {
+        idle = 0;
+        continue;
+      }
+      if ((++idle & 1023) == 0) {
+        if (absl::Now() >= deadline) break;
+        std::this_thread::yield();
+      }
+    }
+    if (!done && !c.done.WaitForNotificationWithDeadline(deadline)) {
+      // Closing the endpoint completes the get (with an error); only then is
+      // `dst` safe from late writes.
+      peer.failed_.store(true);
+      peer.Close();
+      c.done.WaitForNotification();
+      ucp_request_free(req);
+      get_failures_.fetch_add(1);
+      return absl::DeadlineExceededError("ucx: the get did not complete by its deadline");
+    }
+    status = c.status;
+    ucp_request_free(req);
+  }
+  if (status != UCS_OK) {
+    get_failures_.fetch_add(1);
+    peer.failed_.store(true);
+    return UcxError("ucx get", status);
+  }
+  gets_.fetch_add(1);
+  get_bytes_.fetch_add(dst.size());
+  absl::MutexLock lock(&peer.close_mu_);
+  if (!peer.transports_final_ && !peer.closed_) {
+    peer.transports_ = LaneTransports(peer.ep_);
+    peer.transports_final_ = true;
+  }
+  return absl::OkStatus();
+}
+
+UcxStats UcxEngine::Stats() const {
+  UcxStats s;
+  s.gets = gets_.load();
+  s.get_bytes = get_bytes_.load();
+  s.get_failures = get_failures_.load();
+  s.connects = connects_.load();
+  s.peer_failures = peer_failures_.load();
+  return s;
+}
+
+void UcxPeer::OnError(void* arg, ucp_ep_h ep, ucs_status_t status) {
+  (void)ep;
+  (void)status;
+  auto* p = static_cast<UcxPeer*>(arg);
+  if (!p->failed_.exchange(true)) p->engine_->peer_failures_.fetch_add(1);
+}
+
+void UcxPeer::Close() {
+  absl::MutexLock lock(&close_mu_);
+  if (closed_ || ep_ == nullptr) {
+    closed_ = true;
+    return;
+  }
+  closed_ = true;
+  // A healthy peer gets an orderly disconnect (outstanding operations are
+  // flushed, the peer drops its side); a failed one is torn down at once.
+  ucp_request_param_t param;
+  std::memset(&param, 0, sizeof(param));
+  param.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS;
+  param.flags = failed_.load() ? UCP_EP_CLOSE_FLAG_FORCE : 0;
+  void* req = ucp_ep_close_nbx(ep_, &param);
+  engine_->WaitRequest(worker_, req, absl::Now() + absl::Seconds(2));
+  ep_ = nullptr;
+  if (rkey_ != nullptr) ucp_rkey_destroy(rkey_);
+  rkey_ = nullptr;
+}
+
+UcxPeer::~UcxPeer() { Close(); }
+
+}  // namespace kvtier::transfer

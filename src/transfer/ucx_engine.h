@@ -1,0 +1,183 @@
+// The UCX side of node-to-node transfer: one ucp context, a few workers each
+// driven by its own progress thread, the DRAM arena registered once
+// (ucp_mem_map) so that other nodes can read it with one-sided gets, and
+// endpoints to other nodes' workers with their arenas' remote keys.
+//
+// UCX picks the transport (UCX_TLS and the other UCX_* variables are
+// honoured): shared memory or TCP on one machine, RDMA verbs on a cluster,
+// GPUDirect RDMA when UCX was built with CUDA and the destination is device
+// memory. UcxPeer::transports() names the lanes UCX chose.
+//
+// Failure: endpoints are created with peer error handling, so a peer that dies
+// fails its outstanding and later gets with an error instead of hanging; a get
+// that passes its deadline closes the endpoint (which completes the get with
+// an error) before Get returns, so a failed Get never writes its destination
+// afterwards.
+//
+// Thread-safety: UcxEngine and UcxPeer are thread-safe (workers run in UCX's
+// multi-thread mode); Get may be called from any number of threads at once.
+#ifndef KVTIER_SRC_TRANSFER_UCX_ENGINE_H_
+#define KVTIER_SRC_TRANSFER_UCX_ENGINE_H_
+
+#include <ucp/api/ucp.h>
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "absl/types/span.h"
+
+namespace kvtier::transfer {
+
+struct UcxOptions {
+  uint32_t progress_threads = 1;  // UCX workers, each with its own progress thread (1..64)
+  // How long an idle progress thread sleeps in the worker's event fd before
+  // polling again (a cap: it wakes at once on an event).
+  absl::Duration idle_wait = absl::Milliseconds(5);
+
+  // InvalidArgument naming the field.
+  absl::Status Validate() const;
+};
+
+// Counters of one engine (monotonic).
+struct UcxStats {
+  uint64_t gets = 0;           // gets completed
+  uint64_t get_bytes = 0;      // bytes they read
+  uint64_t get_failures = 0;   // gets that failed (peer error, deadline)
+  uint64_t connects = 0;       // endpoints created
+  uint64_t peer_failures = 0;  // endpoints that reported an error
+};
+
+class UcxEngine;
+
+// An endpoint to one remote worker plus the unpacked remote key of its
+// arena. Destruction closes the endpoint (forcibly: nothing is waited for).
+class UcxPeer {
+ public:
+  ~UcxPeer();
+  UcxPeer(const UcxPeer&) = delete;
+  UcxPeer& operator=(const UcxPeer&) = delete;
+
+  // True once UCX reported an error on the endpoint (the peer died or the
+  // connection broke) or a get timed out; every later Get fails.
+  bool failed() const { return failed_.load(); }
+  uint64_t remote_bytes() const { return remote_bytes_; }
+  // The lanes UCX chose, e.g. "rma_bw=rc_mlx5/mlx5_0:1 am=rc_mlx5/mlx5_0:1"
+  // (one-sided RDMA) or "rma=am-emulated am=tcp/lo" (no transport with
+  // remote memory access: UCX serves gets with active messages).
+  // Refreshed after the first completed get (UCX finishes choosing lanes
+  // once the connection is wired up).
+  std::string transports() const {
+    absl::MutexLock lock(&close_mu_);
+    return transports_;
+  }
+  // Whether UCX reports the peer's failure (false over shared-memory-only
+  // transports, which cannot).
+  bool peer_error_handling() const { return peer_error_handling_; }
+
+ private:
+  friend class UcxEngine;
+  UcxPeer(UcxEngine* engine, size_t worker) : engine_(engine), worker_(worker) {}
+  static void OnError(void* arg, ucp_ep_h ep, ucs_status_t status);
+  // Closes the endpoint once (force mode) and waits until UCX is done with it.
+  void Close();
+
+  UcxEngine* const engine_;
+  const size_t worker_;
+  ucp_ep_h ep_ = nullptr;
+  ucp_rkey_h rkey_ = nullptr;
+  uint64_t remote_base_ = 0;
+  uint64_t remote_bytes_ = 0;
+  std::string transports_ ABSL_GUARDED_BY(close_mu_);
+  bool transports_final_ ABSL_GUARDED_BY(close_mu_) = false;
+  bool peer_error_handling_ = true;
+  std::atomic<bool> failed_{false};
+  mutable absl::Mutex close_mu_;
+  bool closed_ ABSL_GUARDED_BY(close_mu_) = false;
+};
+
+class UcxEngine {
+ public:
+  // Reads the UCX configuration from the environment. Unavailable when UCX
+  // cannot start (no usable transport); InvalidArgument for bad options.
+  static absl::StatusOr<std::unique_ptr<UcxEngine>> Create(const UcxOptions& options);
+  // Stops the progress threads. Every UcxPeer must be gone first.
+  ~UcxEngine();
+
+  // Registers [base, base + bytes) (the DRAM arena): other nodes read it with
+  // the key packed_rkey() gives, and Get writes into it without extra
+  // registration. Once per engine: FailedPrecondition on a second call.
+  absl::Status MapArena(void* base, size_t bytes);
+  // The packed remote key of the mapped arena (empty before MapArena).
+  std::string packed_rkey() const;
+  // The address of each worker (ucp_worker_get_address).
+  const std::vector<std::string>& worker_addresses() const { return addresses_; }
+
+  // Connects to a remote worker whose arena starts at `remote_base` (its
+  // virtual address) and is `remote_bytes` long, with that arena's packed key.
+  // Unavailable when UCX cannot reach it; InvalidArgument for a key or
+  // address that does not unpack. Local workers are used in turn.
+  absl::StatusOr<std::shared_ptr<UcxPeer>> Connect(absl::string_view worker_address,
+                                                   absl::string_view packed_rkey,
+                                                   uint64_t remote_base, uint64_t remote_bytes);
+
+  // Reads dst.size() bytes at offset `remote_offset` of the peer's arena into
+  // `dst` and waits for them. OutOfRange for a range outside the remote
+  // arena; Unavailable when the peer failed; DeadlineExceeded when `deadline`
+  // passed (the peer is then closed and marked failed). On any error `dst`
+  // may hold some of the bytes, but is not written after Get returns.
+  absl::Status Get(UcxPeer& peer, uint64_t remote_offset, absl::Span<std::byte> dst,
+                   absl::Time deadline);
+
+  UcxStats Stats() const;
+  // The UCX version string.
+  static std::string Version();
+
+ private:
+  struct Worker {
+    ucp_worker_h worker = nullptr;
+    int efd = -1;  // event fd when the worker supports wakeup, else -1
+    std::thread thread;
+  };
+
+  explicit UcxEngine(UcxOptions options) : options_(options) {}
+  absl::Status Init();
+  void ProgressLoop(Worker* w);
+  // Wakes the worker's progress thread.
+  void Wake(size_t worker);
+  // Waits until `request` (from a *_nbx call) completes or `deadline`
+  // passes, and frees it.
+  ucs_status_t WaitRequest(size_t worker, void* request, absl::Time deadline);
+
+  friend class UcxPeer;
+  const UcxOptions options_;
+  ucp_context_h context_ = nullptr;
+  bool wakeup_ = false;
+  std::vector<std::unique_ptr<Worker>> workers_;
+  std::vector<std::string> addresses_;
+  std::atomic<bool> stop_{false};
+  std::atomic<uint64_t> next_worker_{0};
+
+  mutable absl::Mutex map_mu_;
+  ucp_mem_h memh_ ABSL_GUARDED_BY(map_mu_) = nullptr;
+  std::string rkey_ ABSL_GUARDED_BY(map_mu_);
+
+  std::atomic<uint64_t> gets_{0};
+  std::atomic<uint64_t> get_bytes_{0};
+  std::atomic<uint64_t> get_failures_{0};
+  std::atomic<uint64_t> connects_{0};
+  std::atomic<uint64_t> peer_failures_{0};
+};
+
+}  // namespace kvtier::transfer
+
+#endif  // KVTIER_SRC_TRANSFER_UCX_ENGINE_H_

@@ -1,0 +1,360 @@
+// Node-to-node reads between real kvtierd processes: chunks saved on one
+// node are found by Lookup on another and loaded byte-identical, over UCX on
+// TCP and on shared memory, across network namespaces, with a holder killed
+// mid-transfer and a holder restarted with new keys.
+#include <signal.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstdlib>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/time/clock.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "kvtier/client.h"
+#include "tests/integration/daemon_harness.h"
+#include "tests/integration/workload.h"
+#include "tests/testing/status_matchers.h"
+
+namespace kvtier::testing {
+namespace {
+
+using ::testing::HasSubstr;
+
+// kvtierd refuses TCP without tokens; every node has this admin token.
+constexpr const char* kAdmin = "remote-test-admin-token-0123456789";
+
+std::unique_ptr<Client> Connect(const std::string& socket) {
+  ClientOptions o;
+  o.socket_path = socket;
+  o.token = kAdmin;
+  o.shared_memory = false;
+  o.rpc_timeout_ms = 10000;
+  auto c = Client::Create(o);
+  EXPECT_TRUE(c.ok()) << c.status();
+  return c.ok() ? std::move(*c) : nullptr;
+}
+
+std::vector<std::byte> Payload(const BlockKey& key, size_t n) {
+  std::vector<std::byte> p(n);
+  KeyedBytes(key, p.data(), n);
+  return p;
+}
+
+std::vector<ChunkRef> SaveChain(Client& client, const Namespace& ns, int chunks, int seed) {
+  std::vector<TokenId> tokens = ChainTokens(seed, seed, chunks, 0, ns.options().tokens_per_chunk);
+  std::vector<ChunkRef> refs = *ns.Chunks(tokens);
+  std::vector<std::vector<std::byte>> payloads;
+  std::vector<absl::Span<const std::byte>> spans;
+  for (const ChunkRef& r : refs) payloads.push_back(Payload(r.key, ns.PayloadBytes(r.num_tokens)));
+  for (auto& p : payloads) spans.push_back(p);
+  auto results = client.SaveBatch(ns, refs, spans);
+  EXPECT_TRUE(results.ok()) << results.status();
+  return refs;
+}
+
+// A kvtierd with node-to-node transfer on, in its own folder.
+struct Node {
+  std::unique_ptr<TempDir> dir = std::make_unique<TempDir>();
+  int port = 0;
+  std::unique_ptr<Daemon> daemon;
+  std::string address() const { return absl::StrCat("127.0.0.1:", port); }
+};
+
+absl::Status StartNode(Node& n, const std::string& id, const std::vector<std::string>& peers) {
+  if (n.port == 0) n.port = FreePort();
+  std::vector<std::string> flags = {"--tcp",
+                                    n.address(),
+                                    "--ucx",
+                                    "true",
+                                    "--node-id",
+                                    id,
+                                    "--nvme",
+                                    "off",
+                                    "--dram",
+                                    "128MiB",
+                                    "--ucx-transfer-timeout-ms",
+                                    "3000",
+                                    "--ucx-lookup-timeout-ms",
+                                    "500"};
+  flags.push_back("--admin-token-file");
+  flags.push_back(n.dir->Write("admin.token", kAdmin));
+  if (!peers.empty()) {
+    flags.push_back("--peers");
+    flags.push_back(absl::StrJoin(peers, ","));
+  }
+  absl::StatusOr<std::unique_ptr<Daemon>> d =
+      Daemon::Start(*n.dir, flags, absl::StrCat("kvtierd-", id, ".log"));
+  if (!d.ok()) return d.status();
+  n.daemon = std::move(*d);
+  return absl::OkStatus();
+}
+
+// Every key of `refs` loads through `client` byte-identical to what was saved.
+void ExpectLoads(Client& client, const Namespace& ns, const std::vector<ChunkRef>& refs) {
+  for (const ChunkRef& r : refs) {
+    std::vector<std::byte> out(ns.PayloadBytes(r.num_tokens));
+    absl::StatusOr<size_t> n = client.Load(ns, r.key, absl::MakeSpan(out));
+    ASSERT_TRUE(n.ok()) << n.status();
+    ASSERT_EQ(*n, out.size());
+    EXPECT_EQ(out, Payload(r.key, out.size()));
+  }
+}
+
+class RemoteTest : public ::testing::TestWithParam<const char*> {
+ protected:
+  void SetUp() override { setenv("UCX_TLS", GetParam(), 1); }
+  void TearDown() override { unsetenv("UCX_TLS"); }
+};
+
+TEST_P(RemoteTest, TwoNodesChunksSavedOnOneLoadOnTheOther) {
+  Node a, b;
+  ASSERT_OK(StartNode(a, "node-a", {}));
+  b.port = FreePort();
+  ASSERT_OK(StartNode(b, "node-b", {a.address()}));
+  Namespace ns = *Namespace::Create(SmallNamespace());
+  auto ca = Connect(a.daemon->socket());
+  auto cb = Connect(b.daemon->socket());
+  std::vector<ChunkRef> refs = SaveChain(*ca, ns, 8, 1);
+  // B holds the first two chunks itself.
+  SaveChain(*cb, ns, 2, 1);
+  std::vector<BlockKey> keys = Namespace::Keys(refs);
+
+  auto found = cb->Lookup(ns, keys);
+  ASSERT_TRUE(found.ok()) << found.status();
+  ASSERT_EQ(found->matched, 8u);
+  for (size_t i = 0; i < 8; ++i) {
+    EXPECT_EQ(found->chunks[i].tier, i < 2 ? Tier::kDram : Tier::kRemote) << i;
+    EXPECT_EQ(found->chunks[i].holder, i < 2 ? "" : "node-a") << i;
+  }
+  ExpectLoads(*cb, ns, refs);
+  // Pulled into B's DRAM: local now.
+  auto again = cb->Lookup(ns, keys);
+  ASSERT_TRUE(again.ok());
+  for (const ChunkLocation& l : again->chunks) EXPECT_EQ(l.tier, Tier::kDram);
+  auto metrics = b.daemon->HttpGet("/metrics");
+  ASSERT_TRUE(metrics.ok());
+  const std::string& mb = metrics->second;
+  EXPECT_TRUE(absl::StrContains(mb, "kvtier_remote_fetches_total 6"));
+  EXPECT_TRUE(absl::StrContains(mb, "kvtier_remote_peer_info{node=\"node-a\""));
+  // The transport UCX chose is visible.
+  const std::string am = std::string(GetParam()) == "tcp" ? "am=tcp/lo" : "am=posix/memory";
+  EXPECT_TRUE(absl::StrContains(mb, am)) << mb.substr(mb.find("kvtier_remote_peer_info"));
+  // A served them and released every lease (Release is asynchronous).
+  std::string ma;
+  for (int i = 0; i < 100; ++i) {
+    auto m = a.daemon->HttpGet("/metrics");
+    ASSERT_TRUE(m.ok());
+    ma = m->second;
+    if (absl::StrContains(ma, "kvtier_peer_leases 0")) break;
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  EXPECT_TRUE(absl::StrContains(ma, "kvtier_peer_pinned_chunks_total 6"));
+  EXPECT_TRUE(absl::StrContains(ma, "kvtier_peer_leases 0"));
+  // A chunk no node holds is a plain miss.
+  std::vector<std::byte> out(ns.PayloadBytes(64));
+  EXPECT_THAT(cb->Load(ns, BlockKey{77, 88}, absl::MakeSpan(out)),
+              StatusIs(absl::StatusCode::kNotFound));
+}
+
+TEST_P(RemoteTest, ThreeNodesLongestHolderWins) {
+  Node a, b, c;
+  a.port = FreePort();
+  c.port = FreePort();
+  ASSERT_OK(StartNode(a, "node-a", {c.address()}));
+  ASSERT_OK(StartNode(c, "node-c", {a.address()}));
+  ASSERT_OK(StartNode(b, "node-b", {a.address(), c.address()}));
+  Namespace ns = *Namespace::Create(SmallNamespace());
+  auto ca = Connect(a.daemon->socket());
+  auto cc = Connect(c.daemon->socket());
+  auto cb = Connect(b.daemon->socket());
+  SaveChain(*ca, ns, 3, 2);
+  std::vector<ChunkRef> refs = SaveChain(*cc, ns, 6, 2);
+  auto found = cb->Lookup(ns, Namespace::Keys(refs));
+  ASSERT_TRUE(found.ok());
+  ASSERT_EQ(found->matched, 6u);
+  for (const ChunkLocation& l : found->chunks) EXPECT_EQ(l.holder, "node-c");
+  ExpectLoads(*cb, ns, refs);
+  // A, whose peers include C, reads the tail it lacks from C.
+  auto fa = ca->Lookup(ns, Namespace::Keys(refs));
+  ASSERT_TRUE(fa.ok());
+  ASSERT_EQ(fa->matched, 6u);
+  EXPECT_EQ(fa->chunks[2].tier, Tier::kDram);
+  EXPECT_EQ(fa->chunks[3].holder, "node-c");
+  ExpectLoads(*ca, ns, refs);
+}
+
+TEST_P(RemoteTest, HolderKilledMidTransferGivesMissesNeverPartialChunks) {
+  Node a, b;
+  ASSERT_OK(StartNode(a, "node-a", {}));
+  ASSERT_OK(StartNode(b, "node-b", {a.address()}));
+  Namespace ns = *Namespace::Create(SmallNamespace());
+  auto ca = Connect(a.daemon->socket());
+  std::vector<ChunkRef> refs = SaveChain(*ca, ns, 400, 3);
+  auto cb = Connect(b.daemon->socket());
+  ASSERT_TRUE(cb->Lookup(ns, Namespace::Keys(refs)).ok());  // hints for every chunk
+
+  std::atomic<int> loaded{0}, failed{0}, wrong{0};
+  std::thread reader([&] {
+    auto c = Connect(b.daemon->socket());
+    for (const ChunkRef& r : refs) {
+      std::vector<std::byte> out(ns.PayloadBytes(r.num_tokens));
+      absl::StatusOr<size_t> n = c->Load(ns, r.key, absl::MakeSpan(out));
+      if (n.ok()) {
+        (out == Payload(r.key, out.size()) ? loaded : wrong)++;
+      } else {
+        EXPECT_EQ(n.status().code(), absl::StatusCode::kNotFound) << n.status();
+        failed++;
+      }
+    }
+  });
+  const absl::Time until = absl::Now() + absl::Seconds(20);
+  while (loaded.load() < 20 && absl::Now() < until) absl::SleepFor(absl::Microseconds(200));
+  a.daemon->process().Signal(SIGKILL);
+  reader.join();
+  EXPECT_GE(loaded.load(), 20);
+  EXPECT_GT(failed.load(), 0) << "the holder died before any read failed";
+  EXPECT_EQ(wrong.load(), 0);
+  // B has every chunk whole or not at all, and still serves.
+  int present = 0;
+  for (const ChunkRef& r : refs) {
+    std::vector<std::byte> out(ns.PayloadBytes(r.num_tokens));
+    absl::StatusOr<size_t> n = cb->Load(ns, r.key, absl::MakeSpan(out));
+    if (n.ok()) {
+      ++present;
+      EXPECT_EQ(out, Payload(r.key, out.size()));
+    } else {
+      EXPECT_EQ(n.status().code(), absl::StatusCode::kNotFound);
+    }
+  }
+  EXPECT_EQ(present, loaded.load());
+  auto h = cb->Health();
+  EXPECT_TRUE(h.ok()) << h.status();
+}
+
+TEST_P(RemoteTest, RestartedHolderIsReadAgain) {
+  Node a, b;
+  ASSERT_OK(StartNode(a, "node-a", {}));
+  ASSERT_OK(StartNode(b, "node-b", {a.address()}));
+  Namespace ns = *Namespace::Create(SmallNamespace());
+  std::vector<ChunkRef> refs;
+  {
+    auto ca = Connect(a.daemon->socket());
+    refs = SaveChain(*ca, ns, 4, 4);
+  }
+  auto cb = Connect(b.daemon->socket());
+  ASSERT_TRUE(cb->Lookup(ns, Namespace::Keys(refs)).ok());
+  ExpectLoads(*cb, ns, {refs[0], refs[1]});
+  // A restarts: new arena, new UCX keys and addresses, new boot id.
+  a.daemon->process().Signal(SIGKILL);
+  (void)a.daemon->process().Wait(absl::Seconds(5));
+  a.daemon.reset();
+  ASSERT_OK(StartNode(a, "node-a", {}));
+  {
+    auto ca = Connect(a.daemon->socket());
+    SaveChain(*ca, ns, 4, 4);
+  }
+  // B's cached endpoint and key are stale; it greets A again and reads.
+  ExpectLoads(*cb, ns, {refs[2], refs[3]});
+  auto metrics = b.daemon->HttpGet("/metrics");
+  ASSERT_TRUE(metrics.ok());
+  EXPECT_THAT(metrics->second, HasSubstr("kvtier_remote_hellos_total 2"));
+}
+
+INSTANTIATE_TEST_SUITE_P(Transports, RemoteTest, ::testing::Values("tcp", "posix,cma"),
+                         [](const auto& info) {
+                           return std::string(info.param[0] == 't' ? "tcp" : "shm");
+                         });
+
+// ---- network namespaces -------------------------------------------------------
+
+int Shell(const std::string& cmd) { return std::system((cmd + " >/dev/null 2>&1").c_str()); }
+
+// Two network namespaces joined by a veth pair, removed on destruction.
+class NetnsPair {
+ public:
+  NetnsPair() {
+    const std::string tag = std::to_string(getpid() % 100000);
+    ns_[0] = "kvt-a-" + tag;
+    ns_[1] = "kvt-b-" + tag;
+    const std::string va = "kva" + tag, vb = "kvb" + tag;
+    ok_ = Shell("ip netns add " + ns_[0]) == 0 && Shell("ip netns add " + ns_[1]) == 0 &&
+          Shell("ip link add " + va + " type veth peer name " + vb) == 0 &&
+          Shell("ip link set " + va + " netns " + ns_[0]) == 0 &&
+          Shell("ip link set " + vb + " netns " + ns_[1]) == 0 &&
+          Shell(Exec(0) + "ip addr add 10.231.7.1/24 dev " + va) == 0 &&
+          Shell(Exec(1) + "ip addr add 10.231.7.2/24 dev " + vb) == 0 &&
+          Shell(Exec(0) + "ip link set " + va + " up") == 0 &&
+          Shell(Exec(1) + "ip link set " + vb + " up") == 0 &&
+          Shell(Exec(0) + "ip link set lo up") == 0 && Shell(Exec(1) + "ip link set lo up") == 0;
+  }
+  ~NetnsPair() {
+    Shell("ip netns del " + ns_[0]);
+    Shell("ip netns del " + ns_[1]);
+  }
+  bool ok() const { return ok_; }
+  const std::string& name(int i) const { return ns_[i]; }
+  std::string Exec(int i) const { return "ip netns exec " + ns_[i] + " "; }
+
+ private:
+  std::string ns_[2];
+  bool ok_ = false;
+};
+
+TEST(RemoteNetnsTest, ReadsAcrossNetworkNamespacesOverVeth) {
+  if (geteuid() != 0) GTEST_SKIP() << "needs root to create network namespaces (ip netns)";
+  if (Shell("ip -V") != 0) GTEST_SKIP() << "needs the ip command (iproute2)";
+  NetnsPair net;
+  ASSERT_TRUE(net.ok()) << "could not create network namespaces and a veth pair";
+  setenv("UCX_TLS", "tcp", 1);
+  TempDir da, db;
+  const std::string yaml =
+      absl::StrCat("listen:\n  allow_insecure_tcp: true\nauth:\n  admin_token: ", kAdmin, "\n");
+  const std::string ya = da.Write("kvtierd.yaml", yaml);
+  const std::string yb = db.Write("kvtierd.yaml", yaml);
+  auto start = [&](int i, const TempDir& dir, const std::string& yaml, const std::string& ip,
+                   const std::string& id, const std::string& peer) {
+    std::vector<std::string> argv = {
+        "/usr/bin/env", "ip",       "netns",     "exec",     net.name(i),
+        KvtierdPath(),  "--config", yaml,        "--socket", dir.File("kvtierd.sock"),
+        "--http",       "",         "--dram",    "64MiB",    "--huge-pages",
+        "false",        "--nvme",   "off",       "--tcp",    ip + ":7311",
+        "--ucx",        "true",     "--node-id", id};
+    if (!peer.empty()) {
+      argv.push_back("--peers");
+      argv.push_back(peer);
+    }
+    return Process::Start(argv, dir.File("kvtierd.log"));
+  };
+  auto pa = start(0, da, ya, "10.231.7.1", "node-a", "");
+  ASSERT_TRUE(pa.ok()) << pa.status();
+  ASSERT_OK(WaitForDaemon(da.File("kvtierd.sock"), pa->get(), absl::Seconds(20)));
+  auto pb = start(1, db, yb, "10.231.7.2", "node-b", "10.231.7.1:7311");
+  ASSERT_TRUE(pb.ok()) << pb.status();
+  ASSERT_OK(WaitForDaemon(db.File("kvtierd.sock"), pb->get(), absl::Seconds(20)));
+  unsetenv("UCX_TLS");
+
+  Namespace ns = *Namespace::Create(SmallNamespace());
+  auto ca = Connect(da.File("kvtierd.sock"));
+  auto cb = Connect(db.File("kvtierd.sock"));
+  std::vector<ChunkRef> refs = SaveChain(*ca, ns, 5, 5);
+  auto found = cb->Lookup(ns, Namespace::Keys(refs));
+  ASSERT_TRUE(found.ok()) << found.status() << "\n" << (*pb)->Log();
+  ASSERT_EQ(found->matched, 5u) << (*pb)->Log();
+  EXPECT_EQ(found->chunks[0].holder, "node-a");
+  ExpectLoads(*cb, ns, refs);
+  (*pa)->Signal(SIGTERM);
+  (*pb)->Signal(SIGTERM);
+  (void)(*pa)->Wait(absl::Seconds(10));
+  (void)(*pb)->Wait(absl::Seconds(10));
+}
+
+}  // namespace
+}  // namespace kvtier::testing

@@ -1,0 +1,280 @@
+// The transfer layer inside one process: two UCX engines (each its own ucp
+// context and workers), a holder's Peer service on a loopback gRPC port, and
+// a reader that finds and pulls chunks. Runs over TCP and over shared memory.
+#include <cstdlib>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "grpcpp/security/server_credentials.h"
+#include "grpcpp/server.h"
+#include "grpcpp/server_builder.h"
+#include "gtest/gtest.h"
+#include "src/core/embedded_cache.h"
+#include "src/transfer/peer_client.h"
+#include "src/transfer/peer_service.h"
+#include "src/transfer/remote_reader.h"
+#include "src/transfer/static_peers.h"
+#include "src/transfer/transfer_metrics.h"
+#include "src/transfer/ucx_engine.h"
+#include "tests/testing/cache_fixtures.h"
+#include "tests/testing/status_matchers.h"
+
+namespace kvtier::transfer {
+namespace {
+
+using ::kvtier::testing::KvFor;
+using ::kvtier::testing::SmallModel;
+using ::kvtier::testing::StatusIs;
+using ::testing::HasSubstr;
+
+std::unique_ptr<EmbeddedCache> NewCache() {
+  CacheOptions o;
+  o.dram_capacity_bytes = 16ull << 20;
+  o.slab_bytes = 2ull << 20;
+  o.huge_pages = false;
+  o.register_with_gpu = false;
+  auto c = EmbeddedCache::Create(o);
+  EXPECT_TRUE(c.ok()) << c.status();
+  return std::move(*c);
+}
+
+// One node: a cache, its UCX engine with the arena mapped, and (as a holder)
+// a Peer service on a loopback port.
+struct Node {
+  std::unique_ptr<EmbeddedCache> cache;
+  std::unique_ptr<UcxEngine> ucx;
+  std::unique_ptr<PeerService> peer;
+  std::unique_ptr<grpc::Server> server;
+  std::string address;
+
+  static std::unique_ptr<Node> Start(const std::string& node_id, uint64_t boot_id,
+                                     const std::string& token = "") {
+    auto n = std::make_unique<Node>();
+    n->cache = NewCache();
+    auto e = UcxEngine::Create(UcxOptions{});
+    EXPECT_TRUE(e.ok()) << e.status();
+    n->ucx = std::move(*e);
+    const Arena& a = n->cache->dram().arena();
+    EXPECT_TRUE(n->ucx->MapArena(a.base(), a.size()).ok());
+    PeerServiceOptions po;
+    po.node_id = node_id;
+    po.boot_id = boot_id;
+    po.lease_timeout = absl::Seconds(2);
+    po.peer_token = token;
+    auto p = PeerService::Create(n->cache.get(), n->ucx.get(), po);
+    EXPECT_TRUE(p.ok()) << p.status();
+    n->peer = std::move(*p);
+    grpc::ServerBuilder b;
+    int port = 0;
+    b.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
+    b.RegisterService(n->peer.get());
+    n->server = b.BuildAndStart();
+    n->address = absl::StrCat("127.0.0.1:", port);
+    return n;
+  }
+  ~Node() {
+    if (server) server->Shutdown(std::chrono::system_clock::now());
+    peer.reset();
+    ucx.reset();
+  }
+};
+
+class TransferTest : public ::testing::TestWithParam<const char*> {
+ protected:
+  void SetUp() override { setenv("UCX_TLS", GetParam(), 1); }
+  void TearDown() override { unsetenv("UCX_TLS"); }
+
+  // Saves a chain of `chunks` chunks on `node`; returns its refs.
+  std::vector<ChunkRef> SaveChain(Node& node, const Namespace& ns, size_t chunks, uint32_t seed) {
+    std::vector<ChunkRef> refs = *ns.Chunks(::kvtier::testing::Tokens(64 * chunks, seed));
+    for (const ChunkRef& r : refs) {
+      std::vector<std::byte> kv = KvFor(r, ns.PayloadBytes(r.num_tokens));
+      EXPECT_TRUE(node.cache->Save(ns, r, kv).ok());
+    }
+    return refs;
+  }
+};
+
+TEST_P(TransferTest, EngineGetsBytesOutOfAnotherEnginesArena) {
+  auto a = Node::Start("a", 1);
+  auto b = Node::Start("b", 2);
+  std::byte* src = a->cache->dram().arena().base();
+  for (size_t i = 0; i < (1 << 20); ++i) src[i] = static_cast<std::byte>(i * 7 + 3);
+  auto peer = b->ucx->Connect(a->ucx->worker_addresses()[0], a->ucx->packed_rkey(),
+                              reinterpret_cast<uint64_t>(src), a->cache->dram().arena().size());
+  ASSERT_TRUE(peer.ok()) << peer.status();
+  EXPECT_TRUE(absl::StrContains((*peer)->transports(), "am="));
+  std::byte* dst = b->cache->dram().arena().base();
+  ASSERT_TRUE(
+      b->ucx->Get(**peer, 4096, absl::MakeSpan(dst, 1 << 19), absl::Now() + absl::Seconds(10))
+          .ok());
+  EXPECT_EQ(std::memcmp(dst, src + 4096, 1 << 19), 0);
+  // Outside the remote arena.
+  EXPECT_THAT(b->ucx->Get(**peer, a->cache->dram().arena().size() - 10, absl::MakeSpan(dst, 4096),
+                          absl::Now() + absl::Seconds(10)),
+              StatusIs(absl::StatusCode::kOutOfRange));
+  const UcxStats st = b->ucx->Stats();
+  EXPECT_EQ(st.gets, 1u);
+  EXPECT_EQ(st.get_bytes, 1u << 19);
+}
+
+TEST_P(TransferTest, ReaderFindsAndPullsChunksByteIdentical) {
+  auto a = Node::Start("node-a", 11);
+  auto b = Node::Start("node-b", 12);
+  Namespace ns = *Namespace::Create(SmallModel());
+  std::vector<ChunkRef> refs = SaveChain(*a, ns, 6, 1);
+
+  PeerClients clients("");
+  StaticPeerSource source({a->address}, "node-b", &clients);
+  RemoteReaderOptions ro;
+  ro.node_id = "node-b";
+  auto reader = RemoteReader::Create(b->cache.get(), b->ucx.get(), &source, &clients, ro);
+  ASSERT_TRUE(reader.ok());
+
+  std::vector<BlockKey> keys = Namespace::Keys(refs);
+  // B holds the first two chunks itself; the rest are on A.
+  for (size_t i = 0; i < 2; ++i) {
+    ASSERT_TRUE(b->cache->Save(ns, refs[i], KvFor(refs[i], ns.PayloadBytes(64))).ok());
+  }
+  std::vector<ChunkLocation> locs = (*reader)->Locate(ns, keys, 2);
+  ASSERT_EQ(locs.size(), 4u);
+  for (const ChunkLocation& l : locs) {
+    EXPECT_EQ(l.tier, Tier::kRemote);
+    EXPECT_EQ(l.holder, "node-a");
+  }
+  for (size_t i = 2; i < refs.size(); ++i) {
+    ASSERT_TRUE((*reader)->Fetch(ns, keys[i]).ok()) << i;
+    std::vector<std::byte> out(ns.PayloadBytes(64));
+    ASSERT_TRUE(b->cache->Load(ns, keys[i], absl::MakeSpan(out)).ok());
+    EXPECT_EQ(out, KvFor(refs[i], out.size())) << i;
+  }
+  // Now local: a second Fetch is a no-op, and the holder released its pins.
+  EXPECT_TRUE((*reader)->Fetch(ns, keys[3]).ok());
+  const RemoteReaderStats rs = (*reader)->Stats();
+  EXPECT_EQ(rs.fetches, 4u);
+  EXPECT_EQ(rs.hellos, 1u);
+  ASSERT_EQ(rs.peers.size(), 1u);
+  EXPECT_EQ(rs.peers[0].node_id, "node-a");
+  const absl::Time until = absl::Now() + absl::Seconds(5);
+  while (a->peer->Stats().leases_held > 0 && absl::Now() < until) {
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  EXPECT_EQ(a->peer->Stats().leases_held, 0u);
+  EXPECT_EQ(a->cache->Stats().tiers[0].pinned_chunks, 0u);
+  const std::string text = RenderTransferMetrics(b->ucx->Stats(), b->peer->Stats(), &rs);
+  EXPECT_THAT(text, HasSubstr("kvtier_remote_fetches_total 4"));
+  EXPECT_THAT(text, HasSubstr("kvtier_remote_peer_info{node=\"node-a\""));
+}
+
+TEST_P(TransferTest, MissesAndOtherNamespacesAreNotFound) {
+  auto a = Node::Start("node-a", 21);
+  auto b = Node::Start("node-b", 22);
+  Namespace ns = *Namespace::Create(SmallModel());
+  Namespace other = *Namespace::Create(SmallModel("tenant-x"));
+  std::vector<ChunkRef> refs = SaveChain(*a, ns, 2, 2);
+  PeerClients clients("");
+  StaticPeerSource source({a->address}, "node-b", &clients);
+  RemoteReaderOptions ro;
+  ro.node_id = "node-b";
+  auto reader = RemoteReader::Create(b->cache.get(), b->ucx.get(), &source, &clients, ro);
+  ASSERT_TRUE(reader.ok());
+  EXPECT_THAT((*reader)->Fetch(other, refs[0].key), StatusIs(absl::StatusCode::kNotFound));
+  EXPECT_TRUE((*reader)->Locate(other, Namespace::Keys(refs), 0).empty());
+  BlockKey absent{123, 456};
+  EXPECT_THAT((*reader)->Fetch(ns, absent), StatusIs(absl::StatusCode::kNotFound));
+  // A holder that lost the chunk after Lookup: the hint leads to a miss.
+  ASSERT_EQ((*reader)->Locate(ns, Namespace::Keys(refs), 0).size(), 2u);
+  ASSERT_TRUE(a->cache->Remove(ns, refs[1].key).ok());
+  EXPECT_THAT((*reader)->Fetch(ns, refs[1].key), StatusIs(absl::StatusCode::kNotFound));
+  EXPECT_FALSE(b->cache->Pin(ns, refs[1].key).ok());
+}
+
+TEST_P(TransferTest, HolderSourceSkipsDeadPeersAndSelf) {
+  auto a = Node::Start("node-a", 31);
+  Namespace ns = *Namespace::Create(SmallModel());
+  std::vector<ChunkRef> refs = SaveChain(*a, ns, 3, 3);
+  std::vector<BlockKey> keys = Namespace::Keys(refs);
+  PeerClients clients("");
+  // Port 1 on loopback refuses connections.
+  StaticPeerSource source({"127.0.0.1:1", a->address}, "node-b", &clients);
+  auto holders = source.FindHolders(ns.id(), keys, absl::Now() + absl::Seconds(2));
+  ASSERT_TRUE(holders.ok()) << holders.status();
+  ASSERT_EQ(holders->size(), 1u);
+  EXPECT_EQ((*holders)[0].node_id, "node-a");
+  EXPECT_EQ((*holders)[0].matched_chunks, 3u);
+  // The node itself is never a holder.
+  StaticPeerSource self({a->address}, "node-a", &clients);
+  auto none = self.FindHolders(ns.id(), keys, absl::Now() + absl::Seconds(2));
+  ASSERT_TRUE(none.ok());
+  EXPECT_TRUE(none->empty());
+  StaticPeerSource dead({"127.0.0.1:1"}, "node-b", &clients);
+  EXPECT_THAT(dead.FindHolders(ns.id(), keys, absl::Now() + absl::Seconds(2)),
+              StatusIs(absl::StatusCode::kUnavailable));
+}
+
+TEST_P(TransferTest, PeerTokenIsRequiredWhenSet) {
+  auto a = Node::Start("node-a", 41, "s3cret-peer-token");
+  Namespace ns = *Namespace::Create(SmallModel());
+  std::vector<ChunkRef> refs = SaveChain(*a, ns, 1, 4);
+  PeerClients wrong("not-it");
+  StaticPeerSource bad({a->address}, "node-b", &wrong);
+  EXPECT_THAT(bad.FindHolders(ns.id(), Namespace::Keys(refs), absl::Now() + absl::Seconds(2)),
+              StatusIs(absl::StatusCode::kUnavailable));
+  PeerClients right("s3cret-peer-token");
+  StaticPeerSource good({a->address}, "node-b", &right);
+  auto h = good.FindHolders(ns.id(), Namespace::Keys(refs), absl::Now() + absl::Seconds(2));
+  ASSERT_TRUE(h.ok());
+  EXPECT_EQ(h->size(), 1u);
+}
+
+TEST_P(TransferTest, RestartedHolderIsGreetedAgain) {
+  Namespace ns = *Namespace::Create(SmallModel());
+  auto b = Node::Start("node-b", 52);
+  auto a = Node::Start("node-a", 51);
+  std::vector<ChunkRef> refs = SaveChain(*a, ns, 2, 5);
+  PeerClients clients("");
+  StaticPeerSource source({a->address}, "node-b", &clients);
+  RemoteReaderOptions ro;
+  ro.node_id = "node-b";
+  auto reader = RemoteReader::Create(b->cache.get(), b->ucx.get(), &source, &clients, ro);
+  ASSERT_TRUE(reader.ok());
+  ASSERT_TRUE((*reader)->Fetch(ns, refs[0].key).ok());
+  // The holder goes away and a new one (new arena, new keys, new boot id)
+  // answers at another address; the reader's old endpoint is useless.
+  a.reset();
+  auto a2 = Node::Start("node-a", 53);
+  SaveChain(*a2, ns, 2, 5);
+  StaticPeerSource source2({a2->address}, "node-b", &clients);
+  auto reader2 = RemoteReader::Create(b->cache.get(), b->ucx.get(), &source2, &clients, ro);
+  ASSERT_TRUE(reader2.ok());
+  ASSERT_TRUE((*reader2)->Fetch(ns, refs[1].key).ok());
+  std::vector<std::byte> out(ns.PayloadBytes(64));
+  ASSERT_TRUE(b->cache->Load(ns, refs[1].key, absl::MakeSpan(out)).ok());
+  EXPECT_EQ(out, KvFor(refs[1], out.size()));
+}
+
+TEST(UcxOptionsTest, ValidateNamesTheField) {
+  UcxOptions o;
+  o.progress_threads = 0;
+  EXPECT_THAT(o.Validate(),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("ucx.progress_threads")));
+  PeerServiceOptions p;
+  EXPECT_THAT(p.Validate(), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("node_id")));
+  RemoteReaderOptions r;
+  r.node_id = "x";
+  r.transfer_timeout = absl::ZeroDuration();
+  EXPECT_THAT(r.Validate(),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("ucx.transfer_timeout_ms")));
+}
+
+INSTANTIATE_TEST_SUITE_P(Transports, TransferTest, ::testing::Values("tcp", "posix,cma"),
+                         [](const auto& info) {
+                           return std::string(info.param[0] == 't' ? "tcp" : "shm");
+                         });
+
+}  // namespace
+}  // namespace kvtier::transfer
