@@ -13,7 +13,8 @@ RUN apt-get update && apt-get install -y --no-install-recommends \
       build-essential cmake pkg-config git ca-certificates \
       libabsl-dev libprotobuf-dev protobuf-compiler libgrpc++-dev protobuf-compiler-grpc \
       libucx-dev liburing-dev libxxhash-dev libyaml-cpp-dev prometheus-cpp-dev \
-      libhiredis-dev nlohmann-json3-dev nodejs npm \
+      libhiredis-dev nlohmann-json3-dev libcurl4-openssl-dev libssl-dev \
+      libnats-dev libzmq3-dev libmsgpack-cxx-dev nodejs npm \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 # npm first (package.json pins uPlot), so source edits keep this layer.
@@ -34,9 +35,11 @@ RUN apt-get update && apt-get install -y --no-install-recommends \
       tini=0.19.0-1+b3 \
       libabsl20220623=20220623.1-1+deb12u2 \
       libc-ares2=1.18.1-3 \
+      libcurl4=7.88.1-10+deb12u15 \
       libgrpc++1.51=1.51.1-3+b1 \
       libgrpc29=1.51.1-3+b1 \
       libhiredis0.14=0.14.1-3 \
+      libnats3.4=3.4.1-1+b1 \
       libprometheus-cpp-core1.0=1.0.1-1 \
       libprotobuf32=3.21.12-3+deb12u1 \
       libre2-9=20220601+dfsg-1+b1 \
@@ -45,6 +48,7 @@ RUN apt-get update && apt-get install -y --no-install-recommends \
       liburing2=2.3-3 \
       libxxhash0=0.8.1-1 \
       libyaml-cpp0.7=0.7.0+dfsg-8+b1 \
+      libzmq5=4.3.4-6 \
     && rm -rf /var/lib/apt/lists/* \
     && groupadd --system --gid 10001 kvtier \
     && useradd --system --uid 10001 --gid kvtier --home-dir /var/lib/kvtier \

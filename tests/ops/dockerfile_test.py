@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """The Dockerfile: base images pinned to a Debian 12 point release (no
 :latest), a non-root USER, runtime packages pinned to versions, and those
-packages cover every shared library kvtierd and kvtier link against here.
+packages cover every shared library kvtierd, kvtier and kvtier-index name
+(DT_NEEDED) here.
 
 usage: dockerfile_test.py BUILD_DIR SOURCE_DIR"""
 import os
@@ -35,12 +36,18 @@ def main():
     unpinned = re.findall(r"^\s+([a-z0-9][a-z0-9.+-]+) \\$", runtime, re.M)
     if unpinned:
         opslib.fail(f"runtime packages without a version: {unpinned}")
+    # The libraries each binary names itself (DT_NEEDED); apt brings their
+    # own dependencies along with the pinned packages.
     libs = set()
-    for binary in ("src/server/kvtierd", "src/cli/kvtier"):
-        out = subprocess.run(["ldd", os.path.join(build, binary)], stdout=subprocess.PIPE,
-                             text=True, check=True).stdout
-        for lib in re.findall(r"=> (\S+)", out):
-            libs.update({lib, os.path.realpath(lib)})
+    for binary in ("src/server/kvtierd", "src/cli/kvtier", "src/index/kvtier-index"):
+        path = os.path.join(build, binary)
+        dynamic = subprocess.run(["readelf", "-d", path], stdout=subprocess.PIPE,
+                                 text=True, check=True).stdout
+        direct = set(re.findall(r"\(NEEDED\)\s+Shared library: \[(\S+)\]", dynamic))
+        out = subprocess.run(["ldd", path], stdout=subprocess.PIPE, text=True, check=True).stdout
+        for soname, lib in re.findall(r"^\s*(\S+) => (\S+)", out, re.M):
+            if soname in direct:
+                libs.update({lib, os.path.realpath(lib)})
     # One dpkg -S for all: it reads the whole file database each call.
     r = subprocess.run(["dpkg", "-S", *sorted(libs)], stdout=subprocess.PIPE,
                        stderr=subprocess.DEVNULL, text=True)
