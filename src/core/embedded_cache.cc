@@ -894,6 +894,9 @@ absl::StatusOr<size_t> EmbeddedCache::RemoveById(uint64_t namespace_id, const Bl
 }
 
 size_t EmbeddedCache::RemoveNamespace(uint64_t namespace_id) {
+  // Blob objects of the namespace are deleted in the background (whichever
+  // node wrote them); they are not counted in the result.
+  if (blob_ != nullptr) (void)blob_->RemoveNamespace(namespace_id);
   if (nvme_ == nullptr || nvme_closed_.load(std::memory_order_relaxed)) {
     return dram_->RemoveNamespace(namespace_id);
   }

@@ -313,6 +313,44 @@ TEST_F(BlobTest, ChunksWrittenByOneCacheAreLoadedByAnother) {
   EXPECT_EQ(pr.promoted, 3u);
 }
 
+TEST_F(BlobTest, RemoveNamespaceDeletesEveryObjectOfItAndNoOther) {
+  ASSERT_OK_AND_ASSIGN(Namespace ns, Namespace::Create(SmallModel()));
+  ASSERT_OK_AND_ASSIGN(Namespace other, Namespace::Create(SmallModel("tenant-b")));
+  ASSERT_OK_AND_ASSIGN(std::vector<ChunkRef> chain, ns.Chunks(Tokens(3 * 64, 11)));
+  ASSERT_OK_AND_ASSIGN(std::vector<ChunkRef> other_chain, other.Chunks(Tokens(2 * 64, 11)));
+  const size_t bytes = ns.FullChunkPayloadBytes();
+  // One cache writes both namespaces, another writes more of `ns`: removal
+  // must reach the objects this node did not write too.
+  ASSERT_OK_AND_ASSIGN(auto a, EmbeddedCache::Create(Options(BlobOptions())));
+  ASSERT_OK_AND_ASSIGN(auto b, EmbeddedCache::Create(Options(BlobOptions())));
+  ASSERT_OK(a->Save(ns, chain[0], KvFor(chain[0], bytes)));
+  for (const ChunkRef& c : other_chain) ASSERT_OK(a->Save(other, c, KvFor(c, bytes)));
+  for (size_t i = 1; i < chain.size(); ++i)
+    ASSERT_OK(b->Save(ns, chain[i], KvFor(chain[i], bytes)));
+  a->blob()->Flush();
+  b->blob()->Flush();
+  ASSERT_OK_AND_ASSIGN(auto client, BlobClient::Create(ClientOptions()));
+  const absl::Time deadline = absl::Now() + absl::Seconds(10);
+  const std::string ns_prefix = absl::StrCat(BlobOptions().prefix, "/", ns.IdHex(), "/");
+  const std::string other_prefix = absl::StrCat(BlobOptions().prefix, "/", other.IdHex(), "/");
+  ASSERT_OK_AND_ASSIGN(BlobListPage before, client->List(ns_prefix, "", 100, deadline));
+  ASSERT_EQ(before.blobs.size(), 3u);
+
+  EXPECT_EQ(a->RemoveNamespace(ns.id()), 1u) << "DRAM held one chunk of ns";
+  a->blob()->Flush();
+  ASSERT_OK_AND_ASSIGN(BlobListPage after, client->List(ns_prefix, "", 100, deadline));
+  EXPECT_TRUE(after.blobs.empty());
+  EXPECT_EQ(a->blob()->Stats().namespace_objects_deleted, 3u);
+  ASSERT_OK_AND_ASSIGN(BlobListPage kept, client->List(other_prefix, "", 100, deadline));
+  EXPECT_EQ(kept.blobs.size(), 2u) << "another namespace is untouched";
+  // A fresh cache that probes Blob finds nothing of the removed namespace.
+  ASSERT_OK_AND_ASSIGN(auto c, EmbeddedCache::Create(Options(BlobOptions())));
+  ASSERT_OK_AND_ASSIGN(LookupResult lr, c->Lookup(ns, Namespace::Keys(chain)));
+  EXPECT_EQ(lr.matched, 0u);
+  ASSERT_OK_AND_ASSIGN(lr, c->Lookup(other, Namespace::Keys(other_chain)));
+  EXPECT_EQ(lr.matched, 2u);
+}
+
 TEST_F(BlobTest, OnDemotionUploadsWhatDramEvictsAndQueueBoundSkips) {
   ASSERT_OK_AND_ASSIGN(Namespace ns, Namespace::Create(SmallModel()));
   const size_t bytes = ns.FullChunkPayloadBytes();

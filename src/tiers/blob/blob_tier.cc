@@ -233,6 +233,49 @@ bool BlobTier::Remove(uint64_t namespace_id, const BlockKey& key) {
   return true;
 }
 
+size_t BlobTier::RemoveNamespace(uint64_t namespace_id) {
+  size_t recorded = 0;
+  {
+    absl::MutexLock lock(&record_mu_);
+    for (auto it = record_.begin(); it != record_.end();) {
+      if (it->first.ns == namespace_id) {
+        record_.erase(it++);
+        ++recorded;
+      } else {
+        ++it;
+      }
+    }
+  }
+  absl::MutexLock lock(&mu_);
+  if (closing_) return recorded;
+  Job job;
+  job.remove = true;
+  job.remove_namespace = true;
+  job.meta.namespace_id = namespace_id;
+  queue_.push_back(std::move(job));
+  return recorded;
+}
+
+void BlobTier::DeleteNamespaceObjects(uint64_t namespace_id, absl::Time deadline) {
+  const std::string prefix = absl::StrFormat("%s/%016x/", options_.prefix, namespace_id);
+  std::string marker;
+  do {
+    absl::StatusOr<BlobListPage> page = client_->List(prefix, marker, 1000, deadline);
+    Note(page.status());
+    if (!page.ok()) {
+      log_(absl::StrCat("blob: listing ", prefix,
+                        " to remove the namespace failed: ", page.status().ToString()));
+      return;
+    }
+    for (const BlobListItem& item : page->blobs) {
+      absl::Status s = client_->Delete(item.name, deadline);
+      Note(s);
+      if (s.ok()) namespace_objects_deleted_.fetch_add(1, std::memory_order_relaxed);
+    }
+    marker = page->next_marker;
+  } while (!marker.empty() && absl::Now() < deadline);
+}
+
 void BlobTier::WorkerLoop() {
   for (;;) {
     Job job;
@@ -250,7 +293,11 @@ void BlobTier::WorkerLoop() {
     }
     const std::string name = ObjectName(job.meta.namespace_id, job.meta.key);
     const absl::Time deadline = absl::Now() + absl::Milliseconds(options_.write_deadline_ms);
-    if (job.remove) {
+    if (job.remove_namespace) {
+      // A whole namespace may be many pages: ten write deadlines.
+      DeleteNamespaceObjects(job.meta.namespace_id,
+                             absl::Now() + absl::Milliseconds(10 * options_.write_deadline_ms));
+    } else if (job.remove) {
       absl::Status s = client_->Delete(name, deadline);
       Note(s);
     } else if (degraded()) {
@@ -481,6 +528,7 @@ BlobTierStats BlobTier::Stats() const {
   s.uploaded = uploaded_.load(std::memory_order_relaxed);
   s.upload_failures = upload_failures_.load(std::memory_order_relaxed);
   s.already_stored = already_stored_.load(std::memory_order_relaxed);
+  s.namespace_objects_deleted = namespace_objects_deleted_.load(std::memory_order_relaxed);
   s.skipped_queue_full = skipped_queue_full_.load(std::memory_order_relaxed);
   s.skipped_degraded = skipped_degraded_.load(std::memory_order_relaxed);
   {

@@ -78,8 +78,9 @@ struct BlobTierStats {
   uint64_t deadline_misses = 0;  // reads or probes cut short by the deadline
   uint64_t probes = 0;
   uint64_t probe_hits = 0;
-  uint64_t bytes_uploaded = 0;    // encoded chunk bytes
-  uint64_t bytes_downloaded = 0;  // encoded chunk bytes
+  uint64_t bytes_uploaded = 0;             // encoded chunk bytes
+  uint64_t bytes_downloaded = 0;           // encoded chunk bytes
+  uint64_t namespace_objects_deleted = 0;  // objects deleted by RemoveNamespace
   BlobClientStats http;
 };
 
@@ -122,6 +123,12 @@ class BlobTier {
   // Queues the deletion of a chunk this node uploaded; false when the
   // record does not have it.
   bool Remove(uint64_t namespace_id, const BlockKey& key);
+  // Forgets every chunk of the namespace this node uploaded and queues the
+  // deletion of every object under `<prefix>/<namespace id hex>/`, whichever
+  // node wrote it (List Blobs page by page, then Delete Blob each). Returns
+  // how many chunks the record had. A namespace removed here is gone for
+  // every node that shares the container.
+  size_t RemoveNamespace(uint64_t namespace_id);
 
   // Waits until the queue is empty and no upload is in flight.
   void Flush();
@@ -148,6 +155,7 @@ class BlobTier {
   };
   struct Job {
     bool remove = false;
+    bool remove_namespace = false;  // with remove: every object of meta.namespace_id
     ChunkMeta meta;
     std::vector<std::byte> bytes;
   };
@@ -160,6 +168,8 @@ class BlobTier {
   void Note(const absl::Status& status);
   void Record(uint64_t ns, const BlockKey& key);
   void Forget(uint64_t ns, const BlockKey& key);
+  // Lists and deletes every object of the namespace (a worker's job).
+  void DeleteNamespaceObjects(uint64_t namespace_id, absl::Time deadline);
 
   const BlobCacheOptions options_;
   BlobLogFn log_;
@@ -182,7 +192,8 @@ class BlobTier {
 
   std::atomic<uint64_t> uploaded_{0}, upload_failures_{0}, already_stored_{0},
       skipped_queue_full_{0}, skipped_degraded_{0}, fetched_{0}, fetch_misses_{0}, corrupt_{0},
-      deadline_misses_{0}, probes_{0}, probe_hits_{0}, bytes_uploaded_{0}, bytes_downloaded_{0};
+      deadline_misses_{0}, probes_{0}, probe_hits_{0}, bytes_uploaded_{0}, bytes_downloaded_{0},
+      namespace_objects_deleted_{0};
 };
 
 }  // namespace kvtier
