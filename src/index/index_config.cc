@@ -66,6 +66,8 @@ absl::Status Apply(const std::string& key, const std::string& v, const std::stri
     o.grpc = v;
   } else if (key == "http") {
     o.http = v;
+  } else if (key == "status_token") {
+    o.status_token = v;
   } else if (key == "max_entries") {
     KVTIER_ASSIGN_OR_RETURN(o.index.max_entries, ParseU64(v, field, 1, uint64_t{1} << 40));
   } else if (key == "shards") {
@@ -90,16 +92,10 @@ absl::Status Apply(const std::string& key, const std::string& v, const std::stri
 }
 
 const std::set<std::string>& TopKeys() {
-  static const auto* k = new std::set<std::string>{"nats",
-                                                   "grpc",
-                                                   "http",
-                                                   "max_entries",
-                                                   "shards",
-                                                   "max_nodes",
-                                                   "node_timeout_seconds",
-                                                   "max_chain",
-                                                   "log_level",
-                                                   "zmq"};
+  static const auto* k =
+      new std::set<std::string>{"nats",        "grpc",      "http",      "status_token",
+                                "max_entries", "shards",    "max_nodes", "node_timeout_seconds",
+                                "max_chain",   "log_level", "zmq"};
   return *k;
 }
 const std::set<std::string>& NatsKeys() {
@@ -161,6 +157,7 @@ constexpr Flag kFlags[] = {
     {"nats", "nats.url", "NATS server URL(s), comma-separated (nats://127.0.0.1:4222)"},
     {"grpc", "grpc", "host:port of the Index gRPC service (127.0.0.1:7070)"},
     {"http", "http", "host:port of /metrics /healthz /readyz (127.0.0.1:9465); '' = off"},
+    {"status-token", "status_token", "bearer token of the status page (needed off loopback)"},
     {"max-entries", "max_entries", "(key, node) entries kept; oldest dropped first"},
     {"zmq", nullptr, "vLLM KV-event endpoint to read, [NODE_ID=]tcp://host:port (repeatable)"},
     {"node-timeout", "node_timeout_seconds", "seconds without a heartbeat before a node is dead"},

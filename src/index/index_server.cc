@@ -1,7 +1,9 @@
 #include "src/index/index_server.h"
 
+#include <unistd.h>
 #include <zmq.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstring>
 #include <optional>
@@ -23,6 +25,13 @@
 
 namespace kvtier::index {
 namespace {
+
+// Whether "host:port" listens on loopback only.
+bool IsLoopback(const std::string& host_port) {
+  std::string host = host_port.substr(0, host_port.rfind(':'));
+  if (host.size() >= 2 && host.front() == '[') host = host.substr(1, host.size() - 2);
+  return host == "localhost" || host == "::1" || absl::StartsWith(host, "127.");
+}
 
 using prometheus::ClientMetric;
 using prometheus::MetricFamily;
@@ -130,10 +139,24 @@ absl::Status IndexServer::Init(std::string version) {
         absl::StrCat("grpc: cannot listen on '", options_.grpc, "'"));
   }
   if (!options_.http.empty()) {
+    server::StatusPageOptions po;
+    po.title = "kvtier-index";
+    po.snapshot = [this] { return Snapshot(); };
+    po.bearer_token = options_.status_token;
+    po.require_token = !IsLoopback(options_.http);
+    KVTIER_ASSIGN_OR_RETURN(status_page_, server::StatusPage::Create(std::move(po)));
     KVTIER_ASSIGN_OR_RETURN(
-        http_,
-        server::HttpServer::Start(
-            options_.http, "http", [this](const std::string& p) { return ServeHttp(p); }, log_));
+        http_, server::HttpServer::Start(
+                   options_.http, "http",
+                   server::HttpServer::RequestHandler([this](const server::HttpRequest& request) {
+                     std::optional<server::HttpResponse> r = status_page_->Handle(request);
+                     return r.has_value() ? *std::move(r) : ServeHttp(request.path);
+                   }),
+                   log_));
+    if (po.require_token && options_.status_token.empty()) {
+      log_->Warn("status page off",
+                 {{"reason", "http is not loopback and status_token is not set"}});
+    }
   }
 
   // vLLM endpoints.
@@ -250,7 +273,63 @@ server::HttpResponse IndexServer::ServeHttp(const std::string& path) {
     if (ready() && !shut_down_.load()) return {200, "text/plain; charset=utf-8", "ready\n"};
     return {503, "text/plain; charset=utf-8", "not ready\n"};
   }
-  return {404, "text/plain; charset=utf-8", "not found: try /metrics, /healthz or /readyz\n"};
+  return {404, "text/plain; charset=utf-8",
+          "not found: try /, /api/v1/status, /metrics, /healthz or /readyz\n"};
+}
+
+server::StatusSnapshot IndexServer::Snapshot() const {
+  server::StatusSnapshot st;
+  const absl::Time now = absl::Now();
+  st.service = "kvtier-index";
+  char host[256] = {};
+  st.node = gethostname(host, sizeof(host) - 1) == 0 ? host : "unknown";
+  st.version = version_;
+  st.start_time_seconds = absl::ToDoubleSeconds(start_time_ - absl::UnixEpoch());
+  st.ready = ready() && !shut_down_.load();
+  const ClusterIndexStats s = index_->Stats(now);
+  const IngestCounters c = ingest_->Counters();
+  st.lookups = s.lookups;
+  st.latencies.push_back(service_->LookupLatency());
+  st.requests_by_code = service_->LookupsByCode();
+  uint64_t vllm_nodes = 0;
+  for (const NodeStatus& n : index_->Nodes(now)) {
+    server::StatusPeer p;
+    p.name = n.node_id;
+    if (n.source == NodeSource::kVllm) {
+      ++vllm_nodes;
+      p.transport = "zmq";
+    } else {
+      p.address = n.grpc_address;
+      p.transport = "nats";
+    }
+    p.up = n.alive;
+    st.peers.push_back(std::move(p));
+  }
+  st.counters = {
+      {"keys", s.keys},
+      {"entries", s.entries},
+      {"max_entries", s.max_entries},
+      {"dropped_entries", s.dropped_entries},
+      {"purged_entries", s.purged_entries},
+      {"memory_bytes", index_->MemoryBytes()},
+      {"nodes", s.nodes},
+      {"alive_nodes", s.alive_nodes},
+      {"dead_nodes", s.nodes - std::min(s.nodes, s.alive_nodes)},
+      {"vllm_nodes", vllm_nodes},
+      {"lookups", s.lookups},
+      {"lookup_errors", service_->lookup_errors()},
+      {"batches", c.batches},
+      {"events", c.events},
+      {"event_keys", c.keys},
+      {"malformed", c.malformed},
+      {"duplicates", c.duplicates},
+      {"sequence_gaps", c.gaps},
+      {"heartbeats", c.heartbeats},
+      {"vllm_batches", c.vllm_batches},
+      {"vllm_messages", zmq_messages_.load()},
+      {"vllm_sequence_gaps", zmq_gaps_.load()},
+  };
+  return st;
 }
 
 std::string IndexServer::RenderMetrics() const {
@@ -320,6 +399,7 @@ void IndexServer::Shutdown() {
   }
   if (sweeper_.joinable()) sweeper_.join();
   if (http_) http_->Stop();
+  if (status_page_) status_page_->Stop();
 }
 
 IndexServer::~IndexServer() { Shutdown(); }

@@ -26,6 +26,7 @@
 #include "src/index/nats_bus.h"
 #include "src/server/http_server.h"
 #include "src/server/log.h"
+#include "src/server/status_page.h"
 
 namespace kvtier::index {
 
@@ -41,6 +42,7 @@ struct IndexServerOptions {
   NatsBusOptions nats;                  // the NATS server(s)
   std::string grpc = "127.0.0.1:7070";  // host:port of the Index service (port 0: any)
   std::string http = "127.0.0.1:9465";  // host:port of /metrics /healthz /readyz; "" = off
+  std::string status_token;             // bearer token of "/" and /api/v1/status; "" = none
   ClusterIndexOptions index;
   EventStreamOptions stream;
   bool create_stream = true;  // create the JetStream stream when missing
@@ -70,6 +72,10 @@ class IndexServer {
   EventIngest& ingest() { return *ingest_; }
   // Prometheus text of the index's metrics.
   std::string RenderMetrics() const;
+  // The status page's figures (/ and /api/v1/status on the http listener):
+  // peers = the nodes known (up = alive), counters = the Stats RPC's figures
+  // and the node and vLLM counts, latencies = Lookup's.
+  server::StatusSnapshot Snapshot() const;
 
  private:
   IndexServer(const IndexServerOptions& options, server::Logger* log);
@@ -87,6 +93,7 @@ class IndexServer {
   std::unique_ptr<NatsBus> bus_;
   std::unique_ptr<IndexService> service_;
   std::unique_ptr<grpc::Server> grpc_;
+  std::unique_ptr<server::StatusPage> status_page_;
   std::unique_ptr<server::HttpServer> http_;
   int grpc_port_ = 0;
   uint64_t replay_target_ = 0;  // the stream's last sequence at start

@@ -1,6 +1,7 @@
 #include "src/index/index_service.h"
 
 #include <chrono>
+#include <cmath>
 #include <optional>
 
 #include "absl/strings/str_cat.h"
@@ -41,6 +42,10 @@ grpc::Status IndexService::Lookup(grpc::ServerContext*, const v1::IndexLookupReq
   lookup_seconds_->Observe(
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
   if (!s.ok()) lookup_errors_.fetch_add(1, std::memory_order_relaxed);
+  const size_t code = static_cast<size_t>(s.code());
+  if (code < lookups_by_code_.size()) {
+    lookups_by_code_[code].fetch_add(1, std::memory_order_relaxed);
+  }
   return server::ToGrpcStatus(s);
 }
 
@@ -171,6 +176,28 @@ absl::Status IndexService::DoLookup(const v1::IndexLookupRequest& req,
     out->set_ucx_address(m.ucx_address);
   }
   return absl::OkStatus();
+}
+
+server::Metrics::MethodLatency IndexService::LookupLatency() const {
+  server::Metrics::MethodLatency m;
+  m.method = "Lookup";
+  const prometheus::ClientMetric c = lookup_seconds_->Collect();
+  for (const prometheus::ClientMetric::Bucket& b : c.histogram.bucket) {
+    if (!std::isinf(b.upper_bound)) m.upper_bounds.push_back(b.upper_bound);
+    m.bucket_counts.push_back(b.cumulative_count);
+  }
+  m.count = c.histogram.sample_count;
+  m.sum_seconds = c.histogram.sample_sum;
+  return m;
+}
+
+std::map<std::string, uint64_t> IndexService::LookupsByCode() const {
+  std::map<std::string, uint64_t> out;
+  for (size_t i = 0; i < lookups_by_code_.size(); ++i) {
+    const uint64_t n = lookups_by_code_[i].load(std::memory_order_relaxed);
+    if (n > 0) out[absl::StatusCodeToString(static_cast<absl::StatusCode>(i))] = n;
+  }
+  return out;
 }
 
 }  // namespace kvtier::index

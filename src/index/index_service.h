@@ -7,9 +7,12 @@
 #ifndef KVTIER_SRC_INDEX_INDEX_SERVICE_H_
 #define KVTIER_SRC_INDEX_INDEX_SERVICE_H_
 
+#include <array>
 #include <atomic>
 #include <functional>
+#include <map>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "kvtier/v1/index.grpc.pb.h"
@@ -17,6 +20,7 @@
 #include "prometheus/registry.h"
 #include "src/index/cluster_index.h"
 #include "src/index/event_ingest.h"
+#include "src/server/metrics.h"
 
 namespace prometheus {
 class Histogram;
@@ -42,6 +46,10 @@ class IndexService final : public v1::Index::Service {
   uint64_t lookup_errors() const { return lookup_errors_.load(); }
   // The service's own metrics (the Lookup latency histogram).
   std::vector<prometheus::MetricFamily> Collect() const;
+  // The Lookup latency histogram as the status page reads it.
+  server::Metrics::MethodLatency LookupLatency() const;
+  // Finished Lookups by status code name ("OK", "INVALID_ARGUMENT", ...).
+  std::map<std::string, uint64_t> LookupsByCode() const;
 
  private:
   absl::Status DoLookup(const v1::IndexLookupRequest& req, v1::IndexLookupResponse& resp);
@@ -53,6 +61,7 @@ class IndexService final : public v1::Index::Service {
   std::shared_ptr<prometheus::Registry> registry_;
   prometheus::Histogram* lookup_seconds_ = nullptr;
   std::atomic<uint64_t> lookup_errors_{0};
+  std::array<std::atomic<uint64_t>, 17> lookups_by_code_{};  // by absl::StatusCode
 };
 
 }  // namespace kvtier::index

@@ -6,6 +6,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <sstream>
 
 #include "absl/strings/match.h"
@@ -272,8 +273,7 @@ absl::Status Daemon::StartTransfer() {
   uo.progress_threads = config_.ucx.progress_threads;
   absl::StatusOr<std::unique_ptr<transfer::UcxEngine>> engine = transfer::UcxEngine::Create(uo);
   if (!engine.ok()) {
-    return absl::Status(engine.status().code(),
-                        absl::StrCat("ucx: ", engine.status().message()));
+    return absl::Status(engine.status().code(), absl::StrCat("ucx: ", engine.status().message()));
   }
   ucx_ = std::move(*engine);
   const Arena& arena = cache_->dram().arena();
@@ -288,28 +288,29 @@ absl::Status Daemon::StartTransfer() {
   po.lease_timeout = absl::Seconds(config_.ucx.lease_seconds);
   po.max_keys_per_request = config_.max_keys_per_request;
   po.peer_token = config_.ucx.peer_token;
-  KVTIER_ASSIGN_OR_RETURN(peer_service_, transfer::PeerService::Create(cache_.get(), ucx_.get(), po));
+  KVTIER_ASSIGN_OR_RETURN(peer_service_,
+                          transfer::PeerService::Create(cache_.get(), ucx_.get(), po));
   peer_clients_ = std::make_unique<transfer::PeerClients>(config_.ucx.peer_token);
   if (!config_.peers.empty()) {
-    static_holders_ = std::make_unique<transfer::StaticPeerSource>(
-        config_.peers, config_.node_id, peer_clients_.get());
+    static_holders_ = std::make_unique<transfer::StaticPeerSource>(config_.peers, config_.node_id,
+                                                                   peer_clients_.get());
   }
   if (transfer::HolderSource* holders = holder_source(); holders != nullptr) {
     transfer::RemoteReaderOptions ro;
     ro.node_id = config_.node_id;
     ro.lookup_timeout = absl::Milliseconds(config_.ucx.lookup_timeout_ms);
     ro.transfer_timeout = absl::Milliseconds(config_.ucx.transfer_timeout_ms);
-    KVTIER_ASSIGN_OR_RETURN(remote_,
-                            transfer::RemoteReader::Create(cache_.get(), ucx_.get(),
-                                                           holders,
-                                                           peer_clients_.get(), ro));
+    KVTIER_ASSIGN_OR_RETURN(
+        remote_,
+        transfer::RemoteReader::Create(cache_.get(), ucx_.get(), holders, peer_clients_.get(), ro));
     service_->SetRemoteReader(remote_.get());
   }
   metrics_->AddSection([this] {
     std::optional<transfer::RemoteReaderStats> rs;
     if (remote_ != nullptr) rs = remote_->Stats();
     return transfer::RenderTransferMetrics(ucx_->Stats(), peer_service_->Stats(),
-                                           rs.has_value() ? &*rs : nullptr);
+                                           rs.has_value() ? &*rs : nullptr,
+                                           peer_clients_->Health());
   });
   log_->Info("node-to-node transfer",
              {{"node_id", config_.node_id},
@@ -362,6 +363,24 @@ StatusSnapshot Daemon::Snapshot() const {
   for (const NamespaceCounters& n : s.namespaces) s.prefill_tokens_saved += n.loaded_tokens;
   s.latencies = metrics_->Latencies();
   s.requests_by_code = metrics_->RequestsByCode();
+  if (peer_clients_ != nullptr) {
+    std::map<std::string, std::string> transports;  // by address
+    if (remote_ != nullptr) {
+      for (const transfer::RemotePeerInfo& p : remote_->Stats().peers) {
+        transports[p.address] = p.transports;
+      }
+    }
+    for (const transfer::PeerHealth& h : peer_clients_->Health()) {
+      StatusPeer p;
+      p.name = h.node_id;
+      p.address = h.address;
+      auto t = transports.find(h.address);
+      p.transport = t != transports.end() && !t->second.empty() ? t->second : "grpc";
+      p.up = h.up;
+      p.bytes_received = h.bytes_read;
+      s.peers.push_back(std::move(p));
+    }
+  }
   return s;
 }
 

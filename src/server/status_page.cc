@@ -323,6 +323,9 @@ std::string StatusPage::Json(bool with_history) const {
                      {"bytes_received", p.bytes_received}});
   }
   doc["peers"] = peers;
+  json counters = json::object();
+  for (const auto& [name, value] : st.counters) counters[name] = value;
+  doc["counters"] = counters;
   doc["saved"] = {
       {"prefill_tokens", st.prefill_tokens_saved},
       {"tokens_per_gpu_second", options_.tokens_per_gpu_second},

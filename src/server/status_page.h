@@ -68,6 +68,7 @@ struct StatusSnapshot {
   std::vector<StatusPeer> peers;                     // empty when none
   std::vector<Metrics::MethodLatency> latencies;     // RPC durations by method
   std::map<std::string, uint64_t> requests_by_code;  // finished RPCs by status code name
+  std::map<std::string, uint64_t> counters;          // the binary's own figures by name
 };
 
 struct StatusPageOptions {

@@ -1,12 +1,15 @@
 // gRPC channels to other nodes' Peer services, one per address, shared by
-// the static holder source and the remote reader.
+// the static holder source and the remote reader, and the health of each
+// peer as the last contact left it (kvtier_peer_up, the status page).
 //
 // Thread-safety: thread-safe.
 #ifndef KVTIER_SRC_TRANSFER_PEER_CLIENT_H_
 #define KVTIER_SRC_TRANSFER_PEER_CLIENT_H_
 
+#include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
@@ -16,6 +19,14 @@
 #include "kvtier/v1/peer.grpc.pb.h"
 
 namespace kvtier::transfer {
+
+// One peer this node has contacted.
+struct PeerHealth {
+  std::string address;      // "host:port" of its Peer service (the series label)
+  std::string node_id;      // its node id once it answered; empty before
+  bool up = false;          // the last contact (Lookup, Hello, PinForRead, get) succeeded
+  uint64_t bytes_read = 0;  // encoded chunk bytes read from it (monotonic)
+};
 
 class PeerClients {
  public:
@@ -27,10 +38,19 @@ class PeerClients {
   // Prepares a call context: deadline and credentials.
   void Prepare(grpc::ClientContext& ctx, absl::Time deadline) const;
 
+  // Records the outcome of one contact with `address`; `node_id` (when not
+  // empty) is the id it answered with.
+  void ReportContact(const std::string& address, const std::string& node_id, bool ok);
+  // Adds `bytes` read from `address` (a successful contact).
+  void AddBytesRead(const std::string& address, uint64_t bytes);
+  // Every peer contacted so far, sorted by address.
+  std::vector<PeerHealth> Health() const;
+
  private:
   const std::string token_;
-  absl::Mutex mu_;
+  mutable absl::Mutex mu_;
   absl::flat_hash_map<std::string, std::unique_ptr<v1::Peer::Stub>> stubs_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<std::string, PeerHealth> health_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace kvtier::transfer

@@ -91,6 +91,7 @@ absl::StatusOr<RemoteReader::Conn> RemoteReader::Connect(const std::string& addr
   req.set_node_id(options_.node_id);
   v1::HelloResponse resp;
   grpc::Status gs = clients_->Stub(address)->Hello(&ctx, req, &resp);
+  clients_->ReportContact(address, resp.node_id(), gs.ok());
   if (!gs.ok()) {
     return absl::UnavailableError(
         absl::StrCat("peer ", address, ": Hello failed: ", gs.error_message()));
@@ -171,6 +172,7 @@ absl::Status RemoteReader::FetchFrom(const Namespace& ns, const BlockKey& key,
     grpc::ClientContext ctx;
     clients_->Prepare(ctx, deadline);
     grpc::Status gs = clients_->Stub(address)->PinForRead(&ctx, req, &resp);
+    clients_->ReportContact(address, conn->node_id, gs.ok());
     if (!gs.ok()) {
       Drop(address, conn->peer.get());
       return absl::UnavailableError(
@@ -223,11 +225,13 @@ absl::Status RemoteReader::FetchFrom(const Namespace& ns, const BlockKey& key,
   absl::Status got = engine_->Get(*conn->peer, slot.offset(), bytes, deadline);
   ReleaseLease(address, resp.lease_id());
   if (!got.ok()) {
+    clients_->ReportContact(address, conn->node_id, false);
     cache_->AbortSlot(r->handle);
     Drop(address, conn->peer.get());
     return absl::Status(got.code(),
                         absl::StrCat("peer ", conn->node_id, ": read failed: ", got.message()));
   }
+  clients_->AddBytesRead(address, slot.length());
   ChunkExpectation expect;
   expect.namespace_id = ns.id();
   expect.key = key;

@@ -47,6 +47,8 @@ absl::StatusOr<std::vector<RemoteHolder>> StaticPeerSource::FindHolders(
   size_t timed_out = 0, failed = 0;
   for (size_t i = 0; i < peers_.size(); ++i) {
     const Call& c = *calls[i];
+    clients_->ReportContact(peers_[i], c.status.ok() ? c.resp.node_id() : std::string(),
+                            c.status.ok());
     if (!c.status.ok()) {
       (c.status.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED ? timed_out : failed)++;
       continue;

@@ -21,8 +21,15 @@ void Metric(std::string& out, const char* name, const char* type, const char* he
 }  // namespace
 
 std::string RenderTransferMetrics(const UcxStats& ucx, const PeerServiceStats& holder,
-                                  const RemoteReaderStats* reader) {
+                                  const RemoteReaderStats* reader,
+                                  const std::vector<PeerHealth>& peers) {
   std::string out;
+  absl::StrAppend(&out,
+                  "# HELP kvtier_peer_up Whether the last contact with a peer node succeeded "
+                  "(1) or failed (0).\n# TYPE kvtier_peer_up gauge\n");
+  for (const PeerHealth& p : peers) {
+    absl::StrAppend(&out, "kvtier_peer_up{peer=\"", Label(p.address), "\"} ", p.up ? 1 : 0, "\n");
+  }
   Metric(out, "kvtier_ucx_gets_total", "counter", "One-sided UCX gets completed.", ucx.gets);
   Metric(out, "kvtier_ucx_get_bytes_total", "counter", "Bytes read by UCX gets.", ucx.get_bytes);
   Metric(out, "kvtier_ucx_get_failures_total", "counter",

@@ -23,6 +23,7 @@
 #include "kvtier/namespace.h"
 #include "kvtier/v1/events.pb.h"
 #include "kvtier/v1/index.grpc.pb.h"
+#include "nlohmann/json.hpp"
 #include "src/index/event_ingest.h"
 #include "src/index/event_publisher.h"
 #include "src/index/index_holder_source.h"
@@ -84,7 +85,8 @@ class IndexReplica {
                                                              std::vector<std::string> extra = {}) {
     auto r = std::unique_ptr<IndexReplica>(new IndexReplica());
     r->grpc_port_ = FreePort();
-    const int http_port = FreePort();
+    r->http_port_ = FreePort();
+    const int http_port = r->http_port_;
     std::vector<std::string> argv = {IndexBinary(),
                                      "--nats",
                                      nats,
@@ -126,11 +128,13 @@ class IndexReplica {
     return resp;
   }
   std::string address() const { return absl::StrCat("127.0.0.1:", grpc_port_); }
+  int http_port() const { return http_port_; }
   Process& process() { return *process_; }
 
  private:
   IndexReplica() = default;
   int grpc_port_ = 0;
+  int http_port_ = 0;
   std::unique_ptr<Process> process_;
   std::unique_ptr<v1::Index::Stub> stub_;
 };
@@ -384,6 +388,51 @@ TEST(ClusterIndex, IngestsVllmEventsOverZmq) {
   ASSERT_OK_AND_ASSIGN(v1::IndexStatsResponse st, idx->Stats());
   EXPECT_EQ(st.malformed(), 2u);
   EXPECT_GE(st.vllm_batches(), 3u);
+
+  // The status page shows the same figures as the Stats RPC (nothing moves
+  // now: the publisher is quiet and no Lookup runs in between). The page
+  // samples once a second: wait for a sample taken after the last change.
+  ASSERT_OK_AND_ASSIGN(v1::IndexStatsResponse st2, idx->Stats());
+  nlohmann::json doc;
+  std::string body;
+  const absl::Time page_deadline = absl::Now() + absl::Seconds(5);
+  while (absl::Now() < page_deadline) {
+    ASSERT_OK_AND_ASSIGN(auto status, HttpGet(idx->http_port(), "/api/v1/status"));
+    ASSERT_EQ(status.first, 200) << status.second;
+    body = status.second;
+    doc = nlohmann::json::parse(body);
+    const nlohmann::json& c = doc.at("counters");
+    if (c.contains("events") && c.at("events").get<uint64_t>() == st2.events() &&
+        c.at("lookups").get<uint64_t>() == st2.lookups()) {
+      break;
+    }
+    absl::SleepFor(absl::Milliseconds(100));
+  }
+  EXPECT_EQ(doc.at("service"), "kvtier-index");
+  const nlohmann::json& c = doc.at("counters");
+  EXPECT_EQ(c.at("keys").get<uint64_t>(), st2.keys());
+  EXPECT_EQ(c.at("entries").get<uint64_t>(), st2.entries());
+  EXPECT_EQ(c.at("max_entries").get<uint64_t>(), st2.max_entries());
+  EXPECT_EQ(c.at("lookups").get<uint64_t>(), st2.lookups());
+  EXPECT_EQ(doc.at("totals").at("lookups").get<uint64_t>(), st2.lookups());
+  EXPECT_EQ(c.at("events").get<uint64_t>(), st2.events());
+  EXPECT_EQ(c.at("batches").get<uint64_t>(), st2.batches());
+  EXPECT_EQ(c.at("malformed").get<uint64_t>(), 2u);
+  EXPECT_EQ(c.at("vllm_batches").get<uint64_t>(), st2.vllm_batches());
+  EXPECT_GE(c.at("vllm_messages").get<uint64_t>(), st2.vllm_batches());
+  EXPECT_EQ(c.at("vllm_nodes").get<uint64_t>(), 1u);
+  EXPECT_GT(st2.lookups(), 0u);
+  // The vLLM endpoint is a live node; Lookup latency is charted.
+  ASSERT_EQ(doc.at("peers").size(), 1u) << body;
+  EXPECT_EQ(doc.at("peers")[0].at("name"), "gpu-node-1");
+  EXPECT_EQ(doc.at("peers")[0].at("up"), true);
+  EXPECT_EQ(doc.at("peers")[0].at("transport"), "zmq");
+  EXPECT_EQ(doc.at("totals").at("requests_by_code").at("OK").get<uint64_t>(), st2.lookups())
+      << body;
+  ASSERT_OK_AND_ASSIGN(auto page, HttpGet(idx->http_port(), "/"));
+  EXPECT_EQ(page.first, 200);
+  EXPECT_NE(page.second.find("/api/v1/status"), std::string::npos);
+  EXPECT_EQ(doc.at("title"), "kvtier-index");
   zmq_close(pub);
   zmq_ctx_term(ctx);
 }

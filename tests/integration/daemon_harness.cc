@@ -181,11 +181,15 @@ absl::StatusOr<int> Daemon::Stop() {
 }
 
 absl::StatusOr<std::pair<int, std::string>> Daemon::HttpGet(const std::string& path) const {
+  return ::kvtier::testing::HttpGet(http_port_, path);
+}
+
+absl::StatusOr<std::pair<int, std::string>> HttpGet(int http_port, const std::string& path) {
   int fd = ::socket(AF_INET, SOCK_STREAM, 0);
   sockaddr_in addr{};
   addr.sin_family = AF_INET;
   addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  addr.sin_port = htons(static_cast<uint16_t>(http_port_));
+  addr.sin_port = htons(static_cast<uint16_t>(http_port));
   if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
     close(fd);
     return absl::UnavailableError(absl::StrCat("http connect: ", std::strerror(errno)));

@@ -87,6 +87,9 @@ class Daemon {
 absl::Status WaitForDaemon(const std::string& socket, Process* process, absl::Duration timeout);
 
 // Binary paths, from the build.
+// GET `path` from 127.0.0.1:`http_port`: (status code, body).
+absl::StatusOr<std::pair<int, std::string>> HttpGet(int http_port, const std::string& path);
+
 std::string KvtierdPath();
 std::string ChainClientPath();
 std::string CliPath();

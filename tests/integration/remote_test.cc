@@ -19,6 +19,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "kvtier/client.h"
+#include "nlohmann/json.hpp"
 #include "tests/integration/daemon_harness.h"
 #include "tests/integration/workload.h"
 #include "tests/testing/status_matchers.h"
@@ -108,6 +109,15 @@ void ExpectLoads(Client& client, const Namespace& ns, const std::vector<ChunkRef
   }
 }
 
+// The peer at `address` in an /api/v1/status document; null when absent.
+nlohmann::json FindStatusPeer(const std::string& doc, const std::string& address) {
+  const nlohmann::json j = nlohmann::json::parse(doc);
+  for (const nlohmann::json& p : j.at("peers")) {
+    if (p.at("address") == address) return p;
+  }
+  return nullptr;
+}
+
 class RemoteTest : public ::testing::TestWithParam<const char*> {
  protected:
   void SetUp() override { setenv("UCX_TLS", GetParam(), 1); }
@@ -143,6 +153,24 @@ TEST_P(RemoteTest, TwoNodesChunksSavedOnOneLoadOnTheOther) {
   ASSERT_TRUE(metrics.ok());
   const std::string& mb = metrics->second;
   EXPECT_TRUE(absl::StrContains(mb, "kvtier_remote_fetches_total 6"));
+  EXPECT_TRUE(absl::StrContains(mb, absl::StrCat("kvtier_peer_up{peer=\"", a.address(), "\"} 1")))
+      << mb;
+  // The status page (sampled once a second) lists A with what B read from it.
+  nlohmann::json peer;
+  const absl::Time page_deadline = absl::Now() + absl::Seconds(5);
+  while (absl::Now() < page_deadline) {
+    auto page = b.daemon->HttpGet("/api/v1/status");
+    ASSERT_TRUE(page.ok());
+    peer = FindStatusPeer(page->second, a.address());
+    if (!peer.is_null() && peer.at("bytes_received").get<uint64_t>() > 0) break;
+    absl::SleepFor(absl::Milliseconds(100));
+  }
+  ASSERT_FALSE(peer.is_null());
+  EXPECT_EQ(peer.at("name"), "node-a");
+  EXPECT_EQ(peer.at("up"), true);
+  // The UCX lanes of the open endpoint, as kvtier_remote_peer_info shows them.
+  EXPECT_TRUE(absl::StrContains(peer.at("transport").get<std::string>(), "am=")) << peer.dump();
+  EXPECT_GT(peer.at("bytes_received").get<uint64_t>(), 0u);
   EXPECT_TRUE(absl::StrContains(mb, "kvtier_remote_peer_info{node=\"node-a\""));
   // The transport UCX chose is visible.
   const std::string am = std::string(GetParam()) == "tcp" ? "am=tcp/lo" : "am=posix/memory";
@@ -217,8 +245,29 @@ TEST_P(RemoteTest, HolderKilledMidTransferGivesMissesNeverPartialChunks) {
   });
   const absl::Time until = absl::Now() + absl::Seconds(20);
   while (loaded.load() < 20 && absl::Now() < until) absl::SleepFor(absl::Microseconds(200));
+  // B reads from A: the peer is up. No ASSERT until the reader is joined.
+  const std::string up_series = absl::StrCat("kvtier_peer_up{peer=\"", a.address(), "\"} ");
+  auto before = b.daemon->HttpGet("/metrics");
+  EXPECT_TRUE(before.ok() && absl::StrContains(before->second, up_series + "1"))
+      << (before.ok() ? before->second : before.status().ToString());
   a.daemon->process().Signal(SIGKILL);
   reader.join();
+  // A Lookup contacts the (static) peer again, whether or not a read failed.
+  EXPECT_TRUE(cb->Lookup(ns, Namespace::Keys(refs)).ok());
+  auto after = b.daemon->HttpGet("/metrics");
+  ASSERT_TRUE(after.ok());
+  EXPECT_TRUE(absl::StrContains(after->second, up_series + "0")) << after->second;
+  nlohmann::json peer_down;
+  const absl::Time down_deadline = absl::Now() + absl::Seconds(5);
+  while (absl::Now() < down_deadline) {
+    auto page = b.daemon->HttpGet("/api/v1/status");
+    ASSERT_TRUE(page.ok());
+    peer_down = FindStatusPeer(page->second, a.address());
+    if (!peer_down.is_null() && peer_down.at("up") == false) break;
+    absl::SleepFor(absl::Milliseconds(100));
+  }
+  ASSERT_FALSE(peer_down.is_null());
+  EXPECT_EQ(peer_down.at("up"), false);
   EXPECT_GE(loaded.load(), 20);
   EXPECT_GT(failed.load(), 0) << "the holder died before any read failed";
   EXPECT_EQ(wrong.load(), 0);

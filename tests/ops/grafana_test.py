@@ -1,11 +1,16 @@
 #!/usr/bin/env python3
 """The Grafana dashboard in deploy/grafana/: its layout (overview, per tier,
-per node, per namespace), and every metric its queries use exists in the
-/metrics of a running kvtierd that served the demo workload.
+per node, per namespace, cluster), and every metric its queries use exists in
+the /metrics of a running kvtierd that served the demo workload. That kvtierd
+runs every optional part the dashboard charts: a Blob tier (its endpoint is
+a closed port: the tier is degraded), cluster events to a real nats-server,
+and node-to-node reads from a static peer that does not answer (so
+kvtier_peer_up has a series, at 0).
 
 usage: grafana_test.py BUILD_DIR SOURCE_DIR"""
 import os
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import dashboard  # noqa: E402
@@ -16,7 +21,7 @@ def main():
     build, source = os.path.abspath(sys.argv[1]), os.path.abspath(sys.argv[2])
     dash = dashboard.load(os.path.join(source, "deploy/grafana/kvtier-dashboard.json"))
     rows = [p["title"] for p in dashboard.panels(dash) if p["type"] == "row"]
-    if rows != ["Overview", "Per tier", "Per node", "Per namespace"]:
+    if rows != ["Overview", "Per tier", "Per node", "Per namespace", "Cluster"]:
         opslib.fail(f"rows: {rows}")
     ids = [p["id"] for p in dashboard.panels(dash)]
     if len(ids) != len(set(ids)):
@@ -33,8 +38,31 @@ def main():
             if k not in p["gridPos"]:
                 opslib.fail(f"panel {p['title']!r}: gridPos lacks {k}")
 
-    daemon = opslib.Kvtierd(build)
+    nats = opslib.NatsServer()
+    work = opslib.temp_dir("grafana")
+    key = os.path.join(work, "blob.key")
+    with open(key, "w") as f:  # any base64 key: no request reaches a server
+        f.write("a3Z0aWVyLW9wcy10ZXN0LWtleS1ub3QtYS1zZWNyZXQ=")
+    admin = os.path.join(work, "admin.token")
+    with open(admin, "w") as f:
+        f.write("ops-admin-token-0123456789abcdef")
+    dead_peer = f"127.0.0.1:{opslib.free_port()}"
+    daemon = opslib.Kvtierd(build, extra=(
+        "--node-id", "ops-node", "--nats", nats.url,
+        "--tcp", f"127.0.0.1:{opslib.free_port()}", "--admin-token-file", admin,
+        "--ucx", "true", "--peers", dead_peer,
+        "--blob-endpoint", f"http://127.0.0.1:{opslib.free_port()}",
+        "--blob-account", "devstoreaccount1", "--blob-container", "kvtier",
+        "--blob-key-file", key))
+    os.environ["KVTIER_TOKEN"] = "ops-admin-token-0123456789abcdef"  # for `kvtier demo`
     daemon.demo()
+    # The demo's lookups asked the peer, which does not answer.
+    series = f'kvtier_peer_up{{peer="{dead_peer}"}}'
+    deadline = time.time() + 10
+    while daemon.metrics().get(series) != 0:
+        if time.time() > deadline:
+            opslib.fail(f"{series} is not 0: {daemon.metrics().get(series)}")
+        time.sleep(0.2)
     exported = daemon.metric_names()
     exported.add("up")  # Prometheus' own series for every target
     used = set()

@@ -141,3 +141,57 @@ class Kvtierd:
     def stop(self):
         self.proc.send_signal(signal.SIGTERM)
         return self.proc.wait(timeout=30)
+
+
+class NatsServer:
+    """nats-server with JetStream on loopback in a temporary folder (killed at
+    exit); skips the test when it is not installed."""
+
+    def __init__(self):
+        nats = shutil.which("nats-server") or "/usr/sbin/nats-server"
+        if not os.path.exists(nats):
+            skip("no nats-server (scripts/install-deps.sh installs it)")
+        self.dir = temp_dir("nats")
+        self.port = free_port()
+        self.url = f"nats://127.0.0.1:{self.port}"
+        self.log = os.path.join(self.dir, "nats.log")
+        self.proc = start([nats, "-js", "-a", "127.0.0.1", "-p", str(self.port),
+                           "-sd", os.path.join(self.dir, "jetstream")], self.log)
+        deadline = time.time() + 20
+        while True:
+            if self.proc.poll() is not None:
+                fail("nats-server exited:\n" + open(self.log).read())
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return
+            except OSError:
+                if time.time() > deadline:
+                    fail("nats-server did not listen in 20s:\n" + open(self.log).read())
+                time.sleep(0.1)
+
+
+class KvtierIndex:
+    """kvtier-index on loopback, fed by a nats-server with JetStream that it
+    starts (both killed at exit)."""
+
+    def __init__(self, build_dir):
+        self.nats = NatsServer()
+        self.dir = temp_dir("kvtier-index")
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = os.path.join(self.dir, "kvtier-index.log")
+        argv = [os.path.join(build_dir, "src/index/kvtier-index"), "--nats", self.nats.url,
+                "--grpc", f"127.0.0.1:{free_port()}", "--http", f"127.0.0.1:{self.port}"]
+        self.proc = start(argv, self.log)
+        wait_http(self.url + "/readyz", self.proc, self.log)
+
+    def metrics(self):
+        """Samples of /metrics: {"name{labels}": value}."""
+        _, text = http_get(self.url + "/metrics")
+        out = {}
+        for line in text.splitlines():
+            if not line or line.startswith("#"):
+                continue
+            series, _, value = line.rpartition(" ")
+            out[series] = float(value)
+        return out

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Debian's Prometheus scrapes a real kvtierd: the scrape configuration from
+"""Debian's Prometheus scrapes a real kvtierd and a real kvtier-index (fed by
+a nats-server the test starts): the scrape configuration from
 deploy/prometheus/scrape_config.py with kvtier's alert rules loaded, then
 kvtier series read back through Prometheus' HTTP API.
 
@@ -32,11 +33,12 @@ def main():
         opslib.skip("no prometheus binary (scripts/install-deps.sh installs Debian's prometheus)")
     daemon = opslib.Kvtierd(build)
     daemon.demo()
+    index = opslib.KvtierIndex(build)
 
     work = opslib.temp_dir("prometheus")
     rules = os.path.join(source, "deploy/prometheus/kvtier-alerts.yaml")
-    # (job, port) of each binary scraped; kvtier-index joins with one line.
-    targets = [("kvtierd", daemon.port)]
+    # (job, port) of each binary scraped.
+    targets = [("kvtierd", daemon.port), ("kvtier-index", index.port)]
     args = [a for job, port in targets for a in ("--target", f"{job}=127.0.0.1:{port}")]
     config = subprocess.run(
         [sys.executable, os.path.join(source, "deploy/prometheus/scrape_config.py"), *args,
@@ -71,7 +73,8 @@ def main():
     while time.time() < deadline:
         up = query(base, "up == 1")
         hits = query(base, 'kvtier_lookup_hit_chunks_total{job="kvtierd"}')
-        if {r["metric"]["job"] for r in up} == {job for job, _ in targets} and hits:
+        ready = query(base, 'kvtier_index_ready{job="kvtier-index"}')
+        if {r["metric"]["job"] for r in up} == {job for job, _ in targets} and hits and ready:
             break
         time.sleep(0.5)
     else:
@@ -87,6 +90,15 @@ def main():
     names = query(base, 'count by (__name__) ({job="kvtierd", __name__=~"kvtier_.+"})')
     print(f"prometheus stored {len(names)} kvtier metric names from kvtierd; "
           f"hit chunks {got:.0f}, tiers {sorted(tiers)}")
+    # kvtier-index: its series arrive under their job, with the values it serves.
+    if float(ready[0]["value"][1]) != 1 or index.metrics()["kvtier_index_ready"] != 1:
+        opslib.fail(f"kvtier_index_ready: prometheus {ready}")
+    max_entries = query(base, 'kvtier_index_max_entries{job="kvtier-index"}')
+    direct_max = index.metrics()["kvtier_index_max_entries"]
+    if not max_entries or float(max_entries[0]["value"][1]) != direct_max or direct_max <= 0:
+        opslib.fail(f"kvtier_index_max_entries: prometheus {max_entries}, /metrics {direct_max}")
+    index_names = query(base, 'count by (__name__) ({job="kvtier-index", __name__=~"kvtier_.+"})')
+    print(f"prometheus stored {len(index_names)} kvtier metric names from kvtier-index")
     # The hit-rate expression of the alert evaluates on real data.
     rate = query(base, 'sum(kvtier_lookup_hit_chunks_total) / sum(kvtier_lookup_chunks_total)')
     if not rate or not 0 < float(rate[0]["value"][1]) <= 1:

@@ -186,6 +186,17 @@ TEST(StatusPage, JsonCarriesTotalsRatesTiersNamespacesPeersAndSavings) {
   EXPECT_FALSE(json::parse(page->Json(false)).contains("history"));
 }
 
+TEST(StatusPage, CountersAreTheBinarysOwnFiguresByName) {
+  Feed feed;
+  feed.next = Base();
+  ASSERT_OK_AND_ASSIGN(auto page, StatusPage::Create(feed.Options()));
+  EXPECT_TRUE(json::parse(page->Json())["counters"].empty());
+  feed.next.counters = {{"entries", 12}, {"malformed", 3}};
+  page->SampleNow();
+  const json doc = json::parse(page->Json());
+  EXPECT_EQ(doc["counters"], json({{"entries", 12}, {"malformed", 3}}));
+}
+
 TEST(StatusPage, HistoryKeepsTheConfiguredNumberOfSamples) {
   Feed feed;
   feed.next = Base();

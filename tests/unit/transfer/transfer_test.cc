@@ -30,6 +30,7 @@ using ::kvtier::testing::KvFor;
 using ::kvtier::testing::SmallModel;
 using ::kvtier::testing::StatusIs;
 using ::testing::HasSubstr;
+using ::testing::Not;
 
 std::unique_ptr<EmbeddedCache> NewCache() {
   CacheOptions o;
@@ -255,6 +256,48 @@ TEST_P(TransferTest, RestartedHolderIsGreetedAgain) {
   std::vector<std::byte> out(ns.PayloadBytes(64));
   ASSERT_TRUE(b->cache->Load(ns, refs[1].key, absl::MakeSpan(out)).ok());
   EXPECT_EQ(out, KvFor(refs[1], out.size()));
+}
+
+TEST_P(TransferTest, PeerUpFollowsTheLastContact) {
+  Namespace ns = *Namespace::Create(SmallModel());
+  auto b = Node::Start("node-b", 62);
+  auto a = Node::Start("node-a", 61);
+  std::vector<ChunkRef> refs = SaveChain(*a, ns, 2, 6);
+  PeerClients clients("");
+  StaticPeerSource source({a->address}, "node-b", &clients);
+  RemoteReaderOptions ro;
+  ro.node_id = "node-b";
+  ro.transfer_timeout = absl::Seconds(2);
+  auto reader = RemoteReader::Create(b->cache.get(), b->ucx.get(), &source, &clients, ro);
+  ASSERT_TRUE(reader.ok());
+  EXPECT_TRUE(clients.Health().empty());
+  const std::string series = absl::StrCat("kvtier_peer_up{peer=\"", a->address, "\"} ");
+  // No peer contacted yet: the family is there, without series.
+  std::string text =
+      RenderTransferMetrics(b->ucx->Stats(), b->peer->Stats(), nullptr, clients.Health());
+  EXPECT_THAT(text, HasSubstr("# TYPE kvtier_peer_up gauge"));
+  EXPECT_THAT(text, Not(HasSubstr("kvtier_peer_up{")));
+
+  ASSERT_TRUE((*reader)->Fetch(ns, refs[0].key).ok());
+  std::vector<PeerHealth> h = clients.Health();
+  ASSERT_EQ(h.size(), 1u);
+  EXPECT_EQ(h[0].address, a->address);
+  EXPECT_EQ(h[0].node_id, "node-a");
+  EXPECT_TRUE(h[0].up);
+  EXPECT_EQ(h[0].bytes_read, (*reader)->Stats().fetched_bytes);
+  EXPECT_GT(h[0].bytes_read, 0u);
+  text = RenderTransferMetrics(b->ucx->Stats(), b->peer->Stats(), nullptr, h);
+  EXPECT_THAT(text, HasSubstr(series + "1\n"));
+
+  // The holder dies: the next contact fails and the peer is down.
+  a.reset();
+  EXPECT_FALSE((*reader)->Fetch(ns, refs[1].key).ok());
+  h = clients.Health();
+  ASSERT_EQ(h.size(), 1u);
+  EXPECT_FALSE(h[0].up);
+  EXPECT_EQ(h[0].node_id, "node-a");  // remembered from the earlier answers
+  text = RenderTransferMetrics(b->ucx->Stats(), b->peer->Stats(), nullptr, h);
+  EXPECT_THAT(text, HasSubstr(series + "0\n"));
 }
 
 TEST(UcxOptionsTest, ValidateNamesTheField) {
