@@ -2,7 +2,8 @@
 // kvtierd processes publishing their chunk events, two kvtier-index
 // replicas, a router's Lookup on both, removal, node death, an index
 // restart that rebuilds from the stream, malformed events, a synthetic vLLM
-// publisher over ZMQ, and the index-backed HolderSource.
+// publisher over ZMQ, the index-backed HolderSource, and a kvtierd that reads
+// over UCX the chunks the index says another node holds.
 #include <signal.h>
 #include <zmq.h>
 
@@ -435,6 +436,83 @@ TEST(ClusterIndex, IngestsVllmEventsOverZmq) {
   EXPECT_EQ(doc.at("title"), "kvtier-index");
   zmq_close(pub);
   zmq_ctx_term(ctx);
+}
+
+// A kvtierd whose Lookup misses locally asks the cluster index, reports the
+// holder, and reads the chunks from it over UCX.
+TEST(ClusterIndex, KvtierdReadsWhatTheIndexSaysAnotherNodeHolds) {
+  setenv("UCX_TLS", "tcp", 1);
+  TempDir dir;
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<NatsServer> nats, NatsServer::Start(dir));
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<IndexReplica> index,
+                       IndexReplica::Start(dir, nats->url(), "index"));
+  constexpr const char* kAdmin = "cluster-test-admin-token-0123456789";
+  TempDir da, db;
+  auto start = [&](const TempDir& d, const std::string& id, std::vector<std::string> extra) {
+    std::vector<std::string> flags = {
+        "--config",
+        d.Write(id + ".yaml",
+                "cluster:\n  publish_interval_ms: 10\n  heartbeat_interval_ms: 200\n"),
+        "--node-id",
+        id,
+        "--nats",
+        nats->url(),
+        "--tcp",
+        absl::StrCat("127.0.0.1:", FreePort()),
+        "--ucx",
+        "true",
+        "--admin-token-file",
+        d.Write("admin.token", kAdmin),
+        "--nvme",
+        "off",
+        "--dram",
+        "64MiB"};
+    flags.insert(flags.end(), extra.begin(), extra.end());
+    return Daemon::Start(d, flags);
+  };
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<Daemon> a, start(da, "holder", {}));
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<Daemon> b,
+                       start(db, "reader", {"--index-address", index->address()}));
+  auto connect = [&](const Daemon& d) {
+    ClientOptions o;
+    o.socket_path = d.socket();
+    o.token = kAdmin;
+    o.shared_memory = false;
+    return Client::Create(o);
+  };
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<Client> ca, connect(*a));
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<Client> cb, connect(*b));
+  ASSERT_OK_AND_ASSIGN(Namespace ns, Namespace::Create(SmallNamespace()));
+  const std::vector<TokenId> tokens = ChainTokens(5, 5, 4, 0, ns.tokens_per_chunk());
+  ASSERT_OK_AND_ASSIGN(std::vector<ChunkRef> chunks, ns.Chunks(tokens));
+  std::vector<std::byte> payload(ns.FullChunkPayloadBytes());
+  for (const ChunkRef& c : chunks) {
+    KeyedBytes(c.key, payload.data(), payload.size());
+    ASSERT_OK(ca->Save(ns, c, payload));
+  }
+  v1::IndexLookupRequest req;
+  wire::NamespaceToProto(ns.options(), req.mutable_namespace_());
+  for (TokenId t : tokens) req.add_token_ids(t);
+  const std::map<std::string, uint32_t> held = {{"holder", 4}};
+  ASSERT_EQ(WaitFor(*index, req, held), held);
+
+  const std::vector<BlockKey> keys = Namespace::Keys(chunks);
+  ASSERT_OK_AND_ASSIGN(LookupResult found, cb->Lookup(ns, keys));
+  ASSERT_EQ(found.matched, 4u);
+  for (const ChunkLocation& l : found.chunks) {
+    EXPECT_EQ(l.tier, Tier::kRemote);
+    EXPECT_EQ(l.holder, "holder");
+  }
+  std::vector<std::byte> out(payload.size());
+  for (const ChunkRef& c : chunks) {
+    ASSERT_OK_AND_ASSIGN(size_t n, cb->Load(ns, c.key, absl::MakeSpan(out)));
+    ASSERT_EQ(n, out.size());
+    KeyedBytes(c.key, payload.data(), payload.size());
+    EXPECT_EQ(out, payload) << "chunk " << c.key.ToHex();
+  }
+  ASSERT_OK_AND_ASSIGN(found, cb->Lookup(ns, keys));
+  for (const ChunkLocation& l : found.chunks) EXPECT_EQ(l.tier, Tier::kDram) << "pulled in";
+  unsetenv("UCX_TLS");
 }
 
 }  // namespace

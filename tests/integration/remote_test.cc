@@ -238,7 +238,11 @@ TEST_P(RemoteTest, HolderKilledMidTransferGivesMissesNeverPartialChunks) {
       if (n.ok()) {
         (out == Payload(r.key, out.size()) ? loaded : wrong)++;
       } else {
-        EXPECT_EQ(n.status().code(), absl::StatusCode::kNotFound) << n.status();
+        // A miss; over shared memory (no dead-peer detection in UCX) the
+        // first read after the death can also outlast the client's deadline.
+        EXPECT_THAT(n.status().code(), ::testing::AnyOf(absl::StatusCode::kNotFound,
+                                                        absl::StatusCode::kDeadlineExceeded))
+            << n.status();
         failed++;
       }
     }
