@@ -24,8 +24,9 @@ struct ChunkEvent {
 };
 
 // Receives chunk events. Called on cache threads, possibly several at once,
-// while the cache holds no lock; an implementation must be quick (queue and
-// return), must not block, and must not call back into the cache.
+// and possibly while a tier holds its own lock (NVMe evictions); an
+// implementation must be quick (queue and return), must not block, and must
+// not call back into the cache.
 class CacheEventSink {
  public:
   virtual ~CacheEventSink() = default;

@@ -258,8 +258,13 @@ absl::Status EmbeddedCache::OpenNvme(const EmbeddedCacheSeams& seams) {
   track_reads_ = options_.nvme.admission != "all";
   persist_on_close_seconds_ = options_.nvme.persist_on_close_seconds;
   access_ = std::make_unique<AccessShard[]>(kAccessShards);
-  absl::StatusOr<std::unique_ptr<NvmeTier>> tier =
-      NvmeTier::Create(ToNvmeTierOptions(options_, seams.nvme_env));
+  NvmeTierOptions nvme_options = ToNvmeTierOptions(options_, seams.nvme_env);
+  if (event_sink_ != nullptr) {
+    nvme_options.on_evict = [this](uint64_t namespace_id, const BlockKey& key) {
+      Emit(ChunkEvent::Kind::kRemoved, namespace_id, key, Tier::kNvme);
+    };
+  }
+  absl::StatusOr<std::unique_ptr<NvmeTier>> tier = NvmeTier::Create(nvme_options);
   if (!tier.ok()) {
     return absl::Status(tier.status().code(), absl::StrCat("nvme: ", tier.status().message()));
   }

@@ -64,9 +64,8 @@ struct EmbeddedCacheSeams {
   Env* nvme_env = nullptr;
   // Told about chunks stored in and leaving DRAM and NVMe (the cluster
   // index's feed); nullptr = nobody. Not owned; must outlive the cache.
-  // Removals of a chunk's descendants (Remove drops a subtree from DRAM),
-  // DRAM-only chunks of RemoveNamespace and NVMe's own evictions are not
-  // reported.
+  // Removals of a chunk's descendants (Remove drops a subtree from DRAM) and
+  // DRAM-only chunks of RemoveNamespace are not reported.
   CacheEventSink* event_sink = nullptr;
   // Where the Blob tier's log lines go; empty means stderr.
   BlobLogFn blob_log;

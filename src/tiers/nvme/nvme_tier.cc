@@ -989,6 +989,7 @@ std::optional<uint32_t> NvmeTier::AcquireSlot(uint32_t cls) {
   if (!victim.has_value()) return std::nullopt;
   ++evictions_;
   UnlinkLive(*victim);
+  if (options_.on_evict) options_.on_evict(slots_[*victim].id.ns, slots_[*victim].id.key);
   slots_[*victim].state = SlotState::kFree;
   return *victim;
 }
@@ -1039,6 +1040,7 @@ void NvmeTier::RefillClean(uint32_t cls) {
       if (!victim.has_value()) return;
       ++evictions_;
       UnlinkLive(*victim);
+      if (options_.on_evict) options_.on_evict(slots_[*victim].id.ns, slots_[*victim].id.key);
       slot = *victim;
     }
     if (!StartTombstone(slot, OpKind::kClean, nullptr).ok()) return;

@@ -82,6 +82,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <future>
 #include <memory>
 #include <optional>
@@ -174,6 +175,9 @@ struct NvmeTierOptions {
   // Files and I/O; nullptr means Env::Default(). Not owned; must outlive the
   // tier.
   Env* env = nullptr;
+  // Told (namespace id, key) of each chunk the tier evicts to make room.
+  // Called with the tier's lock held: it must only queue and return.
+  std::function<void(uint64_t namespace_id, const BlockKey& key)> on_evict;
 
   absl::Status Validate() const;
 };

@@ -142,5 +142,47 @@ TEST(EmbeddedCacheEvents, DemotionAndPromotion) {
   std::filesystem::remove_all(*dir);
 }
 
+TEST(EmbeddedCacheEvents, NvmeEvictionsAreReported) {
+  absl::StatusOr<std::string> dir = MakeTempDir("/tmp", "kvtier-events-");
+  ASSERT_OK(dir.status());
+  {
+    RecordingSink sink;
+    EmbeddedCacheSeams seams;
+    seams.event_sink = &sink;
+    CacheOptions o = DramOnly();
+    o.nvme.path = *dir;
+    o.nvme.capacity_bytes = 16ull << 20;  // the smallest volume: a few hundred slots
+    o.nvme.slot_payload_bytes = {kPayload};
+    o.nvme.io_mode = "buffered";
+    ASSERT_OK_AND_ASSIGN(std::unique_ptr<EmbeddedCache> cache, EmbeddedCache::Create(o, seams));
+    ASSERT_OK_AND_ASSIGN(Namespace ns, Namespace::Create(SmallModel()));
+    std::vector<ChunkRef> chunks;
+    for (uint32_t i = 0; i < 800; ++i) {
+      ASSERT_OK_AND_ASSIGN(std::vector<ChunkRef> one, ns.Chunks(Tokens(64, 500 + i)));
+      chunks.push_back(one[0]);
+      ASSERT_OK(cache->Save(ns, one[0], KvFor(one[0], kPayload)));
+      cache->WaitForDemotions();
+    }
+    const CacheStats st = cache->Stats();
+    ASSERT_EQ(st.tiers.size(), 2u);
+    ASSERT_GT(st.tiers[1].evictions, 0u) << "the NVMe tier must have filled up";
+    std::vector<BlockKey> evicted;
+    for (const ChunkEvent& e : sink.Take()) {
+      if (e.kind == ChunkEvent::Kind::kRemoved && e.tier == Tier::kNvme) {
+        EXPECT_EQ(e.namespace_id, ns.id());
+        evicted.push_back(e.key);
+      }
+    }
+    EXPECT_EQ(evicted.size(), st.tiers[1].evictions);
+    // Every chunk reported gone from NVMe is really gone from the cache
+    // (it had left DRAM before it was demoted).
+    for (const BlockKey& k : evicted) {
+      ASSERT_OK_AND_ASSIGN(LookupResult r, cache->Lookup(ns, absl::MakeConstSpan(&k, 1)));
+      EXPECT_EQ(r.matched, 0u) << k.ToHex();
+    }
+  }
+  std::filesystem::remove_all(*dir);
+}
+
 }  // namespace
 }  // namespace kvtier
