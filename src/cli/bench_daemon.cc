@@ -34,6 +34,7 @@
 #include "kvtier/client.h"
 #include "kvtier/namespace.h"
 #include "src/cli/bench.h"
+#include "src/cli/child_process.h"
 #include "src/cli/report.h"
 #include "src/common/temp_path.h"
 
@@ -41,72 +42,6 @@ namespace kvtier::cli {
 namespace {
 
 using Clock = std::chrono::steady_clock;
-
-// A child process, stopped (SIGTERM, then SIGKILL) on destruction.
-class Child {
- public:
-  static std::unique_ptr<Child> Start(const std::vector<std::string>& argv,
-                                      const std::vector<std::string>& env, const std::string& log) {
-    pid_t pid = fork();
-    if (pid < 0) return nullptr;
-    if (pid == 0) {
-      int fd = open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-      if (fd >= 0) {
-        dup2(fd, STDOUT_FILENO);
-        dup2(fd, STDERR_FILENO);
-        close(fd);
-      }
-      for (const std::string& e : env) putenv(const_cast<char*>(e.c_str()));
-      std::vector<char*> args;
-      for (const std::string& a : argv) args.push_back(const_cast<char*>(a.c_str()));
-      args.push_back(nullptr);
-      execvp(args[0], args.data());
-      _exit(127);
-    }
-    return std::unique_ptr<Child>(new Child(pid));
-  }
-  ~Child() {
-    kill(pid_, SIGTERM);
-    for (int i = 0; i < 500; ++i) {
-      if (waitpid(pid_, nullptr, WNOHANG) == pid_) return;
-      std::this_thread::sleep_for(std::chrono::milliseconds(10));
-    }
-    kill(pid_, SIGKILL);
-    waitpid(pid_, nullptr, 0);
-  }
-  bool Running() { return waitpid(pid_, nullptr, WNOHANG) == 0; }
-  pid_t pid() const { return pid_; }
-
- private:
-  explicit Child(pid_t pid) : pid_(pid) {}
-  pid_t pid_;
-};
-
-int FreePort() {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
-  socklen_t len = sizeof(addr);
-  getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
-  close(fd);
-  return ntohs(addr.sin_port);
-}
-
-// kvtierd next to this binary (build tree or install), else from PATH.
-std::string FindKvtierd() {
-  char self[PATH_MAX];
-  ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
-  if (n > 0) {
-    self[n] = '\0';
-    std::filesystem::path dir = std::filesystem::path(self).parent_path();
-    for (const auto& p : {dir / "kvtierd", dir / ".." / "server" / "kvtierd"}) {
-      if (access(p.c_str(), X_OK) == 0) return p.string();
-    }
-  }
-  return "kvtierd";
-}
 
 void Fill(std::vector<std::byte>& v, uint64_t seed) {
   std::mt19937_64 rng(seed);
@@ -220,7 +155,7 @@ int RunDaemonBench(Flags& flags) {
   const uint64_t dram = flags.Bytes("dram", 1ull << 30);
   const int chain = static_cast<int>(flags.Int("chain", 64));
   const double lookup_seconds = flags.Double("lookup-seconds", 1.0);
-  const std::string kvtierd = flags.String("kvtierd", FindKvtierd());
+  const std::string kvtierd = flags.String("kvtierd", SiblingBinary("kvtierd", "kvtierd"));
   const std::string redis_bin = flags.String("redis-server", "redis-server");
   const std::string paths = flags.String("paths", "shm,grpc,tcp");
   // Payload bytes per gRPC stream message (client and daemon alike).
@@ -263,7 +198,7 @@ int RunDaemonBench(Flags& flags) {
   const std::string socket = dir + "/kvtierd.sock";
   const std::string token =
       absl::StrCat("bench-admin-", std::random_device()(), "-", std::random_device()(), "-token");
-  const std::string tcp = absl::StrCat("127.0.0.1:", FreePort());
+  const std::string tcp = absl::StrCat("127.0.0.1:", FreeLoopbackPort());
   const std::string config = dir + "/kvtierd.yaml";
   if (FILE* f = std::fopen(config.c_str(), "w"); f != nullptr) {
     std::fprintf(f,
@@ -274,17 +209,17 @@ int RunDaemonBench(Flags& flags) {
                      std::max<uint64_t>(16ull << 20, message_bytes + (1 << 20))));
     std::fclose(f);
   }
-  std::unique_ptr<Child> daemon = Child::Start(
+  std::unique_ptr<ChildProcess> daemon = ChildProcess::Start(
       {kvtierd, "--config", config, "--socket", socket, "--http", "", "--dram", absl::StrCat(dram),
        "--tcp", tcp, "--nvme", "off", "--prefault", "true", "--log-level", "warn"},
       {"KVTIER_ADMIN_TOKEN=" + token}, dir + "/kvtierd.log");
-  const int redis_port = FreePort();
+  const int redis_port = FreeLoopbackPort();
   const std::string redis_socket = dir + "/redis.sock";
-  std::unique_ptr<Child> redis =
-      Child::Start({redis_bin, "--port", absl::StrCat(redis_port), "--bind", "127.0.0.1",
-                    "--unixsocket", redis_socket, "--unixsocketperm", "700", "--save", "",
-                    "--appendonly", "no", "--protected-mode", "no", "--loglevel", "warning"},
-                   {}, dir + "/redis.log");
+  std::unique_ptr<ChildProcess> redis =
+      ChildProcess::Start({redis_bin, "--port", absl::StrCat(redis_port), "--bind", "127.0.0.1",
+                           "--unixsocket", redis_socket, "--unixsocketperm", "700", "--save", "",
+                           "--appendonly", "no", "--protected-mode", "no", "--loglevel", "warning"},
+                          {}, dir + "/redis.log");
   if (daemon == nullptr || redis == nullptr) {
     std::fprintf(stderr, "kvtier bench daemon: cannot start kvtierd or redis-server\n");
     return 1;

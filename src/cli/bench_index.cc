@@ -49,6 +49,7 @@
 #include "kvtier/v1/events.pb.h"
 #include "kvtier/v1/index.grpc.pb.h"
 #include "src/cli/bench.h"
+#include "src/cli/child_process.h"
 #include "src/cli/report.h"
 #include "src/common/temp_path.h"
 #include "src/index/cluster_index.h"
@@ -233,33 +234,6 @@ std::string RedisKey(const BlockKey& k) {
   return s;
 }
 
-pid_t Spawn(const std::vector<std::string>& argv, const std::string& log) {
-  pid_t pid = fork();
-  if (pid != 0) return pid;
-  FILE* f = std::fopen(log.c_str(), "w");
-  if (f != nullptr) {
-    dup2(fileno(f), STDOUT_FILENO);
-    dup2(fileno(f), STDERR_FILENO);
-  }
-  std::vector<char*> args;
-  for (const std::string& a : argv) args.push_back(const_cast<char*>(a.c_str()));
-  args.push_back(nullptr);
-  execvp(args[0], args.data());
-  _exit(127);
-}
-
-int FreeTcpPort() {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
-  socklen_t len = sizeof(addr);
-  getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
-  close(fd);
-  return ntohs(addr.sin_port);
-}
-
 // Latency samples and QPS of one timed run.
 struct RunResult {
   double qps = 0;
@@ -404,21 +378,24 @@ int RunIndexBench(Flags& flags) {
   }
 
   // ---- redis-server with the same map
-  const int redis_port = FreeTcpPort();
-  const pid_t redis_pid =
-      Spawn({redis_bin, "--port", absl::StrCat(redis_port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", *dir, "--set-max-intset-entries", "4096"},
-            *dir + "/redis.log");
-  struct Reaper {
-    pid_t pid;
+  const int redis_port = FreeLoopbackPort();
+  // The folder goes after redis-server has stopped (members destroyed in
+  // reverse order).
+  struct DirRemover {
     std::string dir;
-    ~Reaper() {
-      kill(pid, SIGTERM);
-      waitpid(pid, nullptr, 0);
+    ~DirRemover() {
       std::error_code ec;
       std::filesystem::remove_all(dir, ec);
     }
-  } reaper{redis_pid, *dir};
+  } dir_remover{*dir};
+  std::unique_ptr<ChildProcess> redis = ChildProcess::Start(
+      {redis_bin, "--port", absl::StrCat(redis_port), "--bind", "127.0.0.1", "--save", "",
+       "--appendonly", "no", "--dir", *dir, "--set-max-intset-entries", "4096"},
+      {}, *dir + "/redis.log");
+  if (redis == nullptr) {
+    std::fprintf(stderr, "kvtier bench index: cannot start %s\n", redis_bin.c_str());
+    return 1;
+  }
   std::unique_ptr<Redis> loader;
   for (int i = 0; i < 200 && loader == nullptr; ++i) {
     loader = Redis::Connect(redis_port);

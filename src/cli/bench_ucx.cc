@@ -37,6 +37,7 @@
 #include "absl/time/clock.h"
 #include "kvtier/client.h"
 #include "src/cli/bench.h"
+#include "src/cli/child_process.h"
 #include "src/cli/report.h"
 #include "src/common/temp_path.h"
 #include "src/core/embedded_cache.h"
@@ -50,86 +51,6 @@ namespace {
 
 constexpr const char* kToken = "bench-ucx-admin-token-0123456789";
 
-// A child process with its own environment additions; SIGTERM, then SIGKILL,
-// on destruction.
-class Proc {
- public:
-  static std::unique_ptr<Proc> Start(const std::vector<std::string>& argv,
-                                     const std::vector<std::string>& env, const std::string& log) {
-    pid_t pid = fork();
-    if (pid < 0) return nullptr;
-    if (pid == 0) {
-      int fd = open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-      if (fd >= 0) {
-        dup2(fd, STDOUT_FILENO);
-        dup2(fd, STDERR_FILENO);
-        close(fd);
-      }
-      for (const std::string& e : env) putenv(const_cast<char*>(e.c_str()));
-      std::vector<char*> args;
-      for (const std::string& a : argv) args.push_back(const_cast<char*>(a.c_str()));
-      args.push_back(nullptr);
-      execvp(args[0], args.data());
-      _exit(127);
-    }
-    return std::unique_ptr<Proc>(new Proc(pid));
-  }
-  ~Proc() {
-    if (!reaped_) {
-      kill(pid_, SIGTERM);
-      for (int i = 0; i < 300; ++i) {
-        if (waitpid(pid_, nullptr, WNOHANG) == pid_) return;
-        std::this_thread::sleep_for(std::chrono::milliseconds(10));
-      }
-      kill(pid_, SIGKILL);
-      waitpid(pid_, nullptr, 0);
-    }
-  }
-  // Waits for exit (up to `seconds`); the exit status or -1.
-  int Wait(double seconds) {
-    const auto end = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
-    int status = 0;
-    while (std::chrono::steady_clock::now() < end) {
-      if (waitpid(pid_, &status, WNOHANG) == pid_) {
-        reaped_ = true;
-        return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-      }
-      std::this_thread::sleep_for(std::chrono::milliseconds(5));
-    }
-    return -1;
-  }
-
- private:
-  explicit Proc(pid_t pid) : pid_(pid) {}
-  pid_t pid_;
-  bool reaped_ = false;
-};
-
-int FreeTcpPort() {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
-  socklen_t len = sizeof(addr);
-  getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
-  close(fd);
-  return ntohs(addr.sin_port);
-}
-
-std::string SiblingBinary(const std::string& name, const std::string& fallback) {
-  char self[4096];
-  ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
-  if (n > 0) {
-    self[n] = '\0';
-    std::filesystem::path dir = std::filesystem::path(self).parent_path();
-    for (const auto& p : {dir / name, dir / ".." / "server" / name}) {
-      if (access(p.c_str(), X_OK) == 0) return p.string();
-    }
-  }
-  return fallback;
-}
-
 std::string ReadAll(const std::string& path) {
   std::ifstream in(path);
   std::stringstream ss;
@@ -140,14 +61,14 @@ std::string ReadAll(const std::string& path) {
 // Bytes per second of one ucx_perftest ucp_get run (0 on failure).
 double PerftestGet(const std::string& perftest, const std::string& tls, uint64_t size, int inflight,
                    const std::string& dir) {
-  const int port = FreeTcpPort();
+  const int port = FreeLoopbackPort();
   const std::vector<std::string> env = {absl::StrCat("UCX_TLS=", tls)};
   auto server =
-      Proc::Start({perftest, "-p", absl::StrCat(port)}, env, dir + "/perftest-server.log");
+      ChildProcess::Start({perftest, "-p", absl::StrCat(port)}, env, dir + "/perftest-server.log");
   std::this_thread::sleep_for(std::chrono::milliseconds(150));
   const uint64_t iters = std::max<uint64_t>(32, (256ull << 20) / size);
   const std::string log = dir + "/perftest-client.log";
-  auto client = Proc::Start(
+  auto client = ChildProcess::Start(
       {perftest, "127.0.0.1", "-p", absl::StrCat(port), "-t", "ucp_get", "-s", absl::StrCat(size),
        "-n", absl::StrCat(iters), "-w", absl::StrCat(std::max<uint64_t>(4, iters / 10)), "-O",
        absl::StrCat(inflight), "-f"},
@@ -226,9 +147,9 @@ int RunUcxBench(Flags& flags) {
   const std::vector<std::string> tls_values = absl::StrSplit(tls_list, ';', absl::SkipEmpty());
   for (const std::string& tls : tls_values) {
     setenv("UCX_TLS", tls.c_str(), 1);
-    const int port = FreeTcpPort();
+    const int port = FreeLoopbackPort();
     const std::string socket = dir + "/kvtierd.sock";
-    auto holder = Proc::Start(
+    auto holder = ChildProcess::Start(
         {kvtierd, "--socket", socket, "--http", "", "--dram", "1GiB", "--huge-pages", "false",
          "--nvme", "off", "--tcp", absl::StrCat("127.0.0.1:", port), "--ucx", "true", "--node-id",
          "bench-holder", "--admin-token-file", dir + "/admin.token"},
