@@ -1,5 +1,5 @@
-# kvtier images: kvtierd, the kvtier CLI and (when the tree has it) the
-# cluster index kvtier-index, on Debian 12.
+# kvtier images: kvtierd, the kvtier CLI and the cluster index kvtier-index,
+# on Debian 12.
 #   docker build -t kvtier:0.1.0 .
 # The runtime stage's packages are pinned to the Debian 12.11 versions the
 # build links against; bump them together with the base image tag.

@@ -13,7 +13,7 @@
 //   24     8    key.lo
 //   32     8    layout signature (Namespace::layout_signature)
 //   40     8    payload length in bytes
-//   48     8    payload checksum (crc32c zero-extended)
+//   48     8    payload checksum (of the checksum type; crc32c zero-extended)
 //   56     4    tokens in the chunk
 //   60     4    header checksum: low 32 bits of xxh3-64 over bytes [0, 60)
 //   64     ...  payload (namespace.h gives its layer-major layout)

@@ -419,8 +419,8 @@ const std::map<std::string, std::set<std::string>>& SectionKeys() {
         "backoff_max_ms",
         "recheck_ms"}},
       {"ucx",
-       {"enabled", "progress_threads", "lease_seconds", "lookup_timeout_ms",
-        "transfer_timeout_ms", "peer_token"}},
+       {"enabled", "progress_threads", "lease_seconds", "lookup_timeout_ms", "transfer_timeout_ms",
+        "peer_token"}},
   };
   return *keys;
 }
@@ -644,8 +644,11 @@ uint64_t DefaultNvmeBytesFor(uint64_t free_bytes, uint64_t existing_volume_bytes
 }
 
 uint64_t DefaultNvmeBytes(const std::string& folder) {
-  std::filesystem::path p(folder);
   std::error_code ec;
+  // Absolute first, so a relative folder that does not exist yet is measured
+  // on the file system of the working directory it will be created in.
+  std::filesystem::path p = std::filesystem::absolute(folder, ec);
+  if (ec) return 0;
   while (!p.empty() && !std::filesystem::exists(p, ec) && p != p.root_path()) p = p.parent_path();
   struct statvfs fs;
   if (p.empty() || statvfs(p.c_str(), &fs) != 0) return 0;
@@ -969,10 +972,9 @@ absl::Status DaemonConfig::Validate() const {
     const std::string& p = peers[i];
     const size_t colon = p.rfind(':');
     uint32_t port = 0;
-    if (colon == std::string::npos || colon == 0 ||
-        !absl::SimpleAtoi(p.substr(colon + 1), &port) || port == 0 || port > 65535) {
-      return Invalid(absl::StrCat("peers[", i, "]"),
-                     absl::StrCat("'", p, "' is not host:port"));
+    if (colon == std::string::npos || colon == 0 || !absl::SimpleAtoi(p.substr(colon + 1), &port) ||
+        port == 0 || port > 65535) {
+      return Invalid(absl::StrCat("peers[", i, "]"), absl::StrCat("'", p, "' is not host:port"));
     }
   }
   if (!peers.empty() && !ucx.enabled) {

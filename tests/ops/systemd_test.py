@@ -33,6 +33,18 @@ def main():
     if svc["User"] in ("root", "0"):
         opslib.fail("kvtierd must not run as root")
 
+    # ExecStartPre checks the configuration ExecStart will run with.
+    pre = svc.get("ExecStartPre", "")
+    if pre and pre != svc["ExecStart"] + " --check-config":
+        opslib.fail(f"ExecStartPre checks another command line than ExecStart: {pre}")
+    # Documentation= points at a file the install puts there.
+    docs = [d for d in parser["Unit"].get("Documentation", "").split()
+            if d.startswith("file:///usr/local/share/doc/kvtier/")]
+    for d in docs:
+        name = d[len("file:///usr/local/share/doc/kvtier/"):]
+        if not os.path.isfile(os.path.join(source, "docs", name)):
+            opslib.fail(f"Documentation {d}: docs/{name} is not in the tree")
+
     # The command line parses: same flags, a config file of this machine.
     work = opslib.temp_dir("systemd")
     config = os.path.join(work, "kvtierd.yaml")

@@ -533,10 +533,12 @@ TEST_F(CacheNvmeTest, ConcurrentSavesAndLoadsOfOverlappingChainsStayByteExact) {
   cache_->WaitForDemotions();
   CacheStats st = cache_->Stats();
   EXPECT_GT(st.tiering.demoted, 0u);
-  EXPECT_GT(st.tiering.promoted, 0u);
   // Nothing was lost: NVMe had room for everything DRAM evicted.
   EXPECT_EQ(st.tiering.skipped_busy + st.tiering.skipped_full + st.tiering.skipped_io_error, 0u);
   for (const std::vector<ChunkRef>& chain : chains) ExpectAllLoad(chain);
+  // The chains outgrow DRAM, so reading all of them back promoted chunks
+  // from NVMe (whether the threads' own reads did depends on timing).
+  EXPECT_GT(cache_->Stats().tiering.promoted, 0u);
 }
 
 }  // namespace

@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <string>
 
@@ -48,6 +49,16 @@ TEST(NvmeDefault, AQuarterOfFreeSpaceCountingTheVolumeAlreadyThere) {
   EXPECT_EQ(DefaultNvmeBytesFor(1000 * kGiB, 0), 16 * kGiB);               // the cap
   EXPECT_EQ(DefaultNvmeBytesFor(kGiB + (100ull << 20), 0), 256ull << 20);  // 64 MiB steps
   EXPECT_EQ(DefaultNvmeBytesFor(kGiB / 2, 0), 0u);                         // too small: off
+}
+
+TEST(NvmeDefault, ARelativeFolderNotCreatedYetIsMeasuredWhereItWillBe) {
+  const uint64_t here = DefaultNvmeBytes(std::filesystem::current_path().string());
+  if (here == 0) GTEST_SKIP() << "the working directory's file system has under 1 GiB free";
+  ASSERT_FALSE(std::filesystem::exists("kvtier-no-such-folder"));
+  const uint64_t relative = DefaultNvmeBytes("kvtier-no-such-folder/nested/nvme");
+  // The same file system: the same size, give or take a 64 MiB step while
+  // other writers change its free space.
+  EXPECT_NEAR(static_cast<double>(relative), static_cast<double>(here), 128.0 * (1 << 20));
 }
 
 TEST(ByteSize, ParsesUnits) {
@@ -313,9 +324,9 @@ status:
   ASSERT_OK_AND_ASSIGN(CommandLine cl, ParseCommandLine({"--tokens-per-gpu-second", "-1"}));
   EXPECT_THAT(LoadConfig(cl, {}), StatusIs(kInvalid, HasSubstr("--tokens-per-gpu-second")));
   ASSERT_OK_AND_ASSIGN(CommandLine none, ParseCommandLine({}));
-  ASSERT_OK_AND_ASSIGN(DaemonConfig from_env,
-                       LoadConfig(none, {{"KVTIER_STATUS_TOKEN", "env-token-0123456789"},
-                                         {"KVTIER_NVME", "off"}}));
+  ASSERT_OK_AND_ASSIGN(
+      DaemonConfig from_env,
+      LoadConfig(none, {{"KVTIER_STATUS_TOKEN", "env-token-0123456789"}, {"KVTIER_NVME", "off"}}));
   EXPECT_EQ(from_env.status_token, "env-token-0123456789");
 }
 
@@ -427,8 +438,8 @@ TEST(Transfer, NodeIdPeersAndUcxFromYamlEnvAndFlags) {
   ASSERT_OK(ApplyEnv({{"KVTIER_NODE_ID", "env-node"}, {"KVTIER_PEERS", "h:1"}}, c));
   EXPECT_EQ(c.node_id, "env-node");
   EXPECT_EQ(c.peers, (std::vector<std::string>{"h:1"}));
-  ASSERT_OK_AND_ASSIGN(CommandLine cl, ParseCommandLine({"--node-id", "flag-node", "--ucx",
-                                                         "false", "--peers", ""}));
+  ASSERT_OK_AND_ASSIGN(CommandLine cl, ParseCommandLine({"--node-id", "flag-node", "--ucx", "false",
+                                                         "--peers", ""}));
   ASSERT_OK(ApplyFlags(cl, c));
   EXPECT_EQ(c.node_id, "flag-node");
   EXPECT_FALSE(c.ucx.enabled);
