@@ -23,17 +23,28 @@ absl::Status UcxError(absl::string_view what, ucs_status_t s) {
   return absl::UnavailableError(absl::StrCat(what, ": ", ucs_status_string(s)));
 }
 
-// The completion of one get, shared by the caller and UCX's callback.
-struct GetCompletion {
-  absl::Notification done;
+// The completions of one GetMany, shared by the caller and UCX's callbacks
+// (which run on the worker's progress thread).
+struct GetBatch {
+  absl::Mutex mu;
+  size_t pending ABSL_GUARDED_BY(mu) = 0;  // posted gets not completed yet
+};
+
+// One posted get: its batch and its outcome.
+struct GetSlot {
+  GetBatch* batch = nullptr;
+  void* request = nullptr;
+  bool done = false;  // guarded by batch->mu
   ucs_status_t status = UCS_OK;
 };
 
 void OnGetDone(void* request, ucs_status_t status, void* user_data) {
   (void)request;
-  auto* c = static_cast<GetCompletion*>(user_data);
-  c->status = status;
-  c->done.Notify();
+  auto* slot = static_cast<GetSlot*>(user_data);
+  absl::MutexLock lock(&slot->batch->mu);
+  slot->status = status;
+  slot->done = true;
+  --slot->batch->pending;
 }
 
 // "rma_bw=rc_mlx5/mlx5_0:1 am=rc_mlx5/mlx5_0:1" or "rma=am-emulated am=tcp/lo"
@@ -205,6 +216,12 @@ void UcxEngine::ProgressLoop(Worker* w) {
       last_active = std::chrono::steady_clock::now();
       continue;
     }
+    // Gets of this process in flight: keep driving them.
+    if (w->outstanding.load() > 0) {
+      last_active = std::chrono::steady_clock::now();
+      std::this_thread::yield();
+      continue;
+    }
     if (std::chrono::steady_clock::now() - last_active < std::chrono::milliseconds(2)) {
       std::this_thread::yield();
       continue;
@@ -213,8 +230,14 @@ void UcxEngine::ProgressLoop(Worker* w) {
       const ucs_status_t s = ucp_worker_arm(w->worker);
       if (s == UCS_ERR_BUSY) continue;
       if (s == UCS_OK) {
-        pollfd p{w->efd, POLLIN, 0};
-        poll(&p, 1, wait_ms);
+        // A poster that saw `sleeping` false has raised `outstanding` before
+        // this check (both sequentially consistent), so no post is missed.
+        w->sleeping.store(true);
+        if (w->outstanding.load() == 0) {
+          pollfd p{w->efd, POLLIN, 0};
+          poll(&p, 1, wait_ms);
+        }
+        w->sleeping.store(false);
         continue;
       }
     }
@@ -322,79 +345,121 @@ absl::StatusOr<std::shared_ptr<UcxPeer>> UcxEngine::Connect(absl::string_view wo
 
 absl::Status UcxEngine::Get(UcxPeer& peer, uint64_t remote_offset, absl::Span<std::byte> dst,
                             absl::Time deadline) {
-  if (remote_offset > peer.remote_bytes_ || dst.size() > peer.remote_bytes_ - remote_offset) {
-    return absl::OutOfRangeError(absl::StrCat("remote range [", remote_offset, ", +", dst.size(),
-                                              ") is outside the peer's arena of ",
-                                              peer.remote_bytes_, " bytes"));
-  }
-  if (peer.failed()) {
-    get_failures_.fetch_add(1);
-    return absl::UnavailableError("ucx: the peer's endpoint has failed");
-  }
-  GetCompletion c;
-  ucp_request_param_t param;
-  std::memset(&param, 0, sizeof(param));
-  param.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
-  param.cb.send = &OnGetDone;
-  param.user_data = &c;
-  void* req = nullptr;
+  GetOp op{remote_offset, dst, absl::OkStatus()};
+  return GetMany(peer, absl::MakeSpan(&op, 1), deadline);
+}
+
+absl::Status UcxEngine::GetMany(UcxPeer& peer, absl::Span<GetOp> ops, absl::Time deadline) {
+  Worker& w = *workers_[peer.worker_];
+  GetBatch batch;
+  std::vector<GetSlot> slots(ops.size());
+  std::vector<size_t> posted;
+  posted.reserve(ops.size());
+  uint64_t ok_bytes = 0;
+  size_t failures = 0, oks = 0;
   {
     absl::MutexLock lock(&peer.close_mu_);
-    if (peer.closed_) {
-      get_failures_.fetch_add(1);
-      return absl::UnavailableError("ucx: the peer's endpoint is closed");
-    }
-    req = ucp_get_nbx(peer.ep_, dst.data(), dst.size(), peer.remote_base_ + remote_offset,
-                      peer.rkey_, &param);
-  }
-  ucs_status_t status = UCS_OK;
-  if (req == nullptr) {
-    status = UCS_OK;
-  } else if (UCS_PTR_IS_ERR(req)) {
-    status = UCS_PTR_STATUS(req);
-  } else {
-    // The caller drives the worker itself while it waits (as ucx_perftest
-    // does): a progress thread parked in its event fd would add a wakeup per
-    // step of the transfer.
-    ucp_worker_h w = workers_[peer.worker_]->worker;
-    bool done = false;
-    uint32_t idle = 0;
-    while (!(done = c.done.HasBeenNotified())) {
-      if (ucp_worker_progress(w) != 0) {
-        idle = 0;
+    for (size_t i = 0; i < ops.size(); ++i) {
+      GetOp& op = ops[i];
+      if (op.remote_offset > peer.remote_bytes_ ||
+          op.dst.size() > peer.remote_bytes_ - op.remote_offset) {
+        op.status = absl::OutOfRangeError(
+            absl::StrCat("remote range [", op.remote_offset, ", +", op.dst.size(),
+                         ") is outside the peer's arena of ", peer.remote_bytes_, " bytes"));
         continue;
       }
-      if ((++idle & 1023) == 0) {
-        if (absl::Now() >= deadline) break;
-        std::this_thread::yield();
+      if (peer.closed_ || peer.failed()) {
+        ++failures;
+        op.status = absl::UnavailableError(peer.closed_ ? "ucx: the peer's endpoint is closed"
+                                                        : "ucx: the peer's endpoint has failed");
+        continue;
       }
+      GetSlot& slot = slots[i];
+      slot.batch = &batch;
+      ucp_request_param_t param;
+      std::memset(&param, 0, sizeof(param));
+      param.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
+      param.cb.send = &OnGetDone;
+      param.user_data = &slot;
+      {
+        // Counted before the post: the callback may run at once.
+        absl::MutexLock batch_lock(&batch.mu);
+        ++batch.pending;
+      }
+      void* req = ucp_get_nbx(peer.ep_, op.dst.data(), op.dst.size(),
+                              peer.remote_base_ + op.remote_offset, peer.rkey_, &param);
+      if (req == nullptr || UCS_PTR_IS_ERR(req)) {
+        // Completed (or failed) at once: no callback comes.
+        absl::MutexLock batch_lock(&batch.mu);
+        --batch.pending;
+        slot.done = true;
+        slot.status = req == nullptr ? UCS_OK : UCS_PTR_STATUS(req);
+        continue;
+      }
+      slot.request = req;
+      posted.push_back(i);
     }
-    if (!done && !c.done.WaitForNotificationWithDeadline(deadline)) {
-      // Closing the endpoint completes the get (with an error); only then is
-      // `dst` safe from late writes.
+  }
+  if (!posted.empty()) {
+    w.outstanding.fetch_add(static_cast<int64_t>(posted.size()));
+    if (w.sleeping.load()) ucp_worker_signal(w.worker);
+    auto all_done = [&batch]()
+                        ABSL_EXCLUSIVE_LOCKS_REQUIRED(batch.mu) { return batch.pending == 0; };
+    bool timed_out = false;
+    {
+      absl::MutexLock lock(&batch.mu);
+      timed_out = !batch.mu.AwaitWithDeadline(absl::Condition(&all_done), deadline);
+    }
+    if (timed_out) {
+      // Closing the endpoint completes the gets (with an error); only then
+      // are the destinations safe from late writes.
       peer.failed_.store(true);
       peer.Close();
-      c.done.WaitForNotification();
-      ucp_request_free(req);
-      get_failures_.fetch_add(1);
-      return absl::DeadlineExceededError("ucx: the get did not complete by its deadline");
+      absl::MutexLock lock(&batch.mu);
+      batch.mu.Await(absl::Condition(&all_done));
     }
-    status = c.status;
-    ucp_request_free(req);
+    w.outstanding.fetch_sub(static_cast<int64_t>(posted.size()));
+    for (size_t i : posted) {
+      GetSlot& slot = slots[i];
+      ucp_request_free(slot.request);
+      if (timed_out && slot.status != UCS_OK) {
+        slot.status = UCS_ERR_TIMED_OUT;
+      }
+    }
   }
-  if (status != UCS_OK) {
-    get_failures_.fetch_add(1);
-    peer.failed_.store(true);
-    return UcxError("ucx get", status);
+  absl::Status first = absl::OkStatus();
+  for (size_t i = 0; i < ops.size(); ++i) {
+    GetOp& op = ops[i];
+    if (slots[i].batch != nullptr) {
+      const ucs_status_t st = slots[i].status;
+      if (st == UCS_OK) {
+        op.status = absl::OkStatus();
+        ok_bytes += op.dst.size();
+        ++oks;
+      } else {
+        ++failures;
+        peer.failed_.store(true);
+        op.status =
+            st == UCS_ERR_TIMED_OUT
+                ? absl::DeadlineExceededError("ucx: the get did not complete by its deadline")
+                : UcxError("ucx get", st);
+      }
+    }
+    if (first.ok() && !op.status.ok()) first = op.status;
   }
-  gets_.fetch_add(1);
-  get_bytes_.fetch_add(dst.size());
-  absl::MutexLock lock(&peer.close_mu_);
-  if (!peer.transports_final_ && !peer.closed_) {
-    peer.transports_ = LaneTransports(peer.ep_);
-    peer.transports_final_ = true;
+  get_failures_.fetch_add(failures);
+  if (oks > 0) {
+    gets_.fetch_add(oks);
+    get_bytes_.fetch_add(ok_bytes);
   }
-  return absl::OkStatus();
+  if (first.ok()) {
+    absl::MutexLock lock(&peer.close_mu_);
+    if (!peer.transports_final_ && !peer.closed_) {
+      peer.transports_ = LaneTransports(peer.ep_);
+      peer.transports_final_ = true;
+    }
+  }
+  return first;
 }
 
 UcxStats UcxEngine::Stats() const {

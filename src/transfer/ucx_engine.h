@@ -8,10 +8,17 @@
 // GPUDirect RDMA when UCX was built with CUDA and the destination is device
 // memory. UcxPeer::transports() names the lanes UCX chose.
 //
+// Progress: each worker's progress thread is the only thread that drives it.
+// A caller of Get / GetMany posts its gets (ucp_get_nbx), wakes that thread
+// and blocks until the gets complete; it never spins. While gets are
+// outstanding the progress thread drives the worker without pause (so the
+// gets of every caller progress together, as one poster's would); idle, it
+// sleeps in the worker's event fd (ucp_worker_arm + poll).
+//
 // Failure: endpoints are created with peer error handling, so a peer that dies
-// fails its outstanding and later gets with an error instead of hanging; a get
-// that passes its deadline closes the endpoint (which completes the get with
-// an error) before Get returns, so a failed Get never writes its destination
+// fails its outstanding and later gets with an error instead of hanging; gets
+// that pass their deadline close the endpoint (which completes them with an
+// error) before GetMany returns, so a failed get never writes its destination
 // afterwards.
 //
 // Thread-safety: UcxEngine and UcxPeer are thread-safe (workers run in UCX's
@@ -138,6 +145,20 @@ class UcxEngine {
   absl::Status Get(UcxPeer& peer, uint64_t remote_offset, absl::Span<std::byte> dst,
                    absl::Time deadline);
 
+  // One get of a batch.
+  struct GetOp {
+    uint64_t remote_offset = 0;  // offset in the peer's arena
+    absl::Span<std::byte> dst;   // where the bytes go (dst.size() bytes)
+    absl::Status status;         // the outcome, set by GetMany
+  };
+  // Posts every get of `ops` at once (all in flight together on the peer's
+  // worker), waits for all of them and sets each op's status as Get would.
+  // Returns the first error (OK when every get succeeded). When `deadline`
+  // passes, the peer is closed and marked failed, and every get not done
+  // fails with DeadlineExceeded; no destination is written after GetMany
+  // returns.
+  absl::Status GetMany(UcxPeer& peer, absl::Span<GetOp> ops, absl::Time deadline);
+
   UcxStats Stats() const;
   // The UCX version string.
   static std::string Version();
@@ -147,6 +168,12 @@ class UcxEngine {
     ucp_worker_h worker = nullptr;
     int efd = -1;  // event fd when the worker supports wakeup, else -1
     std::thread thread;
+    // Gets posted on this worker and not completed yet: while > 0 the
+    // progress thread drives the worker without sleeping.
+    std::atomic<int64_t> outstanding{0};
+    // True while the progress thread is (about to be) asleep in the event fd;
+    // a poster then signals the worker.
+    std::atomic<bool> sleeping{false};
   };
 
   explicit UcxEngine(UcxOptions options) : options_(options) {}
