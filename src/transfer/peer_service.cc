@@ -126,6 +126,7 @@ grpc::Status PeerService::PinForRead(grpc::ServerContext* ctx, const v1::PinForR
     lease.pins.push_back(std::move(pin));
   }
   if (lease.pins.empty()) return grpc::Status::OK;
+  pin_requests_.fetch_add(1);
   pinned_chunks_.fetch_add(lease.pins.size());
   lease.expires = absl::Now() + options_.lease_timeout;
   absl::MutexLock lock(&mu_);
@@ -176,6 +177,7 @@ PeerServiceStats PeerService::Stats() const {
   PeerServiceStats s;
   s.hellos = hellos_.load();
   s.lookups = lookups_.load();
+  s.pin_requests = pin_requests_.load();
   s.pinned_chunks = pinned_chunks_.load();
   s.pinned_bytes = pinned_bytes_.load();
   s.leases_expired = expired_.load();

@@ -261,15 +261,10 @@ std::vector<absl::Status> RemoteReader::FetchFrom(const Namespace& ns,
     pending.push_back(Pending{i, r->handle, absl::Span<std::byte>(dst, slot.length())});
     ops.push_back(UcxEngine::GetOp{slot.offset(), pending.back().bytes, absl::OkStatus()});
   }
-  // Every get in flight at once; the lease is released once they are done.
-  const absl::Status got =
-      ops.empty() ? absl::OkStatus() : engine_->GetMany(*conn->peer, absl::MakeSpan(ops), deadline);
-  ReleaseLease(address, resp.lease_id());
-  if (!got.ok()) {
-    clients_->ReportContact(address, conn->node_id, false);
-    Drop(address, conn->peer.get());
-  }
-  for (size_t j = 0; j < pending.size(); ++j) {
+  uint64_t read_bytes = 0;  // of the chunks committed
+  // Checks and commits chunk j as soon as its get is done, while the other
+  // gets are still in flight.
+  auto finish = [&](size_t j) {
     const Pending& p = pending[j];
     const v1::PinnedSlot& slot = resp.slots(static_cast<int>(p.index));
     if (!ops[j].status.ok()) {
@@ -277,9 +272,8 @@ std::vector<absl::Status> RemoteReader::FetchFrom(const Namespace& ns,
       out[p.index] = absl::Status(
           ops[j].status.code(),
           absl::StrCat("peer ", conn->node_id, ": read failed: ", ops[j].status.message()));
-      continue;
+      return;
     }
-    clients_->AddBytesRead(address, slot.length());
     // The one pass over the payload on this side: the checksum of the
     // transferred bytes against the holder's.
     ChunkExpectation expect;
@@ -298,13 +292,24 @@ std::vector<absl::Status> RemoteReader::FetchFrom(const Namespace& ns,
       verify_failures_.fetch_add(1);
       out[p.index] = absl::DataLossError(
           absl::StrCat("peer ", conn->node_id, ": chunk failed its check: ", check.message()));
-      continue;
+      return;
     }
     out[p.index] = cache_->CommitSlot(p.handle);
     if (out[p.index].ok()) {
       fetches_.fetch_add(1);
       fetched_bytes_.fetch_add(slot.length());
+      read_bytes += slot.length();
     }
+  };
+  // Every get in flight at once; the lease is released once they are done.
+  const absl::Status got =
+      ops.empty() ? absl::OkStatus()
+                  : engine_->GetMany(*conn->peer, absl::MakeSpan(ops), deadline, finish);
+  ReleaseLease(address, resp.lease_id());
+  if (read_bytes > 0) clients_->AddBytesRead(address, read_bytes);
+  if (!got.ok()) {
+    clients_->ReportContact(address, conn->node_id, false);
+    Drop(address, conn->peer.get());
   }
   return out;
 }

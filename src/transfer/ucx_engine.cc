@@ -27,15 +27,15 @@ absl::Status UcxError(absl::string_view what, ucs_status_t s) {
 // (which run on the worker's progress thread).
 struct GetBatch {
   absl::Mutex mu;
-  size_t pending ABSL_GUARDED_BY(mu) = 0;  // posted gets not completed yet
+  std::vector<size_t> completed ABSL_GUARDED_BY(mu);  // ops done, not yet handed to the caller
 };
 
-// One posted get: its batch and its outcome.
+// One posted get: its batch, its op's index and its outcome.
 struct GetSlot {
   GetBatch* batch = nullptr;
+  size_t index = 0;
   void* request = nullptr;
-  bool done = false;  // guarded by batch->mu
-  ucs_status_t status = UCS_OK;
+  ucs_status_t status = UCS_OK;  // set before `index` joins batch->completed
 };
 
 void OnGetDone(void* request, ucs_status_t status, void* user_data) {
@@ -43,8 +43,7 @@ void OnGetDone(void* request, ucs_status_t status, void* user_data) {
   auto* slot = static_cast<GetSlot*>(user_data);
   absl::MutexLock lock(&slot->batch->mu);
   slot->status = status;
-  slot->done = true;
-  --slot->batch->pending;
+  slot->batch->completed.push_back(slot->index);
 }
 
 // "rma_bw=rc_mlx5/mlx5_0:1 am=rc_mlx5/mlx5_0:1" or "rma=am-emulated am=tcp/lo"
@@ -350,13 +349,16 @@ absl::Status UcxEngine::Get(UcxPeer& peer, uint64_t remote_offset, absl::Span<st
 }
 
 absl::Status UcxEngine::GetMany(UcxPeer& peer, absl::Span<GetOp> ops, absl::Time deadline) {
+  return GetMany(peer, ops, deadline, [](size_t) {});
+}
+
+absl::Status UcxEngine::GetMany(UcxPeer& peer, absl::Span<GetOp> ops, absl::Time deadline,
+                                absl::FunctionRef<void(size_t)> on_done) {
   Worker& w = *workers_[peer.worker_];
   GetBatch batch;
   std::vector<GetSlot> slots(ops.size());
-  std::vector<size_t> posted;
-  posted.reserve(ops.size());
-  uint64_t ok_bytes = 0;
-  size_t failures = 0, oks = 0;
+  std::vector<size_t> settled_now;  // ops with an outcome before any wait
+  size_t posted = 0;
   {
     absl::MutexLock lock(&peer.close_mu_);
     for (size_t i = 0; i < ops.size(); ++i) {
@@ -366,91 +368,91 @@ absl::Status UcxEngine::GetMany(UcxPeer& peer, absl::Span<GetOp> ops, absl::Time
         op.status = absl::OutOfRangeError(
             absl::StrCat("remote range [", op.remote_offset, ", +", op.dst.size(),
                          ") is outside the peer's arena of ", peer.remote_bytes_, " bytes"));
+        settled_now.push_back(i);
         continue;
       }
       if (peer.closed_ || peer.failed()) {
-        ++failures;
+        get_failures_.fetch_add(1);
         op.status = absl::UnavailableError(peer.closed_ ? "ucx: the peer's endpoint is closed"
                                                         : "ucx: the peer's endpoint has failed");
+        settled_now.push_back(i);
         continue;
       }
       GetSlot& slot = slots[i];
       slot.batch = &batch;
+      slot.index = i;
       ucp_request_param_t param;
       std::memset(&param, 0, sizeof(param));
       param.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
       param.cb.send = &OnGetDone;
       param.user_data = &slot;
-      {
-        // Counted before the post: the callback may run at once.
-        absl::MutexLock batch_lock(&batch.mu);
-        ++batch.pending;
-      }
       void* req = ucp_get_nbx(peer.ep_, op.dst.data(), op.dst.size(),
                               peer.remote_base_ + op.remote_offset, peer.rkey_, &param);
       if (req == nullptr || UCS_PTR_IS_ERR(req)) {
         // Completed (or failed) at once: no callback comes.
-        absl::MutexLock batch_lock(&batch.mu);
-        --batch.pending;
-        slot.done = true;
         slot.status = req == nullptr ? UCS_OK : UCS_PTR_STATUS(req);
+        settled_now.push_back(i);
         continue;
       }
       slot.request = req;
-      posted.push_back(i);
+      ++posted;
     }
   }
-  if (!posted.empty()) {
-    w.outstanding.fetch_add(static_cast<int64_t>(posted.size()));
+  if (posted > 0) {
+    w.outstanding.fetch_add(static_cast<int64_t>(posted));
     if (w.sleeping.load()) ucp_worker_signal(w.worker);
-    auto all_done = [&batch]()
-                        ABSL_EXCLUSIVE_LOCKS_REQUIRED(batch.mu) { return batch.pending == 0; };
-    bool timed_out = false;
-    {
-      absl::MutexLock lock(&batch.mu);
-      timed_out = !batch.mu.AwaitWithDeadline(absl::Condition(&all_done), deadline);
-    }
-    if (timed_out) {
-      // Closing the endpoint completes the gets (with an error); only then
-      // are the destinations safe from late writes.
-      peer.failed_.store(true);
-      peer.Close();
-      absl::MutexLock lock(&batch.mu);
-      batch.mu.Await(absl::Condition(&all_done));
-    }
-    w.outstanding.fetch_sub(static_cast<int64_t>(posted.size()));
-    for (size_t i : posted) {
-      GetSlot& slot = slots[i];
-      ucp_request_free(slot.request);
-      if (timed_out && slot.status != UCS_OK) {
-        slot.status = UCS_ERR_TIMED_OUT;
-      }
-    }
   }
+  bool timed_out = false;
   absl::Status first = absl::OkStatus();
-  for (size_t i = 0; i < ops.size(); ++i) {
+  // Turns a completed op's UCX status into its Status, then hands it over.
+  auto settle = [&](size_t i) {
     GetOp& op = ops[i];
-    if (slots[i].batch != nullptr) {
-      const ucs_status_t st = slots[i].status;
-      if (st == UCS_OK) {
+    GetSlot& slot = slots[i];
+    if (slot.batch != nullptr) {
+      if (slot.request != nullptr) {
+        ucp_request_free(slot.request);
+        slot.request = nullptr;
+        w.outstanding.fetch_sub(1);
+      }
+      if (slot.status == UCS_OK) {
         op.status = absl::OkStatus();
-        ok_bytes += op.dst.size();
-        ++oks;
+        gets_.fetch_add(1);
+        get_bytes_.fetch_add(op.dst.size());
       } else {
-        ++failures;
+        get_failures_.fetch_add(1);
         peer.failed_.store(true);
         op.status =
-            st == UCS_ERR_TIMED_OUT
-                ? absl::DeadlineExceededError("ucx: the get did not complete by its deadline")
-                : UcxError("ucx get", st);
+            timed_out ? absl::DeadlineExceededError("ucx: the get did not complete by its deadline")
+                      : UcxError("ucx get", slot.status);
       }
     }
     if (first.ok() && !op.status.ok()) first = op.status;
-  }
-  get_failures_.fetch_add(failures);
-  if (oks > 0) {
-    gets_.fetch_add(oks);
-    get_bytes_.fetch_add(ok_bytes);
+    on_done(i);
+  };
+  for (size_t i : settled_now) settle(i);
+  // Each get is handed over as it completes, while the others are in flight.
+  auto any_done = [&batch]()
+                      ABSL_EXCLUSIVE_LOCKS_REQUIRED(batch.mu) { return !batch.completed.empty(); };
+  for (size_t handled = 0; handled < posted;) {
+    std::vector<size_t> done;
+    {
+      absl::MutexLock lock(&batch.mu);
+      if (timed_out) {
+        batch.mu.Await(absl::Condition(&any_done));
+      } else if (!batch.mu.AwaitWithDeadline(absl::Condition(&any_done), deadline)) {
+        timed_out = true;
+      }
+      done.swap(batch.completed);
+    }
+    if (done.empty() && timed_out) {
+      // Closing the endpoint completes the gets still in flight (with an
+      // error); only then are their destinations safe from late writes.
+      peer.failed_.store(true);
+      peer.Close();
+      continue;
+    }
+    for (size_t i : done) settle(i);
+    handled += done.size();
   }
   if (first.ok()) {
     absl::MutexLock lock(&peer.close_mu_);

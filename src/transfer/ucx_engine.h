@@ -36,6 +36,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
@@ -158,6 +159,12 @@ class UcxEngine {
   // fails with DeadlineExceeded; no destination is written after GetMany
   // returns.
   absl::Status GetMany(UcxPeer& peer, absl::Span<GetOp> ops, absl::Time deadline);
+  // The same, calling `on_done(i)` on the calling thread once for each op as
+  // soon as op i has its outcome (the other gets stay in flight meanwhile, so
+  // the caller can check op i's bytes while the rest arrive). `on_done` must
+  // not call into this peer.
+  absl::Status GetMany(UcxPeer& peer, absl::Span<GetOp> ops, absl::Time deadline,
+                       absl::FunctionRef<void(size_t)> on_done);
 
   UcxStats Stats() const;
   // The UCX version string.
