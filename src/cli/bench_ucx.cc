@@ -34,6 +34,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -223,9 +224,10 @@ int RunUcxBench(Flags& flags) {
     std::string mode;
     uint64_t size;
     int64_t inflight;
-    double kvtier;    // median bytes/s
-    double perftest;  // median bytes/s
-    double ratio;     // median of per-repetition ratios
+    double kvtier;                // median bytes/s
+    double perftest;              // median bytes/s
+    double ratio;                 // median of per-repetition ratios
+    std::string get = "unknown";  // how kvtier's gets ran: one-sided or am-emulated
   };
   std::vector<Row> rows;
   struct Lat {
@@ -372,7 +374,23 @@ int RunUcxBench(Flags& flags) {
     }
     const transfer::RemoteReaderStats st = (*reader)->Stats();
     if (!st.peers.empty()) {
-      notes.push_back(absl::StrCat("UCX_TLS=", tls, ": lanes ", st.peers[0].transports));
+      const std::string& lanes = st.peers[0].transports;
+      notes.push_back(absl::StrCat("UCX_TLS=", tls, ": lanes ", lanes));
+      const bool emulated = absl::StrContains(lanes, "am-emulated");
+      for (Row& r : rows) {
+        if (r.tls == tls) r.get = emulated ? "am-emulated" : "one-sided";
+      }
+      if (emulated && (absl::StrContains(lanes, "posix") || absl::StrContains(lanes, "sysv"))) {
+        // docs/transfer.md ("Shared memory") has the evidence.
+        notes.push_back(absl::StrCat(
+            "UCX_TLS=", tls, ": no one-sided get on the kvtier arena in UCX ",
+            transfer::UcxEngine::Version(),
+            ": ucp_get_nbx uses rma lanes only, which need put_short/put_bcopy/get_bcopy (cma "
+            "has zcopy only), and posix/sysv reach only memory they allocated themselves (the "
+            "arena is a memfd registered with ucp_mem_map), so kvtier's gets are emulated with "
+            "active messages and copies; ucx_perftest reads UCX-allocated posix segments "
+            "(a memcpy). The ratio compares an AM-emulated get with a one-sided one."));
+      }
     }
     reader->reset();
     engine->reset();
@@ -389,7 +407,8 @@ int RunUcxBench(Flags& flags) {
                        .Set("inflight", r.inflight)
                        .Set("kvtier_bytes_per_s", r.kvtier)
                        .Set("ucx_perftest_bytes_per_s", r.perftest)
-                       .Set("ratio", r.ratio));
+                       .Set("ratio", r.ratio)
+                       .Set("kvtier_get", r.get));
     }
     Json latency = Json::Array();
     for (const Lat& l : lats) {
@@ -410,12 +429,13 @@ int RunUcxBench(Flags& flags) {
                             .Dump()
                             .c_str());
   } else {
-    Table t(
-        {"UCX_TLS", "chunk", "in flight", "mode", "kvtier MiB/s", "ucx_perftest MiB/s", "ratio"});
+    Table t({"UCX_TLS", "chunk", "in flight", "mode", "kvtier MiB/s", "ucx_perftest MiB/s", "ratio",
+             "kvtier get"});
     for (const Row& r : rows) {
       t.AddRow({r.tls, absl::StrCat(r.size >> 10, " KiB"), absl::StrCat(r.inflight), r.mode,
                 absl::StrFormat("%.0f", r.kvtier / (1 << 20)),
-                absl::StrFormat("%.0f", r.perftest / (1 << 20)), absl::StrFormat("%.2f", r.ratio)});
+                absl::StrFormat("%.0f", r.perftest / (1 << 20)), absl::StrFormat("%.2f", r.ratio),
+                r.get});
     }
     t.Print();
     Table l({"UCX_TLS", "chunk", "remote read p50 us", "p99 us"});
