@@ -193,6 +193,9 @@ int RunUcxBench(Flags& flags) {
   const int latency_reads = static_cast<int>(flags.Int("latency-reads", 200));
   const std::string kvtierd = flags.String("kvtierd", SiblingBinary("kvtierd", "kvtierd"));
   const std::string perftest = flags.String("ucx-perftest", "ucx_perftest");
+  // The reader's UcxOptions::busy_poll in microseconds (-1: infinite; the
+  // default keeps UcxOptions' own).
+  const int64_t busy_poll_us = flags.Int("reader-busy-poll-us", -2);
   const std::vector<std::string> modes =
       absl::StrSplit(flags.String("modes", "chain,threads"), ',', absl::SkipEmpty());
   for (const std::string& m : modes) {
@@ -270,7 +273,10 @@ int RunUcxBench(Flags& flags) {
     opts.huge_pages = false;
     opts.register_with_gpu = false;
     auto cache = EmbeddedCache::Create(opts);
-    auto engine = transfer::UcxEngine::Create(transfer::UcxOptions{});
+    transfer::UcxOptions uo;
+    if (busy_poll_us >= 0) uo.busy_poll = absl::Microseconds(busy_poll_us);
+    if (busy_poll_us == -1) uo.busy_poll = absl::InfiniteDuration();
+    auto engine = transfer::UcxEngine::Create(uo);
     if (!cache.ok() || !engine.ok()) {
       std::fprintf(stderr, "kvtier bench ucx: %s\n",
                    std::string((cache.ok() ? engine.status() : cache.status()).message()).c_str());

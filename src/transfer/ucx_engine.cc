@@ -33,6 +33,7 @@ struct GetBatch {
 // One posted get: its batch, its op's index and its outcome.
 struct GetSlot {
   GetBatch* batch = nullptr;
+  std::atomic<int64_t>* outstanding = nullptr;  // the worker's count of gets in flight
   size_t index = 0;
   void* request = nullptr;
   ucs_status_t status = UCS_OK;  // set before `index` joins batch->completed
@@ -41,6 +42,9 @@ struct GetSlot {
 void OnGetDone(void* request, ucs_status_t status, void* user_data) {
   (void)request;
   auto* slot = static_cast<GetSlot*>(user_data);
+  // The progress thread stops driving the worker without pause as soon as
+  // its last get is done, not when the caller gets to run.
+  slot->outstanding->fetch_sub(1);
   absl::MutexLock lock(&slot->batch->mu);
   slot->status = status;
   slot->batch->completed.push_back(slot->index);
@@ -109,6 +113,9 @@ absl::Status UcxOptions::Validate() const {
   }
   if (idle_wait < absl::ZeroDuration() || idle_wait > absl::Seconds(1)) {
     return absl::InvalidArgumentError("ucx.idle_wait: must be within 0..1s");
+  }
+  if (busy_poll < absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("busy_poll: must not be negative");
   }
   return absl::OkStatus();
 }
@@ -210,18 +217,22 @@ void UcxEngine::ProgressLoop(Worker* w) {
   // emulated get served to another node, a send waiting for socket room)
   // needs progress that no receive event announces.
   auto last_active = std::chrono::steady_clock::now();
+  const int64_t busy_poll = options_.busy_poll == absl::InfiniteDuration()
+                                ? -1
+                                : absl::ToInt64Microseconds(options_.busy_poll);
   while (!stop_.load(std::memory_order_relaxed)) {
     if (ucp_worker_progress(w->worker) != 0) {
       last_active = std::chrono::steady_clock::now();
       continue;
     }
-    // Gets of this process in flight: keep driving them.
-    if (w->outstanding.load() > 0) {
-      last_active = std::chrono::steady_clock::now();
+    const auto idle = std::chrono::steady_clock::now() - last_active;
+    // Gets of this process in flight: keep driving them (for busy_poll).
+    const bool busy = w->outstanding.load() > 0;
+    if (busy && (busy_poll < 0 || idle < std::chrono::microseconds(busy_poll))) {
       std::this_thread::yield();
       continue;
     }
-    if (std::chrono::steady_clock::now() - last_active < std::chrono::milliseconds(2)) {
+    if (!busy && idle < std::chrono::milliseconds(2)) {
       std::this_thread::yield();
       continue;
     }
@@ -230,11 +241,12 @@ void UcxEngine::ProgressLoop(Worker* w) {
       if (s == UCS_ERR_BUSY) continue;
       if (s == UCS_OK) {
         // A poster that saw `sleeping` false has raised `outstanding` before
-        // this check (both sequentially consistent), so no post is missed.
+        // this check (both sequentially consistent), so no post is missed;
+        // with gets in flight their replies are events of their own.
         w->sleeping.store(true);
-        if (w->outstanding.load() == 0) {
+        if (busy || w->outstanding.load() == 0) {
           pollfd p{w->efd, POLLIN, 0};
-          poll(&p, 1, wait_ms);
+          poll(&p, 1, busy ? 1 : wait_ms);
         }
         w->sleeping.store(false);
         continue;
@@ -380,16 +392,21 @@ absl::Status UcxEngine::GetMany(UcxPeer& peer, absl::Span<GetOp> ops, absl::Time
       }
       GetSlot& slot = slots[i];
       slot.batch = &batch;
+      slot.outstanding = &w.outstanding;
       slot.index = i;
       ucp_request_param_t param;
       std::memset(&param, 0, sizeof(param));
       param.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
       param.cb.send = &OnGetDone;
       param.user_data = &slot;
+      // Counted before the post: the callback (which uncounts it) may run
+      // on the progress thread at once.
+      w.outstanding.fetch_add(1);
       void* req = ucp_get_nbx(peer.ep_, op.dst.data(), op.dst.size(),
                               peer.remote_base_ + op.remote_offset, peer.rkey_, &param);
       if (req == nullptr || UCS_PTR_IS_ERR(req)) {
         // Completed (or failed) at once: no callback comes.
+        w.outstanding.fetch_sub(1);
         slot.status = req == nullptr ? UCS_OK : UCS_PTR_STATUS(req);
         settled_now.push_back(i);
         continue;
@@ -398,10 +415,7 @@ absl::Status UcxEngine::GetMany(UcxPeer& peer, absl::Span<GetOp> ops, absl::Time
       ++posted;
     }
   }
-  if (posted > 0) {
-    w.outstanding.fetch_add(static_cast<int64_t>(posted));
-    if (w.sleeping.load()) ucp_worker_signal(w.worker);
-  }
+  if (posted > 0 && w.sleeping.load()) ucp_worker_signal(w.worker);
   bool timed_out = false;
   absl::Status first = absl::OkStatus();
   // Turns a completed op's UCX status into its Status, then hands it over.
@@ -412,7 +426,6 @@ absl::Status UcxEngine::GetMany(UcxPeer& peer, absl::Span<GetOp> ops, absl::Time
       if (slot.request != nullptr) {
         ucp_request_free(slot.request);
         slot.request = nullptr;
-        w.outstanding.fetch_sub(1);
       }
       if (slot.status == UCS_OK) {
         op.status = absl::OkStatus();

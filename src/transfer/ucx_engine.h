@@ -51,6 +51,12 @@ struct UcxOptions {
   // How long an idle progress thread sleeps in the worker's event fd before
   // polling again (a cap: it wakes at once on an event).
   absl::Duration idle_wait = absl::Milliseconds(5);
+  // With gets of this node in flight and nothing arriving, how long the
+  // progress thread keeps polling before it sleeps in the event fd until the
+  // next event (InfiniteDuration: it never sleeps while gets are in flight,
+  // as ucx_perftest does). A short poll leaves the CPU to the threads that
+  // check and commit chunks and to the holder on small hosts.
+  absl::Duration busy_poll = absl::Microseconds(50);
 
   // InvalidArgument naming the field.
   absl::Status Validate() const;

@@ -410,6 +410,11 @@ TEST(UcxOptionsTest, ValidateNamesTheField) {
   o.progress_threads = 0;
   EXPECT_THAT(o.Validate(),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("ucx.progress_threads")));
+  o.progress_threads = 1;
+  o.busy_poll = -absl::Microseconds(1);
+  EXPECT_THAT(o.Validate(), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("busy_poll")));
+  o.busy_poll = absl::InfiniteDuration();
+  EXPECT_TRUE(o.Validate().ok());
   PeerServiceOptions p;
   EXPECT_THAT(p.Validate(), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("node_id")));
   RemoteReaderOptions r;
@@ -417,6 +422,10 @@ TEST(UcxOptionsTest, ValidateNamesTheField) {
   r.transfer_timeout = absl::ZeroDuration();
   EXPECT_THAT(r.Validate(),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("ucx.transfer_timeout_ms")));
+  r.transfer_timeout = absl::Seconds(1);
+  r.max_batch_chunks = 0;
+  EXPECT_THAT(r.Validate(),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("max_batch_chunks")));
 }
 
 INSTANTIATE_TEST_SUITE_P(Transports, TransferTest, ::testing::Values("tcp", "posix,cma"),
