@@ -15,6 +15,7 @@
 #include "grpcpp/server_builder.h"
 #include "gtest/gtest.h"
 #include "src/core/embedded_cache.h"
+#include "src/server/wire.h"
 #include "src/transfer/peer_client.h"
 #include "src/transfer/peer_service.h"
 #include "src/transfer/remote_reader.h"
@@ -248,6 +249,39 @@ TEST_P(TransferTest, FetchManyPinsARunOnceAndReleasesIt) {
     EXPECT_THAT(partial[i], StatusIs(absl::StatusCode::kNotFound)) << i;
     EXPECT_FALSE(b->cache->Pin(ns, keys[i]).ok()) << i;
   }
+}
+
+TEST_P(TransferTest, OneReleaseCallDropsSeveralLeases) {
+  auto a = Node::Start("node-a", 61);
+  Namespace ns = *Namespace::Create(SmallModel());
+  std::vector<ChunkRef> refs = SaveChain(*a, ns, 2, 6);
+  PeerClients clients("");
+  std::vector<uint64_t> leases;
+  for (const ChunkRef& r : refs) {
+    grpc::ClientContext ctx;
+    clients.Prepare(ctx, absl::Now() + absl::Seconds(5));
+    v1::PinForReadRequest req;
+    req.set_namespace_id(ns.id());
+    req.add_keys(wire::KeyToBytes(r.key));
+    v1::PinForReadResponse resp;
+    ASSERT_TRUE(clients.Stub(a->address)->PinForRead(&ctx, req, &resp).ok());
+    ASSERT_EQ(resp.slots_size(), 1);
+    leases.push_back(resp.lease_id());
+  }
+  EXPECT_EQ(a->peer->Stats().leases_held, 2u);
+  EXPECT_EQ(a->peer->Stats().pin_requests, 2u);
+  grpc::ClientContext ctx;
+  clients.Prepare(ctx, absl::Now() + absl::Seconds(5));
+  v1::PeerReleaseRequest req;
+  req.set_lease_id(leases[0]);
+  req.add_lease_ids(leases[1]);
+  req.add_lease_ids(leases[1] + 1000);  // unknown: ignored
+  v1::PeerReleaseResponse resp;
+  ASSERT_TRUE(clients.Stub(a->address)->Release(&ctx, req, &resp).ok());
+  EXPECT_TRUE(resp.released());
+  EXPECT_EQ(resp.released_leases(), 2u);
+  EXPECT_EQ(a->peer->Stats().leases_held, 0u);
+  EXPECT_EQ(a->cache->Stats().tiers[0].pinned_chunks, 0u);
 }
 
 TEST_P(TransferTest, CorruptedHolderBytesAreAMissAndCounted) {
