@@ -126,7 +126,8 @@ const std::vector<BenchSuite>& BenchSuites() {
       {"ucx", "remote Load between two nodes over UCX beside ucx_perftest; remote read latency",
        "kvtier bench ucx [--json] [--sizes 256KiB,1MiB,4MiB] [--inflight 1,4,16] [--tls tcp]\n"
        "                 [--reps 3] [--seconds 0.5] [--chunks 32] [--latency-reads 200]\n"
-       "                 [--kvtierd PATH] [--ucx-perftest PATH]\n\n"
+       "                 [--kvtierd PATH] [--ucx-perftest PATH] [--modes chain,threads]\n"
+       "                 [--reader-busy-poll-us N]\n\n"
        "Starts a holder kvtierd (node-to-node transfer on, loopback) and saves --chunks\n"
        "chunks of each size into it; this process is the reader (an embedded cache with\n"
        "kvtierd's remote reader). A remote Load is PinForRead, one UCX get into a DRAM\n"
@@ -137,6 +138,10 @@ const std::vector<BenchSuite>& BenchSuites() {
        "values separated by ';', e.g. 'tcp;posix,cma'), and prints the medians of --reps\n"
        "repetitions and of the per-repetition ratios; then the p50/p99 latency of one\n"
        "remote chunk read.\n"
+       "In flight N, --modes chain: one Load of N remote chunks at a time (one PinForRead,\n"
+       "N gets in flight together); threads: N threads each loading one chunk at a time.\n"
+       "--reader-busy-poll-us: the reader's progress thread polls this long with gets in\n"
+       "flight before it sleeps until the next event (-1: never sleeps; default 50).\n"
        "Target: remote Load >= 0.85x ucx_perftest.",
        RunUcxBench},
   };

@@ -4,12 +4,16 @@
 // The holder is a real kvtierd (started here, with node-to-node transfer on);
 // the reader is this process: an embedded cache with its own UCX engine and
 // the remote reader kvtierd uses, asking the holder through its Peer service.
-// One remote Load = Peer.PinForRead over gRPC + one ucp_get_nbx of header and
-// payload into a reserved DRAM slot + header and checksum checks + commit
-// (+ the lease release, asynchronous); the chunk is then removed from the
-// reader's DRAM so the next Load of it goes remote again. ucx_perftest runs
-// as a server and a client process on loopback with -t ucp_get, the same
-// size and -O <in flight>, under the same UCX_TLS.
+// One remote Load of a chunk = Peer.PinForRead over gRPC + one ucp_get_nbx of
+// header and payload into a reserved DRAM slot + header and checksum checks +
+// commit (+ the lease release, asynchronous and batched); the chunk is then
+// removed from the reader's DRAM so the next Load of it goes remote again.
+// "In flight N" is measured two ways (--modes): `chain`, one Load of a chain
+// of N remote chunks at a time (one PinForRead for the N, their N gets in
+// flight together, as kvtierd's Load does), and `threads`, N threads each
+// loading one chunk at a time (N PinForReads and N gets outstanding).
+// ucx_perftest runs as a server and a client process on loopback with
+// -t ucp_get, the same size and -O <in flight>, under the same UCX_TLS.
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -30,6 +34,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -109,6 +114,18 @@ int RunUcxBench(Flags& flags) {
   const int latency_reads = static_cast<int>(flags.Int("latency-reads", 200));
   const std::string kvtierd = flags.String("kvtierd", SiblingBinary("kvtierd", "kvtierd"));
   const std::string perftest = flags.String("ucx-perftest", "ucx_perftest");
+  // The reader's UcxOptions::busy_poll in microseconds (-1: infinite; the
+  // default keeps UcxOptions' own).
+  const int64_t busy_poll_us = flags.Int("reader-busy-poll-us", -2);
+  const std::vector<std::string> modes =
+      absl::StrSplit(flags.String("modes", "chain,threads"), ',', absl::SkipEmpty());
+  for (const std::string& m : modes) {
+    if (m != "chain" && m != "threads") {
+      std::fprintf(stderr, "kvtier bench ucx: --modes: '%s' is neither chain nor threads\n",
+                   m.c_str());
+      return 2;
+    }
+  }
   if (absl::Status s = flags.Finish(); !s.ok()) {
     std::fprintf(stderr, "kvtier bench ucx: %s\n", std::string(s.message()).c_str());
     return 2;
@@ -128,11 +145,13 @@ int RunUcxBench(Flags& flags) {
 
   struct Row {
     std::string tls;
+    std::string mode;
     uint64_t size;
     int64_t inflight;
-    double kvtier;    // median bytes/s
-    double perftest;  // median bytes/s
-    double ratio;     // median of per-repetition ratios
+    double kvtier;                // median bytes/s
+    double perftest;              // median bytes/s
+    double ratio;                 // median of per-repetition ratios
+    std::string get = "unknown";  // how kvtier's gets ran: one-sided or am-emulated
   };
   std::vector<Row> rows;
   struct Lat {
@@ -175,7 +194,10 @@ int RunUcxBench(Flags& flags) {
     opts.huge_pages = false;
     opts.register_with_gpu = false;
     auto cache = EmbeddedCache::Create(opts);
-    auto engine = transfer::UcxEngine::Create(transfer::UcxOptions{});
+    transfer::UcxOptions uo;
+    if (busy_poll_us >= 0) uo.busy_poll = absl::Microseconds(busy_poll_us);
+    if (busy_poll_us == -1) uo.busy_poll = absl::InfiniteDuration();
+    auto engine = transfer::UcxEngine::Create(uo);
     if (!cache.ok() || !engine.ok()) {
       std::fprintf(stderr, "kvtier bench ucx: %s\n",
                    std::string((cache.ok() ? engine.status() : cache.status()).message()).c_str());
@@ -234,27 +256,68 @@ int RunUcxBench(Flags& flags) {
                 .count());
       }
       lats.push_back({tls, size, Percentile(us, 50), Percentile(us, 99)});
-      for (int64_t inflight : inflights) {
-        std::vector<double> ours, theirs, ratios;
-        for (int r = 0; r < reps; ++r) {
-          // Each thread reads its own keys, so no two fetch the same chunk.
-          const int threads = static_cast<int>(inflight);
-          double k = MeasureThroughput(threads, seconds, size, [&](int t, uint64_t n) {
-            const size_t per = std::max<size_t>(1, keys.size() / static_cast<size_t>(threads));
-            return read_one(static_cast<size_t>(t) * per + n % per);
-          });
-          double p = PerftestGet(perftest, tls, size, threads, dir);
-          ours.push_back(k);
-          theirs.push_back(p);
-          if (p > 0) ratios.push_back(k / p);
+      // One Load of `n` chunks of the chain (FetchMany: one PinForRead, the
+      // gets in flight together), then dropped locally.
+      auto read_chain = [&](size_t start, size_t n) {
+        const absl::Span<const BlockKey> run = absl::MakeConstSpan(keys).subspan(start, n);
+        size_t done = 0;
+        while (done < run.size()) {
+          std::vector<absl::Status> st = (*reader)->FetchMany(*ns, run.subspan(done));
+          for (const absl::Status& x : st) {
+            if (!x.ok()) return false;
+          }
+          done += st.size();
         }
-        rows.push_back({tls, size, inflight, Median(ours), Median(theirs), Median(ratios)});
-        if (Median(ours) == 0) rc = 1;
+        for (const BlockKey& k : run) (void)(*cache)->Remove(*ns, k);
+        return true;
+      };
+      for (int64_t inflight : inflights) {
+        for (const std::string& mode : modes) {
+          std::vector<double> ours, theirs, ratios;
+          for (int r = 0; r < reps; ++r) {
+            double k = 0;
+            if (mode == "chain") {
+              const size_t n = std::min<size_t>(static_cast<size_t>(inflight), keys.size());
+              const size_t runs = keys.size() / n;
+              k = MeasureThroughput(1, seconds, size * n,
+                                    [&](int, uint64_t i) { return read_chain((i % runs) * n, n); });
+            } else {
+              // Each thread reads its own keys, so no two fetch the same chunk.
+              const int threads = static_cast<int>(inflight);
+              k = MeasureThroughput(threads, seconds, size, [&](int t, uint64_t n) {
+                const size_t per = std::max<size_t>(1, keys.size() / static_cast<size_t>(threads));
+                return read_one(static_cast<size_t>(t) * per + n % per);
+              });
+            }
+            double p = PerftestGet(perftest, tls, size, static_cast<int>(inflight), dir);
+            ours.push_back(k);
+            theirs.push_back(p);
+            if (p > 0) ratios.push_back(k / p);
+          }
+          rows.push_back({tls, mode, size, inflight, Median(ours), Median(theirs), Median(ratios)});
+          if (Median(ours) == 0) rc = 1;
+        }
       }
     }
     const transfer::RemoteReaderStats st = (*reader)->Stats();
     if (!st.peers.empty()) {
-      notes.push_back(absl::StrCat("UCX_TLS=", tls, ": lanes ", st.peers[0].transports));
+      const std::string& lanes = st.peers[0].transports;
+      notes.push_back(absl::StrCat("UCX_TLS=", tls, ": lanes ", lanes));
+      const bool emulated = absl::StrContains(lanes, "am-emulated");
+      for (Row& r : rows) {
+        if (r.tls == tls) r.get = emulated ? "am-emulated" : "one-sided";
+      }
+      if (emulated && (absl::StrContains(lanes, "posix") || absl::StrContains(lanes, "sysv"))) {
+        // docs/transfer.md ("Shared memory") has the evidence.
+        notes.push_back(absl::StrCat(
+            "UCX_TLS=", tls, ": no one-sided get on the kvtier arena in UCX ",
+            transfer::UcxEngine::Version(),
+            ": ucp_get_nbx uses rma lanes only, which need put_short/put_bcopy/get_bcopy (cma "
+            "has zcopy only), and posix/sysv reach only memory they allocated themselves (the "
+            "arena is a memfd registered with ucp_mem_map), so kvtier's gets are emulated with "
+            "active messages and copies; ucx_perftest reads UCX-allocated posix segments "
+            "(a memcpy). The ratio compares an AM-emulated get with a one-sided one."));
+      }
     }
     reader->reset();
     engine->reset();
@@ -266,11 +329,13 @@ int RunUcxBench(Flags& flags) {
     for (const Row& r : rows) {
       results.Push(Json::Object()
                        .Set("ucx_tls", r.tls)
+                       .Set("mode", r.mode)
                        .Set("chunk_bytes", r.size)
                        .Set("inflight", r.inflight)
                        .Set("kvtier_bytes_per_s", r.kvtier)
                        .Set("ucx_perftest_bytes_per_s", r.perftest)
-                       .Set("ratio", r.ratio));
+                       .Set("ratio", r.ratio)
+                       .Set("kvtier_get", r.get));
     }
     Json latency = Json::Array();
     for (const Lat& l : lats) {
@@ -291,11 +356,13 @@ int RunUcxBench(Flags& flags) {
                             .Dump()
                             .c_str());
   } else {
-    Table t({"UCX_TLS", "chunk", "in flight", "kvtier MiB/s", "ucx_perftest MiB/s", "ratio"});
+    Table t({"UCX_TLS", "chunk", "in flight", "mode", "kvtier MiB/s", "ucx_perftest MiB/s", "ratio",
+             "kvtier get"});
     for (const Row& r : rows) {
-      t.AddRow({r.tls, absl::StrCat(r.size >> 10, " KiB"), absl::StrCat(r.inflight),
+      t.AddRow({r.tls, absl::StrCat(r.size >> 10, " KiB"), absl::StrCat(r.inflight), r.mode,
                 absl::StrFormat("%.0f", r.kvtier / (1 << 20)),
-                absl::StrFormat("%.0f", r.perftest / (1 << 20)), absl::StrFormat("%.2f", r.ratio)});
+                absl::StrFormat("%.0f", r.perftest / (1 << 20)), absl::StrFormat("%.2f", r.ratio),
+                r.get});
     }
     t.Print();
     Table l({"UCX_TLS", "chunk", "remote read p50 us", "p99 us"});

@@ -477,13 +477,15 @@ absl::Status CacheService::DoSave(grpc::ServerContext*, grpc::ServerReader<wire:
 
 // ---- Load ---------------------------------------------------------------------
 
-absl::StatusOr<ChunkPin> CacheService::PinLocalOrRemote(const Namespace& ns, const BlockKey& key) {
+absl::StatusOr<ChunkPin> CacheService::PinLocalOrRemote(const Namespace& ns,
+                                                        absl::Span<const BlockKey> rest) {
+  const BlockKey& key = rest.front();
   absl::StatusOr<ChunkPin> pin = cache_->Pin(ns, key);
   if (remote_ == nullptr || !absl::IsNotFound(pin.status())) return pin;
-  absl::Status fetched = remote_->Fetch(ns, key);
+  const absl::Status fetched = remote_->FetchMany(ns, rest).front();
   if (!fetched.ok()) {
-    return absl::NotFoundError(absl::StrCat("not cached here, and not read from another node: ",
-                                            fetched.message()));
+    return absl::NotFoundError(
+        absl::StrCat("not cached here, and not read from another node: ", fetched.message()));
   }
   return cache_->Pin(ns, key);
 }
@@ -500,9 +502,10 @@ absl::Status CacheService::DoLoad(grpc::ServerContext* ctx, const v1::LoadReques
       options_.namespace_stats->AddLoaded(ns, loaded, loaded_bytes, loaded_tokens);
     }
   };
-  for (const BlockKey& key : keys) {
+  for (size_t i = 0; i < keys.size(); ++i) {
+    const BlockKey& key = keys[i];
     if (ctx->IsCancelled()) return absl::CancelledError("Load: the client went away");
-    absl::StatusOr<ChunkPin> pin = PinLocalOrRemote(ns, key);
+    absl::StatusOr<ChunkPin> pin = PinLocalOrRemote(ns, absl::MakeConstSpan(keys).subspan(i));
     msg.Clear();
     msg.has_chunk = true;
     msg.chunk.set_key(wire::KeyToBytes(key));
@@ -654,8 +657,9 @@ absl::Status CacheService::DoPin(grpc::ServerContext*, const v1::PinRequest& req
       options_.namespace_stats->AddLoaded(ns, pinned, pinned_bytes, pinned_tokens);
     }
   };
-  for (const BlockKey& key : keys) {
-    absl::StatusOr<ChunkPin> pin = PinLocalOrRemote(ns, key);
+  for (size_t i = 0; i < keys.size(); ++i) {
+    const BlockKey& key = keys[i];
+    absl::StatusOr<ChunkPin> pin = PinLocalOrRemote(ns, absl::MakeConstSpan(keys).subspan(i));
     v1::PinnedChunk* out = resp.add_chunks();
     SetChunkStatus(out->mutable_status(), key, pin.status());
     if (!pin.ok()) {

@@ -163,9 +163,13 @@ class CacheService final : public grpc::Service {
   absl::Status DoEvict(grpc::ServerContext* ctx, const v1::EvictRequest& req,
                        v1::EvictResponse& resp, Principal& who);
 
-  // cache_->Pin, and on a miss with a remote reader, a fetch from the holder
-  // and a second Pin. A failed fetch is a miss (NotFound with its reason).
-  absl::StatusOr<ChunkPin> PinLocalOrRemote(const Namespace& ns, const BlockKey& key);
+  // cache_->Pin of rest[0], and on a miss with a remote reader, a fetch from
+  // the holder and a second Pin. A failed fetch is a miss (NotFound with its
+  // reason). The fetch takes along the keys after rest[0] that the reader
+  // knows are on the same holder (one PinForRead, gets in flight together),
+  // so the Pins of those that follow hit locally.
+  // REQUIRES: !rest.empty().
+  absl::StatusOr<ChunkPin> PinLocalOrRemote(const Namespace& ns, absl::Span<const BlockKey> rest);
 
   // Lease table. NewLeaseId never returns 0 or an id in use.
   uint64_t NewLeaseId() ABSL_EXCLUSIVE_LOCKS_REQUIRED(leases_mu_);

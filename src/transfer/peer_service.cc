@@ -111,22 +111,22 @@ grpc::Status PeerService::PinForRead(grpc::ServerContext* ctx, const v1::PinForR
   const std::byte* base = cache_->dram().arena().base();
   Lease lease;
   for (const BlockKey& key : *keys) {
-    absl::StatusOr<ChunkPin> pin = cache_->dram().PinChunk(req->namespace_id(), key);
-    if (!pin.ok()) break;
-    const std::byte* encoded = pin->payload().data() - kChunkHeaderBytes;
-    absl::StatusOr<ChunkHeader> header =
-        DecodeChunkHeader(absl::MakeConstSpan(encoded, kChunkHeaderBytes));
-    if (!header.ok()) break;
+    absl::StatusOr<DramTier::TransferPin> pinned =
+        cache_->dram().PinChunkForTransfer(req->namespace_id(), key);
+    if (!pinned.ok()) break;
+    ChunkPin& pin = pinned->pin;
+    const std::byte* encoded = pin.payload().data() - kChunkHeaderBytes;
     v1::PinnedSlot* slot = resp->add_slots();
     slot->set_key(wire::KeyToBytes(key));
     slot->set_offset(static_cast<uint64_t>(encoded - base));
-    slot->set_length(kChunkHeaderBytes + pin->payload().size());
-    slot->set_num_tokens(pin->num_tokens());
-    slot->set_checksum(PayloadChecksum(header->checksum_type, pin->payload()));
-    pinned_bytes_.fetch_add(kChunkHeaderBytes + pin->payload().size());
-    lease.pins.push_back(std::move(*pin));
+    slot->set_length(kChunkHeaderBytes + pin.payload().size());
+    slot->set_num_tokens(pin.num_tokens());
+    slot->set_checksum(pinned->payload_checksum);
+    pinned_bytes_.fetch_add(kChunkHeaderBytes + pin.payload().size());
+    lease.pins.push_back(std::move(pin));
   }
   if (lease.pins.empty()) return grpc::Status::OK;
+  pin_requests_.fetch_add(1);
   pinned_chunks_.fetch_add(lease.pins.size());
   lease.expires = absl::Now() + options_.lease_timeout;
   absl::MutexLock lock(&mu_);
@@ -139,16 +139,20 @@ grpc::Status PeerService::PinForRead(grpc::ServerContext* ctx, const v1::PinForR
 grpc::Status PeerService::Release(grpc::ServerContext* ctx, const v1::PeerReleaseRequest* req,
                                   v1::PeerReleaseResponse* resp) {
   if (absl::Status s = CheckAuth(ctx); !s.ok()) return server::ToGrpcStatus(s);
-  Lease taken;  // released after the lock is dropped
+  std::vector<Lease> taken;  // released after the lock is dropped
+  uint32_t released = 0;
   absl::MutexLock lock(&mu_);
-  auto it = leases_.find(req->lease_id());
-  if (it == leases_.end()) {
-    resp->set_released(false);
-    return grpc::Status::OK;
-  }
-  taken = std::move(it->second);
-  leases_.erase(it);
-  resp->set_released(true);
+  auto release = [&](uint64_t id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    auto it = leases_.find(id);
+    if (it == leases_.end()) return false;
+    taken.push_back(std::move(it->second));
+    leases_.erase(it);
+    ++released;
+    return true;
+  };
+  resp->set_released(req->lease_id() != 0 && release(req->lease_id()));
+  for (uint64_t id : req->lease_ids()) release(id);
+  resp->set_released_leases(released);
   return grpc::Status::OK;
 }
 
@@ -173,6 +177,7 @@ PeerServiceStats PeerService::Stats() const {
   PeerServiceStats s;
   s.hellos = hellos_.load();
   s.lookups = lookups_.load();
+  s.pin_requests = pin_requests_.load();
   s.pinned_chunks = pinned_chunks_.load();
   s.pinned_bytes = pinned_bytes_.load();
   s.leases_expired = expired_.load();

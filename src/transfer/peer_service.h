@@ -4,7 +4,8 @@
 // PinForRead pins chunks in DRAM under a lease (the pins keep them from being
 // evicted or their slots reused while another node reads them with one-sided
 // gets) and answers where each chunk lies in the registered arena, with the
-// payload checksum computed now (DRAM keeps chunks unsealed). A lease lasts
+// payload checksum the reader verifies (DRAM keeps chunks unsealed: computed
+// on a chunk's first pin and remembered while it stays in DRAM). A lease lasts
 // `lease_timeout` unless released earlier; a reaper thread drops lapsed ones,
 // so a reader that dies cannot hold slots forever.
 //
@@ -50,6 +51,7 @@ struct PeerServiceOptions {
 struct PeerServiceStats {
   uint64_t hellos = 0;
   uint64_t lookups = 0;
+  uint64_t pin_requests = 0;    // PinForRead calls that pinned at least one chunk
   uint64_t pinned_chunks = 0;   // chunks pinned for other nodes
   uint64_t pinned_bytes = 0;    // their encoded bytes
   uint64_t leases_expired = 0;  // leases dropped by the reaper
@@ -101,6 +103,7 @@ class PeerService final : public v1::Peer::Service {
 
   std::atomic<uint64_t> hellos_{0};
   std::atomic<uint64_t> lookups_{0};
+  std::atomic<uint64_t> pin_requests_{0};
   std::atomic<uint64_t> pinned_chunks_{0};
   std::atomic<uint64_t> pinned_bytes_{0};
   std::atomic<uint64_t> expired_{0};

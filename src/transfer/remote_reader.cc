@@ -19,6 +19,9 @@ absl::Status RemoteReaderOptions::Validate() const {
     return absl::InvalidArgumentError("ucx.transfer_timeout_ms: must be positive");
   }
   if (max_hints == 0) return absl::InvalidArgumentError("ucx.max_hints: must be positive");
+  if (max_batch_chunks < 1 || max_batch_chunks > 4096) {
+    return absl::InvalidArgumentError("max_batch_chunks: must be within 1..4096");
+  }
   return absl::OkStatus();
 }
 
@@ -137,7 +140,8 @@ void RemoteReader::ReleaseLease(const std::string& address, uint64_t lease_id) {
 
 void RemoteReader::ReleaseLoop() {
   for (;;) {
-    std::pair<std::string, uint64_t> next;
+    // Everything queued goes out at once: one Release call per holder.
+    std::deque<std::pair<std::string, uint64_t>> batch;
     {
       absl::MutexLock lock(&release_mu_);
       release_mu_.Await(absl::Condition(
@@ -146,26 +150,40 @@ void RemoteReader::ReleaseLoop() {
           },
           this));
       if (releases_.empty()) return;  // stopping, and nothing left
-      next = std::move(releases_.front());
-      releases_.pop_front();
+      batch.swap(releases_);
     }
-    grpc::ClientContext ctx;
-    clients_->Prepare(ctx, absl::Now() + absl::Seconds(1));
-    v1::PeerReleaseRequest req;
-    req.set_lease_id(next.second);
-    v1::PeerReleaseResponse resp;
-    (void)clients_->Stub(next.first)->Release(&ctx, req, &resp);
+    absl::flat_hash_map<std::string, v1::PeerReleaseRequest> by_holder;
+    for (const auto& [address, lease] : batch) {
+      v1::PeerReleaseRequest& req = by_holder[address];
+      if (req.lease_id() == 0) {
+        req.set_lease_id(lease);
+      } else {
+        req.add_lease_ids(lease);
+      }
+    }
+    for (const auto& [address, req] : by_holder) {
+      grpc::ClientContext ctx;
+      clients_->Prepare(ctx, absl::Now() + absl::Seconds(1));
+      v1::PeerReleaseResponse resp;
+      (void)clients_->Stub(address)->Release(&ctx, req, &resp);
+    }
   }
 }
 
-absl::Status RemoteReader::FetchFrom(const Namespace& ns, const BlockKey& key,
-                                     const std::string& address, const BlockKey& parent,
-                                     absl::Time deadline) {
+std::vector<absl::Status> RemoteReader::FetchFrom(const Namespace& ns,
+                                                  absl::Span<const BlockKey> keys,
+                                                  absl::Span<const BlockKey> parents,
+                                                  const std::string& address, absl::Time deadline) {
+  std::vector<absl::Status> out(keys.size());
+  auto all = [&out](const absl::Status& s) {
+    for (absl::Status& o : out) o = s;
+    return out;
+  };
   absl::StatusOr<Conn> conn = Connect(address, deadline);
-  if (!conn.ok()) return conn.status();
+  if (!conn.ok()) return all(conn.status());
   v1::PinForReadRequest req;
   req.set_namespace_id(ns.id());
-  req.add_keys(wire::KeyToBytes(key));
+  for (const BlockKey& key : keys) req.add_keys(wire::KeyToBytes(key));
   req.set_boot_id(conn->boot_id);
   v1::PinForReadResponse resp;
   {
@@ -175,12 +193,13 @@ absl::Status RemoteReader::FetchFrom(const Namespace& ns, const BlockKey& key,
     clients_->ReportContact(address, conn->node_id, gs.ok());
     if (!gs.ok()) {
       Drop(address, conn->peer.get());
-      return absl::UnavailableError(
-          absl::StrCat("peer ", address, ": PinForRead failed: ", gs.error_message()));
+      return all(absl::UnavailableError(
+          absl::StrCat("peer ", address, ": PinForRead failed: ", gs.error_message())));
     }
   }
   if (resp.slots_size() == 0) {
-    return absl::NotFoundError(absl::StrCat("peer ", conn->node_id, " no longer holds the chunk"));
+    return all(
+        absl::NotFoundError(absl::StrCat("peer ", conn->node_id, " no longer holds the chunk")));
   }
   if (resp.boot_id() != conn->boot_id) {
     // The holder restarted: its arena and remote key are new. Say Hello again
@@ -189,86 +208,139 @@ absl::Status RemoteReader::FetchFrom(const Namespace& ns, const BlockKey& key,
     conn = Connect(address, deadline);
     if (!conn.ok() || conn->boot_id != resp.boot_id()) {
       ReleaseLease(address, resp.lease_id());
-      return conn.ok() ? absl::UnavailableError(
-                             absl::StrCat("peer ", address, " restarted again during the read"))
-                       : conn.status();
+      return all(conn.ok() ? absl::UnavailableError(
+                                 absl::StrCat("peer ", address, " restarted again during the read"))
+                           : conn.status());
     }
   }
-  const v1::PinnedSlot& slot = resp.slots(0);
-  if (slot.length() < kChunkHeaderBytes) {
-    ReleaseLease(address, resp.lease_id());
-    return absl::DataLossError(absl::StrCat("peer ", conn->node_id, ": slot of ", slot.length(),
-                                            " bytes is shorter than a chunk header"));
+  // The holder pinned a prefix of `keys`; the rest it no longer holds.
+  const size_t pinned = std::min<size_t>(static_cast<size_t>(resp.slots_size()), keys.size());
+  for (size_t i = pinned; i < keys.size(); ++i) {
+    out[i] =
+        absl::NotFoundError(absl::StrCat("peer ", conn->node_id, " no longer holds the chunk"));
   }
-  ChunkRef ref;
-  ref.key = key;
-  ref.parent = parent;
-  ref.num_tokens = slot.num_tokens();
-  absl::StatusOr<DramTier::SlotReservation> r = cache_->ReserveSlot(ns, ref);
-  if (!r.ok()) {
-    ReleaseLease(address, resp.lease_id());
-    return r.status();
+  struct Pending {
+    size_t index;
+    uint64_t handle;
+    absl::Span<std::byte> bytes;
+  };
+  std::vector<Pending> pending;
+  std::vector<UcxEngine::GetOp> ops;
+  pending.reserve(pinned);
+  ops.reserve(pinned);
+  for (size_t i = 0; i < pinned; ++i) {
+    const v1::PinnedSlot& slot = resp.slots(static_cast<int>(i));
+    if (slot.key() != wire::KeyToBytes(keys[i])) {
+      out[i] = absl::DataLossError(
+          absl::StrCat("peer ", conn->node_id, ": pinned another chunk than asked for"));
+      continue;
+    }
+    if (slot.length() < kChunkHeaderBytes) {
+      out[i] = absl::DataLossError(absl::StrCat("peer ", conn->node_id, ": slot of ", slot.length(),
+                                                " bytes is shorter than a chunk header"));
+      continue;
+    }
+    ChunkRef ref;
+    ref.key = keys[i];
+    ref.parent = parents[i];
+    ref.num_tokens = slot.num_tokens();
+    absl::StatusOr<DramTier::SlotReservation> r = cache_->ReserveSlot(ns, ref);
+    if (!r.ok()) {
+      out[i] = r.status();
+      continue;
+    }
+    if (r->already_present) continue;  // OK: in DRAM now
+    if (r->payload_bytes + kChunkHeaderBytes != slot.length()) {
+      cache_->AbortSlot(r->handle);
+      out[i] = absl::DataLossError(absl::StrCat("peer ", conn->node_id, ": chunk of ",
+                                                slot.length(), " bytes does not match its ",
+                                                slot.num_tokens(), " tokens in this namespace"));
+      continue;
+    }
+    std::byte* const dst = cache_->dram().arena().base() + r->payload_offset - kChunkHeaderBytes;
+    pending.push_back(Pending{i, r->handle, absl::Span<std::byte>(dst, slot.length())});
+    ops.push_back(UcxEngine::GetOp{slot.offset(), pending.back().bytes, absl::OkStatus()});
   }
-  if (r->already_present) {
-    ReleaseLease(address, resp.lease_id());
-    return absl::OkStatus();
-  }
-  if (r->payload_bytes + kChunkHeaderBytes != slot.length()) {
-    cache_->AbortSlot(r->handle);
-    ReleaseLease(address, resp.lease_id());
-    return absl::DataLossError(absl::StrCat("peer ", conn->node_id, ": chunk of ", slot.length(),
-                                            " bytes does not match its ", slot.num_tokens(),
-                                            " tokens in this namespace"));
-  }
-  std::byte* const dst = cache_->dram().arena().base() + r->payload_offset - kChunkHeaderBytes;
-  const absl::Span<std::byte> bytes(dst, slot.length());
-  absl::Status got = engine_->Get(*conn->peer, slot.offset(), bytes, deadline);
+  uint64_t read_bytes = 0;  // of the chunks committed
+  // Checks and commits chunk j as soon as its get is done, while the other
+  // gets are still in flight.
+  auto finish = [&](size_t j) {
+    const Pending& p = pending[j];
+    const v1::PinnedSlot& slot = resp.slots(static_cast<int>(p.index));
+    if (!ops[j].status.ok()) {
+      cache_->AbortSlot(p.handle);
+      out[p.index] = absl::Status(
+          ops[j].status.code(),
+          absl::StrCat("peer ", conn->node_id, ": read failed: ", ops[j].status.message()));
+      return;
+    }
+    // The one pass over the payload on this side: the checksum of the
+    // transferred bytes against the holder's.
+    ChunkExpectation expect;
+    expect.namespace_id = ns.id();
+    expect.key = keys[p.index];
+    expect.layout_signature = ns.layout_signature();
+    expect.verify_payload_checksum = false;
+    absl::StatusOr<DecodedChunk> decoded = DecodeChunk(p.bytes, expect);
+    absl::Status check = decoded.status();
+    if (check.ok() &&
+        PayloadChecksum(decoded->header.checksum_type, decoded->payload) != slot.checksum()) {
+      check = absl::DataLossError("payload checksum mismatch");
+    }
+    if (!check.ok()) {
+      cache_->AbortSlot(p.handle);
+      verify_failures_.fetch_add(1);
+      out[p.index] = absl::DataLossError(
+          absl::StrCat("peer ", conn->node_id, ": chunk failed its check: ", check.message()));
+      return;
+    }
+    out[p.index] = cache_->CommitSlot(p.handle);
+    if (out[p.index].ok()) {
+      fetches_.fetch_add(1);
+      fetched_bytes_.fetch_add(slot.length());
+      read_bytes += slot.length();
+    }
+  };
+  // Every get in flight at once; the lease is released once they are done.
+  const absl::Status got =
+      ops.empty() ? absl::OkStatus()
+                  : engine_->GetMany(*conn->peer, absl::MakeSpan(ops), deadline, finish);
   ReleaseLease(address, resp.lease_id());
+  if (read_bytes > 0) clients_->AddBytesRead(address, read_bytes);
   if (!got.ok()) {
     clients_->ReportContact(address, conn->node_id, false);
-    cache_->AbortSlot(r->handle);
     Drop(address, conn->peer.get());
-    return absl::Status(got.code(),
-                        absl::StrCat("peer ", conn->node_id, ": read failed: ", got.message()));
   }
-  clients_->AddBytesRead(address, slot.length());
-  ChunkExpectation expect;
-  expect.namespace_id = ns.id();
-  expect.key = key;
-  expect.layout_signature = ns.layout_signature();
-  expect.verify_payload_checksum = false;
-  absl::StatusOr<DecodedChunk> decoded = DecodeChunk(bytes, expect);
-  absl::Status check = decoded.status();
-  if (check.ok() &&
-      PayloadChecksum(decoded->header.checksum_type, decoded->payload) != slot.checksum()) {
-    check = absl::DataLossError("payload checksum mismatch");
-  }
-  if (!check.ok()) {
-    cache_->AbortSlot(r->handle);
-    verify_failures_.fetch_add(1);
-    return absl::DataLossError(
-        absl::StrCat("peer ", conn->node_id, ": chunk failed its check: ", check.message()));
-  }
-  KVTIER_RETURN_IF_ERROR(cache_->CommitSlot(r->handle));
-  fetches_.fetch_add(1);
-  fetched_bytes_.fetch_add(slot.length());
-  return absl::OkStatus();
+  return out;
 }
 
 absl::Status RemoteReader::Fetch(const Namespace& ns, const BlockKey& key) {
+  return FetchMany(ns, absl::MakeConstSpan(&key, 1)).front();
+}
+
+std::vector<absl::Status> RemoteReader::FetchMany(const Namespace& ns,
+                                                  absl::Span<const BlockKey> keys) {
+  if (keys.empty()) return {};
   const absl::Time deadline = absl::Now() + options_.transfer_timeout;
   std::string address;
-  BlockKey parent;
+  std::vector<BlockKey> parents;
   {
     absl::MutexLock lock(&mu_);
-    auto it = hints_.find(HintKey{ns.id(), key});
+    auto it = hints_.find(HintKey{ns.id(), keys[0]});
     if (it != hints_.end()) {
       address = it->second.address;
-      parent = it->second.parent;
+      parents.push_back(it->second.parent);
+      // The keys after it that Locate saw on the same holder join the batch.
+      const size_t limit = std::min<size_t>(keys.size(), options_.max_batch_chunks);
+      for (size_t i = 1; i < limit; ++i) {
+        auto next = hints_.find(HintKey{ns.id(), keys[i]});
+        if (next == hints_.end() || next->second.address != address) break;
+        parents.push_back(next->second.parent);
+      }
     }
   }
   if (address.empty()) {
-    const BlockKey one[] = {key};
+    const BlockKey one[] = {keys[0]};
     absl::StatusOr<std::vector<RemoteHolder>> holders =
         source_->FindHolders(ns.id(), one, absl::Now() + options_.lookup_timeout);
     if (holders.ok()) {
@@ -281,17 +353,21 @@ absl::Status RemoteReader::Fetch(const Namespace& ns, const BlockKey& key) {
     }
     if (address.empty()) {
       fetch_misses_.fetch_add(1);
-      return absl::NotFoundError("no other node holds the chunk");
+      return {absl::NotFoundError("no other node holds the chunk")};
     }
+    parents.push_back(BlockKey());
   }
-  absl::Status s = FetchFrom(ns, key, address, parent, deadline);
-  if (s.ok()) return s;
-  {
-    absl::MutexLock lock(&mu_);
-    hints_.erase(HintKey{ns.id(), key});
+  const absl::Span<const BlockKey> batch = keys.subspan(0, parents.size());
+  std::vector<absl::Status> out = FetchFrom(ns, batch, parents, address, deadline);
+  for (size_t i = 0; i < out.size(); ++i) {
+    if (out[i].ok()) continue;
+    {
+      absl::MutexLock lock(&mu_);
+      hints_.erase(HintKey{ns.id(), batch[i]});
+    }
+    (absl::IsNotFound(out[i]) ? fetch_misses_ : fetch_failures_).fetch_add(1);
   }
-  (absl::IsNotFound(s) ? fetch_misses_ : fetch_failures_).fetch_add(1);
-  return s;
+  return out;
 }
 
 RemoteReaderStats RemoteReader::Stats() const {

@@ -3,12 +3,14 @@
 // arena into a reserved local DRAM slot with one one-sided UCX get, so that
 // later reads hit locally.
 //
-// A fetch: PinForRead on the holder (the chunk is pinned there under a lease
-// and its payload checksum computed), a local slot reservation, one
-// ucp_get_nbx of header and payload straight into the slot, Release of the
-// lease (asynchronously), then checks of the header (namespace, key, layout)
-// and of the payload checksum against the holder's, and only then the
-// commit that makes the chunk visible. Any failure (the holder died or
+// A fetch of a run of chunks on one holder: one PinForRead for all of them
+// (they are pinned there under one lease; the holder answers each payload
+// checksum, computed on a chunk's first pin and remembered), a local slot
+// reservation per chunk, one ucp_get_nbx of header and payload straight into
+// each slot, all in flight together, Release of the lease (asynchronously,
+// batched with other releases), then checks of each header (namespace, key,
+// layout) and of each payload checksum against the holder's, and only then
+// the commit that makes the chunk visible. Any failure (the holder died or
 // restarted, a deadline, a mismatch) aborts the reservation: a chunk is
 // never visible partly written. A miss is reported as NotFound, a damaged
 // transfer as DataLoss, an unreachable holder as Unavailable.
@@ -50,6 +52,7 @@ struct RemoteReaderOptions {
   absl::Duration lookup_timeout = absl::Milliseconds(200);  // deadline of FindHolders
   absl::Duration transfer_timeout = absl::Seconds(5);       // PinForRead + get of one chunk
   uint32_t max_hints = 1u << 16;                            // remembered (chunk -> holder) pairs
+  uint32_t max_batch_chunks = 64;  // chunks pinned by one PinForRead and read together (1..4096)
 
   // InvalidArgument naming the field.
   absl::Status Validate() const;
@@ -103,6 +106,14 @@ class RemoteReader {
   // transfer failed (nothing was committed).
   absl::Status Fetch(const Namespace& ns, const BlockKey& key);
 
+  // Fetch for a run of keys: keys[0] as Fetch does, together with the keys
+  // after it that Locate placed on the same holder (at most
+  // max_batch_chunks): one PinForRead, their gets in flight at once, one
+  // Release. Returns one status per key of that run (at least one, at most
+  // keys.size()), each as Fetch would; keys past the run are not touched.
+  // Empty for empty `keys`.
+  std::vector<absl::Status> FetchMany(const Namespace& ns, absl::Span<const BlockKey> keys);
+
   RemoteReaderStats Stats() const;
 
  private:
@@ -141,9 +152,11 @@ class RemoteReader {
   absl::StatusOr<Conn> Connect(const std::string& address, absl::Time deadline);
   // Forgets the connection to `address` when it is still `peer`.
   void Drop(const std::string& address, const UcxPeer* peer);
-  // One attempt at reading `key` from `address`.
-  absl::Status FetchFrom(const Namespace& ns, const BlockKey& key, const std::string& address,
-                         const BlockKey& parent, absl::Time deadline);
+  // One attempt at reading `keys` (with their `parents`) from `address`; one
+  // status per key.
+  std::vector<absl::Status> FetchFrom(const Namespace& ns, absl::Span<const BlockKey> keys,
+                                      absl::Span<const BlockKey> parents,
+                                      const std::string& address, absl::Time deadline);
   // Queues a Release for the releaser thread (a lost one only lets the
   // lease lapse on the holder).
   void ReleaseLease(const std::string& address, uint64_t lease_id);

@@ -38,6 +38,8 @@ std::string RenderTransferMetrics(const UcxStats& ucx, const PeerServiceStats& h
          ucx.connects);
   Metric(out, "kvtier_ucx_peer_failures_total", "counter", "UCX endpoints that reported an error.",
          ucx.peer_failures);
+  Metric(out, "kvtier_peer_pin_requests_total", "counter",
+         "PinForRead calls from other nodes that pinned at least one chunk.", holder.pin_requests);
   Metric(out, "kvtier_peer_pinned_chunks_total", "counter", "Chunks pinned for other nodes' reads.",
          holder.pinned_chunks);
   Metric(out, "kvtier_peer_pinned_bytes_total", "counter",

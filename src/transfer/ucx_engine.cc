@@ -23,17 +23,31 @@ absl::Status UcxError(absl::string_view what, ucs_status_t s) {
   return absl::UnavailableError(absl::StrCat(what, ": ", ucs_status_string(s)));
 }
 
-// The completion of one get, shared by the caller and UCX's callback.
-struct GetCompletion {
-  absl::Notification done;
-  ucs_status_t status = UCS_OK;
+// The completions of one GetMany, shared by the caller and UCX's callbacks
+// (which run on the worker's progress thread).
+struct GetBatch {
+  absl::Mutex mu;
+  std::vector<size_t> completed ABSL_GUARDED_BY(mu);  // ops done, not yet handed to the caller
+};
+
+// One posted get: its batch, its op's index and its outcome.
+struct GetSlot {
+  GetBatch* batch = nullptr;
+  std::atomic<int64_t>* outstanding = nullptr;  // the worker's count of gets in flight
+  size_t index = 0;
+  void* request = nullptr;
+  ucs_status_t status = UCS_OK;  // set before `index` joins batch->completed
 };
 
 void OnGetDone(void* request, ucs_status_t status, void* user_data) {
   (void)request;
-  auto* c = static_cast<GetCompletion*>(user_data);
-  c->status = status;
-  c->done.Notify();
+  auto* slot = static_cast<GetSlot*>(user_data);
+  // The progress thread stops driving the worker without pause as soon as
+  // its last get is done, not when the caller gets to run.
+  slot->outstanding->fetch_sub(1);
+  absl::MutexLock lock(&slot->batch->mu);
+  slot->status = status;
+  slot->batch->completed.push_back(slot->index);
 }
 
 // "rma_bw=rc_mlx5/mlx5_0:1 am=rc_mlx5/mlx5_0:1" or "rma=am-emulated am=tcp/lo"
@@ -99,6 +113,9 @@ absl::Status UcxOptions::Validate() const {
   }
   if (idle_wait < absl::ZeroDuration() || idle_wait > absl::Seconds(1)) {
     return absl::InvalidArgumentError("ucx.idle_wait: must be within 0..1s");
+  }
+  if (busy_poll < absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("busy_poll: must not be negative");
   }
   return absl::OkStatus();
 }
@@ -200,12 +217,22 @@ void UcxEngine::ProgressLoop(Worker* w) {
   // emulated get served to another node, a send waiting for socket room)
   // needs progress that no receive event announces.
   auto last_active = std::chrono::steady_clock::now();
+  const int64_t busy_poll = options_.busy_poll == absl::InfiniteDuration()
+                                ? -1
+                                : absl::ToInt64Microseconds(options_.busy_poll);
   while (!stop_.load(std::memory_order_relaxed)) {
     if (ucp_worker_progress(w->worker) != 0) {
       last_active = std::chrono::steady_clock::now();
       continue;
     }
-    if (std::chrono::steady_clock::now() - last_active < std::chrono::milliseconds(2)) {
+    const auto idle = std::chrono::steady_clock::now() - last_active;
+    // Gets of this process in flight: keep driving them (for busy_poll).
+    const bool busy = w->outstanding.load() > 0;
+    if (busy && (busy_poll < 0 || idle < std::chrono::microseconds(busy_poll))) {
+      std::this_thread::yield();
+      continue;
+    }
+    if (!busy && idle < std::chrono::milliseconds(2)) {
       std::this_thread::yield();
       continue;
     }
@@ -213,8 +240,15 @@ void UcxEngine::ProgressLoop(Worker* w) {
       const ucs_status_t s = ucp_worker_arm(w->worker);
       if (s == UCS_ERR_BUSY) continue;
       if (s == UCS_OK) {
-        pollfd p{w->efd, POLLIN, 0};
-        poll(&p, 1, wait_ms);
+        // A poster that saw `sleeping` false has raised `outstanding` before
+        // this check (both sequentially consistent), so no post is missed;
+        // with gets in flight their replies are events of their own.
+        w->sleeping.store(true);
+        if (busy || w->outstanding.load() == 0) {
+          pollfd p{w->efd, POLLIN, 0};
+          poll(&p, 1, busy ? 1 : wait_ms);
+        }
+        w->sleeping.store(false);
         continue;
       }
     }
@@ -322,79 +356,125 @@ absl::StatusOr<std::shared_ptr<UcxPeer>> UcxEngine::Connect(absl::string_view wo
 
 absl::Status UcxEngine::Get(UcxPeer& peer, uint64_t remote_offset, absl::Span<std::byte> dst,
                             absl::Time deadline) {
-  if (remote_offset > peer.remote_bytes_ || dst.size() > peer.remote_bytes_ - remote_offset) {
-    return absl::OutOfRangeError(absl::StrCat("remote range [", remote_offset, ", +", dst.size(),
-                                              ") is outside the peer's arena of ",
-                                              peer.remote_bytes_, " bytes"));
-  }
-  if (peer.failed()) {
-    get_failures_.fetch_add(1);
-    return absl::UnavailableError("ucx: the peer's endpoint has failed");
-  }
-  GetCompletion c;
-  ucp_request_param_t param;
-  std::memset(&param, 0, sizeof(param));
-  param.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
-  param.cb.send = &OnGetDone;
-  param.user_data = &c;
-  void* req = nullptr;
+  GetOp op{remote_offset, dst, absl::OkStatus()};
+  return GetMany(peer, absl::MakeSpan(&op, 1), deadline);
+}
+
+absl::Status UcxEngine::GetMany(UcxPeer& peer, absl::Span<GetOp> ops, absl::Time deadline) {
+  return GetMany(peer, ops, deadline, [](size_t) {});
+}
+
+absl::Status UcxEngine::GetMany(UcxPeer& peer, absl::Span<GetOp> ops, absl::Time deadline,
+                                absl::FunctionRef<void(size_t)> on_done) {
+  Worker& w = *workers_[peer.worker_];
+  GetBatch batch;
+  std::vector<GetSlot> slots(ops.size());
+  std::vector<size_t> settled_now;  // ops with an outcome before any wait
+  size_t posted = 0;
   {
     absl::MutexLock lock(&peer.close_mu_);
-    if (peer.closed_) {
-      get_failures_.fetch_add(1);
-      return absl::UnavailableError("ucx: the peer's endpoint is closed");
-    }
-    req = ucp_get_nbx(peer.ep_, dst.data(), dst.size(), peer.remote_base_ + remote_offset,
-                      peer.rkey_, &param);
-  }
-  ucs_status_t status = UCS_OK;
-  if (req == nullptr) {
-    status = UCS_OK;
-  } else if (UCS_PTR_IS_ERR(req)) {
-    status = UCS_PTR_STATUS(req);
-  } else {
-    // The caller drives the worker itself while it waits (as ucx_perftest
-    // does): a progress thread parked in its event fd would add a wakeup per
-    // step of the transfer.
-    ucp_worker_h w = workers_[peer.worker_]->worker;
-    bool done = false;
-    uint32_t idle = 0;
-    while (!(done = c.done.HasBeenNotified())) {
-      if (ucp_worker_progress(w) != 0) {
-        idle = 0;
+    for (size_t i = 0; i < ops.size(); ++i) {
+      GetOp& op = ops[i];
+      if (op.remote_offset > peer.remote_bytes_ ||
+          op.dst.size() > peer.remote_bytes_ - op.remote_offset) {
+        op.status = absl::OutOfRangeError(
+            absl::StrCat("remote range [", op.remote_offset, ", +", op.dst.size(),
+                         ") is outside the peer's arena of ", peer.remote_bytes_, " bytes"));
+        settled_now.push_back(i);
         continue;
       }
-      if ((++idle & 1023) == 0) {
-        if (absl::Now() >= deadline) break;
-        std::this_thread::yield();
+      if (peer.closed_ || peer.failed()) {
+        get_failures_.fetch_add(1);
+        op.status = absl::UnavailableError(peer.closed_ ? "ucx: the peer's endpoint is closed"
+                                                        : "ucx: the peer's endpoint has failed");
+        settled_now.push_back(i);
+        continue;
+      }
+      GetSlot& slot = slots[i];
+      slot.batch = &batch;
+      slot.outstanding = &w.outstanding;
+      slot.index = i;
+      ucp_request_param_t param;
+      std::memset(&param, 0, sizeof(param));
+      param.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
+      param.cb.send = &OnGetDone;
+      param.user_data = &slot;
+      // Counted before the post: the callback (which uncounts it) may run
+      // on the progress thread at once.
+      w.outstanding.fetch_add(1);
+      void* req = ucp_get_nbx(peer.ep_, op.dst.data(), op.dst.size(),
+                              peer.remote_base_ + op.remote_offset, peer.rkey_, &param);
+      if (req == nullptr || UCS_PTR_IS_ERR(req)) {
+        // Completed (or failed) at once: no callback comes.
+        w.outstanding.fetch_sub(1);
+        slot.status = req == nullptr ? UCS_OK : UCS_PTR_STATUS(req);
+        settled_now.push_back(i);
+        continue;
+      }
+      slot.request = req;
+      ++posted;
+    }
+  }
+  if (posted > 0 && w.sleeping.load()) ucp_worker_signal(w.worker);
+  bool timed_out = false;
+  absl::Status first = absl::OkStatus();
+  // Turns a completed op's UCX status into its Status, then hands it over.
+  auto settle = [&](size_t i) {
+    GetOp& op = ops[i];
+    GetSlot& slot = slots[i];
+    if (slot.batch != nullptr) {
+      if (slot.request != nullptr) {
+        ucp_request_free(slot.request);
+        slot.request = nullptr;
+      }
+      if (slot.status == UCS_OK) {
+        op.status = absl::OkStatus();
+        gets_.fetch_add(1);
+        get_bytes_.fetch_add(op.dst.size());
+      } else {
+        get_failures_.fetch_add(1);
+        peer.failed_.store(true);
+        op.status =
+            timed_out ? absl::DeadlineExceededError("ucx: the get did not complete by its deadline")
+                      : UcxError("ucx get", slot.status);
       }
     }
-    if (!done && !c.done.WaitForNotificationWithDeadline(deadline)) {
-      // Closing the endpoint completes the get (with an error); only then is
-      // `dst` safe from late writes.
+    if (first.ok() && !op.status.ok()) first = op.status;
+    on_done(i);
+  };
+  for (size_t i : settled_now) settle(i);
+  // Each get is handed over as it completes, while the others are in flight.
+  auto any_done = [&batch]()
+                      ABSL_EXCLUSIVE_LOCKS_REQUIRED(batch.mu) { return !batch.completed.empty(); };
+  for (size_t handled = 0; handled < posted;) {
+    std::vector<size_t> done;
+    {
+      absl::MutexLock lock(&batch.mu);
+      if (timed_out) {
+        batch.mu.Await(absl::Condition(&any_done));
+      } else if (!batch.mu.AwaitWithDeadline(absl::Condition(&any_done), deadline)) {
+        timed_out = true;
+      }
+      done.swap(batch.completed);
+    }
+    if (done.empty() && timed_out) {
+      // Closing the endpoint completes the gets still in flight (with an
+      // error); only then are their destinations safe from late writes.
       peer.failed_.store(true);
       peer.Close();
-      c.done.WaitForNotification();
-      ucp_request_free(req);
-      get_failures_.fetch_add(1);
-      return absl::DeadlineExceededError("ucx: the get did not complete by its deadline");
+      continue;
     }
-    status = c.status;
-    ucp_request_free(req);
+    for (size_t i : done) settle(i);
+    handled += done.size();
   }
-  if (status != UCS_OK) {
-    get_failures_.fetch_add(1);
-    peer.failed_.store(true);
-    return UcxError("ucx get", status);
+  if (first.ok()) {
+    absl::MutexLock lock(&peer.close_mu_);
+    if (!peer.transports_final_ && !peer.closed_) {
+      peer.transports_ = LaneTransports(peer.ep_);
+      peer.transports_final_ = true;
+    }
   }
-  gets_.fetch_add(1);
-  get_bytes_.fetch_add(dst.size());
-  absl::MutexLock lock(&peer.close_mu_);
-  if (!peer.transports_final_ && !peer.closed_) {
-    peer.transports_ = LaneTransports(peer.ep_);
-    peer.transports_final_ = true;
-  }
-  return absl::OkStatus();
+  return first;
 }
 
 UcxStats UcxEngine::Stats() const {

@@ -8,10 +8,17 @@
 // GPUDirect RDMA when UCX was built with CUDA and the destination is device
 // memory. UcxPeer::transports() names the lanes UCX chose.
 //
+// Progress: each worker's progress thread is the only thread that drives it.
+// A caller of Get / GetMany posts its gets (ucp_get_nbx), wakes that thread
+// and blocks until the gets complete; it never spins. While gets are
+// outstanding the progress thread drives the worker without pause (so the
+// gets of every caller progress together, as one poster's would); idle, it
+// sleeps in the worker's event fd (ucp_worker_arm + poll).
+//
 // Failure: endpoints are created with peer error handling, so a peer that dies
-// fails its outstanding and later gets with an error instead of hanging; a get
-// that passes its deadline closes the endpoint (which completes the get with
-// an error) before Get returns, so a failed Get never writes its destination
+// fails its outstanding and later gets with an error instead of hanging; gets
+// that pass their deadline close the endpoint (which completes them with an
+// error) before GetMany returns, so a failed get never writes its destination
 // afterwards.
 //
 // Thread-safety: UcxEngine and UcxPeer are thread-safe (workers run in UCX's
@@ -29,6 +36,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
@@ -43,6 +51,12 @@ struct UcxOptions {
   // How long an idle progress thread sleeps in the worker's event fd before
   // polling again (a cap: it wakes at once on an event).
   absl::Duration idle_wait = absl::Milliseconds(5);
+  // With gets of this node in flight and nothing arriving, how long the
+  // progress thread keeps polling before it sleeps in the event fd until the
+  // next event (InfiniteDuration: it never sleeps while gets are in flight,
+  // as ucx_perftest does). A short poll leaves the CPU to the threads that
+  // check and commit chunks and to the holder on small hosts.
+  absl::Duration busy_poll = absl::Microseconds(50);
 
   // InvalidArgument naming the field.
   absl::Status Validate() const;
@@ -138,6 +152,26 @@ class UcxEngine {
   absl::Status Get(UcxPeer& peer, uint64_t remote_offset, absl::Span<std::byte> dst,
                    absl::Time deadline);
 
+  // One get of a batch.
+  struct GetOp {
+    uint64_t remote_offset = 0;  // offset in the peer's arena
+    absl::Span<std::byte> dst;   // where the bytes go (dst.size() bytes)
+    absl::Status status;         // the outcome, set by GetMany
+  };
+  // Posts every get of `ops` at once (all in flight together on the peer's
+  // worker), waits for all of them and sets each op's status as Get would.
+  // Returns the first error (OK when every get succeeded). When `deadline`
+  // passes, the peer is closed and marked failed, and every get not done
+  // fails with DeadlineExceeded; no destination is written after GetMany
+  // returns.
+  absl::Status GetMany(UcxPeer& peer, absl::Span<GetOp> ops, absl::Time deadline);
+  // The same, calling `on_done(i)` on the calling thread once for each op as
+  // soon as op i has its outcome (the other gets stay in flight meanwhile, so
+  // the caller can check op i's bytes while the rest arrive). `on_done` must
+  // not call into this peer.
+  absl::Status GetMany(UcxPeer& peer, absl::Span<GetOp> ops, absl::Time deadline,
+                       absl::FunctionRef<void(size_t)> on_done);
+
   UcxStats Stats() const;
   // The UCX version string.
   static std::string Version();
@@ -147,6 +181,12 @@ class UcxEngine {
     ucp_worker_h worker = nullptr;
     int efd = -1;  // event fd when the worker supports wakeup, else -1
     std::thread thread;
+    // Gets posted on this worker and not completed yet: while > 0 the
+    // progress thread drives the worker without sleeping.
+    std::atomic<int64_t> outstanding{0};
+    // True while the progress thread is (about to be) asleep in the event fd;
+    // a poster then signals the worker.
+    std::atomic<bool> sleeping{false};
   };
 
   explicit UcxEngine(UcxOptions options) : options_(options) {}

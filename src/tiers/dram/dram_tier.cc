@@ -209,6 +209,7 @@ void DramTier::Destroy(EntryId id) {
   e.state = State::kFree;
   e.pins = 0;
   e.data = nullptr;
+  e.checksum_known = false;
   ++e.generation;
   free_entries_.push_back(id);
 }
@@ -651,6 +652,46 @@ absl::StatusOr<ChunkPin> DramTier::PinChunkChecked(uint64_t namespace_id, const 
   bytes_read_.fetch_add(e.encoded_bytes - kChunkHeaderBytes, std::memory_order_relaxed);
   return ChunkPin(this, handle, {e.data + kChunkHeaderBytes, e.encoded_bytes - kChunkHeaderBytes},
                   e.meta.num_tokens);
+}
+
+absl::StatusOr<DramTier::TransferPin> DramTier::PinChunkForTransfer(uint64_t namespace_id,
+                                                                    const BlockKey& key) {
+  EntryId id = PinForRead(IndexKey{namespace_id, key}, true);
+  if (id == kNoEntry) {
+    return absl::NotFoundError(absl::StrCat("chunk ", key.ToHex(), " is not cached in namespace ",
+                                            absl::Hex(namespace_id, absl::kZeroPad16)));
+  }
+  TransferPin out;
+  const std::byte* data;
+  uint64_t encoded;
+  uint32_t generation;
+  bool known;
+  {
+    absl::MutexLock lock(&mu_);
+    const Entry& e = entries_[id];
+    data = e.data;
+    encoded = e.encoded_bytes;
+    generation = e.generation;
+    known = e.checksum_known;
+    out.payload_checksum = e.payload_checksum;
+    out.pin = ChunkPin(this, (uint64_t{generation} << 32) | id,
+                       {data + kChunkHeaderBytes, encoded - kChunkHeaderBytes}, e.meta.num_tokens);
+    bytes_read_.fetch_add(encoded - kChunkHeaderBytes, std::memory_order_relaxed);
+  }
+  if (!known) {
+    // The pin keeps the slot and its bytes as they are while they are hashed.
+    KVTIER_ASSIGN_OR_RETURN(ChunkHeader h,
+                            DecodeChunkHeader(absl::MakeConstSpan(data, kChunkHeaderBytes)));
+    out.payload_checksum =
+        h.sealed ? h.payload_checksum : PayloadChecksum(h.checksum_type, out.pin.payload());
+    absl::MutexLock lock(&mu_);
+    Entry& e = entries_[id];
+    if (e.generation == generation) {
+      e.payload_checksum = out.payload_checksum;
+      e.checksum_known = true;
+    }
+  }
+  return out;
 }
 
 void DramTier::ReleasePin(uint64_t handle) {

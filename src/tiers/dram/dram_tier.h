@@ -110,6 +110,19 @@ class DramTier final : public StorageTier, public ChunkPin::Releaser {
   absl::StatusOr<ChunkPin> PinChunk(uint64_t namespace_id, const BlockKey& key,
                                     uint64_t layout_signature);
 
+  // A pin for another node's one-sided read of the encoded chunk, with the
+  // payload checksum the reader verifies the transferred bytes against.
+  struct TransferPin {
+    ChunkPin pin;
+    uint64_t payload_checksum = 0;  // of the header's checksum type
+  };
+  // Pins a resident chunk as PinChunk does and returns its payload checksum:
+  // the header's when the chunk is sealed, else computed on the first such
+  // pin and remembered with the entry until the chunk leaves DRAM, so a
+  // chunk read by other nodes many times is hashed here once. NotFound;
+  // DataLoss when the header is damaged.
+  absl::StatusOr<TransferPin> PinChunkForTransfer(uint64_t namespace_id, const BlockKey& key);
+
   // ---- in-place writes (kvtierd's local clients fill slots themselves) ----
 
   // A slot reserved for one chunk. The holder writes exactly `payload_bytes`
@@ -184,7 +197,9 @@ class DramTier final : public StorageTier, public ChunkPin::Releaser {
   struct Entry {
     ChunkMeta meta;
     State state = State::kFree;
-    uint32_t generation = 0;  // bumped on reuse; part of pin handles
+    uint32_t generation = 0;        // bumped on reuse; part of pin handles
+    bool checksum_known = false;    // payload_checksum is set (PinChunkForTransfer)
+    uint64_t payload_checksum = 0;  // remembered payload checksum of the resident chunk
     uint32_t pins = 0;
     uint32_t depth = 0;
     uint32_t slot_class = 0;

@@ -2,6 +2,7 @@
 // context and workers), a holder's Peer service on a loopback gRPC port, and
 // a reader that finds and pulls chunks. Runs over TCP and over shared memory.
 #include <cstdlib>
+#include <cstring>
 #include <memory>
 #include <string>
 #include <vector>
@@ -14,6 +15,7 @@
 #include "grpcpp/server_builder.h"
 #include "gtest/gtest.h"
 #include "src/core/embedded_cache.h"
+#include "src/server/wire.h"
 #include "src/transfer/peer_client.h"
 #include "src/transfer/peer_service.h"
 #include "src/transfer/remote_reader.h"
@@ -171,6 +173,143 @@ TEST_P(TransferTest, ReaderFindsAndPullsChunksByteIdentical) {
   EXPECT_THAT(text, HasSubstr("kvtier_remote_peer_info{node=\"node-a\""));
 }
 
+TEST_P(TransferTest, EngineGetManyReadsSeveralRangesTogether) {
+  auto a = Node::Start("a", 3);
+  auto b = Node::Start("b", 4);
+  std::byte* src = a->cache->dram().arena().base();
+  for (size_t i = 0; i < (1 << 20); ++i) src[i] = static_cast<std::byte>(i * 5 + 1);
+  auto peer = b->ucx->Connect(a->ucx->worker_addresses()[0], a->ucx->packed_rkey(),
+                              reinterpret_cast<uint64_t>(src), a->cache->dram().arena().size());
+  ASSERT_TRUE(peer.ok()) << peer.status();
+  std::byte* dst = b->cache->dram().arena().base();
+  std::vector<UcxEngine::GetOp> ops = {
+      {0, absl::MakeSpan(dst, 1 << 18), absl::OkStatus()},
+      {a->cache->dram().arena().size() - 10, absl::MakeSpan(dst + (1 << 18), 4096),
+       absl::OkStatus()},
+      {1 << 19, absl::MakeSpan(dst + (1 << 19), 1 << 18), absl::OkStatus()}};
+  EXPECT_THAT(b->ucx->GetMany(**peer, absl::MakeSpan(ops), absl::Now() + absl::Seconds(10)),
+              StatusIs(absl::StatusCode::kOutOfRange));
+  EXPECT_TRUE(ops[0].status.ok()) << ops[0].status;
+  EXPECT_THAT(ops[1].status, StatusIs(absl::StatusCode::kOutOfRange));
+  EXPECT_TRUE(ops[2].status.ok()) << ops[2].status;
+  EXPECT_EQ(std::memcmp(dst, src, 1 << 18), 0);
+  EXPECT_EQ(std::memcmp(dst + (1 << 19), src + (1 << 19), 1 << 18), 0);
+  const UcxStats st = b->ucx->Stats();
+  EXPECT_EQ(st.gets, 2u);
+  EXPECT_EQ(st.get_bytes, 2u << 18);
+}
+
+TEST_P(TransferTest, FetchManyPinsARunOnceAndReleasesIt) {
+  auto a = Node::Start("node-a", 41);
+  auto b = Node::Start("node-b", 42);
+  Namespace ns = *Namespace::Create(SmallModel());
+  std::vector<ChunkRef> refs = SaveChain(*a, ns, 8, 4);
+  PeerClients clients("");
+  StaticPeerSource source({a->address}, "node-b", &clients);
+  RemoteReaderOptions ro;
+  ro.node_id = "node-b";
+  ro.max_batch_chunks = 6;
+  auto reader = RemoteReader::Create(b->cache.get(), b->ucx.get(), &source, &clients, ro);
+  ASSERT_TRUE(reader.ok());
+  std::vector<BlockKey> keys = Namespace::Keys(refs);
+  ASSERT_EQ((*reader)->Locate(ns, keys, 0).size(), 8u);
+  // The first call takes max_batch_chunks keys, the second the rest.
+  std::vector<absl::Status> first = (*reader)->FetchMany(ns, keys);
+  ASSERT_EQ(first.size(), 6u);
+  std::vector<absl::Status> second = (*reader)->FetchMany(ns, absl::MakeConstSpan(keys).subspan(6));
+  ASSERT_EQ(second.size(), 2u);
+  for (const absl::Status& s : first) EXPECT_TRUE(s.ok()) << s;
+  for (const absl::Status& s : second) EXPECT_TRUE(s.ok()) << s;
+  for (size_t i = 0; i < refs.size(); ++i) {
+    std::vector<std::byte> out(ns.PayloadBytes(64));
+    ASSERT_TRUE(b->cache->Load(ns, keys[i], absl::MakeSpan(out)).ok()) << i;
+    EXPECT_EQ(out, KvFor(refs[i], out.size())) << i;
+  }
+  EXPECT_EQ(a->peer->Stats().pin_requests, 2u);
+  EXPECT_EQ(a->peer->Stats().pinned_chunks, 8u);
+  EXPECT_EQ(b->ucx->Stats().gets, 8u);
+  EXPECT_EQ((*reader)->Stats().fetches, 8u);
+  const absl::Time until = absl::Now() + absl::Seconds(5);
+  while (a->peer->Stats().leases_held > 0 && absl::Now() < until) {
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  EXPECT_EQ(a->peer->Stats().leases_held, 0u);
+  EXPECT_EQ(a->cache->Stats().tiers[0].pinned_chunks, 0u);
+  // A holder that lost a chunk of the run: the chunks after it are misses,
+  // the ones before it are read.
+  // (Removing a chunk removes its descendants too.)
+  for (const BlockKey& k : keys) (void)b->cache->Remove(ns, k);
+  for (const BlockKey& k : keys) ASSERT_FALSE(b->cache->Pin(ns, k).ok());
+  ASSERT_EQ((*reader)->Locate(ns, keys, 0).size(), 8u);
+  ASSERT_TRUE(a->cache->Remove(ns, keys[3]).ok());  // and its descendants
+  std::vector<absl::Status> partial = (*reader)->FetchMany(ns, keys);
+  ASSERT_EQ(partial.size(), 6u);
+  for (size_t i = 0; i < 3; ++i) EXPECT_TRUE(partial[i].ok()) << i << partial[i];
+  for (size_t i = 3; i < 6; ++i) {
+    EXPECT_THAT(partial[i], StatusIs(absl::StatusCode::kNotFound)) << i;
+    EXPECT_FALSE(b->cache->Pin(ns, keys[i]).ok()) << i;
+  }
+}
+
+TEST_P(TransferTest, OneReleaseCallDropsSeveralLeases) {
+  auto a = Node::Start("node-a", 61);
+  Namespace ns = *Namespace::Create(SmallModel());
+  std::vector<ChunkRef> refs = SaveChain(*a, ns, 2, 6);
+  PeerClients clients("");
+  std::vector<uint64_t> leases;
+  for (const ChunkRef& r : refs) {
+    grpc::ClientContext ctx;
+    clients.Prepare(ctx, absl::Now() + absl::Seconds(5));
+    v1::PinForReadRequest req;
+    req.set_namespace_id(ns.id());
+    req.add_keys(wire::KeyToBytes(r.key));
+    v1::PinForReadResponse resp;
+    ASSERT_TRUE(clients.Stub(a->address)->PinForRead(&ctx, req, &resp).ok());
+    ASSERT_EQ(resp.slots_size(), 1);
+    leases.push_back(resp.lease_id());
+  }
+  EXPECT_EQ(a->peer->Stats().leases_held, 2u);
+  EXPECT_EQ(a->peer->Stats().pin_requests, 2u);
+  grpc::ClientContext ctx;
+  clients.Prepare(ctx, absl::Now() + absl::Seconds(5));
+  v1::PeerReleaseRequest req;
+  req.set_lease_id(leases[0]);
+  req.add_lease_ids(leases[1]);
+  req.add_lease_ids(leases[1] + 1000);  // unknown: ignored
+  v1::PeerReleaseResponse resp;
+  ASSERT_TRUE(clients.Stub(a->address)->Release(&ctx, req, &resp).ok());
+  EXPECT_TRUE(resp.released());
+  EXPECT_EQ(resp.released_leases(), 2u);
+  EXPECT_EQ(a->peer->Stats().leases_held, 0u);
+  EXPECT_EQ(a->cache->Stats().tiers[0].pinned_chunks, 0u);
+}
+
+TEST_P(TransferTest, CorruptedHolderBytesAreAMissAndCounted) {
+  auto a = Node::Start("node-a", 51);
+  auto b = Node::Start("node-b", 52);
+  Namespace ns = *Namespace::Create(SmallModel());
+  std::vector<ChunkRef> refs = SaveChain(*a, ns, 2, 5);
+  PeerClients clients("");
+  StaticPeerSource source({a->address}, "node-b", &clients);
+  RemoteReaderOptions ro;
+  ro.node_id = "node-b";
+  auto reader = RemoteReader::Create(b->cache.get(), b->ucx.get(), &source, &clients, ro);
+  ASSERT_TRUE(reader.ok());
+  // A first read: the holder computes the checksum and remembers it.
+  ASSERT_TRUE((*reader)->Fetch(ns, refs[0].key).ok());
+  ASSERT_TRUE(b->cache->Remove(ns, refs[0].key).ok());
+  // One payload byte changes in the holder's memory afterwards.
+  {
+    absl::StatusOr<ChunkPin> pin = a->cache->dram().PinChunk(ns.id(), refs[0].key);
+    ASSERT_TRUE(pin.ok());
+    std::byte* p = const_cast<std::byte*>(pin->payload().data()) + 17;
+    *p = ~*p;
+  }
+  EXPECT_THAT((*reader)->Fetch(ns, refs[0].key), StatusIs(absl::StatusCode::kDataLoss));
+  EXPECT_EQ((*reader)->Stats().verify_failures, 1u);
+  EXPECT_FALSE(b->cache->Pin(ns, refs[0].key).ok());
+}
+
 TEST_P(TransferTest, MissesAndOtherNamespacesAreNotFound) {
   auto a = Node::Start("node-a", 21);
   auto b = Node::Start("node-b", 22);
@@ -305,6 +444,11 @@ TEST(UcxOptionsTest, ValidateNamesTheField) {
   o.progress_threads = 0;
   EXPECT_THAT(o.Validate(),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("ucx.progress_threads")));
+  o.progress_threads = 1;
+  o.busy_poll = -absl::Microseconds(1);
+  EXPECT_THAT(o.Validate(), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("busy_poll")));
+  o.busy_poll = absl::InfiniteDuration();
+  EXPECT_TRUE(o.Validate().ok());
   PeerServiceOptions p;
   EXPECT_THAT(p.Validate(), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("node_id")));
   RemoteReaderOptions r;
@@ -312,6 +456,10 @@ TEST(UcxOptionsTest, ValidateNamesTheField) {
   r.transfer_timeout = absl::ZeroDuration();
   EXPECT_THAT(r.Validate(),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("ucx.transfer_timeout_ms")));
+  r.transfer_timeout = absl::Seconds(1);
+  r.max_batch_chunks = 0;
+  EXPECT_THAT(r.Validate(),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("max_batch_chunks")));
 }
 
 INSTANTIATE_TEST_SUITE_P(Transports, TransferTest, ::testing::Values("tcp", "posix,cma"),
