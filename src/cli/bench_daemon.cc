@@ -115,25 +115,30 @@ std::unique_ptr<Client> NewClient(const ClientOptions& o) {
   return c.ok() ? std::move(*c) : nullptr;
 }
 
-// CPU seconds (user + system, all threads) a process has used so far; 0 when
-// /proc cannot tell.
-double CpuSeconds(pid_t pid) {
+// CPU seconds (user + system, all threads) and minor page faults a process
+// has had so far; zeros when /proc cannot tell.
+struct ProcUsage {
+  double cpu_seconds = 0;
+  double minor_faults = 0;
+};
+ProcUsage Usage(pid_t pid) {
   FILE* f = std::fopen(absl::StrCat("/proc/", pid, "/stat").c_str(), "r");
-  if (f == nullptr) return 0;
+  if (f == nullptr) return {};
   char buf[1024];
   const size_t n = std::fread(buf, 1, sizeof(buf) - 1, f);
   std::fclose(f);
   buf[n] = '\0';
   // Fields after the command name (which may hold spaces): state is field 3,
-  // utime and stime are fields 14 and 15.
+  // minflt is field 10, utime and stime are fields 14 and 15.
   const char* p = std::strrchr(buf, ')');
-  if (p == nullptr) return 0;
-  unsigned long long utime = 0, stime = 0;
-  if (std::sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &utime, &stime) !=
-      2) {
-    return 0;
+  if (p == nullptr) return {};
+  unsigned long long minflt = 0, utime = 0, stime = 0;
+  if (std::sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %llu %*u %*u %*u %llu %llu", &minflt, &utime,
+                  &stime) != 3) {
+    return {};
   }
-  return static_cast<double>(utime + stime) / static_cast<double>(sysconf(_SC_CLK_TCK));
+  return {static_cast<double>(utime + stime) / static_cast<double>(sysconf(_SC_CLK_TCK)),
+          static_cast<double>(minflt)};
 }
 
 struct Row {
@@ -141,6 +146,10 @@ struct Row {
   std::vector<double> kvtier, reference, ratio;  // per repetition
   // CPU nanoseconds per byte moved (this process + kvtierd + redis-server).
   std::vector<double> kvtier_cpu, reference_cpu;
+  // Minor page faults per MiB moved, of the client process and of the server
+  // (kvtierd for kvtier's side, redis-server for redis's; memcpy has none).
+  std::vector<double> kvtier_client_faults, kvtier_server_faults;
+  std::vector<double> reference_client_faults, reference_server_faults;
 };
 
 }  // namespace
@@ -405,14 +414,21 @@ int RunDaemonBench(Flags& flags) {
   // swing with other load, the CPU cost per byte much less.
   const pid_t pids[] = {getpid(), daemon->pid(), redis->pid()};
   double last_cpu_ns_per_byte = 0;
+  double last_faults_per_mib[3] = {0, 0, 0};  // per process of `pids`
   auto run = [&](auto fn) {
-    double cpu0 = 0;
-    for (pid_t p : pids) cpu0 -= CpuSeconds(p);
+    ProcUsage before[3];
+    for (int i = 0; i < 3; ++i) before[i] = Usage(pids[i]);
     const auto t0 = Clock::now();
     const double rate = MeasureThroughput(threads, seconds, op_bytes, fn);
     const double wall = std::chrono::duration<double>(Clock::now() - t0).count();
-    for (pid_t p : pids) cpu0 += CpuSeconds(p);
-    last_cpu_ns_per_byte = rate > 0 ? cpu0 * 1e9 / (rate * wall) : 0;
+    double cpu = 0;
+    const double mib = rate * wall / double(1 << 20);
+    for (int i = 0; i < 3; ++i) {
+      const ProcUsage after = Usage(pids[i]);
+      cpu += after.cpu_seconds - before[i].cpu_seconds;
+      last_faults_per_mib[i] = mib > 0 ? (after.minor_faults - before[i].minor_faults) / mib : 0;
+    }
+    last_cpu_ns_per_byte = rate > 0 ? cpu * 1e9 / (rate * wall) : 0;
     return rate;
   };
   // Warm-up: touch every page of every path once.
@@ -425,8 +441,12 @@ int RunDaemonBench(Flags& flags) {
     auto record_pair = [&](Row& row, auto kv_fn, auto ref_fn) {
       const double kv = kv_fn();
       row.kvtier_cpu.push_back(last_cpu_ns_per_byte);
+      row.kvtier_client_faults.push_back(last_faults_per_mib[0]);
+      row.kvtier_server_faults.push_back(last_faults_per_mib[1]);
       const double ref = ref_fn();
       row.reference_cpu.push_back(last_cpu_ns_per_byte);
+      row.reference_client_faults.push_back(last_faults_per_mib[0]);
+      row.reference_server_faults.push_back(last_faults_per_mib[2]);
       row.kvtier.push_back(kv);
       row.reference.push_back(ref);
       row.ratio.push_back(ref > 0 ? kv / ref : 0);
@@ -520,6 +540,10 @@ int RunDaemonBench(Flags& flags) {
                        .Set("reference_gbps", med(r.reference) / 1e9)
                        .Set("kvtier_cpu_ns_per_byte", med(r.kvtier_cpu))
                        .Set("reference_cpu_ns_per_byte", med(r.reference_cpu))
+                       .Set("kvtier_client_faults_per_mib", med(r.kvtier_client_faults))
+                       .Set("kvtier_server_faults_per_mib", med(r.kvtier_server_faults))
+                       .Set("reference_client_faults_per_mib", med(r.reference_client_faults))
+                       .Set("reference_server_faults_per_mib", med(r.reference_server_faults))
                        .Set("ratio", med(r.ratio)));
     }
     Json j = Json::Object();
@@ -550,17 +574,24 @@ int RunDaemonBench(Flags& flags) {
         "kvtier bench daemon: %s chunks, %d clients, %d chunks per request, %d reps of "
         "%.1f s (median)\n\n",
         HumanBytes(chunk).c_str(), threads, batch, reps, seconds);
-    Table t({"path", "kvtier", "reference", "ratio", "CPU ms/GB kvtier", "reference"});
+    Table t({"path", "kvtier", "reference", "ratio", "CPU ms/GB kvtier", "reference",
+             "faults/MiB kvtier", "reference"});
+    auto faults = [&](const std::vector<double>& client, const std::vector<double>& server) {
+      return absl::StrCat(Fixed(med(client), 0), " + ", Fixed(med(server), 0));
+    };
     for (const Row& r : rows) {
       if (r.ratio.empty()) continue;
       t.AddRow({r.what, HumanRate(med(r.kvtier)), HumanRate(med(r.reference)),
                 absl::StrCat(Fixed(med(r.ratio), 2), "x"), Fixed(med(r.kvtier_cpu) * 1e3, 0),
-                Fixed(med(r.reference_cpu) * 1e3, 0)});
+                Fixed(med(r.reference_cpu) * 1e3, 0),
+                faults(r.kvtier_client_faults, r.kvtier_server_faults),
+                faults(r.reference_client_faults, r.reference_server_faults)});
     }
     t.Print();
     std::printf(
         "(CPU ms/GB: CPU time of the client threads, kvtierd and redis-server together per "
-        "GB moved)\n");
+        "GB moved; faults/MiB: minor page faults per MiB moved, client process + server "
+        "(kvtierd or redis-server))\n");
     std::printf("\nLookup of a %d-chunk chain over the Unix socket (%zu cached)\n", chain, matched);
     Table l({"p50", "p99", "QPS (1 client)", absl::StrCat("QPS (", threads, " clients)")});
     l.AddRow({absl::StrCat(Fixed(Percentile(lat_us, 50), 1), " us"),
