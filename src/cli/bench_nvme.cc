@@ -243,7 +243,7 @@ struct Layout {
 
 NvmeTierOptions TierOptions(const std::string& dir, uint64_t payload, uint64_t slots, uint32_t qd,
                             uint64_t inflight, const std::string& io_mode, const Layout& layout,
-                            const std::string& durability) {
+                            const std::string& durability, bool stage_reads = true) {
   NvmeTierOptions o;
   o.path = dir;
   uint64_t max_chunk = payload + kChunkHeaderBytes;
@@ -257,6 +257,7 @@ NvmeTierOptions TierOptions(const std::string& dir, uint64_t payload, uint64_t s
   o.max_inflight_bytes = inflight;
   o.io_mode = io_mode;
   o.durability = durability;
+  o.stage_reads = stage_reads;
   return o;
 }
 
@@ -292,6 +293,7 @@ int RunNvmeBench(Flags& flags) {
   const std::string fio = flags.String("fio", "fio");
   const bool fio_dsync = !flags.Bool("no-dsync");
   const bool settle = !flags.Bool("no-settle");
+  const bool stage_reads = !flags.Bool("direct-reads");
   const uint64_t reopen_chunks = static_cast<uint64_t>(flags.Int("reopen-chunks", 100000));
   const uint64_t reopen_payload = flags.Bytes("reopen-payload", 4096 - kChunkHeaderBytes);
   if (absl::Status s = flags.Finish(); !s.ok()) {
@@ -351,7 +353,7 @@ int RunNvmeBench(Flags& flags) {
     std::error_code ec;
     std::filesystem::remove(absl::StrCat(tier_dir, "/", kNvmeVolumeFileName), ec);
     absl::StatusOr<std::unique_ptr<NvmeTier>> tier = NvmeTier::Create(
-        TierOptions(tier_dir, size, slots, qd, inflight, io_mode, layout, "process"));
+        TierOptions(tier_dir, size, slots, qd, inflight, io_mode, layout, "process", stage_reads));
     if (!tier.ok()) return fail("create", tier.status());
     std::string durability = "process";
     // Durability is not part of the volume: switching reopens it (from its
@@ -359,7 +361,8 @@ int RunNvmeBench(Flags& flags) {
     auto use = [&](const std::string& d) -> absl::Status {
       if (d == durability) return absl::OkStatus();
       KVTIER_RETURN_IF_ERROR((*tier)->Close());
-      tier = NvmeTier::Create(TierOptions(tier_dir, size, slots, qd, inflight, io_mode, layout, d));
+      tier = NvmeTier::Create(
+          TierOptions(tier_dir, size, slots, qd, inflight, io_mode, layout, d, stage_reads));
       KVTIER_RETURN_IF_ERROR(tier.status());
       durability = d;
       return absl::OkStatus();

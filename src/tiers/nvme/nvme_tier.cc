@@ -1465,8 +1465,9 @@ absl::Status NvmeTier::StartGet(uint64_t namespace_id, const BlockKey& key,
           absl::StrCat("out: ", out.size(), " bytes cannot hold the ", encoded, "-byte chunk"));
     }
     const uint64_t aligned = AlignUp(encoded, kSectorBytes);
-    const bool direct =
-        reinterpret_cast<uintptr_t>(out.data()) % kSectorBytes == 0 && out.size() >= aligned;
+    const bool direct = !options_.stage_reads &&
+                        reinterpret_cast<uintptr_t>(out.data()) % kSectorBytes == 0 &&
+                        out.size() >= aligned;
     if (!HasRoom(aligned, !direct)) {
       if (!wait_for_room) {
         ++busy_rejections_;
@@ -1493,8 +1494,10 @@ absl::Status NvmeTier::StartGet(uint64_t namespace_id, const BlockKey& key,
     op->out = out;
     op->budget_bytes = aligned;
     if (direct) {
+      ++direct_reads_;
       op->read_buf = out.data();
     } else {
+      ++staged_reads_;
       op->staged = true;
       op->staging_offset = *pool_->Allocate(aligned);
       op->staging_bytes = aligned;
@@ -1861,6 +1864,8 @@ NvmeTierStats NvmeTier::DetailedStats() const {
   absl::MutexLock lock(&mu_);
   d.inflight_bytes = inflight_bytes_;
   d.busy_rejections = busy_rejections_;
+  d.staged_reads = staged_reads_;
+  d.direct_reads = direct_reads_;
   d.write_errors = write_errors_;
   d.read_errors = read_errors_;
   d.flushes = flushes_;

@@ -15,22 +15,47 @@ absl::StatusOr<std::unique_ptr<StagingPool>> StagingPool::Create(uint64_t bytes)
     return absl::InvalidArgumentError(
         absl::StrCat("staging pool: ", bytes, " bytes is not a positive multiple of 4096"));
   }
-  void* p = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE,
-                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
-  if (p == MAP_FAILED) {
+  // The mapping starts on a huge-page boundary and is a whole number of huge
+  // pages, and the huge-page advice comes before any page is touched: memory
+  // faulted in before the advice stays in 4 KiB pages, which are scattered in
+  // physical memory, so a 1 MiB direct write from it needs 256 segments and
+  // the block layer splits it into several device requests.
+  const uint64_t mapped = (bytes + kHugePageBytes - 1) / kHugePageBytes * kHugePageBytes;
+  void* raw = ::mmap(nullptr, mapped + kHugePageBytes, PROT_READ | PROT_WRITE,
+                     MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (raw == MAP_FAILED) {
     absl::Status s = ErrnoToStatus(errno, absl::StrCat("mmap of a ", bytes, "-byte staging pool"));
     return absl::ResourceExhaustedError(s.message());
   }
-  ::madvise(p, bytes, MADV_HUGEPAGE);  // advisory; failure changes nothing
-  return std::unique_ptr<StagingPool>(new StagingPool(static_cast<std::byte*>(p), bytes));
+  const uintptr_t start = reinterpret_cast<uintptr_t>(raw);
+  const uintptr_t aligned = (start + kHugePageBytes - 1) / kHugePageBytes * kHugePageBytes;
+  if (aligned > start) ::munmap(raw, aligned - start);
+  const uintptr_t end = start + mapped + kHugePageBytes;
+  if (end > aligned + mapped) {
+    ::munmap(reinterpret_cast<void*>(aligned + mapped), end - (aligned + mapped));
+  }
+  void* p = reinterpret_cast<void*>(aligned);
+  ::madvise(p, mapped, MADV_HUGEPAGE);  // advisory; failure leaves 4 KiB pages
+  // Touch every page now (as MAP_POPULATE would have), so the memory is
+  // there before the first save.
+  if (::madvise(p, mapped, MADV_POPULATE_WRITE) != 0) {
+    if (errno == ENOMEM) {
+      ::munmap(p, mapped);
+      return absl::ResourceExhaustedError(
+          absl::StrCat("staging pool: cannot populate ", bytes, " bytes"));
+    }
+    // Older kernels lack MADV_POPULATE_WRITE: write one byte per page.
+    for (uint64_t off = 0; off < mapped; off += kAlignment) static_cast<volatile char*>(p)[off] = 0;
+  }
+  return std::unique_ptr<StagingPool>(new StagingPool(static_cast<std::byte*>(p), bytes, mapped));
 }
 
-StagingPool::StagingPool(std::byte* base, uint64_t size)
-    : base_(base), size_(size), free_bytes_(0) {
+StagingPool::StagingPool(std::byte* base, uint64_t size, uint64_t mapped)
+    : base_(base), size_(size), mapped_(mapped), free_bytes_(0) {
   Insert(0, size);
 }
 
-StagingPool::~StagingPool() { ::munmap(base_, size_); }
+StagingPool::~StagingPool() { ::munmap(base_, mapped_); }
 
 void StagingPool::Insert(uint64_t offset, uint64_t bytes) {
   free_.emplace(offset, bytes);

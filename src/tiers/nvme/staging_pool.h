@@ -20,9 +20,13 @@ namespace kvtier::nvme {
 class StagingPool {
  public:
   static constexpr uint64_t kAlignment = 4096;
+  // The mapping is aligned to and sized in units of this (x86-64's PMD size).
+  static constexpr uint64_t kHugePageBytes = 2ull << 20;
 
-  // Maps `bytes` (a positive multiple of 4096) of anonymous memory, touched
-  // up front. ResourceExhausted when the mapping fails.
+  // Maps `bytes` (a positive multiple of 4096) of anonymous memory, aligned
+  // to kHugePageBytes and advised to use transparent huge pages before it is
+  // touched up front (so direct I/O from one extent needs few physically
+  // contiguous segments). ResourceExhausted when the mapping fails.
   static absl::StatusOr<std::unique_ptr<StagingPool>> Create(uint64_t bytes);
   ~StagingPool();
   StagingPool(const StagingPool&) = delete;
@@ -41,12 +45,13 @@ class StagingPool {
   bool CanAllocate(uint64_t bytes) const;
 
  private:
-  StagingPool(std::byte* base, uint64_t size);
+  StagingPool(std::byte* base, uint64_t size, uint64_t mapped);
   void Insert(uint64_t offset, uint64_t bytes);
   void Erase(std::map<uint64_t, uint64_t>::iterator it);
 
   std::byte* base_;
   uint64_t size_;
+  uint64_t mapped_;  // bytes mapped at base_: size_ rounded up to kHugePageBytes
   uint64_t free_bytes_;
   std::map<uint64_t, uint64_t> free_;  // offset -> length
   std::multiset<uint64_t> lengths_;    // lengths of the free extents

@@ -281,5 +281,19 @@ TEST(NvmeStagingPool, AllocatesFirstFitAndCoalesces) {
   EXPECT_THAT(StagingPool::Create(1000), StatusIs(absl::StatusCode::kInvalidArgument));
 }
 
+// The pool starts on a huge-page boundary (so transparent huge pages can back
+// it from its first byte), whatever its size, and every byte is writable.
+TEST(NvmeStagingPool, StartsOnAHugePageBoundary) {
+  for (uint64_t bytes : {uint64_t{4096}, uint64_t{3} << 20, (uint64_t{4} << 20) + 8192}) {
+    ASSERT_OK_AND_ASSIGN(auto pool, StagingPool::Create(bytes));
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(pool->base()) % StagingPool::kHugePageBytes, 0u) << bytes;
+    EXPECT_EQ(pool->size(), bytes);
+    EXPECT_EQ(pool->free_bytes(), bytes);
+    std::memset(pool->base(), 0xa5, bytes);
+    EXPECT_EQ(pool->base()[bytes - 1], std::byte{0xa5});
+    EXPECT_FALSE(pool->CanAllocate(bytes + 4096));  // the rounding is not handed out
+  }
+}
+
 }  // namespace
 }  // namespace kvtier::nvme

@@ -317,8 +317,8 @@ TEST_P(NvmeRoundTrip, PutGetByteIdentical) {
   for (const TestChunk& c : chunks) {
     ASSERT_TRUE(tier->Contains(kNs, c.meta.key));
     ExpectStored(*tier, c);
-    // An aligned buffer large enough is filled without the staging copy; an
-    // unaligned one through it.
+    // Aligned and unaligned buffers alike are read through the staging
+    // memory (stage_reads, the default; direct reads are tested below).
     ASSERT_OK_AND_ASSIGN(NvmeChunkInfo info, tier->Describe(kNs, c.meta.key));
     EXPECT_EQ(info.encoded_bytes, c.encoded.size());
     AlignedBuffer aligned(info.direct_bytes);
@@ -338,6 +338,8 @@ TEST_P(NvmeRoundTrip, PutGetByteIdentical) {
   EXPECT_EQ(s.bytes_written, 3 * payload);
   EXPECT_EQ(s.corrupt_chunks, 0u);
   NvmeTierStats d = tier->DetailedStats();
+  EXPECT_EQ(d.staged_reads, 9u);
+  EXPECT_EQ(d.direct_reads, 0u);
   EXPECT_EQ(d.io_mode, "direct");
   EXPECT_EQ(d.open_source, "new");
   EXPECT_EQ(d.durability, durability);
@@ -587,6 +589,44 @@ TEST(NvmeTier, RemoveIsDurable) {
   ASSERT_OK_AND_ASSIGN(auto tier, NvmeTier::Create(o));
   EXPECT_FALSE(tier->Contains(kNs, Key(1)));
   ExpectStored(*tier, b);
+}
+
+TEST(NvmeTier, DirectReadsFillAnAlignedBufferAndStillCatchDamage) {
+  TempDir dir;
+  NvmeTierOptions o = Options(dir.path(), {Class(k256K, 4)});
+  o.stage_reads = false;
+  o.write_snapshot = false;
+  std::vector<TestChunk> chunks;
+  {
+    ASSERT_OK_AND_ASSIGN(auto tier, NvmeTier::Create(o));
+    for (uint64_t i = 0; i < 2; ++i) {
+      chunks.push_back(MakeChunk(Key(i + 1), k256K));
+      ASSERT_OK(tier->Put(chunks.back().meta, chunks.back().encoded));
+    }
+  }
+  // One payload byte of chunk 1 flipped on disk.
+  nvme::VolumeGeometry g;
+  std::optional<uint32_t> slot = SlotOf(dir.volume(), chunks[1].meta.key, &g);
+  ASSERT_TRUE(slot.has_value());
+  FlipByte(dir.volume(), g.SlotOffset(*slot) + 4096 + 64 + 1000);
+  ASSERT_OK_AND_ASSIGN(auto tier, NvmeTier::Create(o));
+  ASSERT_OK_AND_ASSIGN(NvmeChunkInfo info, tier->Describe(kNs, chunks[0].meta.key));
+  AlignedBuffer aligned(info.direct_bytes);
+  ASSERT_OK_AND_ASSIGN(size_t n, tier->GetAsync(kNs, chunks[0].meta.key, aligned.span()).get());
+  ASSERT_EQ(n, chunks[0].encoded.size());
+  EXPECT_EQ(std::memcmp(aligned.data(), chunks[0].encoded.data(), n), 0);
+  EXPECT_THAT(tier->GetAsync(kNs, chunks[1].meta.key, aligned.span()).get(),
+              StatusIs(absl::StatusCode::kDataLoss, HasSubstr("checksum")));
+  EXPECT_FALSE(tier->Contains(kNs, chunks[1].meta.key));
+  // An unaligned buffer still goes through the staging memory.
+  AlignedBuffer unaligned(info.direct_bytes + 4096);
+  absl::Span<std::byte> shifted = unaligned.span().subspan(8, chunks[0].encoded.size());
+  ASSERT_OK_AND_ASSIGN(n, tier->GetAsync(kNs, chunks[0].meta.key, shifted).get());
+  EXPECT_EQ(std::memcmp(shifted.data(), chunks[0].encoded.data(), n), 0);
+  NvmeTierStats d = tier->DetailedStats();
+  EXPECT_EQ(d.direct_reads, 2u);
+  EXPECT_EQ(d.staged_reads, 1u);
+  EXPECT_EQ(tier->Stats().corrupt_chunks, 1u);
 }
 
 // ---- integrity -------------------------------------------------------------------
