@@ -102,6 +102,20 @@ class TransferTest : public ::testing::TestWithParam<const char*> {
   }
 };
 
+// Node B's remote reader (node id "node-b") over `source`, or null after a
+// test failure naming the error.
+std::unique_ptr<RemoteReader> ReaderOf(Node& b, HolderSource* source, PeerClients* clients,
+                                       RemoteReaderOptions ro = {}) {
+  ro.node_id = "node-b";
+  absl::StatusOr<std::unique_ptr<RemoteReader>> r =
+      RemoteReader::Create(b.cache.get(), b.ucx.get(), source, clients, ro);
+  if (!r.ok()) {
+    ADD_FAILURE() << r.status();
+    return nullptr;
+  }
+  return *std::move(r);
+}
+
 TEST_P(TransferTest, EngineGetsBytesOutOfAnotherEnginesArena) {
   auto a = Node::Start("a", 1);
   auto b = Node::Start("b", 2);
@@ -133,31 +147,29 @@ TEST_P(TransferTest, ReaderFindsAndPullsChunksByteIdentical) {
 
   PeerClients clients("");
   StaticPeerSource source({a->address}, "node-b", &clients);
-  RemoteReaderOptions ro;
-  ro.node_id = "node-b";
-  auto reader = RemoteReader::Create(b->cache.get(), b->ucx.get(), &source, &clients, ro);
-  ASSERT_TRUE(reader.ok());
+  auto reader = ReaderOf(*b, &source, &clients);
+  ASSERT_NE(reader, nullptr);
 
   std::vector<BlockKey> keys = Namespace::Keys(refs);
   // B holds the first two chunks itself; the rest are on A.
   for (size_t i = 0; i < 2; ++i) {
     ASSERT_TRUE(b->cache->Save(ns, refs[i], KvFor(refs[i], ns.PayloadBytes(64))).ok());
   }
-  std::vector<ChunkLocation> locs = (*reader)->Locate(ns, keys, 2);
+  std::vector<ChunkLocation> locs = reader->Locate(ns, keys, 2);
   ASSERT_EQ(locs.size(), 4u);
   for (const ChunkLocation& l : locs) {
     EXPECT_EQ(l.tier, Tier::kRemote);
     EXPECT_EQ(l.holder, "node-a");
   }
   for (size_t i = 2; i < refs.size(); ++i) {
-    ASSERT_TRUE((*reader)->Fetch(ns, keys[i]).ok()) << i;
+    ASSERT_TRUE(reader->Fetch(ns, keys[i]).ok()) << i;
     std::vector<std::byte> out(ns.PayloadBytes(64));
     ASSERT_TRUE(b->cache->Load(ns, keys[i], absl::MakeSpan(out)).ok());
     EXPECT_EQ(out, KvFor(refs[i], out.size())) << i;
   }
   // Now local: a second Fetch is a no-op, and the holder released its pins.
-  EXPECT_TRUE((*reader)->Fetch(ns, keys[3]).ok());
-  const RemoteReaderStats rs = (*reader)->Stats();
+  EXPECT_TRUE(reader->Fetch(ns, keys[3]).ok());
+  const RemoteReaderStats rs = reader->Stats();
   EXPECT_EQ(rs.fetches, 4u);
   EXPECT_EQ(rs.hellos, 1u);
   ASSERT_EQ(rs.peers.size(), 1u);
@@ -207,16 +219,15 @@ TEST_P(TransferTest, FetchManyPinsARunOnceAndReleasesIt) {
   PeerClients clients("");
   StaticPeerSource source({a->address}, "node-b", &clients);
   RemoteReaderOptions ro;
-  ro.node_id = "node-b";
   ro.max_batch_chunks = 6;
-  auto reader = RemoteReader::Create(b->cache.get(), b->ucx.get(), &source, &clients, ro);
-  ASSERT_TRUE(reader.ok());
+  auto reader = ReaderOf(*b, &source, &clients, ro);
+  ASSERT_NE(reader, nullptr);
   std::vector<BlockKey> keys = Namespace::Keys(refs);
-  ASSERT_EQ((*reader)->Locate(ns, keys, 0).size(), 8u);
+  ASSERT_EQ(reader->Locate(ns, keys, 0).size(), 8u);
   // The first call takes max_batch_chunks keys, the second the rest.
-  std::vector<absl::Status> first = (*reader)->FetchMany(ns, keys);
+  std::vector<absl::Status> first = reader->FetchMany(ns, keys);
   ASSERT_EQ(first.size(), 6u);
-  std::vector<absl::Status> second = (*reader)->FetchMany(ns, absl::MakeConstSpan(keys).subspan(6));
+  std::vector<absl::Status> second = reader->FetchMany(ns, absl::MakeConstSpan(keys).subspan(6));
   ASSERT_EQ(second.size(), 2u);
   for (const absl::Status& s : first) EXPECT_TRUE(s.ok()) << s;
   for (const absl::Status& s : second) EXPECT_TRUE(s.ok()) << s;
@@ -228,7 +239,7 @@ TEST_P(TransferTest, FetchManyPinsARunOnceAndReleasesIt) {
   EXPECT_EQ(a->peer->Stats().pin_requests, 2u);
   EXPECT_EQ(a->peer->Stats().pinned_chunks, 8u);
   EXPECT_EQ(b->ucx->Stats().gets, 8u);
-  EXPECT_EQ((*reader)->Stats().fetches, 8u);
+  EXPECT_EQ(reader->Stats().fetches, 8u);
   const absl::Time until = absl::Now() + absl::Seconds(5);
   while (a->peer->Stats().leases_held > 0 && absl::Now() < until) {
     absl::SleepFor(absl::Milliseconds(10));
@@ -240,9 +251,9 @@ TEST_P(TransferTest, FetchManyPinsARunOnceAndReleasesIt) {
   // (Removing a chunk removes its descendants too.)
   for (const BlockKey& k : keys) (void)b->cache->Remove(ns, k);
   for (const BlockKey& k : keys) ASSERT_FALSE(b->cache->Pin(ns, k).ok());
-  ASSERT_EQ((*reader)->Locate(ns, keys, 0).size(), 8u);
+  ASSERT_EQ(reader->Locate(ns, keys, 0).size(), 8u);
   ASSERT_TRUE(a->cache->Remove(ns, keys[3]).ok());  // and its descendants
-  std::vector<absl::Status> partial = (*reader)->FetchMany(ns, keys);
+  std::vector<absl::Status> partial = reader->FetchMany(ns, keys);
   ASSERT_EQ(partial.size(), 6u);
   for (size_t i = 0; i < 3; ++i) EXPECT_TRUE(partial[i].ok()) << i << partial[i];
   for (size_t i = 3; i < 6; ++i) {
@@ -291,12 +302,10 @@ TEST_P(TransferTest, CorruptedHolderBytesAreAMissAndCounted) {
   std::vector<ChunkRef> refs = SaveChain(*a, ns, 2, 5);
   PeerClients clients("");
   StaticPeerSource source({a->address}, "node-b", &clients);
-  RemoteReaderOptions ro;
-  ro.node_id = "node-b";
-  auto reader = RemoteReader::Create(b->cache.get(), b->ucx.get(), &source, &clients, ro);
-  ASSERT_TRUE(reader.ok());
+  auto reader = ReaderOf(*b, &source, &clients);
+  ASSERT_NE(reader, nullptr);
   // A first read: the holder computes the checksum and remembers it.
-  ASSERT_TRUE((*reader)->Fetch(ns, refs[0].key).ok());
+  ASSERT_TRUE(reader->Fetch(ns, refs[0].key).ok());
   ASSERT_TRUE(b->cache->Remove(ns, refs[0].key).ok());
   // One payload byte changes in the holder's memory afterwards.
   {
@@ -305,8 +314,8 @@ TEST_P(TransferTest, CorruptedHolderBytesAreAMissAndCounted) {
     std::byte* p = const_cast<std::byte*>(pin->payload().data()) + 17;
     *p = ~*p;
   }
-  EXPECT_THAT((*reader)->Fetch(ns, refs[0].key), StatusIs(absl::StatusCode::kDataLoss));
-  EXPECT_EQ((*reader)->Stats().verify_failures, 1u);
+  EXPECT_THAT(reader->Fetch(ns, refs[0].key), StatusIs(absl::StatusCode::kDataLoss));
+  EXPECT_EQ(reader->Stats().verify_failures, 1u);
   EXPECT_FALSE(b->cache->Pin(ns, refs[0].key).ok());
 }
 
@@ -318,18 +327,16 @@ TEST_P(TransferTest, MissesAndOtherNamespacesAreNotFound) {
   std::vector<ChunkRef> refs = SaveChain(*a, ns, 2, 2);
   PeerClients clients("");
   StaticPeerSource source({a->address}, "node-b", &clients);
-  RemoteReaderOptions ro;
-  ro.node_id = "node-b";
-  auto reader = RemoteReader::Create(b->cache.get(), b->ucx.get(), &source, &clients, ro);
-  ASSERT_TRUE(reader.ok());
-  EXPECT_THAT((*reader)->Fetch(other, refs[0].key), StatusIs(absl::StatusCode::kNotFound));
-  EXPECT_TRUE((*reader)->Locate(other, Namespace::Keys(refs), 0).empty());
+  auto reader = ReaderOf(*b, &source, &clients);
+  ASSERT_NE(reader, nullptr);
+  EXPECT_THAT(reader->Fetch(other, refs[0].key), StatusIs(absl::StatusCode::kNotFound));
+  EXPECT_TRUE(reader->Locate(other, Namespace::Keys(refs), 0).empty());
   BlockKey absent{123, 456};
-  EXPECT_THAT((*reader)->Fetch(ns, absent), StatusIs(absl::StatusCode::kNotFound));
+  EXPECT_THAT(reader->Fetch(ns, absent), StatusIs(absl::StatusCode::kNotFound));
   // A holder that lost the chunk after Lookup: the hint leads to a miss.
-  ASSERT_EQ((*reader)->Locate(ns, Namespace::Keys(refs), 0).size(), 2u);
+  ASSERT_EQ(reader->Locate(ns, Namespace::Keys(refs), 0).size(), 2u);
   ASSERT_TRUE(a->cache->Remove(ns, refs[1].key).ok());
-  EXPECT_THAT((*reader)->Fetch(ns, refs[1].key), StatusIs(absl::StatusCode::kNotFound));
+  EXPECT_THAT(reader->Fetch(ns, refs[1].key), StatusIs(absl::StatusCode::kNotFound));
   EXPECT_FALSE(b->cache->Pin(ns, refs[1].key).ok());
 }
 
@@ -378,20 +385,18 @@ TEST_P(TransferTest, RestartedHolderIsGreetedAgain) {
   std::vector<ChunkRef> refs = SaveChain(*a, ns, 2, 5);
   PeerClients clients("");
   StaticPeerSource source({a->address}, "node-b", &clients);
-  RemoteReaderOptions ro;
-  ro.node_id = "node-b";
-  auto reader = RemoteReader::Create(b->cache.get(), b->ucx.get(), &source, &clients, ro);
-  ASSERT_TRUE(reader.ok());
-  ASSERT_TRUE((*reader)->Fetch(ns, refs[0].key).ok());
+  auto reader = ReaderOf(*b, &source, &clients);
+  ASSERT_NE(reader, nullptr);
+  ASSERT_TRUE(reader->Fetch(ns, refs[0].key).ok());
   // The holder goes away and a new one (new arena, new keys, new boot id)
   // answers at another address; the reader's old endpoint is useless.
   a.reset();
   auto a2 = Node::Start("node-a", 53);
   SaveChain(*a2, ns, 2, 5);
   StaticPeerSource source2({a2->address}, "node-b", &clients);
-  auto reader2 = RemoteReader::Create(b->cache.get(), b->ucx.get(), &source2, &clients, ro);
-  ASSERT_TRUE(reader2.ok());
-  ASSERT_TRUE((*reader2)->Fetch(ns, refs[1].key).ok());
+  auto reader2 = ReaderOf(*b, &source2, &clients);
+  ASSERT_NE(reader2, nullptr);
+  ASSERT_TRUE(reader2->Fetch(ns, refs[1].key).ok());
   std::vector<std::byte> out(ns.PayloadBytes(64));
   ASSERT_TRUE(b->cache->Load(ns, refs[1].key, absl::MakeSpan(out)).ok());
   EXPECT_EQ(out, KvFor(refs[1], out.size()));
@@ -405,10 +410,9 @@ TEST_P(TransferTest, PeerUpFollowsTheLastContact) {
   PeerClients clients("");
   StaticPeerSource source({a->address}, "node-b", &clients);
   RemoteReaderOptions ro;
-  ro.node_id = "node-b";
   ro.transfer_timeout = absl::Seconds(2);
-  auto reader = RemoteReader::Create(b->cache.get(), b->ucx.get(), &source, &clients, ro);
-  ASSERT_TRUE(reader.ok());
+  auto reader = ReaderOf(*b, &source, &clients, ro);
+  ASSERT_NE(reader, nullptr);
   EXPECT_TRUE(clients.Health().empty());
   const std::string series = absl::StrCat("kvtier_peer_up{peer=\"", a->address, "\"} ");
   // No peer contacted yet: the family is there, without series.
@@ -417,20 +421,20 @@ TEST_P(TransferTest, PeerUpFollowsTheLastContact) {
   EXPECT_THAT(text, HasSubstr("# TYPE kvtier_peer_up gauge"));
   EXPECT_THAT(text, Not(HasSubstr("kvtier_peer_up{")));
 
-  ASSERT_TRUE((*reader)->Fetch(ns, refs[0].key).ok());
+  ASSERT_TRUE(reader->Fetch(ns, refs[0].key).ok());
   std::vector<PeerHealth> h = clients.Health();
   ASSERT_EQ(h.size(), 1u);
   EXPECT_EQ(h[0].address, a->address);
   EXPECT_EQ(h[0].node_id, "node-a");
   EXPECT_TRUE(h[0].up);
-  EXPECT_EQ(h[0].bytes_read, (*reader)->Stats().fetched_bytes);
+  EXPECT_EQ(h[0].bytes_read, reader->Stats().fetched_bytes);
   EXPECT_GT(h[0].bytes_read, 0u);
   text = RenderTransferMetrics(b->ucx->Stats(), b->peer->Stats(), nullptr, h);
   EXPECT_THAT(text, HasSubstr(series + "1\n"));
 
   // The holder dies: the next contact fails and the peer is down.
   a.reset();
-  EXPECT_FALSE((*reader)->Fetch(ns, refs[1].key).ok());
+  EXPECT_FALSE(reader->Fetch(ns, refs[1].key).ok());
   h = clients.Health();
   ASSERT_EQ(h.size(), 1u);
   EXPECT_FALSE(h[0].up);
