@@ -183,6 +183,11 @@ grpc::Status SerializeFrame(const SaveFrame& frame, grpc::ByteBuffer* out) {
 grpc::Status DeserializeFrame(grpc::ByteBuffer* in, LoadFrame* frame) {
   frame->Clear();
   Reader r(in);
+  // The deserializer owns `in`: gRPC releases it after this call without
+  // destroying it. The reader (and, for the payload, the frame) hold their
+  // own references to its slices, so the buffer goes now; kept, every
+  // received byte would stay allocated.
+  in->Clear();
   if (!r.ok()) return Malformed("LoadResponse");
   std::string bytes;
   while (!r.AtEnd()) {
@@ -210,6 +215,11 @@ grpc::Status DeserializeFrame(grpc::ByteBuffer* in, LoadFrame* frame) {
 grpc::Status DeserializeFrame(grpc::ByteBuffer* in, SaveFrame* frame) {
   frame->Clear();
   Reader r(in);
+  // The deserializer owns `in`: gRPC releases it after this call without
+  // destroying it. The reader (and, for the payload, the frame) hold their
+  // own references to its slices, so the buffer goes now; kept, every
+  // received byte would stay allocated.
+  in->Clear();
   if (!r.ok()) return Malformed("SaveRequest");
   std::string bytes;
   while (!r.AtEnd()) {

@@ -126,5 +126,42 @@ TEST(Frames, MalformedBytesAreRejected) {
   EXPECT_FALSE(DeserializeFrame(&bad, &l).ok());
 }
 
+// Bytes in a slice that counts its destruction.
+struct CountedBytes {
+  std::string bytes;
+  int* freed;
+};
+void FreeCounted(void* p) {
+  auto* b = static_cast<CountedBytes*>(p);
+  ++*b->freed;
+  delete b;
+}
+
+// gRPC releases the buffer it hands to Deserialize without destroying it,
+// so the deserializer must; the payload then lives exactly as long as the
+// frame that references it.
+template <typename Frame, typename Message>
+void ExpectDeserializeReleasesTheBuffer() {
+  Message m;
+  m.set_data(std::string(70000, 'd'));
+  int freed = 0;
+  auto* box = new CountedBytes{m.SerializeAsString(), &freed};
+  grpc::Slice slice(box->bytes.data(), box->bytes.size(), FreeCounted, box);
+  grpc::ByteBuffer bb(&slice, 1);
+  slice = grpc::Slice();  // only the buffer references the bytes now
+  Frame f;
+  ASSERT_TRUE(grpc::SerializationTraits<Frame>::Deserialize(&bb, &f).ok());
+  EXPECT_FALSE(bb.Valid());
+  EXPECT_EQ(f.received.size(), 70000u);
+  EXPECT_EQ(freed, 0);  // the frame still holds the payload
+  f.Clear();
+  EXPECT_EQ(freed, 1);
+}
+
+TEST(Frames, DeserializeReleasesTheReceivedBuffer) {
+  ExpectDeserializeReleasesTheBuffer<SaveFrame, v1::SaveRequest>();
+  ExpectDeserializeReleasesTheBuffer<LoadFrame, v1::LoadResponse>();
+}
+
 }  // namespace
 }  // namespace kvtier::wire
