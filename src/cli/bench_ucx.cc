@@ -162,7 +162,9 @@ int RunUcxBench(Flags& flags) {
     double perftest;  // median bytes/s
     double ratio;     // median of per-repetition ratios
     // How kvtier's reads ran: "mapped-shm" (the holder's arena is UCX shared
-    // memory mapped here), "one-sided" or "am-emulated".
+    // memory mapped here: copied and checked in one pass; "mapped-shm-get"
+    // with --reader-direct false: UCX gets out of it, then the check),
+    // "one-sided" or "am-emulated".
     std::string get = "unknown";
   };
   std::vector<Row> rows;
@@ -319,7 +321,10 @@ int RunUcxBench(Flags& flags) {
       const bool emulated = absl::StrContains(lanes, "am-emulated");
       const bool mapped = absl::StrContains(lanes, "mapped-shm");
       for (Row& r : rows) {
-        if (r.tls == tls) r.get = emulated ? "am-emulated" : mapped ? "mapped-shm" : "one-sided";
+        if (r.tls != tls) continue;
+        r.get = emulated ? "am-emulated"
+                : mapped ? (direct_reads ? "mapped-shm" : "mapped-shm-get")
+                         : "one-sided";
       }
       if (mapped) {
         // docs/transfer.md ("Shared memory") has the evidence.
