@@ -59,6 +59,23 @@ uint64_t CopyWithChecksum(ChecksumType type, absl::Span<const std::byte> src, st
   return XXH3_64bits_digest(&state);
 }
 
+std::optional<uint64_t> CopyChunkWithPayloadChecksum(absl::Span<const std::byte> src,
+                                                     std::byte* dst) {
+  if (src.size() < kChunkHeaderBytes) {
+    std::memcpy(dst, src.data(), src.size());
+    return std::nullopt;
+  }
+  std::memcpy(dst, src.data(), kChunkHeaderBytes);
+  const uint8_t type = LoadLE<uint8_t>(dst + 6);
+  const absl::Span<const std::byte> payload = src.subspan(kChunkHeaderBytes);
+  if (type != static_cast<uint8_t>(ChecksumType::kXxh3_64) &&
+      type != static_cast<uint8_t>(ChecksumType::kCrc32c)) {
+    std::memcpy(dst + kChunkHeaderBytes, payload.data(), payload.size());
+    return std::nullopt;
+  }
+  return CopyWithChecksum(static_cast<ChecksumType>(type), payload, dst + kChunkHeaderBytes);
+}
+
 void EncodeChunkHeader(const ChunkHeader& h, std::byte* dst) {
   std::memset(dst, 0, kChunkHeaderBytes);
   StoreLE<uint32_t>(dst + 0, kChunkMagic);

@@ -34,6 +34,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
@@ -69,6 +70,15 @@ uint64_t PayloadChecksum(ChecksumType type, absl::Span<const std::byte> payload)
 // of the bytes, computed in cache-sized pieces right after each is copied so
 // the data is read from memory once.
 uint64_t CopyWithChecksum(ChecksumType type, absl::Span<const std::byte> src, std::byte* dst);
+
+// Copies an encoded chunk (header, then payload up to src.size()) to `dst`
+// and returns the checksum of the copied payload bytes [64, src.size()) under
+// the checksum type named by the copied header, taken while copying as
+// CopyWithChecksum does. nullopt (the bytes still copied) when src is shorter
+// than a header or the type byte names no known type. The header itself is
+// not checked: DecodeChunk does that.
+std::optional<uint64_t> CopyChunkWithPayloadChecksum(absl::Span<const std::byte> src,
+                                                     std::byte* dst);
 
 // Writes the 64 header bytes to `dst` (header.payload_checksum as given).
 void EncodeChunkHeader(const ChunkHeader& header, std::byte* dst);

@@ -218,6 +218,7 @@ absl::StatusOr<std::unique_ptr<EmbeddedCache>> EmbeddedCache::Create(
   std::unique_ptr<EmbeddedCache> cache(new EmbeddedCache(options));
   cache->event_sink_ = seams.event_sink;
   DramTierOptions dram = ToDramOptions(options);
+  dram.arena.allocator = seams.arena_allocator;
   if (options.nvme.enabled()) KVTIER_RETURN_IF_ERROR(cache->OpenNvme(seams));
   if (options.blob.enabled()) {
     KVTIER_ASSIGN_OR_RETURN(cache->blob_, BlobTier::Create(options.blob, seams.blob_log));

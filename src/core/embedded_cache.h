@@ -69,6 +69,9 @@ struct EmbeddedCacheSeams {
   CacheEventSink* event_sink = nullptr;
   // Where the Blob tier's log lines go; empty means stderr.
   BlobLogFn blob_log;
+  // Allocates the DRAM arena when huge pages are not in use (ArenaOptions::
+  // allocator); empty means a memfd.
+  ArenaAllocator arena_allocator;
 };
 
 class EmbeddedCache final : public Cache {

@@ -89,6 +89,14 @@ absl::Status Daemon::Init(std::string version) {
     seams.event_sink = publisher_.get();
   }
   seams.blob_log = [log = log_](const std::string& line) { log->Warn(line); };
+  if (config_.ucx.enabled) {
+    // UCX starts first so that it can allocate the arena (shared memory that
+    // readers on this host map and read one-sided; a memfd otherwise).
+    KVTIER_RETURN_IF_ERROR(CreateUcxEngine());
+    seams.arena_allocator = [engine = ucx_.get()](uint64_t bytes) {
+      return engine->AllocateArena(bytes);
+    };
+  }
   absl::StatusOr<std::unique_ptr<EmbeddedCache>> cache = EmbeddedCache::Create(config_.dram, seams);
   if (!cache.ok()) {
     return absl::Status(cache.status().code(), absl::StrCat("cache: ", cache.status().message()));
@@ -267,8 +275,7 @@ absl::Status Daemon::StartCluster() {
   return absl::OkStatus();
 }
 
-absl::Status Daemon::StartTransfer() {
-  if (!config_.ucx.enabled) return absl::OkStatus();
+absl::Status Daemon::CreateUcxEngine() {
   transfer::UcxOptions uo;
   uo.progress_threads = config_.ucx.progress_threads;
   absl::StatusOr<std::unique_ptr<transfer::UcxEngine>> engine = transfer::UcxEngine::Create(uo);
@@ -276,8 +283,19 @@ absl::Status Daemon::StartTransfer() {
     return absl::Status(engine.status().code(), absl::StrCat("ucx: ", engine.status().message()));
   }
   ucx_ = std::move(*engine);
+  return absl::OkStatus();
+}
+
+absl::Status Daemon::StartTransfer() {
+  if (!config_.ucx.enabled) return absl::OkStatus();
+  if (ucx_ == nullptr) KVTIER_RETURN_IF_ERROR(CreateUcxEngine());
   const Arena& arena = cache_->dram().arena();
+  // A no-op when UCX allocated the arena; else the memfd is registered.
   KVTIER_RETURN_IF_ERROR(ucx_->MapArena(arena.base(), arena.size()));
+  log_->Info("dram arena for node-to-node transfer",
+             {{"memory", arena.source()},
+              {"ucx", ucx_->Stats().arena},
+              {"not_ucx_because", arena.allocator_skipped()}});
   uint64_t boot_id = 0;
   while (boot_id == 0) {
     if (getrandom(&boot_id, sizeof(boot_id), 0) != sizeof(boot_id)) boot_id = 0;

@@ -94,6 +94,8 @@ class Daemon {
   absl::Notification stop_reaper_;
   // Node-to-node transfer (ucx.enabled); torn down before the cache.
   absl::Status StartTransfer();
+  // Creates ucx_ (config_.ucx).
+  absl::Status CreateUcxEngine();
   void StopTransfer();
   std::unique_ptr<transfer::UcxEngine> ucx_;
   std::unique_ptr<transfer::PeerService> peer_service_;

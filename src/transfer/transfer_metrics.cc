@@ -38,6 +38,15 @@ std::string RenderTransferMetrics(const UcxStats& ucx, const PeerServiceStats& h
          ucx.connects);
   Metric(out, "kvtier_ucx_peer_failures_total", "counter", "UCX endpoints that reported an error.",
          ucx.peer_failures);
+  Metric(out, "kvtier_ucx_direct_reads_total", "counter",
+         "Of the gets: copies out of a peer's arena mapped in this process (UCX shared memory).",
+         ucx.direct_reads);
+  absl::StrAppend(&out,
+                  "# HELP kvtier_ucx_arena_info How other nodes reach this node's DRAM arena: "
+                  "memory=\"allocated\" (UCX shared memory: one-sided on this host too) or "
+                  "\"registered\" (a memfd registered with UCX).\n"
+                  "# TYPE kvtier_ucx_arena_info gauge\nkvtier_ucx_arena_info{memory=\"",
+                  Label(ucx.arena), "\"} 1\n");
   Metric(out, "kvtier_peer_pin_requests_total", "counter",
          "PinForRead calls from other nodes that pinned at least one chunk.", holder.pin_requests);
   Metric(out, "kvtier_peer_pinned_chunks_total", "counter", "Chunks pinned for other nodes' reads.",

@@ -1,16 +1,23 @@
 #include "src/transfer/ucx_engine.h"
 
+#include <dirent.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <stdio.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <set>
 #include <sstream>
 #include <utility>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
@@ -53,7 +60,7 @@ void OnGetDone(void* request, ucs_status_t status, void* user_data) {
 // "rma_bw=rc_mlx5/mlx5_0:1 am=rc_mlx5/mlx5_0:1" or "rma=am-emulated am=tcp/lo"
 // from ucp_ep_print_info's lane lines, which look like
 // "#   lane[0]:  1:tcp/lo.0 md[0] -> md[0]/tcp/sysdev[255] am am_bw#0 keepalive wireup".
-std::string LaneTransports(ucp_ep_h ep) {
+std::string LaneTransports(ucp_ep_h ep, bool mapped) {
   char* buf = nullptr;
   size_t len = 0;
   FILE* f = open_memstream(&buf, &len);
@@ -82,9 +89,12 @@ std::string LaneTransports(ucp_ep_h ep) {
   }
   // Without an rma_bw lane (TCP, shared memory without a registering
   // memory domain) UCX emulates gets with active messages on the am lane,
-  // served by the holder's progress thread.
-  std::string out =
-      rma.empty() ? "rma=am-emulated" : absl::StrCat("rma_bw=", absl::StrJoin(rma, ","));
+  // served by the holder's progress thread -- unless the peer's arena is
+  // UCX shared memory mapped here: then UCX's get, like a direct read, is a
+  // copy out of the mapping (ucp_ep_print_info lists no rma lane for it).
+  std::string out = mapped        ? "rma=mapped-shm"
+                    : rma.empty() ? "rma=am-emulated"
+                                  : absl::StrCat("rma_bw=", absl::StrJoin(rma, ","));
   if (!am.empty()) absl::StrAppend(&out, " am=", absl::StrJoin(am, ","));
   return out;
 }
@@ -102,6 +112,59 @@ bool SharedMemoryOnly() {
     if (!kShm.contains(std::string(absl::StripAsciiWhitespace(t)))) return false;
   }
   return true;
+}
+
+// The order of UCX's allocation methods for AllocateArena when the user did
+// not set UCX_ALLOC_PRIO: posix shared memory first (a file whose descriptor
+// UCX keeps open, which local clients can map), sysv (no descriptor) later.
+constexpr char kAllocPrio[] = "md:posix,huge,thp,md:*,mmap,heap";
+
+// The descriptor of this process that maps the file behind the shared
+// mapping at `addr` (found by device and inode, as /proc/self/maps names
+// them), or -1. `what` says what the mapping is.
+int FindMappedFile(const void* addr, std::string* what) {
+  std::ifstream maps("/proc/self/maps");
+  std::string line;
+  const uintptr_t a = reinterpret_cast<uintptr_t>(addr);
+  unsigned long lo = 0, hi = 0, off = 0, ino = 0;
+  unsigned int dev_major = 0, dev_minor = 0;
+  char perms[8] = {0};
+  bool found = false;
+  while (std::getline(maps, line)) {
+    if (sscanf(line.c_str(), "%lx-%lx %7s %lx %x:%x %lu", &lo, &hi, perms, &off, &dev_major,
+               &dev_minor, &ino) == 7 &&
+        a >= lo && a < hi) {
+      found = true;
+      break;
+    }
+  }
+  if (!found) {
+    *what = "no mapping in /proc/self/maps";
+    return -1;
+  }
+  const size_t path = line.find('/');
+  *what = path == std::string::npos ? std::string("anonymous memory") : line.substr(path);
+  if (perms[3] != 's') {
+    absl::StrAppend(what, " (private)");
+    return -1;
+  }
+  if (ino == 0 || off != 0) return -1;
+  DIR* dir = opendir("/proc/self/fd");
+  if (dir == nullptr) return -1;
+  int out = -1;
+  const int dir_fd = dirfd(dir);
+  while (dirent* e = readdir(dir)) {
+    if (e->d_name[0] == '.') continue;
+    const int fd = std::atoi(e->d_name);
+    struct stat st;
+    if (fd == dir_fd || fstat(fd, &st) != 0) continue;
+    if (st.st_ino == ino && major(st.st_dev) == dev_major && minor(st.st_dev) == dev_minor) {
+      out = fd;
+      break;
+    }
+  }
+  closedir(dir);
+  return out;
 }
 
 }  // namespace
@@ -133,6 +196,11 @@ absl::Status UcxEngine::Init() {
   ucp_config_t* config = nullptr;
   ucs_status_t s = ucp_config_read(nullptr, nullptr, &config);
   if (s != UCS_OK) return UcxError("ucp_config_read", s);
+  if (std::getenv("UCX_ALLOC_PRIO") == nullptr) {
+    // Best effort: on failure UCX's own order stays (AllocateArena checks
+    // what it gets).
+    (void)ucp_config_modify(config, "ALLOC_PRIO", kAllocPrio);
+  }
   // Wakeup lets idle progress threads sleep in an event fd; when no
   // transport supports it, the threads poll with short sleeps instead.
   for (bool wakeup : {true, false}) {
@@ -144,6 +212,8 @@ absl::Status UcxEngine::Init() {
     s = ucp_init(&params, config, &context_);
     if (s == UCS_OK) {
       wakeup_ = wakeup;
+      context_owner_ = std::shared_ptr<void>(
+          context_, [](void* c) { ucp_cleanup(static_cast<ucp_context_h>(c)); });
       break;
     }
   }
@@ -203,11 +273,12 @@ UcxEngine::~UcxEngine() {
   }
   {
     absl::MutexLock lock(&map_mu_);
-    if (memh_ != nullptr) ucp_mem_unmap(context_, memh_);
+    // An allocated arena is unmapped by its own release.
+    if (memh_ != nullptr && !allocated_) ucp_mem_unmap(context_, memh_);
     memh_ = nullptr;
   }
   for (auto& w : workers_) ucp_worker_destroy(w->worker);
-  if (context_ != nullptr) ucp_cleanup(context_);
+  context_owner_.reset();
 }
 
 void UcxEngine::ProgressLoop(Worker* w) {
@@ -275,8 +346,76 @@ ucs_status_t UcxEngine::WaitRequest(size_t worker, void* request, absl::Time dea
   return s;
 }
 
+absl::StatusOr<ArenaMemory> UcxEngine::AllocateArena(uint64_t bytes) {
+  absl::MutexLock lock(&map_mu_);
+  if (memh_ != nullptr) return absl::FailedPreconditionError("ucx: the arena is already mapped");
+  if (bytes == 0) return absl::InvalidArgumentError("ucx arena: zero bytes");
+  ucp_mem_map_params_t mp;
+  std::memset(&mp, 0, sizeof(mp));
+  mp.field_mask = UCP_MEM_MAP_PARAM_FIELD_ADDRESS | UCP_MEM_MAP_PARAM_FIELD_LENGTH |
+                  UCP_MEM_MAP_PARAM_FIELD_FLAGS;
+  mp.address = nullptr;
+  mp.length = bytes;
+  mp.flags = UCP_MEM_MAP_ALLOCATE;
+  ucp_mem_h memh = nullptr;
+  ucs_status_t s = ucp_mem_map(context_, &mp, &memh);
+  if (s != UCS_OK) return UcxError("ucp_mem_map (allocate) of the DRAM arena", s);
+  ucp_mem_attr_t attr;
+  std::memset(&attr, 0, sizeof(attr));
+  attr.field_mask = UCP_MEM_ATTR_FIELD_ADDRESS | UCP_MEM_ATTR_FIELD_LENGTH;
+  s = ucp_mem_query(memh, &attr);
+  if (s != UCS_OK || attr.address == nullptr || attr.length < bytes) {
+    ucp_mem_unmap(context_, memh);
+    return s != UCS_OK ? UcxError("ucp_mem_query", s)
+                       : absl::FailedPreconditionError("ucx arena: UCX allocated less than asked");
+  }
+  std::string what;
+  const int fd = FindMappedFile(attr.address, &what);
+  const int dup_fd = fd >= 0 ? fcntl(fd, F_DUPFD_CLOEXEC, 0) : -1;
+  if (dup_fd < 0) {
+    ucp_mem_unmap(context_, memh);
+    return absl::FailedPreconditionError(absl::StrCat(
+        "ucx arena: UCX allocated ", what,
+        ", which has no file descriptor to share with local clients (UCX's posix memory with "
+        "UCX_POSIX_USE_PROC_LINK=y has one; is posix in UCX_TLS?)"));
+  }
+  memh_ = memh;
+  allocated_ = true;
+  allocated_base_ = attr.address;
+  allocated_bytes_ = attr.length;
+  if (absl::Status ps = PackArenaKey(); !ps.ok()) {
+    close(dup_fd);
+    ucp_mem_unmap(context_, memh_);
+    memh_ = nullptr;
+    allocated_ = false;
+    return ps;
+  }
+  ArenaMemory m;
+  m.base = static_cast<std::byte*>(attr.address);
+  m.size = attr.length;
+  m.fd = dup_fd;
+  m.release = [owner = context_owner_, context = context_, memh]() {
+    ucp_mem_unmap(context, memh);
+  };
+  m.source = absl::StrContains(what, "posix") ? "ucx-posix" : "ucx";
+  return m;
+}
+
+absl::Status UcxEngine::PackArenaKey() {
+  void* packed = nullptr;
+  size_t packed_len = 0;
+  ucs_status_t s = ucp_rkey_pack(context_, memh_, &packed, &packed_len);
+  if (s != UCS_OK) return UcxError("ucp_rkey_pack", s);
+  rkey_.assign(static_cast<const char*>(packed), packed_len);
+  ucp_rkey_buffer_release(packed);
+  return absl::OkStatus();
+}
+
 absl::Status UcxEngine::MapArena(void* base, size_t bytes) {
   absl::MutexLock lock(&map_mu_);
+  if (allocated_ && base == allocated_base_ && bytes <= allocated_bytes_) {
+    return absl::OkStatus();
+  }
   if (memh_ != nullptr) return absl::FailedPreconditionError("ucx: the arena is already mapped");
   ucp_mem_map_params_t mp;
   std::memset(&mp, 0, sizeof(mp));
@@ -288,16 +427,11 @@ absl::Status UcxEngine::MapArena(void* base, size_t bytes) {
     memh_ = nullptr;
     return UcxError("ucp_mem_map of the DRAM arena", s);
   }
-  void* packed = nullptr;
-  size_t packed_len = 0;
-  s = ucp_rkey_pack(context_, memh_, &packed, &packed_len);
-  if (s != UCS_OK) {
+  if (absl::Status ps = PackArenaKey(); !ps.ok()) {
     ucp_mem_unmap(context_, memh_);
     memh_ = nullptr;
-    return UcxError("ucp_rkey_pack", s);
+    return ps;
   }
-  rkey_.assign(static_cast<const char*>(packed), packed_len);
-  ucp_rkey_buffer_release(packed);
   return absl::OkStatus();
 }
 
@@ -347,9 +481,19 @@ absl::StatusOr<std::shared_ptr<UcxPeer>> UcxEngine::Connect(absl::string_view wo
   }
   peer->remote_base_ = remote_base;
   peer->remote_bytes_ = remote_bytes;
+  // An arena UCX allocated in shared memory on this host is mapped by the
+  // unpack: both ends of it must resolve, contiguously.
+  void* first = nullptr;
+  void* last = nullptr;
+  if (remote_bytes > 0 && ucp_rkey_ptr(peer->rkey_, remote_base, &first) == UCS_OK &&
+      ucp_rkey_ptr(peer->rkey_, remote_base + remote_bytes - 1, &last) == UCS_OK &&
+      static_cast<const std::byte*>(last) - static_cast<const std::byte*>(first) ==
+          static_cast<std::ptrdiff_t>(remote_bytes - 1)) {
+    peer->local_ = static_cast<const std::byte*>(first);
+  }
   {
     absl::MutexLock lock(&peer->close_mu_);
-    peer->transports_ = LaneTransports(peer->ep_);
+    peer->transports_ = LaneTransports(peer->ep_, peer->mapped());
   }
   return peer;
 }
@@ -366,6 +510,53 @@ absl::Status UcxEngine::GetMany(UcxPeer& peer, absl::Span<GetOp> ops, absl::Time
 
 absl::Status UcxEngine::GetMany(UcxPeer& peer, absl::Span<GetOp> ops, absl::Time deadline,
                                 absl::FunctionRef<void(size_t)> on_done) {
+  return GetMany(peer, ops, deadline, on_done, [ops](size_t i, const std::byte* src) {
+    std::memcpy(ops[i].dst.data(), src, ops[i].dst.size());
+    return absl::OkStatus();
+  });
+}
+
+absl::Status UcxEngine::CopyMany(UcxPeer& peer, absl::Span<GetOp> ops, absl::Time deadline,
+                                 absl::FunctionRef<void(size_t)> on_done, DirectCopy copy) {
+  absl::Status first = absl::OkStatus();
+  for (size_t i = 0; i < ops.size(); ++i) {
+    GetOp& op = ops[i];
+    {
+      // Shared: copies of several callers run together; Close (exclusive)
+      // waits for them before it unmaps.
+      absl::ReaderMutexLock lock(&peer.close_mu_);
+      if (op.remote_offset > peer.remote_bytes_ ||
+          op.dst.size() > peer.remote_bytes_ - op.remote_offset) {
+        op.status = absl::OutOfRangeError(
+            absl::StrCat("remote range [", op.remote_offset, ", +", op.dst.size(),
+                         ") is outside the peer's arena of ", peer.remote_bytes_, " bytes"));
+      } else if (peer.closed_ || peer.failed()) {
+        get_failures_.fetch_add(1);
+        op.status = absl::UnavailableError(peer.closed_ ? "ucx: the peer's endpoint is closed"
+                                                        : "ucx: the peer's endpoint has failed");
+      } else if (absl::Now() >= deadline) {
+        get_failures_.fetch_add(1);
+        op.status = absl::DeadlineExceededError("ucx: the read did not start by its deadline");
+      } else {
+        op.status = copy(i, peer.local_ + op.remote_offset);
+        if (op.status.ok()) {
+          gets_.fetch_add(1);
+          direct_reads_.fetch_add(1);
+          get_bytes_.fetch_add(op.dst.size());
+        } else {
+          get_failures_.fetch_add(1);
+        }
+      }
+    }
+    if (first.ok() && !op.status.ok()) first = op.status;
+    on_done(i);
+  }
+  return first;
+}
+
+absl::Status UcxEngine::GetMany(UcxPeer& peer, absl::Span<GetOp> ops, absl::Time deadline,
+                                absl::FunctionRef<void(size_t)> on_done, DirectCopy copy) {
+  if (peer.mapped() && options_.direct_reads) return CopyMany(peer, ops, deadline, on_done, copy);
   Worker& w = *workers_[peer.worker_];
   GetBatch batch;
   std::vector<GetSlot> slots(ops.size());
@@ -470,7 +661,7 @@ absl::Status UcxEngine::GetMany(UcxPeer& peer, absl::Span<GetOp> ops, absl::Time
   if (first.ok()) {
     absl::MutexLock lock(&peer.close_mu_);
     if (!peer.transports_final_ && !peer.closed_) {
-      peer.transports_ = LaneTransports(peer.ep_);
+      peer.transports_ = LaneTransports(peer.ep_, peer.mapped());
       peer.transports_final_ = true;
     }
   }
@@ -484,6 +675,9 @@ UcxStats UcxEngine::Stats() const {
   s.get_failures = get_failures_.load();
   s.connects = connects_.load();
   s.peer_failures = peer_failures_.load();
+  s.direct_reads = direct_reads_.load();
+  absl::MutexLock lock(&map_mu_);
+  s.arena = memh_ == nullptr ? "" : allocated_ ? "allocated" : "registered";
   return s;
 }
 

@@ -1,7 +1,16 @@
 // The UCX side of node-to-node transfer: one ucp context, a few workers each
-// driven by its own progress thread, the DRAM arena registered once
-// (ucp_mem_map) so that other nodes can read it with one-sided gets, and
-// endpoints to other nodes' workers with their arenas' remote keys.
+// driven by its own progress thread, the DRAM arena allocated by UCX
+// (AllocateArena) or registered (MapArena) so that other nodes can read it
+// with one-sided gets, and endpoints to other nodes' workers with their
+// arenas' remote keys.
+//
+// Shared memory: an arena UCX allocated from its posix memory domain is a
+// shared file that a reader on the same host maps when it unpacks the remote
+// key. Such a peer is "mapped" (UcxPeer::mapped): with
+// UcxOptions::direct_reads a read is a copy from that mapping on the calling
+// thread (GetMany's `copy`, which can check the bytes while they are in
+// cache) instead of a get. A registered arena (memfd) is not reachable that
+// way: over posix/sysv UCX then emulates gets with active messages.
 //
 // UCX picks the transport (UCX_TLS and the other UCX_* variables are
 // honoured): shared memory or TCP on one machine, RDMA verbs on a cluster,
@@ -43,6 +52,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "absl/types/span.h"
+#include "src/tiers/dram/arena.h"
 
 namespace kvtier::transfer {
 
@@ -57,6 +67,9 @@ struct UcxOptions {
   // as ucx_perftest does). A short poll leaves the CPU to the threads that
   // check and commit chunks and to the holder on small hosts.
   absl::Duration busy_poll = absl::Microseconds(50);
+  // Read a mapped peer's arena by copying from the mapping instead of posting
+  // gets (false: always ucp_get_nbx).
+  bool direct_reads = true;
 
   // InvalidArgument naming the field.
   absl::Status Validate() const;
@@ -69,6 +82,10 @@ struct UcxStats {
   uint64_t get_failures = 0;   // gets that failed (peer error, deadline)
   uint64_t connects = 0;       // endpoints created
   uint64_t peer_failures = 0;  // endpoints that reported an error
+  uint64_t direct_reads = 0;   // of `gets`: copies from a mapped peer's arena
+  // How this node's arena is reachable: "allocated" (UCX's memory,
+  // AllocateArena), "registered" (MapArena) or "" (neither yet).
+  std::string arena;
 };
 
 class UcxEngine;
@@ -86,8 +103,10 @@ class UcxPeer {
   bool failed() const { return failed_.load(); }
   uint64_t remote_bytes() const { return remote_bytes_; }
   // The lanes UCX chose, e.g. "rma_bw=rc_mlx5/mlx5_0:1 am=rc_mlx5/mlx5_0:1"
-  // (one-sided RDMA) or "rma=am-emulated am=tcp/lo" (no transport with
-  // remote memory access: UCX serves gets with active messages).
+  // (one-sided RDMA), "rma=mapped-shm am=posix/memory" (the peer's arena is
+  // UCX shared memory mapped here: reads are copies out of it) or
+  // "rma=am-emulated am=tcp/lo" (no transport with remote memory access:
+  // UCX serves gets with active messages).
   // Refreshed after the first completed get (UCX finishes choosing lanes
   // once the connection is wired up).
   std::string transports() const {
@@ -97,6 +116,9 @@ class UcxPeer {
   // Whether UCX reports the peer's failure (false over shared-memory-only
   // transports, which cannot).
   bool peer_error_handling() const { return peer_error_handling_; }
+  // Whether the peer's whole arena is mapped in this process (ucp_rkey_ptr
+  // succeeded: an arena UCX allocated in shared memory on this host).
+  bool mapped() const { return local_ != nullptr; }
 
  private:
   friend class UcxEngine;
@@ -111,6 +133,9 @@ class UcxPeer {
   ucp_rkey_h rkey_ = nullptr;
   uint64_t remote_base_ = 0;
   uint64_t remote_bytes_ = 0;
+  // The peer's arena as mapped here, or nullptr; set once by Connect and
+  // usable only under close_mu_ while !closed_ (Close unmaps it).
+  const std::byte* local_ = nullptr;
   std::string transports_ ABSL_GUARDED_BY(close_mu_);
   bool transports_final_ ABSL_GUARDED_BY(close_mu_) = false;
   bool peer_error_handling_ = true;
@@ -127,9 +152,21 @@ class UcxEngine {
   // Stops the progress threads. Every UcxPeer must be gone first.
   ~UcxEngine();
 
+  // Allocates `bytes` of shared memory through UCX (ucp_mem_map ALLOCATE,
+  // UCX's posix memory domain first unless UCX_ALLOC_PRIO says otherwise) for
+  // the DRAM arena, and makes it the engine's arena (packed_rkey()). The
+  // result carries a duplicate of the descriptor of the file UCX maps, so
+  // local clients can map the arena as they map a memfd; its `release` unmaps
+  // the memory (it keeps the UCX context alive, so it may run after the
+  // engine is gone). FailedPrecondition when UCX's memory is not such a file
+  // (sysv, anonymous memory over TCP, UCX_POSIX_USE_PROC_LINK=n), naming
+  // what it is; the memory is then freed again. Once per engine, before
+  // MapArena.
+  absl::StatusOr<ArenaMemory> AllocateArena(uint64_t bytes);
   // Registers [base, base + bytes) (the DRAM arena): other nodes read it with
   // the key packed_rkey() gives, and Get writes into it without extra
-  // registration. Once per engine: FailedPrecondition on a second call.
+  // registration. Once per engine: FailedPrecondition on a second call,
+  // except for exactly the range AllocateArena returned (already mapped: OK).
   absl::Status MapArena(void* base, size_t bytes);
   // The packed remote key of the mapped arena (empty before MapArena).
   std::string packed_rkey() const;
@@ -171,6 +208,16 @@ class UcxEngine {
   // not call into this peer.
   absl::Status GetMany(UcxPeer& peer, absl::Span<GetOp> ops, absl::Time deadline,
                        absl::FunctionRef<void(size_t)> on_done);
+  // Copies op i's bytes from `src` (the peer's memory, mapped here) to
+  // ops[i].dst, e.g. checking them on the way; its Status is op i's.
+  using DirectCopy = absl::FunctionRef<absl::Status(size_t i, const std::byte* src)>;
+  // The same; for a mapped peer with UcxOptions::direct_reads, each op is
+  // instead `copy(i, src)` on the calling thread, in order, each followed by
+  // on_done(i). The peer's mapping stays valid during `copy` (Close waits).
+  // Ops past `deadline` fail with DeadlineExceeded (the peer is not closed:
+  // nothing is in flight).
+  absl::Status GetMany(UcxPeer& peer, absl::Span<GetOp> ops, absl::Time deadline,
+                       absl::FunctionRef<void(size_t)> on_done, DirectCopy copy);
 
   UcxStats Stats() const;
   // The UCX version string.
@@ -197,10 +244,18 @@ class UcxEngine {
   // Waits until `request` (from a *_nbx call) completes or `deadline`
   // passes, and frees it.
   ucs_status_t WaitRequest(size_t worker, void* request, absl::Time deadline);
+  // GetMany for a mapped peer with direct_reads.
+  absl::Status CopyMany(UcxPeer& peer, absl::Span<GetOp> ops, absl::Time deadline,
+                        absl::FunctionRef<void(size_t)> on_done, DirectCopy copy);
+  // Packs memh_'s remote key into rkey_.
+  absl::Status PackArenaKey() ABSL_EXCLUSIVE_LOCKS_REQUIRED(map_mu_);
 
   friend class UcxPeer;
   const UcxOptions options_;
   ucp_context_h context_ = nullptr;
+  // Owns context_ (ucp_cleanup when the last holder goes): the engine and
+  // the release of an arena AllocateArena gave.
+  std::shared_ptr<void> context_owner_;
   bool wakeup_ = false;
   std::vector<std::unique_ptr<Worker>> workers_;
   std::vector<std::string> addresses_;
@@ -209,6 +264,11 @@ class UcxEngine {
 
   mutable absl::Mutex map_mu_;
   ucp_mem_h memh_ ABSL_GUARDED_BY(map_mu_) = nullptr;
+  // True when memh_ is UCX's allocation (unmapped by the arena's release,
+  // not by the engine).
+  bool allocated_ ABSL_GUARDED_BY(map_mu_) = false;
+  void* allocated_base_ ABSL_GUARDED_BY(map_mu_) = nullptr;
+  size_t allocated_bytes_ ABSL_GUARDED_BY(map_mu_) = 0;
   std::string rkey_ ABSL_GUARDED_BY(map_mu_);
 
   std::atomic<uint64_t> gets_{0};
@@ -216,6 +276,7 @@ class UcxEngine {
   std::atomic<uint64_t> get_failures_{0};
   std::atomic<uint64_t> connects_{0};
   std::atomic<uint64_t> peer_failures_{0};
+  std::atomic<uint64_t> direct_reads_{0};
 };
 
 }  // namespace kvtier::transfer

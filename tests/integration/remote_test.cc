@@ -32,11 +32,11 @@ using ::testing::HasSubstr;
 // kvtierd refuses TCP without tokens; every node has this admin token.
 constexpr const char* kAdmin = "remote-test-admin-token-0123456789";
 
-std::unique_ptr<Client> Connect(const std::string& socket) {
+std::unique_ptr<Client> Connect(const std::string& socket, bool shared_memory = false) {
   ClientOptions o;
   o.socket_path = socket;
   o.token = kAdmin;
-  o.shared_memory = false;
+  o.shared_memory = shared_memory;
   o.rpc_timeout_ms = 10000;
   auto c = Client::Create(o);
   EXPECT_TRUE(c.ok()) << c.status();
@@ -81,6 +81,8 @@ absl::Status StartNode(Node& n, const std::string& id, const std::vector<std::st
                                     "off",
                                     "--dram",
                                     "128MiB",
+                                    "--huge-pages",
+                                    "false",
                                     "--ucx-transfer-timeout-ms",
                                     "3000",
                                     "--ucx-lookup-timeout-ms",
@@ -130,9 +132,12 @@ TEST_P(RemoteTest, TwoNodesChunksSavedOnOneLoadOnTheOther) {
   b.port = FreePort();
   ASSERT_OK(StartNode(b, "node-b", {a.address()}));
   Namespace ns = *Namespace::Create(SmallNamespace());
-  auto ca = Connect(a.daemon->socket());
+  // A's client writes through the arena it maps from kvtierd's descriptor
+  // (UCX's memory over shared memory, a memfd over TCP).
+  auto ca = Connect(a.daemon->socket(), /*shared_memory=*/true);
   auto cb = Connect(b.daemon->socket());
   std::vector<ChunkRef> refs = SaveChain(*ca, ns, 8, 1);
+  EXPECT_TRUE(ca->using_shared_memory());
   // B holds the first two chunks itself.
   SaveChain(*cb, ns, 2, 1);
   std::vector<BlockKey> keys = Namespace::Keys(refs);
@@ -175,6 +180,16 @@ TEST_P(RemoteTest, TwoNodesChunksSavedOnOneLoadOnTheOther) {
   // The transport UCX chose is visible.
   const std::string am = std::string(GetParam()) == "tcp" ? "am=tcp/lo" : "am=posix/memory";
   EXPECT_TRUE(absl::StrContains(mb, am)) << mb.substr(mb.find("kvtier_remote_peer_info"));
+  // Over shared memory kvtierd's arena is UCX's (a file it shares with local
+  // clients as it would a memfd), B maps A's and copies out of it; over TCP
+  // the arena is a memfd registered with UCX.
+  const bool shm = std::string(GetParam()) != "tcp";
+  EXPECT_TRUE(absl::StrContains(mb, absl::StrCat("kvtier_ucx_arena_info{memory=\"",
+                                                 shm ? "allocated" : "registered", "\"} 1")))
+      << mb;
+  EXPECT_EQ(absl::StrContains(mb, "transports=\"rma=mapped-shm"), shm) << mb;
+  EXPECT_TRUE(absl::StrContains(mb, absl::StrCat("kvtier_ucx_direct_reads_total ", shm ? 6 : 0)))
+      << mb;
   // A served them and released every lease (Release is asynchronous).
   std::string ma;
   for (int i = 0; i < 100; ++i) {

@@ -2,10 +2,13 @@
 
 #include <linux/memfd.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
+#include <string>
+#include <utility>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
@@ -47,60 +50,108 @@ absl::Status ArenaOptions::Validate() const {
   return absl::OkStatus();
 }
 
+namespace {
+
+// A memfd of `size` bytes (huge pages when `huge`) mapped shared; the mapped
+// address, or MAP_FAILED with `fd` closed.
+void* MapMemfd(uint64_t size, bool huge, bool prefault, int* fd) {
+  *fd = memfd_create("kvtier-dram", MFD_CLOEXEC | (huge ? MFD_HUGETLB : 0));
+  if (*fd < 0) return MAP_FAILED;
+  if (ftruncate(*fd, static_cast<off_t>(size)) != 0) {
+    close(*fd);
+    *fd = -1;
+    return MAP_FAILED;
+  }
+  const int flags = MAP_SHARED | (prefault ? MAP_POPULATE : 0);
+  void* p = mmap(nullptr, size, PROT_READ | PROT_WRITE, flags, *fd, 0);
+  if (p == MAP_FAILED) {
+    const int err = errno;
+    close(*fd);
+    *fd = -1;
+    errno = err;
+  }
+  return p;
+}
+
+// Checks allocator memory against the contract of ArenaMemory; empty when it
+// holds.
+std::string CheckAllocated(const ArenaMemory& m, uint64_t size) {
+  if (m.base == nullptr) return "no address";
+  if (m.size < size) return absl::StrCat(m.size, " bytes, asked for ", size);
+  if (reinterpret_cast<uintptr_t>(m.base) % static_cast<uintptr_t>(sysconf(_SC_PAGESIZE)) != 0) {
+    return "not page aligned";
+  }
+  if (m.fd < 0) return "no file descriptor to share";
+  struct stat st;
+  if (fstat(m.fd, &st) != 0) return absl::StrCat("fstat: ", std::strerror(errno));
+  if (static_cast<uint64_t>(st.st_size) < size) {
+    return absl::StrCat("the file holds ", st.st_size, " bytes, asked for ", size);
+  }
+  return "";
+}
+
+}  // namespace
+
 absl::StatusOr<std::unique_ptr<Arena>> Arena::Create(const ArenaOptions& options) {
   if (absl::Status s = options.Validate(); !s.ok()) return s;
   const uint64_t size = options.capacity_bytes / options.slab_bytes * options.slab_bytes;
+  std::unique_ptr<Arena> a(new Arena());
+  a->size_ = size;
+  a->slab_bytes_ = options.slab_bytes;
 
-  int fd = -1;
-  bool huge = false;
+  void* p = MAP_FAILED;
   if (options.huge_pages) {
-    fd = memfd_create("kvtier-dram", MFD_CLOEXEC | MFD_HUGETLB);
-    if (fd >= 0 && ftruncate(fd, static_cast<off_t>(size)) != 0) {
-      close(fd);
-      fd = -1;
-    }
-    huge = fd >= 0;
-  }
-  if (fd < 0) {
-    fd = memfd_create("kvtier-dram", MFD_CLOEXEC);
-    if (fd < 0) {
-      return absl::ResourceExhaustedError(
-          absl::StrCat("dram arena: memfd_create failed: ", std::strerror(errno)));
-    }
-    if (ftruncate(fd, static_cast<off_t>(size)) != 0) {
-      int err = errno;
-      close(fd);
-      return absl::ResourceExhaustedError(
-          absl::StrCat("dram arena: cannot size memfd to ", size, " bytes: ", std::strerror(err)));
+    // Reserved huge pages (or too few of them) fail here: ordinary pages follow.
+    p = MapMemfd(size, /*huge=*/true, options.prefault, &a->fd_);
+    if (p != MAP_FAILED) {
+      a->huge_pages_ = true;
+      a->source_ = "memfd-hugetlb";
+      if (options.allocator) a->allocator_skipped_ = "huge pages in use";
     }
   }
-  int flags = MAP_SHARED | (options.prefault ? MAP_POPULATE : 0);
-  void* p = mmap(nullptr, size, PROT_READ | PROT_WRITE, flags, fd, 0);
-  if (p == MAP_FAILED && huge) {
-    // Reserved huge pages ran out at map time: fall back to ordinary pages.
-    close(fd);
-    huge = false;
-    fd = memfd_create("kvtier-dram", MFD_CLOEXEC);
-    if (fd < 0 || ftruncate(fd, static_cast<off_t>(size)) != 0) {
-      if (fd >= 0) close(fd);
-      return absl::ResourceExhaustedError("dram arena: memfd fallback failed");
+  if (p == MAP_FAILED && options.allocator) {
+    absl::StatusOr<ArenaMemory> m = options.allocator(size);
+    if (!m.ok()) {
+      a->allocator_skipped_ = std::string(m.status().message());
+    } else if (std::string bad = CheckAllocated(*m, size); !bad.empty()) {
+      a->allocator_skipped_ = absl::StrCat(m->source, ": ", bad);
+      if (m->fd >= 0) close(m->fd);
+      if (m->release) m->release();
+    } else {
+      p = m->base;
+      a->fd_ = m->fd;
+      a->release_ = std::move(m->release);
+      a->source_ = m->source.empty() ? "allocator" : m->source;
+      if (options.prefault) {
+        // New shared-memory pages read as zero: writing zeros only allocates them.
+        const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+        volatile std::byte* bytes = m->base;
+        for (uint64_t off = 0; off < size; off += page) bytes[off] = std::byte{0};
+      }
     }
-    p = mmap(nullptr, size, PROT_READ | PROT_WRITE, flags, fd, 0);
   }
   if (p == MAP_FAILED) {
-    int err = errno;
-    close(fd);
-    return absl::ResourceExhaustedError(
-        absl::StrCat("dram arena: mmap of ", size, " bytes failed: ", std::strerror(err)));
+    p = MapMemfd(size, /*huge=*/false, options.prefault, &a->fd_);
+    if (p == MAP_FAILED) {
+      return absl::ResourceExhaustedError(absl::StrCat("dram arena: cannot map a memfd of ", size,
+                                                       " bytes: ", std::strerror(errno)));
+    }
+    a->source_ = "memfd";
   }
-  if (!huge) madvise(p, size, MADV_HUGEPAGE);  // a hint; failure is harmless
-  return std::unique_ptr<Arena>(
-      new Arena(static_cast<std::byte*>(p), size, options.slab_bytes, fd, huge));
+  if (!a->huge_pages_) madvise(p, size, MADV_HUGEPAGE);  // a hint; failure is harmless
+  a->base_ = static_cast<std::byte*>(p);
+  return a;
 }
 
 Arena::~Arena() {
-  munmap(base_, size_);
-  close(fd_);
+  if (base_ != nullptr) {
+    if (release_) {
+      release_();
+    } else {
+      munmap(base_, size_);
+    }
+  }
+  if (fd_ >= 0) close(fd_);
 }
 
 }  // namespace kvtier

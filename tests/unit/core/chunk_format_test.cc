@@ -1,5 +1,7 @@
 #include "src/core/chunk_format.h"
 
+#include <algorithm>
+#include <optional>
 #include <random>
 #include <vector>
 
@@ -144,6 +146,32 @@ TEST(Hash, CopyWithChecksumCopiesAndHashes) {
     EXPECT_EQ(dst, src);
     EXPECT_EQ(sum, PayloadChecksum(t, src));
   }
+}
+
+TEST(Hash, CopyChunkWithPayloadChecksumUsesTheHeadersType) {
+  std::vector<std::byte> payload = RandomBytes(200000, 8);
+  for (ChecksumType t : {ChecksumType::kXxh3_64, ChecksumType::kCrc32c}) {
+    ChunkHeader h = SampleHeader();
+    h.checksum_type = t;
+    std::vector<std::byte> buf(kChunkHeaderBytes + payload.size());
+    ASSERT_OK(EncodeChunk(h, payload, absl::MakeSpan(buf)).status());
+    std::vector<std::byte> dst(buf.size());
+    std::optional<uint64_t> sum = CopyChunkWithPayloadChecksum(buf, dst.data());
+    EXPECT_EQ(dst, buf);
+    ASSERT_TRUE(sum.has_value());
+    EXPECT_EQ(*sum, PayloadChecksum(t, payload));
+    // A changed payload byte changes the sum of the copy.
+    buf[kChunkHeaderBytes + 1234] ^= std::byte{1};
+    EXPECT_NE(CopyChunkWithPayloadChecksum(buf, dst.data()), sum);
+  }
+  // No known checksum type, or no whole header: copied, no sum.
+  std::vector<std::byte> buf(kChunkHeaderBytes + 100, std::byte{9});
+  std::vector<std::byte> dst(buf.size());
+  EXPECT_FALSE(CopyChunkWithPayloadChecksum(buf, dst.data()).has_value());
+  EXPECT_EQ(dst, buf);
+  std::vector<std::byte> small(10, std::byte{3});
+  EXPECT_FALSE(CopyChunkWithPayloadChecksum(small, dst.data()).has_value());
+  EXPECT_TRUE(std::equal(small.begin(), small.end(), dst.begin()));
 }
 
 }  // namespace

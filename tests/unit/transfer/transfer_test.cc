@@ -1,9 +1,19 @@
 // The transfer layer inside one process: two UCX engines (each its own ucp
 // context and workers), a holder's Peer service on a loopback gRPC port, and
-// a reader that finds and pulls chunks. Runs over TCP and over shared memory.
+// a reader that finds and pulls chunks. Runs over TCP and over shared memory,
+// the latter with arenas that are memfds registered with UCX (gets emulated
+// with active messages) and with arenas UCX allocated, as kvtierd's are
+// (the reader maps the holder's arena and copies out of it).
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <ostream>
 #include <string>
 #include <vector>
 
@@ -34,13 +44,29 @@ using ::kvtier::testing::StatusIs;
 using ::testing::HasSubstr;
 using ::testing::Not;
 
-std::unique_ptr<EmbeddedCache> NewCache() {
+// One parameter of TransferTest.
+struct Mode {
+  const char* name;
+  const char* tls;  // UCX_TLS
+  bool ucx_arena;   // the arenas come from UcxEngine::AllocateArena
+};
+void PrintTo(const Mode& m, std::ostream* os) { *os << m.name; }
+// The mode of the test running now (set by TransferTest::SetUp).
+const Mode* current_mode = nullptr;
+
+std::unique_ptr<EmbeddedCache> NewCache(UcxEngine* allocate_with = nullptr) {
   CacheOptions o;
   o.dram_capacity_bytes = 16ull << 20;
   o.slab_bytes = 2ull << 20;
   o.huge_pages = false;
   o.register_with_gpu = false;
-  auto c = EmbeddedCache::Create(o);
+  EmbeddedCacheSeams seams;
+  if (allocate_with != nullptr) {
+    seams.arena_allocator = [allocate_with](uint64_t bytes) {
+      return allocate_with->AllocateArena(bytes);
+    };
+  }
+  auto c = EmbeddedCache::Create(o, seams);
   EXPECT_TRUE(c.ok()) << c.status();
   return std::move(*c);
 }
@@ -57,11 +83,13 @@ struct Node {
   static std::unique_ptr<Node> Start(const std::string& node_id, uint64_t boot_id,
                                      const std::string& token = "") {
     auto n = std::make_unique<Node>();
-    n->cache = NewCache();
     auto e = UcxEngine::Create(UcxOptions{});
     EXPECT_TRUE(e.ok()) << e.status();
     n->ucx = std::move(*e);
+    const bool ucx_arena = current_mode != nullptr && current_mode->ucx_arena;
+    n->cache = NewCache(ucx_arena ? n->ucx.get() : nullptr);
     const Arena& a = n->cache->dram().arena();
+    EXPECT_EQ(a.source(), ucx_arena ? "ucx-posix" : "memfd") << a.allocator_skipped();
     EXPECT_TRUE(n->ucx->MapArena(a.base(), a.size()).ok());
     PeerServiceOptions po;
     po.node_id = node_id;
@@ -86,10 +114,18 @@ struct Node {
   }
 };
 
-class TransferTest : public ::testing::TestWithParam<const char*> {
+class TransferTest : public ::testing::TestWithParam<Mode> {
  protected:
-  void SetUp() override { setenv("UCX_TLS", GetParam(), 1); }
-  void TearDown() override { unsetenv("UCX_TLS"); }
+  void SetUp() override {
+    current_mode = &GetParam();
+    setenv("UCX_TLS", GetParam().tls, 1);
+  }
+  void TearDown() override {
+    unsetenv("UCX_TLS");
+    current_mode = nullptr;
+  }
+  // Whether readers map the holder's arena (UCX shared memory).
+  bool Mapped() const { return GetParam().ucx_arena; }
 
   // Saves a chain of `chunks` chunks on `node`; returns its refs.
   std::vector<ChunkRef> SaveChain(Node& node, const Namespace& ns, size_t chunks, uint32_t seed) {
@@ -125,6 +161,9 @@ TEST_P(TransferTest, EngineGetsBytesOutOfAnotherEnginesArena) {
                               reinterpret_cast<uint64_t>(src), a->cache->dram().arena().size());
   ASSERT_TRUE(peer.ok()) << peer.status();
   EXPECT_TRUE(absl::StrContains((*peer)->transports(), "am="));
+  EXPECT_EQ((*peer)->mapped(), Mapped());
+  EXPECT_EQ(absl::StrContains((*peer)->transports(), "rma=mapped-shm"), Mapped())
+      << (*peer)->transports();
   std::byte* dst = b->cache->dram().arena().base();
   ASSERT_TRUE(
       b->ucx->Get(**peer, 4096, absl::MakeSpan(dst, 1 << 19), absl::Now() + absl::Seconds(10))
@@ -137,6 +176,8 @@ TEST_P(TransferTest, EngineGetsBytesOutOfAnotherEnginesArena) {
   const UcxStats st = b->ucx->Stats();
   EXPECT_EQ(st.gets, 1u);
   EXPECT_EQ(st.get_bytes, 1u << 19);
+  EXPECT_EQ(st.direct_reads, Mapped() ? 1u : 0u);
+  EXPECT_EQ(st.arena, Mapped() ? "allocated" : "registered");
 }
 
 TEST_P(TransferTest, ReaderFindsAndPullsChunksByteIdentical) {
@@ -443,6 +484,194 @@ TEST_P(TransferTest, PeerUpFollowsTheLastContact) {
   EXPECT_THAT(text, HasSubstr(series + "0\n"));
 }
 
+// Sends `fd` over the Unix socket `sock` (SCM_RIGHTS), as kvtierd hands the
+// arena to local clients.
+bool SendFd(int sock, int fd) {
+  char byte = 'f';
+  iovec iov{&byte, 1};
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
+  msghdr msg{};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  msg.msg_control = control;
+  msg.msg_controllen = sizeof(control);
+  cmsghdr* c = CMSG_FIRSTHDR(&msg);
+  c->cmsg_level = SOL_SOCKET;
+  c->cmsg_type = SCM_RIGHTS;
+  c->cmsg_len = CMSG_LEN(sizeof(int));
+  std::memcpy(CMSG_DATA(c), &fd, sizeof(int));
+  return sendmsg(sock, &msg, 0) == 1;
+}
+
+int RecvFd(int sock) {
+  char byte = 0;
+  iovec iov{&byte, 1};
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
+  msghdr msg{};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  msg.msg_control = control;
+  msg.msg_controllen = sizeof(control);
+  if (recvmsg(sock, &msg, 0) != 1) return -1;
+  cmsghdr* c = CMSG_FIRSTHDR(&msg);
+  if (c == nullptr || c->cmsg_type != SCM_RIGHTS) return -1;
+  int fd = -1;
+  std::memcpy(&fd, CMSG_DATA(c), sizeof(int));
+  return fd;
+}
+
+std::byte Pattern(size_t i) { return static_cast<std::byte>(i * 13 + 5); }
+
+class UcxArenaTest : public ::testing::Test {
+ protected:
+  void TearDown() override { unsetenv("UCX_TLS"); }
+};
+
+TEST_F(UcxArenaTest, AllocatedArenaIsSharedWithAnotherProcessThroughItsFd) {
+  setenv("UCX_TLS", "posix,cma", 1);
+  auto e = UcxEngine::Create(UcxOptions{});
+  ASSERT_TRUE(e.ok()) << e.status();
+  std::unique_ptr<EmbeddedCache> cache = NewCache(e->get());
+  ASSERT_NE(cache, nullptr);
+  const Arena& a = cache->dram().arena();
+  ASSERT_EQ(a.source(), "ucx-posix") << a.allocator_skipped();
+  EXPECT_TRUE(a.allocator_skipped().empty());
+  EXPECT_EQ((*e)->Stats().arena, "allocated");
+  EXPECT_FALSE((*e)->packed_rkey().empty());
+  // Already mapped: the same range is fine, another one is not.
+  EXPECT_TRUE((*e)->MapArena(a.base(), a.size()).ok());
+  EXPECT_THAT((*e)->MapArena(a.base() + 4096, 4096),
+              StatusIs(absl::StatusCode::kFailedPrecondition));
+  EXPECT_THAT((*e)->AllocateArena(1 << 20), StatusIs(absl::StatusCode::kFailedPrecondition));
+  constexpr size_t kBytes = 1 << 20;
+  for (size_t i = 0; i < kBytes; ++i) a.base()[i] = Pattern(i);
+
+  // Another process maps the arena from the descriptor it receives and sees
+  // the same bytes; what it writes shows here.
+  int sv[2];
+  ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+  const uint64_t size = a.size();
+  const pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    close(sv[0]);
+    const int fd = RecvFd(sv[1]);
+    if (fd < 0) _exit(2);
+    void* p = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (p == MAP_FAILED) _exit(3);
+    auto* bytes = static_cast<std::byte*>(p);
+    for (size_t i = 0; i < kBytes; ++i) {
+      if (bytes[i] != Pattern(i)) _exit(4);
+    }
+    bytes[size - 1] = std::byte{0x5a};
+    _exit(write(sv[1], "k", 1) == 1 ? 0 : 5);
+  }
+  close(sv[1]);
+  EXPECT_TRUE(SendFd(sv[0], a.fd()));
+  char reply = 0;
+  EXPECT_EQ(read(sv[0], &reply, 1), 1);
+  close(sv[0]);
+  int status = 0;
+  ASSERT_EQ(waitpid(pid, &status, 0), pid);
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 0) << "2: no fd, 3: mmap failed, 4: other bytes, 5: write";
+  EXPECT_EQ(a.base()[size - 1], std::byte{0x5a});
+
+  // The engine may go first: the arena keeps UCX's memory until it goes.
+  e->reset();
+  a.base()[0] = std::byte{1};
+  EXPECT_EQ(a.base()[1], Pattern(1));
+  cache.reset();
+}
+
+TEST_F(UcxArenaTest, WithoutSharedMemoryTheArenaIsARegisteredMemfd) {
+  // Over TCP alone UCX allocates private anonymous memory: nothing to share.
+  setenv("UCX_TLS", "tcp", 1);
+  auto e = UcxEngine::Create(UcxOptions{});
+  ASSERT_TRUE(e.ok()) << e.status();
+  EXPECT_THAT((*e)->AllocateArena(4 << 20),
+              StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("no file descriptor")));
+  EXPECT_EQ((*e)->Stats().arena, "");
+  std::unique_ptr<EmbeddedCache> cache = NewCache(e->get());
+  ASSERT_NE(cache, nullptr);
+  const Arena& a = cache->dram().arena();
+  EXPECT_EQ(a.source(), "memfd");
+  EXPECT_THAT(a.allocator_skipped(), HasSubstr("no file descriptor"));
+  ASSERT_TRUE((*e)->MapArena(a.base(), a.size()).ok());
+  EXPECT_EQ((*e)->Stats().arena, "registered");
+  const std::string text = RenderTransferMetrics((*e)->Stats(), PeerServiceStats{}, nullptr, {});
+  EXPECT_THAT(text, HasSubstr("kvtier_ucx_arena_info{memory=\"registered\"} 1"));
+}
+
+TEST_F(UcxArenaTest, MappedArenaReadsByGetsAndByCopies) {
+  setenv("UCX_TLS", "posix,cma", 1);
+  auto holder = UcxEngine::Create(UcxOptions{});
+  ASSERT_TRUE(holder.ok()) << holder.status();
+  std::unique_ptr<EmbeddedCache> holder_cache = NewCache(holder->get());
+  ASSERT_NE(holder_cache, nullptr);
+  const Arena& a = holder_cache->dram().arena();
+  ASSERT_EQ(a.source(), "ucx-posix") << a.allocator_skipped();
+  for (size_t i = 0; i < (1 << 20); ++i) a.base()[i] = Pattern(i);
+  std::vector<std::byte> dst(3 << 18);
+  auto ops_for = [&]() {
+    return std::vector<UcxEngine::GetOp>{
+        {0, absl::MakeSpan(dst.data(), 1 << 18), absl::OkStatus()},
+        {1 << 19, absl::MakeSpan(dst.data() + (1 << 18), 1 << 18), absl::OkStatus()},
+        {a.size() - 100, absl::MakeSpan(dst.data() + (2 << 18), 4096), absl::OkStatus()}};
+  };
+  for (bool direct : {false, true}) {
+    SCOPED_TRACE(direct ? "direct reads" : "gets");
+    UcxOptions o;
+    o.direct_reads = direct;
+    auto reader = UcxEngine::Create(o);
+    ASSERT_TRUE(reader.ok()) << reader.status();
+    auto peer = (*reader)->Connect((*holder)->worker_addresses()[0], (*holder)->packed_rkey(),
+                                   reinterpret_cast<uint64_t>(a.base()), a.size());
+    ASSERT_TRUE(peer.ok()) << peer.status();
+    EXPECT_TRUE((*peer)->mapped());
+    std::fill(dst.begin(), dst.end(), std::byte{0});
+    std::vector<UcxEngine::GetOp> ops = ops_for();
+    std::vector<size_t> done;
+    EXPECT_THAT((*reader)->GetMany(**peer, absl::MakeSpan(ops), absl::Now() + absl::Seconds(10),
+                                   [&](size_t i) { done.push_back(i); }),
+                StatusIs(absl::StatusCode::kOutOfRange));
+    EXPECT_EQ(done.size(), 3u);
+    EXPECT_TRUE(ops[0].status.ok()) << ops[0].status;
+    EXPECT_TRUE(ops[1].status.ok()) << ops[1].status;
+    EXPECT_THAT(ops[2].status, StatusIs(absl::StatusCode::kOutOfRange));
+    for (size_t i = 0; i < (1 << 18); ++i) {
+      ASSERT_EQ(dst[i], Pattern(i)) << i;
+      ASSERT_EQ(dst[(1 << 18) + i], Pattern((1 << 19) + i)) << i;
+    }
+    UcxStats st = (*reader)->Stats();
+    EXPECT_EQ(st.gets, 2u);
+    EXPECT_EQ(st.direct_reads, direct ? 2u : 0u);
+    if (!direct) continue;
+    // A copy that fails fails its op alone; a passed deadline fails the ops
+    // without closing the peer (nothing was in flight).
+    ops = ops_for();
+    ops.pop_back();
+    EXPECT_THAT((*reader)->GetMany(
+                    **peer, absl::MakeSpan(ops), absl::Now() + absl::Seconds(10), [](size_t) {},
+                    [&](size_t i, const std::byte* src) {
+                      if (i == 0) return absl::DataLossError("checked and refused");
+                      std::memcpy(ops[i].dst.data(), src, ops[i].dst.size());
+                      return absl::OkStatus();
+                    }),
+                StatusIs(absl::StatusCode::kDataLoss));
+    EXPECT_THAT(ops[0].status, StatusIs(absl::StatusCode::kDataLoss));
+    EXPECT_TRUE(ops[1].status.ok());
+    ops = ops_for();
+    ops.pop_back();
+    EXPECT_THAT((*reader)->GetMany(**peer, absl::MakeSpan(ops), absl::Now() - absl::Seconds(1)),
+                StatusIs(absl::StatusCode::kDeadlineExceeded));
+    EXPECT_FALSE((*peer)->failed());
+    st = (*reader)->Stats();
+    EXPECT_EQ(st.get_failures, 3u);
+    EXPECT_EQ(st.direct_reads, 3u);
+  }
+}
+
 TEST(UcxOptionsTest, ValidateNamesTheField) {
   UcxOptions o;
   o.progress_threads = 0;
@@ -466,10 +695,11 @@ TEST(UcxOptionsTest, ValidateNamesTheField) {
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("max_batch_chunks")));
 }
 
-INSTANTIATE_TEST_SUITE_P(Transports, TransferTest, ::testing::Values("tcp", "posix,cma"),
-                         [](const auto& info) {
-                           return std::string(info.param[0] == 't' ? "tcp" : "shm");
-                         });
+INSTANTIATE_TEST_SUITE_P(Transports, TransferTest,
+                         ::testing::Values(Mode{"tcp", "tcp", false},
+                                           Mode{"shm", "posix,cma", false},
+                                           Mode{"shm_ucx_arena", "posix,cma", true}),
+                         [](const auto& info) { return std::string(info.param.name); });
 
 }  // namespace
 }  // namespace kvtier::transfer
