@@ -20,7 +20,7 @@ absl::Status RemoteReaderOptions::Validate() const {
   }
   if (max_hints == 0) return absl::InvalidArgumentError("ucx.max_hints: must be positive");
   if (max_batch_chunks < 1 || max_batch_chunks > 4096) {
-    return absl::InvalidArgumentError("max_batch_chunks: must be within 1..4096");
+    return absl::InvalidArgumentError("ucx.max_batch_chunks: must be within 1..4096");
   }
   return absl::OkStatus();
 }

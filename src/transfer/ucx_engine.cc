@@ -115,7 +115,7 @@ absl::Status UcxOptions::Validate() const {
     return absl::InvalidArgumentError("ucx.idle_wait: must be within 0..1s");
   }
   if (busy_poll < absl::ZeroDuration()) {
-    return absl::InvalidArgumentError("busy_poll: must not be negative");
+    return absl::InvalidArgumentError("ucx.busy_poll_us: must not be negative");
   }
   return absl::OkStatus();
 }
