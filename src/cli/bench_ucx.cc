@@ -117,6 +117,9 @@ int RunUcxBench(Flags& flags) {
   // The reader's UcxOptions::busy_poll in microseconds (-1: infinite; the
   // default keeps UcxOptions' own).
   const int64_t busy_poll_us = flags.Int("reader-busy-poll-us", -2);
+  // How the reader pins: "ucx" (UCX calls on the endpoint, gRPC when the
+  // holder does not offer them) or "grpc" (the Peer service only).
+  const std::string pins = flags.String("pins", "ucx");
   const std::vector<std::string> modes =
       absl::StrSplit(flags.String("modes", "chain,threads"), ',', absl::SkipEmpty());
   for (const std::string& m : modes) {
@@ -128,6 +131,10 @@ int RunUcxBench(Flags& flags) {
   }
   if (absl::Status s = flags.Finish(); !s.ok()) {
     std::fprintf(stderr, "kvtier bench ucx: %s\n", std::string(s.message()).c_str());
+    return 2;
+  }
+  if (pins != "ucx" && pins != "grpc") {
+    std::fprintf(stderr, "kvtier bench ucx: --pins: '%s' is neither ucx nor grpc\n", pins.c_str());
     return 2;
   }
   if (system(absl::StrCat(perftest, " -h >/dev/null 2>&1").c_str()) == 127 * 256) {
@@ -213,6 +220,7 @@ int RunUcxBench(Flags& flags) {
     transfer::RemoteReaderOptions ro;
     ro.node_id = "bench-reader";
     ro.transfer_timeout = absl::Seconds(30);
+    ro.pins_over_ucx = pins == "ucx";
     auto reader =
         transfer::RemoteReader::Create(cache->get(), engine->get(), &source, &clients, ro);
 
@@ -300,6 +308,8 @@ int RunUcxBench(Flags& flags) {
       }
     }
     const transfer::RemoteReaderStats st = (*reader)->Stats();
+    notes.push_back(absl::StrCat("UCX_TLS=", tls, ": ", st.ucx_pins,
+                                 " of the reader's pins went as UCX calls (--pins ", pins, ")"));
     if (!st.peers.empty()) {
       const std::string& lanes = st.peers[0].transports;
       notes.push_back(absl::StrCat("UCX_TLS=", tls, ": lanes ", lanes));

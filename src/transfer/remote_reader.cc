@@ -1,5 +1,6 @@
 #include "src/transfer/remote_reader.h"
 
+#include <optional>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -7,6 +8,7 @@
 #include "src/core/chunk_format.h"
 #include "src/server/status_convert.h"
 #include "src/server/wire.h"
+#include "src/transfer/peer_calls.h"
 
 namespace kvtier::transfer {
 
@@ -112,7 +114,7 @@ absl::StatusOr<RemoteReader::Conn> RemoteReader::Connect(const std::string& addr
         absl::StrCat("peer ", address, " (", resp.node_id(), "): ", peer.status().message()));
   }
   hellos_.fetch_add(1);
-  Conn conn{resp.node_id(), resp.boot_id(), std::move(*peer)};
+  Conn conn{resp.node_id(), resp.boot_id(), std::move(*peer), resp.call_secret()};
   absl::MutexLock lock(&mu_);
   auto [it, inserted] = conns_.try_emplace(address, conn);
   if (!inserted) {
@@ -120,6 +122,39 @@ absl::StatusOr<RemoteReader::Conn> RemoteReader::Connect(const std::string& addr
     if (it->second.peer->failed() || it->second.boot_id != conn.boot_id) it->second = conn;
   }
   return it->second;
+}
+
+bool RemoteReader::UseCalls(const Conn& conn) const {
+  // Without peer failure detection (shared memory only) a call to a dead
+  // holder would wait for its deadline; gRPC fails at once.
+  return options_.pins_over_ucx && !conn.call_secret.empty() && conn.peer->peer_error_handling() &&
+         !conn.peer->failed();
+}
+
+absl::Status RemoteReader::PinForRead(const Conn& conn, const std::string& address,
+                                      const v1::PinForReadRequest& req,
+                                      v1::PinForReadResponse& resp, absl::Time deadline) {
+  if (UseCalls(conn)) {
+    absl::StatusOr<std::string> reply = engine_->Call(
+        *conn.peer, EncodePeerCall(PeerCallMethod::kPinForRead, conn.call_secret, req), deadline);
+    if (reply.ok()) {
+      ucx_pins_.fetch_add(1);
+      absl::Status s = DecodePeerReply(*reply, resp);
+      clients_->ReportContact(address, conn.node_id, s.ok());
+      return s;
+    }
+    if (!absl::IsUnimplemented(reply.status())) {
+      clients_->ReportContact(address, conn.node_id, false);
+      return reply.status();
+    }
+    // The holder does not answer calls: gRPC.
+  }
+  grpc::ClientContext ctx;
+  clients_->Prepare(ctx, deadline);
+  grpc::Status gs = clients_->Stub(address)->PinForRead(&ctx, req, &resp);
+  clients_->ReportContact(address, conn.node_id, gs.ok());
+  if (!gs.ok()) return absl::UnavailableError(gs.error_message());
+  return absl::OkStatus();
 }
 
 void RemoteReader::Drop(const std::string& address, const UcxPeer* peer) {
@@ -162,6 +197,19 @@ void RemoteReader::ReleaseLoop() {
       }
     }
     for (const auto& [address, req] : by_holder) {
+      std::optional<Conn> conn;
+      {
+        absl::MutexLock lock(&mu_);
+        auto it = conns_.find(address);
+        if (it != conns_.end()) conn = it->second;
+      }
+      if (conn.has_value() && UseCalls(*conn)) {
+        absl::StatusOr<std::string> reply = engine_->Call(
+            *conn->peer, EncodePeerCall(PeerCallMethod::kRelease, conn->call_secret, req),
+            absl::Now() + absl::Seconds(1));
+        v1::PeerReleaseResponse resp;
+        if (reply.ok() && DecodePeerReply(*reply, resp).ok()) continue;
+      }
       grpc::ClientContext ctx;
       clients_->Prepare(ctx, absl::Now() + absl::Seconds(1));
       v1::PeerReleaseResponse resp;
@@ -186,16 +234,10 @@ std::vector<absl::Status> RemoteReader::FetchFrom(const Namespace& ns,
   for (const BlockKey& key : keys) req.add_keys(wire::KeyToBytes(key));
   req.set_boot_id(conn->boot_id);
   v1::PinForReadResponse resp;
-  {
-    grpc::ClientContext ctx;
-    clients_->Prepare(ctx, deadline);
-    grpc::Status gs = clients_->Stub(address)->PinForRead(&ctx, req, &resp);
-    clients_->ReportContact(address, conn->node_id, gs.ok());
-    if (!gs.ok()) {
-      Drop(address, conn->peer.get());
-      return all(absl::UnavailableError(
-          absl::StrCat("peer ", address, ": PinForRead failed: ", gs.error_message())));
-    }
+  if (absl::Status s = PinForRead(*conn, address, req, resp, deadline); !s.ok()) {
+    Drop(address, conn->peer.get());
+    return all(absl::UnavailableError(
+        absl::StrCat("peer ", address, ": PinForRead failed: ", s.message())));
   }
   if (resp.slots_size() == 0) {
     return all(
@@ -382,6 +424,7 @@ RemoteReaderStats RemoteReader::Stats() const {
   s.verify_failures = verify_failures_.load();
   s.hellos = hellos_.load();
   s.stale_drops = stale_drops_.load();
+  s.ucx_pins = ucx_pins_.load();
   absl::MutexLock lock(&mu_);
   for (const auto& [address, c] : conns_) {
     s.peers.push_back(

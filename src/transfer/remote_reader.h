@@ -15,6 +15,12 @@
 // never visible partly written. A miss is reported as NotFound, a damaged
 // transfer as DataLoss, an unreachable holder as Unavailable.
 //
+// Pins: PinForRead and Release go as UCX calls on the holder's endpoint
+// (peer_calls.h; one active message each way, answered by the holder's
+// progress thread) when the holder's Hello offered a call secret and the
+// endpoint detects peer failures; otherwise (and as fallback when the holder
+// does not answer calls) over its gRPC Peer service.
+//
 // Connections: one UCX endpoint per holder, made from the holder's Hello
 // (worker address, packed arena key, arena base, boot id) and cached. A
 // holder whose boot id changes (it restarted, so its arena and keys are new)
@@ -53,6 +59,7 @@ struct RemoteReaderOptions {
   absl::Duration transfer_timeout = absl::Seconds(5);       // PinForRead + get of one chunk
   uint32_t max_hints = 1u << 16;                            // remembered (chunk -> holder) pairs
   uint32_t max_batch_chunks = 64;  // chunks pinned by one PinForRead and read together (1..4096)
+  bool pins_over_ucx = true;       // PinForRead/Release as UCX calls when the holder offers them
 
   // InvalidArgument naming the field.
   absl::Status Validate() const;
@@ -79,6 +86,7 @@ struct RemoteReaderStats {
   uint64_t verify_failures = 0;  // transferred bytes that failed a check
   uint64_t hellos = 0;           // connections made
   uint64_t stale_drops = 0;      // endpoints dropped for a changed boot id or a failure
+  uint64_t ucx_pins = 0;         // PinForReads sent as UCX calls (the rest went over gRPC)
   std::vector<RemotePeerInfo> peers;
 };
 
@@ -121,6 +129,7 @@ class RemoteReader {
     std::string node_id;
     uint64_t boot_id = 0;
     std::shared_ptr<UcxPeer> peer;
+    std::string call_secret;  // from Hello; empty: pins over gRPC only
   };
   struct Hint {
     std::string address;
@@ -150,6 +159,13 @@ class RemoteReader {
 
   // The cached connection to `address`, or a new one from its Hello.
   absl::StatusOr<Conn> Connect(const std::string& address, absl::Time deadline);
+  // Whether pins to `conn` go as UCX calls.
+  bool UseCalls(const Conn& conn) const;
+  // PinForRead on the holder at `address` (UCX call or gRPC). The holder's
+  // answer, or why there is none.
+  absl::Status PinForRead(const Conn& conn, const std::string& address,
+                          const v1::PinForReadRequest& req, v1::PinForReadResponse& resp,
+                          absl::Time deadline);
   // Forgets the connection to `address` when it is still `peer`.
   void Drop(const std::string& address, const UcxPeer* peer);
   // One attempt at reading `keys` (with their `parents`) from `address`; one
@@ -189,6 +205,7 @@ class RemoteReader {
   std::atomic<uint64_t> verify_failures_{0};
   std::atomic<uint64_t> hellos_{0};
   std::atomic<uint64_t> stale_drops_{0};
+  std::atomic<uint64_t> ucx_pins_{0};
 };
 
 }  // namespace kvtier::transfer
