@@ -160,7 +160,10 @@ absl::Status PeerService::DoPinForRead(const v1::PinForReadRequest& request,
   for (const BlockKey& key : *keys) {
     absl::StatusOr<DramTier::TransferPin> pinned =
         cache_->dram().PinChunkForTransfer(req->namespace_id(), key);
-    if (!pinned.ok()) break;
+    if (!pinned.ok()) {
+      if (req->every_held()) continue;
+      break;
+    }
     ChunkPin& pin = pinned->pin;
     const std::byte* encoded = pin.payload().data() - kChunkHeaderBytes;
     v1::PinnedSlot* slot = resp->add_slots();

@@ -21,6 +21,12 @@
 // endpoint detects peer failures; otherwise (and as fallback when the holder
 // does not answer calls) over its gRPC Peer service.
 //
+// Merged pins: fetches to one holder that start while a PinForRead to it is
+// in flight wait for it to return and then go out together in the next one
+// (same namespace, at most max_batch_chunks keys; `every_held`, so a chunk
+// the holder lacks is a miss only for the fetch that asked for it). They
+// share its lease, released once the last of them is done with its gets.
+//
 // Connections: one UCX endpoint per holder, made from the holder's Hello
 // (worker address, packed arena key, arena base, boot id) and cached. A
 // holder whose boot id changes (it restarted, so its arena and keys are new)
@@ -87,6 +93,7 @@ struct RemoteReaderStats {
   uint64_t hellos = 0;           // connections made
   uint64_t stale_drops = 0;      // endpoints dropped for a changed boot id or a failure
   uint64_t ucx_pins = 0;         // PinForReads sent as UCX calls (the rest went over gRPC)
+  uint64_t merged_pins = 0;      // fetches whose pin rode in another fetch's PinForRead
   std::vector<RemotePeerInfo> peers;
 };
 
@@ -159,6 +166,33 @@ class RemoteReader {
 
   // The cached connection to `address`, or a new one from its Hello.
   absl::StatusOr<Conn> Connect(const std::string& address, absl::Time deadline);
+  // The pins of one fetch's keys.
+  struct PinResult {
+    absl::Status status;  // the PinForRead call's failure; OK when the holder answered
+    uint64_t boot_id = 0;
+    // The pinned prefix of the fetch's keys, in order.
+    std::vector<v1::PinnedSlot> slots;
+    // Holds the (possibly shared) lease: released when the last fetch
+    // sharing it drops it. Null when nothing was pinned for this fetch.
+    std::shared_ptr<void> lease;
+  };
+  // A fetch waiting for its pins.
+  struct PinWaiter {
+    uint64_t ns_id = 0;
+    absl::Span<const BlockKey> keys;
+    bool done = false;  // `result` is set (by another fetch's call)
+    PinResult result;
+  };
+  // The fetches to one holder: whether a PinForRead is in flight, and who
+  // waits for the next one.
+  struct PinQueue {
+    bool in_flight = false;
+    std::vector<PinWaiter*> waiting;
+  };
+  // Pins `keys` on the holder at `address`, merged with the other fetches
+  // waiting for it (see the file comment).
+  PinResult PinMerged(const Conn& conn, const std::string& address, uint64_t ns_id,
+                      absl::Span<const BlockKey> keys, absl::Time deadline);
   // Whether pins to `conn` go as UCX calls.
   bool UseCalls(const Conn& conn) const;
   // PinForRead on the holder at `address` (UCX call or gRPC). The holder's
@@ -190,6 +224,9 @@ class RemoteReader {
   absl::flat_hash_map<std::string, Conn> conns_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<HintKey, Hint> hints_ ABSL_GUARDED_BY(mu_);
 
+  absl::Mutex pin_mu_;
+  absl::flat_hash_map<std::string, std::unique_ptr<PinQueue>> pin_queues_ ABSL_GUARDED_BY(pin_mu_);
+
   absl::Mutex release_mu_;
   std::deque<std::pair<std::string, uint64_t>> releases_ ABSL_GUARDED_BY(release_mu_);
   bool stopping_ ABSL_GUARDED_BY(release_mu_) = false;
@@ -206,6 +243,7 @@ class RemoteReader {
   std::atomic<uint64_t> hellos_{0};
   std::atomic<uint64_t> stale_drops_{0};
   std::atomic<uint64_t> ucx_pins_{0};
+  std::atomic<uint64_t> merged_pins_{0};
 };
 
 }  // namespace kvtier::transfer

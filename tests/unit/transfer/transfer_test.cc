@@ -1,6 +1,7 @@
 // The transfer layer inside one process: two UCX engines (each its own ucp
 // context and workers), a holder's Peer service on a loopback gRPC port, and
 // a reader that finds and pulls chunks. Runs over TCP and over shared memory.
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
@@ -10,6 +11,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "grpcpp/security/server_credentials.h"
 #include "grpcpp/server.h"
@@ -597,6 +599,97 @@ TEST_P(TransferTest, PinsGoAsUcxCallsOnlyWithTheHellosSecret) {
   for (const absl::Status& s : got) EXPECT_TRUE(s.ok()) << s;
   EXPECT_EQ(grpc_reader->Stats().ucx_pins, 0u);
   EXPECT_EQ(a->peer->Stats().pin_requests, 2u);
+}
+
+TEST_P(TransferTest, ConcurrentFetchesMergeTheirPinsAndEachGetsItsOwnChunk) {
+  // The holder's first pin call is held back so that the other fetches
+  // queue behind it (pins over UCX calls: TCP).
+  if (std::string(GetParam()) != "tcp") GTEST_SKIP() << "pins go over gRPC here";
+  auto a = Node::Start("node-a", 81);
+  auto b = Node::Start("node-b", 82);
+  Namespace ns = *Namespace::Create(SmallModel());
+  constexpr int kFetches = 16;
+  std::vector<ChunkRef> refs;  // one single-chunk chain per fetch
+  for (int i = 0; i < kFetches; ++i) refs.push_back(SaveChain(*a, ns, 1, 100 + i)[0]);
+  PeerClients clients("");
+  StaticPeerSource source({a->address}, "node-b", &clients);
+  auto reader = ReaderOf(*b, &source, &clients);
+  ASSERT_NE(reader, nullptr);
+  for (const ChunkRef& r : refs) {
+    const BlockKey k[] = {r.key};
+    ASSERT_EQ(reader->Locate(ns, k, 0).size(), 1u);
+  }
+  // The holder lost one of them after the reader located it.
+  ASSERT_TRUE(a->cache->Remove(ns, refs[5].key).ok());
+  absl::Notification first_in, release;
+  std::atomic<int> served{0};
+  PeerService* service = a->peer.get();
+  a->ucx->SetCallHandler([&](absl::string_view call) {
+    if (served.fetch_add(1) == 0) {
+      first_in.Notify();
+      release.WaitForNotification();
+    }
+    return service->ServeCall(call);
+  });
+  std::vector<absl::Status> got(kFetches);
+  std::vector<std::thread> threads;
+  threads.emplace_back([&] { got[0] = reader->Fetch(ns, refs[0].key); });
+  first_in.WaitForNotification();
+  for (int i = 1; i < kFetches; ++i) {
+    threads.emplace_back([&, i] { got[i] = reader->Fetch(ns, refs[i].key); });
+  }
+  absl::SleepFor(absl::Milliseconds(300));  // all of them queue behind the first
+  release.Notify();
+  for (std::thread& t : threads) t.join();
+  for (int i = 0; i < kFetches; ++i) {
+    if (i == 5) {
+      EXPECT_THAT(got[i], StatusIs(absl::StatusCode::kNotFound)) << i;
+      EXPECT_FALSE(b->cache->Pin(ns, refs[i].key).ok());
+      continue;
+    }
+    EXPECT_TRUE(got[i].ok()) << i << " " << got[i];
+    std::vector<std::byte> out(ns.PayloadBytes(refs[i].num_tokens));
+    ASSERT_TRUE(b->cache->Load(ns, refs[i].key, absl::MakeSpan(out)).ok()) << i;
+    EXPECT_EQ(out, KvFor(refs[i], out.size())) << i;
+  }
+  // The first fetch's pin, then one for the 15 that waited.
+  EXPECT_EQ(reader->Stats().merged_pins, 14u);
+  EXPECT_EQ(a->peer->Stats().pin_requests, 2u);
+  EXPECT_EQ(a->peer->Stats().pinned_chunks, 15u);
+  EXPECT_EQ(reader->Stats().fetches, 15u);
+  EXPECT_EQ(reader->Stats().fetch_misses, 1u);
+  // The shared lease goes once every fetch is done with it.
+  const absl::Time until = absl::Now() + absl::Seconds(5);
+  while (a->peer->Stats().leases_held > 0 && absl::Now() < until) {
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  EXPECT_EQ(a->peer->Stats().leases_held, 0u);
+  EXPECT_EQ(a->cache->Stats().tiers[0].pinned_chunks, 0u);
+  a->ucx->SetCallHandler(nullptr);
+}
+
+TEST_P(TransferTest, EveryHeldPinsPastAMissingChunk) {
+  auto a = Node::Start("node-a", 91);
+  Namespace ns = *Namespace::Create(SmallModel());
+  std::vector<ChunkRef> refs;
+  for (int i = 0; i < 3; ++i) refs.push_back(SaveChain(*a, ns, 1, 200 + i)[0]);
+  ASSERT_TRUE(a->cache->Remove(ns, refs[1].key).ok());
+  PeerClients clients("");
+  for (bool every : {false, true}) {
+    grpc::ClientContext ctx;
+    clients.Prepare(ctx, absl::Now() + absl::Seconds(5));
+    v1::PinForReadRequest req;
+    req.set_namespace_id(ns.id());
+    for (const ChunkRef& r : refs) req.add_keys(wire::KeyToBytes(r.key));
+    req.set_every_held(every);
+    v1::PinForReadResponse resp;
+    ASSERT_TRUE(clients.Stub(a->address)->PinForRead(&ctx, req, &resp).ok());
+    ASSERT_EQ(resp.slots_size(), every ? 2 : 1) << every;
+    EXPECT_EQ(resp.slots(0).key(), wire::KeyToBytes(refs[0].key));
+    if (every) {
+      EXPECT_EQ(resp.slots(1).key(), wire::KeyToBytes(refs[2].key));
+    }
+  }
 }
 
 TEST(UcxOptionsTest, ValidateNamesTheField) {
