@@ -120,6 +120,8 @@ int RunUcxBench(Flags& flags) {
   // How the reader pins: "ucx" (UCX calls on the endpoint, gRPC when the
   // holder does not offer them) or "grpc" (the Peer service only).
   const std::string pins = flags.String("pins", "ucx");
+  // Merge concurrent fetches' pins also when they go as UCX calls.
+  const bool merge_ucx_pins = flags.Bool("merge-ucx-pins");
   const std::vector<std::string> modes =
       absl::StrSplit(flags.String("modes", "chain,threads"), ',', absl::SkipEmpty());
   for (const std::string& m : modes) {
@@ -221,6 +223,7 @@ int RunUcxBench(Flags& flags) {
     ro.node_id = "bench-reader";
     ro.transfer_timeout = absl::Seconds(30);
     ro.pins_over_ucx = pins == "ucx";
+    ro.merge_ucx_pins = merge_ucx_pins;
     auto reader =
         transfer::RemoteReader::Create(cache->get(), engine->get(), &source, &clients, ro);
 
@@ -309,7 +312,8 @@ int RunUcxBench(Flags& flags) {
     }
     const transfer::RemoteReaderStats st = (*reader)->Stats();
     notes.push_back(absl::StrCat("UCX_TLS=", tls, ": ", st.ucx_pins,
-                                 " of the reader's pins went as UCX calls (--pins ", pins, ")"));
+                                 " of the reader's pins went as UCX calls (--pins ", pins, "), ",
+                                 st.merged_pins, " fetches rode in another fetch's pin"));
     if (!st.peers.empty()) {
       const std::string& lanes = st.peers[0].transports;
       notes.push_back(absl::StrCat("UCX_TLS=", tls, ": lanes ", lanes));

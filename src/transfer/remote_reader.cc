@@ -160,6 +160,24 @@ absl::Status RemoteReader::PinForRead(const Conn& conn, const std::string& addre
 RemoteReader::PinResult RemoteReader::PinMerged(const Conn& conn, const std::string& address,
                                                 uint64_t ns_id, absl::Span<const BlockKey> keys,
                                                 absl::Time deadline) {
+  if (UseCalls(conn) && !options_.merge_ucx_pins) {
+    // Cheap enough alone: pinned without waiting for other fetches.
+    PinResult out;
+    v1::PinForReadRequest req;
+    req.set_namespace_id(ns_id);
+    req.set_boot_id(conn.boot_id);
+    for (const BlockKey& k : keys) req.add_keys(wire::KeyToBytes(k));
+    v1::PinForReadResponse resp;
+    out.status = PinForRead(conn, address, req, resp, deadline);
+    out.boot_id = resp.boot_id();
+    if (out.status.ok()) out.slots.assign(resp.slots().begin(), resp.slots().end());
+    if (out.status.ok() && resp.lease_id() != 0) {
+      const uint64_t id = resp.lease_id();
+      out.lease =
+          std::shared_ptr<void>(nullptr, [this, address, id](void*) { ReleaseLease(address, id); });
+    }
+    return out;
+  }
   PinWaiter me;
   me.ns_id = ns_id;
   me.keys = keys;

@@ -21,11 +21,11 @@
 // endpoint detects peer failures; otherwise (and as fallback when the holder
 // does not answer calls) over its gRPC Peer service.
 //
-// Merged pins: fetches to one holder that start while a PinForRead to it is
-// in flight wait for it to return and then go out together in the next one
-// (same namespace, at most max_batch_chunks keys; `every_held`, so a chunk
-// the holder lacks is a miss only for the fetch that asked for it). They
-// share its lease, released once the last of them is done with its gets.
+// Merged pins (over gRPC; over UCX calls only with merge_ucx_pins): fetches
+// to one holder that start while a PinForRead to it is in flight wait for it
+// to return and then go out together in the next one (same namespace, at most max_batch_chunks
+// keys; `every_held`, so a chunk the holder lacks is a miss only for the fetch that asked for it).
+// They share its lease, released once the last of them is done with its gets.
 //
 // Connections: one UCX endpoint per holder, made from the holder's Hello
 // (worker address, packed arena key, arena base, boot id) and cached. A
@@ -66,6 +66,10 @@ struct RemoteReaderOptions {
   uint32_t max_hints = 1u << 16;                            // remembered (chunk -> holder) pairs
   uint32_t max_batch_chunks = 64;  // chunks pinned by one PinForRead and read together (1..4096)
   bool pins_over_ucx = true;       // PinForRead/Release as UCX calls when the holder offers them
+  // Merge concurrent fetches' pins also when they go as UCX calls (always
+  // merged over gRPC). A UCX call costs about a message each way, so merging
+  // them mostly makes fetches wait for each other.
+  bool merge_ucx_pins = false;
 
   // InvalidArgument naming the field.
   absl::Status Validate() const;

@@ -602,9 +602,10 @@ TEST_P(TransferTest, PinsGoAsUcxCallsOnlyWithTheHellosSecret) {
 }
 
 TEST_P(TransferTest, ConcurrentFetchesMergeTheirPinsAndEachGetsItsOwnChunk) {
-  // The holder's first pin call is held back so that the other fetches
-  // queue behind it (pins over UCX calls: TCP).
-  if (std::string(GetParam()) != "tcp") GTEST_SKIP() << "pins go over gRPC here";
+  // TCP: pins go as UCX calls (merged with merge_ucx_pins), and the holder's
+  // first call is held back so that the other fetches queue behind it. Shared
+  // memory: pins go over gRPC (merged by default) as they come.
+  const bool tcp = std::string(GetParam()) == "tcp";
   auto a = Node::Start("node-a", 81);
   auto b = Node::Start("node-b", 82);
   Namespace ns = *Namespace::Create(SmallModel());
@@ -613,7 +614,9 @@ TEST_P(TransferTest, ConcurrentFetchesMergeTheirPinsAndEachGetsItsOwnChunk) {
   for (int i = 0; i < kFetches; ++i) refs.push_back(SaveChain(*a, ns, 1, 100 + i)[0]);
   PeerClients clients("");
   StaticPeerSource source({a->address}, "node-b", &clients);
-  auto reader = ReaderOf(*b, &source, &clients);
+  RemoteReaderOptions ro;
+  ro.merge_ucx_pins = true;
+  auto reader = ReaderOf(*b, &source, &clients, ro);
   ASSERT_NE(reader, nullptr);
   for (const ChunkRef& r : refs) {
     const BlockKey k[] = {r.key};
@@ -634,11 +637,11 @@ TEST_P(TransferTest, ConcurrentFetchesMergeTheirPinsAndEachGetsItsOwnChunk) {
   std::vector<absl::Status> got(kFetches);
   std::vector<std::thread> threads;
   threads.emplace_back([&] { got[0] = reader->Fetch(ns, refs[0].key); });
-  first_in.WaitForNotification();
+  if (tcp) first_in.WaitForNotification();
   for (int i = 1; i < kFetches; ++i) {
     threads.emplace_back([&, i] { got[i] = reader->Fetch(ns, refs[i].key); });
   }
-  absl::SleepFor(absl::Milliseconds(300));  // all of them queue behind the first
+  if (tcp) absl::SleepFor(absl::Milliseconds(300));  // all of them queue behind the first
   release.Notify();
   for (std::thread& t : threads) t.join();
   for (int i = 0; i < kFetches; ++i) {
@@ -652,9 +655,13 @@ TEST_P(TransferTest, ConcurrentFetchesMergeTheirPinsAndEachGetsItsOwnChunk) {
     ASSERT_TRUE(b->cache->Load(ns, refs[i].key, absl::MakeSpan(out)).ok()) << i;
     EXPECT_EQ(out, KvFor(refs[i], out.size())) << i;
   }
-  // The first fetch's pin, then one for the 15 that waited.
-  EXPECT_EQ(reader->Stats().merged_pins, 14u);
-  EXPECT_EQ(a->peer->Stats().pin_requests, 2u);
+  if (tcp) {
+    // The first fetch's pin, then one for the 15 that waited.
+    EXPECT_EQ(reader->Stats().merged_pins, 14u);
+    EXPECT_EQ(a->peer->Stats().pin_requests, 2u);
+  } else {
+    EXPECT_EQ(reader->Stats().ucx_pins, 0u);
+  }
   EXPECT_EQ(a->peer->Stats().pinned_chunks, 15u);
   EXPECT_EQ(reader->Stats().fetches, 15u);
   EXPECT_EQ(reader->Stats().fetch_misses, 1u);
