@@ -76,6 +76,10 @@ std::string RenderTransferMetrics(const UcxStats& ucx, const PeerServiceStats& h
          reader->hellos);
   Metric(out, "kvtier_remote_stale_endpoints_total", "counter",
          "Endpoints dropped (peer restarted or failed).", reader->stale_drops);
+  Metric(out, "kvtier_remote_ucx_pins_total", "counter",
+         "PinForReads sent to holders as UCX calls (the others went over gRPC).", reader->ucx_pins);
+  Metric(out, "kvtier_remote_merged_pins_total", "counter",
+         "Fetches whose pin rode in another fetch's PinForRead.", reader->merged_pins);
   absl::StrAppend(&out,
                   "# HELP kvtier_remote_peer_info Connected peers and the UCX transports in use.\n"
                   "# TYPE kvtier_remote_peer_info gauge\n");

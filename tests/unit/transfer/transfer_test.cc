@@ -187,6 +187,14 @@ TEST_P(TransferTest, ReaderFindsAndPullsChunksByteIdentical) {
   const std::string text = RenderTransferMetrics(b->ucx->Stats(), b->peer->Stats(), &rs);
   EXPECT_THAT(text, HasSubstr("kvtier_remote_fetches_total 4"));
   EXPECT_THAT(text, HasSubstr("kvtier_remote_peer_info{node=\"node-a\""));
+  // Over TCP the pins went as UCX calls (one per Fetch call: the four
+  // fetches and the no-op one), over shared memory over gRPC.
+  const bool tcp = std::string(GetParam()) == "tcp";
+  EXPECT_EQ(rs.ucx_pins, tcp ? 5u : 0u);
+  EXPECT_THAT(text, HasSubstr(absl::StrCat("kvtier_remote_ucx_pins_total ", rs.ucx_pins)));
+  EXPECT_THAT(text, HasSubstr("kvtier_remote_merged_pins_total 0"));
+  EXPECT_THAT(text,
+              HasSubstr(absl::StrCat("kvtier_ucx_calls_made_total ", b->ucx->Stats().calls_made)));
 }
 
 TEST_P(TransferTest, EngineGetManyReadsSeveralRangesTogether) {
