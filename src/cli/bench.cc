@@ -129,7 +129,8 @@ const std::vector<BenchSuite>& BenchSuites() {
        "kvtier bench ucx [--json] [--sizes 256KiB,1MiB,4MiB] [--inflight 1,4,16] [--tls tcp]\n"
        "                 [--reps 3] [--seconds 0.5] [--chunks 32] [--latency-reads 200]\n"
        "                 [--kvtierd PATH] [--ucx-perftest PATH] [--modes chain,threads]\n"
-       "                 [--reader-busy-poll-us N] [--reader-direct true|false]\n\n"
+       "                 [--reader-busy-poll-us N] [--reader-direct true|false]\n"
+       "                 [--pins ucx|grpc] [--merge-ucx-pins]\n\n"
        "Starts a holder kvtierd (node-to-node transfer on, loopback) and saves --chunks\n"
        "chunks of each size into it; this process is the reader (an embedded cache with\n"
        "kvtierd's remote reader). A remote Load is PinForRead, one UCX get into a DRAM\n"
@@ -146,6 +147,10 @@ const std::vector<BenchSuite>& BenchSuites() {
        "flight before it sleeps until the next event (-1: never sleeps; default 50).\n"
        "--reader-direct false: read a holder's arena mapped here (UCX shared memory)\n"
        "with UCX gets and a separate check instead of one copy-and-check pass.\n"
+       "--pins: how the reader sends PinForRead and Release: ucx (UCX calls on the\n"
+       "endpoint the gets use; default) or grpc (the holder's Peer service).\n"
+       "--merge-ucx-pins: concurrent fetches merge their pins also over UCX calls\n"
+       "(always merged over gRPC).\n"
        "Target: remote Load >= 0.85x ucx_perftest.",
        RunUcxBench},
   };

@@ -127,6 +127,11 @@ int RunUcxBench(Flags& flags) {
                  direct_flag.c_str());
     return 2;
   }
+  // How the reader pins: "ucx" (UCX calls on the endpoint, gRPC when the
+  // holder does not offer them) or "grpc" (the Peer service only).
+  const std::string pins = flags.String("pins", "ucx");
+  // Merge concurrent fetches' pins also when they go as UCX calls.
+  const bool merge_ucx_pins = flags.Bool("merge-ucx-pins");
   const std::vector<std::string> modes =
       absl::StrSplit(flags.String("modes", "chain,threads"), ',', absl::SkipEmpty());
   for (const std::string& m : modes) {
@@ -138,6 +143,10 @@ int RunUcxBench(Flags& flags) {
   }
   if (absl::Status s = flags.Finish(); !s.ok()) {
     std::fprintf(stderr, "kvtier bench ucx: %s\n", std::string(s.message()).c_str());
+    return 2;
+  }
+  if (pins != "ucx" && pins != "grpc") {
+    std::fprintf(stderr, "kvtier bench ucx: --pins: '%s' is neither ucx nor grpc\n", pins.c_str());
     return 2;
   }
   if (system(absl::StrCat(perftest, " -h >/dev/null 2>&1").c_str()) == 127 * 256) {
@@ -228,6 +237,8 @@ int RunUcxBench(Flags& flags) {
     transfer::RemoteReaderOptions ro;
     ro.node_id = "bench-reader";
     ro.transfer_timeout = absl::Seconds(30);
+    ro.pins_over_ucx = pins == "ucx";
+    ro.merge_ucx_pins = merge_ucx_pins;
     auto reader =
         transfer::RemoteReader::Create(cache->get(), engine->get(), &source, &clients, ro);
 
@@ -315,6 +326,9 @@ int RunUcxBench(Flags& flags) {
       }
     }
     const transfer::RemoteReaderStats st = (*reader)->Stats();
+    notes.push_back(absl::StrCat("UCX_TLS=", tls, ": ", st.ucx_pins,
+                                 " of the reader's pins went as UCX calls (--pins ", pins, "), ",
+                                 st.merged_pins, " fetches rode in another fetch's pin"));
     if (!st.peers.empty()) {
       const std::string& lanes = st.peers[0].transports;
       notes.push_back(absl::StrCat("UCX_TLS=", tls, ": lanes ", lanes));

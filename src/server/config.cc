@@ -363,6 +363,14 @@ absl::Status ApplySetting(const std::string& name, const std::string& value,
     KVTIER_ASSIGN_OR_RETURN(c.ucx.transfer_timeout_ms, ParseU32(value, field, 1, 600000));
   } else if (name == "ucx.peer_token") {
     c.ucx.peer_token = value;
+  } else if (name == "ucx.max_batch_chunks") {
+    KVTIER_ASSIGN_OR_RETURN(c.ucx.max_batch_chunks, ParseU32(value, field, 1, 4096));
+  } else if (name == "ucx.busy_poll_us") {
+    if (value == "-1") {
+      c.ucx.busy_poll_us = -1;
+    } else {
+      KVTIER_ASSIGN_OR_RETURN(c.ucx.busy_poll_us, ParseU32(value, field, 0, 1000000));
+    }
   } else {
     return Invalid(field, "unknown setting");
   }
@@ -420,7 +428,7 @@ const std::map<std::string, std::set<std::string>>& SectionKeys() {
         "recheck_ms"}},
       {"ucx",
        {"enabled", "progress_threads", "lease_seconds", "lookup_timeout_ms", "transfer_timeout_ms",
-        "peer_token"}},
+        "peer_token", "max_batch_chunks", "busy_poll_us"}},
   };
   return *keys;
 }
@@ -1114,6 +1122,8 @@ std::string DaemonConfig::ToRedactedYaml() const {
   out << YAML::Key << "lookup_timeout_ms" << YAML::Value << ucx.lookup_timeout_ms;
   out << YAML::Key << "transfer_timeout_ms" << YAML::Value << ucx.transfer_timeout_ms;
   out << YAML::Key << "peer_token" << YAML::Value << redact(ucx.peer_token);
+  out << YAML::Key << "max_batch_chunks" << YAML::Value << ucx.max_batch_chunks;
+  out << YAML::Key << "busy_poll_us" << YAML::Value << ucx.busy_poll_us;
   out << YAML::EndMap;
   out << YAML::EndMap;
   return std::string(out.c_str()) + "\n";

@@ -66,6 +66,8 @@ struct UcxConfig {
   uint32_t lookup_timeout_ms = 200;    // how long Lookup waits for the peers' answers
   uint32_t transfer_timeout_ms = 5000;  // deadline of one remote chunk read
   std::string peer_token;              // shared secret of the Peer service; empty = none
+  uint32_t max_batch_chunks = 64;      // chunks one pin request covers and read together (1..4096)
+  int64_t busy_poll_us = 50;           // progress poll with gets in flight, us (-1 = never sleep)
 };
 
 struct DaemonConfig {

@@ -278,6 +278,8 @@ absl::Status Daemon::StartCluster() {
 absl::Status Daemon::CreateUcxEngine() {
   transfer::UcxOptions uo;
   uo.progress_threads = config_.ucx.progress_threads;
+  uo.busy_poll = config_.ucx.busy_poll_us < 0 ? absl::InfiniteDuration()
+                                              : absl::Microseconds(config_.ucx.busy_poll_us);
   absl::StatusOr<std::unique_ptr<transfer::UcxEngine>> engine = transfer::UcxEngine::Create(uo);
   if (!engine.ok()) {
     return absl::Status(engine.status().code(), absl::StrCat("ucx: ", engine.status().message()));
@@ -318,6 +320,7 @@ absl::Status Daemon::StartTransfer() {
     ro.node_id = config_.node_id;
     ro.lookup_timeout = absl::Milliseconds(config_.ucx.lookup_timeout_ms);
     ro.transfer_timeout = absl::Milliseconds(config_.ucx.transfer_timeout_ms);
+    ro.max_batch_chunks = config_.ucx.max_batch_chunks;
     KVTIER_ASSIGN_OR_RETURN(
         remote_,
         transfer::RemoteReader::Create(cache_.get(), ucx_.get(), holders, peer_clients_.get(), ro));

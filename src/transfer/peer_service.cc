@@ -1,11 +1,15 @@
 #include "src/transfer/peer_service.h"
 
+#include <sys/random.h>
+
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "src/common/status_macros.h"
 #include "src/core/chunk_format.h"
 #include "src/server/status_convert.h"
 #include "src/server/wire.h"
+#include "src/transfer/peer_calls.h"
 
 namespace kvtier::transfer {
 
@@ -30,6 +34,12 @@ absl::StatusOr<std::unique_ptr<PeerService>> PeerService::Create(
   }
   std::unique_ptr<PeerService> p(new PeerService(cache, engine, options));
   PeerService* raw = p.get();
+  p->call_secret_.resize(kCallSecretBytes);
+  if (getrandom(p->call_secret_.data(), kCallSecretBytes, 0) !=
+      static_cast<ssize_t>(kCallSecretBytes)) {
+    return absl::InternalError("getrandom: no call secret");
+  }
+  engine->SetCallHandler([raw](absl::string_view call) { return raw->ServeCall(call); });
   p->reaper_ = std::thread([raw] {
     const absl::Duration period = std::min(absl::Seconds(1), raw->options_.lease_timeout / 4);
     while (!raw->stop_.WaitForNotificationWithTimeout(period)) raw->ExpireLeases(absl::Now());
@@ -38,6 +48,7 @@ absl::StatusOr<std::unique_ptr<PeerService>> PeerService::Create(
 }
 
 PeerService::~PeerService() {
+  if (!call_secret_.empty()) engine_->SetCallHandler(nullptr);
   stop_.Notify();
   if (reaper_.joinable()) reaper_.join();
   absl::flat_hash_map<uint64_t, Lease> leases;
@@ -79,6 +90,7 @@ grpc::Status PeerService::Hello(grpc::ServerContext* ctx, const v1::HelloRequest
   resp->set_arena_bytes(arena.size());
   const char* tls = std::getenv("UCX_TLS");
   resp->set_transports(tls != nullptr ? tls : "all");
+  resp->set_call_secret(call_secret_);
   return grpc::Status::OK;
 }
 
@@ -97,15 +109,50 @@ grpc::Status PeerService::Lookup(grpc::ServerContext* ctx, const v1::PeerLookupR
 grpc::Status PeerService::PinForRead(grpc::ServerContext* ctx, const v1::PinForReadRequest* req,
                                      v1::PinForReadResponse* resp) {
   if (absl::Status s = CheckAuth(ctx); !s.ok()) return server::ToGrpcStatus(s);
-  absl::StatusOr<std::vector<BlockKey>> keys = Keys(req->keys());
-  if (!keys.ok()) return server::ToGrpcStatus(keys.status());
+  return server::ToGrpcStatus(DoPinForRead(*req, *resp));
+}
+
+std::string PeerService::ServeCall(absl::string_view call) {
+  DecodedPeerCall c;
+  absl::Status s = DecodePeerCall(call, call_secret_, c);
+  if (s.ok() && c.method == PeerCallMethod::kPinForRead) {
+    v1::PinForReadRequest req;
+    v1::PinForReadResponse resp;
+    if (!req.ParseFromArray(c.message.data(), static_cast<int>(c.message.size()))) {
+      s = absl::InvalidArgumentError("PinForRead: the request does not parse");
+    } else {
+      s = DoPinForRead(req, resp);
+    }
+    return EncodePeerReply(s, resp);
+  }
+  v1::PeerReleaseResponse resp;
+  if (s.ok() && c.method == PeerCallMethod::kRelease) {
+    v1::PeerReleaseRequest req;
+    if (!req.ParseFromArray(c.message.data(), static_cast<int>(c.message.size()))) {
+      s = absl::InvalidArgumentError("Release: the request does not parse");
+    } else {
+      DoRelease(req, resp);
+    }
+  } else if (s.ok()) {
+    s = absl::InvalidArgumentError(
+        absl::StrCat("peer call: unknown method ", static_cast<int>(c.method)));
+  }
+  return EncodePeerReply(s, resp);
+}
+
+absl::Status PeerService::DoPinForRead(const v1::PinForReadRequest& request,
+                                       v1::PinForReadResponse& response) {
+  const v1::PinForReadRequest* req = &request;
+  v1::PinForReadResponse* resp = &response;
+  KVTIER_ASSIGN_OR_RETURN(std::vector<BlockKey> key_list, Keys(req->keys()));
+  const std::vector<BlockKey>* keys = &key_list;
   resp->set_boot_id(options_.boot_id);
   resp->set_lease_ms(static_cast<uint32_t>(absl::ToInt64Milliseconds(options_.lease_timeout)));
   {
     absl::MutexLock lock(&mu_);
     if (leases_.size() >= options_.max_leases) {
-      return server::ToGrpcStatus(absl::ResourceExhaustedError(
-          absl::StrCat("PinForRead: ", leases_.size(), " leases held (ucx.max_leases)")));
+      return absl::ResourceExhaustedError(
+          absl::StrCat("PinForRead: ", leases_.size(), " leases held (ucx.max_leases)"));
     }
   }
   const std::byte* base = cache_->dram().arena().base();
@@ -113,7 +160,10 @@ grpc::Status PeerService::PinForRead(grpc::ServerContext* ctx, const v1::PinForR
   for (const BlockKey& key : *keys) {
     absl::StatusOr<DramTier::TransferPin> pinned =
         cache_->dram().PinChunkForTransfer(req->namespace_id(), key);
-    if (!pinned.ok()) break;
+    if (!pinned.ok()) {
+      if (req->every_held()) continue;
+      break;
+    }
     ChunkPin& pin = pinned->pin;
     const std::byte* encoded = pin.payload().data() - kChunkHeaderBytes;
     v1::PinnedSlot* slot = resp->add_slots();
@@ -125,7 +175,7 @@ grpc::Status PeerService::PinForRead(grpc::ServerContext* ctx, const v1::PinForR
     pinned_bytes_.fetch_add(kChunkHeaderBytes + pin.payload().size());
     lease.pins.push_back(std::move(pin));
   }
-  if (lease.pins.empty()) return grpc::Status::OK;
+  if (lease.pins.empty()) return absl::OkStatus();
   pin_requests_.fetch_add(1);
   pinned_chunks_.fetch_add(lease.pins.size());
   lease.expires = absl::Now() + options_.lease_timeout;
@@ -133,12 +183,20 @@ grpc::Status PeerService::PinForRead(grpc::ServerContext* ctx, const v1::PinForR
   const uint64_t id = next_lease_++;
   leases_.emplace(id, std::move(lease));
   resp->set_lease_id(id);
-  return grpc::Status::OK;
+  return absl::OkStatus();
 }
 
 grpc::Status PeerService::Release(grpc::ServerContext* ctx, const v1::PeerReleaseRequest* req,
                                   v1::PeerReleaseResponse* resp) {
   if (absl::Status s = CheckAuth(ctx); !s.ok()) return server::ToGrpcStatus(s);
+  DoRelease(*req, *resp);
+  return grpc::Status::OK;
+}
+
+void PeerService::DoRelease(const v1::PeerReleaseRequest& request,
+                            v1::PeerReleaseResponse& response) {
+  const v1::PeerReleaseRequest* req = &request;
+  v1::PeerReleaseResponse* resp = &response;
   std::vector<Lease> taken;  // released after the lock is dropped
   uint32_t released = 0;
   absl::MutexLock lock(&mu_);
@@ -153,7 +211,6 @@ grpc::Status PeerService::Release(grpc::ServerContext* ctx, const v1::PeerReleas
   resp->set_released(req->lease_id() != 0 && release(req->lease_id()));
   for (uint64_t id : req->lease_ids()) release(id);
   resp->set_released_leases(released);
-  return grpc::Status::OK;
 }
 
 size_t PeerService::ExpireLeases(absl::Time now) {

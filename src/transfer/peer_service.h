@@ -9,6 +9,12 @@
 // `lease_timeout` unless released earlier; a reaper thread drops lapsed ones,
 // so a reader that dies cannot hold slots forever.
 //
+// PinForRead and Release are also answered as UCX calls on this node's
+// workers (UcxEngine::SetCallHandler; framing in peer_calls.h): a call must
+// carry the random call secret this service hands out in Hello, so only a
+// reader that passed Hello (with the peer token, when one is set) can pin
+// that way. The calls run on the UCX progress thread.
+//
 // Only DRAM-resident chunks are served: Lookup matches the DRAM prefix of a
 // chain, and chunks that are on NVMe only are not offered to other nodes.
 //
@@ -77,6 +83,9 @@ class PeerService final : public v1::Peer::Service {
   grpc::Status Release(grpc::ServerContext* ctx, const v1::PeerReleaseRequest* req,
                        v1::PeerReleaseResponse* resp) override;
 
+  // Answers one UCX call (see the file comment); the reply's bytes.
+  std::string ServeCall(absl::string_view call);
+
   // Drops leases that lapsed by `now`; returns how many.
   size_t ExpireLeases(absl::Time now);
   PeerServiceStats Stats() const;
@@ -90,12 +99,16 @@ class PeerService final : public v1::Peer::Service {
   PeerService(EmbeddedCache* cache, UcxEngine* engine, PeerServiceOptions options)
       : cache_(cache), engine_(engine), options_(std::move(options)) {}
   absl::Status CheckAuth(grpc::ServerContext* ctx) const;
+  // PinForRead and Release after authentication (gRPC or UCX call).
+  absl::Status DoPinForRead(const v1::PinForReadRequest& req, v1::PinForReadResponse& resp);
+  void DoRelease(const v1::PeerReleaseRequest& req, v1::PeerReleaseResponse& resp);
   absl::StatusOr<std::vector<BlockKey>> Keys(
       const google::protobuf::RepeatedPtrField<std::string>& keys) const;
 
   EmbeddedCache* const cache_;
   UcxEngine* const engine_;
   const PeerServiceOptions options_;
+  std::string call_secret_;  // set once in Create
 
   mutable absl::Mutex mu_;
   absl::flat_hash_map<uint64_t, Lease> leases_ ABSL_GUARDED_BY(mu_);

@@ -8,6 +8,7 @@
 #include "src/core/chunk_format.h"
 #include "src/server/status_convert.h"
 #include "src/server/wire.h"
+#include "src/transfer/peer_calls.h"
 
 namespace kvtier::transfer {
 
@@ -21,7 +22,7 @@ absl::Status RemoteReaderOptions::Validate() const {
   }
   if (max_hints == 0) return absl::InvalidArgumentError("ucx.max_hints: must be positive");
   if (max_batch_chunks < 1 || max_batch_chunks > 4096) {
-    return absl::InvalidArgumentError("max_batch_chunks: must be within 1..4096");
+    return absl::InvalidArgumentError("ucx.max_batch_chunks: must be within 1..4096");
   }
   return absl::OkStatus();
 }
@@ -113,7 +114,7 @@ absl::StatusOr<RemoteReader::Conn> RemoteReader::Connect(const std::string& addr
         absl::StrCat("peer ", address, " (", resp.node_id(), "): ", peer.status().message()));
   }
   hellos_.fetch_add(1);
-  Conn conn{resp.node_id(), resp.boot_id(), std::move(*peer)};
+  Conn conn{resp.node_id(), resp.boot_id(), std::move(*peer), resp.call_secret()};
   absl::MutexLock lock(&mu_);
   auto [it, inserted] = conns_.try_emplace(address, conn);
   if (!inserted) {
@@ -121,6 +122,137 @@ absl::StatusOr<RemoteReader::Conn> RemoteReader::Connect(const std::string& addr
     if (it->second.peer->failed() || it->second.boot_id != conn.boot_id) it->second = conn;
   }
   return it->second;
+}
+
+bool RemoteReader::UseCalls(const Conn& conn) const {
+  // Without peer failure detection (shared memory only) a call to a dead
+  // holder would wait for its deadline; gRPC fails at once.
+  return options_.pins_over_ucx && !conn.call_secret.empty() && conn.peer->peer_error_handling() &&
+         !conn.peer->failed();
+}
+
+absl::Status RemoteReader::PinForRead(const Conn& conn, const std::string& address,
+                                      const v1::PinForReadRequest& req,
+                                      v1::PinForReadResponse& resp, absl::Time deadline) {
+  if (UseCalls(conn)) {
+    absl::StatusOr<std::string> reply = engine_->Call(
+        *conn.peer, EncodePeerCall(PeerCallMethod::kPinForRead, conn.call_secret, req), deadline);
+    if (reply.ok()) {
+      ucx_pins_.fetch_add(1);
+      absl::Status s = DecodePeerReply(*reply, resp);
+      clients_->ReportContact(address, conn.node_id, s.ok());
+      return s;
+    }
+    if (!absl::IsUnimplemented(reply.status())) {
+      clients_->ReportContact(address, conn.node_id, false);
+      return reply.status();
+    }
+    // The holder does not answer calls: gRPC.
+  }
+  grpc::ClientContext ctx;
+  clients_->Prepare(ctx, deadline);
+  grpc::Status gs = clients_->Stub(address)->PinForRead(&ctx, req, &resp);
+  clients_->ReportContact(address, conn.node_id, gs.ok());
+  if (!gs.ok()) return absl::UnavailableError(gs.error_message());
+  return absl::OkStatus();
+}
+
+RemoteReader::PinResult RemoteReader::PinMerged(const Conn& conn, const std::string& address,
+                                                uint64_t ns_id, absl::Span<const BlockKey> keys,
+                                                absl::Time deadline) {
+  if (UseCalls(conn) && !options_.merge_ucx_pins) {
+    // Cheap enough alone: pinned without waiting for other fetches.
+    PinResult out;
+    v1::PinForReadRequest req;
+    req.set_namespace_id(ns_id);
+    req.set_boot_id(conn.boot_id);
+    for (const BlockKey& k : keys) req.add_keys(wire::KeyToBytes(k));
+    v1::PinForReadResponse resp;
+    out.status = PinForRead(conn, address, req, resp, deadline);
+    out.boot_id = resp.boot_id();
+    if (out.status.ok()) out.slots.assign(resp.slots().begin(), resp.slots().end());
+    if (out.status.ok() && resp.lease_id() != 0) {
+      const uint64_t id = resp.lease_id();
+      out.lease =
+          std::shared_ptr<void>(nullptr, [this, address, id](void*) { ReleaseLease(address, id); });
+    }
+    return out;
+  }
+  PinWaiter me;
+  me.ns_id = ns_id;
+  me.keys = keys;
+  std::vector<PinWaiter*> batch;
+  {
+    absl::MutexLock lock(&pin_mu_);
+    std::unique_ptr<PinQueue>& entry = pin_queues_[address];
+    if (entry == nullptr) entry = std::make_unique<PinQueue>();
+    PinQueue* q = entry.get();
+    q->waiting.push_back(&me);
+    auto ready = [&me, q] { return me.done || !q->in_flight; };
+    pin_mu_.Await(absl::Condition(&ready));
+    if (me.done) {
+      merged_pins_.fetch_add(1);
+      return std::move(me.result);
+    }
+    // This fetch leads: its keys first, then those of the fetches waiting
+    // for the same namespace while they fit; the others wait for the next.
+    q->in_flight = true;
+    batch.push_back(&me);
+    size_t total = keys.size();
+    std::vector<PinWaiter*> rest;
+    for (PinWaiter* w : q->waiting) {
+      if (w == &me) continue;
+      if (w->ns_id == ns_id && total + w->keys.size() <= options_.max_batch_chunks) {
+        batch.push_back(w);
+        total += w->keys.size();
+      } else {
+        rest.push_back(w);
+      }
+    }
+    q->waiting.swap(rest);
+  }
+  v1::PinForReadRequest req;
+  req.set_namespace_id(ns_id);
+  req.set_boot_id(conn.boot_id);
+  for (const PinWaiter* w : batch) {
+    for (const BlockKey& k : w->keys) req.add_keys(wire::KeyToBytes(k));
+  }
+  // Merged: every chunk held is pinned, so one fetch's miss does not cut
+  // the keys of the fetches after it.
+  if (batch.size() > 1) req.set_every_held(true);
+  v1::PinForReadResponse resp;
+  const absl::Status status = PinForRead(conn, address, req, resp, deadline);
+  std::shared_ptr<void> lease;
+  if (status.ok() && resp.lease_id() != 0) {
+    const uint64_t id = resp.lease_id();
+    lease =
+        std::shared_ptr<void>(nullptr, [this, address, id](void*) { ReleaseLease(address, id); });
+  }
+  for (PinWaiter* w : batch) {
+    w->result.status = status;
+    w->result.boot_id = resp.boot_id();
+  }
+  if (status.ok() && batch.size() == 1) {
+    me.result.slots.assign(resp.slots().begin(), resp.slots().end());
+  } else if (status.ok()) {
+    absl::flat_hash_map<std::string, int> by_key;
+    for (int i = 0; i < resp.slots_size(); ++i) by_key.emplace(resp.slots(i).key(), i);
+    for (PinWaiter* w : batch) {
+      for (const BlockKey& k : w->keys) {
+        auto it = by_key.find(wire::KeyToBytes(k));
+        if (it == by_key.end()) break;  // a prefix per fetch, as unmerged
+        w->result.slots.push_back(resp.slots(it->second));
+      }
+    }
+  }
+  for (PinWaiter* w : batch) {
+    if (!w->result.slots.empty()) w->result.lease = lease;
+  }
+  lease.reset();
+  absl::MutexLock lock(&pin_mu_);
+  for (PinWaiter* w : batch) w->done = true;
+  pin_queues_[address]->in_flight = false;
+  return std::move(me.result);
 }
 
 void RemoteReader::Drop(const std::string& address, const UcxPeer* peer) {
@@ -163,6 +295,19 @@ void RemoteReader::ReleaseLoop() {
       }
     }
     for (const auto& [address, req] : by_holder) {
+      std::optional<Conn> conn;
+      {
+        absl::MutexLock lock(&mu_);
+        auto it = conns_.find(address);
+        if (it != conns_.end()) conn = it->second;
+      }
+      if (conn.has_value() && UseCalls(*conn)) {
+        absl::StatusOr<std::string> reply = engine_->Call(
+            *conn->peer, EncodePeerCall(PeerCallMethod::kRelease, conn->call_secret, req),
+            absl::Now() + absl::Seconds(1));
+        v1::PeerReleaseResponse resp;
+        if (reply.ok() && DecodePeerReply(*reply, resp).ok()) continue;
+      }
       grpc::ClientContext ctx;
       clients_->Prepare(ctx, absl::Now() + absl::Seconds(1));
       v1::PeerReleaseResponse resp;
@@ -182,40 +327,30 @@ std::vector<absl::Status> RemoteReader::FetchFrom(const Namespace& ns,
   };
   absl::StatusOr<Conn> conn = Connect(address, deadline);
   if (!conn.ok()) return all(conn.status());
-  v1::PinForReadRequest req;
-  req.set_namespace_id(ns.id());
-  for (const BlockKey& key : keys) req.add_keys(wire::KeyToBytes(key));
-  req.set_boot_id(conn->boot_id);
-  v1::PinForReadResponse resp;
-  {
-    grpc::ClientContext ctx;
-    clients_->Prepare(ctx, deadline);
-    grpc::Status gs = clients_->Stub(address)->PinForRead(&ctx, req, &resp);
-    clients_->ReportContact(address, conn->node_id, gs.ok());
-    if (!gs.ok()) {
-      Drop(address, conn->peer.get());
-      return all(absl::UnavailableError(
-          absl::StrCat("peer ", address, ": PinForRead failed: ", gs.error_message())));
-    }
+  PinResult pin = PinMerged(*conn, address, ns.id(), keys, deadline);
+  if (!pin.status.ok()) {
+    Drop(address, conn->peer.get());
+    return all(absl::UnavailableError(
+        absl::StrCat("peer ", address, ": PinForRead failed: ", pin.status.message())));
   }
-  if (resp.slots_size() == 0) {
+  if (pin.slots.empty()) {
     return all(
         absl::NotFoundError(absl::StrCat("peer ", conn->node_id, " no longer holds the chunk")));
   }
-  if (resp.boot_id() != conn->boot_id) {
+  if (pin.boot_id != conn->boot_id) {
     // The holder restarted: its arena and remote key are new. Say Hello again
     // and read under the lease just taken.
     Drop(address, conn->peer.get());
     conn = Connect(address, deadline);
-    if (!conn.ok() || conn->boot_id != resp.boot_id()) {
-      ReleaseLease(address, resp.lease_id());
+    if (!conn.ok() || conn->boot_id != pin.boot_id) {
+      pin.lease.reset();
       return all(conn.ok() ? absl::UnavailableError(
                                  absl::StrCat("peer ", address, " restarted again during the read"))
                            : conn.status());
     }
   }
   // The holder pinned a prefix of `keys`; the rest it no longer holds.
-  const size_t pinned = std::min<size_t>(static_cast<size_t>(resp.slots_size()), keys.size());
+  const size_t pinned = std::min(pin.slots.size(), keys.size());
   for (size_t i = pinned; i < keys.size(); ++i) {
     out[i] =
         absl::NotFoundError(absl::StrCat("peer ", conn->node_id, " no longer holds the chunk"));
@@ -230,7 +365,7 @@ std::vector<absl::Status> RemoteReader::FetchFrom(const Namespace& ns,
   pending.reserve(pinned);
   ops.reserve(pinned);
   for (size_t i = 0; i < pinned; ++i) {
-    const v1::PinnedSlot& slot = resp.slots(static_cast<int>(i));
+    const v1::PinnedSlot& slot = pin.slots[i];
     if (slot.key() != wire::KeyToBytes(keys[i])) {
       out[i] = absl::DataLossError(
           absl::StrCat("peer ", conn->node_id, ": pinned another chunk than asked for"));
@@ -276,7 +411,7 @@ std::vector<absl::Status> RemoteReader::FetchFrom(const Namespace& ns,
   // gets are still in flight.
   auto finish = [&](size_t j) {
     const Pending& p = pending[j];
-    const v1::PinnedSlot& slot = resp.slots(static_cast<int>(p.index));
+    const v1::PinnedSlot& slot = pin.slots[p.index];
     if (!ops[j].status.ok()) {
       cache_->AbortSlot(p.handle);
       out[p.index] = absl::Status(
@@ -318,7 +453,7 @@ std::vector<absl::Status> RemoteReader::FetchFrom(const Namespace& ns,
   const absl::Status got =
       ops.empty() ? absl::OkStatus()
                   : engine_->GetMany(*conn->peer, absl::MakeSpan(ops), deadline, finish, copy);
-  ReleaseLease(address, resp.lease_id());
+  pin.lease.reset();
   if (read_bytes > 0) clients_->AddBytesRead(address, read_bytes);
   if (!got.ok()) {
     clients_->ReportContact(address, conn->node_id, false);
@@ -395,6 +530,8 @@ RemoteReaderStats RemoteReader::Stats() const {
   s.verify_failures = verify_failures_.load();
   s.hellos = hellos_.load();
   s.stale_drops = stale_drops_.load();
+  s.ucx_pins = ucx_pins_.load();
+  s.merged_pins = merged_pins_.load();
   absl::MutexLock lock(&mu_);
   for (const auto& [address, c] : conns_) {
     s.peers.push_back(

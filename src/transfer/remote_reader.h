@@ -15,6 +15,18 @@
 // never visible partly written. A miss is reported as NotFound, a damaged
 // transfer as DataLoss, an unreachable holder as Unavailable.
 //
+// Pins: PinForRead and Release go as UCX calls on the holder's endpoint
+// (peer_calls.h; one active message each way, answered by the holder's
+// progress thread) when the holder's Hello offered a call secret and the
+// endpoint detects peer failures; otherwise (and as fallback when the holder
+// does not answer calls) over its gRPC Peer service.
+//
+// Merged pins (over gRPC; over UCX calls only with merge_ucx_pins): fetches
+// to one holder that start while a PinForRead to it is in flight wait for it
+// to return and then go out together in the next one (same namespace, at most max_batch_chunks
+// keys; `every_held`, so a chunk the holder lacks is a miss only for the fetch that asked for it).
+// They share its lease, released once the last of them is done with its gets.
+//
 // Connections: one UCX endpoint per holder, made from the holder's Hello
 // (worker address, packed arena key, arena base, boot id) and cached. A
 // holder whose boot id changes (it restarted, so its arena and keys are new)
@@ -53,6 +65,11 @@ struct RemoteReaderOptions {
   absl::Duration transfer_timeout = absl::Seconds(5);       // PinForRead + get of one chunk
   uint32_t max_hints = 1u << 16;                            // remembered (chunk -> holder) pairs
   uint32_t max_batch_chunks = 64;  // chunks pinned by one PinForRead and read together (1..4096)
+  bool pins_over_ucx = true;       // PinForRead/Release as UCX calls when the holder offers them
+  // Merge concurrent fetches' pins also when they go as UCX calls (always
+  // merged over gRPC). A UCX call costs about a message each way, so merging
+  // them mostly makes fetches wait for each other.
+  bool merge_ucx_pins = false;
 
   // InvalidArgument naming the field.
   absl::Status Validate() const;
@@ -79,6 +96,8 @@ struct RemoteReaderStats {
   uint64_t verify_failures = 0;  // transferred bytes that failed a check
   uint64_t hellos = 0;           // connections made
   uint64_t stale_drops = 0;      // endpoints dropped for a changed boot id or a failure
+  uint64_t ucx_pins = 0;         // PinForReads sent as UCX calls (the rest went over gRPC)
+  uint64_t merged_pins = 0;      // fetches whose pin rode in another fetch's PinForRead
   std::vector<RemotePeerInfo> peers;
 };
 
@@ -121,6 +140,7 @@ class RemoteReader {
     std::string node_id;
     uint64_t boot_id = 0;
     std::shared_ptr<UcxPeer> peer;
+    std::string call_secret;  // from Hello; empty: pins over gRPC only
   };
   struct Hint {
     std::string address;
@@ -150,6 +170,40 @@ class RemoteReader {
 
   // The cached connection to `address`, or a new one from its Hello.
   absl::StatusOr<Conn> Connect(const std::string& address, absl::Time deadline);
+  // The pins of one fetch's keys.
+  struct PinResult {
+    absl::Status status;  // the PinForRead call's failure; OK when the holder answered
+    uint64_t boot_id = 0;
+    // The pinned prefix of the fetch's keys, in order.
+    std::vector<v1::PinnedSlot> slots;
+    // Holds the (possibly shared) lease: released when the last fetch
+    // sharing it drops it. Null when nothing was pinned for this fetch.
+    std::shared_ptr<void> lease;
+  };
+  // A fetch waiting for its pins.
+  struct PinWaiter {
+    uint64_t ns_id = 0;
+    absl::Span<const BlockKey> keys;
+    bool done = false;  // `result` is set (by another fetch's call)
+    PinResult result;
+  };
+  // The fetches to one holder: whether a PinForRead is in flight, and who
+  // waits for the next one.
+  struct PinQueue {
+    bool in_flight = false;
+    std::vector<PinWaiter*> waiting;
+  };
+  // Pins `keys` on the holder at `address`, merged with the other fetches
+  // waiting for it (see the file comment).
+  PinResult PinMerged(const Conn& conn, const std::string& address, uint64_t ns_id,
+                      absl::Span<const BlockKey> keys, absl::Time deadline);
+  // Whether pins to `conn` go as UCX calls.
+  bool UseCalls(const Conn& conn) const;
+  // PinForRead on the holder at `address` (UCX call or gRPC). The holder's
+  // answer, or why there is none.
+  absl::Status PinForRead(const Conn& conn, const std::string& address,
+                          const v1::PinForReadRequest& req, v1::PinForReadResponse& resp,
+                          absl::Time deadline);
   // Forgets the connection to `address` when it is still `peer`.
   void Drop(const std::string& address, const UcxPeer* peer);
   // One attempt at reading `keys` (with their `parents`) from `address`; one
@@ -174,6 +228,9 @@ class RemoteReader {
   absl::flat_hash_map<std::string, Conn> conns_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<HintKey, Hint> hints_ ABSL_GUARDED_BY(mu_);
 
+  absl::Mutex pin_mu_;
+  absl::flat_hash_map<std::string, std::unique_ptr<PinQueue>> pin_queues_ ABSL_GUARDED_BY(pin_mu_);
+
   absl::Mutex release_mu_;
   std::deque<std::pair<std::string, uint64_t>> releases_ ABSL_GUARDED_BY(release_mu_);
   bool stopping_ ABSL_GUARDED_BY(release_mu_) = false;
@@ -189,6 +246,8 @@ class RemoteReader {
   std::atomic<uint64_t> verify_failures_{0};
   std::atomic<uint64_t> hellos_{0};
   std::atomic<uint64_t> stale_drops_{0};
+  std::atomic<uint64_t> ucx_pins_{0};
+  std::atomic<uint64_t> merged_pins_{0};
 };
 
 }  // namespace kvtier::transfer

@@ -47,6 +47,12 @@ std::string RenderTransferMetrics(const UcxStats& ucx, const PeerServiceStats& h
                   "\"registered\" (a memfd registered with UCX).\n"
                   "# TYPE kvtier_ucx_arena_info gauge\nkvtier_ucx_arena_info{memory=\"",
                   Label(ucx.arena), "\"} 1\n");
+  Metric(out, "kvtier_ucx_calls_made_total", "counter",
+         "Pin and release calls this node sent as UCX active messages and got answered.",
+         ucx.calls_made);
+  Metric(out, "kvtier_ucx_calls_served_total", "counter",
+         "Pin and release calls other nodes sent as UCX active messages, answered here.",
+         ucx.calls_served);
   Metric(out, "kvtier_peer_pin_requests_total", "counter",
          "PinForRead calls from other nodes that pinned at least one chunk.", holder.pin_requests);
   Metric(out, "kvtier_peer_pinned_chunks_total", "counter", "Chunks pinned for other nodes' reads.",
@@ -79,6 +85,10 @@ std::string RenderTransferMetrics(const UcxStats& ucx, const PeerServiceStats& h
          reader->hellos);
   Metric(out, "kvtier_remote_stale_endpoints_total", "counter",
          "Endpoints dropped (peer restarted or failed).", reader->stale_drops);
+  Metric(out, "kvtier_remote_ucx_pins_total", "counter",
+         "PinForReads sent to holders as UCX calls (the others went over gRPC).", reader->ucx_pins);
+  Metric(out, "kvtier_remote_merged_pins_total", "counter",
+         "Fetches whose pin rode in another fetch's PinForRead.", reader->merged_pins);
   absl::StrAppend(&out,
                   "# HELP kvtier_remote_peer_info Connected peers and the UCX transports in use.\n"
                   "# TYPE kvtier_remote_peer_info gauge\n");

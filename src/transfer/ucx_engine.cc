@@ -14,6 +14,7 @@
 #include <fstream>
 #include <set>
 #include <sstream>
+#include <tuple>
 #include <utility>
 
 #include "absl/strings/ascii.h"
@@ -55,6 +56,50 @@ void OnGetDone(void* request, ucs_status_t status, void* user_data) {
   absl::MutexLock lock(&slot->batch->mu);
   slot->status = status;
   slot->batch->completed.push_back(slot->index);
+}
+
+// Active message ids of calls (UcxEngine::Call) and their replies.
+constexpr unsigned kCallRequestAm = 11;
+constexpr unsigned kCallReplyAm = 12;
+// The reply's flag: the callee had no handler.
+constexpr uint32_t kNoHandler = 1;
+
+// The user header of a call's request and reply.
+struct CallHeader {
+  uint64_t call_id = 0;
+  uint32_t flags = 0;
+  uint32_t reserved = 0;
+};
+
+// One active message being sent: its header and data stay here until UCX is
+// done with them.
+struct AmSend {
+  CallHeader header;
+  std::string data;
+};
+
+void OnAmSent(void* request, ucs_status_t status, void* user_data) {
+  (void)status;
+  delete static_cast<AmSend*>(user_data);
+  ucp_request_free(request);
+}
+
+// Posts `msg` as active message `id` on `ep` (eagerly). UCS_OK or
+// UCS_INPROGRESS (then UCX owns `msg` until its callback), else the error.
+ucs_status_t PostAm(ucp_ep_h ep, unsigned id, std::unique_ptr<AmSend> msg, uint32_t flags) {
+  ucp_request_param_t param;
+  std::memset(&param, 0, sizeof(param));
+  param.op_attr_mask =
+      UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA | UCP_OP_ATTR_FIELD_FLAGS;
+  param.cb.send = &OnAmSent;
+  param.user_data = msg.get();
+  param.flags = flags | UCP_AM_SEND_FLAG_EAGER;
+  void* req = ucp_am_send_nbx(ep, id, &msg->header, sizeof(CallHeader), msg->data.data(),
+                              msg->data.size(), &param);
+  if (req == nullptr) return UCS_OK;  // sent at once; `msg` is freed here
+  if (UCS_PTR_IS_ERR(req)) return UCS_PTR_STATUS(req);
+  (void)msg.release();  // freed by OnAmSent
+  return UCS_INPROGRESS;
 }
 
 // "rma_bw=rc_mlx5/mlx5_0:1 am=rc_mlx5/mlx5_0:1" or "rma=am-emulated am=tcp/lo"
@@ -178,7 +223,7 @@ absl::Status UcxOptions::Validate() const {
     return absl::InvalidArgumentError("ucx.idle_wait: must be within 0..1s");
   }
   if (busy_poll < absl::ZeroDuration()) {
-    return absl::InvalidArgumentError("busy_poll: must not be negative");
+    return absl::InvalidArgumentError("ucx.busy_poll_us: must not be negative");
   }
   return absl::OkStatus();
 }
@@ -207,7 +252,7 @@ absl::Status UcxEngine::Init() {
     ucp_params_t params;
     std::memset(&params, 0, sizeof(params));
     params.field_mask = UCP_PARAM_FIELD_FEATURES | UCP_PARAM_FIELD_MT_WORKERS_SHARED;
-    params.features = UCP_FEATURE_RMA | (wakeup ? UCP_FEATURE_WAKEUP : 0);
+    params.features = UCP_FEATURE_RMA | UCP_FEATURE_AM | (wakeup ? UCP_FEATURE_WAKEUP : 0);
     params.mt_workers_shared = 1;
     s = ucp_init(&params, config, &context_);
     if (s == UCS_OK) {
@@ -246,6 +291,24 @@ absl::Status UcxEngine::Init() {
     }
     addresses_.emplace_back(reinterpret_cast<const char*>(addr), addr_len);
     ucp_worker_release_address(w->worker, addr);
+    for (const auto& [id, cb, arg] :
+         {std::tuple<unsigned, ucp_am_recv_callback_t, void*>{kCallRequestAm, &OnCallRequest,
+                                                              w.get()},
+          std::tuple<unsigned, ucp_am_recv_callback_t, void*>{kCallReplyAm, &OnCallReply, this}}) {
+      ucp_am_handler_param_t hp;
+      std::memset(&hp, 0, sizeof(hp));
+      hp.field_mask = UCP_AM_HANDLER_PARAM_FIELD_ID | UCP_AM_HANDLER_PARAM_FIELD_FLAGS |
+                      UCP_AM_HANDLER_PARAM_FIELD_CB | UCP_AM_HANDLER_PARAM_FIELD_ARG;
+      hp.id = id;
+      hp.flags = UCP_AM_FLAG_WHOLE_MSG;
+      hp.cb = cb;
+      hp.arg = arg;
+      s = ucp_worker_set_am_recv_handler(w->worker, &hp);
+      if (s != UCS_OK) {
+        ucp_worker_destroy(w->worker);
+        return UcxError("ucp_worker_set_am_recv_handler", s);
+      }
+    }
     workers_.push_back(std::move(w));
   }
   for (auto& w : workers_) {
@@ -292,7 +355,9 @@ void UcxEngine::ProgressLoop(Worker* w) {
                                 ? -1
                                 : absl::ToInt64Microseconds(options_.busy_poll);
   while (!stop_.load(std::memory_order_relaxed)) {
-    if (ucp_worker_progress(w->worker) != 0) {
+    const unsigned progressed = ucp_worker_progress(w->worker);
+    if (w->inbox_pending.load()) ServeCalls(w);
+    if (progressed != 0) {
       last_active = std::chrono::steady_clock::now();
       continue;
     }
@@ -325,6 +390,135 @@ void UcxEngine::ProgressLoop(Worker* w) {
     }
     absl::SleepFor(absl::Microseconds(20));
   }
+}
+
+ucs_status_t UcxEngine::OnCallRequest(void* arg, const void* header, size_t header_length,
+                                      void* data, size_t length, const ucp_am_recv_param_t* param) {
+  auto* w = static_cast<Worker*>(arg);
+  // Requests are sent eagerly with a reply endpoint; anything else is not a
+  // call (dropped; a caller would see its deadline).
+  if (header_length != sizeof(CallHeader) || (param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) != 0 ||
+      (param->recv_attr & UCP_AM_RECV_ATTR_FIELD_REPLY_EP) == 0) {
+    return UCS_OK;
+  }
+  CallHeader h;
+  std::memcpy(&h, header, sizeof(h));
+  absl::MutexLock lock(&w->inbox_mu);
+  w->inbox.push_back(Worker::Incoming{param->reply_ep, h.call_id,
+                                      std::string(static_cast<const char*>(data), length)});
+  w->inbox_pending.store(true);
+  return UCS_OK;
+}
+
+ucs_status_t UcxEngine::OnCallReply(void* arg, const void* header, size_t header_length, void* data,
+                                    size_t length, const ucp_am_recv_param_t* param) {
+  auto* e = static_cast<UcxEngine*>(arg);
+  if (header_length != sizeof(CallHeader) || (param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) != 0) {
+    return UCS_OK;
+  }
+  CallHeader h;
+  std::memcpy(&h, header, sizeof(h));
+  absl::MutexLock lock(&e->calls_mu_);
+  auto it = e->calls_.find(h.call_id);
+  if (it == e->calls_.end()) return UCS_OK;  // the caller gave up
+  PendingCall* pc = it->second;
+  pc->reply.assign(static_cast<const char*>(data), length);
+  pc->no_handler = (h.flags & kNoHandler) != 0;
+  pc->replied = true;
+  return UCS_OK;
+}
+
+void UcxEngine::ServeCalls(Worker* w) {
+  std::vector<Worker::Incoming> calls;
+  {
+    absl::MutexLock lock(&w->inbox_mu);
+    calls.swap(w->inbox);
+    w->inbox_pending.store(false);
+  }
+  absl::ReaderMutexLock lock(&handler_mu_);
+  for (Worker::Incoming& c : calls) {
+    auto reply = std::make_unique<AmSend>();
+    reply->header.call_id = c.call_id;
+    if (handler_) {
+      reply->data = handler_(c.request);
+      calls_served_.fetch_add(1);
+    } else {
+      reply->header.flags = kNoHandler;
+    }
+    // A reply that cannot be sent (the caller went away) is dropped.
+    (void)PostAm(c.reply_ep, kCallReplyAm, std::move(reply), 0);
+  }
+}
+
+void UcxEngine::SetCallHandler(CallHandler handler) {
+  absl::MutexLock lock(&handler_mu_);
+  handler_ = std::move(handler);
+}
+
+absl::StatusOr<std::string> UcxEngine::Call(UcxPeer& peer, absl::string_view request,
+                                            absl::Time deadline) {
+  Worker& w = *workers_[peer.worker_];
+  PendingCall pc;
+  const uint64_t id = next_call_.fetch_add(1);
+  {
+    absl::MutexLock lock(&calls_mu_);
+    calls_.emplace(id, &pc);
+  }
+  auto forget = [&] {
+    absl::MutexLock lock(&calls_mu_);
+    calls_.erase(id);
+  };
+  {
+    absl::MutexLock lock(&peer.close_mu_);
+    if (peer.closed_ || peer.failed()) {
+      forget();
+      return absl::UnavailableError(peer.closed_ ? "ucx: the peer's endpoint is closed"
+                                                 : "ucx: the peer's endpoint has failed");
+    }
+    auto msg = std::make_unique<AmSend>();
+    msg->header.call_id = id;
+    msg->data.assign(request.data(), request.size());
+    // The reply is awaited like a get: the progress thread keeps polling.
+    w.outstanding.fetch_add(1);
+    const ucs_status_t s = PostAm(peer.ep_, kCallRequestAm, std::move(msg), UCP_AM_SEND_FLAG_REPLY);
+    if (s != UCS_OK && s != UCS_INPROGRESS) {
+      w.outstanding.fetch_sub(1);
+      forget();
+      return UcxError("ucx call", s);
+    }
+  }
+  if (w.sleeping.load()) ucp_worker_signal(w.worker);
+  bool timed_out = false;
+  bool replied = false;
+  {
+    absl::MutexLock lock(&calls_mu_);
+    // Wakes every millisecond to notice a failed peer (UCX reports it on
+    // the progress thread, which does not know this call).
+    while (!pc.replied) {
+      const absl::Time now = absl::Now();
+      if (now >= deadline) {
+        timed_out = true;
+        break;
+      }
+      if (peer.failed()) break;
+      calls_mu_.AwaitWithDeadline(absl::Condition(&pc.replied),
+                                  std::min(deadline, now + absl::Milliseconds(1)));
+    }
+    replied = pc.replied;
+    calls_.erase(id);  // no reply touches `pc` after this
+  }
+  w.outstanding.fetch_sub(1);
+  if (replied) {
+    if (pc.no_handler) return absl::UnimplementedError("ucx: the peer does not answer calls");
+    calls_made_.fetch_add(1);
+    return std::move(pc.reply);
+  }
+  if (timed_out) {
+    peer.failed_.store(true);
+    peer.Close();
+    return absl::DeadlineExceededError("ucx: no reply to the call by its deadline");
+  }
+  return absl::UnavailableError("ucx: the peer failed during the call");
 }
 
 void UcxEngine::Wake(size_t worker) { ucp_worker_signal(workers_[worker]->worker); }
@@ -678,6 +872,8 @@ UcxStats UcxEngine::Stats() const {
   s.direct_reads = direct_reads_.load();
   absl::MutexLock lock(&map_mu_);
   s.arena = memh_ == nullptr ? "" : allocated_ ? "allocated" : "registered";
+  s.calls_made = calls_made_.load();
+  s.calls_served = calls_served_.load();
   return s;
 }
 

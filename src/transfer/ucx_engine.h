@@ -30,6 +30,12 @@
 // error) before GetMany returns, so a failed get never writes its destination
 // afterwards.
 //
+// Calls: small request/reply exchanges carried as UCX active messages on a
+// peer's endpoint (Call on the reader, a CallHandler on the holder). The
+// holder's progress thread answers them itself, so a call costs one message
+// each way on the connection the gets use: no other connection, no thread
+// hand-off. Requests and replies are sent eagerly (never rendezvous).
+//
 // Thread-safety: UcxEngine and UcxPeer are thread-safe (workers run in UCX's
 // multi-thread mode); Get may be called from any number of threads at once.
 #ifndef KVTIER_SRC_TRANSFER_UCX_ENGINE_H_
@@ -40,11 +46,13 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -86,6 +94,8 @@ struct UcxStats {
   // How this node's arena is reachable: "allocated" (UCX's memory,
   // AllocateArena), "registered" (MapArena) or "" (neither yet).
   std::string arena;
+  uint64_t calls_made = 0;    // Calls that got a reply
+  uint64_t calls_served = 0;  // calls this engine's handler answered
 };
 
 class UcxEngine;
@@ -219,6 +229,20 @@ class UcxEngine {
   absl::Status GetMany(UcxPeer& peer, absl::Span<GetOp> ops, absl::Time deadline,
                        absl::FunctionRef<void(size_t)> on_done, DirectCopy copy);
 
+  // Answers the calls other nodes make to this engine's workers: gets the
+  // request bytes and returns the reply bytes. Runs on a progress thread
+  // (keep it short; it must not call into this engine).
+  using CallHandler = std::function<std::string(absl::string_view request)>;
+  // Sets the handler (nullptr: none; calls then fail with Unimplemented at
+  // the caller). Replacing or clearing it waits for a running call to finish.
+  void SetCallHandler(CallHandler handler);
+  // Sends `request` to the handler of the peer's engine and waits for its
+  // reply. Unavailable when the peer failed (before or during the call);
+  // Unimplemented when the peer has no handler; DeadlineExceeded when no
+  // reply came by `deadline` (the peer is then closed and marked failed, as
+  // for gets).
+  absl::StatusOr<std::string> Call(UcxPeer& peer, absl::string_view request, absl::Time deadline);
+
   UcxStats Stats() const;
   // The UCX version string.
   static std::string Version();
@@ -234,11 +258,35 @@ class UcxEngine {
     // True while the progress thread is (about to be) asleep in the event fd;
     // a poster then signals the worker.
     std::atomic<bool> sleeping{false};
+    // Calls received on this worker, answered by its progress thread after
+    // ucp_worker_progress returns (never from inside a UCX callback).
+    struct Incoming {
+      ucp_ep_h reply_ep = nullptr;
+      uint64_t call_id = 0;
+      std::string request;
+    };
+    absl::Mutex inbox_mu;
+    std::vector<Incoming> inbox ABSL_GUARDED_BY(inbox_mu);
+    std::atomic<bool> inbox_pending{false};
+  };
+  // A Call waiting for its reply (on the caller's stack, listed in calls_).
+  struct PendingCall {
+    bool replied = false;
+    bool no_handler = false;
+    std::string reply;
   };
 
   explicit UcxEngine(UcxOptions options) : options_(options) {}
   absl::Status Init();
   void ProgressLoop(Worker* w);
+  // Answers the calls queued on `w` (its progress thread only).
+  void ServeCalls(Worker* w);
+  // UCX active message handlers: a request (arg: the Worker) and a reply
+  // (arg: the engine).
+  static ucs_status_t OnCallRequest(void* arg, const void* header, size_t header_length, void* data,
+                                    size_t length, const ucp_am_recv_param_t* param);
+  static ucs_status_t OnCallReply(void* arg, const void* header, size_t header_length, void* data,
+                                  size_t length, const ucp_am_recv_param_t* param);
   // Wakes the worker's progress thread.
   void Wake(size_t worker);
   // Waits until `request` (from a *_nbx call) completes or `deadline`
@@ -271,12 +319,20 @@ class UcxEngine {
   size_t allocated_bytes_ ABSL_GUARDED_BY(map_mu_) = 0;
   std::string rkey_ ABSL_GUARDED_BY(map_mu_);
 
+  absl::Mutex handler_mu_;
+  CallHandler handler_ ABSL_GUARDED_BY(handler_mu_);
+  absl::Mutex calls_mu_;
+  absl::flat_hash_map<uint64_t, PendingCall*> calls_ ABSL_GUARDED_BY(calls_mu_);
+  std::atomic<uint64_t> next_call_{1};
+
   std::atomic<uint64_t> gets_{0};
   std::atomic<uint64_t> get_bytes_{0};
   std::atomic<uint64_t> get_failures_{0};
   std::atomic<uint64_t> connects_{0};
   std::atomic<uint64_t> peer_failures_{0};
   std::atomic<uint64_t> direct_reads_{0};
+  std::atomic<uint64_t> calls_made_{0};
+  std::atomic<uint64_t> calls_served_{0};
 };
 
 }  // namespace kvtier::transfer

@@ -464,5 +464,30 @@ TEST(Transfer, ValidateNamesTheKey) {
   EXPECT_THAT(ApplyYaml("ucx: {bogus: 1}\n", d), StatusIs(kInvalid, HasSubstr("ucx.bogus")));
 }
 
+TEST(Transfer, BatchChunksAndBusyPoll) {
+  DaemonConfig c;
+  EXPECT_EQ(c.ucx.max_batch_chunks, 64u);
+  EXPECT_EQ(c.ucx.busy_poll_us, 50);
+  ASSERT_OK(ApplyYaml("ucx: {max_batch_chunks: 8, busy_poll_us: 0}\n", c));
+  EXPECT_EQ(c.ucx.max_batch_chunks, 8u);
+  EXPECT_EQ(c.ucx.busy_poll_us, 0);
+  ASSERT_OK(ApplyYaml("ucx: {busy_poll_us: -1}\n", c));
+  EXPECT_EQ(c.ucx.busy_poll_us, -1);
+  ASSERT_OK(ApplyYaml("ucx: {busy_poll_us: 250}\n", c));
+  EXPECT_EQ(c.ucx.busy_poll_us, 250);
+  EXPECT_THAT(c.ToRedactedYaml(), HasSubstr("busy_poll_us: 250"));
+  EXPECT_THAT(c.ToRedactedYaml(), HasSubstr("max_batch_chunks: 8"));
+  DaemonConfig d;
+  EXPECT_THAT(ApplyYaml("ucx: {max_batch_chunks: 0}\n", d),
+              StatusIs(kInvalid, HasSubstr("ucx.max_batch_chunks")));
+  EXPECT_THAT(ApplyYaml("ucx: {max_batch_chunks: 4097}\n", d),
+              StatusIs(kInvalid, HasSubstr("ucx.max_batch_chunks")));
+  EXPECT_THAT(ApplyYaml("ucx: {busy_poll_us: -2}\n", d),
+              StatusIs(kInvalid, HasSubstr("ucx.busy_poll_us")));
+  EXPECT_THAT(ApplyYaml("ucx: {busy_poll_us: 1000001}\n", d),
+              StatusIs(kInvalid, HasSubstr("ucx.busy_poll_us")));
+  EXPECT_EQ(d.ucx.max_batch_chunks, 64u);
+}
+
 }  // namespace
 }  // namespace kvtier::server

@@ -10,15 +10,18 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <ostream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "grpcpp/security/server_credentials.h"
 #include "grpcpp/server.h"
@@ -26,6 +29,7 @@
 #include "gtest/gtest.h"
 #include "src/core/embedded_cache.h"
 #include "src/server/wire.h"
+#include "src/transfer/peer_calls.h"
 #include "src/transfer/peer_client.h"
 #include "src/transfer/peer_service.h"
 #include "src/transfer/remote_reader.h"
@@ -224,6 +228,14 @@ TEST_P(TransferTest, ReaderFindsAndPullsChunksByteIdentical) {
   const std::string text = RenderTransferMetrics(b->ucx->Stats(), b->peer->Stats(), &rs);
   EXPECT_THAT(text, HasSubstr("kvtier_remote_fetches_total 4"));
   EXPECT_THAT(text, HasSubstr("kvtier_remote_peer_info{node=\"node-a\""));
+  // Over TCP the pins went as UCX calls (one per Fetch call: the four
+  // fetches and the no-op one), over shared memory over gRPC.
+  const bool tcp = std::string(GetParam().tls) == "tcp";
+  EXPECT_EQ(rs.ucx_pins, tcp ? 5u : 0u);
+  EXPECT_THAT(text, HasSubstr(absl::StrCat("kvtier_remote_ucx_pins_total ", rs.ucx_pins)));
+  EXPECT_THAT(text, HasSubstr("kvtier_remote_merged_pins_total 0"));
+  EXPECT_THAT(text,
+              HasSubstr(absl::StrCat("kvtier_ucx_calls_made_total ", b->ucx->Stats().calls_made)));
 }
 
 TEST_P(TransferTest, EngineGetManyReadsSeveralRangesTogether) {
@@ -669,6 +681,258 @@ TEST_F(UcxArenaTest, MappedArenaReadsByGetsAndByCopies) {
     st = (*reader)->Stats();
     EXPECT_EQ(st.get_failures, 3u);
     EXPECT_EQ(st.direct_reads, 3u);
+  }
+}
+
+// Engine b connected to engine a's worker and arena.
+std::shared_ptr<UcxPeer> ConnectTo(Node& b, Node& a) {
+  auto peer = b.ucx->Connect(a.ucx->worker_addresses()[0], a.ucx->packed_rkey(),
+                             reinterpret_cast<uint64_t>(a.cache->dram().arena().base()),
+                             a.cache->dram().arena().size());
+  EXPECT_TRUE(peer.ok()) << peer.status();
+  return peer.ok() ? *peer : nullptr;
+}
+
+TEST_P(TransferTest, CallsReachTheHandlerAndEachCallerGetsItsReply) {
+  auto a = Node::Start("a", 1);
+  auto b = Node::Start("b", 2);
+  a->ucx->SetCallHandler([](absl::string_view req) { return absl::StrCat("re:", req); });
+  std::shared_ptr<UcxPeer> peer = ConnectTo(*b, *a);
+  ASSERT_NE(peer, nullptr);
+  const absl::Time deadline = absl::Now() + absl::Seconds(10);
+  absl::StatusOr<std::string> r = b->ucx->Call(*peer, "ping", deadline);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(*r, "re:ping");
+  // A request larger than one transport fragment, and an empty one.
+  std::string big(100000, 'x');
+  for (size_t i = 0; i < big.size(); ++i) big[i] = static_cast<char>('a' + i % 26);
+  r = b->ucx->Call(*peer, big, deadline);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(*r, "re:" + big);
+  r = b->ucx->Call(*peer, "", deadline);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(*r, "re:");
+  // Concurrent callers: each reply goes to the call that asked.
+  std::vector<std::thread> threads;
+  std::vector<int> wrong(8, 0);
+  for (int t = 0; t < 8; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < 50; ++i) {
+        const std::string q = absl::StrCat(t, "/", i);
+        absl::StatusOr<std::string> x = b->ucx->Call(*peer, q, deadline);
+        if (!x.ok() || *x != "re:" + q) ++wrong[t];
+      }
+    });
+  }
+  for (std::thread& th : threads) th.join();
+  EXPECT_EQ(wrong, std::vector<int>(8, 0));
+  EXPECT_EQ(b->ucx->Stats().calls_made, 403u);
+  EXPECT_EQ(a->ucx->Stats().calls_served, 403u);
+  // No handler: Unimplemented, the peer stays usable.
+  a->ucx->SetCallHandler(nullptr);
+  EXPECT_THAT(b->ucx->Call(*peer, "ping", deadline), StatusIs(absl::StatusCode::kUnimplemented));
+  EXPECT_FALSE(peer->failed());
+  // A reply that does not come by the deadline: DeadlineExceeded, and the
+  // peer is closed (no late reply lands anywhere).
+  a->ucx->SetCallHandler([](absl::string_view) {
+    absl::SleepFor(absl::Milliseconds(300));
+    return std::string("late");
+  });
+  EXPECT_THAT(b->ucx->Call(*peer, "slow", absl::Now() + absl::Milliseconds(50)),
+              StatusIs(absl::StatusCode::kDeadlineExceeded));
+  EXPECT_TRUE(peer->failed());
+  EXPECT_THAT(b->ucx->Call(*peer, "again", deadline), StatusIs(absl::StatusCode::kUnavailable));
+  absl::SleepFor(absl::Milliseconds(350));  // the late reply finds no caller
+}
+
+TEST_P(TransferTest, CallToADeadPeerFailsBeforeItsDeadline) {
+  if (std::string(GetParam().tls) != "tcp") GTEST_SKIP() << "shared memory reports no peer failure";
+  auto a = Node::Start("a", 1);
+  auto b = Node::Start("b", 2);
+  std::shared_ptr<UcxPeer> peer = ConnectTo(*b, *a);
+  ASSERT_NE(peer, nullptr);
+  a->ucx->SetCallHandler([](absl::string_view req) { return std::string(req); });
+  ASSERT_TRUE(b->ucx->Call(*peer, "up", absl::Now() + absl::Seconds(10)).ok());
+  a.reset();
+  const absl::Time start = absl::Now();
+  absl::StatusOr<std::string> r = b->ucx->Call(*peer, "down", absl::Now() + absl::Seconds(20));
+  EXPECT_FALSE(r.ok());
+  EXPECT_LT(absl::Now() - start, absl::Seconds(15));
+}
+
+TEST_P(TransferTest, PinsGoAsUcxCallsOnlyWithTheHellosSecret) {
+  const bool tcp = std::string(GetParam().tls) == "tcp";
+  auto a = Node::Start("node-a", 71, "peer-token-71");
+  auto b = Node::Start("node-b", 72);
+  Namespace ns = *Namespace::Create(SmallModel());
+  std::vector<ChunkRef> refs = SaveChain(*a, ns, 4, 7);
+  std::vector<BlockKey> keys = Namespace::Keys(refs);
+  PeerClients clients("peer-token-71");
+  StaticPeerSource source({a->address}, "node-b", &clients);
+  auto reader = ReaderOf(*b, &source, &clients);
+  ASSERT_NE(reader, nullptr);
+  ASSERT_EQ(reader->Locate(ns, keys, 0).size(), 4u);
+  std::vector<absl::Status> got = reader->FetchMany(ns, keys);
+  ASSERT_EQ(got.size(), 4u);
+  for (const absl::Status& s : got) EXPECT_TRUE(s.ok()) << s;
+  for (size_t i = 0; i < refs.size(); ++i) {
+    std::vector<std::byte> out(ns.PayloadBytes(64));
+    ASSERT_TRUE(b->cache->Load(ns, keys[i], absl::MakeSpan(out)).ok()) << i;
+    EXPECT_EQ(out, KvFor(refs[i], out.size())) << i;
+  }
+  // Over TCP the pin (and the release) went as UCX calls; shared memory
+  // (no peer failure detection) keeps gRPC.
+  EXPECT_EQ(reader->Stats().ucx_pins, tcp ? 1u : 0u);
+  EXPECT_EQ(a->peer->Stats().pin_requests, 1u);
+  const absl::Time until = absl::Now() + absl::Seconds(5);
+  while (a->peer->Stats().leases_held > 0 && absl::Now() < until) {
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  EXPECT_EQ(a->peer->Stats().leases_held, 0u);
+  EXPECT_EQ(a->ucx->Stats().calls_served, tcp ? 2u : 0u);
+
+  // A call without the secret Hello hands out pins nothing.
+  v1::PinForReadRequest req;
+  req.set_namespace_id(ns.id());
+  req.add_keys(wire::KeyToBytes(keys[0]));
+  v1::PinForReadResponse resp;
+  const std::string forged(kCallSecretBytes, 'z');
+  EXPECT_THAT(
+      DecodePeerReply(a->peer->ServeCall(EncodePeerCall(PeerCallMethod::kPinForRead, forged, req)),
+                      resp),
+      StatusIs(absl::StatusCode::kPermissionDenied));
+  if (tcp) {
+    std::shared_ptr<UcxPeer> peer = ConnectTo(*b, *a);
+    ASSERT_NE(peer, nullptr);
+    absl::StatusOr<std::string> reply =
+        b->ucx->Call(*peer, EncodePeerCall(PeerCallMethod::kPinForRead, forged, req),
+                     absl::Now() + absl::Seconds(10));
+    ASSERT_TRUE(reply.ok()) << reply.status();
+    EXPECT_THAT(DecodePeerReply(*reply, resp), StatusIs(absl::StatusCode::kPermissionDenied));
+  }
+  EXPECT_THAT(DecodePeerReply(a->peer->ServeCall("x"), resp),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_EQ(a->peer->Stats().pin_requests, 1u);
+  EXPECT_EQ(a->peer->Stats().leases_held, 0u);
+
+  // A reader without the peer token gets no Hello, hence no secret: nothing
+  // is pinned.
+  for (const BlockKey& k : keys) (void)b->cache->Remove(ns, k);
+  PeerClients wrong("not-the-token");
+  StaticPeerSource wrong_source({a->address}, "node-b", &wrong);
+  auto outsider = ReaderOf(*b, &wrong_source, &wrong);
+  ASSERT_NE(outsider, nullptr);
+  EXPECT_THAT(outsider->Fetch(ns, keys[0]), Not(StatusIs(absl::StatusCode::kOk)));
+  EXPECT_EQ(a->peer->Stats().pin_requests, 1u);
+
+  // pins_over_ucx = false: gRPC only, same chunks.
+  RemoteReaderOptions ro;
+  ro.pins_over_ucx = false;
+  auto grpc_reader = ReaderOf(*b, &source, &clients, ro);
+  ASSERT_NE(grpc_reader, nullptr);
+  ASSERT_EQ(grpc_reader->Locate(ns, keys, 0).size(), 4u);
+  got = grpc_reader->FetchMany(ns, keys);
+  ASSERT_EQ(got.size(), 4u);
+  for (const absl::Status& s : got) EXPECT_TRUE(s.ok()) << s;
+  EXPECT_EQ(grpc_reader->Stats().ucx_pins, 0u);
+  EXPECT_EQ(a->peer->Stats().pin_requests, 2u);
+}
+
+TEST_P(TransferTest, ConcurrentFetchesMergeTheirPinsAndEachGetsItsOwnChunk) {
+  // TCP: pins go as UCX calls (merged with merge_ucx_pins), and the holder's
+  // first call is held back so that the other fetches queue behind it. Shared
+  // memory: pins go over gRPC (merged by default) as they come.
+  const bool tcp = std::string(GetParam().tls) == "tcp";
+  auto a = Node::Start("node-a", 81);
+  auto b = Node::Start("node-b", 82);
+  Namespace ns = *Namespace::Create(SmallModel());
+  constexpr int kFetches = 16;
+  std::vector<ChunkRef> refs;  // one single-chunk chain per fetch
+  for (int i = 0; i < kFetches; ++i) refs.push_back(SaveChain(*a, ns, 1, 100 + i)[0]);
+  PeerClients clients("");
+  StaticPeerSource source({a->address}, "node-b", &clients);
+  RemoteReaderOptions ro;
+  ro.merge_ucx_pins = true;
+  auto reader = ReaderOf(*b, &source, &clients, ro);
+  ASSERT_NE(reader, nullptr);
+  for (const ChunkRef& r : refs) {
+    const BlockKey k[] = {r.key};
+    ASSERT_EQ(reader->Locate(ns, k, 0).size(), 1u);
+  }
+  // The holder lost one of them after the reader located it.
+  ASSERT_TRUE(a->cache->Remove(ns, refs[5].key).ok());
+  absl::Notification first_in, release;
+  std::atomic<int> served{0};
+  PeerService* service = a->peer.get();
+  a->ucx->SetCallHandler([&](absl::string_view call) {
+    if (served.fetch_add(1) == 0) {
+      first_in.Notify();
+      release.WaitForNotification();
+    }
+    return service->ServeCall(call);
+  });
+  std::vector<absl::Status> got(kFetches);
+  std::vector<std::thread> threads;
+  threads.emplace_back([&] { got[0] = reader->Fetch(ns, refs[0].key); });
+  if (tcp) first_in.WaitForNotification();
+  for (int i = 1; i < kFetches; ++i) {
+    threads.emplace_back([&, i] { got[i] = reader->Fetch(ns, refs[i].key); });
+  }
+  if (tcp) absl::SleepFor(absl::Milliseconds(300));  // all of them queue behind the first
+  release.Notify();
+  for (std::thread& t : threads) t.join();
+  for (int i = 0; i < kFetches; ++i) {
+    if (i == 5) {
+      EXPECT_THAT(got[i], StatusIs(absl::StatusCode::kNotFound)) << i;
+      EXPECT_FALSE(b->cache->Pin(ns, refs[i].key).ok());
+      continue;
+    }
+    EXPECT_TRUE(got[i].ok()) << i << " " << got[i];
+    std::vector<std::byte> out(ns.PayloadBytes(refs[i].num_tokens));
+    ASSERT_TRUE(b->cache->Load(ns, refs[i].key, absl::MakeSpan(out)).ok()) << i;
+    EXPECT_EQ(out, KvFor(refs[i], out.size())) << i;
+  }
+  if (tcp) {
+    // The first fetch's pin, then one for the 15 that waited.
+    EXPECT_EQ(reader->Stats().merged_pins, 14u);
+    EXPECT_EQ(a->peer->Stats().pin_requests, 2u);
+  } else {
+    EXPECT_EQ(reader->Stats().ucx_pins, 0u);
+  }
+  EXPECT_EQ(a->peer->Stats().pinned_chunks, 15u);
+  EXPECT_EQ(reader->Stats().fetches, 15u);
+  EXPECT_EQ(reader->Stats().fetch_misses, 1u);
+  // The shared lease goes once every fetch is done with it.
+  const absl::Time until = absl::Now() + absl::Seconds(5);
+  while (a->peer->Stats().leases_held > 0 && absl::Now() < until) {
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  EXPECT_EQ(a->peer->Stats().leases_held, 0u);
+  EXPECT_EQ(a->cache->Stats().tiers[0].pinned_chunks, 0u);
+  a->ucx->SetCallHandler(nullptr);
+}
+
+TEST_P(TransferTest, EveryHeldPinsPastAMissingChunk) {
+  auto a = Node::Start("node-a", 91);
+  Namespace ns = *Namespace::Create(SmallModel());
+  std::vector<ChunkRef> refs;
+  for (int i = 0; i < 3; ++i) refs.push_back(SaveChain(*a, ns, 1, 200 + i)[0]);
+  ASSERT_TRUE(a->cache->Remove(ns, refs[1].key).ok());
+  PeerClients clients("");
+  for (bool every : {false, true}) {
+    grpc::ClientContext ctx;
+    clients.Prepare(ctx, absl::Now() + absl::Seconds(5));
+    v1::PinForReadRequest req;
+    req.set_namespace_id(ns.id());
+    for (const ChunkRef& r : refs) req.add_keys(wire::KeyToBytes(r.key));
+    req.set_every_held(every);
+    v1::PinForReadResponse resp;
+    ASSERT_TRUE(clients.Stub(a->address)->PinForRead(&ctx, req, &resp).ok());
+    ASSERT_EQ(resp.slots_size(), every ? 2 : 1) << every;
+    EXPECT_EQ(resp.slots(0).key(), wire::KeyToBytes(refs[0].key));
+    if (every) {
+      EXPECT_EQ(resp.slots(1).key(), wire::KeyToBytes(refs[2].key));
+    }
   }
 }
 
