@@ -329,6 +329,18 @@ TEST_P(RemoteTest, RestartedHolderIsReadAgain) {
     auto ca = Connect(a.daemon->socket());
     SaveChain(*ca, ns, 4, 4);
   }
+  // B's channel to A may still be waiting out its reconnect backoff (up to
+  // 1 s; until then a read is a miss): wait until a Lookup has reached A.
+  const std::string up = absl::StrCat("kvtier_peer_up{peer=\"", a.address(), "\"} 1");
+  const absl::Time until = absl::Now() + absl::Seconds(10);
+  bool reached = false;
+  while (!reached && absl::Now() < until) {
+    ASSERT_TRUE(cb->Lookup(ns, Namespace::Keys(refs)).ok());
+    auto m = b.daemon->HttpGet("/metrics");
+    reached = m.ok() && absl::StrContains(m->second, up);
+    if (!reached) absl::SleepFor(absl::Milliseconds(100));
+  }
+  ASSERT_TRUE(reached);
   // B's cached endpoint and key are stale; it greets A again and reads.
   ExpectLoads(*cb, ns, {refs[2], refs[3]});
   auto metrics = b.daemon->HttpGet("/metrics");
