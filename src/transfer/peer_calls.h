@@ -46,7 +46,12 @@ inline absl::Status DecodePeerCall(absl::string_view call, absl::string_view sec
   if (call.size() < 1 + secret.size()) {
     return absl::InvalidArgumentError("peer call: shorter than its header");
   }
-  if (call.substr(1, secret.size()) != secret) {
+  // Compared in constant time: the secret is what authenticates a call.
+  unsigned char diff = 0;
+  for (size_t i = 0; i < secret.size(); ++i) {
+    diff |= static_cast<unsigned char>(call[1 + i] ^ secret[i]);
+  }
+  if (diff != 0) {
     return absl::PermissionDeniedError("peer call: wrong call secret (say Hello first)");
   }
   out.method = static_cast<PeerCallMethod>(static_cast<uint8_t>(call[0]));
@@ -70,8 +75,13 @@ inline std::string EncodePeerReply(const absl::Status& status,
 inline absl::Status DecodePeerReply(absl::string_view reply,
                                     google::protobuf::MessageLite& response) {
   if (reply.empty()) return absl::DataLossError("peer call: empty reply");
-  const auto code = static_cast<absl::StatusCode>(static_cast<uint8_t>(reply[0]));
+  const uint8_t raw = static_cast<uint8_t>(reply[0]);
   reply.remove_prefix(1);
+  // absl's codes are 0..16; anything else did not come from EncodePeerReply.
+  if (raw > static_cast<uint8_t>(absl::StatusCode::kUnauthenticated)) {
+    return absl::DataLossError("peer call: reply with an unknown status code");
+  }
+  const auto code = static_cast<absl::StatusCode>(raw);
   if (code != absl::StatusCode::kOk) return absl::Status(code, reply);
   if (!response.ParseFromArray(reply.data(), static_cast<int>(reply.size()))) {
     return absl::DataLossError("peer call: reply does not parse");

@@ -143,11 +143,13 @@ absl::Status RemoteReader::PinForRead(const Conn& conn, const std::string& addre
       clients_->ReportContact(address, conn.node_id, s.ok());
       return s;
     }
-    if (!absl::IsUnimplemented(reply.status())) {
+    // The holder does not answer calls, or the endpoint failed (the holder
+    // died, or restarted: then gRPC reaches the new process, whose boot id
+    // makes the caller greet it again): gRPC, within the same deadline.
+    if (absl::Now() >= deadline) {
       clients_->ReportContact(address, conn.node_id, false);
       return reply.status();
     }
-    // The holder does not answer calls: gRPC.
   }
   grpc::ClientContext ctx;
   clients_->Prepare(ctx, deadline);
@@ -304,7 +306,7 @@ void RemoteReader::ReleaseLoop() {
       if (conn.has_value() && UseCalls(*conn)) {
         absl::StatusOr<std::string> reply = engine_->Call(
             *conn->peer, EncodePeerCall(PeerCallMethod::kRelease, conn->call_secret, req),
-            absl::Now() + absl::Seconds(1));
+            absl::Now() + options_.transfer_timeout);
         v1::PeerReleaseResponse resp;
         if (reply.ok() && DecodePeerReply(*reply, resp).ok()) continue;
       }

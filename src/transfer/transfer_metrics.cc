@@ -86,7 +86,8 @@ std::string RenderTransferMetrics(const UcxStats& ucx, const PeerServiceStats& h
   Metric(out, "kvtier_remote_stale_endpoints_total", "counter",
          "Endpoints dropped (peer restarted or failed).", reader->stale_drops);
   Metric(out, "kvtier_remote_ucx_pins_total", "counter",
-         "PinForReads sent to holders as UCX calls (the others went over gRPC).", reader->ucx_pins);
+         "PinForReads answered by holders as UCX calls (the others went over gRPC or failed).",
+         reader->ucx_pins);
   Metric(out, "kvtier_remote_merged_pins_total", "counter",
          "Fetches whose pin rode in another fetch's PinForRead.", reader->merged_pins);
   absl::StrAppend(&out,

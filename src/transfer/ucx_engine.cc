@@ -4,7 +4,9 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <stdio.h>
+#include <sys/random.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <sys/sysmacros.h>
 #include <unistd.h>
 
@@ -12,6 +14,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <optional>
 #include <set>
 #include <sstream>
 #include <tuple>
@@ -61,6 +64,8 @@ void OnGetDone(void* request, ucs_status_t status, void* user_data) {
 // Active message ids of calls (UcxEngine::Call) and their replies.
 constexpr unsigned kCallRequestAm = 11;
 constexpr unsigned kCallReplyAm = 12;
+// The largest call request answered (a PinForRead of 4,096 keys is ~200 KiB).
+constexpr size_t kMaxCallBytes = 1 << 20;
 // The reply's flag: the callee had no handler.
 constexpr uint32_t kNoHandler = 1;
 
@@ -164,36 +169,65 @@ bool SharedMemoryOnly() {
 // UCX keeps open, which local clients can map), sysv (no descriptor) later.
 constexpr char kAllocPrio[] = "md:posix,huge,thp,md:*,mmap,heap";
 
-// The descriptor of this process that maps the file behind the shared
-// mapping at `addr` (found by device and inode, as /proc/self/maps names
-// them), or -1. `what` says what the mapping is.
-int FindMappedFile(const void* addr, std::string* what) {
+// One line of /proc/self/maps.
+struct Mapping {
+  uintptr_t lo = 0, hi = 0;  // [lo, hi)
+  bool shared = false;
+  uint64_t offset = 0;
+  unsigned int dev_major = 0, dev_minor = 0;
+  uint64_t inode = 0;
+  std::string what;  // the path, or "anonymous memory"
+};
+
+// The mapping of this process that holds `addr`, if any.
+std::optional<Mapping> FindMapping(const void* addr) {
   std::ifstream maps("/proc/self/maps");
   std::string line;
   const uintptr_t a = reinterpret_cast<uintptr_t>(addr);
   unsigned long lo = 0, hi = 0, off = 0, ino = 0;
   unsigned int dev_major = 0, dev_minor = 0;
   char perms[8] = {0};
-  bool found = false;
   while (std::getline(maps, line)) {
     if (sscanf(line.c_str(), "%lx-%lx %7s %lx %x:%x %lu", &lo, &hi, perms, &off, &dev_major,
                &dev_minor, &ino) == 7 &&
         a >= lo && a < hi) {
-      found = true;
-      break;
+      Mapping m;
+      m.lo = lo;
+      m.hi = hi;
+      m.shared = perms[3] == 's';
+      m.offset = off;
+      m.dev_major = dev_major;
+      m.dev_minor = dev_minor;
+      m.inode = ino;
+      const size_t path = line.find('/');
+      m.what = path == std::string::npos ? std::string("anonymous memory") : line.substr(path);
+      return m;
     }
   }
-  if (!found) {
+  return std::nullopt;
+}
+
+// True when [p, p + n) lies inside one shared mapping of this process.
+bool InOneSharedMapping(const void* p, uint64_t n) {
+  const std::optional<Mapping> m = FindMapping(p);
+  return m.has_value() && m->shared && reinterpret_cast<uintptr_t>(p) + n <= m->hi;
+}
+
+// The descriptor of this process that maps the file behind the shared
+// mapping at `addr` (found by device and inode, as /proc/self/maps names
+// them), or -1. `what` says what the mapping is.
+int FindMappedFile(const void* addr, std::string* what) {
+  const std::optional<Mapping> m = FindMapping(addr);
+  if (!m.has_value()) {
     *what = "no mapping in /proc/self/maps";
     return -1;
   }
-  const size_t path = line.find('/');
-  *what = path == std::string::npos ? std::string("anonymous memory") : line.substr(path);
-  if (perms[3] != 's') {
+  *what = m->what;
+  if (!m->shared) {
     absl::StrAppend(what, " (private)");
     return -1;
   }
-  if (ino == 0 || off != 0) return -1;
+  if (m->inode == 0 || m->offset != 0) return -1;
   DIR* dir = opendir("/proc/self/fd");
   if (dir == nullptr) return -1;
   int out = -1;
@@ -203,7 +237,8 @@ int FindMappedFile(const void* addr, std::string* what) {
     const int fd = std::atoi(e->d_name);
     struct stat st;
     if (fd == dir_fd || fstat(fd, &st) != 0) continue;
-    if (st.st_ino == ino && major(st.st_dev) == dev_major && minor(st.st_dev) == dev_minor) {
+    if (st.st_ino == m->inode && major(st.st_dev) == m->dev_major &&
+        minor(st.st_dev) == m->dev_minor) {
       out = fd;
       break;
     }
@@ -292,8 +327,7 @@ absl::Status UcxEngine::Init() {
     addresses_.emplace_back(reinterpret_cast<const char*>(addr), addr_len);
     ucp_worker_release_address(w->worker, addr);
     for (const auto& [id, cb, arg] :
-         {std::tuple<unsigned, ucp_am_recv_callback_t, void*>{kCallRequestAm, &OnCallRequest,
-                                                              w.get()},
+         {std::tuple<unsigned, ucp_am_recv_callback_t, void*>{kCallRequestAm, &OnCallRequest, this},
           std::tuple<unsigned, ucp_am_recv_callback_t, void*>{kCallReplyAm, &OnCallReply, this}}) {
       ucp_am_handler_param_t hp;
       std::memset(&hp, 0, sizeof(hp));
@@ -356,7 +390,6 @@ void UcxEngine::ProgressLoop(Worker* w) {
                                 : absl::ToInt64Microseconds(options_.busy_poll);
   while (!stop_.load(std::memory_order_relaxed)) {
     const unsigned progressed = ucp_worker_progress(w->worker);
-    if (w->inbox_pending.load()) ServeCalls(w);
     if (progressed != 0) {
       last_active = std::chrono::steady_clock::now();
       continue;
@@ -394,19 +427,17 @@ void UcxEngine::ProgressLoop(Worker* w) {
 
 ucs_status_t UcxEngine::OnCallRequest(void* arg, const void* header, size_t header_length,
                                       void* data, size_t length, const ucp_am_recv_param_t* param) {
-  auto* w = static_cast<Worker*>(arg);
+  auto* e = static_cast<UcxEngine*>(arg);
   // Requests are sent eagerly with a reply endpoint; anything else is not a
   // call (dropped; a caller would see its deadline).
   if (header_length != sizeof(CallHeader) || (param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) != 0 ||
-      (param->recv_attr & UCP_AM_RECV_ATTR_FIELD_REPLY_EP) == 0) {
+      (param->recv_attr & UCP_AM_RECV_ATTR_FIELD_REPLY_EP) == 0 || length > kMaxCallBytes) {
     return UCS_OK;
   }
   CallHeader h;
   std::memcpy(&h, header, sizeof(h));
-  absl::MutexLock lock(&w->inbox_mu);
-  w->inbox.push_back(Worker::Incoming{param->reply_ep, h.call_id,
-                                      std::string(static_cast<const char*>(data), length)});
-  w->inbox_pending.store(true);
+  e->ServeCall(param->reply_ep, h.call_id,
+               absl::string_view(static_cast<const char*>(data), length));
   return UCS_OK;
 }
 
@@ -428,26 +459,20 @@ ucs_status_t UcxEngine::OnCallReply(void* arg, const void* header, size_t header
   return UCS_OK;
 }
 
-void UcxEngine::ServeCalls(Worker* w) {
-  std::vector<Worker::Incoming> calls;
+void UcxEngine::ServeCall(ucp_ep_h reply_ep, uint64_t call_id, absl::string_view request) {
+  auto reply = std::make_unique<AmSend>();
+  reply->header.call_id = call_id;
   {
-    absl::MutexLock lock(&w->inbox_mu);
-    calls.swap(w->inbox);
-    w->inbox_pending.store(false);
-  }
-  absl::ReaderMutexLock lock(&handler_mu_);
-  for (Worker::Incoming& c : calls) {
-    auto reply = std::make_unique<AmSend>();
-    reply->header.call_id = c.call_id;
+    absl::ReaderMutexLock lock(&handler_mu_);
     if (handler_) {
-      reply->data = handler_(c.request);
+      reply->data = handler_(request);
       calls_served_.fetch_add(1);
     } else {
       reply->header.flags = kNoHandler;
     }
-    // A reply that cannot be sent (the caller went away) is dropped.
-    (void)PostAm(c.reply_ep, kCallReplyAm, std::move(reply), 0);
   }
+  // A reply that cannot be sent (the caller went away) is dropped.
+  (void)PostAm(reply_ep, kCallReplyAm, std::move(reply), 0);
 }
 
 void UcxEngine::SetCallHandler(CallHandler handler) {
@@ -458,8 +483,16 @@ void UcxEngine::SetCallHandler(CallHandler handler) {
 absl::StatusOr<std::string> UcxEngine::Call(UcxPeer& peer, absl::string_view request,
                                             absl::Time deadline) {
   Worker& w = *workers_[peer.worker_];
+  if (absl::Now() >= deadline) {
+    // Nothing was posted: the endpoint stays as it is.
+    return absl::DeadlineExceededError("ucx: the call's deadline passed before it was sent");
+  }
   PendingCall pc;
-  const uint64_t id = next_call_.fetch_add(1);
+  // Random, so that a reply cannot be forged by guessing the next id.
+  uint64_t id = 0;
+  if (getrandom(&id, sizeof(id), 0) != static_cast<ssize_t>(sizeof(id))) {
+    return absl::InternalError("ucx call: getrandom failed");
+  }
   {
     absl::MutexLock lock(&calls_mu_);
     calls_.emplace(id, &pc);
@@ -551,6 +584,15 @@ absl::StatusOr<ArenaMemory> UcxEngine::AllocateArena(uint64_t bytes) {
   mp.address = nullptr;
   mp.length = bytes;
   mp.flags = UCP_MEM_MAP_ALLOCATE;
+  // UCX's posix memory is a file in /dev/shm that UCX fills with zeros
+  // before it is used: with less room than the arena, UCX would write until
+  // the file system is full and fail; the memfd arena is the better choice.
+  if (struct statvfs vfs; statvfs("/dev/shm", &vfs) == 0 &&
+                          static_cast<uint64_t>(vfs.f_bavail) * vfs.f_frsize < bytes) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("ucx arena: /dev/shm has ", static_cast<uint64_t>(vfs.f_bavail) * vfs.f_frsize,
+                     " bytes free, the arena needs ", bytes));
+  }
   ucp_mem_h memh = nullptr;
   ucs_status_t s = ucp_mem_map(context_, &mp, &memh);
   if (s != UCS_OK) return UcxError("ucp_mem_map (allocate) of the DRAM arena", s);
@@ -565,7 +607,25 @@ absl::StatusOr<ArenaMemory> UcxEngine::AllocateArena(uint64_t bytes) {
   }
   std::string what;
   const int fd = FindMappedFile(attr.address, &what);
-  const int dup_fd = fd >= 0 ? fcntl(fd, F_DUPFD_CLOEXEC, 0) : -1;
+  int dup_fd = fd >= 0 ? fcntl(fd, F_DUPFD_CLOEXEC, 0) : -1;
+  if (dup_fd >= 0) {
+    // The number found may have been closed and reused between the scan and
+    // the dup: the copy must still be the mapped file, writable and as large
+    // as the arena (what Arena::Create checks too; a refusal there would
+    // leave this engine holding memory the arena released).
+    const std::optional<Mapping> mapping = FindMapping(attr.address);
+    struct stat st;
+    const int mode = fcntl(dup_fd, F_GETFL);
+    if (!mapping.has_value() || fstat(dup_fd, &st) != 0 || st.st_ino != mapping->inode ||
+        major(st.st_dev) != mapping->dev_major || minor(st.st_dev) != mapping->dev_minor ||
+        mode < 0 || (mode & O_ACCMODE) != O_RDWR || static_cast<uint64_t>(st.st_size) < bytes ||
+        reinterpret_cast<uintptr_t>(attr.address) % static_cast<uintptr_t>(sysconf(_SC_PAGESIZE)) !=
+            0) {
+      close(dup_fd);
+      dup_fd = -1;
+      absl::StrAppend(&what, " (its descriptor does not match the mapping)");
+    }
+  }
   if (dup_fd < 0) {
     ucp_mem_unmap(context_, memh);
     return absl::FailedPreconditionError(absl::StrCat(
@@ -679,10 +739,13 @@ absl::StatusOr<std::shared_ptr<UcxPeer>> UcxEngine::Connect(absl::string_view wo
   // unpack: both ends of it must resolve, contiguously.
   void* first = nullptr;
   void* last = nullptr;
+  // ucp_rkey_ptr only adds offsets: the range the holder announced must also
+  // lie in the one shared mapping here, or a copy could run past it.
   if (remote_bytes > 0 && ucp_rkey_ptr(peer->rkey_, remote_base, &first) == UCS_OK &&
       ucp_rkey_ptr(peer->rkey_, remote_base + remote_bytes - 1, &last) == UCS_OK &&
       static_cast<const std::byte*>(last) - static_cast<const std::byte*>(first) ==
-          static_cast<std::ptrdiff_t>(remote_bytes - 1)) {
+          static_cast<std::ptrdiff_t>(remote_bytes - 1) &&
+      InOneSharedMapping(first, remote_bytes)) {
     peer->local_ = static_cast<const std::byte*>(first);
   }
   {

@@ -258,16 +258,6 @@ class UcxEngine {
     // True while the progress thread is (about to be) asleep in the event fd;
     // a poster then signals the worker.
     std::atomic<bool> sleeping{false};
-    // Calls received on this worker, answered by its progress thread after
-    // ucp_worker_progress returns (never from inside a UCX callback).
-    struct Incoming {
-      ucp_ep_h reply_ep = nullptr;
-      uint64_t call_id = 0;
-      std::string request;
-    };
-    absl::Mutex inbox_mu;
-    std::vector<Incoming> inbox ABSL_GUARDED_BY(inbox_mu);
-    std::atomic<bool> inbox_pending{false};
   };
   // A Call waiting for its reply (on the caller's stack, listed in calls_).
   struct PendingCall {
@@ -279,10 +269,12 @@ class UcxEngine {
   explicit UcxEngine(UcxOptions options) : options_(options) {}
   absl::Status Init();
   void ProgressLoop(Worker* w);
-  // Answers the calls queued on `w` (its progress thread only).
-  void ServeCalls(Worker* w);
-  // UCX active message handlers: a request (arg: the Worker) and a reply
-  // (arg: the engine).
+  // Answers one call on `reply_ep` (from inside OnCallRequest, the only
+  // place UCX guarantees that endpoint).
+  void ServeCall(ucp_ep_h reply_ep, uint64_t call_id, absl::string_view request);
+  // UCX active message handlers: a request and a reply (arg: the engine).
+  // A request is answered inside its callback: the handler runs on the
+  // worker's progress thread and must be short.
   static ucs_status_t OnCallRequest(void* arg, const void* header, size_t header_length, void* data,
                                     size_t length, const ucp_am_recv_param_t* param);
   static ucs_status_t OnCallReply(void* arg, const void* header, size_t header_length, void* data,
@@ -323,7 +315,6 @@ class UcxEngine {
   CallHandler handler_ ABSL_GUARDED_BY(handler_mu_);
   absl::Mutex calls_mu_;
   absl::flat_hash_map<uint64_t, PendingCall*> calls_ ABSL_GUARDED_BY(calls_mu_);
-  std::atomic<uint64_t> next_call_{1};
 
   std::atomic<uint64_t> gets_{0};
   std::atomic<uint64_t> get_bytes_{0};

@@ -225,6 +225,8 @@ TEST_P(TransferTest, ReaderFindsAndPullsChunksByteIdentical) {
   }
   EXPECT_EQ(a->peer->Stats().leases_held, 0u);
   EXPECT_EQ(a->cache->Stats().tiers[0].pinned_chunks, 0u);
+  // A mapped holder arena is read by copies, never by gets.
+  EXPECT_EQ(b->ucx->Stats().direct_reads > 0, Mapped());
   const std::string text = RenderTransferMetrics(b->ucx->Stats(), b->peer->Stats(), &rs);
   EXPECT_THAT(text, HasSubstr("kvtier_remote_fetches_total 4"));
   EXPECT_THAT(text, HasSubstr("kvtier_remote_peer_info{node=\"node-a\""));
@@ -370,6 +372,9 @@ TEST_P(TransferTest, CorruptedHolderBytesAreAMissAndCounted) {
   EXPECT_THAT(reader->Fetch(ns, refs[0].key), StatusIs(absl::StatusCode::kDataLoss));
   EXPECT_EQ(reader->Stats().verify_failures, 1u);
   EXPECT_FALSE(b->cache->Pin(ns, refs[0].key).ok());
+  // With a mapped holder arena both reads were copies checked in one pass
+  // (the damage was caught there), otherwise UCX gets.
+  EXPECT_EQ(b->ucx->Stats().direct_reads, Mapped() ? 2u : 0u);
 }
 
 TEST_P(TransferTest, MissesAndOtherNamespacesAreNotFound) {
