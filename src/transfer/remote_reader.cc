@@ -1,5 +1,6 @@
 #include "src/transfer/remote_reader.h"
 
+#include <algorithm>
 #include <optional>
 #include <utility>
 
@@ -191,7 +192,17 @@ RemoteReader::PinResult RemoteReader::PinMerged(const Conn& conn, const std::str
     PinQueue* q = entry.get();
     q->waiting.push_back(&me);
     auto ready = [&me, q] { return me.done || !q->in_flight; };
-    pin_mu_.Await(absl::Condition(&ready));
+    if (!pin_mu_.AwaitWithDeadline(absl::Condition(&ready), deadline)) {
+      auto it = std::find(q->waiting.begin(), q->waiting.end(), &me);
+      if (it != q->waiting.end()) {
+        q->waiting.erase(it);
+        PinResult late;
+        late.status = absl::DeadlineExceededError("waited past the deadline for a PinForRead");
+        return late;
+      }
+      // Taken into a batch: its leader answers by its own deadline.
+      pin_mu_.Await(absl::Condition(&me.done));
+    }
     if (me.done) {
       merged_pins_.fetch_add(1);
       return std::move(me.result);
@@ -331,7 +342,9 @@ std::vector<absl::Status> RemoteReader::FetchFrom(const Namespace& ns,
   if (!conn.ok()) return all(conn.status());
   PinResult pin = PinMerged(*conn, address, ns.id(), keys, deadline);
   if (!pin.status.ok()) {
-    Drop(address, conn->peer.get());
+    // A fetch that only waited past its deadline behind other fetches' pins
+    // leaves the endpoint alone (a call that timed out has closed it).
+    if (!absl::IsDeadlineExceeded(pin.status)) Drop(address, conn->peer.get());
     return all(absl::UnavailableError(
         absl::StrCat("peer ", address, ": PinForRead failed: ", pin.status.message())));
   }
