@@ -160,30 +160,59 @@ absl::Status RemoteReader::PinForRead(const Conn& conn, const std::string& addre
   return absl::OkStatus();
 }
 
+void RemoteReader::PinBatch(const Conn& conn, const std::string& address,
+                            absl::Span<PinWaiter* const> batch, absl::Time deadline) {
+  v1::PinForReadRequest req;
+  req.set_namespace_id(batch.front()->ns_id);
+  req.set_boot_id(conn.boot_id);
+  for (const PinWaiter* w : batch) {
+    for (const BlockKey& k : w->keys) req.add_keys(wire::KeyToBytes(k));
+  }
+  // Merged: every chunk held is pinned, so one fetch's miss does not cut
+  // the keys of the fetches after it.
+  if (batch.size() > 1) req.set_every_held(true);
+  v1::PinForReadResponse resp;
+  const absl::Status status = PinForRead(conn, address, req, resp, deadline);
+  std::shared_ptr<void> lease;
+  if (status.ok() && resp.lease_id() != 0) {
+    const uint64_t id = resp.lease_id();
+    lease =
+        std::shared_ptr<void>(nullptr, [this, address, id](void*) { ReleaseLease(address, id); });
+  }
+  for (PinWaiter* w : batch) {
+    w->result.status = status;
+    w->result.boot_id = resp.boot_id();
+  }
+  if (status.ok() && batch.size() == 1) {
+    batch.front()->result.slots.assign(resp.slots().begin(), resp.slots().end());
+  } else if (status.ok()) {
+    absl::flat_hash_map<std::string, int> by_key;
+    for (int i = 0; i < resp.slots_size(); ++i) by_key.emplace(resp.slots(i).key(), i);
+    for (PinWaiter* w : batch) {
+      for (const BlockKey& k : w->keys) {
+        auto it = by_key.find(wire::KeyToBytes(k));
+        if (it == by_key.end()) break;  // a prefix per fetch, as unmerged
+        w->result.slots.push_back(resp.slots(it->second));
+      }
+    }
+  }
+  for (PinWaiter* w : batch) {
+    if (!w->result.slots.empty()) w->result.lease = lease;
+  }
+}
+
 RemoteReader::PinResult RemoteReader::PinMerged(const Conn& conn, const std::string& address,
                                                 uint64_t ns_id, absl::Span<const BlockKey> keys,
                                                 absl::Time deadline) {
-  if (UseCalls(conn) && !options_.merge_ucx_pins) {
-    // Cheap enough alone: pinned without waiting for other fetches.
-    PinResult out;
-    v1::PinForReadRequest req;
-    req.set_namespace_id(ns_id);
-    req.set_boot_id(conn.boot_id);
-    for (const BlockKey& k : keys) req.add_keys(wire::KeyToBytes(k));
-    v1::PinForReadResponse resp;
-    out.status = PinForRead(conn, address, req, resp, deadline);
-    out.boot_id = resp.boot_id();
-    if (out.status.ok()) out.slots.assign(resp.slots().begin(), resp.slots().end());
-    if (out.status.ok() && resp.lease_id() != 0) {
-      const uint64_t id = resp.lease_id();
-      out.lease =
-          std::shared_ptr<void>(nullptr, [this, address, id](void*) { ReleaseLease(address, id); });
-    }
-    return out;
-  }
   PinWaiter me;
   me.ns_id = ns_id;
   me.keys = keys;
+  if (UseCalls(conn) && !options_.merge_ucx_pins) {
+    // Cheap enough alone: pinned without waiting for other fetches.
+    PinWaiter* const alone[] = {&me};
+    PinBatch(conn, address, alone, deadline);
+    return std::move(me.result);
+  }
   std::vector<PinWaiter*> batch;
   {
     absl::MutexLock lock(&pin_mu_);
@@ -224,44 +253,7 @@ RemoteReader::PinResult RemoteReader::PinMerged(const Conn& conn, const std::str
     }
     q->waiting.swap(rest);
   }
-  v1::PinForReadRequest req;
-  req.set_namespace_id(ns_id);
-  req.set_boot_id(conn.boot_id);
-  for (const PinWaiter* w : batch) {
-    for (const BlockKey& k : w->keys) req.add_keys(wire::KeyToBytes(k));
-  }
-  // Merged: every chunk held is pinned, so one fetch's miss does not cut
-  // the keys of the fetches after it.
-  if (batch.size() > 1) req.set_every_held(true);
-  v1::PinForReadResponse resp;
-  const absl::Status status = PinForRead(conn, address, req, resp, deadline);
-  std::shared_ptr<void> lease;
-  if (status.ok() && resp.lease_id() != 0) {
-    const uint64_t id = resp.lease_id();
-    lease =
-        std::shared_ptr<void>(nullptr, [this, address, id](void*) { ReleaseLease(address, id); });
-  }
-  for (PinWaiter* w : batch) {
-    w->result.status = status;
-    w->result.boot_id = resp.boot_id();
-  }
-  if (status.ok() && batch.size() == 1) {
-    me.result.slots.assign(resp.slots().begin(), resp.slots().end());
-  } else if (status.ok()) {
-    absl::flat_hash_map<std::string, int> by_key;
-    for (int i = 0; i < resp.slots_size(); ++i) by_key.emplace(resp.slots(i).key(), i);
-    for (PinWaiter* w : batch) {
-      for (const BlockKey& k : w->keys) {
-        auto it = by_key.find(wire::KeyToBytes(k));
-        if (it == by_key.end()) break;  // a prefix per fetch, as unmerged
-        w->result.slots.push_back(resp.slots(it->second));
-      }
-    }
-  }
-  for (PinWaiter* w : batch) {
-    if (!w->result.slots.empty()) w->result.lease = lease;
-  }
-  lease.reset();
+  PinBatch(conn, address, batch, deadline);
   absl::MutexLock lock(&pin_mu_);
   for (PinWaiter* w : batch) w->done = true;
   pin_queues_[address]->in_flight = false;

@@ -197,6 +197,10 @@ class RemoteReader {
   // waiting for it (see the file comment).
   PinResult PinMerged(const Conn& conn, const std::string& address, uint64_t ns_id,
                       absl::Span<const BlockKey> keys, absl::Time deadline);
+  // One PinForRead for the keys of `batch` (one namespace, the first
+  // fetch's keys first); sets each fetch's result, sharing the lease.
+  void PinBatch(const Conn& conn, const std::string& address, absl::Span<PinWaiter* const> batch,
+                absl::Time deadline);
   // Whether pins to `conn` go as UCX calls.
   bool UseCalls(const Conn& conn) const;
   // PinForRead on the holder at `address` (UCX call or gRPC). The holder's
