@@ -34,33 +34,6 @@ absl::Status UcxError(absl::string_view what, ucs_status_t s) {
   return absl::UnavailableError(absl::StrCat(what, ": ", ucs_status_string(s)));
 }
 
-// The completions of one GetMany, shared by the caller and UCX's callbacks
-// (which run on the worker's progress thread).
-struct GetBatch {
-  absl::Mutex mu;
-  std::vector<size_t> completed ABSL_GUARDED_BY(mu);  // ops done, not yet handed to the caller
-};
-
-// One posted get: its batch, its op's index and its outcome.
-struct GetSlot {
-  GetBatch* batch = nullptr;
-  std::atomic<int64_t>* outstanding = nullptr;  // the worker's count of gets in flight
-  size_t index = 0;
-  void* request = nullptr;
-  ucs_status_t status = UCS_OK;  // set before `index` joins batch->completed
-};
-
-void OnGetDone(void* request, ucs_status_t status, void* user_data) {
-  (void)request;
-  auto* slot = static_cast<GetSlot*>(user_data);
-  // The progress thread stops driving the worker without pause as soon as
-  // its last get is done, not when the caller gets to run.
-  slot->outstanding->fetch_sub(1);
-  absl::MutexLock lock(&slot->batch->mu);
-  slot->status = status;
-  slot->batch->completed.push_back(slot->index);
-}
-
 // Active message ids of calls (UcxEngine::Call) and their replies.
 constexpr unsigned kCallRequestAm = 11;
 constexpr unsigned kCallReplyAm = 12;
@@ -249,6 +222,32 @@ int FindMappedFile(const void* addr, std::string* what) {
 
 }  // namespace
 
+struct UcxEngine::GetBatch {
+  absl::Mutex mu;
+  std::vector<size_t> completed ABSL_GUARDED_BY(mu);  // ops done, not yet handed to the caller
+};
+
+struct UcxEngine::GetSlot {
+  GetBatch* batch = nullptr;
+  std::atomic<int64_t>* outstanding = nullptr;  // the worker's count of gets in flight
+  size_t index = 0;
+  ucs_status_t status = UCS_OK;  // set before `index` joins batch->completed
+  bool peer_gone = false;        // not posted: the endpoint was closed or had failed
+};
+
+void UcxEngine::OnGetDone(void* request, ucs_status_t status, void* user_data) {
+  auto* slot = static_cast<GetSlot*>(user_data);
+  // Runs on the progress thread, which posted the get: the request is
+  // freed here, never by the caller.
+  ucp_request_free(request);
+  // The progress thread stops driving the worker without pause as soon as
+  // its last get is done, not when the caller gets to run.
+  slot->outstanding->fetch_sub(1);
+  absl::MutexLock lock(&slot->batch->mu);
+  slot->status = status;
+  slot->batch->completed.push_back(slot->index);
+}
+
 absl::Status UcxOptions::Validate() const {
   if (progress_threads < 1 || progress_threads > 64) {
     return absl::InvalidArgumentError(
@@ -389,6 +388,10 @@ void UcxEngine::ProgressLoop(Worker* w) {
                                 ? -1
                                 : absl::ToInt64Microseconds(options_.busy_poll);
   while (!stop_.load(std::memory_order_relaxed)) {
+    if (w->has_posts.load()) {
+      RunPosts(*w);
+      last_active = std::chrono::steady_clock::now();
+    }
     const unsigned progressed = ucp_worker_progress(w->worker);
     if (progressed != 0) {
       last_active = std::chrono::steady_clock::now();
@@ -409,11 +412,12 @@ void UcxEngine::ProgressLoop(Worker* w) {
       const ucs_status_t s = ucp_worker_arm(w->worker);
       if (s == UCS_ERR_BUSY) continue;
       if (s == UCS_OK) {
-        // A poster that saw `sleeping` false has raised `outstanding` before
-        // this check (both sequentially consistent), so no post is missed;
-        // with gets in flight their replies are events of their own.
+        // A poster that saw `sleeping` false has raised `outstanding` and
+        // `has_posts` before these checks (all sequentially consistent), so
+        // no post is missed; gets in flight complete with events of their
+        // own.
         w->sleeping.store(true);
-        if (busy || w->outstanding.load() == 0) {
+        if (!w->has_posts.load() && (busy || w->outstanding.load() == 0)) {
           pollfd p{w->efd, POLLIN, 0};
           poll(&p, 1, busy ? 1 : wait_ms);
         }
@@ -423,6 +427,27 @@ void UcxEngine::ProgressLoop(Worker* w) {
     }
     absl::SleepFor(absl::Microseconds(20));
   }
+  // What was queued last still runs (its callers are waiting for it).
+  RunPosts(*w);
+}
+
+void UcxEngine::Post(Worker& w, absl::AnyInvocable<void() &&> fn) {
+  {
+    absl::MutexLock lock(&w.post_mu);
+    w.posts.push_back(std::move(fn));
+    w.has_posts.store(true);
+  }
+  if (w.sleeping.load()) ucp_worker_signal(w.worker);
+}
+
+void UcxEngine::RunPosts(Worker& w) {
+  std::vector<absl::AnyInvocable<void() &&>> posts;
+  {
+    absl::MutexLock lock(&w.post_mu);
+    posts.swap(w.posts);
+    w.has_posts.store(false);
+  }
+  for (auto& fn : posts) std::move(fn)();
 }
 
 ucs_status_t UcxEngine::OnCallRequest(void* arg, const void* header, size_t header_length,
@@ -497,54 +522,51 @@ absl::StatusOr<std::string> UcxEngine::Call(UcxPeer& peer, absl::string_view req
     absl::MutexLock lock(&calls_mu_);
     calls_.emplace(id, &pc);
   }
-  auto forget = [&] {
-    absl::MutexLock lock(&calls_mu_);
-    calls_.erase(id);
-  };
-  {
-    absl::MutexLock lock(&peer.close_mu_);
-    if (peer.closed_ || peer.failed()) {
-      forget();
-      return absl::UnavailableError(peer.closed_ ? "ucx: the peer's endpoint is closed"
-                                                 : "ucx: the peer's endpoint has failed");
-    }
-    auto msg = std::make_unique<AmSend>();
-    msg->header.call_id = id;
-    msg->data.assign(request.data(), request.size());
-    // The reply is awaited like a get: the progress thread keeps polling.
-    w.outstanding.fetch_add(1);
-    const ucs_status_t s = PostAm(peer.ep_, kCallRequestAm, std::move(msg), UCP_AM_SEND_FLAG_REPLY);
-    if (s != UCS_OK && s != UCS_INPROGRESS) {
-      w.outstanding.fetch_sub(1);
-      forget();
-      return UcxError("ucx call", s);
-    }
-  }
-  if (w.sleeping.load()) ucp_worker_signal(w.worker);
+  // The reply is awaited like a get: the progress thread keeps polling.
+  w.outstanding.fetch_add(1);
+  Post(w, [this, &peer, id, req = std::string(request)]() mutable {
+    PostCall(peer, id, std::move(req));
+  });
   bool timed_out = false;
-  bool replied = false;
   {
     absl::MutexLock lock(&calls_mu_);
     // Wakes every millisecond to notice a failed peer (UCX reports it on
     // the progress thread, which does not know this call).
-    while (!pc.replied) {
+    while (!pc.replied && pc.send != PendingCall::Send::kFailed) {
       const absl::Time now = absl::Now();
       if (now >= deadline) {
         timed_out = true;
         break;
       }
       if (peer.failed()) break;
-      calls_mu_.AwaitWithDeadline(absl::Condition(&pc.replied),
-                                  std::min(deadline, now + absl::Milliseconds(1)));
+      calls_mu_.AwaitWithDeadline(
+          absl::Condition(
+              +[](PendingCall* c) { return c->replied || c->send == PendingCall::Send::kFailed; },
+              &pc),
+          std::min(deadline, now + absl::Milliseconds(1)));
     }
-    replied = pc.replied;
+    // The progress thread may still hold the request: it uses the peer until
+    // it has sent it (or given up on it), so the caller waits for that. A
+    // request not sent yet is not sent at all.
+    pc.abandoned = true;
+    calls_mu_.Await(absl::Condition(
+        +[](PendingCall* c) {
+          return c->send == PendingCall::Send::kSent || c->send == PendingCall::Send::kFailed;
+        },
+        &pc));
     calls_.erase(id);  // no reply touches `pc` after this
   }
   w.outstanding.fetch_sub(1);
-  if (replied) {
+  if (pc.replied) {
     if (pc.no_handler) return absl::UnimplementedError("ucx: the peer does not answer calls");
     calls_made_.fetch_add(1);
     return std::move(pc.reply);
+  }
+  if (pc.send == PendingCall::Send::kFailed) {
+    if (!pc.send_error.ok()) return pc.send_error;
+    // Given up on before it was sent: the endpoint stays as it is.
+    if (timed_out)
+      return absl::DeadlineExceededError("ucx: the call's deadline passed before it was sent");
   }
   if (timed_out) {
     peer.failed_.store(true);
@@ -552,6 +574,54 @@ absl::StatusOr<std::string> UcxEngine::Call(UcxPeer& peer, absl::string_view req
     return absl::DeadlineExceededError("ucx: no reply to the call by its deadline");
   }
   return absl::UnavailableError("ucx: the peer failed during the call");
+}
+
+void UcxEngine::PostCall(UcxPeer& peer, uint64_t call_id, std::string request) {
+  Worker& w = *workers_[peer.worker_];
+  if (!peer.close_mu_.ReaderTryLock()) {
+    // Close holds it while it waits for this thread to progress the
+    // endpoint's close: try again on the next turn.
+    Post(w, [this, &peer, call_id, request = std::move(request)]() mutable {
+      PostCall(peer, call_id, std::move(request));
+    });
+    return;
+  }
+  PendingCall* pc = nullptr;
+  {
+    absl::MutexLock lock(&calls_mu_);
+    auto it = calls_.find(call_id);
+    if (it != calls_.end()) pc = it->second;
+    if (pc != nullptr) {
+      if (pc->abandoned) {
+        pc->send = PendingCall::Send::kFailed;
+        pc = nullptr;
+      } else if (peer.closed_ || peer.failed()) {
+        pc->send = PendingCall::Send::kFailed;
+        pc->send_error =
+            absl::UnavailableError(peer.closed_ ? "ucx: the peer's endpoint is closed"
+                                                : "ucx: the peer's endpoint has failed");
+        pc = nullptr;
+      } else {
+        pc->send = PendingCall::Send::kSending;
+      }
+    }
+  }
+  ucs_status_t s = UCS_OK;
+  if (pc != nullptr) {
+    auto msg = std::make_unique<AmSend>();
+    msg->header.call_id = call_id;
+    msg->data = std::move(request);
+    s = PostAm(peer.ep_, kCallRequestAm, std::move(msg), UCP_AM_SEND_FLAG_REPLY);
+  }
+  peer.close_mu_.ReaderUnlock();
+  if (pc == nullptr) return;
+  absl::MutexLock lock(&calls_mu_);
+  if (s == UCS_OK || s == UCS_INPROGRESS) {
+    pc->send = PendingCall::Send::kSent;
+  } else {
+    pc->send_error = UcxError("ucx call", s);
+    pc->send = PendingCall::Send::kFailed;
+  }
 }
 
 void UcxEngine::Wake(size_t worker) { ucp_worker_signal(workers_[worker]->worker); }
@@ -818,52 +888,35 @@ absl::Status UcxEngine::GetMany(UcxPeer& peer, absl::Span<GetOp> ops, absl::Time
   GetBatch batch;
   std::vector<GetSlot> slots(ops.size());
   std::vector<size_t> settled_now;  // ops with an outcome before any wait
-  size_t posted = 0;
-  {
-    absl::MutexLock lock(&peer.close_mu_);
-    for (size_t i = 0; i < ops.size(); ++i) {
-      GetOp& op = ops[i];
-      if (op.remote_offset > peer.remote_bytes_ ||
-          op.dst.size() > peer.remote_bytes_ - op.remote_offset) {
-        op.status = absl::OutOfRangeError(
-            absl::StrCat("remote range [", op.remote_offset, ", +", op.dst.size(),
-                         ") is outside the peer's arena of ", peer.remote_bytes_, " bytes"));
-        settled_now.push_back(i);
-        continue;
-      }
-      if (peer.closed_ || peer.failed()) {
-        get_failures_.fetch_add(1);
-        op.status = absl::UnavailableError(peer.closed_ ? "ucx: the peer's endpoint is closed"
-                                                        : "ucx: the peer's endpoint has failed");
-        settled_now.push_back(i);
-        continue;
-      }
-      GetSlot& slot = slots[i];
-      slot.batch = &batch;
-      slot.outstanding = &w.outstanding;
-      slot.index = i;
-      ucp_request_param_t param;
-      std::memset(&param, 0, sizeof(param));
-      param.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
-      param.cb.send = &OnGetDone;
-      param.user_data = &slot;
-      // Counted before the post: the callback (which uncounts it) may run
-      // on the progress thread at once.
-      w.outstanding.fetch_add(1);
-      void* req = ucp_get_nbx(peer.ep_, op.dst.data(), op.dst.size(),
-                              peer.remote_base_ + op.remote_offset, peer.rkey_, &param);
-      if (req == nullptr || UCS_PTR_IS_ERR(req)) {
-        // Completed (or failed) at once: no callback comes.
-        w.outstanding.fetch_sub(1);
-        slot.status = req == nullptr ? UCS_OK : UCS_PTR_STATUS(req);
-        settled_now.push_back(i);
-        continue;
-      }
-      slot.request = req;
-      ++posted;
+  std::vector<size_t> queued;       // ops handed to the progress thread
+  queued.reserve(ops.size());
+  for (size_t i = 0; i < ops.size(); ++i) {
+    GetOp& op = ops[i];
+    // remote_bytes_ is set once by Connect.
+    if (op.remote_offset > peer.remote_bytes_ ||
+        op.dst.size() > peer.remote_bytes_ - op.remote_offset) {
+      op.status = absl::OutOfRangeError(
+          absl::StrCat("remote range [", op.remote_offset, ", +", op.dst.size(),
+                       ") is outside the peer's arena of ", peer.remote_bytes_, " bytes"));
+      settled_now.push_back(i);
+      continue;
     }
+    slots[i].batch = &batch;
+    slots[i].outstanding = &w.outstanding;
+    slots[i].index = i;
+    queued.push_back(i);
   }
-  if (posted > 0 && w.sleeping.load()) ucp_worker_signal(w.worker);
+  if (!queued.empty()) {
+    // Counted before they are queued: the progress thread then keeps driving
+    // the worker until the last is done. Every queued op joins
+    // batch.completed exactly once (posted and completed, completed at once,
+    // or refused), and this call waits for all of them, so what the progress
+    // thread is given stays valid while it uses it.
+    w.outstanding.fetch_add(static_cast<int64_t>(queued.size()));
+    Post(w, [this, &peer, ops, slots = absl::MakeSpan(slots), which = absl::MakeConstSpan(queued)] {
+      PostGets(peer, ops, slots, which);
+    });
+  }
   bool timed_out = false;
   absl::Status first = absl::OkStatus();
   // Turns a completed op's UCX status into its Status, then hands it over.
@@ -871,14 +924,15 @@ absl::Status UcxEngine::GetMany(UcxPeer& peer, absl::Span<GetOp> ops, absl::Time
     GetOp& op = ops[i];
     GetSlot& slot = slots[i];
     if (slot.batch != nullptr) {
-      if (slot.request != nullptr) {
-        ucp_request_free(slot.request);
-        slot.request = nullptr;
-      }
       if (slot.status == UCS_OK) {
         op.status = absl::OkStatus();
         gets_.fetch_add(1);
         get_bytes_.fetch_add(op.dst.size());
+      } else if (slot.peer_gone) {
+        get_failures_.fetch_add(1);
+        op.status = absl::UnavailableError(slot.status == UCS_ERR_CANCELED
+                                               ? "ucx: the peer's endpoint is closed"
+                                               : "ucx: the peer's endpoint has failed");
       } else {
         get_failures_.fetch_add(1);
         peer.failed_.store(true);
@@ -894,7 +948,7 @@ absl::Status UcxEngine::GetMany(UcxPeer& peer, absl::Span<GetOp> ops, absl::Time
   // Each get is handed over as it completes, while the others are in flight.
   auto any_done = [&batch]()
                       ABSL_EXCLUSIVE_LOCKS_REQUIRED(batch.mu) { return !batch.completed.empty(); };
-  for (size_t handled = 0; handled < posted;) {
+  for (size_t handled = 0; handled < queued.size();) {
     std::vector<size_t> done;
     {
       absl::MutexLock lock(&batch.mu);
@@ -908,6 +962,7 @@ absl::Status UcxEngine::GetMany(UcxPeer& peer, absl::Span<GetOp> ops, absl::Time
     if (done.empty() && timed_out) {
       // Closing the endpoint completes the gets still in flight (with an
       // error); only then are their destinations safe from late writes.
+      // Gets not posted yet are refused once it is closed.
       peer.failed_.store(true);
       peer.Close();
       continue;
@@ -923,6 +978,49 @@ absl::Status UcxEngine::GetMany(UcxPeer& peer, absl::Span<GetOp> ops, absl::Time
     }
   }
   return first;
+}
+
+void UcxEngine::PostGets(UcxPeer& peer, absl::Span<GetOp> ops, absl::Span<GetSlot> slots,
+                         absl::Span<const size_t> which) {
+  Worker& w = *workers_[peer.worker_];
+  if (!peer.close_mu_.ReaderTryLock()) {
+    // Close holds it while it waits for this thread to progress the
+    // endpoint's close: try again on the next turn.
+    Post(w, [this, &peer, ops, slots, which] { PostGets(peer, ops, slots, which); });
+    return;
+  }
+  // Ops with an outcome now; they join the batch at the end, so that the
+  // caller (which returns once every op has) cannot return while `which`
+  // is still being read here.
+  std::vector<size_t> now;
+  for (size_t i : which) {
+    GetSlot& slot = slots[i];
+    if (peer.closed_ || peer.failed()) {
+      slot.peer_gone = true;
+      slot.status = peer.closed_ ? UCS_ERR_CANCELED : UCS_ERR_ENDPOINT_TIMEOUT;
+      now.push_back(i);
+      continue;
+    }
+    const GetOp& op = ops[i];
+    ucp_request_param_t param;
+    std::memset(&param, 0, sizeof(param));
+    param.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
+    param.cb.send = &OnGetDone;
+    param.user_data = &slot;
+    void* req = ucp_get_nbx(peer.ep_, op.dst.data(), op.dst.size(),
+                            peer.remote_base_ + op.remote_offset, peer.rkey_, &param);
+    if (req == nullptr || UCS_PTR_IS_ERR(req)) {
+      // Completed (or failed) at once: no callback comes.
+      slot.status = req == nullptr ? UCS_OK : UCS_PTR_STATUS(req);
+      now.push_back(i);
+    }
+  }
+  peer.close_mu_.ReaderUnlock();
+  if (now.empty()) return;
+  w.outstanding.fetch_sub(static_cast<int64_t>(now.size()));
+  GetBatch* batch = slots[now.front()].batch;
+  absl::MutexLock lock(&batch->mu);
+  for (size_t i : now) batch->completed.push_back(i);
 }
 
 UcxStats UcxEngine::Stats() const {

@@ -17,12 +17,18 @@
 // GPUDirect RDMA when UCX was built with CUDA and the destination is device
 // memory. UcxPeer::transports() names the lanes UCX chose.
 //
-// Progress: each worker's progress thread is the only thread that drives it.
-// A caller of Get / GetMany posts its gets (ucp_get_nbx), wakes that thread
-// and blocks until the gets complete; it never spins. While gets are
-// outstanding the progress thread drives the worker without pause (so the
-// gets of every caller progress together, as one poster's would); idle, it
-// sleeps in the worker's event fd (ucp_worker_arm + poll).
+// Progress: each worker's progress thread is the only thread that drives it,
+// and the only one that posts on it in the hot path. A caller of Get /
+// GetMany or Call queues its gets or its message for that thread (a short
+// mutex, no UCX lock), wakes it if it sleeps, and blocks until the gets
+// complete or the reply comes; it never spins. The progress thread posts
+// what is queued (ucp_get_nbx, ucp_am_send_nbx) between progress calls, so
+// callers never contend with it for the worker's lock: with many callers in
+// UCX's multi-thread mode, threads spinning on that lock took over half of
+// the reader's CPU. While gets or calls are outstanding the progress thread
+// drives the worker without pause (so the gets of every caller progress
+// together, as one poster's would); idle, it sleeps in the worker's event fd
+// (ucp_worker_arm + poll).
 //
 // Failure: endpoints are created with peer error handling, so a peer that dies
 // fails its outstanding and later gets with an error instead of hanging; gets
@@ -36,8 +42,10 @@
 // each way on the connection the gets use: no other connection, no thread
 // hand-off. Requests and replies are sent eagerly (never rendezvous).
 //
-// Thread-safety: UcxEngine and UcxPeer are thread-safe (workers run in UCX's
-// multi-thread mode); Get may be called from any number of threads at once.
+// Thread-safety: UcxEngine and UcxPeer are thread-safe; Get may be called
+// from any number of threads at once. Workers stay in UCX's multi-thread
+// mode for what callers still do themselves (Connect, closing an endpoint).
+// UCX callbacks run on the progress thread.
 #ifndef KVTIER_SRC_TRANSFER_UCX_ENGINE_H_
 #define KVTIER_SRC_TRANSFER_UCX_ENGINE_H_
 
@@ -53,6 +61,7 @@
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/functional/any_invocable.h"
 #include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -258,13 +267,33 @@ class UcxEngine {
     // True while the progress thread is (about to be) asleep in the event fd;
     // a poster then signals the worker.
     std::atomic<bool> sleeping{false};
+    // Work for the progress thread (posting gets and messages), run between
+    // progress calls in the order queued.
+    absl::Mutex post_mu;
+    std::vector<absl::AnyInvocable<void() &&>> posts ABSL_GUARDED_BY(post_mu);
+    std::atomic<bool> has_posts{false};
   };
   // A Call waiting for its reply (on the caller's stack, listed in calls_).
   struct PendingCall {
+    // The request's progress on the progress thread: queued, being sent
+    // (the caller must not return: the peer is in use), sent, or not sent
+    // (send_error says why).
+    enum class Send { kQueued, kSending, kSent, kFailed };
+    Send send = Send::kQueued;
+    absl::Status send_error;
+    // Set by the caller once it stops waiting: a request still queued is
+    // then not sent.
+    bool abandoned = false;
     bool replied = false;
     bool no_handler = false;
     std::string reply;
   };
+  // The completions of one GetMany, shared with UCX's callbacks.
+  struct GetBatch;
+  // One get of a GetMany: its batch, index and outcome.
+  struct GetSlot;
+  // ucp_get_nbx's completion callback (user_data: the GetSlot).
+  static void OnGetDone(void* request, ucs_status_t status, void* user_data);
 
   explicit UcxEngine(UcxOptions options) : options_(options) {}
   absl::Status Init();
@@ -281,6 +310,17 @@ class UcxEngine {
                                   size_t length, const ucp_am_recv_param_t* param);
   // Wakes the worker's progress thread.
   void Wake(size_t worker);
+  // Queues `fn` for w's progress thread and wakes it if it sleeps.
+  void Post(Worker& w, absl::AnyInvocable<void() &&> fn);
+  // On the progress thread: runs what is queued.
+  void RunPosts(Worker& w);
+  // On the progress thread: posts the gets of ops[i] for each i in `which`
+  // (GetMany's, whose caller waits until every one is in slots' batch).
+  void PostGets(UcxPeer& peer, absl::Span<GetOp> ops, absl::Span<GetSlot> slots,
+                absl::Span<const size_t> which);
+  // On the progress thread: sends call `call_id`'s request (its PendingCall,
+  // if the caller still waits) on the peer's endpoint.
+  void PostCall(UcxPeer& peer, uint64_t call_id, std::string request);
   // Waits until `request` (from a *_nbx call) completes or `deadline`
   // passes, and frees it.
   ucs_status_t WaitRequest(size_t worker, void* request, absl::Time deadline);

@@ -267,6 +267,64 @@ TEST_P(TransferTest, EngineGetManyReadsSeveralRangesTogether) {
   EXPECT_EQ(st.get_bytes, 2u << 18);
 }
 
+TEST_P(TransferTest, GetsFromManyThreadsAtOnceEachLandTheirOwnBytes) {
+  auto a = Node::Start("a", 5);
+  auto b = Node::Start("b", 6);
+  std::byte* src = a->cache->dram().arena().base();
+  constexpr size_t kThreads = 16;
+  constexpr size_t kPiece = 64 << 10;  // each thread reads 4 pieces of its own 256 KiB
+  for (size_t i = 0; i < kThreads * 4 * kPiece; ++i) src[i] = static_cast<std::byte>(i * 11 + 5);
+  auto peer = b->ucx->Connect(a->ucx->worker_addresses()[0], a->ucx->packed_rkey(),
+                              reinterpret_cast<uint64_t>(src), a->cache->dram().arena().size());
+  ASSERT_TRUE(peer.ok()) << peer.status();
+  std::byte* dst = b->cache->dram().arena().base();
+  std::vector<int> wrong(kThreads, 0);
+  std::vector<std::thread> threads;
+  for (size_t t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      const size_t base = t * 4 * kPiece;
+      for (int round = 0; round < 20; ++round) {
+        std::memset(dst + base, 0, 4 * kPiece);
+        // The pieces land in reverse order, so a get that wrote another
+        // op's destination would show.
+        std::vector<UcxEngine::GetOp> ops;
+        for (size_t k = 0; k < 4; ++k) {
+          ops.push_back({base + k * kPiece, absl::MakeSpan(dst + base + (3 - k) * kPiece, kPiece),
+                         absl::OkStatus()});
+        }
+        if (!b->ucx->GetMany(**peer, absl::MakeSpan(ops), absl::Now() + absl::Seconds(20)).ok()) {
+          ++wrong[t];
+          continue;
+        }
+        for (size_t k = 0; k < 4; ++k) {
+          if (std::memcmp(dst + base + (3 - k) * kPiece, src + base + k * kPiece, kPiece) != 0) {
+            ++wrong[t];
+          }
+        }
+      }
+    });
+  }
+  for (std::thread& th : threads) th.join();
+  EXPECT_EQ(wrong, std::vector<int>(kThreads, 0));
+  EXPECT_EQ(b->ucx->Stats().gets, kThreads * 20 * 4);
+  EXPECT_FALSE((*peer)->failed());
+  // Once a call has timed out the endpoint is closed: later gets and calls
+  // are refused with Unavailable and write nothing.
+  a->ucx->SetCallHandler([](absl::string_view) {
+    absl::SleepFor(absl::Milliseconds(300));
+    return std::string("late");
+  });
+  EXPECT_THAT(b->ucx->Call(**peer, "slow", absl::Now() + absl::Milliseconds(50)),
+              StatusIs(absl::StatusCode::kDeadlineExceeded));
+  std::memset(dst, 0, kPiece);
+  EXPECT_THAT(b->ucx->Get(**peer, 0, absl::MakeSpan(dst, kPiece), absl::Now() + absl::Seconds(5)),
+              StatusIs(absl::StatusCode::kUnavailable));
+  EXPECT_EQ(std::count(dst, dst + kPiece, std::byte{0}), static_cast<std::ptrdiff_t>(kPiece));
+  EXPECT_THAT(b->ucx->Call(**peer, "again", absl::Now() + absl::Seconds(5)),
+              StatusIs(absl::StatusCode::kUnavailable));
+  absl::SleepFor(absl::Milliseconds(350));  // the late reply finds no caller
+}
+
 TEST_P(TransferTest, FetchManyPinsARunOnceAndReleasesIt) {
   auto a = Node::Start("node-a", 41);
   auto b = Node::Start("node-b", 42);
