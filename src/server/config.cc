@@ -365,6 +365,8 @@ absl::Status ApplySetting(const std::string& name, const std::string& value,
     c.ucx.peer_token = value;
   } else if (name == "ucx.max_batch_chunks") {
     KVTIER_ASSIGN_OR_RETURN(c.ucx.max_batch_chunks, ParseU32(value, field, 1, 4096));
+  } else if (name == "ucx.idle_peer_seconds") {
+    KVTIER_ASSIGN_OR_RETURN(c.ucx.idle_peer_seconds, ParseU32(value, field, 1, 86400));
   } else if (name == "ucx.busy_poll_us") {
     if (value == "-1") {
       c.ucx.busy_poll_us = -1;
@@ -428,7 +430,7 @@ const std::map<std::string, std::set<std::string>>& SectionKeys() {
         "recheck_ms"}},
       {"ucx",
        {"enabled", "progress_threads", "lease_seconds", "lookup_timeout_ms", "transfer_timeout_ms",
-        "peer_token", "max_batch_chunks", "busy_poll_us"}},
+        "peer_token", "max_batch_chunks", "busy_poll_us", "idle_peer_seconds"}},
   };
   return *keys;
 }
@@ -1124,6 +1126,7 @@ std::string DaemonConfig::ToRedactedYaml() const {
   out << YAML::Key << "peer_token" << YAML::Value << redact(ucx.peer_token);
   out << YAML::Key << "max_batch_chunks" << YAML::Value << ucx.max_batch_chunks;
   out << YAML::Key << "busy_poll_us" << YAML::Value << ucx.busy_poll_us;
+  out << YAML::Key << "idle_peer_seconds" << YAML::Value << ucx.idle_peer_seconds;
   out << YAML::EndMap;
   out << YAML::EndMap;
   return std::string(out.c_str()) + "\n";

@@ -60,14 +60,15 @@ struct ClusterConfig {
 
 // Node-to-node transfer over UCX (docs/transfer.md).
 struct UcxConfig {
-  bool enabled = false;                // serve Peer and read other nodes' chunks
-  uint32_t progress_threads = 1;       // UCX workers, each with a progress thread (1..64)
-  uint32_t lease_seconds = 10;         // life of a chunk pinned for another node's read
-  uint32_t lookup_timeout_ms = 200;    // how long Lookup waits for the peers' answers
+  bool enabled = false;                 // serve Peer and read other nodes' chunks
+  uint32_t progress_threads = 1;        // UCX workers, each with a progress thread (1..64)
+  uint32_t lease_seconds = 10;          // life of a chunk pinned for another node's read
+  uint32_t lookup_timeout_ms = 200;     // how long Lookup waits for the peers' answers
   uint32_t transfer_timeout_ms = 5000;  // deadline of one remote chunk read
-  std::string peer_token;              // shared secret of the Peer service; empty = none
-  uint32_t max_batch_chunks = 64;      // chunks one pin request covers and read together (1..4096)
-  int64_t busy_poll_us = 50;           // progress poll with gets in flight, us (-1 = never sleep)
+  std::string peer_token;               // shared secret of the Peer service; empty = none
+  uint32_t max_batch_chunks = 64;       // chunks one pin request covers and read together (1..4096)
+  int64_t busy_poll_us = 50;            // progress poll with gets in flight, us (-1 = never sleep)
+  uint32_t idle_peer_seconds = 60;      // a holder's endpoint unused this long is closed (1..86400)
 };
 
 struct DaemonConfig {

@@ -321,6 +321,7 @@ absl::Status Daemon::StartTransfer() {
     ro.lookup_timeout = absl::Milliseconds(config_.ucx.lookup_timeout_ms);
     ro.transfer_timeout = absl::Milliseconds(config_.ucx.transfer_timeout_ms);
     ro.max_batch_chunks = config_.ucx.max_batch_chunks;
+    ro.idle_peer_timeout = absl::Seconds(config_.ucx.idle_peer_seconds);
     KVTIER_ASSIGN_OR_RETURN(
         remote_,
         transfer::RemoteReader::Create(cache_.get(), ucx_.get(), holders, peer_clients_.get(), ro));

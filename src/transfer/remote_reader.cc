@@ -4,6 +4,7 @@
 #include <optional>
 #include <utility>
 
+#include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "src/common/status_macros.h"
 #include "src/core/chunk_format.h"
@@ -24,6 +25,9 @@ absl::Status RemoteReaderOptions::Validate() const {
   if (max_hints == 0) return absl::InvalidArgumentError("ucx.max_hints: must be positive");
   if (max_batch_chunks < 1 || max_batch_chunks > 4096) {
     return absl::InvalidArgumentError("ucx.max_batch_chunks: must be within 1..4096");
+  }
+  if (idle_peer_timeout <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("ucx.idle_peer_seconds: must be positive");
   }
   return absl::OkStatus();
 }
@@ -86,7 +90,10 @@ absl::StatusOr<RemoteReader::Conn> RemoteReader::Connect(const std::string& addr
     absl::MutexLock lock(&mu_);
     auto it = conns_.find(address);
     if (it != conns_.end()) {
-      if (!it->second.peer->failed()) return it->second;
+      if (!it->second.peer->failed()) {
+        it->second.last_used = absl::Now();
+        return it->second;
+      }
       conns_.erase(it);
       stale_drops_.fetch_add(1);
     }
@@ -115,7 +122,7 @@ absl::StatusOr<RemoteReader::Conn> RemoteReader::Connect(const std::string& addr
         absl::StrCat("peer ", address, " (", resp.node_id(), "): ", peer.status().message()));
   }
   hellos_.fetch_add(1);
-  Conn conn{resp.node_id(), resp.boot_id(), std::move(*peer), resp.call_secret()};
+  Conn conn{resp.node_id(), resp.boot_id(), std::move(*peer), resp.call_secret(), absl::Now()};
   absl::MutexLock lock(&mu_);
   auto [it, inserted] = conns_.try_emplace(address, conn);
   if (!inserted) {
@@ -276,19 +283,52 @@ void RemoteReader::ReleaseLease(const std::string& address, uint64_t lease_id) {
   releases_.emplace_back(address, lease_id);
 }
 
+void RemoteReader::SweepPeers() {
+  const absl::Time now = absl::Now();
+  absl::flat_hash_set<std::string> down;
+  for (const PeerHealth& h : clients_->Health()) {
+    if (!h.up) down.insert(h.address);
+  }
+  std::vector<Conn> closing;  // their endpoints close after the lock is released
+  absl::MutexLock lock(&mu_);
+  for (auto it = conns_.begin(); it != conns_.end();) {
+    const Conn& c = it->second;
+    const bool idle = now - c.last_used >= options_.idle_peer_timeout;
+    // A peer whose last contact (e.g. a Lookup) failed loses its endpoint
+    // only once no fetch has used it for a second: a fetch in progress
+    // finds out for itself.
+    const bool gone = down.contains(it->first) && now - c.last_used >= absl::Seconds(1);
+    if (!idle && !gone && !c.peer->failed()) {
+      ++it;
+      continue;
+    }
+    (gone || c.peer->failed() ? stale_drops_ : idle_drops_).fetch_add(1);
+    closing.push_back(std::move(it->second));
+    conns_.erase(it++);
+  }
+}
+
 void RemoteReader::ReleaseLoop() {
+  absl::Time next_sweep = absl::Now() + absl::Seconds(1);
   for (;;) {
     // Everything queued goes out at once: one Release call per holder.
     std::deque<std::pair<std::string, uint64_t>> batch;
     {
       absl::MutexLock lock(&release_mu_);
-      release_mu_.Await(absl::Condition(
-          +[](RemoteReader* r) ABSL_EXCLUSIVE_LOCKS_REQUIRED(r->release_mu_) {
-            return r->stopping_ || !r->releases_.empty();
-          },
-          this));
-      if (releases_.empty()) return;  // stopping, and nothing left
+      // Wakes at least once a second to sweep the endpoints.
+      release_mu_.AwaitWithDeadline(
+          absl::Condition(
+              +[](RemoteReader* r) ABSL_EXCLUSIVE_LOCKS_REQUIRED(r->release_mu_) {
+                return r->stopping_ || !r->releases_.empty();
+              },
+              this),
+          next_sweep);
+      if (stopping_ && releases_.empty()) return;  // nothing left
       batch.swap(releases_);
+    }
+    if (absl::Now() >= next_sweep) {
+      SweepPeers();
+      next_sweep = absl::Now() + absl::Seconds(1);
     }
     absl::flat_hash_map<std::string, v1::PeerReleaseRequest> by_holder;
     for (const auto& [address, lease] : batch) {
@@ -537,6 +577,7 @@ RemoteReaderStats RemoteReader::Stats() const {
   s.verify_failures = verify_failures_.load();
   s.hellos = hellos_.load();
   s.stale_drops = stale_drops_.load();
+  s.idle_drops = idle_drops_.load();
   s.ucx_pins = ucx_pins_.load();
   s.merged_pins = merged_pins_.load();
   absl::MutexLock lock(&mu_);

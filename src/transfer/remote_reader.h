@@ -31,7 +31,9 @@
 // (worker address, packed arena key, arena base, boot id) and cached. A
 // holder whose boot id changes (it restarted, so its arena and keys are new)
 // or whose endpoint failed is said Hello to again; the stale endpoint and
-// remote key are dropped.
+// remote key are dropped. Endpoints that fail, whose holder stops answering
+// or that go unused for idle_peer_timeout are closed by a sweep once a
+// second.
 //
 // Thread-safety: thread-safe; fetches run concurrently.
 #ifndef KVTIER_SRC_TRANSFER_REMOTE_READER_H_
@@ -70,6 +72,13 @@ struct RemoteReaderOptions {
   // merged over gRPC). A UCX call costs about a message each way, so merging
   // them mostly makes fetches wait for each other.
   bool merge_ucx_pins = false;
+  // A holder's endpoint unused this long is closed (InfiniteDuration:
+  // never); one whose peer failed, or whose last contact failed, is closed
+  // at the next sweep (once a second). Closing it releases the holder's
+  // remote key, and with it the reader's mapping of a same-host holder's
+  // shared-memory arena, which would otherwise keep a dead holder's memory
+  // allocated on the host.
+  absl::Duration idle_peer_timeout = absl::Seconds(60);
 
   // InvalidArgument naming the field.
   absl::Status Validate() const;
@@ -96,6 +105,7 @@ struct RemoteReaderStats {
   uint64_t verify_failures = 0;  // transferred bytes that failed a check
   uint64_t hellos = 0;           // connections made
   uint64_t stale_drops = 0;      // endpoints dropped for a changed boot id or a failure
+  uint64_t idle_drops = 0;       // endpoints closed after idle_peer_timeout unused
   uint64_t ucx_pins = 0;         // PinForReads sent as UCX calls (the rest went over gRPC)
   uint64_t merged_pins = 0;      // fetches whose pin rode in another fetch's PinForRead
   std::vector<RemotePeerInfo> peers;
@@ -141,6 +151,7 @@ class RemoteReader {
     uint64_t boot_id = 0;
     std::shared_ptr<UcxPeer> peer;
     std::string call_secret;  // from Hello; empty: pins over gRPC only
+    absl::Time last_used;     // when a fetch last took it
   };
   struct Hint {
     std::string address;
@@ -219,6 +230,10 @@ class RemoteReader {
   // lease lapse on the holder).
   void ReleaseLease(const std::string& address, uint64_t lease_id);
   void ReleaseLoop();
+  // Closes the endpoints that failed, whose peer's last contact failed, or
+  // that were unused for idle_peer_timeout (a fetch using one keeps it
+  // alive until it is done).
+  void SweepPeers();
   void Remember(uint64_t ns, absl::Span<const BlockKey> keys, const BlockKey& before,
                 const std::string& address);
 
@@ -250,6 +265,7 @@ class RemoteReader {
   std::atomic<uint64_t> verify_failures_{0};
   std::atomic<uint64_t> hellos_{0};
   std::atomic<uint64_t> stale_drops_{0};
+  std::atomic<uint64_t> idle_drops_{0};
   std::atomic<uint64_t> ucx_pins_{0};
   std::atomic<uint64_t> merged_pins_{0};
 };

@@ -84,7 +84,9 @@ std::string RenderTransferMetrics(const UcxStats& ucx, const PeerServiceStats& h
   Metric(out, "kvtier_remote_hellos_total", "counter", "Connections made to other nodes.",
          reader->hellos);
   Metric(out, "kvtier_remote_stale_endpoints_total", "counter",
-         "Endpoints dropped (peer restarted or failed).", reader->stale_drops);
+         "Endpoints dropped (peer restarted, failed or stopped answering).", reader->stale_drops);
+  Metric(out, "kvtier_remote_idle_endpoints_total", "counter",
+         "Endpoints closed after ucx.idle_peer_seconds unused.", reader->idle_drops);
   Metric(out, "kvtier_remote_ucx_pins_total", "counter",
          "PinForReads answered by holders as UCX calls (the others went over gRPC or failed).",
          reader->ucx_pins);

@@ -487,6 +487,16 @@ TEST(Transfer, BatchChunksAndBusyPoll) {
   EXPECT_THAT(ApplyYaml("ucx: {busy_poll_us: 1000001}\n", d),
               StatusIs(kInvalid, HasSubstr("ucx.busy_poll_us")));
   EXPECT_EQ(d.ucx.max_batch_chunks, 64u);
+  // Idle endpoints.
+  EXPECT_EQ(d.ucx.idle_peer_seconds, 60u);
+  ASSERT_OK(ApplyYaml("ucx: {idle_peer_seconds: 5}\n", d));
+  EXPECT_EQ(d.ucx.idle_peer_seconds, 5u);
+  EXPECT_THAT(d.ToRedactedYaml(), HasSubstr("idle_peer_seconds: 5"));
+  EXPECT_THAT(ApplyYaml("ucx: {idle_peer_seconds: 0}\n", d),
+              StatusIs(kInvalid, HasSubstr("ucx.idle_peer_seconds")));
+  EXPECT_THAT(ApplyYaml("ucx: {idle_peer_seconds: 86401}\n", d),
+              StatusIs(kInvalid, HasSubstr("ucx.idle_peer_seconds")));
+  EXPECT_EQ(d.ucx.idle_peer_seconds, 5u);
 }
 
 }  // namespace

@@ -13,8 +13,10 @@
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <memory>
 #include <ostream>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -239,6 +241,93 @@ TEST_P(TransferTest, ReaderFindsAndPullsChunksByteIdentical) {
   EXPECT_THAT(text, HasSubstr(absl::StrCat("kvtier_remote_ucx_pins_total ", rs.ucx_pins)));
   EXPECT_THAT(text, HasSubstr("kvtier_remote_merged_pins_total 0"));
   EXPECT_THAT(text, HasSubstr(absl::StrCat("kvtier_ucx_calls_made_total ", us.calls_made)));
+}
+
+// How many mappings of this process show the file mapped at `p` (its
+// device and inode), or 0 when `p` is not in a file mapping.
+int MappingsOfFileAt(const void* p) {
+  std::ifstream maps("/proc/self/maps");
+  std::string line;
+  std::vector<std::string> lines;
+  std::string file;  // "dev inode" of the mapping holding p
+  const auto addr = reinterpret_cast<uintptr_t>(p);
+  while (std::getline(maps, line)) {
+    lines.push_back(line);
+    std::istringstream in(line);
+    std::string range, perms, offset, dev, inode;
+    in >> range >> perms >> offset >> dev >> inode;
+    const size_t dash = range.find('-');
+    const uintptr_t lo = std::stoull(range.substr(0, dash), nullptr, 16);
+    const uintptr_t hi = std::stoull(range.substr(dash + 1), nullptr, 16);
+    if (addr >= lo && addr < hi && inode != "0") file = dev + " " + inode;
+  }
+  if (file.empty()) return 0;
+  int n = 0;
+  for (const std::string& l : lines) {
+    std::istringstream in(l);
+    std::string range, perms, offset, dev, inode;
+    in >> range >> perms >> offset >> dev >> inode;
+    if (dev + " " + inode == file) ++n;
+  }
+  return n;
+}
+
+TEST_P(TransferTest, IdleAndDeadHoldersLoseTheirEndpoints) {
+  auto a = Node::Start("node-a", 21);
+  auto b = Node::Start("node-b", 22);
+  Namespace ns = *Namespace::Create(SmallModel());
+  std::vector<ChunkRef> refs = SaveChain(*a, ns, 3, 7);
+  std::vector<BlockKey> keys = Namespace::Keys(refs);
+  PeerClients clients("");
+  StaticPeerSource source({a->address}, "node-b", &clients);
+  RemoteReaderOptions ro;
+  ro.idle_peer_timeout = absl::Milliseconds(1500);
+  auto reader = ReaderOf(*b, &source, &clients, ro);
+  ASSERT_NE(reader, nullptr);
+  const std::byte* holder_arena = a->cache->dram().arena().base();
+  const int before = MappingsOfFileAt(holder_arena);
+  ASSERT_EQ(reader->Locate(ns, keys, 0).size(), 3u);
+  ASSERT_TRUE(reader->Fetch(ns, keys[0]).ok());
+  ASSERT_EQ(reader->Stats().peers.size(), 1u);
+  // A mapped holder arena is mapped a second time, by the reader.
+  EXPECT_EQ(MappingsOfFileAt(holder_arena), Mapped() ? before + 1 : before);
+  // Used within the timeout: kept.
+  absl::SleepFor(absl::Milliseconds(700));
+  ASSERT_TRUE(reader->Fetch(ns, keys[1]).ok());
+  absl::SleepFor(absl::Milliseconds(700));
+  EXPECT_EQ(reader->Stats().peers.size(), 1u);
+  EXPECT_EQ(reader->Stats().idle_drops, 0u);
+  // Unused past it: closed by the sweep, and the reader's mapping is gone.
+  absl::Time until = absl::Now() + absl::Seconds(10);
+  while (!reader->Stats().peers.empty() && absl::Now() < until) {
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  EXPECT_TRUE(reader->Stats().peers.empty());
+  EXPECT_EQ(reader->Stats().idle_drops, 1u);
+  EXPECT_EQ(MappingsOfFileAt(holder_arena), before);
+  // The next fetch says Hello again and reads.
+  ASSERT_TRUE(reader->Fetch(ns, keys[2]).ok());
+  EXPECT_EQ(reader->Stats().hellos, 2u);
+  std::vector<std::byte> out(ns.PayloadBytes(64));
+  ASSERT_TRUE(b->cache->Load(ns, keys[2], absl::MakeSpan(out)).ok());
+  EXPECT_EQ(out, KvFor(refs[2], out.size()));
+  // A holder that stops: the next Lookup to it fails, and the sweep closes
+  // its endpoint as stale (counted as idle only without the failed
+  // contact).
+  ASSERT_EQ(reader->Stats().peers.size(), 1u);
+  a->server->Shutdown(std::chrono::system_clock::now());
+  a->server->Wait();
+  (void)reader->Locate(ns, keys, 0);
+  until = absl::Now() + absl::Seconds(10);
+  while (!reader->Stats().peers.empty() && absl::Now() < until) {
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  const RemoteReaderStats rs = reader->Stats();
+  EXPECT_TRUE(rs.peers.empty());
+  EXPECT_EQ(rs.idle_drops, 1u);
+  EXPECT_GE(rs.stale_drops, 1u);
+  EXPECT_THAT(RenderTransferMetrics(b->ucx->Stats(), b->peer->Stats(), &rs),
+              HasSubstr("kvtier_remote_idle_endpoints_total 1"));
 }
 
 TEST_P(TransferTest, EngineGetManyReadsSeveralRangesTogether) {
@@ -1023,6 +1112,10 @@ TEST(UcxOptionsTest, ValidateNamesTheField) {
   r.max_batch_chunks = 0;
   EXPECT_THAT(r.Validate(),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("max_batch_chunks")));
+  r.max_batch_chunks = 64;
+  r.idle_peer_timeout = absl::ZeroDuration();
+  EXPECT_THAT(r.Validate(),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("ucx.idle_peer_seconds")));
 }
 
 INSTANTIATE_TEST_SUITE_P(Transports, TransferTest,
