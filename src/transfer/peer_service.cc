@@ -91,6 +91,7 @@ grpc::Status PeerService::Hello(grpc::ServerContext* ctx, const v1::HelloRequest
   const char* tls = std::getenv("UCX_TLS");
   resp->set_transports(tls != nullptr ? tls : "all");
   resp->set_call_secret(call_secret_);
+  resp->set_pid(static_cast<uint32_t>(getpid()));
   return grpc::Status::OK;
 }
 

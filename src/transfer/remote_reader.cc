@@ -90,7 +90,7 @@ absl::StatusOr<RemoteReader::Conn> RemoteReader::Connect(const std::string& addr
     absl::MutexLock lock(&mu_);
     auto it = conns_.find(address);
     if (it != conns_.end()) {
-      if (!it->second.peer->failed()) {
+      if (!it->second.peer->CheckProcess()) {
         it->second.last_used = absl::Now();
         return it->second;
       }
@@ -122,6 +122,11 @@ absl::StatusOr<RemoteReader::Conn> RemoteReader::Connect(const std::string& addr
         absl::StrCat("peer ", address, " (", resp.node_id(), "): ", peer.status().message()));
   }
   hellos_.fetch_add(1);
+  if (!(*peer)->peer_error_handling()) {
+    // Shared memory only: UCX reports no peer failure, but a holder whose
+    // arena is mapped here runs on this host and can be watched.
+    (void)(*peer)->WatchProcess(resp.pid());
+  }
   Conn conn{resp.node_id(), resp.boot_id(), std::move(*peer), resp.call_secret(), absl::Now()};
   absl::MutexLock lock(&mu_);
   auto [it, inserted] = conns_.try_emplace(address, conn);
@@ -133,10 +138,11 @@ absl::StatusOr<RemoteReader::Conn> RemoteReader::Connect(const std::string& addr
 }
 
 bool RemoteReader::UseCalls(const Conn& conn) const {
-  // Without peer failure detection (shared memory only) a call to a dead
-  // holder would wait for its deadline; gRPC fails at once.
-  return options_.pins_over_ucx && !conn.call_secret.empty() && conn.peer->peer_error_handling() &&
-         !conn.peer->failed();
+  // Without peer failure detection (shared memory only, and no holder
+  // process to watch) a call to a dead holder would wait for its deadline;
+  // gRPC fails at once.
+  return options_.pins_over_ucx && !conn.call_secret.empty() &&
+         (conn.peer->peer_error_handling() || conn.peer->watches_process()) && !conn.peer->failed();
 }
 
 absl::Status RemoteReader::PinForRead(const Conn& conn, const std::string& address,
@@ -298,7 +304,7 @@ void RemoteReader::SweepPeers() {
     // only once no fetch has used it for a second: a fetch in progress
     // finds out for itself.
     const bool gone = down.contains(it->first) && now - c.last_used >= absl::Seconds(1);
-    if (!idle && !gone && !c.peer->failed()) {
+    if (!idle && !gone && !c.peer->CheckProcess()) {
       ++it;
       continue;
     }

@@ -7,6 +7,7 @@
 #include <sys/random.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
+#include <sys/syscall.h>
 #include <sys/sysmacros.h>
 #include <unistd.h>
 
@@ -538,7 +539,7 @@ absl::StatusOr<std::string> UcxEngine::Call(UcxPeer& peer, absl::string_view req
         timed_out = true;
         break;
       }
-      if (peer.failed()) break;
+      if (peer.CheckProcess()) break;
       calls_mu_.AwaitWithDeadline(
           absl::Condition(
               +[](PendingCall* c) { return c->replied || c->send == PendingCall::Send::kFailed; },
@@ -1045,6 +1046,26 @@ void UcxPeer::OnError(void* arg, ucp_ep_h ep, ucs_status_t status) {
   if (!p->failed_.exchange(true)) p->engine_->peer_failures_.fetch_add(1);
 }
 
+bool UcxPeer::WatchProcess(uint32_t pid) {
+  if (!mapped() || pid == 0 || pidfd_ >= 0) return false;
+  const long fd = syscall(SYS_pidfd_open, static_cast<pid_t>(pid), 0);
+  if (fd < 0) return false;
+  pidfd_ = static_cast<int>(fd);
+  return true;
+}
+
+bool UcxPeer::CheckProcess() {
+  if (pidfd_ >= 0 && !failed_.load()) {
+    // A pidfd is readable once its process has exited.
+    pollfd p{pidfd_, POLLIN, 0};
+    if (poll(&p, 1, 0) > 0 && (p.revents & (POLLIN | POLLHUP | POLLERR)) != 0 &&
+        !failed_.exchange(true)) {
+      engine_->peer_failures_.fetch_add(1);
+    }
+  }
+  return failed_.load();
+}
+
 void UcxPeer::Close() {
   absl::MutexLock lock(&close_mu_);
   if (closed_ || ep_ == nullptr) {
@@ -1065,6 +1086,9 @@ void UcxPeer::Close() {
   rkey_ = nullptr;
 }
 
-UcxPeer::~UcxPeer() { Close(); }
+UcxPeer::~UcxPeer() {
+  Close();
+  if (pidfd_ >= 0) close(pidfd_);
+}
 
 }  // namespace kvtier::transfer

@@ -138,6 +138,17 @@ class UcxPeer {
   // Whether the peer's whole arena is mapped in this process (ucp_rkey_ptr
   // succeeded: an arena UCX allocated in shared memory on this host).
   bool mapped() const { return local_ != nullptr; }
+  // For a mapped peer: watches process `pid` (the holder, on this host and,
+  // since UCX could map its arena, in this PID namespace) through a pidfd,
+  // so that its exit fails the peer like a UCX peer error would. False when
+  // the peer is not mapped, `pid` is 0 or the kernel refuses (no pidfd: the
+  // peer then has no failure detection, as before).
+  bool WatchProcess(uint32_t pid);
+  // Whether a watched process is known (WatchProcess succeeded).
+  bool watches_process() const { return pidfd_ >= 0; }
+  // Polls the watched process (one poll(2)): when it has exited, marks the
+  // peer failed. Returns failed().
+  bool CheckProcess();
 
  private:
   friend class UcxEngine;
@@ -159,6 +170,7 @@ class UcxPeer {
   bool transports_final_ ABSL_GUARDED_BY(close_mu_) = false;
   bool peer_error_handling_ = true;
   std::atomic<bool> failed_{false};
+  int pidfd_ = -1;  // set once by WatchProcess, before the peer is shared
   mutable absl::Mutex close_mu_;
   bool closed_ ABSL_GUARDED_BY(close_mu_) = false;
 };

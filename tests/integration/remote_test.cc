@@ -269,8 +269,22 @@ TEST_P(RemoteTest, HolderKilledMidTransferGivesMissesNeverPartialChunks) {
   auto before = b.daemon->HttpGet("/metrics");
   EXPECT_TRUE(before.ok() && absl::StrContains(before->second, up_series + "1"))
       << (before.ok() ? before->second : before.status().ToString());
+  // Pins go as UCX calls over TCP and over shared memory (the holder's arena
+  // is mapped here and its process watched).
+  EXPECT_TRUE(before.ok() && !absl::StrContains(before->second, "kvtier_remote_ucx_pins_total 0\n"))
+      << (before.ok() ? before->second : "");
   a.daemon->process().Signal(SIGKILL);
   reader.join();
+  // The dead holder's endpoint (and a mapping of its arena) goes within
+  // about a second, whatever B does next.
+  const std::string peer_info = "kvtier_remote_peer_info{node=\"node-a\"";
+  bool dropped = false;
+  for (const absl::Time gone_by = absl::Now() + absl::Seconds(5); !dropped && absl::Now() < gone_by;
+       absl::SleepFor(absl::Milliseconds(100))) {
+    auto m = b.daemon->HttpGet("/metrics");
+    dropped = m.ok() && !absl::StrContains(m->second, peer_info);
+  }
+  EXPECT_TRUE(dropped) << "node-a's endpoint was not dropped";
   // A Lookup contacts the (static) peer again, whether or not a read failed.
   EXPECT_TRUE(cb->Lookup(ns, Namespace::Keys(refs)).ok());
   auto after = b.daemon->HttpGet("/metrics");

@@ -234,10 +234,12 @@ TEST_P(TransferTest, ReaderFindsAndPullsChunksByteIdentical) {
   const std::string text = RenderTransferMetrics(us, b->peer->Stats(), &rs);
   EXPECT_THAT(text, HasSubstr("kvtier_remote_fetches_total 4"));
   EXPECT_THAT(text, HasSubstr("kvtier_remote_peer_info{node=\"node-a\""));
-  // Over TCP the pins went as UCX calls (one per Fetch call: the four
-  // fetches and the no-op one), over shared memory over gRPC.
-  const bool tcp = std::string(GetParam().tls) == "tcp";
-  EXPECT_EQ(rs.ucx_pins, tcp ? 5u : 0u);
+  // The pins went as UCX calls (one per Fetch call: the four fetches and
+  // the no-op one) over TCP and to a holder whose arena is mapped here (its
+  // process is watched); over gRPC to a shared-memory holder with a memfd
+  // arena (no failure detection).
+  const bool calls = std::string(GetParam().tls) == "tcp" || Mapped();
+  EXPECT_EQ(rs.ucx_pins, calls ? 5u : 0u);
   EXPECT_THAT(text, HasSubstr(absl::StrCat("kvtier_remote_ucx_pins_total ", rs.ucx_pins)));
   EXPECT_THAT(text, HasSubstr("kvtier_remote_merged_pins_total 0"));
   EXPECT_THAT(text, HasSubstr(absl::StrCat("kvtier_ucx_calls_made_total ", us.calls_made)));
@@ -914,7 +916,7 @@ TEST_P(TransferTest, CallToADeadPeerFailsBeforeItsDeadline) {
 }
 
 TEST_P(TransferTest, PinsGoAsUcxCallsOnlyWithTheHellosSecret) {
-  const bool tcp = std::string(GetParam().tls) == "tcp";
+  const bool calls = std::string(GetParam().tls) == "tcp" || Mapped();
   auto a = Node::Start("node-a", 71, "peer-token-71");
   auto b = Node::Start("node-b", 72);
   Namespace ns = *Namespace::Create(SmallModel());
@@ -933,18 +935,18 @@ TEST_P(TransferTest, PinsGoAsUcxCallsOnlyWithTheHellosSecret) {
     ASSERT_TRUE(b->cache->Load(ns, keys[i], absl::MakeSpan(out)).ok()) << i;
     EXPECT_EQ(out, KvFor(refs[i], out.size())) << i;
   }
-  // Over TCP the pin (and the release) went as UCX calls; shared memory
-  // (no peer failure detection) keeps gRPC.
-  EXPECT_EQ(reader->Stats().ucx_pins, tcp ? 1u : 0u);
+  // Over TCP, and to a mapped (watched) holder, the pin and the release went
+  // as UCX calls; shared memory without failure detection keeps gRPC.
+  EXPECT_EQ(reader->Stats().ucx_pins, calls ? 1u : 0u);
   EXPECT_EQ(a->peer->Stats().pin_requests, 1u);
   const absl::Time until = absl::Now() + absl::Seconds(5);
   // The holder counts a call once its handler has returned.
-  while ((a->peer->Stats().leases_held > 0 || a->ucx->Stats().calls_served < (tcp ? 2u : 0u)) &&
+  while ((a->peer->Stats().leases_held > 0 || a->ucx->Stats().calls_served < (calls ? 2u : 0u)) &&
          absl::Now() < until) {
     absl::SleepFor(absl::Milliseconds(10));
   }
   EXPECT_EQ(a->peer->Stats().leases_held, 0u);
-  EXPECT_EQ(a->ucx->Stats().calls_served, tcp ? 2u : 0u);
+  EXPECT_EQ(a->ucx->Stats().calls_served, calls ? 2u : 0u);
 
   // A call without the secret Hello hands out pins nothing.
   v1::PinForReadRequest req;
@@ -956,7 +958,7 @@ TEST_P(TransferTest, PinsGoAsUcxCallsOnlyWithTheHellosSecret) {
       DecodePeerReply(a->peer->ServeCall(EncodePeerCall(PeerCallMethod::kPinForRead, forged, req)),
                       resp),
       StatusIs(absl::StatusCode::kPermissionDenied));
-  if (tcp) {
+  if (calls) {
     std::shared_ptr<UcxPeer> peer = ConnectTo(*b, *a);
     ASSERT_NE(peer, nullptr);
     absl::StatusOr<std::string> reply =
@@ -994,10 +996,11 @@ TEST_P(TransferTest, PinsGoAsUcxCallsOnlyWithTheHellosSecret) {
 }
 
 TEST_P(TransferTest, ConcurrentFetchesMergeTheirPinsAndEachGetsItsOwnChunk) {
-  // TCP: pins go as UCX calls (merged with merge_ucx_pins), and the holder's
-  // first call is held back so that the other fetches queue behind it. Shared
-  // memory: pins go over gRPC (merged by default) as they come.
-  const bool tcp = std::string(GetParam().tls) == "tcp";
+  // TCP and a mapped holder: pins go as UCX calls (merged with
+  // merge_ucx_pins), and the holder's first call is held back so that the
+  // other fetches queue behind it. Shared memory with a memfd arena: pins go
+  // over gRPC (merged by default) as they come.
+  const bool calls = std::string(GetParam().tls) == "tcp" || Mapped();
   auto a = Node::Start("node-a", 81);
   auto b = Node::Start("node-b", 82);
   Namespace ns = *Namespace::Create(SmallModel());
@@ -1029,11 +1032,11 @@ TEST_P(TransferTest, ConcurrentFetchesMergeTheirPinsAndEachGetsItsOwnChunk) {
   std::vector<absl::Status> got(kFetches);
   std::vector<std::thread> threads;
   threads.emplace_back([&] { got[0] = reader->Fetch(ns, refs[0].key); });
-  if (tcp) first_in.WaitForNotification();
+  if (calls) first_in.WaitForNotification();
   for (int i = 1; i < kFetches; ++i) {
     threads.emplace_back([&, i] { got[i] = reader->Fetch(ns, refs[i].key); });
   }
-  if (tcp) absl::SleepFor(absl::Milliseconds(300));  // all of them queue behind the first
+  if (calls) absl::SleepFor(absl::Milliseconds(300));  // all of them queue behind the first
   release.Notify();
   for (std::thread& t : threads) t.join();
   for (int i = 0; i < kFetches; ++i) {
@@ -1047,7 +1050,7 @@ TEST_P(TransferTest, ConcurrentFetchesMergeTheirPinsAndEachGetsItsOwnChunk) {
     ASSERT_TRUE(b->cache->Load(ns, refs[i].key, absl::MakeSpan(out)).ok()) << i;
     EXPECT_EQ(out, KvFor(refs[i], out.size())) << i;
   }
-  if (tcp) {
+  if (calls) {
     // The first fetch's pin, then one for the 15 that waited.
     EXPECT_EQ(reader->Stats().merged_pins, 14u);
     EXPECT_EQ(a->peer->Stats().pin_requests, 2u);
