@@ -92,6 +92,7 @@ grpc::Status PeerService::Hello(grpc::ServerContext* ctx, const v1::HelloRequest
   resp->set_transports(tls != nullptr ? tls : "all");
   resp->set_call_secret(call_secret_);
   resp->set_pid(static_cast<uint32_t>(getpid()));
+  resp->set_pid_namespace(UcxEngine::PidNamespace());
   return grpc::Status::OK;
 }
 

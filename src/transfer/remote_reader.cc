@@ -86,6 +86,7 @@ std::vector<ChunkLocation> RemoteReader::Locate(const Namespace& ns,
 
 absl::StatusOr<RemoteReader::Conn> RemoteReader::Connect(const std::string& address,
                                                          absl::Time deadline) {
+  Conn stale;  // a dropped endpoint closes after the lock is released
   {
     absl::MutexLock lock(&mu_);
     auto it = conns_.find(address);
@@ -94,6 +95,7 @@ absl::StatusOr<RemoteReader::Conn> RemoteReader::Connect(const std::string& addr
         it->second.last_used = absl::Now();
         return it->second;
       }
+      stale = std::move(it->second);
       conns_.erase(it);
       stale_drops_.fetch_add(1);
     }
@@ -125,14 +127,17 @@ absl::StatusOr<RemoteReader::Conn> RemoteReader::Connect(const std::string& addr
   if (!(*peer)->peer_error_handling()) {
     // Shared memory only: UCX reports no peer failure, but a holder whose
     // arena is mapped here runs on this host and can be watched.
-    (void)(*peer)->WatchProcess(resp.pid());
+    (void)(*peer)->WatchProcess(resp.pid(), resp.pid_namespace());
   }
   Conn conn{resp.node_id(), resp.boot_id(), std::move(*peer), resp.call_secret(), absl::Now()};
   absl::MutexLock lock(&mu_);
   auto [it, inserted] = conns_.try_emplace(address, conn);
   if (!inserted) {
     // Another thread connected meanwhile; keep the newer boot.
-    if (it->second.peer->failed() || it->second.boot_id != conn.boot_id) it->second = conn;
+    if (it->second.peer->failed() || it->second.boot_id != conn.boot_id) {
+      stale = std::move(it->second);
+      it->second = conn;
+    }
   }
   return it->second;
 }
@@ -298,18 +303,23 @@ void RemoteReader::SweepPeers() {
   std::vector<Conn> closing;  // their endpoints close after the lock is released
   absl::MutexLock lock(&mu_);
   for (auto it = conns_.begin(); it != conns_.end();) {
-    const Conn& c = it->second;
+    Conn& c = it->second;
+    const bool failed = c.peer->CheckProcess();
+    // A peer whose last contact (e.g. a Lookup) failed at two sweeps in a
+    // row loses its endpoint once no fetch has used it for a second: one
+    // slow Lookup does not cost a healthy holder its endpoint, and a fetch
+    // in progress finds out for itself.
+    c.down_sweeps = down.contains(it->first) ? c.down_sweeps + 1 : 0;
+    const bool gone = c.down_sweeps >= 2 && now - c.last_used >= absl::Seconds(1);
     const bool idle = now - c.last_used >= options_.idle_peer_timeout;
-    // A peer whose last contact (e.g. a Lookup) failed loses its endpoint
-    // only once no fetch has used it for a second: a fetch in progress
-    // finds out for itself.
-    const bool gone = down.contains(it->first) && now - c.last_used >= absl::Seconds(1);
-    if (!idle && !gone && !c.peer->CheckProcess()) {
+    if (!failed && !gone && !idle) {
       ++it;
       continue;
     }
-    (gone || c.peer->failed() ? stale_drops_ : idle_drops_).fetch_add(1);
-    closing.push_back(std::move(it->second));
+    // A holder taken for gone is not waited for when its endpoint closes.
+    if (gone) c.peer->MarkFailed();
+    (failed || gone ? stale_drops_ : idle_drops_).fetch_add(1);
+    closing.push_back(std::move(c));
     conns_.erase(it++);
   }
 }

@@ -152,6 +152,7 @@ class RemoteReader {
     std::shared_ptr<UcxPeer> peer;
     std::string call_secret;  // from Hello; empty: pins over gRPC only
     absl::Time last_used;     // when a fetch last took it
+    int down_sweeps = 0;      // sweeps in a row that found the peer's last contact failed
   };
   struct Hint {
     std::string address;

@@ -226,6 +226,11 @@ int FindMappedFile(const void* addr, std::string* what) {
 struct UcxEngine::GetBatch {
   absl::Mutex mu;
   std::vector<size_t> completed ABSL_GUARDED_BY(mu);  // ops done, not yet handed to the caller
+  // Set by PostGets before it posts anything; until then a caller past its
+  // deadline sets `abandoned` instead of closing the endpoint, and the gets
+  // are refused unposted.
+  bool started ABSL_GUARDED_BY(mu) = false;
+  bool abandoned ABSL_GUARDED_BY(mu) = false;
 };
 
 struct UcxEngine::GetSlot {
@@ -234,12 +239,14 @@ struct UcxEngine::GetSlot {
   size_t index = 0;
   ucs_status_t status = UCS_OK;  // set before `index` joins batch->completed
   bool peer_gone = false;        // not posted: the endpoint was closed or had failed
+  bool not_started = false;      // not posted: the caller's deadline passed first
 };
 
 void UcxEngine::OnGetDone(void* request, ucs_status_t status, void* user_data) {
   auto* slot = static_cast<GetSlot*>(user_data);
-  // Runs on the progress thread, which posted the get: the request is
-  // freed here, never by the caller.
+  // Runs on the progress thread, which posted the get (or, for gets a
+  // forced close purges, on the closing thread, which holds no batch lock):
+  // the request is freed here, never by the caller.
   ucp_request_free(request);
   // The progress thread stops driving the worker without pause as soon as
   // its last get is done, not when the caller gets to run.
@@ -521,7 +528,7 @@ absl::StatusOr<std::string> UcxEngine::Call(UcxPeer& peer, absl::string_view req
   }
   {
     absl::MutexLock lock(&calls_mu_);
-    calls_.emplace(id, &pc);
+    while (!calls_.emplace(id, &pc).second) ++id;  // ids are random: a clash is next to impossible
   }
   // The reply is awaited like a get: the progress thread keeps polling.
   w.outstanding.fetch_add(1);
@@ -587,42 +594,42 @@ void UcxEngine::PostCall(UcxPeer& peer, uint64_t call_id, std::string request) {
     });
     return;
   }
+  // The caller waits (and keeps the peer) until the call's send state is
+  // final; it is set only after the peer's lock is released here.
   PendingCall* pc = nullptr;
+  absl::Status refused;
+  bool send = false;
   {
     absl::MutexLock lock(&calls_mu_);
     auto it = calls_.find(call_id);
-    if (it != calls_.end()) pc = it->second;
-    if (pc != nullptr) {
+    if (it != calls_.end()) {
+      pc = it->second;
       if (pc->abandoned) {
-        pc->send = PendingCall::Send::kFailed;
-        pc = nullptr;
+        // Given up on: not sent, refused without an error of its own.
       } else if (peer.closed_ || peer.failed()) {
-        pc->send = PendingCall::Send::kFailed;
-        pc->send_error =
-            absl::UnavailableError(peer.closed_ ? "ucx: the peer's endpoint is closed"
-                                                : "ucx: the peer's endpoint has failed");
-        pc = nullptr;
+        refused = absl::UnavailableError(peer.closed_ ? "ucx: the peer's endpoint is closed"
+                                                      : "ucx: the peer's endpoint has failed");
       } else {
         pc->send = PendingCall::Send::kSending;
+        send = true;
       }
     }
   }
-  ucs_status_t s = UCS_OK;
-  if (pc != nullptr) {
+  if (send) {
     auto msg = std::make_unique<AmSend>();
     msg->header.call_id = call_id;
     msg->data = std::move(request);
-    s = PostAm(peer.ep_, kCallRequestAm, std::move(msg), UCP_AM_SEND_FLAG_REPLY);
+    const ucs_status_t s = PostAm(peer.ep_, kCallRequestAm, std::move(msg), UCP_AM_SEND_FLAG_REPLY);
+    if (s != UCS_OK && s != UCS_INPROGRESS) {
+      refused = UcxError("ucx call", s);
+      send = false;
+    }
   }
   peer.close_mu_.ReaderUnlock();
   if (pc == nullptr) return;
   absl::MutexLock lock(&calls_mu_);
-  if (s == UCS_OK || s == UCS_INPROGRESS) {
-    pc->send = PendingCall::Send::kSent;
-  } else {
-    pc->send_error = UcxError("ucx call", s);
-    pc->send = PendingCall::Send::kFailed;
-  }
+  pc->send_error = std::move(refused);
+  pc->send = send ? PendingCall::Send::kSent : PendingCall::Send::kFailed;
 }
 
 void UcxEngine::Wake(size_t worker) { ucp_worker_signal(workers_[worker]->worker); }
@@ -929,6 +936,9 @@ absl::Status UcxEngine::GetMany(UcxPeer& peer, absl::Span<GetOp> ops, absl::Time
         op.status = absl::OkStatus();
         gets_.fetch_add(1);
         get_bytes_.fetch_add(op.dst.size());
+      } else if (slot.not_started) {
+        get_failures_.fetch_add(1);
+        op.status = absl::DeadlineExceededError("ucx: the get was not posted by its deadline");
       } else if (slot.peer_gone) {
         get_failures_.fetch_add(1);
         op.status = absl::UnavailableError(slot.status == UCS_ERR_CANCELED
@@ -951,27 +961,42 @@ absl::Status UcxEngine::GetMany(UcxPeer& peer, absl::Span<GetOp> ops, absl::Time
                       ABSL_EXCLUSIVE_LOCKS_REQUIRED(batch.mu) { return !batch.completed.empty(); };
   for (size_t handled = 0; handled < queued.size();) {
     std::vector<size_t> done;
+    bool expired = false;
     {
       absl::MutexLock lock(&batch.mu);
       if (timed_out) {
         batch.mu.Await(absl::Condition(&any_done));
       } else if (!batch.mu.AwaitWithDeadline(absl::Condition(&any_done), deadline)) {
-        timed_out = true;
+        expired = true;
+        // Not posted yet (the progress thread was busy): the gets are
+        // refused unposted and the endpoint stays as it is.
+        if (!batch.started) batch.abandoned = true;
       }
       done.swap(batch.completed);
     }
-    if (done.empty() && timed_out) {
-      // Closing the endpoint completes the gets still in flight (with an
-      // error); only then are their destinations safe from late writes.
-      // Gets not posted yet are refused once it is closed.
-      peer.failed_.store(true);
-      peer.Close();
-      continue;
+    if (expired) {
+      timed_out = true;
+      bool posted;
+      {
+        absl::MutexLock lock(&batch.mu);
+        posted = !batch.abandoned;
+      }
+      if (posted) {
+        // Closing the endpoint completes the gets still in flight (with an
+        // error); only then are their destinations safe from late writes.
+        peer.failed_.store(true);
+        peer.Close();
+      }
     }
     for (size_t i : done) settle(i);
     handled += done.size();
   }
-  if (first.ok()) {
+  bool lanes_final;
+  {
+    absl::ReaderMutexLock lock(&peer.close_mu_);
+    lanes_final = peer.transports_final_ || peer.closed_;
+  }
+  if (first.ok() && !lanes_final) {
     absl::MutexLock lock(&peer.close_mu_);
     if (!peer.transports_final_ && !peer.closed_) {
       peer.transports_ = LaneTransports(peer.ep_, peer.mapped());
@@ -993,9 +1018,22 @@ void UcxEngine::PostGets(UcxPeer& peer, absl::Span<GetOp> ops, absl::Span<GetSlo
   // Ops with an outcome now; they join the batch at the end, so that the
   // caller (which returns once every op has) cannot return while `which`
   // is still being read here.
+  GetBatch* const batch = slots[which.front()].batch;
+  bool abandoned;
+  {
+    absl::MutexLock lock(&batch->mu);
+    abandoned = batch->abandoned;
+    if (!abandoned) batch->started = true;
+  }
   std::vector<size_t> now;
   for (size_t i : which) {
     GetSlot& slot = slots[i];
+    if (abandoned) {
+      slot.not_started = true;
+      slot.status = UCS_ERR_TIMED_OUT;
+      now.push_back(i);
+      continue;
+    }
     if (peer.closed_ || peer.failed()) {
       slot.peer_gone = true;
       slot.status = peer.closed_ ? UCS_ERR_CANCELED : UCS_ERR_ENDPOINT_TIMEOUT;
@@ -1019,7 +1057,6 @@ void UcxEngine::PostGets(UcxPeer& peer, absl::Span<GetOp> ops, absl::Span<GetSlo
   peer.close_mu_.ReaderUnlock();
   if (now.empty()) return;
   w.outstanding.fetch_sub(static_cast<int64_t>(now.size()));
-  GetBatch* batch = slots[now.front()].batch;
   absl::MutexLock lock(&batch->mu);
   for (size_t i : now) batch->completed.push_back(i);
 }
@@ -1046,12 +1083,25 @@ void UcxPeer::OnError(void* arg, ucp_ep_h ep, ucs_status_t status) {
   if (!p->failed_.exchange(true)) p->engine_->peer_failures_.fetch_add(1);
 }
 
-bool UcxPeer::WatchProcess(uint32_t pid) {
+uint64_t UcxEngine::PidNamespace() {
+  struct stat st;
+  if (stat("/proc/self/ns/pid", &st) != 0) return 0;
+  return static_cast<uint64_t>(st.st_ino);
+}
+
+bool UcxPeer::WatchProcess(uint32_t pid, uint64_t pid_namespace) {
+#ifdef SYS_pidfd_open
   if (!mapped() || pid == 0 || pidfd_ >= 0) return false;
+  if (pid_namespace == 0 || pid_namespace != UcxEngine::PidNamespace()) return false;
   const long fd = syscall(SYS_pidfd_open, static_cast<pid_t>(pid), 0);
   if (fd < 0) return false;
   pidfd_ = static_cast<int>(fd);
   return true;
+#else
+  (void)pid;
+  (void)pid_namespace;
+  return false;  // no pidfd_open in these headers: the peer keeps gRPC pins
+#endif
 }
 
 bool UcxPeer::CheckProcess() {

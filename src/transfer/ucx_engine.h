@@ -129,7 +129,7 @@ class UcxPeer {
   // Refreshed after the first completed get (UCX finishes choosing lanes
   // once the connection is wired up).
   std::string transports() const {
-    absl::MutexLock lock(&close_mu_);
+    absl::ReaderMutexLock lock(&close_mu_);
     return transports_;
   }
   // Whether UCX reports the peer's failure (false over shared-memory-only
@@ -138,17 +138,21 @@ class UcxPeer {
   // Whether the peer's whole arena is mapped in this process (ucp_rkey_ptr
   // succeeded: an arena UCX allocated in shared memory on this host).
   bool mapped() const { return local_ != nullptr; }
-  // For a mapped peer: watches process `pid` (the holder, on this host and,
-  // since UCX could map its arena, in this PID namespace) through a pidfd,
-  // so that its exit fails the peer like a UCX peer error would. False when
-  // the peer is not mapped, `pid` is 0 or the kernel refuses (no pidfd: the
-  // peer then has no failure detection, as before).
-  bool WatchProcess(uint32_t pid);
+  // For a mapped peer: watches process `pid` (the holder, on this host) in
+  // PID namespace `pid_namespace` (UcxEngine::PidNamespace of the holder)
+  // through a pidfd, so that its exit fails the peer like a UCX peer error
+  // would. False when the peer is not mapped, `pid` or `pid_namespace` is 0,
+  // the namespace is not this process's, or the kernel refuses (no pidfd:
+  // the peer then has no failure detection, as before).
+  bool WatchProcess(uint32_t pid, uint64_t pid_namespace);
   // Whether a watched process is known (WatchProcess succeeded).
   bool watches_process() const { return pidfd_ >= 0; }
   // Polls the watched process (one poll(2)): when it has exited, marks the
   // peer failed. Returns failed().
   bool CheckProcess();
+  // Treats the peer as failed: later gets and calls fail, and closing the
+  // endpoint does not wait for the peer.
+  void MarkFailed() { failed_.store(true); }
 
  private:
   friend class UcxEngine;
@@ -231,7 +235,9 @@ class UcxEngine {
   // Returns the first error (OK when every get succeeded). When `deadline`
   // passes, the peer is closed and marked failed, and every get not done
   // fails with DeadlineExceeded; no destination is written after GetMany
-  // returns.
+  // returns. Gets the progress thread had not posted by then (it was busy)
+  // fail with DeadlineExceeded unposted, and the endpoint stays open; the
+  // call returns once that thread has refused them.
   absl::Status GetMany(UcxPeer& peer, absl::Span<GetOp> ops, absl::Time deadline);
   // The same, calling `on_done(i)` on the calling thread once for each op as
   // soon as op i has its outcome (the other gets stay in flight meanwhile, so
@@ -265,6 +271,9 @@ class UcxEngine {
   absl::StatusOr<std::string> Call(UcxPeer& peer, absl::string_view request, absl::Time deadline);
 
   UcxStats Stats() const;
+  // The inode of this process's PID namespace (/proc/self/ns/pid), 0 when
+  // unknown: two processes with the same one see each other's pids.
+  static uint64_t PidNamespace();
   // The UCX version string.
   static std::string Version();
 

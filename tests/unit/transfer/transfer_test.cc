@@ -900,6 +900,55 @@ TEST_P(TransferTest, CallsReachTheHandlerAndEachCallerGetsItsReply) {
   absl::SleepFor(absl::Milliseconds(350));  // the late reply finds no caller
 }
 
+TEST_P(TransferTest, WorkQueuedPastItsDeadlineIsRefusedAndTheEndpointStays) {
+  if (Mapped()) GTEST_SKIP() << "reads from a mapped arena are copies on the caller's thread";
+  auto a = Node::Start("a", 1);
+  auto b = Node::Start("b", 2);
+  std::shared_ptr<UcxPeer> to_a = ConnectTo(*b, *a);
+  std::shared_ptr<UcxPeer> to_b = ConnectTo(*a, *b);
+  ASSERT_NE(to_a, nullptr);
+  ASSERT_NE(to_b, nullptr);
+  a->ucx->SetCallHandler([](absl::string_view req) { return std::string(req); });
+  // B's handler holds B's only progress thread for a while, so what B's
+  // callers queue meanwhile is not posted.
+  absl::Notification in_handler;
+  b->ucx->SetCallHandler([&](absl::string_view) {
+    in_handler.Notify();
+    absl::SleepFor(absl::Milliseconds(600));
+    return std::string("done");
+  });
+  std::thread busy([&] {
+    absl::StatusOr<std::string> r = a->ucx->Call(*to_b, "hold", absl::Now() + absl::Seconds(10));
+    EXPECT_TRUE(r.ok()) << r.status();
+  });
+  ASSERT_TRUE(in_handler.WaitForNotificationWithTimeout(absl::Seconds(10)));
+  // A read and a call, each given 100 ms: both return once the thread is
+  // free again, refused unsent.
+  std::thread caller([&] {
+    EXPECT_THAT(b->ucx->Call(*to_a, "late", absl::Now() + absl::Milliseconds(100)),
+                StatusIs(absl::StatusCode::kDeadlineExceeded));
+  });
+  std::byte* dst = b->cache->dram().arena().base();
+  std::memset(dst, 0, 4096);
+  EXPECT_THAT(
+      b->ucx->Get(*to_a, 0, absl::MakeSpan(dst, 4096), absl::Now() + absl::Milliseconds(100)),
+      StatusIs(absl::StatusCode::kDeadlineExceeded));
+  EXPECT_EQ(std::count(dst, dst + 4096, std::byte{0}), 4096);
+  caller.join();
+  busy.join();
+  // Neither was sent, so the endpoint was not closed: it still reads and calls.
+  EXPECT_FALSE(to_a->failed());
+  const std::byte* src = a->cache->dram().arena().base();
+  for (size_t i = 0; i < 4096; ++i)
+    const_cast<std::byte*>(src)[i] = static_cast<std::byte>(i * 3 + 1);
+  ASSERT_TRUE(
+      b->ucx->Get(*to_a, 0, absl::MakeSpan(dst, 4096), absl::Now() + absl::Seconds(10)).ok());
+  EXPECT_EQ(std::memcmp(dst, src, 4096), 0);
+  absl::StatusOr<std::string> r = b->ucx->Call(*to_a, "again", absl::Now() + absl::Seconds(10));
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(*r, "again");
+}
+
 TEST_P(TransferTest, CallToADeadPeerFailsBeforeItsDeadline) {
   if (std::string(GetParam().tls) != "tcp") GTEST_SKIP() << "shared memory reports no peer failure";
   auto a = Node::Start("a", 1);
