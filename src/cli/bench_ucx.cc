@@ -118,6 +118,8 @@ int RunUcxBench(Flags& flags) {
   // The reader's UcxOptions::busy_poll in microseconds (-1: infinite; the
   // default keeps UcxOptions' own).
   const int64_t busy_poll_us = flags.Int("reader-busy-poll-us", -2);
+  // The reader's UcxOptions::copy_threads.
+  const int64_t copy_threads = flags.Int("reader-copy-threads", -1);
   // The reader's UcxOptions::direct_reads: copy (and check) straight out of a
   // holder's arena mapped here instead of posting gets.
   const std::string direct_flag = absl::AsciiStrToLower(flags.String("reader-direct", "true"));
@@ -221,6 +223,7 @@ int RunUcxBench(Flags& flags) {
     if (busy_poll_us >= 0) uo.busy_poll = absl::Microseconds(busy_poll_us);
     if (busy_poll_us == -1) uo.busy_poll = absl::InfiniteDuration();
     uo.direct_reads = direct_reads;
+    uo.copy_threads = static_cast<int32_t>(std::clamp<int64_t>(copy_threads, -2, 65));
     auto engine = transfer::UcxEngine::Create(uo);
     if (!cache.ok() || !engine.ok()) {
       std::fprintf(stderr, "kvtier bench ucx: %s\n",

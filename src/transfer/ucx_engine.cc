@@ -11,6 +11,7 @@
 #include <sys/sysmacros.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
@@ -267,6 +268,10 @@ absl::Status UcxOptions::Validate() const {
   if (busy_poll < absl::ZeroDuration()) {
     return absl::InvalidArgumentError("ucx.busy_poll_us: must not be negative");
   }
+  if (copy_threads < -1 || copy_threads > 64) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("ucx.copy_threads: ", copy_threads, " is outside -1..64"));
+  }
   return absl::OkStatus();
 }
 
@@ -356,10 +361,38 @@ absl::Status UcxEngine::Init() {
     Worker* raw = w.get();
     w->thread = std::thread([this, raw] { ProgressLoop(raw); });
   }
+  const int copiers =
+      options_.copy_threads >= 0
+          ? options_.copy_threads
+          : std::min(3, std::max(0, static_cast<int>(std::thread::hardware_concurrency()) - 1));
+  for (int i = 0; i < copiers; ++i) copiers_.emplace_back([this] { CopyLoop(); });
   return absl::OkStatus();
 }
 
+void UcxEngine::CopyLoop() {
+  for (;;) {
+    absl::AnyInvocable<void() &&> job;
+    {
+      absl::MutexLock lock(&copy_mu_);
+      copy_mu_.Await(absl::Condition(
+          +[](UcxEngine* e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(e->copy_mu_) {
+            return e->copy_stop_ || !e->copy_jobs_.empty();
+          },
+          this));
+      if (copy_jobs_.empty()) return;  // stopping
+      job = std::move(copy_jobs_.back());
+      copy_jobs_.pop_back();
+    }
+    std::move(job)();
+  }
+}
+
 UcxEngine::~UcxEngine() {
+  {
+    absl::MutexLock lock(&copy_mu_);
+    copy_stop_ = true;
+  }
+  for (std::thread& t : copiers_) t.join();
   // Let every worker finish the connection traffic in flight (wireup and
   // disconnect messages of endpoints other nodes made to it) before it goes.
   for (size_t i = 0; i < workers_.size(); ++i) {
@@ -851,39 +884,94 @@ absl::Status UcxEngine::GetMany(UcxPeer& peer, absl::Span<GetOp> ops, absl::Time
   });
 }
 
+void UcxEngine::CopyOne(UcxPeer& peer, GetOp& op, size_t i, absl::Time deadline, DirectCopy copy) {
+  // Shared: copies of several callers and helpers run together; Close
+  // (exclusive) waits for them before it unmaps.
+  absl::ReaderMutexLock lock(&peer.close_mu_);
+  if (op.remote_offset > peer.remote_bytes_ ||
+      op.dst.size() > peer.remote_bytes_ - op.remote_offset) {
+    op.status = absl::OutOfRangeError(
+        absl::StrCat("remote range [", op.remote_offset, ", +", op.dst.size(),
+                     ") is outside the peer's arena of ", peer.remote_bytes_, " bytes"));
+  } else if (peer.closed_ || peer.failed()) {
+    get_failures_.fetch_add(1);
+    op.status = absl::UnavailableError(peer.closed_ ? "ucx: the peer's endpoint is closed"
+                                                    : "ucx: the peer's endpoint has failed");
+  } else if (absl::Now() >= deadline) {
+    get_failures_.fetch_add(1);
+    op.status = absl::DeadlineExceededError("ucx: the read did not start by its deadline");
+  } else {
+    op.status = copy(i, peer.local_ + op.remote_offset);
+    if (op.status.ok()) {
+      gets_.fetch_add(1);
+      direct_reads_.fetch_add(1);
+      get_bytes_.fetch_add(op.dst.size());
+    } else {
+      get_failures_.fetch_add(1);
+    }
+  }
+}
+
 absl::Status UcxEngine::CopyMany(UcxPeer& peer, absl::Span<GetOp> ops, absl::Time deadline,
                                  absl::FunctionRef<void(size_t)> on_done, DirectCopy copy) {
+  uint64_t total = 0;
+  for (const GetOp& op : ops) total += op.dst.size();
+  // Below this a run is copied faster than helpers wake up.
+  constexpr uint64_t kSpreadBytes = 1 << 20;
+  if (copiers_.empty() || ops.size() < 2 || total < kSpreadBytes) {
+    // The caller alone, each op checked (on_done) right after its copy,
+    // while its bytes are in cache.
+    absl::Status first = absl::OkStatus();
+    for (size_t i = 0; i < ops.size(); ++i) {
+      CopyOne(peer, ops[i], i, deadline, copy);
+      if (first.ok() && !ops[i].status.ok()) first = ops[i].status;
+      on_done(i);
+    }
+    return first;
+  }
+  // The caller and up to ops.size() - 1 helpers take ops in turn. A helper
+  // that starts after the run is over finds it closed and touches nothing
+  // of the caller's (the state it sees is shared, not on this stack).
+  struct Run {
+    absl::Mutex mu;
+    size_t next ABSL_GUARDED_BY(mu) = 0;
+    size_t running ABSL_GUARDED_BY(mu) = 0;  // ops being copied now
+    bool closed ABSL_GUARDED_BY(mu) = false;
+    std::function<void(size_t)> copy_one;  // valid while !closed
+    size_t n = 0;
+  };
+  auto run = std::make_shared<Run>();
+  run->n = ops.size();
+  run->copy_one = [&](size_t i) { CopyOne(peer, ops[i], i, deadline, copy); };
+  auto work = [](Run& r) {
+    for (;;) {
+      size_t i;
+      {
+        absl::MutexLock lock(&r.mu);
+        if (r.closed || r.next >= r.n) return;
+        i = r.next++;
+        ++r.running;
+      }
+      r.copy_one(i);
+      absl::MutexLock lock(&r.mu);
+      --r.running;
+    }
+  };
+  {
+    const size_t helpers = std::min(copiers_.size(), ops.size() - 1);
+    absl::MutexLock lock(&copy_mu_);
+    for (size_t h = 0; h < helpers; ++h) copy_jobs_.push_back([run, work] { work(*run); });
+  }
+  work(*run);
+  {
+    absl::MutexLock lock(&run->mu);
+    run->closed = true;
+    run->mu.Await(absl::Condition(
+        +[](Run* r) ABSL_EXCLUSIVE_LOCKS_REQUIRED(r->mu) { return r->running == 0; }, run.get()));
+  }
   absl::Status first = absl::OkStatus();
   for (size_t i = 0; i < ops.size(); ++i) {
-    GetOp& op = ops[i];
-    {
-      // Shared: copies of several callers run together; Close (exclusive)
-      // waits for them before it unmaps.
-      absl::ReaderMutexLock lock(&peer.close_mu_);
-      if (op.remote_offset > peer.remote_bytes_ ||
-          op.dst.size() > peer.remote_bytes_ - op.remote_offset) {
-        op.status = absl::OutOfRangeError(
-            absl::StrCat("remote range [", op.remote_offset, ", +", op.dst.size(),
-                         ") is outside the peer's arena of ", peer.remote_bytes_, " bytes"));
-      } else if (peer.closed_ || peer.failed()) {
-        get_failures_.fetch_add(1);
-        op.status = absl::UnavailableError(peer.closed_ ? "ucx: the peer's endpoint is closed"
-                                                        : "ucx: the peer's endpoint has failed");
-      } else if (absl::Now() >= deadline) {
-        get_failures_.fetch_add(1);
-        op.status = absl::DeadlineExceededError("ucx: the read did not start by its deadline");
-      } else {
-        op.status = copy(i, peer.local_ + op.remote_offset);
-        if (op.status.ok()) {
-          gets_.fetch_add(1);
-          direct_reads_.fetch_add(1);
-          get_bytes_.fetch_add(op.dst.size());
-        } else {
-          get_failures_.fetch_add(1);
-        }
-      }
-    }
-    if (first.ok() && !op.status.ok()) first = op.status;
+    if (first.ok() && !ops[i].status.ok()) first = ops[i].status;
     on_done(i);
   }
   return first;

@@ -87,6 +87,10 @@ struct UcxOptions {
   // Read a mapped peer's arena by copying from the mapping instead of posting
   // gets (false: always ucp_get_nbx).
   bool direct_reads = true;
+  // Threads that help copy a run of chunks out of a mapped peer's arena
+  // (the caller copies too), so a long chain is read on several cores;
+  // -1: min(3, hardware threads - 1); 0: the caller alone (0..64).
+  int32_t copy_threads = -1;
 
   // InvalidArgument naming the field.
   absl::Status Validate() const;
@@ -348,6 +352,11 @@ class UcxEngine {
   // GetMany for a mapped peer with direct_reads.
   absl::Status CopyMany(UcxPeer& peer, absl::Span<GetOp> ops, absl::Time deadline,
                         absl::FunctionRef<void(size_t)> on_done, DirectCopy copy);
+  // Copies op i out of the peer's mapping (CopyMany's per-op step; any
+  // thread).
+  void CopyOne(UcxPeer& peer, GetOp& op, size_t i, absl::Time deadline, DirectCopy copy);
+  // The copy helpers' loop.
+  void CopyLoop();
   // Packs memh_'s remote key into rkey_.
   absl::Status PackArenaKey() ABSL_EXCLUSIVE_LOCKS_REQUIRED(map_mu_);
 
@@ -362,6 +371,12 @@ class UcxEngine {
   std::vector<std::string> addresses_;
   std::atomic<bool> stop_{false};
   std::atomic<uint64_t> next_worker_{0};
+
+  // Copy helpers (UcxOptions::copy_threads) and the runs they may join.
+  absl::Mutex copy_mu_;
+  std::vector<absl::AnyInvocable<void() &&>> copy_jobs_ ABSL_GUARDED_BY(copy_mu_);
+  bool copy_stop_ ABSL_GUARDED_BY(copy_mu_) = false;
+  std::vector<std::thread> copiers_;
 
   mutable absl::Mutex map_mu_;
   ucp_mem_h memh_ ABSL_GUARDED_BY(map_mu_) = nullptr;

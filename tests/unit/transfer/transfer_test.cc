@@ -358,6 +358,59 @@ TEST_P(TransferTest, EngineGetManyReadsSeveralRangesTogether) {
   EXPECT_EQ(st.get_bytes, 2u << 18);
 }
 
+TEST_P(TransferTest, ALongRunFromAMappedArenaIsCopiedIntoTheRightPlaces) {
+  if (!Mapped()) GTEST_SKIP() << "only reads from a mapped arena are copies";
+  auto a = Node::Start("a", 7);
+  auto b = Node::Start("b", 8);
+  std::byte* src = a->cache->dram().arena().base();
+  constexpr size_t kOps = 16;
+  constexpr size_t kPiece = 128 << 10;  // 2 MiB in all: copied by several threads
+  for (size_t i = 0; i < kOps * kPiece; ++i) src[i] = static_cast<std::byte>(i * 13 + 7);
+  auto peer = b->ucx->Connect(a->ucx->worker_addresses()[0], a->ucx->packed_rkey(),
+                              reinterpret_cast<uint64_t>(src), a->cache->dram().arena().size());
+  ASSERT_TRUE(peer.ok()) << peer.status();
+  ASSERT_TRUE((*peer)->mapped());
+  std::byte* dst = b->cache->dram().arena().base();
+  std::memset(dst, 0, kOps * kPiece);
+  // Piece k goes to slot (k * 5) % 16, and the last op is out of range.
+  std::vector<UcxEngine::GetOp> ops;
+  for (size_t k = 0; k < kOps; ++k) {
+    ops.push_back(
+        {k * kPiece, absl::MakeSpan(dst + ((k * 5) % kOps) * kPiece, kPiece), absl::OkStatus()});
+  }
+  ops.push_back(
+      {a->cache->dram().arena().size() - 10, absl::MakeSpan(dst, 4096), absl::OkStatus()});
+  absl::Mutex mu;
+  std::vector<int> copied(ops.size(), 0), done(ops.size(), 0);
+  int done_elsewhere = 0;
+  const std::thread::id caller = std::this_thread::get_id();
+  const absl::Status s = b->ucx->GetMany(
+      **peer, absl::MakeSpan(ops), absl::Now() + absl::Seconds(10),
+      [&](size_t i) {
+        absl::MutexLock lock(&mu);
+        ++done[i];
+        if (std::this_thread::get_id() != caller) ++done_elsewhere;
+      },
+      [&](size_t i, const std::byte* from) {
+        std::memcpy(ops[i].dst.data(), from, ops[i].dst.size());
+        absl::MutexLock lock(&mu);
+        ++copied[i];
+        return absl::OkStatus();
+      });
+  EXPECT_THAT(s, StatusIs(absl::StatusCode::kOutOfRange));
+  std::vector<int> once(kOps, 1);
+  EXPECT_EQ(std::vector<int>(done.begin(), done.begin() + kOps), once);
+  EXPECT_EQ(std::vector<int>(copied.begin(), copied.begin() + kOps), once);
+  EXPECT_EQ(done[kOps], 1);
+  EXPECT_EQ(copied[kOps], 0);
+  EXPECT_EQ(done_elsewhere, 0);  // every op is handed over on the caller's thread
+  for (size_t k = 0; k < kOps; ++k) {
+    EXPECT_TRUE(ops[k].status.ok()) << k << " " << ops[k].status;
+    EXPECT_EQ(std::memcmp(dst + ((k * 5) % kOps) * kPiece, src + k * kPiece, kPiece), 0) << k;
+  }
+  EXPECT_EQ(b->ucx->Stats().direct_reads, kOps);
+}
+
 TEST_P(TransferTest, GetsFromManyThreadsAtOnceEachLandTheirOwnBytes) {
   auto a = Node::Start("a", 5);
   auto b = Node::Start("b", 6);
@@ -1152,6 +1205,11 @@ TEST(UcxOptionsTest, ValidateNamesTheField) {
   o.busy_poll = -absl::Microseconds(1);
   EXPECT_THAT(o.Validate(), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("busy_poll")));
   o.busy_poll = absl::InfiniteDuration();
+  EXPECT_TRUE(o.Validate().ok());
+  o.copy_threads = 65;
+  EXPECT_THAT(o.Validate(),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("ucx.copy_threads")));
+  o.copy_threads = 0;
   EXPECT_TRUE(o.Validate().ok());
   PeerServiceOptions p;
   EXPECT_THAT(p.Validate(), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("node_id")));
