@@ -365,6 +365,14 @@ absl::Status ApplySetting(const std::string& name, const std::string& value,
     c.ucx.peer_token = value;
   } else if (name == "ucx.max_batch_chunks") {
     KVTIER_ASSIGN_OR_RETURN(c.ucx.max_batch_chunks, ParseU32(value, field, 1, 4096));
+  } else if (name == "ucx.copy_threads") {
+    if (value == "-1") {
+      c.ucx.copy_threads = -1;
+    } else {
+      uint32_t n = 0;
+      KVTIER_ASSIGN_OR_RETURN(n, ParseU32(value, field, 0, 64));
+      c.ucx.copy_threads = static_cast<int32_t>(n);
+    }
   } else if (name == "ucx.idle_peer_seconds") {
     KVTIER_ASSIGN_OR_RETURN(c.ucx.idle_peer_seconds, ParseU32(value, field, 1, 86400));
   } else if (name == "ucx.busy_poll_us") {
@@ -430,7 +438,7 @@ const std::map<std::string, std::set<std::string>>& SectionKeys() {
         "recheck_ms"}},
       {"ucx",
        {"enabled", "progress_threads", "lease_seconds", "lookup_timeout_ms", "transfer_timeout_ms",
-        "peer_token", "max_batch_chunks", "busy_poll_us", "idle_peer_seconds"}},
+        "peer_token", "max_batch_chunks", "busy_poll_us", "idle_peer_seconds", "copy_threads"}},
   };
   return *keys;
 }
@@ -1127,6 +1135,7 @@ std::string DaemonConfig::ToRedactedYaml() const {
   out << YAML::Key << "max_batch_chunks" << YAML::Value << ucx.max_batch_chunks;
   out << YAML::Key << "busy_poll_us" << YAML::Value << ucx.busy_poll_us;
   out << YAML::Key << "idle_peer_seconds" << YAML::Value << ucx.idle_peer_seconds;
+  out << YAML::Key << "copy_threads" << YAML::Value << ucx.copy_threads;
   out << YAML::EndMap;
   out << YAML::EndMap;
   return std::string(out.c_str()) + "\n";

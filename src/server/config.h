@@ -69,6 +69,7 @@ struct UcxConfig {
   uint32_t max_batch_chunks = 64;       // chunks one pin request covers and read together (1..4096)
   int64_t busy_poll_us = 50;            // progress poll with gets in flight, us (-1 = never sleep)
   uint32_t idle_peer_seconds = 60;      // a holder's endpoint unused this long is closed (1..86400)
+  int32_t copy_threads = -1;  // helpers copying runs out of mapped arenas (-1 = auto, 0..64)
 };
 
 struct DaemonConfig {

@@ -278,6 +278,7 @@ absl::Status Daemon::StartCluster() {
 absl::Status Daemon::CreateUcxEngine() {
   transfer::UcxOptions uo;
   uo.progress_threads = config_.ucx.progress_threads;
+  uo.copy_threads = config_.ucx.copy_threads;
   uo.busy_poll = config_.ucx.busy_poll_us < 0 ? absl::InfiniteDuration()
                                               : absl::Microseconds(config_.ucx.busy_poll_us);
   absl::StatusOr<std::unique_ptr<transfer::UcxEngine>> engine = transfer::UcxEngine::Create(uo);

@@ -491,6 +491,20 @@ TEST(Transfer, BatchChunksAndBusyPoll) {
   EXPECT_EQ(d.ucx.idle_peer_seconds, 60u);
   ASSERT_OK(ApplyYaml("ucx: {idle_peer_seconds: 5}\n", d));
   EXPECT_EQ(d.ucx.idle_peer_seconds, 5u);
+  // Copy helpers.
+  EXPECT_EQ(d.ucx.copy_threads, -1);
+  ASSERT_OK(ApplyYaml("ucx: {copy_threads: 0}\n", d));
+  EXPECT_EQ(d.ucx.copy_threads, 0);
+  ASSERT_OK(ApplyYaml("ucx: {copy_threads: 8}\n", d));
+  EXPECT_EQ(d.ucx.copy_threads, 8);
+  EXPECT_THAT(d.ToRedactedYaml(), HasSubstr("copy_threads: 8"));
+  ASSERT_OK(ApplyYaml("ucx: {copy_threads: -1}\n", d));
+  EXPECT_EQ(d.ucx.copy_threads, -1);
+  EXPECT_THAT(ApplyYaml("ucx: {copy_threads: 65}\n", d),
+              StatusIs(kInvalid, HasSubstr("ucx.copy_threads")));
+  EXPECT_THAT(ApplyYaml("ucx: {copy_threads: -2}\n", d),
+              StatusIs(kInvalid, HasSubstr("ucx.copy_threads")));
+  EXPECT_EQ(d.ucx.copy_threads, -1);
   EXPECT_THAT(d.ToRedactedYaml(), HasSubstr("idle_peer_seconds: 5"));
   EXPECT_THAT(ApplyYaml("ucx: {idle_peer_seconds: 0}\n", d),
               StatusIs(kInvalid, HasSubstr("ucx.idle_peer_seconds")));
