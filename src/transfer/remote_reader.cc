@@ -91,7 +91,8 @@ absl::StatusOr<RemoteReader::Conn> RemoteReader::Connect(const std::string& addr
     absl::MutexLock lock(&mu_);
     auto it = conns_.find(address);
     if (it != conns_.end()) {
-      if (!it->second.peer->CheckProcess()) {
+      // A watched holder's exit is noticed by the pin's call and the sweep.
+      if (!it->second.peer->failed()) {
         it->second.last_used = absl::Now();
         return it->second;
       }

@@ -579,12 +579,18 @@ absl::StatusOr<std::string> UcxEngine::Call(UcxPeer& peer, absl::string_view req
         timed_out = true;
         break;
       }
-      if (peer.CheckProcess()) break;
-      calls_mu_.AwaitWithDeadline(
-          absl::Condition(
-              +[](PendingCall* c) { return c->replied || c->send == PendingCall::Send::kFailed; },
-              &pc),
-          std::min(deadline, now + absl::Milliseconds(1)));
+      // A millisecond without an answer: has the peer (or its watched
+      // process) failed?
+      if (!calls_mu_.AwaitWithDeadline(absl::Condition(
+                                           +[](PendingCall* c) {
+                                             return c->replied ||
+                                                    c->send == PendingCall::Send::kFailed;
+                                           },
+                                           &pc),
+                                       std::min(deadline, now + absl::Milliseconds(1))) &&
+          peer.CheckProcess()) {
+        break;
+      }
     }
     // The progress thread may still hold the request: it uses the peer until
     // it has sent it (or given up on it), so the caller waits for that. A
@@ -1049,32 +1055,26 @@ absl::Status UcxEngine::GetMany(UcxPeer& peer, absl::Span<GetOp> ops, absl::Time
                       ABSL_EXCLUSIVE_LOCKS_REQUIRED(batch.mu) { return !batch.completed.empty(); };
   for (size_t handled = 0; handled < queued.size();) {
     std::vector<size_t> done;
-    bool expired = false;
+    bool close = false;
     {
       absl::MutexLock lock(&batch.mu);
       if (timed_out) {
         batch.mu.Await(absl::Condition(&any_done));
       } else if (!batch.mu.AwaitWithDeadline(absl::Condition(&any_done), deadline)) {
-        expired = true;
-        // Not posted yet (the progress thread was busy): the gets are
-        // refused unposted and the endpoint stays as it is.
-        if (!batch.started) batch.abandoned = true;
+        timed_out = true;
+        // Posted: they are closed out below. Not posted yet (the progress
+        // thread was busy): they are refused unposted and the endpoint
+        // stays as it is.
+        close = batch.started;
+        batch.abandoned = !batch.started;
       }
       done.swap(batch.completed);
     }
-    if (expired) {
-      timed_out = true;
-      bool posted;
-      {
-        absl::MutexLock lock(&batch.mu);
-        posted = !batch.abandoned;
-      }
-      if (posted) {
-        // Closing the endpoint completes the gets still in flight (with an
-        // error); only then are their destinations safe from late writes.
-        peer.failed_.store(true);
-        peer.Close();
-      }
+    if (close) {
+      // Closing the endpoint completes the gets still in flight (with an
+      // error); only then are their destinations safe from late writes.
+      peer.failed_.store(true);
+      peer.Close();
     }
     for (size_t i : done) settle(i);
     handled += done.size();
