@@ -93,6 +93,7 @@ grpc::Status PeerService::Hello(grpc::ServerContext* ctx, const v1::HelloRequest
   resp->set_call_secret(call_secret_);
   resp->set_pid(static_cast<uint32_t>(getpid()));
   resp->set_pid_namespace(UcxEngine::PidNamespace());
+  resp->set_start_time(UcxEngine::ProcessStartTime(getpid()));
   return grpc::Status::OK;
 }
 

@@ -128,7 +128,7 @@ absl::StatusOr<RemoteReader::Conn> RemoteReader::Connect(const std::string& addr
   if (!(*peer)->peer_error_handling()) {
     // Shared memory only: UCX reports no peer failure, but a holder whose
     // arena is mapped here runs on this host and can be watched.
-    (void)(*peer)->WatchProcess(resp.pid(), resp.pid_namespace());
+    (void)(*peer)->WatchProcess(resp.pid(), resp.pid_namespace(), resp.start_time());
   }
   Conn conn{resp.node_id(), resp.boot_id(), std::move(*peer), resp.call_secret(), absl::Now()};
   absl::MutexLock lock(&mu_);

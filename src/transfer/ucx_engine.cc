@@ -16,6 +16,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <iterator>
 #include <optional>
 #include <set>
 #include <sstream>
@@ -24,6 +25,7 @@
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
@@ -1177,17 +1179,40 @@ uint64_t UcxEngine::PidNamespace() {
   return static_cast<uint64_t>(st.st_ino);
 }
 
-bool UcxPeer::WatchProcess(uint32_t pid, uint64_t pid_namespace) {
+uint64_t UcxEngine::ProcessStartTime(int pid) {
+  std::ifstream in(absl::StrCat("/proc/", pid, "/stat"));
+  std::string stat((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  // "pid (comm) state ppid ...": comm may hold spaces and parentheses, so
+  // the fields are counted after its last ')'. Field 3 (state) comes first.
+  const size_t paren = stat.rfind(')');
+  if (paren == std::string::npos) return 0;
+  std::vector<absl::string_view> fields =
+      absl::StrSplit(absl::string_view(stat).substr(paren + 1), ' ', absl::SkipEmpty());
+  constexpr size_t kStartTime = 22 - 3;
+  uint64_t start = 0;
+  if (fields.size() <= kStartTime || !absl::SimpleAtoi(fields[kStartTime], &start)) return 0;
+  return start;
+}
+
+bool UcxPeer::WatchProcess(uint32_t pid, uint64_t pid_namespace, uint64_t start_time) {
 #ifdef SYS_pidfd_open
   if (!mapped() || pid == 0 || pidfd_ >= 0) return false;
   if (pid_namespace == 0 || pid_namespace != UcxEngine::PidNamespace()) return false;
   const long fd = syscall(SYS_pidfd_open, static_cast<pid_t>(pid), 0);
   if (fd < 0) return false;
+  // The pidfd names whichever process has the pid now. Read after it was
+  // opened, a matching start time shows that this is still the holder; if
+  // the holder has exited since, the time read is another's (or none).
+  if (start_time != 0 && UcxEngine::ProcessStartTime(static_cast<int>(pid)) != start_time) {
+    close(static_cast<int>(fd));
+    return false;
+  }
   pidfd_ = static_cast<int>(fd);
   return true;
 #else
   (void)pid;
   (void)pid_namespace;
+  (void)start_time;
   return false;  // no pidfd_open in these headers: the peer keeps gRPC pins
 #endif
 }

@@ -145,10 +145,13 @@ class UcxPeer {
   // For a mapped peer: watches process `pid` (the holder, on this host) in
   // PID namespace `pid_namespace` (UcxEngine::PidNamespace of the holder)
   // through a pidfd, so that its exit fails the peer like a UCX peer error
-  // would. False when the peer is not mapped, `pid` or `pid_namespace` is 0,
-  // the namespace is not this process's, or the kernel refuses (no pidfd:
-  // the peer then has no failure detection, as before).
-  bool WatchProcess(uint32_t pid, uint64_t pid_namespace);
+  // would. `start_time` (UcxEngine::ProcessStartTime of the holder; 0: not
+  // known) must match the process the pidfd names: a holder that exited
+  // and whose pid was reused is not watched. False when the peer is not
+  // mapped, `pid` or `pid_namespace` is 0, the namespace is not this
+  // process's, the start time differs, or the kernel refuses (no pidfd: the
+  // peer then has no failure detection, as before).
+  bool WatchProcess(uint32_t pid, uint64_t pid_namespace, uint64_t start_time);
   // Whether a watched process is known (WatchProcess succeeded).
   bool watches_process() const { return pidfd_ >= 0; }
   // Polls the watched process (one poll(2)): when it has exited, marks the
@@ -278,6 +281,10 @@ class UcxEngine {
   // The inode of this process's PID namespace (/proc/self/ns/pid), 0 when
   // unknown: two processes with the same one see each other's pids.
   static uint64_t PidNamespace();
+  // Process `pid`'s start time: field 22 of /proc/<pid>/stat, clock ticks
+  // after boot (0 when it cannot be read). Within one boot and PID
+  // namespace, pid and start time name one process.
+  static uint64_t ProcessStartTime(int pid);
   // The UCX version string.
   static std::string Version();
 

@@ -1017,6 +1017,34 @@ TEST_P(TransferTest, CallToADeadPeerFailsBeforeItsDeadline) {
   EXPECT_LT(absl::Now() - start, absl::Seconds(15));
 }
 
+TEST_P(TransferTest, AHolderIsWatchedOnlyWhileItsPidNamesIt) {
+  if (!Mapped()) GTEST_SKIP() << "only a holder whose arena is mapped here is watched";
+  auto a = Node::Start("a", 1);
+  auto b = Node::Start("b", 2);
+  const uint64_t start = UcxEngine::ProcessStartTime(getpid());
+  ASSERT_NE(start, 0u);
+  EXPECT_EQ(UcxEngine::ProcessStartTime(-1), 0u);
+  const uint64_t pid_ns = UcxEngine::PidNamespace();
+  const auto pid = static_cast<uint32_t>(getpid());
+  // A start time other than the process's own: the holder exited and its
+  // pid now names another process. Not watched, so pins stay on gRPC.
+  std::shared_ptr<UcxPeer> reused = ConnectTo(*b, *a);
+  ASSERT_NE(reused, nullptr);
+  EXPECT_FALSE(reused->WatchProcess(pid, pid_ns, start + 1));
+  EXPECT_FALSE(reused->watches_process());
+  EXPECT_FALSE(reused->WatchProcess(pid, pid_ns + 1, start));  // another PID namespace
+  EXPECT_FALSE(reused->watches_process());
+  // The holder's own start time: watched, and alive.
+  EXPECT_TRUE(reused->WatchProcess(pid, pid_ns, start));
+  EXPECT_TRUE(reused->watches_process());
+  EXPECT_FALSE(reused->CheckProcess());
+  // A holder that sends no start time is trusted by its pid alone.
+  std::shared_ptr<UcxPeer> untimed = ConnectTo(*b, *a);
+  ASSERT_NE(untimed, nullptr);
+  EXPECT_TRUE(untimed->WatchProcess(pid, pid_ns, 0));
+  EXPECT_FALSE(untimed->CheckProcess());
+}
+
 TEST_P(TransferTest, PinsGoAsUcxCallsOnlyWithTheHellosSecret) {
   const bool calls = std::string(GetParam().tls) == "tcp" || Mapped();
   auto a = Node::Start("node-a", 71, "peer-token-71");
