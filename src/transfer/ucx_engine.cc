@@ -367,23 +367,25 @@ absl::Status UcxEngine::Init() {
       options_.copy_threads >= 0
           ? options_.copy_threads
           : std::min(3, std::max(0, static_cast<int>(std::thread::hardware_concurrency()) - 1));
-  for (int i = 0; i < copiers; ++i) copiers_.emplace_back([this] { CopyLoop(); });
+  for (int i = 0; i < copiers; ++i) copiers_.push_back(std::make_unique<Copier>());
+  for (const std::unique_ptr<Copier>& c : copiers_) {
+    Copier* raw = c.get();
+    c->thread = std::thread([this, raw] { CopyLoop(raw); });
+  }
   return absl::OkStatus();
 }
 
-void UcxEngine::CopyLoop() {
+void UcxEngine::CopyLoop(Copier* self) {
   for (;;) {
     absl::AnyInvocable<void() &&> job;
     {
       absl::MutexLock lock(&copy_mu_);
-      copy_mu_.Await(absl::Condition(
-          +[](UcxEngine* e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(e->copy_mu_) {
-            return e->copy_stop_ || !e->copy_jobs_.empty();
-          },
-          this));
-      if (copy_jobs_.empty()) return;  // stopping
-      job = std::move(copy_jobs_.back());
-      copy_jobs_.pop_back();
+      idle_copiers_.push_back(self);
+      while (self->job == nullptr && !copy_stop_) self->cv.Wait(&copy_mu_);
+      if (self->job == nullptr) return;  // stopping
+      // The run that set the job took this helper off idle_copiers_.
+      job = std::move(self->job);
+      self->job = nullptr;
     }
     std::move(job)();
   }
@@ -393,8 +395,9 @@ UcxEngine::~UcxEngine() {
   {
     absl::MutexLock lock(&copy_mu_);
     copy_stop_ = true;
+    for (const std::unique_ptr<Copier>& c : copiers_) c->cv.Signal();
   }
-  for (std::thread& t : copiers_) t.join();
+  for (const std::unique_ptr<Copier>& c : copiers_) c->thread.join();
   // Let every worker finish the connection traffic in flight (wireup and
   // disconnect messages of endpoints other nodes made to it) before it goes.
   for (size_t i = 0; i < workers_.size(); ++i) {
@@ -966,9 +969,16 @@ absl::Status UcxEngine::CopyMany(UcxPeer& peer, absl::Span<GetOp> ops, absl::Tim
     }
   };
   {
-    const size_t helpers = std::min(copiers_.size(), ops.size() - 1);
+    // Idle helpers only: when other runs have them all, this one goes on
+    // with fewer (or alone) rather than queue work that would start late.
     absl::MutexLock lock(&copy_mu_);
-    for (size_t h = 0; h < helpers; ++h) copy_jobs_.push_back([run, work] { work(*run); });
+    const size_t helpers = std::min(idle_copiers_.size(), ops.size() - 1);
+    for (size_t h = 0; h < helpers; ++h) {
+      Copier* c = idle_copiers_.back();
+      idle_copiers_.pop_back();
+      c->job = [run, work] { work(*run); };
+      c->cv.Signal();
+    }
   }
   work(*run);
   {

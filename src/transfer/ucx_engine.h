@@ -362,8 +362,14 @@ class UcxEngine {
   // Copies op i out of the peer's mapping (CopyMany's per-op step; any
   // thread).
   void CopyOne(UcxPeer& peer, GetOp& op, size_t i, absl::Time deadline, DirectCopy copy);
+  // A copy helper: waits on its own CondVar until a run hands it a job.
+  struct Copier {
+    absl::CondVar cv;
+    absl::AnyInvocable<void() &&> job;  // under copy_mu_; set while it is not idle
+    std::thread thread;
+  };
   // The copy helpers' loop.
-  void CopyLoop();
+  void CopyLoop(Copier* self);
   // Packs memh_'s remote key into rkey_.
   absl::Status PackArenaKey() ABSL_EXCLUSIVE_LOCKS_REQUIRED(map_mu_);
 
@@ -379,11 +385,13 @@ class UcxEngine {
   std::atomic<bool> stop_{false};
   std::atomic<uint64_t> next_worker_{0};
 
-  // Copy helpers (UcxOptions::copy_threads) and the runs they may join.
+  // Copy helpers (UcxOptions::copy_threads). A run wakes the helpers that
+  // went idle last (their cores are the likeliest to be awake and their
+  // caches warm); helpers that no run needs stay asleep.
   absl::Mutex copy_mu_;
-  std::vector<absl::AnyInvocable<void() &&>> copy_jobs_ ABSL_GUARDED_BY(copy_mu_);
+  std::vector<Copier*> idle_copiers_ ABSL_GUARDED_BY(copy_mu_);  // the latest last
   bool copy_stop_ ABSL_GUARDED_BY(copy_mu_) = false;
-  std::vector<std::thread> copiers_;
+  std::vector<std::unique_ptr<Copier>> copiers_;  // fixed once Init returns
 
   mutable absl::Mutex map_mu_;
   ucp_mem_h memh_ ABSL_GUARDED_BY(map_mu_) = nullptr;

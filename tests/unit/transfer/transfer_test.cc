@@ -16,6 +16,7 @@
 #include <fstream>
 #include <memory>
 #include <ostream>
+#include <set>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -383,6 +384,11 @@ TEST_P(TransferTest, ALongRunFromAMappedArenaIsCopiedIntoTheRightPlaces) {
   absl::Mutex mu;
   std::vector<int> copied(ops.size(), 0), done(ops.size(), 0);
   int done_elsewhere = 0;
+  std::set<std::thread::id> copiers;  // the threads that copied
+  // With a helper (UcxOptions' default: min(3, hardware threads - 1)), the
+  // first copy waits for a second thread to start one: a helper was woken
+  // and took part of the run.
+  const bool helpers = std::thread::hardware_concurrency() > 1;
   const std::thread::id caller = std::this_thread::get_id();
   const absl::Status s = b->ucx->GetMany(
       **peer, absl::MakeSpan(ops), absl::Now() + absl::Seconds(10),
@@ -392,11 +398,24 @@ TEST_P(TransferTest, ALongRunFromAMappedArenaIsCopiedIntoTheRightPlaces) {
         if (std::this_thread::get_id() != caller) ++done_elsewhere;
       },
       [&](size_t i, const std::byte* from) {
+        {
+          absl::MutexLock lock(&mu);
+          copiers.insert(std::this_thread::get_id());
+          if (helpers && copiers.size() == 1) {
+            mu.AwaitWithTimeout(
+                absl::Condition(
+                    +[](std::set<std::thread::id>* c) { return c->size() > 1; }, &copiers),
+                absl::Seconds(5));
+          }
+        }
         std::memcpy(ops[i].dst.data(), from, ops[i].dst.size());
         absl::MutexLock lock(&mu);
         ++copied[i];
         return absl::OkStatus();
       });
+  if (helpers) {
+    EXPECT_GE(copiers.size(), 2u);
+  }
   EXPECT_THAT(s, StatusIs(absl::StatusCode::kOutOfRange));
   std::vector<int> once(kOps, 1);
   EXPECT_EQ(std::vector<int>(done.begin(), done.begin() + kOps), once);
@@ -416,7 +435,9 @@ TEST_P(TransferTest, GetsFromManyThreadsAtOnceEachLandTheirOwnBytes) {
   auto b = Node::Start("b", 6);
   std::byte* src = a->cache->dram().arena().base();
   constexpr size_t kThreads = 16;
-  constexpr size_t kPiece = 64 << 10;  // each thread reads 4 pieces of its own 256 KiB
+  // Each thread reads 4 pieces of its own range. From a mapped arena 4 x 256
+  // KiB make a run that copy helpers join, so concurrent runs share them.
+  const size_t kPiece = Mapped() ? 256 << 10 : 64 << 10;
   for (size_t i = 0; i < kThreads * 4 * kPiece; ++i) src[i] = static_cast<std::byte>(i * 11 + 5);
   auto peer = b->ucx->Connect(a->ucx->worker_addresses()[0], a->ucx->packed_rkey(),
                               reinterpret_cast<uint64_t>(src), a->cache->dram().arena().size());
