@@ -23,6 +23,7 @@
 #include <tuple>
 #include <utility>
 
+#include "absl/container/inlined_vector.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
@@ -397,7 +398,9 @@ UcxEngine::~UcxEngine() {
     copy_stop_ = true;
     for (const std::unique_ptr<Copier>& c : copiers_) c->cv.Signal();
   }
-  for (const std::unique_ptr<Copier>& c : copiers_) c->thread.join();
+  for (const std::unique_ptr<Copier>& c : copiers_) {
+    if (c->thread.joinable()) c->thread.join();  // not if Init failed to start it
+  }
   // Let every worker finish the connection traffic in flight (wireup and
   // disconnect messages of endpoints other nodes made to it) before it goes.
   for (size_t i = 0; i < workers_.size(); ++i) {
@@ -968,18 +971,22 @@ absl::Status UcxEngine::CopyMany(UcxPeer& peer, absl::Span<GetOp> ops, absl::Tim
       --r.running;
     }
   };
+  // Idle helpers only: when other runs have them all, this one goes on
+  // with fewer (or alone) rather than queue work that would start late.
+  // They are signalled after the lock is released: signalled under it, each
+  // would wake only once the one before it had taken and released the lock.
+  absl::InlinedVector<Copier*, 4> woken;
   {
-    // Idle helpers only: when other runs have them all, this one goes on
-    // with fewer (or alone) rather than queue work that would start late.
     absl::MutexLock lock(&copy_mu_);
     const size_t helpers = std::min(idle_copiers_.size(), ops.size() - 1);
     for (size_t h = 0; h < helpers; ++h) {
       Copier* c = idle_copiers_.back();
       idle_copiers_.pop_back();
       c->job = [run, work] { work(*run); };
-      c->cv.Signal();
+      woken.push_back(c);
     }
   }
+  for (Copier* c : woken) c->cv.Signal();
   work(*run);
   {
     absl::MutexLock lock(&run->mu);
@@ -1173,6 +1180,9 @@ UcxStats UcxEngine::Stats() const {
   s.arena = memh_ == nullptr ? "" : allocated_ ? "allocated" : "registered";
   s.calls_made = calls_made_.load();
   s.calls_served = calls_served_.load();
+  s.copy_helpers = copiers_.size();
+  absl::MutexLock copy_lock(&copy_mu_);
+  s.idle_copy_helpers = idle_copiers_.size();
   return s;
 }
 

@@ -107,8 +107,10 @@ struct UcxStats {
   // How this node's arena is reachable: "allocated" (UCX's memory,
   // AllocateArena), "registered" (MapArena) or "" (neither yet).
   std::string arena;
-  uint64_t calls_made = 0;    // Calls that got a reply
-  uint64_t calls_served = 0;  // calls this engine's handler answered
+  uint64_t calls_made = 0;         // Calls that got a reply
+  uint64_t calls_served = 0;       // calls this engine's handler answered
+  uint64_t copy_helpers = 0;       // UcxOptions::copy_threads as started
+  uint64_t idle_copy_helpers = 0;  // of those: waiting for a run now
 };
 
 class UcxEngine;
@@ -388,7 +390,7 @@ class UcxEngine {
   // Copy helpers (UcxOptions::copy_threads). A run wakes the helpers that
   // went idle last (their cores are the likeliest to be awake and their
   // caches warm); helpers that no run needs stay asleep.
-  absl::Mutex copy_mu_;
+  mutable absl::Mutex copy_mu_;
   std::vector<Copier*> idle_copiers_ ABSL_GUARDED_BY(copy_mu_);  // the latest last
   bool copy_stop_ ABSL_GUARDED_BY(copy_mu_) = false;
   std::vector<std::unique_ptr<Copier>> copiers_;  // fixed once Init returns

@@ -5,6 +5,7 @@
 // with active messages) and with arenas UCX allocated, as kvtierd's are
 // (the reader maps the holder's arena and copies out of it).
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -387,8 +388,14 @@ TEST_P(TransferTest, ALongRunFromAMappedArenaIsCopiedIntoTheRightPlaces) {
   std::set<std::thread::id> copiers;  // the threads that copied
   // With a helper (UcxOptions' default: min(3, hardware threads - 1)), the
   // first copy waits for a second thread to start one: a helper was woken
-  // and took part of the run.
-  const bool helpers = std::thread::hardware_concurrency() > 1;
+  // and took part of the run. A run takes idle helpers only, so the test
+  // first waits for them to be parked.
+  const bool helpers = b->ucx->Stats().copy_helpers > 0;
+  const absl::Time parked_by = absl::Now() + absl::Seconds(5);
+  while (b->ucx->Stats().idle_copy_helpers < b->ucx->Stats().copy_helpers &&
+         absl::Now() < parked_by) {
+    absl::SleepFor(absl::Milliseconds(1));
+  }
   const std::thread::id caller = std::this_thread::get_id();
   const absl::Status s = b->ucx->GetMany(
       **peer, absl::MakeSpan(ops), absl::Now() + absl::Seconds(10),
@@ -1045,6 +1052,14 @@ TEST_P(TransferTest, AHolderIsWatchedOnlyWhileItsPidNamesIt) {
   const uint64_t start = UcxEngine::ProcessStartTime(getpid());
   ASSERT_NE(start, 0u);
   EXPECT_EQ(UcxEngine::ProcessStartTime(-1), 0u);
+  {
+    // A process name with spaces and parentheses does not shift the fields.
+    char name[17] = {};
+    ASSERT_EQ(prctl(PR_GET_NAME, name), 0);
+    ASSERT_EQ(prctl(PR_SET_NAME, "a) b (c"), 0);
+    EXPECT_EQ(UcxEngine::ProcessStartTime(getpid()), start);
+    ASSERT_EQ(prctl(PR_SET_NAME, name), 0);
+  }
   const uint64_t pid_ns = UcxEngine::PidNamespace();
   const auto pid = static_cast<uint32_t>(getpid());
   // A start time other than the process's own: the holder exited and its
