@@ -1236,6 +1236,76 @@ TEST_P(TransferTest, ConcurrentFetchesMergeTheirPinsAndEachGetsItsOwnChunk) {
   a->ucx->SetCallHandler(nullptr);
 }
 
+TEST_P(TransferTest, AFetchQueuedBehindAStuckPinGivesUpAtItsOwnDeadline) {
+  // Pins go as merged UCX calls. The reader's only progress thread is held
+  // in a slow call handler, so the first fetch's pin cannot be sent; a
+  // second fetch, queued behind that pin, gives up at its own deadline
+  // instead of waiting for the first to come back.
+  const bool calls = std::string(GetParam().tls) == "tcp" || Mapped();
+  if (!calls) GTEST_SKIP() << "pins go over gRPC here, which needs no progress thread";
+  auto a = Node::Start("node-a", 101);
+  auto b = Node::Start("node-b", 102);
+  Namespace ns = *Namespace::Create(SmallModel());
+  std::vector<ChunkRef> refs;
+  for (int i = 0; i < 3; ++i) refs.push_back(SaveChain(*a, ns, 1, 300 + i)[0]);
+  PeerClients clients("");
+  StaticPeerSource source({a->address}, "node-b", &clients);
+  RemoteReaderOptions ro;
+  ro.merge_ucx_pins = true;
+  ro.transfer_timeout = absl::Milliseconds(500);
+  auto reader = ReaderOf(*b, &source, &clients, ro);
+  ASSERT_NE(reader, nullptr);
+  for (const ChunkRef& r : refs) {
+    const BlockKey k[] = {r.key};
+    ASSERT_EQ(reader->Locate(ns, k, 0).size(), 1u);
+  }
+  ASSERT_TRUE(reader->Fetch(ns, refs[0].key).ok());  // the endpoint is up
+  // Node a calls node b, whose handler holds b's progress thread.
+  absl::Notification in_handler;
+  b->ucx->SetCallHandler([&](absl::string_view) {
+    in_handler.Notify();
+    absl::SleepFor(absl::Seconds(3));
+    return std::string("done");
+  });
+  std::shared_ptr<UcxPeer> to_b = ConnectTo(*a, *b);
+  ASSERT_NE(to_b, nullptr);
+  std::thread holder_call(
+      [&] { (void)a->ucx->Call(*to_b, "hold", absl::Now() + absl::Seconds(20)); });
+  in_handler.WaitForNotification();
+  absl::Status first, second;
+  absl::Time second_done;
+  std::thread leader([&] { first = reader->Fetch(ns, refs[1].key); });
+  absl::SleepFor(absl::Milliseconds(150));  // the leader's pin is in flight
+  const absl::Time second_start = absl::Now();
+  std::thread waiter([&] {
+    second = reader->Fetch(ns, refs[2].key);
+    second_done = absl::Now();
+  });
+  waiter.join();
+  leader.join();
+  holder_call.join();
+  EXPECT_THAT(second, StatusIs(absl::StatusCode::kUnavailable));
+  EXPECT_THAT(std::string(second.message()), HasSubstr("waited past the deadline"));
+  EXPECT_LT(second_done - second_start, absl::Seconds(2));  // not when the leader came back
+  EXPECT_FALSE(first.ok());
+  EXPECT_EQ(reader->Stats().merged_pins, 0u);
+  EXPECT_FALSE(b->cache->Pin(ns, refs[1].key).ok());
+  EXPECT_FALSE(b->cache->Pin(ns, refs[2].key).ok());
+  EXPECT_EQ(a->peer->Stats().pin_requests, 1u);  // the first Fetch's only
+  // With the thread free again, the same chunks are read.
+  b->ucx->SetCallHandler(nullptr);
+  for (int i : {2, 1}) {
+    const BlockKey k[] = {refs[i].key};
+    ASSERT_EQ(reader->Locate(ns, k, 0).size(), 1u) << i;
+    EXPECT_TRUE(reader->Fetch(ns, refs[i].key).ok()) << i;
+  }
+  const absl::Time until = absl::Now() + absl::Seconds(5);
+  while (a->peer->Stats().leases_held > 0 && absl::Now() < until) {
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  EXPECT_EQ(a->peer->Stats().leases_held, 0u);
+}
+
 TEST_P(TransferTest, EveryHeldPinsPastAMissingChunk) {
   auto a = Node::Start("node-a", 91);
   Namespace ns = *Namespace::Create(SmallModel());
