@@ -39,6 +39,23 @@ absl::Status UcxError(absl::string_view what, ucs_status_t s) {
   return absl::UnavailableError(absl::StrCat(what, ": ", ucs_status_string(s)));
 }
 
+// Why nothing is sent to a peer whose endpoint was closed here (`closed`)
+// or failed.
+absl::Status PeerGone(bool closed) {
+  return absl::UnavailableError(closed ? "ucx: the peer's endpoint is closed"
+                                       : "ucx: the peer's endpoint has failed");
+}
+
+// OutOfRange when `op` reaches past a remote arena of `remote_bytes`.
+absl::Status CheckRange(const UcxEngine::GetOp& op, uint64_t remote_bytes) {
+  if (op.remote_offset > remote_bytes || op.dst.size() > remote_bytes - op.remote_offset) {
+    return absl::OutOfRangeError(absl::StrCat("remote range [", op.remote_offset, ", +",
+                                              op.dst.size(), ") is outside the peer's arena of ",
+                                              remote_bytes, " bytes"));
+  }
+  return absl::OkStatus();
+}
+
 // Active message ids of calls (UcxEngine::Call) and their replies.
 constexpr unsigned kCallRequestAm = 11;
 constexpr unsigned kCallReplyAm = 12;
@@ -654,8 +671,7 @@ void UcxEngine::PostCall(UcxPeer& peer, uint64_t call_id, std::string request) {
       if (pc->abandoned) {
         // Given up on: not sent, refused without an error of its own.
       } else if (peer.closed_ || peer.failed()) {
-        refused = absl::UnavailableError(peer.closed_ ? "ucx: the peer's endpoint is closed"
-                                                      : "ucx: the peer's endpoint has failed");
+        refused = PeerGone(peer.closed_);
       } else {
         pc->send = PendingCall::Send::kSending;
         send = true;
@@ -902,15 +918,11 @@ void UcxEngine::CopyOne(UcxPeer& peer, GetOp& op, size_t i, absl::Time deadline,
   // Shared: copies of several callers and helpers run together; Close
   // (exclusive) waits for them before it unmaps.
   absl::ReaderMutexLock lock(&peer.close_mu_);
-  if (op.remote_offset > peer.remote_bytes_ ||
-      op.dst.size() > peer.remote_bytes_ - op.remote_offset) {
-    op.status = absl::OutOfRangeError(
-        absl::StrCat("remote range [", op.remote_offset, ", +", op.dst.size(),
-                     ") is outside the peer's arena of ", peer.remote_bytes_, " bytes"));
-  } else if (peer.closed_ || peer.failed()) {
+  op.status = CheckRange(op, peer.remote_bytes_);
+  if (!op.status.ok()) return;
+  if (peer.closed_ || peer.failed()) {
     get_failures_.fetch_add(1);
-    op.status = absl::UnavailableError(peer.closed_ ? "ucx: the peer's endpoint is closed"
-                                                    : "ucx: the peer's endpoint has failed");
+    op.status = PeerGone(peer.closed_);
   } else if (absl::Now() >= deadline) {
     get_failures_.fetch_add(1);
     op.status = absl::DeadlineExceededError("ucx: the read did not start by its deadline");
@@ -1014,11 +1026,8 @@ absl::Status UcxEngine::GetMany(UcxPeer& peer, absl::Span<GetOp> ops, absl::Time
   for (size_t i = 0; i < ops.size(); ++i) {
     GetOp& op = ops[i];
     // remote_bytes_ is set once by Connect.
-    if (op.remote_offset > peer.remote_bytes_ ||
-        op.dst.size() > peer.remote_bytes_ - op.remote_offset) {
-      op.status = absl::OutOfRangeError(
-          absl::StrCat("remote range [", op.remote_offset, ", +", op.dst.size(),
-                       ") is outside the peer's arena of ", peer.remote_bytes_, " bytes"));
+    op.status = CheckRange(op, peer.remote_bytes_);
+    if (!op.status.ok()) {
       settled_now.push_back(i);
       continue;
     }
@@ -1054,9 +1063,7 @@ absl::Status UcxEngine::GetMany(UcxPeer& peer, absl::Span<GetOp> ops, absl::Time
         op.status = absl::DeadlineExceededError("ucx: the get was not posted by its deadline");
       } else if (slot.peer_gone) {
         get_failures_.fetch_add(1);
-        op.status = absl::UnavailableError(slot.status == UCS_ERR_CANCELED
-                                               ? "ucx: the peer's endpoint is closed"
-                                               : "ucx: the peer's endpoint has failed");
+        op.status = PeerGone(slot.status == UCS_ERR_CANCELED);
       } else {
         get_failures_.fetch_add(1);
         peer.failed_.store(true);

@@ -134,6 +134,9 @@ class TransferTest : public ::testing::TestWithParam<Mode> {
   }
   // Whether readers map the holder's arena (UCX shared memory).
   bool Mapped() const { return GetParam().ucx_arena; }
+  // Whether a reader's pins go as UCX calls: over TCP (UCX reports peer
+  // failures) and to a mapped holder (its process is watched).
+  bool PinsGoAsCalls() const { return std::string(GetParam().tls) == "tcp" || Mapped(); }
 
   // Saves a chain of `chunks` chunks on `node`; returns its refs.
   std::vector<ChunkRef> SaveChain(Node& node, const Namespace& ns, size_t chunks, uint32_t seed) {
@@ -240,7 +243,7 @@ TEST_P(TransferTest, ReaderFindsAndPullsChunksByteIdentical) {
   // the no-op one) over TCP and to a holder whose arena is mapped here (its
   // process is watched); over gRPC to a shared-memory holder with a memfd
   // arena (no failure detection).
-  const bool calls = std::string(GetParam().tls) == "tcp" || Mapped();
+  const bool calls = PinsGoAsCalls();
   EXPECT_EQ(rs.ucx_pins, calls ? 5u : 0u);
   EXPECT_THAT(text, HasSubstr(absl::StrCat("kvtier_remote_ucx_pins_total ", rs.ucx_pins)));
   EXPECT_THAT(text, HasSubstr("kvtier_remote_merged_pins_total 0"));
@@ -1082,7 +1085,7 @@ TEST_P(TransferTest, AHolderIsWatchedOnlyWhileItsPidNamesIt) {
 }
 
 TEST_P(TransferTest, PinsGoAsUcxCallsOnlyWithTheHellosSecret) {
-  const bool calls = std::string(GetParam().tls) == "tcp" || Mapped();
+  const bool calls = PinsGoAsCalls();
   auto a = Node::Start("node-a", 71, "peer-token-71");
   auto b = Node::Start("node-b", 72);
   Namespace ns = *Namespace::Create(SmallModel());
@@ -1166,7 +1169,7 @@ TEST_P(TransferTest, ConcurrentFetchesMergeTheirPinsAndEachGetsItsOwnChunk) {
   // merge_ucx_pins), and the holder's first call is held back so that the
   // other fetches queue behind it. Shared memory with a memfd arena: pins go
   // over gRPC (merged by default) as they come.
-  const bool calls = std::string(GetParam().tls) == "tcp" || Mapped();
+  const bool calls = PinsGoAsCalls();
   auto a = Node::Start("node-a", 81);
   auto b = Node::Start("node-b", 82);
   Namespace ns = *Namespace::Create(SmallModel());
@@ -1241,7 +1244,7 @@ TEST_P(TransferTest, AFetchQueuedBehindAStuckPinGivesUpAtItsOwnDeadline) {
   // in a slow call handler, so the first fetch's pin cannot be sent; a
   // second fetch, queued behind that pin, gives up at its own deadline
   // instead of waiting for the first to come back.
-  const bool calls = std::string(GetParam().tls) == "tcp" || Mapped();
+  const bool calls = PinsGoAsCalls();
   if (!calls) GTEST_SKIP() << "pins go over gRPC here, which needs no progress thread";
   auto a = Node::Start("node-a", 101);
   auto b = Node::Start("node-b", 102);
