@@ -31,7 +31,7 @@ struct OwnerBox {
 };
 void DropOwner(void* box) { delete static_cast<OwnerBox*>(box); }
 
-grpc::Status Encode(std::string header, absl::Span<const std::byte> data,
+grpc::Status Encode(const std::string& header, absl::Span<const std::byte> data,
                     const std::shared_ptr<const void>& owner, grpc::ByteBuffer* out) {
   grpc::Slice slices[2];
   size_t n = 0;
@@ -118,6 +118,10 @@ class Reader {
   bool ok_ = false;
 };
 
+// Field numbers start at 1 and a tag fits 32 bits, as protobuf's parser
+// requires.
+bool ValidTag(uint64_t tag) { return (tag >> 3) != 0 && tag <= UINT32_MAX; }
+
 grpc::Status Malformed(const char* what) {
   return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
                       std::string("malformed ") + what + " message");
@@ -166,7 +170,7 @@ grpc::Status SerializeFrame(const LoadFrame& frame, grpc::ByteBuffer* out) {
     header.push_back(static_cast<char>(kTag2));
     PutVarint(header, frame.data.size());
   }
-  return Encode(std::move(header), frame.data, frame.data_owner, out);
+  return Encode(header, frame.data, frame.data_owner, out);
 }
 
 grpc::Status SerializeFrame(const SaveFrame& frame, grpc::ByteBuffer* out) {
@@ -177,7 +181,7 @@ grpc::Status SerializeFrame(const SaveFrame& frame, grpc::ByteBuffer* out) {
     header.push_back(static_cast<char>(kTag3));
     PutVarint(header, frame.data.size());
   }
-  return Encode(std::move(header), frame.data, nullptr, out);
+  return Encode(header, frame.data, nullptr, out);
 }
 
 grpc::Status DeserializeFrame(grpc::ByteBuffer* in, LoadFrame* frame) {
@@ -192,7 +196,7 @@ grpc::Status DeserializeFrame(grpc::ByteBuffer* in, LoadFrame* frame) {
   std::string bytes;
   while (!r.AtEnd()) {
     uint64_t tag, len;
-    if (!r.Varint(&tag)) return Malformed("LoadResponse");
+    if (!r.Varint(&tag) || !ValidTag(tag)) return Malformed("LoadResponse");
     if (tag == kTag1) {
       if (!r.Varint(&len) || !r.String(len, &bytes) || !frame->chunk.MergeFromString(bytes)) {
         return Malformed("LoadResponse");
@@ -224,7 +228,7 @@ grpc::Status DeserializeFrame(grpc::ByteBuffer* in, SaveFrame* frame) {
   std::string bytes;
   while (!r.AtEnd()) {
     uint64_t tag, len;
-    if (!r.Varint(&tag)) return Malformed("SaveRequest");
+    if (!r.Varint(&tag) || !ValidTag(tag)) return Malformed("SaveRequest");
     if (tag == kTag1 || tag == kTag2) {
       if (!r.Varint(&len) || !r.String(len, &bytes)) return Malformed("SaveRequest");
       const bool ok =

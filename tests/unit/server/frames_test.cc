@@ -4,8 +4,11 @@
 #include <string>
 #include <vector>
 
+#include "google/protobuf/stubs/logging.h"
+#include "google/protobuf/unknown_field_set.h"
 #include "gtest/gtest.h"
 #include "kvtier/v1/cache.pb.h"
+#include "tests/testing/mutate.h"
 
 namespace kvtier::wire {
 namespace {
@@ -161,6 +164,106 @@ void ExpectDeserializeReleasesTheBuffer() {
 TEST(Frames, DeserializeReleasesTheReceivedBuffer) {
   ExpectDeserializeReleasesTheBuffer<SaveFrame, v1::SaveRequest>();
   ExpectDeserializeReleasesTheBuffer<LoadFrame, v1::LoadResponse>();
+}
+
+// A ByteBuffer of `bytes` cut at random places.
+grpc::ByteBuffer SplitRandomly(const std::string& bytes, testing::Mutator& m) {
+  std::vector<grpc::Slice> slices;
+  for (size_t i = 0; i < bytes.size();) {
+    const size_t piece = 1 + m.Below(bytes.size() - i);
+    slices.emplace_back(bytes.substr(i, piece));
+    i += piece;
+  }
+  return grpc::ByteBuffer(slices.data(), slices.size());
+}
+
+// Whether protobuf kept a group among the message's own unknown fields.
+bool HasTopLevelGroup(const google::protobuf::Message& m) {
+  const google::protobuf::UnknownFieldSet& u = m.GetReflection()->GetUnknownFields(m);
+  for (int i = 0; i < u.field_count(); ++i) {
+    if (u.field(i).type() == google::protobuf::UnknownField::TYPE_GROUP) return true;
+  }
+  return false;
+}
+
+std::string Received(const ReceivedBytes& r) {
+  std::string out(r.size(), '\0');
+  r.CopyTo(reinterpret_cast<std::byte*>(out.data()));
+  return out;
+}
+
+// Damaged encodings decode exactly as protobuf's generated parser decodes
+// them, or fail; they never decode to something else. The only inputs the
+// frame decoder may refuse that protobuf takes are groups (wire types 3 and
+// 4), which no kvtier message uses.
+TEST(Frames, DamagedBytesDecodeAsProtobufDoesOrFail) {
+  std::vector<std::string> save_seeds, load_seeds;
+  {
+    v1::SaveRequest m;
+    m.mutable_namespace_()->set_model_id("llama");
+    m.mutable_namespace_()->set_cache_salt("tenant-a");
+    m.mutable_chunk()->set_key(std::string(16, 'k'));
+    m.mutable_chunk()->set_num_tokens(256);
+    m.set_data(std::string(300, 'd'));
+    save_seeds.push_back(m.SerializeAsString());
+    m.clear_namespace_();
+    save_seeds.push_back(m.SerializeAsString() + std::string("\xa0\x06\x2a", 3));
+    m.clear_data();
+    save_seeds.push_back(m.SerializeAsString());
+  }
+  {
+    v1::LoadResponse m;
+    m.mutable_chunk()->set_key(std::string(16, 'k'));
+    m.mutable_chunk()->set_code(5);
+    m.mutable_chunk()->set_message("not cached");
+    m.mutable_chunk()->set_payload_bytes(300);
+    m.set_data(std::string(300, 'd'));
+    load_seeds.push_back(m.SerializeAsString());
+    m.clear_data();
+    load_seeds.push_back(m.SerializeAsString());
+  }
+  google::protobuf::LogSilencer quiet;  // protobuf logs each refusal
+  testing::Mutator m(20261126);
+  int both_ok = 0, both_failed = 0;
+  for (int i = 0; i < 20000; ++i) {
+    const bool save = (i & 1) == 0;
+    const std::vector<std::string>& seeds = save ? save_seeds : load_seeds;
+    const std::string bytes = m.Mutate(seeds[m.Below(seeds.size())]);
+    grpc::ByteBuffer bb = SplitRandomly(bytes, m);
+    bool ours_ok, theirs_ok, group = false;
+    if (save) {
+      SaveFrame f;
+      ours_ok = DeserializeFrame(&bb, &f).ok();
+      v1::SaveRequest ref;
+      theirs_ok = ref.ParseFromString(bytes);
+      group = HasTopLevelGroup(ref);
+      if (ours_ok && theirs_ok) {
+        EXPECT_EQ(f.has_namespace, ref.has_namespace_()) << "iteration " << i;
+        EXPECT_EQ(f.ns.SerializeAsString(), ref.namespace_().SerializeAsString()) << i;
+        EXPECT_EQ(f.has_chunk, ref.has_chunk()) << "iteration " << i;
+        EXPECT_EQ(f.chunk.SerializeAsString(), ref.chunk().SerializeAsString()) << i;
+        EXPECT_EQ(Received(f.received), ref.data()) << "iteration " << i;
+      }
+    } else {
+      LoadFrame f;
+      ours_ok = DeserializeFrame(&bb, &f).ok();
+      v1::LoadResponse ref;
+      theirs_ok = ref.ParseFromString(bytes);
+      group = HasTopLevelGroup(ref);
+      if (ours_ok && theirs_ok) {
+        EXPECT_EQ(f.has_chunk, ref.has_chunk()) << "iteration " << i;
+        EXPECT_EQ(f.chunk.SerializeAsString(), ref.chunk().SerializeAsString()) << i;
+        EXPECT_EQ(Received(f.received), ref.data()) << "iteration " << i;
+      }
+    }
+    EXPECT_FALSE(ours_ok && !theirs_ok) << "accepted what protobuf refuses, iteration " << i;
+    EXPECT_FALSE(!ours_ok && theirs_ok && !group) << "refused what protobuf takes, iteration " << i;
+    both_ok += ours_ok && theirs_ok;
+    both_failed += !ours_ok && !theirs_ok;
+  }
+  // Both outcomes are exercised, not one of them.
+  EXPECT_GT(both_ok, 2000);
+  EXPECT_GT(both_failed, 2000);
 }
 
 }  // namespace
