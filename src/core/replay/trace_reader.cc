@@ -305,6 +305,7 @@ class LineParser {
       pos_ = start;
       return Syntax("expected a value");
     }
+    if (Consume('0') && AtDigit()) return Syntax("leading zero in a number");
     while (AtDigit()) ++pos_;
     if (Consume('.')) {
       if (!AtDigit()) return Syntax("expected digits after '.'");

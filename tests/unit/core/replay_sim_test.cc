@@ -10,10 +10,12 @@
 #include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
 #include "src/core/eviction.h"
 #include "src/core/eviction_policies.h"
 #include "src/core/replay/sim.h"
 #include "src/core/replay/trace_reader.h"
+#include "tests/testing/mutate.h"
 #include "tests/testing/status_matchers.h"
 
 namespace kvtier::replay {
@@ -400,9 +402,45 @@ INSTANTIATE_TEST_SUITE_P(
         BadLine{"UnterminatedString", R"({"timestamp": 0, "note": "open)", "unterminated string"},
         BadLine{"UnknownEscape", R"({"timestamp": 0, "note": "\x"})", "unknown escape"},
         BadLine{"LeadingZero", R"({"timestamp": 01})", "field 'timestamp': leading zero"},
+        BadLine{"LeadingZeroSkipped", R"({"note": [-01.5]})", "leading zero in a number"},
         BadLine{"BadLiteral", R"({"note": tru})", "expected a value"},
         BadLine{"EmptyLine", "", "expected '{'"}),
     [](const ::testing::TestParamInfo<BadLine>& info) { return std::string(info.param.name); });
+
+// Damaged lines either fail or parse to exactly what a general JSON parser
+// reads from them; the purpose-built parser never returns other numbers.
+TEST(TraceReader, DamagedLinesFailOrParseAsJsonSays) {
+  const std::string seed =
+      R"({"timestamp": 1500, "input_length": 1100, "output_length": 12, "hash_ids": [7, 8, 90],)"
+      R"( "note": {"a": [1, "x", true, null, -2.5e3]}})";
+  testing::Mutator m(315);
+  int parsed = 0, failed = 0;
+  for (int i = 0; i < 20000; ++i) {
+    const std::string line = m.Mutate(seed);
+    absl::StatusOr<TraceRequest> r = ParseTraceLine(line, 1, TraceOptions{.block_tokens = 0});
+    if (!r.ok()) {
+      ++failed;
+      EXPECT_THAT(r.status(), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("line 1")))
+          << "iteration " << i;
+      continue;
+    }
+    ++parsed;
+    // The trace parser skips unknown keys and values without checking their
+    // UTF-8; so that the JSON parser takes them, non-ASCII bytes (which only
+    // a string can hold) are made ASCII.
+    std::string ascii = line;
+    for (char& c : ascii) c = static_cast<unsigned char>(c) >= 0x80 ? '?' : c;
+    const nlohmann::json j = nlohmann::json::parse(ascii, nullptr, /*allow_exceptions=*/false);
+    ASSERT_TRUE(j.is_object()) << "iteration " << i << ": " << line;
+    ASSERT_TRUE(j["timestamp"].is_number_integer()) << "iteration " << i << ": " << line;
+    EXPECT_EQ(j["timestamp"].get<int64_t>(), r->timestamp_ms) << "iteration " << i;
+    EXPECT_EQ(j["input_length"].get<uint64_t>(), r->input_length) << "iteration " << i;
+    EXPECT_EQ(j["output_length"].get<uint64_t>(), r->output_length) << "iteration " << i;
+    EXPECT_EQ(j["hash_ids"].get<std::vector<uint64_t>>(), r->hash_ids) << "iteration " << i;
+  }
+  EXPECT_GT(parsed, 100);
+  EXPECT_GT(failed, 10000);
+}
 
 TEST(TraceReader, BlockCountCheckCanBeTurnedOff) {
   TraceOptions o;
