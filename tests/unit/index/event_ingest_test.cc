@@ -11,6 +11,7 @@
 #include "kvtier/v1/events.pb.h"
 #include "src/index/event_publisher.h"
 #include "src/server/wire.h"
+#include "tests/testing/mutate.h"
 #include "tests/testing/status_matchers.h"
 
 namespace kvtier::index {
@@ -192,6 +193,74 @@ TEST_F(EventIngestTest, VllmMalformedIsCounted) {
                                           1)),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("block_hashes[0]")));
   EXPECT_EQ(ingest_->Counters().malformed, 3u);
+}
+
+// Damaged vLLM batches that would remove a stored chain: each one either
+// decodes (and may change the index) or fails, is counted, and leaves the
+// chain exactly as it was.
+TEST_F(EventIngestTest, VllmDamagedBatchesFailWithoutChangingAnything) {
+  ASSERT_OK_AND_ASSIGN(uint32_t v, index_->NodeIndex("vllm-a", NodeSource::kVllm));
+  const uint64_t ns = VllmNamespaceId();
+  const std::vector<int64_t> hashes = {101, 102, 103, 104};
+  std::vector<BlockKey> chain;
+  chain.reserve(hashes.size());
+  for (int64_t h : hashes) chain.push_back(VllmKey(ns, VllmIntHashBytes(h)));
+  const std::string store = VllmBatch(
+      [&](auto& pk) {
+        pk.pack_array(7);
+        pk.pack(std::string("BlockStored"));
+        pk.pack(hashes);
+        pk.pack_nil();
+        pk.pack(std::vector<int>{1, 2, 3});
+        pk.pack(16);
+        pk.pack_nil();
+        pk.pack(std::string("CPU"));
+      },
+      1);
+  const std::vector<std::string> seeds = {
+      VllmBatch(
+          [&](auto& pk) {
+            pk.pack_array(3);
+            pk.pack(std::string("BlockRemoved"));
+            pk.pack(hashes);
+            pk.pack(std::string("CPU"));
+          },
+          1),
+      VllmBatch(
+          [&](auto& pk) {
+            pk.pack_array(5);
+            pk.pack(std::string("BlockStored"));
+            pk.pack(std::vector<int64_t>{7, 8});
+            pk.pack(int64_t{104});
+            pk.pack(std::vector<int>{});
+            pk.pack(16);
+            pk.pack_array(2);
+            pk.pack(std::string("BlockRemoved"));
+            pk.pack(std::vector<int64_t>{102});
+            pk.pack_array(1);
+            pk.pack(std::string("AllBlocksCleared"));
+          },
+          3),
+  };
+  testing::Mutator m(77);
+  int failed = 0, applied = 0;
+  for (int i = 0; i < 4000; ++i) {
+    ASSERT_OK(ingest_->ApplyVllmBatch(v, ns, store));
+    const uint64_t malformed = ingest_->Counters().malformed;
+    const std::string bad = m.Mutate(seeds[m.Below(seeds.size())]);
+    if (ingest_->ApplyVllmBatch(v, ns, bad).ok()) {
+      ++applied;
+      continue;
+    }
+    ++failed;
+    EXPECT_EQ(ingest_->Counters().malformed, malformed + 1) << "iteration " << i;
+    std::vector<NodeMatchResult> r = index_->Lookup(ns, chain, {}, absl::Now());
+    ASSERT_EQ(r.size(), 1u) << "iteration " << i;
+    EXPECT_EQ(r[0].matched, chain.size()) << "iteration " << i;
+    EXPECT_EQ(r[0].tier_counts[static_cast<int>(Tier::kDram)], chain.size()) << "iteration " << i;
+  }
+  EXPECT_GT(failed, 1000);
+  EXPECT_GT(applied, 100);
 }
 
 TEST(VllmKeys, IntHashesAreBigEndianAndNamespaced) {

@@ -4,10 +4,13 @@
 // functions of shm_protocol.h.
 #include <sys/socket.h>
 #include <sys/syscall.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <atomic>
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <string>
 #include <vector>
@@ -21,6 +24,7 @@
 #include "src/server/config.h"
 #include "src/server/shm_protocol.h"
 #include "src/server/shm_server.h"
+#include "tests/testing/mutate.h"
 #include "tests/testing/status_matchers.h"
 
 namespace kvtier::server {
@@ -185,6 +189,57 @@ TEST_F(ShmSessionTest, StopEndsOpenSessions) {
   }
   close(g.session_fd);
   EXPECT_FALSE(std::filesystem::exists(path()));
+}
+
+// Little-endian bytes of `v`.
+std::string Le(uint64_t v, int n) {
+  std::string out;
+  for (int i = 0; i < n; ++i) out.push_back(static_cast<char>(v >> (8 * i)));
+  return out;
+}
+
+// Damaged handshakes and control frames, each on its own connection that the
+// client then half-closes: the server answers or drops each one and goes on
+// serving; a well-formed client afterwards gets its arena and its calls.
+TEST_F(ShmSessionTest, DamagedRequestsAreDroppedAndTheServerServesOn) {
+  Start();
+  const std::string token = kAdmin;
+  const std::string handshake = std::string(shm::kSessionMagic, 8) + Le(token.size(), 4) + token;
+  const std::string frame = Le(5, 4) + std::string(1, 1) + std::string(1, 0) + "hello";
+  const std::string seed = handshake + frame + frame;
+  testing::Mutator m(4242);
+  for (int i = 0; i < 300; ++i) {
+    const std::string bytes = m.Mutate(seed);
+    const int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    ASSERT_GE(fd, 0);
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    std::snprintf(addr.sun_path, sizeof(addr.sun_path), "%s", path().c_str());
+    ASSERT_EQ(connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0) << i;
+    timeval tv{10, 0};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    // The server may drop the connection before reading everything.
+    (void)send(fd, bytes.data(), bytes.size(), MSG_NOSIGNAL);
+    shutdown(fd, SHUT_WR);
+    char buf[4096];
+    ssize_t n;
+    while ((n = recv(fd, buf, sizeof(buf), 0)) > 0) {
+    }
+    // Closed, or reset when the server left bytes unread.
+    EXPECT_TRUE(n == 0 || errno == ECONNRESET) << "iteration " << i << ": " << std::strerror(errno);
+    close(fd);
+  }
+  // Some damage left the handshake intact and reached the frames.
+  EXPECT_GT(calls_.load(), 20);
+  // Every damaged session has ended.
+  for (int i = 0; i < 500 && server_->sessions() != 0; ++i) absl::SleepFor(absl::Milliseconds(10));
+  EXPECT_EQ(server_->sessions(), 0u);
+  ASSERT_OK_AND_ASSIGN(shm::ArenaGrant g, Open(kAdmin));
+  close(g.fd);
+  ASSERT_OK_AND_ASSIGN(shm::ControlReply r, Call(g.session_fd, shm::ControlMethod::kPin, "ok"));
+  EXPECT_OK(r.status);
+  EXPECT_EQ(r.body, "admin:4:ok");
+  close(g.session_fd);
 }
 
 TEST_F(ShmSessionTest, DaemonWithoutSessionsSaysUnimplemented) {
