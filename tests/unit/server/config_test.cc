@@ -12,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/testing/mutate.h"
 #include "tests/testing/status_matchers.h"
 
 namespace kvtier::server {
@@ -148,6 +149,57 @@ log:
   EXPECT_EQ(c.log_level, "debug");
   EXPECT_OK(c.Validate());
   std::remove(token_file.c_str());
+}
+
+// Damaged configuration files: each is applied or refused with
+// InvalidArgument; no exception escapes and nothing else is returned.
+TEST(Yaml, DamagedFilesAreAppliedOrRefused) {
+  const std::string seed = R"(
+data_dir: /var/lib/kvtier
+listen:
+  unix_socket: /run/kvtier/k.sock
+  unix_socket_mode: "0600"
+  tcp: 127.0.0.1:7000
+  http: 127.0.0.1:9999
+dram:
+  capacity: 2GiB
+  slab: 32MiB
+  eviction_policy: 2q-chain
+auth:
+  admin_token: admin-token-0123456789
+  tenants:
+    - name: a
+      token: tenant-a-token-0123456789
+      cache_salts: [salt-a, ""]
+      model_ids: [m1]
+limits:
+  max_message_bytes: 256KiB
+  lease_seconds: 5
+log:
+  level: debug
+)";
+  testing::Mutator m(2611);
+  int applied = 0, refused = 0;
+  for (int i = 0; i < 3000; ++i) {
+    DaemonConfig c = Base();
+    const std::string text = m.Mutate(seed);
+    absl::Status s;
+    try {
+      s = ApplyYaml(text, c);
+    } catch (const std::exception& e) {
+      ADD_FAILURE() << "iteration " << i << " threw " << e.what() << " for:\n" << text;
+      continue;
+    }
+    if (s.ok()) {
+      ++applied;
+    } else {
+      ++refused;
+      EXPECT_THAT(s, StatusIs(kInvalid)) << "iteration " << i << ":\n" << text;
+      EXPECT_FALSE(s.message().empty()) << "iteration " << i;
+    }
+  }
+  EXPECT_GT(applied, 100);
+  EXPECT_GT(refused, 100);
 }
 
 TEST(Yaml, ErrorsNameTheKey) {
