@@ -91,7 +91,13 @@ struct VllmEvent {
 absl::StatusOr<std::vector<VllmEvent>> DecodeVllm(absl::string_view payload, uint64_t ns) {
   msgpack::object_handle oh;
   try {
-    oh = msgpack::unpack(payload.data(), payload.size());
+    // msgpack reserves an array's or map's elements when it reads the count,
+    // before their bytes: unbounded, five damaged bytes ask for gigabytes.
+    // Every element takes at least one byte of the payload, and a batch
+    // nests four deep.
+    const size_t n = payload.size();
+    oh = msgpack::unpack(payload.data(), n, nullptr, nullptr,
+                         msgpack::unpack_limit(n, n, n, n, n, /*depth=*/16));
   } catch (const std::exception& e) {
     return Invalid("payload", absl::StrCat("not msgpack: ", e.what()));
   }

@@ -192,7 +192,14 @@ TEST_F(EventIngestTest, VllmMalformedIsCounted) {
                                           },
                                           1)),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("block_hashes[0]")));
-  EXPECT_EQ(ingest_->Counters().malformed, 3u);
+  // A count the payload cannot hold is refused before anything is reserved
+  // (array32 of 2^31 elements, map32 of 2^31 pairs).
+  EXPECT_THAT(
+      ingest_->ApplyVllmBatch(v, 1, std::string("\x92\xcb\0\0\0\0\0\0\0\0\xdd\x80\0\0\0", 15)),
+      StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("size overflow")));
+  EXPECT_THAT(ingest_->ApplyVllmBatch(v, 1, std::string("\xdf\x80\0\0\0", 5)),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("size overflow")));
+  EXPECT_EQ(ingest_->Counters().malformed, 5u);
 }
 
 // Damaged vLLM batches that would remove a stored chain: each one either
