@@ -8,6 +8,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "src/core/hash.h"
+#include "tests/testing/mutate.h"
 #include "tests/testing/status_matchers.h"
 
 namespace kvtier {
@@ -66,6 +67,42 @@ TEST_P(ChunkFormatTest, EveryFlippedByteIsCaught) {
     EXPECT_FALSE(d.ok()) << "flip at byte " << i << " went unnoticed";
     EXPECT_THAT(d, StatusIs(absl::StatusCode::kDataLoss)) << "byte " << i;
   }
+}
+
+// Damage of every kind (flips, truncation, inserted, deleted and repeated
+// bytes, several at once): DecodeChunk either refuses the chunk as DataLoss
+// or returns exactly the original header and payload (the damage fell in the
+// slack after the chunk).
+TEST_P(ChunkFormatTest, DamagedChunksAreRefusedOrIntact) {
+  std::vector<std::byte> payload = RandomBytes(1000, 3);
+  ChunkHeader h = SampleHeader();
+  h.checksum_type = GetParam();
+  std::string encoded(kChunkHeaderBytes + payload.size() + 16, '\0');
+  ASSERT_OK(
+      EncodeChunk(h, payload,
+                  absl::MakeSpan(reinterpret_cast<std::byte*>(encoded.data()), encoded.size()))
+          .status());
+  testing::Mutator m(static_cast<uint64_t>(GetParam()));
+  int refused = 0, intact = 0;
+  for (int i = 0; i < 20000; ++i) {
+    const std::string bad = m.Mutate(encoded);
+    absl::StatusOr<DecodedChunk> d =
+        DecodeChunk(absl::MakeConstSpan(reinterpret_cast<const std::byte*>(bad.data()), bad.size()),
+                    ExpectFor(h));
+    if (!d.ok()) {
+      ++refused;
+      EXPECT_THAT(d, StatusIs(absl::StatusCode::kDataLoss)) << "iteration " << i;
+      continue;
+    }
+    ++intact;
+    EXPECT_EQ(d->header.payload_length, payload.size()) << "iteration " << i;
+    EXPECT_EQ(d->header.num_tokens, h.num_tokens) << "iteration " << i;
+    ASSERT_EQ(d->payload.size(), payload.size()) << "iteration " << i;
+    EXPECT_TRUE(std::equal(d->payload.begin(), d->payload.end(), payload.begin()))
+        << "iteration " << i;
+  }
+  EXPECT_GT(refused, 15000);
+  EXPECT_GT(intact, 20);
 }
 
 INSTANTIATE_TEST_SUITE_P(Checksums, ChunkFormatTest,

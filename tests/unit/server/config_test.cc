@@ -35,7 +35,7 @@ std::string TempFile(const std::string& contents) {
   absl::StatusOr<std::pair<std::string, int>> file = MakeTempFile("/tmp", "kvtier_config_test_");
   EXPECT_TRUE(file.ok()) << file.status();
   if (!file.ok()) return "";
-  const std::string path = file->first;
+  std::string path = file->first;
   const int fd = file->second;
   EXPECT_EQ(write(fd, contents.data(), contents.size()), static_cast<ssize_t>(contents.size()));
   close(fd);
