@@ -175,13 +175,7 @@ int RunBlobBench(Flags& flags) {
     std::fprintf(stderr, "kvtier bench blob: %s\n", tmp.status().ToString().c_str());
     return 1;
   }
-  struct Cleanup {
-    std::string dir;
-    ~Cleanup() {
-      std::error_code ec;
-      std::filesystem::remove_all(dir, ec);
-    }
-  } cleanup{*tmp};
+  RemoveOnExit cleanup(*tmp);
 
   const int64_t max_inflight = *std::max_element(inflights.begin(), inflights.end());
   std::vector<Row> rows;

@@ -197,13 +197,7 @@ int RunDaemonBench(Flags& flags) {
     return 1;
   }
   const std::string dir = *tmp_dir;
-  struct Cleanup {
-    std::string dir;
-    ~Cleanup() {
-      std::error_code ec;
-      std::filesystem::remove_all(dir, ec);
-    }
-  } cleanup{dir};
+  RemoveOnExit cleanup(dir);
   const std::string socket = dir + "/kvtierd.sock";
   const std::string token =
       absl::StrCat("bench-admin-", std::random_device()(), "-", std::random_device()(), "-token");

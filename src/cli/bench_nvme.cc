@@ -316,13 +316,7 @@ int RunNvmeBench(Flags& flags) {
     return 1;
   }
   const std::string dir = *tmp_dir;
-  struct Cleanup {
-    std::string d;
-    ~Cleanup() {
-      std::error_code ec;
-      std::filesystem::remove_all(d, ec);
-    }
-  } cleanup{dir};
+  RemoveOnExit cleanup(dir);
   const std::string tier_dir = dir + "/tier";
   const std::string fio_file = dir + "/fio.dat";
   std::filesystem::create_directory(tier_dir);

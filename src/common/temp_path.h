@@ -7,7 +7,9 @@
 
 #include <cerrno>
 #include <cstring>
+#include <filesystem>
 #include <string>
+#include <system_error>
 #include <utility>
 
 #include "absl/status/status.h"
@@ -43,6 +45,22 @@ inline absl::StatusOr<std::pair<std::string, int>> MakeTempFile(const std::strin
   }
   return std::make_pair(path, fd);
 }
+
+// Removes `path` and everything under it when it goes out of scope (errors
+// ignored), so a command that returns early leaves nothing behind.
+class RemoveOnExit {
+ public:
+  explicit RemoveOnExit(std::string path) : path_(std::move(path)) {}
+  ~RemoveOnExit() {
+    std::error_code ec;
+    std::filesystem::remove_all(path_, ec);
+  }
+  RemoveOnExit(const RemoveOnExit&) = delete;
+  RemoveOnExit& operator=(const RemoveOnExit&) = delete;
+
+ private:
+  std::string path_;
+};
 
 }  // namespace kvtier
 
