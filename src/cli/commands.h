@@ -12,6 +12,7 @@ int RunLookup(const std::vector<std::string>& args);  // kvtier lookup
 int RunPut(const std::vector<std::string>& args);     // kvtier put FILE
 int RunGet(const std::vector<std::string>& args);     // kvtier get NAME OUT
 int RunEvict(const std::vector<std::string>& args);   // kvtier evict
+int RunSoak(const std::vector<std::string>& args);    // kvtier soak (starts its own kvtierd)
 
 }  // namespace kvtier::cli
 

@@ -2,6 +2,7 @@
 //
 //   kvtier demo [flags]          run the embedded cache over a multi-turn chat
 //   kvtier bench SUITE [--json]  benchmarks beside their references
+//   kvtier soak [flags]          kvtierd under a checked workload for a while
 //   kvtier version
 #include <cstdio>
 #include <string>
@@ -26,6 +27,7 @@ void PrintUsage() {
       "  put      store a file in kvtierd (kvtier put FILE)\n"
       "  get      read a stored file back (kvtier get NAME OUT)\n"
       "  evict    remove chunks from kvtierd (admin token)\n"
+      "  soak     run a kvtierd of its own under a checked mixed workload for a while\n"
       "  version  print the version\n\n"
       "`kvtier COMMAND --help` describes a command's flags.\n");
 }
@@ -49,6 +51,7 @@ int main(int argc, char** argv) {
   if (cmd == "put") return kvtier::cli::RunPut(rest);
   if (cmd == "get") return kvtier::cli::RunGet(rest);
   if (cmd == "evict") return kvtier::cli::RunEvict(rest);
+  if (cmd == "soak") return kvtier::cli::RunSoak(rest);
   if (cmd == "version" || cmd == "--version") {
     std::printf("kvtier %s\n", KVTIER_VERSION);
     return 0;
