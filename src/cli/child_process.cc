@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -38,9 +39,18 @@ std::unique_ptr<ChildProcess> ChildProcess::Start(const std::vector<std::string>
   }
   for (const std::string& e : env) envp.push_back(const_cast<char*>(e.c_str()));
   envp.push_back(nullptr);
+  const pid_t parent = getpid();
   const pid_t pid = fork();
   if (pid < 0) return nullptr;
   if (pid == 0) {
+    // The child gets SIGTERM when this process dies without stopping it
+    // (killed, or a crash), so nothing is left running; the check after
+    // covers a parent that died before the request was made.
+    prctl(PR_SET_PDEATHSIG, SIGTERM);
+    if (getppid() != parent) _exit(127);
+    // Its own process group: a Ctrl-C at the terminal reaches the suite,
+    // which stops its children in order, and not the children directly.
+    setpgid(0, 0);
     const int fd = open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (fd >= 0) {
       dup2(fd, STDOUT_FILENO);

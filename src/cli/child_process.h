@@ -1,7 +1,11 @@
 // Processes that benchmark suites start beside kvtier: kvtierd, redis-server,
 // ucx_perftest. Each runs with its stdout and stderr in a log file and is
 // stopped when its handle goes away, so a suite that fails half way leaves
-// nothing running.
+// nothing running; it also gets SIGTERM when the thread that started it
+// exits (PR_SET_PDEATHSIG), so a suite that is killed leaves nothing either.
+// Start children from a thread that outlives them (the main thread). Each
+// child is in a process group of its own, so a Ctrl-C at the terminal
+// reaches only the suite.
 #ifndef KVTIER_SRC_CLI_CHILD_PROCESS_H_
 #define KVTIER_SRC_CLI_CHILD_PROCESS_H_
 

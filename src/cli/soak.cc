@@ -122,11 +122,17 @@ struct Counters {
   std::atomic<uint64_t> unexpected{0};
 };
 
+// Set by SIGINT or SIGTERM: the run ends early and reports as usual.
+std::atomic<bool> g_stop{false};
+void OnStopSignal(int) { g_stop.store(true); }
+
 struct Workload {
   uint64_t docs = 0;
   uint32_t max_chain = 0;
   uint32_t tokens_per_chunk = 0;
   Clock::time_point end;
+
+  bool Over() const { return g_stop.load() || Clock::now() >= end; }
 };
 
 class Worker {
@@ -147,7 +153,7 @@ class Worker {
 
   void Run() {
     CheckOtherNamespaceIsRefused();
-    for (uint64_t n = 0; Clock::now() < w_.end; ++n) {
+    for (uint64_t n = 0; !w_.Over(); ++n) {
       OneRequest();
       if (n % 64 == 63) CheckIsolation();
     }
@@ -445,17 +451,25 @@ int RunSoak(const std::vector<std::string>& args) {
   std::vector<Sample> samples;
   Progress progress("soak", static_cast<uint64_t>(seconds));
   bool died = false;
-  while (Clock::now() < w.end) {
-    std::this_thread::sleep_for(std::chrono::seconds(1));
+  struct sigaction stop_action {};
+  stop_action.sa_handler = OnStopSignal;
+  sigaction(SIGINT, &stop_action, nullptr);
+  sigaction(SIGTERM, &stop_action, nullptr);
+  while (!w.Over()) {
+    for (int i = 0; i < 10 && !w.Over(); ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
     Sample s;
     s.seconds = std::chrono::duration<double>(Clock::now() - start).count();
     if (!daemon->Running() || !ReadSample(daemon->pid(), &s)) {
       died = true;
+      g_stop.store(true);  // the workers stop too
       break;
     }
     samples.push_back(s);
     progress.Update(static_cast<uint64_t>(std::min<double>(s.seconds, double(seconds))));
   }
+  const bool stopped_early = g_stop.load() && !died;
   for (std::thread& t : running) t.join();
   progress.Finish();
   workers.clear();  // closes the clients' connections before the daemon stops
@@ -529,14 +543,15 @@ int RunSoak(const std::vector<std::string>& args) {
         .Set("fds_at_end", last.fds)
         .Set("threads_after_warmup", base.threads)
         .Set("threads_at_end", last.threads)
-        .Set("daemon_exit_status", exit_status);
+        .Set("daemon_exit_status", exit_status)
+        .Set("stopped_early", stopped_early);
     Json fails = Json::Array();
     for (const std::string& s : failures) fails.Push(s);
     j.Set("failures", std::move(fails));
     std::printf("%s\n", j.Dump().c_str());
   } else {
     Table t({"measure", "value"});
-    t.AddRow({"seconds", Fixed(secs, 1)});
+    t.AddRow({"seconds", absl::StrCat(Fixed(secs, 1), stopped_early ? " (stopped early)" : "")});
     t.AddRow(
         {"requests", absl::StrCat(c.requests.load(), " (", Fixed(c.requests / secs, 0), "/s)")});
     t.AddRow({"chunks loaded and checked",
