@@ -24,11 +24,13 @@ std::unique_ptr<ChildProcess> ChildProcess::Start(const std::vector<std::string>
   // Everything exec needs is built before fork: the child only calls
   // async-signal-safe functions.
   std::vector<char*> args;
+  args.reserve(argv.size() + 1);
   for (const std::string& a : argv) args.push_back(const_cast<char*>(a.c_str()));
   args.push_back(nullptr);
   // The environment: this process's, with `env` entries replacing or adding
   // variables of the same name.
   std::vector<std::string> names;
+  names.reserve(env.size());
   for (const std::string& e : env) names.push_back(e.substr(0, e.find('=')) + "=");
   std::vector<char*> envp;
   for (char** e = environ; *e != nullptr; ++e) {
