@@ -166,12 +166,12 @@ dram:
   slab: 32MiB
   eviction_policy: 2q-chain
 auth:
-  admin_token: admin-token-0123456789
   tenants:
-    - name: a
-      token: tenant-a-token-0123456789
-      cache_salts: [salt-a, ""]
-      model_ids: [m1]
+    - model_ids: [m1, m2]
+      name: a
+      cache_salts: ["", salt-a]
+      token: tenant-a-token-9876543210
+  admin_token: admin-token-9876543210
 limits:
   max_message_bytes: 256KiB
   lease_seconds: 5
