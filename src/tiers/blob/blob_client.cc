@@ -198,6 +198,10 @@ absl::StatusOr<BlobListPage> ParseListBlobs(const std::string& xml_text) {
   if (xml.find("<EnumerationResults") == absl::string_view::npos) {
     return absl::DataLossError("List Blobs: the answer has no <EnumerationResults>");
   }
+  // A listing cut short would otherwise read as fewer blobs and no next page.
+  if (xml.find("</EnumerationResults>") == absl::string_view::npos) {
+    return absl::DataLossError("List Blobs: the answer is cut short (no </EnumerationResults>)");
+  }
   BlobListPage page;
   size_t pos = 0;
   absl::string_view blob;
@@ -217,6 +221,9 @@ absl::StatusOr<BlobListPage> ParseListBlobs(const std::string& xml_text) {
     }
     page.blobs.push_back(std::move(item));
     pos = end;
+  }
+  if (xml.find("<Blob>", pos) != absl::string_view::npos) {
+    return absl::DataLossError("List Blobs: a <Blob> without </Blob>");
   }
   absl::string_view marker;
   if (FindElement(xml, "NextMarker", 0, &marker, &end)) page.next_marker = XmlUnescape(marker);
@@ -249,7 +256,7 @@ absl::Status BlobClientOptions::Validate() const {
     return Invalid("key", "the shared key is not base64");
   }
   if (!sas.empty() && sas.front() == '?') return Invalid("sas", "leave out the leading '?'");
-  if (block_bytes < 64 * 1024 || block_bytes > (100ull << 20)) {
+  if (block_bytes < 64ull * 1024 || block_bytes > (100ull << 20)) {
     return Invalid("block_bytes", absl::StrCat(block_bytes, " is outside [64 KiB, 100 MiB]"));
   }
   if (single_put_max_bytes > (256ull << 20)) {
@@ -809,7 +816,7 @@ absl::Status BlobClient::Upload(const std::string& name, absl::Span<const std::b
     const size_t off = i * bs;
     req->body = data.subspan(off, std::min<size_t>(bs, data.size() - off));
     req->deadline = deadline;
-    req->done = [shared](RequestResult r) {
+    req->done = [shared](const RequestResult& r) {
       absl::MutexLock lock(&shared->mu);
       if (!r.status.ok() && shared->first_error.ok()) shared->first_error = r.status;
       --shared->left;

@@ -74,6 +74,15 @@ TEST(BlobClientProtocol, ParsesListBlobsWithMarkers) {
   EXPECT_TRUE(page.blobs.empty());
   EXPECT_TRUE(page.next_marker.empty());
   EXPECT_THAT(ParseListBlobs("<Error/>"), StatusIs(absl::StatusCode::kDataLoss));
+  // Cut short anywhere, the listing is refused rather than read as fewer
+  // blobs without a next page.
+  for (size_t cut = 1; cut < xml.size(); ++cut) {
+    EXPECT_THAT(ParseListBlobs(xml.substr(0, cut)), StatusIs(absl::StatusCode::kDataLoss))
+        << "cut at " << cut;
+  }
+  EXPECT_THAT(ParseListBlobs("<EnumerationResults><Blobs><Blob><Name>a</Name></Blob><Blob>"
+                             "<Name>b</Name></Blobs></EnumerationResults>"),
+              StatusIs(absl::StatusCode::kDataLoss, ::testing::HasSubstr("without </Blob>")));
 }
 
 TEST(BlobClientProtocol, BackoffIsExponentialWithFullJitterAndCapped) {
