@@ -99,7 +99,8 @@ absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(const std::string&
 
 absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(const std::string& host_port,
                                                               const std::string& field,
-                                                              RequestHandler handler, Logger* log) {
+                                                              RequestHandler handler, Logger* log,
+                                                              AcceptLoopOptions limits) {
   const size_t colon = host_port.rfind(':');
   if (colon == std::string::npos) {
     return absl::InvalidArgumentError(absl::StrCat(field, ": '", host_port, "' is not host:port"));
@@ -142,7 +143,7 @@ absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(const std::string&
                        : ntohs(reinterpret_cast<sockaddr_in*>(&bound)->sin_port);
   std::unique_ptr<HttpServer> s(new HttpServer(bound_port, std::move(handler), log));
   absl::StatusOr<std::unique_ptr<AcceptLoop>> loop = AcceptLoop::Start(
-      fd, [p = s.get()](int conn) { p->Serve(conn); }, "http", log);
+      fd, [p = s.get()](int conn) { p->Serve(conn); }, "http", log, limits);
   if (!loop.ok()) return loop.status();
   s->loop_ = *std::move(loop);
   return s;
@@ -150,7 +151,9 @@ absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(const std::string&
 
 HttpServer::~HttpServer() { Stop(); }
 
-void HttpServer::Stop() { loop_->Stop(); }
+void HttpServer::Stop() {
+  if (loop_ != nullptr) loop_->Stop();  // null when Start failed
+}
 
 void HttpServer::Serve(int conn) {
   std::string req;

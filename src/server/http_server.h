@@ -3,8 +3,10 @@
 // connection (Connection: close), GET and HEAD only, requests up to 8 KiB.
 // Meant for loopback or a cluster-internal scrape port, not the Internet.
 //
-// Thread-safety: one accept thread serves connections in turn; the handler
-// runs on it. Stop may be called from any thread.
+// Connections are served on threads of their own (accept_loop.h): a stalled
+// client does not hold up a scrape or a probe. Thread-safety: the handler is
+// called from several threads at once and must be safe for that; Stop may be
+// called from any thread.
 #ifndef KVTIER_SRC_SERVER_HTTP_SERVER_H_
 #define KVTIER_SRC_SERVER_HTTP_SERVER_H_
 
@@ -53,15 +55,19 @@ class HttpServer {
   static absl::StatusOr<std::unique_ptr<HttpServer>> Start(const std::string& host_port,
                                                            const std::string& field,
                                                            Handler handler, Logger* log);
-  // As above, with a handler that sees the headers and the query string.
+  // As above, with a handler that sees the headers and the query string;
+  // `limits` bounds the connections served at once and each one's time.
   static absl::StatusOr<std::unique_ptr<HttpServer>> Start(const std::string& host_port,
                                                            const std::string& field,
-                                                           RequestHandler handler, Logger* log);
+                                                           RequestHandler handler, Logger* log,
+                                                           AcceptLoopOptions limits = {});
   ~HttpServer();
   HttpServer(const HttpServer&) = delete;
   HttpServer& operator=(const HttpServer&) = delete;
 
   int port() const { return port_; }
+  // Connections cut at their deadline so far.
+  uint64_t cut_connections() const { return loop_->cut(); }
   void Stop();
 
  private:

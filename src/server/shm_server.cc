@@ -89,17 +89,19 @@ ShmServer::~ShmServer() { Stop(); }
 
 void ShmServer::Stop() {
   if (stopped_.exchange(true)) return;
-  loop_->Stop();
+  if (loop_ != nullptr) loop_->Stop();  // null when Start failed
   std::list<Session> sessions;
   {
     absl::MutexLock lock(&sessions_mu_);
     sessions.swap(sessions_);
   }
   // Wakes each session's blocking read; a call being served finishes first.
-  for (Session& s : sessions) shutdown(s.fd, SHUT_RDWR);
   for (Session& s : sessions) {
-    s.thread.join();
-    close(s.fd);
+    if (s.fd >= 0) shutdown(s.fd, SHUT_RDWR);
+  }
+  for (Session& s : sessions) {
+    if (s.thread.joinable()) s.thread.join();
+    if (s.fd >= 0) close(s.fd);
   }
   unlink(options_.path.c_str());
 }
@@ -114,8 +116,8 @@ size_t ShmServer::sessions() const {
 void ShmServer::ReapSessions() {
   for (auto it = sessions_.begin(); it != sessions_.end();) {
     if (it->done.load()) {
-      it->thread.join();
-      close(it->fd);
+      if (it->thread.joinable()) it->thread.join();  // not so for a place given back
+      if (it->fd >= 0) close(it->fd);
       it = sessions_.erase(it);
     } else {
       ++it;
@@ -154,6 +156,9 @@ void ShmServer::Serve(int conn) {
     verdict = absl::PermissionDeniedError(absl::StrCat(
         "shared memory: tenant '", who->name, "' is not allowed to map the arena (shared_memory)"));
   }
+  // Handshakes are served concurrently: a session's place is taken when it
+  // passes the limit, and given back (marked done) if it does not start.
+  Session* session = nullptr;
   if (verdict.ok() && request->session) {
     if (!options_.control) {
       verdict = absl::UnimplementedError("shared memory: this daemon serves no control sessions");
@@ -163,9 +168,14 @@ void ShmServer::Serve(int conn) {
       if (sessions_.size() >= options_.max_sessions) {
         verdict = absl::ResourceExhaustedError(absl::StrCat(
             "shared memory: ", sessions_.size(), " control sessions are open (the limit)"));
+      } else {
+        session = &sessions_.emplace_back();
       }
     }
   }
+  auto give_back = [&] {
+    if (session != nullptr) session->done.store(true);
+  };
   if (!verdict.ok()) {
     log_->Warn("shared memory: refused", {{"error", std::string(verdict.message())}});
     (void)shm::SendRefusal(conn, verdict);
@@ -174,6 +184,7 @@ void ShmServer::Serve(int conn) {
   shm::ArenaGrant g{options_.arena_fd, options_.arena_id, options_.arena_bytes};
   if (absl::Status s = shm::SendGrant(conn, g); !s.ok()) {
     log_->Warn("shared memory: grant not delivered", {{"error", std::string(s.message())}});
+    give_back();
     return;
   }
   grants_.fetch_add(1, std::memory_order_relaxed);
@@ -184,15 +195,19 @@ void ShmServer::Serve(int conn) {
   // (the loop closes `conn`), waits for calls without a receive timeout and
   // keeps the send timeout (a client that stops reading is dropped).
   const int fd = fcntl(conn, F_DUPFD_CLOEXEC, 0);
-  if (fd < 0) return;
+  if (fd < 0) {
+    give_back();
+    return;
+  }
   timeval none{0, 0};
   setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &none, sizeof(none));
   absl::MutexLock lock(&sessions_mu_);
   if (stopped_.load()) {
     close(fd);
+    give_back();
     return;
   }
-  Session& s = sessions_.emplace_back();
+  Session& s = *session;
   s.fd = fd;
   s.thread = std::thread([this, &s, fd, principal = *who] {
     RunSession(fd, principal);

@@ -3,7 +3,8 @@
 // clients over SCM_RIGHTS, and serves the control sessions those clients
 // open on it (one thread per session, at most max_sessions at once).
 //
-// Thread-safety: one accept thread plus one thread per session; Stop may be
+// Thread-safety: handshakes run on the accept loop's connection threads
+// (several at once, accept_loop.h), plus one thread per session; Stop may be
 // called from any thread.
 #ifndef KVTIER_SRC_SERVER_SHM_SERVER_H_
 #define KVTIER_SRC_SERVER_SHM_SERVER_H_

@@ -1,17 +1,22 @@
 // The operational HTTP server (http_server.h) on a loopback port: what it
-// parses out of a request, and that damaged requests get a well-formed
-// answer without stopping it.
+// parses out of a request, that damaged requests get a well-formed answer
+// without stopping it, and that stalled clients cannot hold it.
 #include "src/server/http_server.h"
 
 #include <netinet/in.h>
+#include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <string>
+#include <thread>
+#include <vector>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "absl/time/clock.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/testing/mutate.h"
@@ -22,6 +27,40 @@ namespace {
 
 using ::testing::HasSubstr;
 using ::testing::StartsWith;
+
+// A connection to 127.0.0.1:`port` with a 10 s receive timeout.
+int Connect(int port) {
+  const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  EXPECT_GE(fd, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  EXPECT_EQ(connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+  timeval tv{10, 0};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  return fd;
+}
+
+// Everything the server writes on `fd` until it closes (or 10 s pass).
+std::string ReadAll(int fd) {
+  std::string out;
+  char buf[4096];
+  ssize_t n;
+  while ((n = recv(fd, buf, sizeof(buf), 0)) > 0) out.append(buf, static_cast<size_t>(n));
+  return out;
+}
+
+// Sends `request` on a new connection, half-closes, and returns everything
+// the server wrote.
+std::string Send(int port, const std::string& request) {
+  const int fd = Connect(port);
+  (void)send(fd, request.data(), request.size(), MSG_NOSIGNAL);
+  shutdown(fd, SHUT_WR);
+  std::string out = ReadAll(fd);
+  close(fd);
+  return out;
+}
 
 class HttpServerTest : public ::testing::Test {
  protected:
@@ -41,26 +80,7 @@ class HttpServerTest : public ::testing::Test {
             &log_));
   }
 
-  // Sends `request`, half-closes, and returns everything the server wrote.
-  std::string Exchange(const std::string& request) {
-    const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    EXPECT_GE(fd, 0);
-    sockaddr_in addr{};
-    addr.sin_family = AF_INET;
-    addr.sin_port = htons(static_cast<uint16_t>(server_->port()));
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    EXPECT_EQ(connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
-    timeval tv{10, 0};
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-    (void)send(fd, request.data(), request.size(), MSG_NOSIGNAL);
-    shutdown(fd, SHUT_WR);
-    std::string out;
-    char buf[4096];
-    ssize_t n;
-    while ((n = recv(fd, buf, sizeof(buf), 0)) > 0) out.append(buf, static_cast<size_t>(n));
-    close(fd);
-    return out;
-  }
+  std::string Exchange(const std::string& request) { return Send(server_->port(), request); }
 
   Logger log_{LogLevel::kError};
   std::unique_ptr<HttpServer> server_;
@@ -127,6 +147,74 @@ TEST_F(HttpServerTest, DamagedRequestsGetWellFormedAnswers) {
   std::string body;
   ASSERT_EQ(Status(Exchange(seed), &body), 200);
   EXPECT_THAT(body, HasSubstr("x=AB\n"));
+}
+
+// Clients that connect and send nothing do not hold up the others: with the
+// 2 s receive timeout of each connection, eight of them served one after
+// another would keep a probe waiting 16 s, past the client's 10 s.
+TEST_F(HttpServerTest, StalledClientsDoNotHoldUpOthers) {
+  std::vector<int> stalled(8);
+  for (int& fd : stalled) fd = Connect(server_->port());
+  std::string body;
+  ASSERT_EQ(Status(Exchange("GET /healthz HTTP/1.1\r\n\r\n"), &body), 200);
+  EXPECT_THAT(body, HasSubstr("path=/healthz\n"));
+  // Each stalled one is answered 400 once its receive timeout ends it.
+  for (int fd : stalled) {
+    EXPECT_EQ(Status(ReadAll(fd)), 400);
+    close(fd);
+  }
+}
+
+// With one connection at a time, a second client waits in the backlog until
+// the first, which sends half a request and stalls, is cut at its deadline.
+TEST(HttpServerLimitsTest, ConnectionsAreCappedAndCutAtTheirDeadline) {
+  Logger log{LogLevel::kError};
+  AcceptLoopOptions limits;
+  limits.max_connections = 1;
+  limits.deadline = absl::Seconds(1);
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<HttpServer> server,
+                       HttpServer::Start("127.0.0.1:0", "http_listen",
+                                         HttpServer::RequestHandler([](const HttpRequest& r) {
+                                           return HttpResponse{200, "text/plain", r.path, {}};
+                                         }),
+                                         &log, limits));
+  // Trickles a byte every 300 ms: no receive timeout of 2 s ever ends it.
+  const int slow = Connect(server->port());
+  std::atomic<bool> stop{false};
+  std::thread trickle([&] {
+    const std::string partial = "GET /slow HTTP/1.1\r\nX-Pad: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    for (size_t i = 0; i < partial.size() && !stop.load(); ++i) {
+      if (send(slow, &partial[i], 1, MSG_NOSIGNAL) != 1) return;
+      absl::SleepFor(absl::Milliseconds(300));
+    }
+  });
+  // The listen backlog is first in, first out: the slow one is accepted
+  // first.
+  std::string body;
+  EXPECT_EQ(Status(Send(server->port(), "GET /quick HTTP/1.1\r\n\r\n"), &body), 200);
+  EXPECT_EQ(body, "/quick");
+  // The quick one was served only after the slow one had been cut: its end
+  // is there to read at once, not at the deadline 1 s later.
+  pollfd p{slow, POLLIN, 0};
+  EXPECT_EQ(poll(&p, 1, 200), 1);
+  const std::string slow_answer = ReadAll(slow);
+  EXPECT_TRUE(slow_answer.empty() || Status(slow_answer) == 400) << slow_answer;
+  EXPECT_EQ(server->cut_connections(), 1u);
+  stop.store(true);
+  trickle.join();
+  close(slow);
+}
+
+TEST(HttpServerLimitsTest, RefusesZeroLimits) {
+  Logger log{LogLevel::kError};
+  AcceptLoopOptions limits;
+  limits.max_connections = 0;
+  EXPECT_THAT(HttpServer::Start(
+                  "127.0.0.1:0", "http_listen",
+                  HttpServer::RequestHandler([](const HttpRequest&) { return HttpResponse{}; }),
+                  &log, limits),
+              testing::StatusIs(absl::StatusCode::kInvalidArgument,
+                                HasSubstr("max_connections and deadline")));
 }
 
 }  // namespace

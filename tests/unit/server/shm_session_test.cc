@@ -13,6 +13,7 @@
 #include <cstring>
 #include <filesystem>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -72,6 +73,19 @@ class ShmSessionTest : public ::testing::Test {
     ASSERT_OK_AND_ASSIGN(server_, ShmServer::Start(o, auth_.get(), &log_));
   }
   std::string path() const { return dir_ + "/kvtierd.sock.shm"; }
+  // A plain connection to the socket, no handshake sent; -1 on failure.
+  int ConnectRaw() const {
+    const int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return -1;
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    std::snprintf(addr.sun_path, sizeof(addr.sun_path), "%s", path().c_str());
+    if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
+      close(fd);
+      return -1;
+    }
+    return fd;
+  }
 
   absl::StatusOr<shm::ArenaGrant> Open(const std::string& token) {
     return shm::RequestArena(path(), token, absl::Seconds(5), /*session=*/true);
@@ -174,6 +188,31 @@ TEST_F(ShmSessionTest, LimitsSessionsAndReusesEndedOnes) {
   for (int fd : open) close(fd);
 }
 
+// Handshakes are served concurrently; the limit still holds when many
+// arrive at once.
+TEST_F(ShmSessionTest, ConcurrentHandshakesKeepTheLimit) {
+  Start(/*max_sessions=*/2);
+  std::vector<absl::StatusOr<shm::ArenaGrant>> results(8);
+  std::vector<std::thread> threads;
+  threads.reserve(results.size());
+  for (auto& r : results) threads.emplace_back([&] { r = Open(kAdmin); });
+  for (std::thread& t : threads) t.join();
+  int granted = 0;
+  for (auto& r : results) {
+    if (r.ok()) {
+      ++granted;
+      close(r->fd);
+    } else {
+      EXPECT_THAT(r.status(), StatusIs(absl::StatusCode::kResourceExhausted));
+    }
+  }
+  EXPECT_EQ(granted, 2);
+  EXPECT_EQ(server_->sessions(), 2u);
+  for (auto& r : results) {
+    if (r.ok()) close(r->session_fd);
+  }
+}
+
 TEST_F(ShmSessionTest, StopEndsOpenSessions) {
   Start();
   ASSERT_OK_AND_ASSIGN(shm::ArenaGrant g, Open(kAdmin));
@@ -210,12 +249,8 @@ TEST_F(ShmSessionTest, DamagedRequestsAreDroppedAndTheServerServesOn) {
   testing::Mutator m(4242);
   for (int i = 0; i < 300; ++i) {
     const std::string bytes = m.Mutate(seed);
-    const int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    ASSERT_GE(fd, 0);
-    sockaddr_un addr{};
-    addr.sun_family = AF_UNIX;
-    std::snprintf(addr.sun_path, sizeof(addr.sun_path), "%s", path().c_str());
-    ASSERT_EQ(connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0) << i;
+    const int fd = ConnectRaw();
+    ASSERT_GE(fd, 0) << i;
     timeval tv{10, 0};
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
     // The server may drop the connection before reading everything.
@@ -240,6 +275,26 @@ TEST_F(ShmSessionTest, DamagedRequestsAreDroppedAndTheServerServesOn) {
   EXPECT_OK(r.status);
   EXPECT_EQ(r.body, "admin:4:ok");
   close(g.session_fd);
+}
+
+// Clients that connect and send nothing do not hold up the handshakes of
+// others: served one after another, each for its 2 s receive timeout, the
+// eight would keep the good client waiting 16 s, past its 5 s.
+TEST_F(ShmSessionTest, StalledHandshakesDoNotHoldUpOthers) {
+  Start();
+  std::vector<int> stalled;
+  for (int i = 0; i < 8; ++i) {
+    const int fd = ConnectRaw();
+    ASSERT_GE(fd, 0) << i;
+    stalled.push_back(fd);
+  }
+  ASSERT_OK_AND_ASSIGN(shm::ArenaGrant g, Open(kAdmin));
+  close(g.fd);
+  ASSERT_OK_AND_ASSIGN(shm::ControlReply r, Call(g.session_fd, shm::ControlMethod::kPin, "go"));
+  EXPECT_EQ(r.body, "admin:4:go");
+  EXPECT_EQ(server_->sessions(), 1u);
+  close(g.session_fd);
+  for (int fd : stalled) close(fd);
 }
 
 TEST_F(ShmSessionTest, DaemonWithoutSessionsSaysUnimplemented) {
