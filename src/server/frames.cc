@@ -76,6 +76,21 @@ class Reader {
     }
     return false;
   }
+  // A field tag as protobuf's parser reads one: at most 5 bytes, bits above
+  // 32 dropped; field number 0 refused.
+  bool Tag(uint64_t* tag) {
+    uint32_t v = 0;
+    for (int i = 0; i < 5; ++i) {
+      uint8_t b;
+      if (!Byte(&b)) return false;
+      v |= static_cast<uint32_t>(b & 0x7F) << (7 * i);  // the 5th byte's top bits fall off
+      if ((b & 0x80) == 0) {
+        *tag = v;
+        return (v >> 3) != 0;
+      }
+    }
+    return false;
+  }
   // Calls fn(slice, offset, length) for each piece of the next n bytes.
   template <typename Fn>
   bool Take(uint64_t n, Fn fn) {
@@ -117,10 +132,6 @@ class Reader {
   size_t off_ = 0;
   bool ok_ = false;
 };
-
-// Field numbers start at 1 and a tag fits 32 bits, as protobuf's parser
-// requires.
-bool ValidTag(uint64_t tag) { return (tag >> 3) != 0 && tag <= UINT32_MAX; }
 
 grpc::Status Malformed(const char* what) {
   return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
@@ -196,7 +207,7 @@ grpc::Status DeserializeFrame(grpc::ByteBuffer* in, LoadFrame* frame) {
   std::string bytes;
   while (!r.AtEnd()) {
     uint64_t tag, len;
-    if (!r.Varint(&tag) || !ValidTag(tag)) return Malformed("LoadResponse");
+    if (!r.Tag(&tag)) return Malformed("LoadResponse");
     if (tag == kTag1) {
       if (!r.Varint(&len) || !r.String(len, &bytes) || !frame->chunk.MergeFromString(bytes)) {
         return Malformed("LoadResponse");
@@ -228,7 +239,7 @@ grpc::Status DeserializeFrame(grpc::ByteBuffer* in, SaveFrame* frame) {
   std::string bytes;
   while (!r.AtEnd()) {
     uint64_t tag, len;
-    if (!r.Varint(&tag) || !ValidTag(tag)) return Malformed("SaveRequest");
+    if (!r.Tag(&tag)) return Malformed("SaveRequest");
     if (tag == kTag1 || tag == kTag2) {
       if (!r.Varint(&len) || !r.String(len, &bytes)) return Malformed("SaveRequest");
       const bool ok =

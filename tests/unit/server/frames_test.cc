@@ -192,6 +192,42 @@ std::string Received(const ReceivedBytes& r) {
   return out;
 }
 
+// Tags are read as protobuf reads them: at most 5 bytes, bits above 32
+// dropped, field number 0 refused.
+TEST(Frames, TagsAreReadAsProtobufReadsThem) {
+  struct Case {
+    std::string bytes;
+    bool ok;
+    std::string data;
+  };
+  const Case cases[] = {
+      // Field 2 (data) in a 5-byte tag whose top bits fall off.
+      {std::string("\x92\x80\x80\x80\x70\x03"
+                   "abc",
+                   9),
+       true, "abc"},
+      // An unknown fixed32 field the same way.
+      {std::string("\xf5\xf5\xf5\xf5\x25\x01\x02\x03\x04", 9), true, ""},
+      // Field 1 as a varint in a 6-byte tag: too long.
+      {std::string("\x88\x80\x80\x80\x80\x00\x00", 7), false, ""},
+      // Bits above 32 only: field number 0.
+      {std::string("\x80\x80\x80\x80\x10\x00", 6), false, ""},
+  };
+  google::protobuf::LogSilencer quiet;
+  for (const Case& c : cases) {
+    v1::LoadResponse ref;
+    EXPECT_EQ(ref.ParseFromString(c.bytes), c.ok) << "protobuf";
+    grpc::Slice slice(c.bytes);
+    grpc::ByteBuffer bb(&slice, 1);
+    LoadFrame f;
+    EXPECT_EQ(DeserializeFrame(&bb, &f).ok(), c.ok);
+    if (c.ok) {
+      EXPECT_EQ(Received(f.received), c.data);
+      EXPECT_EQ(ref.data(), c.data);
+    }
+  }
+}
+
 // Damaged encodings decode exactly as protobuf's generated parser decodes
 // them, or fail; they never decode to something else. The only inputs the
 // frame decoder may refuse that protobuf takes are groups (wire types 3 and
