@@ -1,7 +1,7 @@
 # kvtier: two commands.
 #   make run    install what is missing, build, run the main job
 #   make test   install what is missing, build, run every test
-# Also: make build, make demo, make bench, make sanitize, make format, make clean.
+# Also: make build, make demo, make bench, make sanitize, make fuzz, make format, make clean.
 
 BUILD_DIR ?= build
 JOBS ?= $(shell nproc)
@@ -10,8 +10,10 @@ CTEST_FLAGS ?=
 
 SANITIZE ?= address,undefined
 SANITIZE_DIR ?= build-sanitize
+FUZZ_DIR ?= build-fuzz
+FUZZ_SECONDS ?= 60
 
-.PHONY: all deps configure build run demo test bench sanitize format clean
+.PHONY: all deps configure build run demo test bench sanitize fuzz format clean
 
 all: build
 
@@ -48,8 +50,19 @@ sanitize: deps
 	@cd $(SANITIZE_DIR) && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
 	  ctest --output-on-failure -j $(JOBS) $(CTEST_FLAGS)
 
+# Coverage-guided fuzzing of the decoders of outside bytes (fuzz/): clang,
+# libFuzzer, AddressSanitizer and UBSan, FUZZ_SECONDS per target. make test
+# runs the same targets on seeded damage instead (ctest -L fuzz).
+fuzz:
+	@./scripts/install-deps.sh --fuzz
+	@cmake -S . -B $(FUZZ_DIR) -DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COMPILER=clang++ \
+	  -DKVTIER_FUZZ=ON -DKVTIER_SANITIZE=address,undefined -DKVTIER_CUDA=OFF \
+	  -DKVTIER_PYTHON=OFF $(CMAKE_FLAGS) >/dev/null
+	@cmake --build $(FUZZ_DIR) -j $(JOBS) --target fuzz_all
+	@./scripts/run-fuzz.sh $(FUZZ_DIR) $(FUZZ_SECONDS)
+
 format:
 	@git ls-files '*.cc' '*.h' '*.cu' '*.cuh' | xargs clang-format -i
 
 clean:
-	@rm -rf $(BUILD_DIR) $(SANITIZE_DIR)
+	@rm -rf $(BUILD_DIR) $(SANITIZE_DIR) $(FUZZ_DIR)

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs what kvtier needs to build, test and benchmark on Debian 12.
+# Installs what kvtier needs to build, test and benchmark on Debian 12
+# (with --fuzz, also what make fuzz needs).
 # Idempotent: packages already present are not touched, and apt is only
 # called when something is missing. Run as root (or with sudo available).
 set -euo pipefail
@@ -21,6 +22,8 @@ packages=(
   libcurl4-openssl-dev libssl-dev curl
   iproute2
 )
+# make fuzz: clang and its libFuzzer runtime.
+if [ "${1:-}" = "--fuzz" ]; then packages+=(clang libclang-rt-14-dev); fi
 # Node.js and npm (the status page's uPlot bundle, the browser test's driver):
 # Debian's packages unless a node with npm is installed already.
 if ! command -v npm >/dev/null 2>&1; then packages+=(nodejs npm); fi
