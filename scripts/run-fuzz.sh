@@ -6,7 +6,12 @@
 set -euo pipefail
 build="${1:?build dir}"
 seconds="${2:?seconds per target}"
-targets=(fuzz_frames fuzz_chunk fuzz_trace_line fuzz_blob_list)
+mapfile -t targets < <(find "$build/fuzz" -maxdepth 1 -type f -name 'fuzz_*' -executable \
+  -printf '%f\n' | sort)
+if [ ${#targets[@]} -eq 0 ]; then
+  echo "run-fuzz: no fuzz targets in $build/fuzz (build the fuzz_all target first)" >&2
+  exit 1
+fi
 mkdir -p "$build/fuzz-artifacts"
 failed=()
 for t in "${targets[@]}"; do

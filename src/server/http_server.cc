@@ -75,6 +75,33 @@ std::string PercentDecode(absl::string_view s) {
 
 }  // namespace
 
+absl::StatusOr<HttpRequest> ParseHttpRequest(absl::string_view raw) {
+  const size_t eol = raw.find("\r\n");
+  std::vector<absl::string_view> parts =
+      absl::StrSplit(raw.substr(0, eol == absl::string_view::npos ? 0 : eol), ' ');
+  if (parts.size() != 3 || !absl::StartsWith(parts[2], "HTTP/1.")) {
+    return absl::InvalidArgumentError("not an HTTP/1.x request line");
+  }
+  if (parts[0] != "GET" && parts[0] != "HEAD") {
+    return absl::UnimplementedError("only GET and HEAD");
+  }
+  HttpRequest request;
+  request.method = std::string(parts[0]);
+  const size_t q = parts[1].find('?');
+  request.path = std::string(parts[1].substr(0, q));
+  if (q != absl::string_view::npos) request.query = std::string(parts[1].substr(q + 1));
+  const size_t end = raw.find("\r\n\r\n");
+  if (end != absl::string_view::npos && end > eol) {
+    for (absl::string_view line : absl::StrSplit(raw.substr(eol + 2, end - eol - 2), "\r\n")) {
+      const size_t colon = line.find(':');
+      if (colon == absl::string_view::npos) continue;
+      request.headers[absl::AsciiStrToLower(line.substr(0, colon))] =
+          std::string(absl::StripAsciiWhitespace(line.substr(colon + 1)));
+    }
+  }
+  return request;
+}
+
 std::string HttpRequest::Header(const std::string& name) const {
   auto it = headers.find(name);
   return it == headers.end() ? std::string() : it->second;
@@ -165,33 +192,15 @@ void HttpServer::Serve(int conn) {
     req.append(buf, static_cast<size_t>(n));
   }
   HttpResponse resp;
-  bool head = false;
-  const size_t eol = req.find("\r\n");
-  std::vector<std::string> parts =
-      absl::StrSplit(req.substr(0, eol == std::string::npos ? 0 : eol), ' ');
-  if (parts.size() != 3 || !absl::StartsWith(parts[2], "HTTP/1.")) {
-    resp = {400, "text/plain; charset=utf-8", "bad request\n"};
-  } else if (parts[0] != "GET" && parts[0] != "HEAD") {
+  absl::StatusOr<HttpRequest> request = ParseHttpRequest(req);
+  if (request.ok()) {
+    resp = handler_(*request);
+  } else if (absl::IsUnimplemented(request.status())) {
     resp = {405, "text/plain; charset=utf-8", "only GET and HEAD\n"};
   } else {
-    head = parts[0] == "HEAD";
-    HttpRequest request;
-    request.method = parts[0];
-    const size_t q = parts[1].find('?');
-    request.path = parts[1].substr(0, q);
-    if (q != std::string::npos) request.query = parts[1].substr(q + 1);
-    const size_t end = req.find("\r\n\r\n");
-    if (eol != std::string::npos && end != std::string::npos && end > eol) {
-      for (absl::string_view line :
-           absl::StrSplit(absl::string_view(req).substr(eol + 2, end - eol - 2), "\r\n")) {
-        const size_t colon = line.find(':');
-        if (colon == absl::string_view::npos) continue;
-        request.headers[absl::AsciiStrToLower(line.substr(0, colon))] =
-            std::string(absl::StripAsciiWhitespace(line.substr(colon + 1)));
-      }
-    }
-    resp = handler_(request);
+    resp = {400, "text/plain; charset=utf-8", "bad request\n"};
   }
+  const bool head = request.ok() && request->method == "HEAD";
   std::string out = absl::StrCat("HTTP/1.1 ", resp.status, " ", Reason(resp.status),
                                  "\r\nContent-Type: ", resp.content_type,
                                  "\r\nContent-Length: ", resp.body.size());
@@ -199,7 +208,7 @@ void HttpServer::Serve(int conn) {
   absl::StrAppend(&out, "\r\nConnection: close\r\n\r\n");
   if (!head) out += resp.body;
   SendAll(conn, out);
-  log_->Debug("http", {{"path", parts.size() > 1 ? parts[1] : ""}, {"status", resp.status}});
+  log_->Debug("http", {{"path", request.ok() ? request->path : ""}, {"status", resp.status}});
 }
 
 }  // namespace kvtier::server

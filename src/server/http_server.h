@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "src/server/accept_loop.h"
 #include "src/server/log.h"
 
@@ -42,6 +43,14 @@ struct HttpRequest {
   // The query parameter's value (percent-decoded), or "" when absent.
   std::string QueryParam(const std::string& name) const;
 };
+
+// Parses the request line and headers out of `raw` (what was read of a
+// request: up to its blank line, or up to 8 KiB). InvalidArgument for a
+// request line that is not "METHOD TARGET HTTP/1.x" (the server answers
+// 400), Unimplemented for a method other than GET and HEAD (405). Header
+// lines without a colon, and those after the first blank line, are ignored;
+// a repeated header keeps its last value.
+absl::StatusOr<HttpRequest> ParseHttpRequest(absl::string_view raw);
 
 class HttpServer {
  public:
