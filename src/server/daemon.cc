@@ -356,6 +356,16 @@ HttpResponse Daemon::ServeHttp(const std::string& path) {
   if (path == "/metrics") {
     std::string text = metrics_->Render();
     if (publisher_) text += index::RenderPublisherMetrics(publisher_->Stats());
+    absl::StrAppend(&text,
+                    "# HELP kvtier_connections_cut_total Connections to an operational listener "
+                    "shut down because they were still open at their deadline (10 s).\n"
+                    "# TYPE kvtier_connections_cut_total counter\n"
+                    "kvtier_connections_cut_total{listener=\"http\"} ",
+                    http_ != nullptr ? http_->cut_connections() : 0, "\n");
+    if (shm_ != nullptr) {
+      absl::StrAppend(&text, "kvtier_connections_cut_total{listener=\"shared_memory\"} ",
+                      shm_->cut_handshakes(), "\n");
+    }
     return {200, "text/plain; version=0.0.4; charset=utf-8", std::move(text)};
   }
   if (path == "/healthz") return {200, "text/plain; charset=utf-8", "ok\n"};

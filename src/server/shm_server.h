@@ -63,6 +63,8 @@ class ShmServer {
   // and removes the socket file; idempotent.
   void Stop();
   uint64_t grants() const { return grants_.load(std::memory_order_relaxed); }
+  // Handshakes cut at the accept loop's deadline so far.
+  uint64_t cut_handshakes() const { return loop_ != nullptr ? loop_->cut() : 0; }
   // Control sessions open now.
   size_t sessions() const;
 

@@ -653,6 +653,9 @@ TEST(Daemon, ObservabilityAndGracefulShutdown) {
   EXPECT_THAT(metrics.second, HasSubstr("kvtier_inflight_requests"));
   EXPECT_THAT(metrics.second, HasSubstr("kvtier_checksum_failures_total{tier=\"dram\"} 0"));
   EXPECT_THAT(metrics.second, HasSubstr("kvtier_shm_grants_total 1"));
+  EXPECT_THAT(metrics.second, HasSubstr("kvtier_connections_cut_total{listener=\"http\"} 0"));
+  EXPECT_THAT(metrics.second,
+              HasSubstr("kvtier_connections_cut_total{listener=\"shared_memory\"} 0"));
 
   // SIGTERM: exit 0, sockets gone, structured logs throughout.
   ASSERT_OK_AND_ASSIGN(int code, daemon->Stop());
