@@ -11,39 +11,21 @@
 
 #include "fuzz/fuzz_target.h"
 #include "google/protobuf/stubs/logging.h"
-#include "google/protobuf/unknown_field_set.h"
 #include "kvtier/v1/cache.pb.h"
 #include "src/server/frames.h"
+#include "tests/testing/frame_reference.h"
 #include "tests/testing/mutate.h"
 
 namespace kvtier::fuzz {
 namespace {
 
-// Whether protobuf kept a group among the message's own unknown fields.
-bool HasTopLevelGroup(const google::protobuf::Message& m) {
-  const google::protobuf::UnknownFieldSet& u = m.GetReflection()->GetUnknownFields(m);
-  for (int i = 0; i < u.field_count(); ++i) {
-    if (u.field(i).type() == google::protobuf::UnknownField::TYPE_GROUP) return true;
-  }
-  return false;
-}
-
-std::string Received(const wire::ReceivedBytes& r) {
-  std::string out(r.size(), '\0');
-  r.CopyTo(reinterpret_cast<std::byte*>(out.data()));
-  return out;
-}
+using testing::HasTopLevelGroup;
+using testing::Received;
 
 // Decodes `bytes` cut into slices both ways and compares.
 template <typename Frame, typename Message>
 void Compare(const std::string& bytes, testing::Mutator& cuts) {
-  std::vector<grpc::Slice> slices;
-  for (size_t i = 0; i < bytes.size();) {
-    const size_t piece = 1 + cuts.Below(bytes.size() - i);
-    slices.emplace_back(bytes.substr(i, piece));
-    i += piece;
-  }
-  grpc::ByteBuffer bb(slices.data(), slices.size());
+  grpc::ByteBuffer bb = testing::SplitRandomly(bytes, cuts);
   Frame f;
   const bool ours = wire::DeserializeFrame(&bb, &f).ok();
   Message ref;

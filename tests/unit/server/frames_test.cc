@@ -5,9 +5,9 @@
 #include <vector>
 
 #include "google/protobuf/stubs/logging.h"
-#include "google/protobuf/unknown_field_set.h"
 #include "gtest/gtest.h"
 #include "kvtier/v1/cache.pb.h"
+#include "tests/testing/frame_reference.h"
 #include "tests/testing/mutate.h"
 
 namespace kvtier::wire {
@@ -166,31 +166,9 @@ TEST(Frames, DeserializeReleasesTheReceivedBuffer) {
   ExpectDeserializeReleasesTheBuffer<LoadFrame, v1::LoadResponse>();
 }
 
-// A ByteBuffer of `bytes` cut at random places.
-grpc::ByteBuffer SplitRandomly(const std::string& bytes, testing::Mutator& m) {
-  std::vector<grpc::Slice> slices;
-  for (size_t i = 0; i < bytes.size();) {
-    const size_t piece = 1 + m.Below(bytes.size() - i);
-    slices.emplace_back(bytes.substr(i, piece));
-    i += piece;
-  }
-  return grpc::ByteBuffer(slices.data(), slices.size());
-}
-
-// Whether protobuf kept a group among the message's own unknown fields.
-bool HasTopLevelGroup(const google::protobuf::Message& m) {
-  const google::protobuf::UnknownFieldSet& u = m.GetReflection()->GetUnknownFields(m);
-  for (int i = 0; i < u.field_count(); ++i) {
-    if (u.field(i).type() == google::protobuf::UnknownField::TYPE_GROUP) return true;
-  }
-  return false;
-}
-
-std::string Received(const ReceivedBytes& r) {
-  std::string out(r.size(), '\0');
-  r.CopyTo(reinterpret_cast<std::byte*>(out.data()));
-  return out;
-}
+using testing::HasTopLevelGroup;
+using testing::Received;
+using testing::SplitRandomly;
 
 // Tags are read as protobuf reads them: at most 5 bytes, bits above 32
 // dropped, field number 0 refused.
