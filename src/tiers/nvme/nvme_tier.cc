@@ -37,6 +37,9 @@ constexpr uint64_t kScanRunSlotBytes = 16 << 10;
 constexpr uint64_t kScanRunBytes = 1 << 20;
 constexpr uint64_t kScanBufferBytes = 16 << 20;
 constexpr uint64_t kWakeTag = 2;
+// Leftover copies one slot may hold (see NvmeTier::leftovers_) before it is
+// kept out of use: only saves into it that keep failing add more.
+constexpr size_t kMaxLeftoverKeysPerSlot = 8;
 // region_class_ values that are not a class.
 constexpr int32_t kRegionFree = -1;
 constexpr int32_t kRegionDamaged = -2;
@@ -257,6 +260,7 @@ absl::Status NvmeTier::Open() {
   KVTIER_RETURN_IF_ERROR(Recover());
   open_seconds_ = absl::ToDoubleSeconds(absl::Now() - start);
   completion_thread_ = std::thread([this] { CompletionLoop(); });
+  opened_ = true;
   return absl::OkStatus();
 }
 
@@ -447,6 +451,12 @@ absl::Status NvmeTier::Recover() {
     open_source_ = "snapshot";
   } else {
     snapshot_rejected_ = rejected;
+    // A ring that ReadAll gave up on still holds reads whose completions a
+    // scan would take for its own: fail the open instead.
+    if (ring_abandoned_) {
+      return absl::Status(loaded.code(), absl::StrCat("nvme: ", volume_path_,
+                                                      ": the snapshot was not used: ", rejected));
+    }
     KVTIER_RETURN_IF_ERROR(Scan());
     open_source_ = "scan";
   }
@@ -459,12 +469,14 @@ absl::Status NvmeTier::Recover() {
 absl::Status NvmeTier::LoadSnapshot(std::string* rejected) {
   const nvme::VolumeGeometry& g = superblock_.geometry;
   AlignedBuffer sector(kSectorBytes);
-  KVTIER_RETURN_IF_ERROR(file_->ReadAt(g.snapshot_offset, sector.span()));
-  absl::StatusOr<nvme::SnapshotHeader> h = nvme::DecodeSnapshotHeader(sector.span());
   auto reject = [rejected](const std::string& why) {
     *rejected = why;
     return absl::DataLossError(why);
   };
+  if (absl::Status read = file_->ReadAt(g.snapshot_offset, sector.span()); !read.ok()) {
+    return reject(absl::StrCat("cannot read the snapshot header: ", read.message()));
+  }
+  absl::StatusOr<nvme::SnapshotHeader> h = nvme::DecodeSnapshotHeader(sector.span());
   if (!h.ok()) {
     if (absl::IsNotFound(h.status())) return h.status();  // none: nothing to report
     return reject(std::string(h.status().message()));
@@ -483,8 +495,11 @@ absl::Status NvmeTier::LoadSnapshot(std::string* rejected) {
   const uint64_t bytes = table + h->record_count * nvme::kSnapshotRecordBytes;
   AlignedBuffer records(std::max<uint64_t>(AlignUp(bytes, kSectorBytes), kSectorBytes));
   if (bytes > 0) {
-    KVTIER_RETURN_IF_ERROR(file_->ReadAt(g.snapshot_offset + kSectorBytes,
-                                         records.span().subspan(0, AlignUp(bytes, kSectorBytes))));
+    absl::Status read = file_->ReadAt(g.snapshot_offset + kSectorBytes,
+                                      records.span().subspan(0, AlignUp(bytes, kSectorBytes)));
+    if (!read.ok()) {
+      return reject(absl::StrCat("cannot read the snapshot records: ", read.message()));
+    }
   }
   if (Xxh3_64(records.span().subspan(0, bytes)) != h->records_checksum) {
     return reject("snapshot records checksum mismatch");
@@ -553,6 +568,42 @@ absl::Status NvmeTier::LoadSnapshot(std::string* rejected) {
     }
     decoded.emplace_back(*slot, *r);
   }
+  // A free slot whose commit sector may still hold a record: read which
+  // chunk it names, so that a Remove of that chunk covers it (leftovers_).
+  // The snapshot does not say, and a slot may have had several candidates.
+  // A sector that cannot be read does not fail the open (a scan would read
+  // it too, and fail): see `unreadable` below.
+  std::vector<uint32_t> dirty;
+  std::vector<std::pair<uint64_t, uint64_t>> dirty_sectors;
+  std::vector<uint32_t> dirty_ids;
+  for (const auto& [slot, r] : decoded) {
+    if (r.kind != nvme::SnapshotRecordKind::kDirtyFree) continue;
+    dirty.push_back(slot);
+    dirty_sectors.emplace_back(slots_[slot].offset, kSectorBytes);
+    dirty_ids.push_back(DiskSlotId(slot));
+  }
+  std::vector<std::pair<uint32_t, NsKey>> leftovers;
+  std::vector<size_t> failed_reads;
+  if (!dirty.empty()) {
+    absl::Status read = ReadAll(
+        dirty_sectors,
+        [&](size_t i, const std::byte* bytes) {
+          nvme::SlotRecord rec =
+              nvme::DecodeSlotRecord({bytes, kSectorBytes}, superblock_.generation, dirty_ids[i]);
+          if (rec.kind == nvme::SlotRecordKind::kCommitted) {
+            leftovers.emplace_back(dirty[i], NsKey{rec.chunk.namespace_id, rec.chunk.key});
+          }
+        },
+        &failed_reads);
+    if (!read.ok()) {  // the ring failed, not a read: Recover fails the open
+      undo_regions();
+      *rejected =
+          absl::StrCat("cannot read the commit sectors of its free slots: ", read.message());
+      return read;
+    }
+  }
+  std::vector<bool> unreadable(slots_.size(), false);
+  for (size_t i : failed_reads) unreadable[dirty[i]] = true;
   // Valid: build the index from it.
   for (const auto& [slot, r] : decoded) {
     Slot& s = slots_[slot];
@@ -571,30 +622,85 @@ absl::Status NvmeTier::LoadSnapshot(std::string* rejected) {
     if (s.state == SlotState::kLive) {
       LinkLive(slot);
       ++recovered_chunks_;
-    } else {
+    } else if (!unreadable[slot]) {
       FreeSlot(slot);
     }
   }
+  for (const auto& [slot, id] : leftovers) NoteLeftover(slot, id);
   next_sequence_ = h->next_sequence;
+  // An unreadable commit sector of a free slot may name any chunk, which no
+  // Remove would then cover. Its record is replaced by a tombstone now (the
+  // snapshot says the slot holds no live chunk, so nothing is lost): the
+  // slot is then clean, and free. If that write or its flush fails too, the
+  // slot is withheld: never handed out, and listed again as needing a
+  // tombstone by the next snapshot, so the next open tries again. Until
+  // then a Remove cannot cover the chunk its record may name, which only a
+  // scan that reads the sector back could resurrect (the sector then failed
+  // a read and a write here; a scan that cannot read it fails the open).
+  std::vector<uint32_t> retire;
+  for (size_t i : failed_reads) retire.push_back(dirty[i]);
+  if (!retire.empty()) {
+    read_errors_ += retire.size();
+    AlignedBuffer tomb(kSectorBytes);
+    std::vector<bool> written(retire.size(), false);
+    bool any = false;
+    for (size_t i = 0; i < retire.size(); ++i) {
+      nvme::SlotRecord rec;
+      rec.kind = nvme::SlotRecordKind::kTombstone;
+      rec.generation = superblock_.generation;
+      rec.sequence = next_sequence_++;
+      rec.slot = DiskSlotId(retire[i]);
+      nvme::EncodeSlotRecord(rec, tomb.span());
+      written[i] = file_->WriteAt(slots_[retire[i]].offset, tomb.span()).ok();
+      any = any || written[i];
+    }
+    const bool synced = any && file_->Sync().ok();
+    for (size_t i = 0; i < retire.size(); ++i) {
+      Slot& s = slots_[retire[i]];
+      if (synced && written[i]) {
+        s.disk_dirty = false;
+        ++tombstones_;
+        FreeSlot(retire[i]);
+      } else {
+        ++write_errors_;
+        Withhold(retire[i]);
+      }
+    }
+  }
   return absl::OkStatus();
 }
 
 absl::Status NvmeTier::ReadAll(absl::Span<const std::pair<uint64_t, uint64_t>> jobs,
-                               absl::FunctionRef<void(size_t, const std::byte*)> on_read) {
+                               absl::FunctionRef<void(size_t, const std::byte*)> on_read,
+                               std::vector<size_t>* failed_jobs) {
   uint64_t max_len = kSectorBytes;
   for (const auto& j : jobs) max_len = std::max(max_len, j.second);
   const uint32_t window = std::min<uint32_t>(
       io_->depth(), static_cast<uint32_t>(std::max<uint64_t>(1, kScanBufferBytes / max_len)));
   AlignedBuffer buffer(static_cast<size_t>(window) * max_len);
+  // When the ring itself fails (Submit or Reap), which reads the kernel
+  // still holds is unknown, so none can be waited for: the buffer is leaked
+  // on purpose rather than freed under them (the open fails; at most
+  // kScanBufferBytes, only when io_uring breaks). Their completions stay
+  // in the ring, so it is not used again (ring_abandoned_).
+  auto abandon = [this, &buffer](absl::Status s) {
+    static_cast<void>(new AlignedBuffer(std::move(buffer)));
+    ring_abandoned_ = true;
+    return s;
+  };
   std::vector<uint32_t> free_bufs(window);
   for (uint32_t i = 0; i < window; ++i) free_bufs[i] = i;
   std::vector<size_t> job_of_buf(window);
   std::vector<IoCompletion> done(window);
   size_t next = 0;
   uint32_t inflight = 0;
-  while (next < jobs.size() || inflight > 0) {
+  // The first failed read. It stops new submissions, but the loop reaps on
+  // until no read is in flight: the kernel writes into `buffer` until each
+  // one completes.
+  absl::Status failed;
+  while ((failed.ok() && next < jobs.size()) || inflight > 0) {
     std::vector<IoRequest> reqs;
-    while (next < jobs.size() && !free_bufs.empty()) {
+    while (failed.ok() && next < jobs.size() && !free_bufs.empty()) {
       uint32_t b = free_bufs.back();
       free_bufs.pop_back();
       job_of_buf[b] = next;
@@ -609,22 +715,31 @@ absl::Status NvmeTier::ReadAll(absl::Span<const std::pair<uint64_t, uint64_t>> j
       ++next;
     }
     if (!reqs.empty()) {
-      KVTIER_RETURN_IF_ERROR(io_->Submit(reqs));
+      absl::Status submitted = io_->Submit(reqs);
+      if (!submitted.ok()) return abandon(submitted);
       inflight += static_cast<uint32_t>(reqs.size());
     }
-    KVTIER_ASSIGN_OR_RETURN(size_t got, io_->Reap(absl::MakeSpan(done), absl::InfiniteDuration()));
-    for (size_t k = 0; k < got; ++k) {
+    absl::StatusOr<size_t> got = io_->Reap(absl::MakeSpan(done), absl::InfiniteDuration());
+    if (!got.ok()) return abandon(got.status());
+    for (size_t k = 0; k < *got; ++k) {
       const uint32_t b = static_cast<uint32_t>(done[k].tag);
       const auto& j = jobs[job_of_buf[b]];
-      if (done[k].result != static_cast<int32_t>(j.second)) {
-        return IoStatus("recovery read", j.second, j.first, volume_path_, done[k].result);
+      if (!failed.ok()) {
+        // Draining after an error: the bytes are not used.
+      } else if (done[k].result != static_cast<int32_t>(j.second)) {
+        if (failed_jobs != nullptr) {
+          failed_jobs->push_back(job_of_buf[b]);
+        } else {
+          failed = IoStatus("recovery read", j.second, j.first, volume_path_, done[k].result);
+        }
+      } else {
+        on_read(job_of_buf[b], buffer.data() + static_cast<size_t>(b) * max_len);
       }
-      on_read(job_of_buf[b], buffer.data() + static_cast<size_t>(b) * max_len);
       free_bufs.push_back(b);
       --inflight;
     }
   }
-  return absl::OkStatus();
+  return failed;
 }
 
 absl::Status NvmeTier::Scan() {
@@ -720,11 +835,18 @@ absl::Status NvmeTier::Scan() {
     NsKey id{r.chunk.namespace_id, r.chunk.key};
     auto [it, inserted] = index_.emplace(id, slot);
     if (!inserted) {
-      // The same chunk in two slots (saved again after an eviction whose
-      // slot was not reused): the later write wins.
+      // The same chunk in two slots (saved again after its first slot was
+      // left without being overwritten: a failed read or save): the later
+      // write wins, and the other stays a leftover copy that a Remove must
+      // cover too.
       uint32_t other = it->second;
-      if (slots_[other].sequence > r.sequence) continue;
+      if (slots_[other].sequence > r.sequence) {
+        s.id = id;
+        NoteLeftover(slot, id);
+        continue;
+      }
       slots_[other].state = SlotState::kFree;
+      NoteLeftover(other, id);
       it->second = slot;
     }
     s.state = SlotState::kLive;
@@ -838,7 +960,11 @@ absl::Status NvmeTier::Close() {
   }
   if (completion_thread_.joinable()) completion_thread_.join();
   absl::Status status;
-  if (file_ != nullptr && options_.write_snapshot) status = WriteSnapshot();
+  // Only after a complete open: a failed one may have stopped before the
+  // index was rebuilt (a snapshot of it would lose every chunk on the
+  // volume), or at a volume that is not ours (another geometry or version,
+  // a device without a superblock), which must be left as it was.
+  if (opened_ && options_.write_snapshot) status = WriteSnapshot();
   absl::MutexLock lock(&mu_);
   io_.reset();
   file_.reset();
@@ -989,6 +1115,9 @@ std::optional<uint32_t> NvmeTier::AcquireSlot(uint32_t cls) {
   if (!victim.has_value()) return std::nullopt;
   ++evictions_;
   UnlinkLive(*victim);
+  // Its record stays until the save overwrites it (or for good, if the save
+  // fails first).
+  NoteLeftover(*victim, slots_[*victim].id);
   if (options_.on_evict) options_.on_evict(slots_[*victim].id.ns, slots_[*victim].id.key);
   slots_[*victim].state = SlotState::kFree;
   return *victim;
@@ -1040,6 +1169,7 @@ void NvmeTier::RefillClean(uint32_t cls) {
       if (!victim.has_value()) return;
       ++evictions_;
       UnlinkLive(*victim);
+      NoteLeftover(*victim, slots_[*victim].id);  // until its tombstone completes
       if (options_.on_evict) options_.on_evict(slots_[*victim].id.ns, slots_[*victim].id.key);
       slot = *victim;
     }
@@ -1098,6 +1228,16 @@ void NvmeTier::UpdateEvictable(uint32_t slot) {
 
 void NvmeTier::FreeSlot(uint32_t slot) {
   Slot& s = slots_[slot];
+  if (s.disk_dirty) {
+    auto it = leftover_keys_.find(slot);
+    if (it != leftover_keys_.end() && it->second.size() >= kMaxLeftoverKeysPerSlot) {
+      // Saves into it keep failing: rather than remember one more chunk per
+      // failed save, keep it out of use until a Remove of one of them
+      // tombstones it (ForgetLeftovers then clears the list).
+      Withhold(slot);
+      return;
+    }
+  }
   s.state = SlotState::kFree;
   s.writer = nullptr;
   s.readers = 0;
@@ -1105,13 +1245,72 @@ void NvmeTier::FreeSlot(uint32_t slot) {
   (s.disk_dirty ? c.free_dirty : c.free_clean).push_back(slot);
 }
 
+void NvmeTier::Withhold(uint32_t slot) {
+  Slot& s = slots_[slot];
+  s.state = SlotState::kFree;
+  s.writer = nullptr;
+  s.readers = 0;
+  if (!s.withheld) {
+    s.withheld = true;
+    ++withheld_slots_;
+  }
+}
+
 void NvmeTier::DropChunk(uint32_t slot) {
   Slot& s = slots_[slot];
   UnlinkLive(slot);
+  // Dropped, not overwritten: its commit record stays on disk.
+  NoteLeftover(slot, s.id);
   if (s.readers > 0) {
     s.state = SlotState::kDraining;
   } else {
     FreeSlot(slot);
+  }
+}
+
+// Why leftover copies are tracked rather than resolved by sequence numbers
+// at recovery: a Remove's tombstone carries no key and lives in one slot,
+// which a later save may overwrite while an older copy of the chunk still
+// sits in another slot; no order of records on disk would then say that the
+// chunk was removed. So the tier remembers every slot that may still hold a
+// record of a chunk not in it, and Remove tombstones those slots too. The
+// format is unchanged.
+void NvmeTier::NoteLeftover(uint32_t slot, const NsKey& id) {
+  std::vector<NsKey>& keys = leftover_keys_[slot];
+  if (std::find(keys.begin(), keys.end(), id) != keys.end()) return;
+  keys.push_back(id);
+  ++leftover_copies_;
+  leftovers_[id].push_back(slot);
+}
+
+void NvmeTier::ForgetLeftovers(uint32_t slot) {
+  if (leftover_keys_.empty()) return;
+  auto it = leftover_keys_.find(slot);
+  if (it == leftover_keys_.end()) return;
+  for (const NsKey& id : it->second) {
+    auto lit = leftovers_.find(id);
+    if (lit == leftovers_.end()) continue;
+    std::vector<uint32_t>& held = lit->second;
+    held.erase(std::remove(held.begin(), held.end(), slot), held.end());
+    if (held.empty()) leftovers_.erase(lit);
+  }
+  leftover_copies_ -= it->second.size();
+  leftover_keys_.erase(it);
+}
+
+void NvmeTier::TakeFree(uint32_t slot) {
+  if (slots_[slot].withheld) {
+    slots_[slot].withheld = false;
+    --withheld_slots_;
+    return;
+  }
+  ClassState& c = classes_[slots_[slot].cls];
+  for (std::deque<uint32_t>* list : {&c.free_dirty, &c.free_clean}) {
+    auto it = std::find(list->begin(), list->end(), slot);
+    if (it != list->end()) {
+      list->erase(it);
+      return;
+    }
   }
 }
 
@@ -1324,6 +1523,7 @@ void NvmeTier::AdvanceAfterFlush(Op* op) {
   switch (op->stage) {
     case Stage::kTombstone:
       s.disk_dirty = false;
+      ForgetLeftovers(op->slot);
       ++tombstones_;
       if (op->kind != OpKind::kPut) {
         FinishRemove(op, absl::OkStatus());
@@ -1363,6 +1563,7 @@ void NvmeTier::FinishPut(Op* op, const absl::Status& status) {
     s.state = SlotState::kLive;
     s.writer = nullptr;
     s.sequence = op->sequence;
+    ForgetLeftovers(op->slot);  // its commit record replaced any other
     LinkLive(op->slot);
     ++saves_;
     bytes_written_ += op->header.payload_length;
@@ -1372,6 +1573,8 @@ void NvmeTier::FinishPut(Op* op, const absl::Status& status) {
     // a failed data write leaves it clean, a failed commit leaves it dirty.
     auto it = index_.find(op->id);
     if (it != index_.end() && it->second == op->slot) index_.erase(it);
+    // A failed commit write may have left this chunk's record.
+    if (op->stage == Stage::kCommit) NoteLeftover(op->slot, op->id);
   }
   for (PutCallback& cb : op->put_callbacks) {
     Defer([cb = std::move(cb), status]() mutable { std::move(cb)(status); });
@@ -1602,41 +1805,80 @@ void NvmeTier::FinishGet(Op* op) {
 absl::Status NvmeTier::Remove(uint64_t namespace_id, const BlockKey& key) {
   KVTIER_RETURN_IF_ERROR(CheckNotCallback("Remove"));
   const NsKey id{namespace_id, key};
-  std::promise<absl::Status> promise;
-  std::future<absl::Status> future = promise.get_future();
-  {
-    absl::MutexLock lock(&mu_);
-    uint32_t slot;
-    for (;;) {
-      if (closing_) return absl::FailedPreconditionError("nvme: the tier is closed");
-      auto it = index_.find(id);
-      if (it == index_.end()) {
-        return absl::NotFoundError(
-            absl::StrCat("nvme: chunk ", KeyText(namespace_id, key), " is not in this tier"));
+  // One tombstone at a time, each flushed before the next: first over every
+  // leftover copy of the chunk (see leftovers_), then over the chunk itself.
+  // The chunk's own tombstone is the last: it starts only once no leftover
+  // copy is left (a slot whose commit sector was being written was waited
+  // for), and the index is not looked at again after it. A Put of the same
+  // key accepted meanwhile saves a new chunk, after this Remove: it stays
+  // (and so would leftover copies of it).
+  for (;;) {
+    std::promise<absl::Status> promise;
+    std::future<absl::Status> future = promise.get_future();
+    bool live = false;
+    {
+      absl::MutexLock lock(&mu_);
+      uint32_t slot;
+      for (;;) {
+        if (closing_) return absl::FailedPreconditionError("nvme: the tier is closed");
+        // A slot whose commit sector is being written (a save, a tombstone)
+        // is waited for: that write decides whether it still holds a copy.
+        std::optional<uint32_t> copy;
+        std::optional<uint32_t> busy;
+        if (auto lit = leftovers_.find(id); lit != leftovers_.end()) {
+          for (uint32_t l : lit->second) {
+            const SlotState state = slots_[l].state;
+            if (state == SlotState::kFree || state == SlotState::kDraining) {
+              copy = l;
+              break;
+            }
+            if (state == SlotState::kWriting || state == SlotState::kRemoving) busy = l;
+          }
+        }
+        auto it = index_.find(id);
+        if (!copy.has_value() && !busy.has_value() && it != index_.end() &&
+            slots_[it->second].state == SlotState::kWriting) {
+          busy = it->second;
+        }
+        if (!copy.has_value() && busy.has_value()) {
+          const uint32_t b = *busy;
+          auto settled = [this, b]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+            return closing_ || (slots_[b].state != SlotState::kWriting &&
+                                slots_[b].state != SlotState::kRemoving);
+          };
+          mu_.Await(absl::Condition(&settled));
+          continue;
+        }
+        if (!copy.has_value() && it == index_.end()) {
+          return absl::NotFoundError(
+              absl::StrCat("nvme: chunk ", KeyText(namespace_id, key), " is not in this tier"));
+        }
+        if (!HasRoom(kSectorBytes, true)) {
+          auto room = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+            return closing_ || HasRoom(kSectorBytes, true);
+          };
+          mu_.Await(absl::Condition(&room));
+          continue;
+        }
+        live = !copy.has_value();
+        slot = live ? it->second : *copy;
+        break;
       }
-      slot = it->second;
-      if (slots_[slot].state == SlotState::kWriting) {
-        auto written = [this, slot]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-          return closing_ || slots_[slot].state != SlotState::kWriting;
-        };
-        mu_.Await(absl::Condition(&written));
-        continue;
+      if (live) {
+        UnlinkLive(slot);
+        ++removes_;
+        // Out of the index, its record on disk: a leftover copy until the
+        // tombstone completes (and for good if it fails).
+        NoteLeftover(slot, id);
+      } else if (slots_[slot].state == SlotState::kFree) {
+        TakeFree(slot);
       }
-      if (!HasRoom(kSectorBytes, true)) {
-        auto room = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-          return closing_ || HasRoom(kSectorBytes, true);
-        };
-        mu_.Await(absl::Condition(&room));
-        continue;
-      }
-      break;
+      KVTIER_RETURN_IF_ERROR(StartTombstone(
+          slot, OpKind::kRemove, [&promise](const absl::Status& st) { promise.set_value(st); }));
     }
-    UnlinkLive(slot);
-    ++removes_;
-    KVTIER_RETURN_IF_ERROR(StartTombstone(
-        slot, OpKind::kRemove, [&promise](const absl::Status& st) { promise.set_value(st); }));
+    KVTIER_RETURN_IF_ERROR(future.get());
+    if (live) return absl::OkStatus();
   }
-  return future.get();
 }
 
 void NvmeTier::FinishRemove(Op* op, const absl::Status& status) {
@@ -1758,6 +2000,13 @@ std::vector<BlockKey> NvmeTier::KeysOf(uint64_t namespace_id) const {
   for (const auto& [id, slot] : index_) {
     if (id.ns == namespace_id && slots_[slot].state == SlotState::kLive) keys.push_back(id.key);
   }
+  // Chunks with a leftover copy whose key is not listed above yet: a Remove
+  // of each tombstones its copies (see Remove).
+  for (const auto& [id, held] : leftovers_) {
+    if (id.ns != namespace_id) continue;
+    auto it = index_.find(id);
+    if (it == index_.end() || slots_[it->second].state != SlotState::kLive) keys.push_back(id.key);
+  }
   return keys;
 }
 
@@ -1871,6 +2120,8 @@ NvmeTierStats NvmeTier::DetailedStats() const {
   d.flushes = flushes_;
   d.tombstones = tombstones_;
   d.removes = removes_;
+  d.leftover_copies = leftover_copies_;
+  d.withheld_slots = withheld_slots_;
   d.damaged_regions = damaged_regions_;
   for (int32_t c : region_class_) d.regions_assigned += c >= 0 ? 1 : 0;
   for (uint32_t c = 0; c < classes_.size(); ++c) {

@@ -216,6 +216,13 @@ struct NvmeTierStats {
   uint64_t flushes = 0;          // fdatasync calls
   uint64_t tombstones = 0;       // commit records invalidated (reuse, Remove)
   uint64_t removes = 0;          // chunks removed by Remove
+  // Gauge: (slot, chunk) pairs whose commit record a Remove of that chunk
+  // must still tombstone (leftover copies; see Remove).
+  uint64_t leftover_copies = 0;
+  // Gauge: free slots kept out of use until a tombstone replaces their
+  // record: too many leftover copies in one slot, or a commit sector that
+  // could neither be read nor tombstoned at open.
+  uint64_t withheld_slots = 0;
 };
 
 // What the tier knows about one resident chunk.
@@ -280,8 +287,14 @@ class NvmeTier final : public StorageTier {
 
   // True when the chunk is stored and readable now (cheap: an index lookup).
   bool Contains(uint64_t namespace_id, const BlockKey& key) const;
-  // Keys of the readable chunks of one namespace (a snapshot of the index;
-  // for removing a namespace).
+  // Keys of the readable chunks of one namespace, and of its chunks that are
+  // not readable but may still have a committed record on disk (a leftover
+  // copy: the chunk was dropped after a failed read or save, or evicted for
+  // a save still in flight); each key once. For removing a namespace:
+  // calling Remove on every key returned makes all of them stay removed
+  // after a crash (Remove answers NotFound for the unreadable ones, having
+  // tombstoned their records). A snapshot: chunks saved after it are not
+  // listed.
   std::vector<BlockKey> KeysOf(uint64_t namespace_id) const;
   // Meta and sizes of a stored chunk; NotFound otherwise.
   absl::StatusOr<NvmeChunkInfo> Describe(uint64_t namespace_id, const BlockKey& key) const;
@@ -304,7 +317,14 @@ class NvmeTier final : public StorageTier {
   bool CouldExist(uint64_t namespace_id, const BlockKey& key) const override;
   // Removes the chunk and makes the removal durable (its commit record is
   // replaced by a tombstone) before returning; waits for a Put of the same
-  // key in flight. NotFound when absent.
+  // key in flight. Every other slot whose commit record may still name the
+  // chunk (left by a read that failed and dropped it, an eviction, or a
+  // failed save) is tombstoned first, so no older copy comes back after a
+  // crash either. NotFound when absent (older copies are still tombstoned).
+  // The chunk's own slot goes last, and its tombstone ends the call: a Put
+  // of the same key arriving meanwhile is a new chunk and stays. An I/O
+  // error fails the call; a retry tombstones what is left (and says
+  // NotFound when the failed call had already taken the chunk out).
   absl::Status Remove(uint64_t namespace_id, const BlockKey& key) override;
   // Waits until every Put accepted before the call has completed. With
   // durability "power" completed Puts are already durable; with "process" it
@@ -347,6 +367,9 @@ class NvmeTier final : public StorageTier {
     BlockKey parent;
     ChunkHeader header;
     Op* writer = nullptr;  // the Put owning a kWriting slot
+    // kFree but on no free list: kept out of use until a tombstone to it
+    // succeeds (see FreeSlot, LoadSnapshot).
+    bool withheld = false;
   };
 
   // kClean: a tombstone written ahead of need (see clean_slots). kFlush: a
@@ -384,9 +407,16 @@ class NvmeTier final : public StorageTier {
   absl::Status LoadSnapshot(std::string* rejected);
   absl::Status Scan();
   // Reads `len` bytes at each offset through io_uring, a window at a time,
-  // and calls on_read(i, bytes) for offsets[i].
+  // and calls on_read(i, bytes) for each offsets[i] read in full. A read
+  // that fails fails the call (no new read starts), or, when `failed` is
+  // set, has its index appended to *failed while the others go on. Returns
+  // only once every read it submitted has completed (so none lands in freed
+  // memory), except when the ring itself fails (Submit or Reap): then the
+  // reads' buffer is leaked, ring_abandoned_ is set and the error returned;
+  // the ring must not be used again (the open fails).
   absl::Status ReadAll(absl::Span<const std::pair<uint64_t, uint64_t>> offsets_and_lens,
-                       absl::FunctionRef<void(size_t, const std::byte*)> on_read);
+                       absl::FunctionRef<void(size_t, const std::byte*)> on_read,
+                       std::vector<size_t>* failed = nullptr);
   absl::Status InvalidateSnapshot();
   absl::Status WriteSnapshot();
 
@@ -422,7 +452,18 @@ class NvmeTier final : public StorageTier {
   void UnlinkLive(uint32_t slot) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void UpdateEvictable(uint32_t slot) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void DropChunk(uint32_t slot) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Leftover copies (see leftovers_). NoteLeftover: `slot`'s commit sector
+  // may hold a committed record of `id`. ForgetLeftovers: a tombstone or a
+  // new commit record written there completed, replacing any such record.
+  void NoteLeftover(uint32_t slot, const NsKey& id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void ForgetLeftovers(uint32_t slot) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Takes a free slot off its free list, or out of the withheld ones.
+  void TakeFree(uint32_t slot) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Marks the slot free and puts it on a free list, unless it holds
+  // kMaxLeftoverKeysPerSlot leftover copies: then it is withheld (kept out
+  // of use) until a Remove's tombstone to it succeeds.
   void FreeSlot(uint32_t slot) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void Withhold(uint32_t slot) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   std::optional<uint32_t> ClassFor(uint64_t encoded_bytes) const;
   // Appends `count` free slots (not yet on a free list) of class `cls`.
   uint32_t AddSlots(uint32_t cls, uint64_t offset, uint64_t count)
@@ -452,6 +493,14 @@ class NvmeTier final : public StorageTier {
   bool fixed_buffers_ = false;
   std::thread completion_thread_;
   std::atomic<std::thread::id> completion_thread_id_{};
+  // Set as the last step of a successful Open. Close touches the volume
+  // (the snapshot) only when it is set: a failed open may have stopped
+  // before the index was rebuilt, or at a volume that is not this tier's.
+  bool opened_ = false;
+  // Set at open when ReadAll gave up on the ring with reads still in it:
+  // their completions would be taken for those of a later ReadAll, so the
+  // open fails instead of scanning.
+  bool ring_abandoned_ = false;
 
   // Set at open, read-only afterwards.
   std::string open_source_;
@@ -475,6 +524,21 @@ class NvmeTier final : public StorageTier {
   // Live chunks per (namespace, parent key): a chunk with an entry here has
   // resident children and is not evictable.
   absl::flat_hash_map<NsKey, uint32_t> children_ ABSL_GUARDED_BY(mu_);
+  // Leftover copies: slots whose commit sector may still hold a committed
+  // record of a chunk that is no longer in them (the chunk was dropped after
+  // a failed read, evicted for a save that has not overwritten the record
+  // yet or failed to, or removed by a tombstone not yet written or failed;
+  // or a failed save may have left its own record), by key; and the keys by
+  // slot. A scan after a crash
+  // would bring such a record back, so Remove tombstones these slots as
+  // well. An entry goes when a tombstone or a new commit record written
+  // there completes. Few and short-lived: failures, or evictions in flight.
+  // At most kMaxLeftoverKeysPerSlot keys per slot: a slot that reaches it
+  // (saves into it keep failing) is withheld, so none is added (FreeSlot).
+  absl::flat_hash_map<NsKey, std::vector<uint32_t>> leftovers_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<uint32_t, std::vector<NsKey>> leftover_keys_ ABSL_GUARDED_BY(mu_);
+  uint64_t leftover_copies_ ABSL_GUARDED_BY(mu_) = 0;  // entries of leftover_keys_'s lists
+  uint64_t withheld_slots_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t next_sequence_ ABSL_GUARDED_BY(mu_) = 1;
   uint64_t inflight_bytes_ ABSL_GUARDED_BY(mu_) = 0;
   uint32_t outstanding_ ABSL_GUARDED_BY(mu_) = 0;  // requests in the ring
