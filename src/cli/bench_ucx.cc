@@ -56,6 +56,7 @@ namespace kvtier::cli {
 namespace {
 
 constexpr const char* kToken = "bench-ucx-admin-token-0123456789";
+constexpr const char* kPeerToken = "bench-ucx-peer-token-0123456789";
 
 std::string ReadAll(const std::string& path) {
   std::ifstream in(path);
@@ -163,6 +164,7 @@ int RunUcxBench(Flags& flags) {
   }
   const std::string dir = *dir_or;
   { std::ofstream(dir + "/admin.token") << kToken; }
+  { std::ofstream(dir + "/peer.token") << kPeerToken; }
 
   struct Row {
     std::string tls;
@@ -193,11 +195,28 @@ int RunUcxBench(Flags& flags) {
     setenv("UCX_TLS", tls.c_str(), 1);
     const int port = FreeLoopbackPort();
     const std::string socket = dir + "/kvtierd.sock";
-    auto holder = ChildProcess::Start(
-        {kvtierd, "--socket", socket, "--http", "", "--dram", "1GiB", "--huge-pages", "false",
-         "--nvme", "off", "--tcp", absl::StrCat("127.0.0.1:", port), "--ucx", "true", "--node-id",
-         "bench-holder", "--admin-token-file", dir + "/admin.token"},
-        {absl::StrCat("UCX_TLS=", tls)}, dir + "/kvtierd.log");
+    auto holder = ChildProcess::Start({kvtierd,
+                                       "--socket",
+                                       socket,
+                                       "--http",
+                                       "",
+                                       "--dram",
+                                       "1GiB",
+                                       "--huge-pages",
+                                       "false",
+                                       "--nvme",
+                                       "off",
+                                       "--tcp",
+                                       absl::StrCat("127.0.0.1:", port),
+                                       "--ucx",
+                                       "true",
+                                       "--node-id",
+                                       "bench-holder",
+                                       "--admin-token-file",
+                                       dir + "/admin.token",
+                                       "--peer-token-file",
+                                       dir + "/peer.token"},
+                                      {absl::StrCat("UCX_TLS=", tls)}, dir + "/kvtierd.log");
     ClientOptions co;
     co.socket_path = socket;
     co.token = kToken;
@@ -235,7 +254,7 @@ int RunUcxBench(Flags& flags) {
       std::fprintf(stderr, "kvtier bench ucx: %s\n", std::string(s.message()).c_str());
       return 1;
     }
-    transfer::PeerClients clients("");
+    transfer::PeerClients clients(kPeerToken);
     transfer::StaticPeerSource source({absl::StrCat("127.0.0.1:", port)}, "bench-reader", &clients);
     transfer::RemoteReaderOptions ro;
     ro.node_id = "bench-reader";

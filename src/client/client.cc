@@ -269,11 +269,13 @@ class Client::Impl : public ChunkPin::Releaser {
   }
 
   // One control call: over the session, or as a gRPC call. A session that
-  // fails is closed; when it was an idle one (the daemon may have restarted
-  // since), the call is sent once more on a new session (which maps the new
-  // arena: callers read c.mapping after the call), else it reports
-  // Unavailable. Sending again is safe: a daemon that closed the session
-  // took its leases with it, and Commit of a lease it no longer knows fails.
+  // fails is closed; when it was an idle one that the daemon closed (it may
+  // have restarted since), the call is sent once more on a new session (which
+  // maps the new arena: callers read c.mapping after the call), else it
+  // reports Unavailable. A call that got no answer in time is not sent again:
+  // the daemon may still carry it out (a second Reserve of the same chunks
+  // would find them "already present" and the client would skip writing
+  // them), so it reports DeadlineExceeded.
   template <typename Req, typename Resp, typename Rpc>
   absl::Status Call(Control& c, shm::ControlMethod method, const Req& req, Resp* resp, Rpc rpc) {
     if (c.fd < 0) return FromGrpcStatus(rpc(Context().get(), req, resp));
@@ -281,7 +283,7 @@ class Client::Impl : public ChunkPin::Releaser {
     absl::Status s = shm::WriteControlRequest(c.fd, method, 0, body);
     absl::StatusOr<shm::ControlReply> reply =
         s.ok() ? shm::ReadControlReply(c.fd) : absl::StatusOr<shm::ControlReply>(s);
-    if (!reply.ok() && c.reused) {
+    if (!reply.ok() && c.reused && !absl::IsDeadlineExceeded(reply.status())) {
       close(c.fd);
       c.fd = -1;
       absl::StatusOr<Control> fresh = TakeControl(/*fresh=*/true);
@@ -294,8 +296,10 @@ class Client::Impl : public ChunkPin::Releaser {
     if (!reply.ok()) {
       close(c.fd);
       c.fd = -1;
-      return absl::UnavailableError(
-          absl::StrCat("kvtierd control session: ", reply.status().message()));
+      return absl::Status(absl::IsDeadlineExceeded(reply.status())
+                              ? absl::StatusCode::kDeadlineExceeded
+                              : absl::StatusCode::kUnavailable,
+                          absl::StrCat("kvtierd control session: ", reply.status().message()));
     }
     KVTIER_RETURN_IF_ERROR(reply->status);
     if (!resp->ParseFromString(reply->body)) {

@@ -8,17 +8,6 @@
 
 namespace kvtier::server {
 
-bool ConstantTimeEquals(absl::string_view a, absl::string_view b) {
-  const size_t n = std::max(a.size(), b.size());
-  volatile unsigned char diff = a.size() == b.size() ? 0 : 1;
-  for (size_t i = 0; i < n; ++i) {
-    const unsigned char x = i < a.size() ? static_cast<unsigned char>(a[i]) : 0;
-    const unsigned char y = i < b.size() ? static_cast<unsigned char>(b[i]) : 0;
-    diff = diff | static_cast<unsigned char>(x ^ y);
-  }
-  return diff == 0;
-}
-
 Authenticator::Authenticator(const DaemonConfig& config)
     : open_mode_(config.open_mode()), admin_token_(config.admin_token), tenants_(config.tenants) {}
 

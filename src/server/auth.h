@@ -21,6 +21,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "kvtier/namespace.h"
+#include "src/common/constant_time.h"
 #include "src/server/config.h"
 
 namespace kvtier::server {
@@ -54,8 +55,7 @@ class Authenticator {
   std::vector<TenantConfig> tenants_;
 };
 
-// Compares two strings in time that depends only on their lengths.
-bool ConstantTimeEquals(absl::string_view a, absl::string_view b);
+using ::kvtier::ConstantTimeEquals;
 
 }  // namespace kvtier::server
 

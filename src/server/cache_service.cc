@@ -162,14 +162,38 @@ uint64_t CacheService::NewLeaseId() {
   }
 }
 
-absl::Status CacheService::CheckLeaseRoom(size_t wanted) const {
+absl::Status CacheService::CheckLeaseRoom(size_t wanted, const std::string& owner) const {
   absl::MutexLock lock(&leases_mu_);
   if (leases_.size() + wanted > options_.max_leases) {
     return absl::ResourceExhaustedError(absl::StrCat(
         "leases: ", leases_.size(), " held and ", wanted, " more asked for; the limit is ",
         options_.max_leases, " (limits.max_leases): commit or release some first"));
   }
+  auto it = leases_by_owner_.find(owner);
+  const uint64_t held = it == leases_by_owner_.end() ? 0 : it->second;
+  if (held + wanted > options_.max_leases_per_principal) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("leases: '", owner, "' holds ", held, " and asked for ", wanted,
+                     " more; the limit per principal is ", options_.max_leases_per_principal,
+                     " (limits.max_leases_per_principal): commit or release some first"));
+  }
   return absl::OkStatus();
+}
+
+uint64_t CacheService::AddLeaseLocked(Lease lease) {
+  const uint64_t id = NewLeaseId();
+  ++leases_by_owner_[lease.owner];
+  leases_.emplace(id, std::move(lease));
+  return id;
+}
+
+CacheService::Lease CacheService::EraseLeaseLocked(
+    absl::flat_hash_map<uint64_t, Lease>::iterator it) {
+  Lease lease = std::move(it->second);
+  leases_.erase(it);
+  auto owner = leases_by_owner_.find(lease.owner);
+  if (owner != leases_by_owner_.end() && --owner->second == 0) leases_by_owner_.erase(owner);
+  return lease;
 }
 
 std::optional<CacheService::Lease> CacheService::TakeLease(uint64_t id, Lease::Kind kind,
@@ -179,9 +203,7 @@ std::optional<CacheService::Lease> CacheService::TakeLease(uint64_t id, Lease::K
   if (it == leases_.end() || it->second.kind != kind || it->second.owner != owner) {
     return std::nullopt;
   }
-  Lease lease = std::move(it->second);
-  leases_.erase(it);
-  return lease;
+  return EraseLeaseLocked(it);
 }
 
 size_t CacheService::ExpireLeases(absl::Time now) {
@@ -190,8 +212,7 @@ size_t CacheService::ExpireLeases(absl::Time now) {
     absl::MutexLock lock(&leases_mu_);
     for (auto it = leases_.begin(); it != leases_.end();) {
       if (it->second.expires <= now) {
-        expired.push_back(std::move(it->second));
-        leases_.erase(it++);
+        expired.push_back(EraseLeaseLocked(it++));
       } else {
         ++it;
       }
@@ -558,7 +579,7 @@ absl::Status CacheService::DoReserve(grpc::ServerContext*, const v1::ReserveRequ
     refs.push_back(r);
   }
   KVTIER_ASSIGN_OR_RETURN(Namespace ns, OpenNamespace(who, req.has_namespace_(), req.namespace_()));
-  KVTIER_RETURN_IF_ERROR(CheckLeaseRoom(refs.size()));
+  KVTIER_RETURN_IF_ERROR(CheckLeaseRoom(refs.size(), who.name));
   // Reserve everything first; a request that turns out invalid gives back
   // what it took.
   std::vector<std::pair<absl::StatusOr<DramTier::SlotReservation>, size_t>> got;
@@ -586,14 +607,12 @@ absl::Status CacheService::DoReserve(grpc::ServerContext*, const v1::ReserveRequ
     if (options_.namespace_stats != nullptr) {
       options_.namespace_stats->AddSaved(ns, 1, r->payload_bytes);
     }
-    const uint64_t id = NewLeaseId();
     Lease lease;
     lease.kind = Lease::Kind::kReservation;
     lease.owner = who.name;
     lease.slot_handle = r->handle;
     lease.expires = expires;
-    leases_.emplace(id, std::move(lease));
-    out->set_handle(id);
+    out->set_handle(AddLeaseLocked(std::move(lease)));
     out->set_offset(r->payload_offset);
     out->set_length(r->payload_bytes);
   }
@@ -645,10 +664,16 @@ absl::Status CacheService::DoCommit(grpc::ServerContext*, const v1::CommitReques
 
 absl::Status CacheService::DoPin(grpc::ServerContext*, const v1::PinRequest& req,
                                  v1::PinResponse& resp, Principal& who) {
+  // A pin hands out an offset in the mapped arena: of no use to a caller
+  // that cannot map it, and it holds chunks in DRAM.
+  if (!who.shared_memory) {
+    return absl::PermissionDeniedError(
+        absl::StrCat("Pin: tenant '", who.name, "' may not map the shared arena (shared_memory)"));
+  }
   KVTIER_ASSIGN_OR_RETURN(std::vector<BlockKey> keys,
                           wire::KeysFromProto(req.keys(), "keys", options_.max_keys_per_request));
   KVTIER_ASSIGN_OR_RETURN(Namespace ns, OpenNamespace(who, req.has_namespace_(), req.namespace_()));
-  KVTIER_RETURN_IF_ERROR(CheckLeaseRoom(keys.size()));
+  KVTIER_RETURN_IF_ERROR(CheckLeaseRoom(keys.size(), who.name));
   const std::byte* arena = cache_->dram().arena().base();
   const absl::Time expires = absl::Now() + absl::Seconds(options_.lease_seconds);
   uint64_t pinned = 0, pinned_bytes = 0, pinned_tokens = 0;
@@ -678,9 +703,7 @@ absl::Status CacheService::DoPin(grpc::ServerContext*, const v1::PinRequest& req
     lease.pin = std::move(*pin);
     lease.expires = expires;
     absl::MutexLock lock(&leases_mu_);
-    const uint64_t id = NewLeaseId();
-    leases_.emplace(id, std::move(lease));
-    out->set_pin_id(id);
+    out->set_pin_id(AddLeaseLocked(std::move(lease)));
   }
   resp.set_arena_id(options_.arena_id);
   return absl::OkStatus();

@@ -47,6 +47,7 @@ struct ServiceOptions {
   uint64_t max_message_bytes = 1ull << 20;     // payload bytes per streamed message
   uint32_t lease_seconds = 30;                 // life of a reservation or pin
   uint32_t max_leases = 65536;                 // leases held at once
+  uint32_t max_leases_per_principal = 32768;   // of those, held by one principal
   uint64_t arena_id = 0;                       // identifies this daemon's arena
   std::string shm_socket;                      // side-channel path; empty = disabled
   std::string version;                         // reported by Health and Stats
@@ -173,7 +174,12 @@ class CacheService final : public grpc::Service {
 
   // Lease table. NewLeaseId never returns 0 or an id in use.
   uint64_t NewLeaseId() ABSL_EXCLUSIVE_LOCKS_REQUIRED(leases_mu_);
-  absl::Status CheckLeaseRoom(size_t wanted) const;
+  absl::Status CheckLeaseRoom(size_t wanted, const std::string& owner) const;
+  // Keeps `lease` under a new id and counts it for its owner.
+  uint64_t AddLeaseLocked(Lease lease) ABSL_EXCLUSIVE_LOCKS_REQUIRED(leases_mu_);
+  // Forgets the lease at `it`, uncounting it for its owner.
+  Lease EraseLeaseLocked(absl::flat_hash_map<uint64_t, Lease>::iterator it)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(leases_mu_);
   // Removes and returns the lease `id` when it exists, has `kind` and
   // belongs to `owner`.
   std::optional<Lease> TakeLease(uint64_t id, Lease::Kind kind, const std::string& owner);
@@ -189,6 +195,7 @@ class CacheService final : public grpc::Service {
 
   mutable absl::Mutex leases_mu_;
   absl::flat_hash_map<uint64_t, Lease> leases_ ABSL_GUARDED_BY(leases_mu_);
+  absl::flat_hash_map<std::string, uint64_t> leases_by_owner_ ABSL_GUARDED_BY(leases_mu_);
 };
 
 }  // namespace kvtier::server

@@ -307,6 +307,8 @@ absl::Status ApplySetting(const std::string& name, const std::string& value,
     KVTIER_ASSIGN_OR_RETURN(c.lease_seconds, ParseU32(value, field, 1, 86400));
   } else if (name == "limits.max_leases") {
     KVTIER_ASSIGN_OR_RETURN(c.max_leases, ParseU32(value, field, 1, 1u << 24));
+  } else if (name == "limits.max_leases_per_principal") {
+    KVTIER_ASSIGN_OR_RETURN(c.max_leases_per_principal, ParseU32(value, field, 1, 1u << 24));
   } else if (name == "shutdown.drain_seconds") {
     KVTIER_ASSIGN_OR_RETURN(c.drain_seconds, ParseU32(value, field, 0, 3600));
   } else if (name == "log.level") {
@@ -363,6 +365,9 @@ absl::Status ApplySetting(const std::string& name, const std::string& value,
     KVTIER_ASSIGN_OR_RETURN(c.ucx.transfer_timeout_ms, ParseU32(value, field, 1, 600000));
   } else if (name == "ucx.peer_token") {
     c.ucx.peer_token = value;
+  } else if (name == "ucx.peer_token_file") {
+    KVTIER_ASSIGN_OR_RETURN(std::string t, ReadSmallFile(value, field));
+    c.ucx.peer_token = std::string(absl::StripAsciiWhitespace(t));
   } else if (name == "ucx.max_batch_chunks") {
     KVTIER_ASSIGN_OR_RETURN(c.ucx.max_batch_chunks, ParseU32(value, field, 1, 4096));
   } else if (name == "ucx.copy_threads") {
@@ -402,7 +407,7 @@ const std::map<std::string, std::set<std::string>>& SectionKeys() {
       {"auth", {"admin_token", "admin_token_file", "tenants"}},
       {"limits",
        {"max_keys_per_request", "max_tokens_per_request", "max_message_bytes",
-        "max_grpc_message_bytes", "lease_seconds", "max_leases"}},
+        "max_grpc_message_bytes", "lease_seconds", "max_leases", "max_leases_per_principal"}},
       {"shutdown", {"drain_seconds"}},
       {"log", {"level"}},
       {"status", {"tokens_per_gpu_second"}},
@@ -438,7 +443,8 @@ const std::map<std::string, std::set<std::string>>& SectionKeys() {
         "recheck_ms"}},
       {"ucx",
        {"enabled", "progress_threads", "lease_seconds", "lookup_timeout_ms", "transfer_timeout_ms",
-        "peer_token", "max_batch_chunks", "busy_poll_us", "idle_peer_seconds", "copy_threads"}},
+        "peer_token", "peer_token_file", "max_batch_chunks", "busy_poll_us", "idle_peer_seconds",
+        "copy_threads"}},
   };
   return *keys;
 }
@@ -592,6 +598,7 @@ const std::vector<FlagSpec>& FlagSpecs() {
       {"ucx-lease-seconds", "ucx.lease_seconds", true, "life of chunks pinned for peers"},
       {"ucx-lookup-timeout-ms", "ucx.lookup_timeout_ms", true, "wait for peers' Lookup"},
       {"ucx-transfer-timeout-ms", "ucx.transfer_timeout_ms", true, "one remote read"},
+      {"peer-token-file", "ucx.peer_token_file", true, "file holding the Peer service's token"},
       {"help", nullptr, false, "print this help"},
       {"version", nullptr, false, "print the version"},
   };
@@ -622,6 +629,7 @@ constexpr EnvSpec kEnvSpecs[] = {
     {"KVTIER_NVME", "nvme.path"},
     {"KVTIER_NVME_CAPACITY", "nvme.capacity"},
     {"KVTIER_STATUS_TOKEN", "listen.status_token"},
+    {"KVTIER_PEER_TOKEN", "ucx.peer_token"},
     {"KVTIER_NODE_ID", "node_id"},
     {"KVTIER_NATS_URL", "cluster.nats_url"},
     {"KVTIER_BLOB_ENDPOINT", "blob.endpoint"},
@@ -1004,6 +1012,19 @@ absl::Status DaemonConfig::Validate() const {
       return Invalid("listen.tcp",
                      "ucx.enabled needs a TCP listener: other nodes call the Peer service there");
     }
+    // The Peer service hands out the arena's remote key and pins any
+    // namespace's chunks for reading: with auth on, an open one would let
+    // any caller read every tenant's chunks.
+    if (!open_mode() && ucx.peer_token.empty()) {
+      return Invalid("ucx.peer_token",
+                     "required with ucx.enabled when auth is on (admin_token or tenants): "
+                     "without it any caller of the Peer service could read every tenant's "
+                     "chunks");
+    }
+    if (!ucx.peer_token.empty() && ucx.peer_token.size() < kMinTokenLength) {
+      return Invalid("ucx.peer_token",
+                     absl::StrCat("must be at least ", kMinTokenLength, " characters"));
+    }
   }
   return absl::OkStatus();
 }
@@ -1075,6 +1096,7 @@ std::string DaemonConfig::ToRedactedYaml() const {
   out << YAML::Key << "max_grpc_message_bytes" << YAML::Value << max_grpc_message_bytes;
   out << YAML::Key << "lease_seconds" << YAML::Value << lease_seconds;
   out << YAML::Key << "max_leases" << YAML::Value << max_leases;
+  out << YAML::Key << "max_leases_per_principal" << YAML::Value << max_leases_per_principal;
   out << YAML::EndMap;
   out << YAML::Key << "shutdown" << YAML::Value << YAML::BeginMap;
   out << YAML::Key << "drain_seconds" << YAML::Value << drain_seconds;

@@ -112,6 +112,8 @@ struct DaemonConfig {
   uint64_t max_grpc_message_bytes = 16ull << 20;  // the transport's cap on one message
   uint32_t lease_seconds = 30;  // life of an uncommitted reservation or unreleased pin
   uint32_t max_leases = 65536;  // reservations and pins held at once
+  uint32_t max_leases_per_principal = 32768;  // of those, held by one token's callers
+                                              // (applies when tenants are configured)
   // Shutdown: seconds SIGTERM waits for in-flight RPCs before cancelling them.
   uint32_t drain_seconds = 10;
   std::string log_level = "info";  // debug | info | warn | error

@@ -115,6 +115,10 @@ absl::Status Daemon::Init(std::string version) {
   so.max_message_bytes = config_.max_message_bytes;
   so.lease_seconds = config_.lease_seconds;
   so.max_leases = config_.max_leases;
+  // With tenants, no one token may hold every lease; without, there is one
+  // principal (or the admin alone) and max_leases is its limit.
+  so.max_leases_per_principal =
+      config_.tenants.empty() ? config_.max_leases : config_.max_leases_per_principal;
   so.arena_id = arena_id_;
   so.shm_socket = config_.shared_memory ? config_.ShmSocketPath() : "";
   so.version = version;

@@ -5,11 +5,15 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <cmath>
 #include <cstring>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "src/common/status_macros.h"
 
 namespace kvtier::shm {
@@ -34,7 +38,9 @@ absl::Status ReadFull(int fd, char* out, size_t n, absl::Time deadline) {
   size_t got = 0;
   while (got < n) {
     if (deadline != absl::InfiniteFuture()) {
-      int64_t ms = absl::ToInt64Milliseconds(deadline - absl::Now());
+      // Rounded up: a poll that times out has reached the deadline.
+      const int64_t ms =
+          static_cast<int64_t>(std::ceil(absl::ToDoubleMilliseconds(deadline - absl::Now())));
       if (ms <= 0) return absl::UnavailableError("shared memory: timed out waiting for the daemon");
       pollfd p{fd, POLLIN, 0};
       int r = poll(&p, 1, static_cast<int>(ms));
@@ -44,6 +50,10 @@ absl::Status ReadFull(int fd, char* out, size_t n, absl::Time deadline) {
     }
     ssize_t r = recv(fd, out + got, n - got, 0);
     if (r < 0 && errno == EINTR) continue;
+    if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+      // The socket's receive timeout: the peer may still be working on it.
+      return absl::DeadlineExceededError("shared memory: no answer within the receive timeout");
+    }
     if (r < 0) return Errno("recv");
     if (r == 0) return absl::UnavailableError("shared memory: connection closed early");
     got += static_cast<size_t>(r);
@@ -253,7 +263,8 @@ absl::StatusOr<ControlReply> ReadControlReply(int fd) {
   return reply;
 }
 
-absl::StatusOr<ControlRequest> ReadControlRequest(int fd, uint32_t max_bytes) {
+absl::StatusOr<ControlRequest> ReadControlRequest(int fd, uint32_t max_bytes,
+                                                  absl::Duration frame_timeout) {
   char head[6];
   // A clean close between frames ends the session without an error.
   ssize_t first;
@@ -262,7 +273,16 @@ absl::StatusOr<ControlRequest> ReadControlRequest(int fd, uint32_t max_bytes) {
   } while (first < 0 && errno == EINTR);
   if (first == 0) return absl::OutOfRangeError("shared memory: the client closed the session");
   if (first < 0) return Errno("recv");
-  KVTIER_RETURN_IF_ERROR(ReadFull(fd, head + 1, sizeof(head) - 1, absl::InfiniteFuture()));
+  // A client that starts a frame and stops holds a session thread (and,
+  // were the body allocated up front, up to max_bytes) only this long.
+  const absl::Time deadline = absl::Now() + frame_timeout;
+  auto late = [&](const absl::Status& s) {
+    return absl::Now() >= deadline ? absl::DeadlineExceededError(
+                                         absl::StrCat("request: the frame was not complete within ",
+                                                      absl::FormatDuration(frame_timeout)))
+                                   : s;
+  };
+  if (absl::Status s = ReadFull(fd, head + 1, sizeof(head) - 1, deadline); !s.ok()) return late(s);
   const uint32_t len = static_cast<uint32_t>(GetLE(head, 4));
   if (len > max_bytes) {
     return absl::InvalidArgumentError(absl::StrCat("request: ", len, " bytes exceed the limit of ",
@@ -271,8 +291,15 @@ absl::StatusOr<ControlRequest> ReadControlRequest(int fd, uint32_t max_bytes) {
   ControlRequest req;
   req.method = static_cast<ControlMethod>(static_cast<uint8_t>(head[4]));
   req.flags = static_cast<uint8_t>(head[5]);
-  req.body.resize(len);
-  KVTIER_RETURN_IF_ERROR(ReadFull(fd, req.body.data(), len, absl::InfiniteFuture()));
+  constexpr size_t kStep = 256 << 10;
+  while (req.body.size() < len) {
+    const size_t at = req.body.size();
+    req.body.resize(std::min<size_t>(len, at + kStep));
+    if (absl::Status s = ReadFull(fd, req.body.data() + at, req.body.size() - at, deadline);
+        !s.ok()) {
+      return late(s);
+    }
+  }
   return req;
 }
 

@@ -112,14 +112,19 @@ struct ControlReply {
 // Unavailable when the connection fails.
 absl::Status WriteControlRequest(int fd, ControlMethod method, uint8_t flags,
                                  absl::string_view body);
-// Client side: reads one reply. Unavailable when the connection fails or
-// closes (a receive timeout on the socket bounds the wait); DataLoss for a
-// malformed frame.
+// Client side: reads one reply. DeadlineExceeded when the socket's receive
+// timeout passes first (the daemon may still carry the request out);
+// Unavailable when the connection fails or closes; DataLoss for a malformed
+// frame.
 absl::StatusOr<ControlReply> ReadControlReply(int fd);
-// Daemon side: reads one request. OutOfRange when the client closed the
-// session between frames; InvalidArgument for a body over `max_bytes`;
+// Daemon side: reads one request. Waits as long as it takes for a frame to
+// start; once it has, the rest must arrive within `frame_timeout`, and the
+// body buffer grows only as its bytes arrive. OutOfRange when the client
+// closed the session between frames; InvalidArgument for a body over
+// `max_bytes`; DeadlineExceeded for a frame not complete in time;
 // Unavailable for other connection failures.
-absl::StatusOr<ControlRequest> ReadControlRequest(int fd, uint32_t max_bytes);
+absl::StatusOr<ControlRequest> ReadControlRequest(int fd, uint32_t max_bytes,
+                                                  absl::Duration frame_timeout = absl::Seconds(10));
 // Daemon side: sends one reply carrying `status` and, when it is OK, `body`.
 absl::Status WriteControlReply(int fd, const absl::Status& status, absl::string_view body);
 

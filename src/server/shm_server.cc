@@ -66,7 +66,12 @@ absl::StatusOr<std::unique_ptr<ShmServer>> ShmServer::Start(const ShmServerOptio
   sockaddr_un addr{};
   addr.sun_family = AF_UNIX;
   std::memcpy(addr.sun_path, options.path.c_str(), options.path.size() + 1);
-  if (bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 || listen(fd, 64) != 0) {
+  // The socket file is created with the umask: keep it private until the
+  // chmod below, so no client connects (and is served) under a looser mode.
+  const mode_t old_umask = umask(0177);
+  const int bound = bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
+  umask(old_umask);
+  if (bound != 0 || listen(fd, 64) != 0) {
     absl::Status s =
         absl::FailedPreconditionError(absl::StrCat("listen.unix_socket (.shm): cannot listen on '",
                                                    options.path, "': ", std::strerror(errno)));
@@ -128,9 +133,9 @@ void ShmServer::ReapSessions() {
 void ShmServer::RunSession(int fd, const Principal& who) {
   for (;;) {
     absl::StatusOr<shm::ControlRequest> req =
-        shm::ReadControlRequest(fd, options_.max_control_bytes);
+        shm::ReadControlRequest(fd, options_.max_control_bytes, options_.frame_timeout);
     if (!req.ok()) {
-      if (absl::IsInvalidArgument(req.status())) {
+      if (absl::IsInvalidArgument(req.status()) || absl::IsDeadlineExceeded(req.status())) {
         (void)shm::WriteControlReply(fd, req.status(), "");
         log_->Warn("shared memory: bad control request",
                    {{"principal", who.name}, {"error", std::string(req.status().message())}});

@@ -21,6 +21,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
 #include "src/server/accept_loop.h"
 #include "src/server/auth.h"
 #include "src/server/log.h"
@@ -45,9 +46,10 @@ struct ShmServerOptions {
   int arena_fd = -1;      // the memfd to hand out (not owned)
   uint64_t arena_id = 0;  // sent with each grant
   uint64_t arena_bytes = 0;
-  ControlHandler control;                  // serves session calls; empty = no sessions
-  uint32_t max_sessions = 256;             // control sessions open at once
-  uint32_t max_control_bytes = 16u << 20;  // largest control request body, bytes
+  ControlHandler control;                            // serves session calls; empty = no sessions
+  uint32_t max_sessions = 256;                       // control sessions open at once
+  uint32_t max_control_bytes = 16u << 20;            // largest control request body, bytes
+  absl::Duration frame_timeout = absl::Seconds(10);  // a started control frame, to its end
 };
 
 class ShmServer {

@@ -5,6 +5,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "src/common/constant_time.h"
 #include "src/common/status_macros.h"
 #include "src/core/chunk_format.h"
 #include "src/server/status_convert.h"
@@ -66,7 +67,7 @@ absl::Status PeerService::CheckAuth(grpc::ServerContext* ctx) const {
   if (it == md.end()) {
     return absl::UnauthenticatedError("Peer: no authorization (ucx.peer_token is set)");
   }
-  if (absl::string_view(it->second.data(), it->second.size()) != want) {
+  if (!ConstantTimeEquals(absl::string_view(it->second.data(), it->second.size()), want)) {
     return absl::PermissionDeniedError("Peer: wrong peer token");
   }
   return absl::OkStatus();

@@ -463,6 +463,8 @@ TEST(ClusterIndex, KvtierdReadsWhatTheIndexSaysAnotherNodeHolds) {
         "true",
         "--admin-token-file",
         d.Write("admin.token", kAdmin),
+        "--peer-token-file",
+        d.Write("peer.token", "cluster-test-peer-token-0123456789"),
         "--nvme",
         "off",
         "--dram",

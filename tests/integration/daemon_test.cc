@@ -88,7 +88,8 @@ std::unique_ptr<grpc::ClientContext> Ctx(const std::string& token = "") {
   return ctx;
 }
 
-std::string ConfigWithTenants(const TempDir& dir, int lease_seconds = 30) {
+std::string ConfigWithTenants(const TempDir& dir, int lease_seconds = 30,
+                              absl::string_view more_limits = "") {
   return dir.Write("kvtierd.yaml", absl::StrCat(R"(
 auth:
   admin_token: )",
@@ -108,7 +109,7 @@ limits:
   max_message_bytes: 64KiB
   max_grpc_message_bytes: 4MiB
   lease_seconds: )",
-                                                lease_seconds, "\n"));
+                                                lease_seconds, "\n", more_limits));
 }
 
 // ---- many processes at once ---------------------------------------------------
@@ -505,6 +506,48 @@ TEST(Daemon, AbandonedReservationsAndPinsExpire) {
   EXPECT_EQ(r.matched, 0u) << "an expired reservation never becomes visible";
   ASSERT_TRUE(stub->Commit(Ctx(kTokenA).get(), commit, &cresp).ok());
   EXPECT_EQ(cresp.results(0).code(), static_cast<int>(grpc::StatusCode::FAILED_PRECONDITION));
+}
+
+// One tenant cannot take every lease: pins and reservations are counted per
+// principal, and a tenant that may not map the arena may not pin at all.
+TEST(Daemon, LeasesAreLimitedPerPrincipal) {
+  TempDir dir;
+  ASSERT_OK_AND_ASSIGN(
+      auto daemon,
+      Daemon::Start(dir, {"--config", ConfigWithTenants(dir, 30,
+                                                        "  max_leases: 8\n"
+                                                        "  max_leases_per_principal: 5\n")}));
+  ASSERT_OK_AND_ASSIGN(Namespace ns, Namespace::Create(SmallNamespace("salt-a")));
+  auto a = Connect(daemon->socket(), kTokenA);
+  std::vector<ChunkRef> refs = SaveChain(*a, ns, Tokens(64, 5));
+  auto stub = RawStub(daemon->socket());
+  auto pin = [&](const std::string& token, int copies, v1::PinResponse* resp) {
+    v1::PinRequest req;
+    wire::NamespaceToProto(ns.options(), req.mutable_namespace_());
+    for (int i = 0; i < copies; ++i) req.add_keys(wire::KeyToBytes(refs[0].key));
+    return stub->Pin(Ctx(token).get(), req, resp);
+  };
+  v1::PinResponse held;
+  ASSERT_TRUE(pin(kTokenA, 5, &held).ok());
+  v1::PinResponse more;
+  grpc::Status s = pin(kTokenA, 1, &more);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << s.error_message();
+  EXPECT_THAT(s.error_message(), HasSubstr("limits.max_leases_per_principal"));
+  // Another principal still gets leases; the global limit still holds.
+  ASSERT_TRUE(pin(kAdmin, 3, &more).ok());
+  s = pin(kAdmin, 1, &more);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << s.error_message();
+  EXPECT_THAT(s.error_message(), HasSubstr("limits.max_leases)"));
+  // Tenant b (no shared memory) may not pin.
+  s = pin(kTokenB, 1, &more);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::PERMISSION_DENIED) << s.error_message();
+  // Released leases count no more.
+  v1::ReleaseRequest rel;
+  for (const v1::PinnedChunk& c : held.chunks()) rel.add_pin_ids(c.pin_id());
+  v1::ReleaseResponse rresp;
+  ASSERT_TRUE(stub->Release(Ctx(kTokenA).get(), rel, &rresp).ok());
+  EXPECT_EQ(rresp.released(), 5u);
+  EXPECT_TRUE(pin(kTokenA, 5, &more).ok());
 }
 
 TEST(Daemon, ClientKeepsWorkingAcrossADaemonRestart) {

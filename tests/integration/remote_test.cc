@@ -31,6 +31,7 @@ using ::testing::HasSubstr;
 
 // kvtierd refuses TCP without tokens; every node has this admin token.
 constexpr const char* kAdmin = "remote-test-admin-token-0123456789";
+constexpr const char* kPeerToken = "remote-test-peer-token-0123456789";
 
 std::unique_ptr<Client> Connect(const std::string& socket, bool shared_memory = false) {
   ClientOptions o;
@@ -89,6 +90,8 @@ absl::Status StartNode(Node& n, const std::string& id, const std::vector<std::st
                                     "500"};
   flags.push_back("--admin-token-file");
   flags.push_back(n.dir->Write("admin.token", kAdmin));
+  flags.push_back("--peer-token-file");
+  flags.push_back(n.dir->Write("peer.token", kPeerToken));
   if (!peers.empty()) {
     flags.push_back("--peers");
     flags.push_back(absl::StrJoin(peers, ","));
@@ -410,7 +413,8 @@ TEST(RemoteNetnsTest, ReadsAcrossNetworkNamespacesOverVeth) {
   setenv("UCX_TLS", "tcp", 1);
   TempDir da, db;
   const std::string yaml =
-      absl::StrCat("listen:\n  allow_insecure_tcp: true\nauth:\n  admin_token: ", kAdmin, "\n");
+      absl::StrCat("listen:\n  allow_insecure_tcp: true\nauth:\n  admin_token: ", kAdmin,
+                   "\nucx:\n  peer_token: ", kPeerToken, "\n");
   const std::string ya = da.Write("kvtierd.yaml", yaml);
   const std::string yb = db.Write("kvtierd.yaml", yaml);
   auto start = [&](int i, const TempDir& dir, const std::string& yaml, const std::string& ip,

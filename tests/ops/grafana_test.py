@@ -46,11 +46,14 @@ def main():
     admin = os.path.join(work, "admin.token")
     with open(admin, "w") as f:
         f.write("ops-admin-token-0123456789abcdef")
+    peer_token = os.path.join(work, "peer.token")
+    with open(peer_token, "w") as f:
+        f.write("ops-peer-token-0123456789abcdef")
     dead_peer = f"127.0.0.1:{opslib.free_port()}"
     daemon = opslib.Kvtierd(build, extra=(
         "--node-id", "ops-node", "--nats", nats.url,
         "--tcp", f"127.0.0.1:{opslib.free_port()}", "--admin-token-file", admin,
-        "--ucx", "true", "--peers", dead_peer,
+        "--ucx", "true", "--peers", dead_peer, "--peer-token-file", peer_token,
         "--blob-endpoint", f"http://127.0.0.1:{opslib.free_port()}",
         "--blob-account", "devstoreaccount1", "--blob-container", "kvtier",
         "--blob-key-file", key))

@@ -474,7 +474,7 @@ TEST(Transfer, NodeIdPeersAndUcxFromYamlEnvAndFlags) {
       "node_id: node-b\npeers: [\"10.0.0.1:7311\", \"10.0.0.2:7311\"]\n"
       "listen: {tcp: \"127.0.0.1:7311\"}\nauth: {admin_token: admin-token-0123456789}\n"
       "ucx: {enabled: true, progress_threads: 2, lease_seconds: 5, lookup_timeout_ms: 50,\n"
-      "      transfer_timeout_ms: 900, peer_token: pt}\n",
+      "      transfer_timeout_ms: 900, peer_token: peer-token-0123456789}\n",
       c));
   EXPECT_EQ(c.node_id, "node-b");
   EXPECT_EQ(c.peers, (std::vector<std::string>{"10.0.0.1:7311", "10.0.0.2:7311"}));
@@ -483,10 +483,10 @@ TEST(Transfer, NodeIdPeersAndUcxFromYamlEnvAndFlags) {
   EXPECT_EQ(c.ucx.lease_seconds, 5u);
   EXPECT_EQ(c.ucx.lookup_timeout_ms, 50u);
   EXPECT_EQ(c.ucx.transfer_timeout_ms, 900u);
-  EXPECT_EQ(c.ucx.peer_token, "pt");
+  EXPECT_EQ(c.ucx.peer_token, "peer-token-0123456789");
   c.unix_socket = "/tmp/kvtier-config-test.sock";
   EXPECT_OK(c.Validate());
-  EXPECT_THAT(c.ToRedactedYaml(), ::testing::Not(HasSubstr("pt\n")));
+  EXPECT_THAT(c.ToRedactedYaml(), ::testing::Not(HasSubstr("peer-token-0123456789")));
   ASSERT_OK(ApplyEnv({{"KVTIER_NODE_ID", "env-node"}, {"KVTIER_PEERS", "h:1"}}, c));
   EXPECT_EQ(c.node_id, "env-node");
   EXPECT_EQ(c.peers, (std::vector<std::string>{"h:1"}));
@@ -514,6 +514,33 @@ TEST(Transfer, ValidateNamesTheKey) {
   EXPECT_THAT(ApplyYaml("ucx: {progress_threads: 0}\n", d),
               StatusIs(kInvalid, HasSubstr("ucx.progress_threads")));
   EXPECT_THAT(ApplyYaml("ucx: {bogus: 1}\n", d), StatusIs(kInvalid, HasSubstr("ucx.bogus")));
+}
+
+TEST(Transfer, PeerServiceNeedsItsTokenWhenAuthIsOn) {
+  DaemonConfig c;
+  c.unix_socket = "/tmp/kvtier-config-test.sock";
+  c.ucx.enabled = true;
+  c.node_id = "n";
+  c.tcp = "127.0.0.1:7311";
+  c.admin_token = "admin-token-0123456789";
+  EXPECT_THAT(c.Validate(), StatusIs(kInvalid, HasSubstr("ucx.peer_token")));
+  c.admin_token.clear();
+  TenantConfig tenant;
+  tenant.name = "a";
+  tenant.token = "tenant-a-token-0123456789";
+  c.tenants.push_back(tenant);
+  EXPECT_THAT(c.Validate(), StatusIs(kInvalid, HasSubstr("ucx.peer_token")));
+  c.ucx.peer_token = "short";
+  EXPECT_THAT(c.Validate(), StatusIs(kInvalid, HasSubstr("at least 16")));
+  c.ucx.peer_token = "peer-token-0123456789";
+  EXPECT_OK(c.Validate());
+
+  const std::string file = TempFile("  from-a-file-0123456789\n");
+  DaemonConfig f;
+  ASSERT_OK(ApplyYaml(absl::StrCat("ucx: {peer_token_file: ", file, "}\n"), f));
+  std::remove(file.c_str());
+  EXPECT_EQ(f.ucx.peer_token, "from-a-file-0123456789");
+  EXPECT_THAT(f.ToRedactedYaml(), ::testing::Not(HasSubstr("from-a-file")));
 }
 
 TEST(Transfer, BatchChunksAndBusyPoll) {

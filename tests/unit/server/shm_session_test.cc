@@ -55,7 +55,7 @@ class ShmSessionTest : public ::testing::Test {
     std::filesystem::remove_all(dir_, ec);
   }
 
-  void Start(uint32_t max_sessions = 4) {
+  void Start(uint32_t max_sessions = 4, absl::Duration frame_timeout = absl::Seconds(10)) {
     ShmServerOptions o;
     o.path = path();
     o.arena_fd = memfd_;
@@ -63,6 +63,7 @@ class ShmSessionTest : public ::testing::Test {
     o.arena_bytes = 1 << 20;
     o.max_sessions = max_sessions;
     o.max_control_bytes = 1 << 16;
+    o.frame_timeout = frame_timeout;
     // Echoes "<principal>:<method>:<body>"; a body "fail" fails the call.
     o.control = [this](const Principal& who, shm::ControlMethod m,
                        absl::string_view body) -> absl::StatusOr<std::string> {
@@ -295,6 +296,49 @@ TEST_F(ShmSessionTest, StalledHandshakesDoNotHoldUpOthers) {
   EXPECT_EQ(server_->sessions(), 1u);
   close(g.session_fd);
   for (int fd : stalled) close(fd);
+}
+
+// A client that starts a control frame and stops is told so and dropped at
+// the frame timeout; it holds no session after that, and others are served.
+TEST_F(ShmSessionTest, AHalfSentFrameEndsItsSessionAtTheFrameTimeout) {
+  Start(4, absl::Milliseconds(300));
+  ASSERT_OK_AND_ASSIGN(shm::ArenaGrant g, Open(kAdmin));
+  close(g.fd);
+  // A header announcing 60,000 bytes, and 10 of them.
+  const std::string part = Le(60000, 4) + std::string(1, 1) + std::string(1, 0) + "0123456789";
+  ASSERT_EQ(send(g.session_fd, part.data(), part.size(), MSG_NOSIGNAL),
+            static_cast<ssize_t>(part.size()));
+  const absl::Time sent = absl::Now();
+  timeval bound{5, 0};  // without the frame timeout the reply never comes
+  setsockopt(g.session_fd, SOL_SOCKET, SO_RCVTIMEO, &bound, sizeof(bound));
+  absl::StatusOr<shm::ControlReply> r = shm::ReadControlReply(g.session_fd);
+  ASSERT_OK(r.status());
+  EXPECT_THAT(r->status, StatusIs(absl::StatusCode::kDeadlineExceeded,
+                                  ::testing::HasSubstr("not complete within")));
+  EXPECT_LT(absl::Now() - sent, absl::Seconds(3));
+  for (int i = 0; i < 300 && server_->sessions() != 0; ++i) absl::SleepFor(absl::Milliseconds(10));
+  EXPECT_EQ(server_->sessions(), 0u);
+  EXPECT_EQ(calls_.load(), 0);
+  close(g.session_fd);
+
+  ASSERT_OK_AND_ASSIGN(shm::ArenaGrant g2, Open(kAdmin));
+  close(g2.fd);
+  ASSERT_OK_AND_ASSIGN(shm::ControlReply ok, Call(g2.session_fd, shm::ControlMethod::kPin, "on"));
+  EXPECT_EQ(ok.body, "admin:4:on");
+  close(g2.session_fd);
+}
+
+// A client must tell a daemon that did not answer in time (it may still
+// carry the call out: not to be sent again) from one that closed the session.
+TEST(ShmControlReply, TimeoutAndClosedSessionAreTold) {
+  int sv[2];
+  ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+  timeval tv{0, 100 * 1000};
+  setsockopt(sv[0], SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  EXPECT_THAT(shm::ReadControlReply(sv[0]).status(), StatusIs(absl::StatusCode::kDeadlineExceeded));
+  close(sv[1]);
+  EXPECT_THAT(shm::ReadControlReply(sv[0]).status(), StatusIs(absl::StatusCode::kUnavailable));
+  close(sv[0]);
 }
 
 TEST_F(ShmSessionTest, DaemonWithoutSessionsSaysUnimplemented) {
