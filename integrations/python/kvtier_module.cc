@@ -7,9 +7,10 @@
 // UnauthenticatedError, FailedPreconditionError). Every exception carries the
 // status code name in `.code`.
 //
-// The GIL is released around every call that blocks: cache and daemon calls,
-// copies, stream and event waits. Buffers passed in are held (and their
-// Python objects referenced) for the whole call.
+// The GIL is released around every call that blocks: cache and daemon calls
+// (pin releases included), copies, stream and event waits. Buffers passed in
+// are held (and their Python objects referenced) for the whole call; an
+// (address, nbytes) payload is raw memory the caller keeps valid.
 //
 // Thread-safety: what the C++ objects promise (Cache, Client, DeviceRuntime
 // and KvCopier are safe to call from several threads).
@@ -30,6 +31,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
+#include "absl/types/span.h"
 #include "cuda/device_runtime.h"
 #include "kvtier/cache.h"
 #include "kvtier/client.h"
@@ -223,12 +225,72 @@ class HostBuffer {
   py::object owner_;
 };
 
+// ---- pins -------------------------------------------------------------------
+
+// Drops one reference to a shared pin; the last one releases it, with the GIL
+// released (a daemon pin's release is a call to kvtierd). REQUIRES: the GIL is
+// held (it guards every copy of the shared_ptr, so use_count() is exact).
+void DropPin(std::shared_ptr<ChunkPin>& pin) {
+  // Taken out first: while the GIL is released below, another thread may
+  // call release() or payload on the same object and must find it empty.
+  std::shared_ptr<ChunkPin> last = std::move(pin);
+  if (last == nullptr || last.use_count() != 1) return;
+  py::gil_scoped_release release;
+  last->Release();
+}
+
+// The Python ChunkPin: one handle on a pin it shares with the payload views it
+// hands out, so the chunk stays pinned until release() and the last view.
+class PyChunkPin {
+ public:
+  explicit PyChunkPin(ChunkPin pin)
+      : num_tokens_(pin.num_tokens()), pin_(std::make_shared<ChunkPin>(std::move(pin))) {}
+  PyChunkPin(const PyChunkPin&) = delete;
+  PyChunkPin& operator=(const PyChunkPin&) = delete;
+  ~PyChunkPin() { DropPin(pin_); }
+
+  bool valid() const { return pin_ != nullptr && pin_->valid(); }
+  uint32_t num_tokens() const { return num_tokens_; }
+  // Empty once released.
+  absl::Span<const std::byte> payload() const {
+    return pin_ == nullptr ? absl::Span<const std::byte>() : pin_->payload();
+  }
+  const std::shared_ptr<ChunkPin>& shared() const { return pin_; }
+  // Drops this handle; safe to call twice. REQUIRES: the GIL is held.
+  void Release() { DropPin(pin_); }
+
+ private:
+  uint32_t num_tokens_;
+  std::shared_ptr<ChunkPin> pin_;
+};
+
+// The buffer exporter behind ChunkPin.payload: every memoryview of it keeps
+// it, and so the pin, alive. `owner` (the Python ChunkPin) keeps the cache
+// alive (keep_alive of Cache.pin) until the pin is released.
+class PinnedPayload {
+ public:
+  PinnedPayload(std::shared_ptr<ChunkPin> pin, py::object owner)
+      : pin_(std::move(pin)), owner_(std::move(owner)) {}
+  PinnedPayload(const PinnedPayload&) = delete;
+  PinnedPayload& operator=(const PinnedPayload&) = delete;
+  ~PinnedPayload() { DropPin(pin_); }  // before owner_ lets go of the cache
+
+  absl::Span<const std::byte> payload() const { return pin_->payload(); }
+
+ private:
+  std::shared_ptr<ChunkPin> pin_;
+  py::object owner_;
+};
+
 // ---- gather / scatter -------------------------------------------------------
 
 // One chunk of a Python-side transfer list: (block_ids, num_tokens, payload)
-// with payload a buffer, or an (address, nbytes) pair for device memory.
+// with payload a buffer, or an (address, nbytes) pair for device memory (raw:
+// the caller keeps it valid). `payloads` references each payload object, as
+// the iterable (a generator, say) may drop it before the copy runs.
 struct PyTransfers {
   std::vector<std::vector<int32_t>> block_ids;
+  std::vector<py::object> payloads;
   std::vector<HeldBuffer> held;
   std::vector<ChunkTransfer> chunks;
 };
@@ -253,6 +315,7 @@ PyTransfers ToTransfers(const py::iterable& items, bool writable) {
     t.block_ids.push_back(std::move(ids));
     uint32_t num_tokens = tup[1].cast<uint32_t>();
     py::object payload = tup[2];
+    t.payloads.push_back(payload);
     if (py::isinstance<HostBuffer>(payload)) {
       HostBuffer& hb = payload.cast<HostBuffer&>();
       payloads.emplace_back(hb.data(), hb.size());
@@ -711,28 +774,44 @@ PYBIND11_MODULE(_kvtier, m) {
       .def_readwrite("register_with_gpu", &CacheOptions::register_with_gpu)
       .def("validate", [](const CacheOptions& o) { Check(o.Validate()); });
 
-  py::class_<ChunkPin>(m, "ChunkPin",
-                       "A chunk held in place; `payload` is a read-only view of the cache's "
-                       "memory, valid until release(). Usable as a context manager.")
-      .def_property_readonly("valid", &ChunkPin::valid)
-      .def_property_readonly("num_tokens", &ChunkPin::num_tokens)
-      .def_property_readonly("nbytes", [](const ChunkPin& p) { return p.payload().size(); })
+  py::class_<PinnedPayload>(m, "_PinnedPayload", py::buffer_protocol(),
+                            "The exporter behind ChunkPin.payload (holds the pin).")
+      .def_buffer([](PinnedPayload& p) {
+        // Read-only: the const is restored by `readonly`.
+        return py::buffer_info(const_cast<std::byte*>(p.payload().data()), 1,
+                               py::format_descriptor<uint8_t>::format(), 1,
+                               {static_cast<py::ssize_t>(p.payload().size())}, {1},
+                               /*readonly=*/true);
+      });
+
+  py::class_<PyChunkPin>(
+      m, "ChunkPin",
+      "A chunk held in place. `payload` is a read-only memoryview of the cache's "
+      "memory (no copy) that holds the pin itself: the chunk stays pinned (neither "
+      "evicted nor removed) until release() and until every view of it is gone. "
+      "Usable as a context manager (release() on exit).")
+      .def_property_readonly("valid", &PyChunkPin::valid, "False once release() was called.")
+      .def_property_readonly("num_tokens", &PyChunkPin::num_tokens)
+      .def_property_readonly(
+          "nbytes", [](const PyChunkPin& p) { return p.payload().size(); }, "0 once released.")
       .def_property_readonly(
           "address",
-          [](const ChunkPin& p) { return reinterpret_cast<uintptr_t>(p.payload().data()); })
+          [](const PyChunkPin& p) { return reinterpret_cast<uintptr_t>(p.payload().data()); },
+          "Address of the payload (0 once released); valid only until release().")
       .def_property_readonly(
           "payload",
-          [](const ChunkPin& p) {
+          [](const py::object& self) {
+            const PyChunkPin& p = self.cast<const PyChunkPin&>();
             if (!p.valid()) Raise(absl::FailedPreconditionError("pin: already released"));
-            // Read-only view: the const is restored by `readonly`.
-            return py::memoryview::from_memory(const_cast<std::byte*>(p.payload().data()),
-                                               static_cast<py::ssize_t>(p.payload().size()),
-                                               /*readonly=*/true);
+            return py::memoryview(py::cast(std::make_unique<PinnedPayload>(p.shared(), self)));
           },
-          py::keep_alive<0, 1>())
-      .def("release", &ChunkPin::Release)
+          "Read-only memoryview of the payload; it (and any slice of it) keeps the chunk "
+          "pinned while alive. Raises FailedPreconditionError once released.")
+      .def("release", &PyChunkPin::Release,
+           "Drops this handle: the chunk is unpinned now, or when the last view taken from "
+           "`payload` is garbage-collected. Safe to call twice.")
       .def("__enter__", [](py::object self) { return self; })
-      .def("__exit__", [](ChunkPin& p, const py::object&, const py::object&, const py::object&) {
+      .def("__exit__", [](PyChunkPin& p, const py::object&, const py::object&, const py::object&) {
         p.Release();
       });
 
@@ -792,7 +871,7 @@ PYBIND11_MODULE(_kvtier, m) {
               py::gil_scoped_release release;
               p = c.Pin(ns, key);
             }
-            return Unwrap(std::move(p));
+            return std::make_unique<PyChunkPin>(Unwrap(std::move(p)));
           },
           py::arg("ns"), py::arg("key"), py::keep_alive<0, 1>())
       .def(

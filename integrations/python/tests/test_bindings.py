@@ -3,6 +3,7 @@
 import ctypes
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -167,3 +168,95 @@ def test_layout_mismatch_is_refused():
     layout = kvtier.vllm_flash_layout(flash_tensors(3, 4, dtype=torch.bfloat16))
     with pytest.raises(kvtier.InvalidArgumentError, match="dtype"):
         layout.check_compatible(make_ns())
+
+
+@pytest.fixture(params=["embedded", "daemon-shm", "daemon-copy"])
+def any_cache(request):
+    """(mode, cache): the embedded cache, or kvtierd with and without the arena."""
+    if request.param == "embedded":
+        return request.param, small_cache()
+    daemon = request.getfixturevalue("kvtierd")
+    options = kvtier.ClientOptions()
+    options.socket_path = daemon.socket_path
+    options.shared_memory = request.param == "daemon-shm"
+    return request.param, kvtier.Client.create(options)
+
+
+def test_payload_view_outlives_release_and_holds_the_pin(any_cache):
+    mode, cache = any_cache
+    ns = make_ns()
+    a = ns.chunks(list(range(8)))[0]
+    b = ns.chunks(list(range(100, 108)))[0]
+    size = ns.payload_bytes(TPC)
+    a_bytes = bytes(i % 251 for i in range(size))
+    b_bytes = bytes([0xEE]) * size
+    cache.save(ns, a, a_bytes)
+    with cache.pin(ns, a.key) as p:
+        view = p.payload
+        part = memoryview(view)[16:48]
+        assert view.readonly and bytes(view) == a_bytes
+    assert not p.valid and p.nbytes == 0
+    with pytest.raises(kvtier.FailedPreconditionError, match="released"):
+        p.payload
+    p.release()  # twice is fine
+    del p
+    # The views still hold the pin: removing skips the pinned chunk, so B
+    # cannot take its slot (without the arena the pin is a copy the views keep).
+    try:
+        removed = cache.remove(ns, a.key)
+    except kvtier.NotFoundError:  # the daemon: "not cached (or pinned)"
+        removed = 0
+    cache.save(ns, b, b_bytes)
+    other = cache.pin(ns, b.key)  # without the arena: a fresh copy of B's size
+    assert bytes(other.payload) == b_bytes
+    assert bytes(view) == a_bytes
+    assert bytes(part) == a_bytes[16:48]
+    other.release()
+    if mode != "daemon-copy":
+        assert removed == 0
+    # The last view gone, the pin is released (kvtierd applies a release
+    # shortly after it is sent).
+    del view, part
+    deadline = time.monotonic() + 10
+    while removed == 0:
+        try:
+            removed = cache.remove(ns, a.key)
+        except kvtier.NotFoundError:
+            pass
+        assert removed == 1 or time.monotonic() < deadline
+        time.sleep(0.01)
+
+
+def test_transfer_payloads_from_a_generator_are_held():
+    src = flash_tensors(3, 10)
+    for i, t in enumerate(src):
+        t.copy_(torch.randn(t.shape, generator=torch.Generator().manual_seed(10 + i)))
+    runtime = kvtier.DeviceRuntime.create("cpu")
+    copier = runtime.create_kv_copier(kvtier.vllm_flash_layout(src))
+    size = make_ns().payload_bytes(TPC)
+    pairs = [([7, 2], [1, 4]), ([3, 5], [0, 8]), ([9, 6], [2, 3])]
+    payloads = []
+    for src_ids, _ in pairs:
+        buf = kvtier.HostBuffer(size)
+        copier.gather([(src_ids, TPC, buf)])
+        payloads.append(bytes(buf))
+    assert len(set(payloads)) == 3
+
+    # Each HostBuffer's only reference is the tuple the generator yields.
+    copier.gather(((ids, TPC, kvtier.HostBuffer(size)) for ids, _ in pairs))
+
+    def filled(data):
+        buf = kvtier.HostBuffer(size)
+        memoryview(buf)[:] = data
+        return buf
+
+    by_list = flash_tensors(3, 10)
+    list_copier = runtime.create_kv_copier(kvtier.vllm_flash_layout(by_list))
+    list_copier.scatter([(dst, TPC, filled(p)) for (_, dst), p in zip(pairs, payloads)])
+    by_generator = flash_tensors(3, 10)
+    gen_copier = runtime.create_kv_copier(kvtier.vllm_flash_layout(by_generator))
+    gen_copier.scatter((dst, TPC, filled(p)) for (_, dst), p in zip(pairs, payloads))
+    for s, d_list, d_gen in zip(src, by_list, by_generator):
+        for src_ids, dst_ids in pairs:
+            assert torch.equal(d_list[:, dst_ids], s[:, src_ids])
+        assert torch.equal(d_gen, d_list)
