@@ -18,7 +18,7 @@ TPC = 8  # tokens per chunk: two blocks
 LAYERS = ["model.layers.0.attn", "model.layers.1.attn", "model.layers.2.attn"]
 HEADS = 2
 HEAD = 8
-NUM_BLOCKS = 64
+NUM_BLOCKS = 128
 
 
 # ---- stand-ins with the shape of vLLM's types ----------------------------------------
@@ -147,10 +147,11 @@ class Engine:
         self.free = list(range(NUM_BLOCKS))
         self.finished = []
 
-    def run(self, req, step_tokens=None, local_tokens=0):
-        """Prefills `req` and returns a record of what happened. The first
-        `local_tokens` (a block multiple) play vLLM's own prefix cache: the
-        engine computes them itself before asking the connector."""
+    def run(self, req, step_tokens=None, local_tokens=0, before_load=None):
+        """Prefills `req`, runs one decode step and returns a record of what
+        happened. The first `local_tokens` (a block multiple) play vLLM's own
+        prefix cache: the engine computes them itself before asking the
+        connector. `before_load` runs between the lookup and the first step."""
         sched, worker = self.scheduler, self.worker
         n = req.num_tokens
         blocks = [self.free.pop(0) for _ in range((n + BLOCK - 1) // BLOCK)]
@@ -159,13 +160,21 @@ class Engine:
         ext, is_async = sched.get_num_new_matched_tokens(req, local_tokens)
         assert is_async is False
         sched.update_state_after_alloc(req, KVCacheBlocks(blocks), ext)
+        if before_load is not None:
+            before_load()
         computed = local_tokens + ext
-        record = types.SimpleNamespace(blocks=blocks, ext=ext, errors=set(), after_load={})
+        record = types.SimpleNamespace(
+            blocks=blocks, ext=ext, errors=set(), after_load={}, saves_per_step=[]
+        )
         first_step = True
         step_tokens = step_tokens or n
         num_computed = computed
-        while computed < n:
-            todo = min(step_tokens, n - computed)
+        decoded = False
+        while not decoded:
+            # The prefill steps, then one decode step (its token's KV is not
+            # modelled).
+            todo = min(step_tokens, n - computed) if computed < n else 1
+            decoded = computed >= n
             if first_step:
                 out = scheduler_output(
                     new=[new_request_data(req, blocks, num_computed)],
@@ -180,6 +189,7 @@ class Engine:
                 )
             self.finished = []
             meta = sched.build_connector_meta(out)
+            record.saves_per_step.append(len(meta.saves))
             worker.bind_connector_metadata(meta)
             worker.start_load_kv(types.SimpleNamespace(attn_metadata={}))
             for i, name in enumerate(LAYERS):
@@ -187,7 +197,8 @@ class Engine:
                 if first_step:
                     # What the load left in this layer, before the model runs.
                     record.after_load[name] = self.kv[name][:, blocks].clone()
-                self._compute(req, blocks, computed, computed + todo, i, name)
+                if not decoded:
+                    self._compute(req, blocks, computed, computed + todo, i, name)
                 worker.save_kv_layer(name, self.kv[name], None)
             worker.wait_for_save()
             assert worker.get_finished(set()) == (None, None)
@@ -195,11 +206,14 @@ class Engine:
             errors = worker.get_block_ids_with_load_errors()
             first_step = False
             if errors:
-                # vLLM recomputes from the first block that failed to load.
+                # vLLM drops the step's output and recomputes from the first
+                # block that failed to load.
                 record.errors |= errors
-                first_bad = min(blocks.index(b) for b in errors)
-                self._compute_all_layers(req, blocks, first_bad * BLOCK, computed)
-            computed += todo
+                computed = min(blocks.index(b) for b in errors) * BLOCK
+                decoded = False
+                continue
+            if not decoded:
+                computed += todo
         assert sched.request_finished(req, blocks) == (False, None)
         self.finished.append(req.request_id)
         return record
@@ -208,12 +222,17 @@ class Engine:
         if end <= start:
             return
         values = model_kv(req.prompt_token_ids, start, end, layer, self.dtype)
+        # Attention: KV computed over a context that is not the right one
+        # (blocks a failed load left unwritten) comes out wrong.
+        if start > 0:
+            want = model_kv(req.prompt_token_ids, 0, start, layer, self.dtype)
+            have = torch.stack(
+                [self.kv[name][:, blocks[t // BLOCK], t % BLOCK] for t in range(start)], dim=1
+            )
+            if not torch.equal(want, have):
+                values = values + 1
         for t in range(start, end):
             self.kv[name][:, blocks[t // BLOCK], t % BLOCK] = values[:, t - start]
-
-    def _compute_all_layers(self, req, blocks, start, end):
-        for i, name in enumerate(LAYERS):
-            self._compute(req, blocks, start, end, i, name)
 
     def block_bytes(self, blocks):
         return [bytes(self.kv[name][:, blocks].contiguous().view(torch.uint8).numpy()) for name in LAYERS]
@@ -331,6 +350,13 @@ def test_damaged_chunk_is_reported_and_never_used(extra):
     assert engine.worker.cache_stats()["tiers"][0]["corrupt_chunks"] == corrupt_before + 1
 
 
+def evict(engine, extra, ns, key):
+    if extra["mode"] == "embedded":
+        engine.worker._cache.remove(ns, key)
+    else:
+        engine.worker._cache.evict(ns, [key])
+
+
 def test_evicted_chunk_between_lookup_and_load_is_reported(extra):
     engine = Engine(extra)
     engine.run(Request(PREFIX + [1]))
@@ -339,10 +365,7 @@ def test_evicted_chunk_between_lookup_and_load_is_reported(extra):
     assert ext == 32
     ns = engine.worker._namespace("", 0)
     second = ns.chunks_from_engine_hashes(req.block_hashes)[1]
-    if extra["mode"] == "embedded":
-        engine.worker._cache.remove(ns, second.key)
-    else:
-        engine.worker._cache.evict(ns, [second.key])
+    evict(engine, extra, ns, second.key)
     blocks = [engine.free.pop(0) for _ in range(10)]
     engine.scheduler.update_state_after_alloc(req, KVCacheBlocks(blocks), ext)
     meta = engine.scheduler.build_connector_meta(
@@ -352,6 +375,89 @@ def test_evicted_chunk_between_lookup_and_load_is_reported(extra):
     engine.worker.start_load_kv(types.SimpleNamespace(attn_metadata={}))
     assert engine.worker.get_block_ids_with_load_errors() == set(blocks[2:8])
     assert engine.worker.get_block_ids_with_load_errors() == set()
+
+
+def test_kv_computed_over_a_failed_load_is_never_saved(extra):
+    engine = Engine(extra)
+    engine.run(Request(PREFIX + [1]))  # chunks 0-3
+    req = Request(PREFIX + list(range(2000, 2020)))  # 57 tokens: chunks 0-6
+    ns = engine.worker._namespace("", 0)
+    chunks = ns.chunks_from_engine_hashes(req.block_hashes)
+    saved = engine.worker.stats()["saved_chunks"]
+    # Chunked prefill: chunks 4-6 complete in later steps, over KV that an
+    # engine scheduling ahead (async scheduling) may not have recomputed yet.
+    rec = engine.run(
+        req, step_tokens=8, before_load=lambda: evict(engine, extra, ns, chunks[1].key)
+    )
+    assert rec.ext == 32
+    assert rec.errors == set(rec.blocks[2:8])
+    # Nothing of a request whose load failed is stored.
+    for c in chunks[4:]:
+        assert engine.worker._cache.lookup(ns, [c.key]).matched == 0
+    assert engine.worker.stats()["saved_chunks"] == saved
+    assert engine.worker.stats()["save_errors"] == 3
+
+
+def test_tensor_parallel_ranks_agree_on_load_failures(extra):
+    ranks = [Engine(dict(extra, tp_rank=r), tp_size=2) for r in range(2)]
+    for e in ranks:
+        e.run(Request(PREFIX + [1]))
+    # No load fails: chunks 4-6 are saved in the loading step.
+    assert ranks[0].run(Request(PREFIX + [5] * 20)).saves_per_step == [3, 0]
+    # Another rank's load fails (this rank's succeed): the step's KV is wrong
+    # here too, so nothing of the request is stored.
+    ranks[0].worker._all_ranks_max = lambda flags: [1] * len(flags)
+    req = Request(PREFIX + [6] * 20)
+    rec = ranks[0].run(req, step_tokens=8)
+    assert rec.ext == 32 and rec.errors == set()
+    ns = ranks[0].worker._namespace("", 0)
+    for c in ns.chunks_from_engine_hashes(req.block_hashes)[4:]:
+        assert ranks[0].worker._cache.lookup(ns, [c.key]).matched == 0
+
+
+def test_token_id_keys_name_the_lora_adapter_and_skip_multimodal(extra):
+    engine = Engine(dict(extra, key_source="token_ids"))
+
+    def request(tail, lora=None, **attrs):
+        r = Request(PREFIX + tail)
+        if lora is not None:
+            r.lora_request = types.SimpleNamespace(lora_name=lora, lora_int_id=len(lora))
+        for k, v in attrs.items():
+            setattr(r, k, v)
+        return r
+
+    engine.run(request([3], lora="adapter-a"))
+    assert engine.run(request([4], lora="adapter-b")).ext == 0
+    assert engine.run(request([4])).ext == 0  # the base model
+    assert engine.run(request([4], lora="adapter-a")).ext == 32
+    # A request's cache salt cannot name an adapter's namespace.
+    assert engine.run(request([4], cache_salt="lora:adapter-a")).ext == 0
+    # An image behind placeholder tokens: never looked up (the base model's
+    # chunks of PREFIX are cached) nor saved.
+    engine.run(request([9], mm_features=[object()]))
+    rec = engine.run(request([9, 9], mm_features=[object()]))
+    assert rec.ext == 0 and sum(rec.saves_per_step) == 0
+    assert engine.run(request([7], prompt_embeds=object())).ext == 0
+    assert engine.scheduler.stats()["uncacheable_requests"] == 3
+
+
+def test_layerwise_load_asks_for_piecewise_cuda_graphs():
+    assert KVTierConnector.requires_piecewise_for_cudagraph({"layerwise_load": True}) is True
+    assert KVTierConnector.requires_piecewise_for_cudagraph({"layerwise_load": "false"}) is False
+    assert KVTierConnector.requires_piecewise_for_cudagraph({}) is False
+
+
+def test_unset_hash_seed_is_reported_in_daemon_mode(extra, monkeypatch, caplog):
+    monkeypatch.delenv("PYTHONHASHSEED", raising=False)
+    with caplog.at_level("WARNING", logger="kvtier.vllm"):
+        Engine(extra)
+    warned = any("PYTHONHASHSEED" in r.getMessage() for r in caplog.records)
+    assert warned == (extra["mode"] == "daemon")
+    caplog.clear()
+    monkeypatch.setenv("PYTHONHASHSEED", "0")
+    with caplog.at_level("WARNING", logger="kvtier.vllm"):
+        Engine(extra)
+    assert not any("PYTHONHASHSEED" in r.getMessage() for r in caplog.records)
 
 
 def test_bad_extra_config_names_the_key():

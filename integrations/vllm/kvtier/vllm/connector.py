@@ -282,6 +282,7 @@ class _RequestState:
     request: object
     salt: str
     block_ids: list = dataclasses.field(default_factory=list)
+    cacheable: bool = True  # False: never looked up or saved (see _cacheable)
     saved_chunks: int = 0  # leading chunks known to be stored
     load_start: int = 0  # tokens [load_start, load_end) come from the cache
     load_end: int = 0
@@ -290,6 +291,15 @@ class _RequestState:
 
 class KVTierConnector(KVConnectorBase_V1):
     """vLLM V1 KV connector that saves KV into kvtier and reuses it."""
+
+    @classmethod
+    def requires_piecewise_for_cudagraph(cls, extra_config):
+        """vLLM asks this before it captures CUDA graphs. A layer-by-layer
+        load scatters in wait_for_layer_load, which a full-graph replay never
+        calls, so with layerwise_load the attention layers must run outside
+        the graphs. Saves need nothing: wait_for_save gathers every layer
+        that save_kv_layer did not."""
+        return KVTierConfig.from_extra(extra_config).layerwise_load
 
     def __init__(self, vllm_config, role, kv_cache_config=None):
         super().__init__(vllm_config, role, kv_cache_config)
@@ -319,6 +329,22 @@ class KVTierConnector(KVConnectorBase_V1):
                 f"not a multiple of the block size {self._layout.block_size}"
             )
         self._cache = _open_cache(self.config)
+        if (
+            self.config.mode == "daemon"
+            and self.config.key_source == "block_hashes"
+            and role == KVConnectorRole.SCHEDULER
+            and os.environ.get("PYTHONHASHSEED") is None
+        ):
+            # vLLM seeds its block-hash chain from PYTHONHASHSEED, or from
+            # random bytes when it is unset: keys would then differ in every
+            # process, and no other instance (nor this one after a restart)
+            # would ever hit what this one saves.
+            logger.warning(
+                "kvtier: PYTHONHASHSEED is not set, so vLLM's block hashes are random per "
+                "process and kvtierd's cache is not shared between vLLM instances or "
+                "restarts; set PYTHONHASHSEED to the same value for every instance, "
+                "or use key_source=token_ids"
+            )
         self._namespaces = {}  # (salt, tp_rank) -> Namespace
         self.counters = {
             "lookups": 0,  # get_num_new_matched_tokens calls that asked the cache
@@ -328,7 +354,8 @@ class KVTierConnector(KVConnectorBase_V1):
             "loaded_tokens": 0,  # tokens written into vLLM's blocks
             "load_errors": 0,  # chunks that failed to load (their blocks reported)
             "saved_chunks": 0,  # chunks stored
-            "save_errors": 0,  # chunks not stored (no room, daemon down, ...)
+            "save_errors": 0,  # chunks not stored (no room, daemon down, load failed, ...)
+            "uncacheable_requests": 0,  # token-id keys cannot name their KV (multimodal, embeds)
         }
         # Scheduler side.
         self._lookups = {}
@@ -344,6 +371,10 @@ class KVTierConnector(KVConnectorBase_V1):
         self._pending_saves = []  # (ChunkSave, Namespace, buffer, transfer)
         self._layers_saved = set()
         self._load_error_blocks = set()
+        # Requests whose load failed, here or (with tensor parallelism) on
+        # another rank: what they computed over it is wrong, so nothing more
+        # of theirs is saved. Forgotten when they finish.
+        self._load_failed_reqs = set()
 
     # ---- helpers ------------------------------------------------------------------
 
@@ -380,20 +411,48 @@ class KVTierConnector(KVConnectorBase_V1):
         return _LayoutSpec(num_layers, spec.num_kv_heads, spec.head_size, spec.block_size, dtype)
 
     def _salt(self, request):
+        """What names a request's namespace beyond the model: its cache salt
+        (the connector's joined with the request's) and its LoRA adapter,
+        whose KV differs from the base model's for the same tokens."""
         request_salt = getattr(request, "cache_salt", None) or ""
         if self.config.cache_salt and request_salt:
-            return f"{self.config.cache_salt}\x00{request_salt}"
-        return self.config.cache_salt or request_salt
+            salt = f"{self.config.cache_salt}\x00{request_salt}"
+        else:
+            salt = self.config.cache_salt or request_salt
+        lora = getattr(request, "lora_request", None)
+        if lora is None:
+            return salt
+        name = getattr(lora, "lora_name", None) or str(getattr(lora, "lora_int_id", ""))
+        return (salt, name)
+
+    def _cacheable(self, request):
+        """Whether the request's KV can be keyed: with token-id keys, a prompt
+        with images or other multimodal inputs (their placeholder tokens are
+        the same for different inputs) or with prompt embeddings is not."""
+        if self.config.key_source == "block_hashes":
+            return True  # vLLM's block hashes cover these inputs
+        for attr in ("mm_features", "mm_hashes", "mm_positions", "mm_inputs"):
+            if getattr(request, attr, None):
+                return False
+        return getattr(request, "prompt_embeds", None) is None
 
     def _namespace(self, salt, tp_rank):
+        """`salt`: a cache salt, or (cache salt, LoRA adapter name) from _salt.
+        The adapter goes into the model revision (operator-set, so the
+        adapter's name cannot be forged through a request's cache salt, and
+        tenant grants by model id and salt still apply)."""
         key = (salt, tp_rank)
+        cache_salt, lora = (salt, "") if isinstance(salt, str) else salt
+        revision = self.config.model_revision
+        if lora:
+            revision = f"{revision}\x00lora:{lora}"
         ns = self._namespaces.get(key)
         if ns is None:
             if self._layout is None:
                 raise ValueError("kvtier: the KV layout is unknown (no kv_cache_config)")
             ns = kvtier.make_namespace(
                 model=self.config.model,
-                model_revision=self.config.model_revision,
+                model_revision=revision,
                 num_layers=self._layout.num_layers,
                 num_kv_heads=self._layout.num_kv_heads,
                 head_size=self._layout.head_size,
@@ -402,7 +461,7 @@ class KVTierConnector(KVConnectorBase_V1):
                 tokens_per_chunk=self.config.tokens_per_chunk,
                 tp_rank=tp_rank,
                 tp_size=self.config.tp_size,
-                cache_salt=salt,
+                cache_salt=cache_salt,
             )
             self._namespaces[key] = ns
         return ns
@@ -426,10 +485,16 @@ class KVTierConnector(KVConnectorBase_V1):
         """Tokens beyond num_computed_tokens that the cache holds: whole
         chunks of the prompt, at most num_tokens - 1 tokens. Never loads
         asynchronously (the second value is always False)."""
-        salt = self._salt(request)
-        num_tokens = int(getattr(request, "num_tokens", len(request.prompt_token_ids)))
-        chunks = self._chunks(request, salt, max(num_tokens - 1, 0))
         self._lookups.pop(request.request_id, None)
+        if not self._cacheable(request):
+            self.counters["uncacheable_requests"] += 1
+            return 0, False
+        salt = self._salt(request)
+        num_tokens = getattr(request, "num_tokens", None)
+        if num_tokens is None:
+            num_tokens = len(request.prompt_token_ids or ())
+        num_tokens = int(num_tokens)
+        chunks = self._chunks(request, salt, max(num_tokens - 1, 0))
         if not chunks:
             return 0, False
         keys = kvtier.Namespace.keys(chunks)
@@ -455,7 +520,9 @@ class KVTierConnector(KVConnectorBase_V1):
     def update_state_after_alloc(self, request, blocks, num_external_tokens):
         state = self._requests.get(request.request_id)
         if state is None:
-            state = _RequestState(request=request, salt=self._salt(request))
+            state = _RequestState(
+                request=request, salt=self._salt(request), cacheable=self._cacheable(request)
+            )
             self._requests[request.request_id] = state
         lookup = self._lookups.pop(request.request_id, None)
         if lookup is not None:
@@ -513,11 +580,14 @@ class KVTierConnector(KVConnectorBase_V1):
                 meta.loads.append(RequestLoad(req_id, state.salt, loads))
                 state.load_start = state.load_end = 0
                 state.load_chunks = []
-            if self.config.save_policy == "none":
+            if self.config.save_policy == "none" or not state.cacheable:
                 continue
             limit = done
             if self.config.save_policy == "prompt":
-                limit = min(limit, len(state.request.prompt_token_ids))
+                prompt = getattr(state.request, "num_prompt_tokens", None)
+                if prompt is None:
+                    prompt = len(state.request.prompt_token_ids or ())
+                limit = min(limit, int(prompt))
             if limit < (state.saved_chunks + 1) * tpc:
                 continue
             chunks = self._chunks(state.request, state.salt, limit)
@@ -621,6 +691,7 @@ class KVTierConnector(KVConnectorBase_V1):
                     # This chunk and every later one of the request stay
                     # unloaded; vLLM recomputes their blocks.
                     failed = load.chunks[i:]
+                    self._load_failed_reqs.add(load.req_id)
                     for f in failed:
                         self._load_error_blocks.update(f.block_ids[f.skip_tokens // bs :])
                     self.counters["load_errors"] += len(failed)
@@ -687,10 +758,38 @@ class KVTierConnector(KVConnectorBase_V1):
             buf = self._buffer()
             self._pending_saves.append((save, ns, buf, (save.block_ids, save.chunk.num_tokens, buf)))
 
+    def _agree_on_load_failures(self, meta):
+        """With tensor parallelism every rank learns which of this step's
+        loads failed on any rank: the step's KV of such a request is wrong on
+        every rank (each layer's input mixes all heads), not only on the rank
+        whose load failed."""
+        if self.config.tp_size <= 1 or not meta.loads:
+            return
+        req_ids = [load.req_id for load in meta.loads]
+        flags = [1 if r in self._load_failed_reqs else 0 for r in req_ids]
+        for req_id, failed in zip(req_ids, self._all_ranks_max(flags)):
+            if failed:
+                self._load_failed_reqs.add(req_id)
+
+    def _all_ranks_max(self, flags):
+        """Element-wise maximum of `flags` over vLLM's tensor-parallel group.
+        Every rank gets the same metadata, so all call it in the same step."""
+        try:
+            import torch
+            from vllm.distributed.parallel_state import get_tp_group
+        except ImportError:  # no vLLM: one process plays every rank
+            return flags
+        t = torch.tensor(flags, dtype=torch.int32)
+        torch.distributed.all_reduce(
+            t, op=torch.distributed.ReduceOp.MAX, group=get_tp_group().cpu_group
+        )
+        return t.tolist()
+
     def wait_for_save(self):
         if not self.has_connector_metadata():
             return
         meta = self._get_connector_metadata()
+        self._agree_on_load_failures(meta)
         self._prepare_saves(meta)
         if self._pending_saves:
             missing = [i for i in range(len(self._layer_names)) if i not in self._layers_saved]
@@ -702,6 +801,10 @@ class KVTierConnector(KVConnectorBase_V1):
                     self._copier.gather_layer(layer, transfers)
             self._runtime.synchronize_stream()
         for save, ns, buf, _ in self._pending_saves:
+            if save.req_id in self._load_failed_reqs:
+                # Computed over blocks that a failed load left unwritten.
+                self.counters["save_errors"] += 1
+                continue
             try:
                 payload = memoryview(buf)[: ns.payload_bytes(save.chunk.num_tokens)]
                 self._cache.save(ns, save.chunk, payload)
@@ -714,6 +817,7 @@ class KVTierConnector(KVConnectorBase_V1):
         self._layers_saved = set()
 
     def get_finished(self, finished_req_ids):
+        self._load_failed_reqs.difference_update(finished_req_ids or ())
         return None, None
 
     def get_block_ids_with_load_errors(self):
