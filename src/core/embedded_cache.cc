@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "cuda/device_runtime.h"
 #include "src/common/bytes.h"
@@ -311,7 +312,8 @@ absl::Status EmbeddedCache::Close() {
 
 void EmbeddedCache::PersistDramToNvme() {
   const double budget = persist_on_close_seconds_;
-  if (!(budget > 0)) return;
+  // No DRAM tier: Create failed after NVMe opened (Blob or the arena).
+  if (!(budget > 0) || dram_ == nullptr) return;
   const auto deadline = std::chrono::steady_clock::now() +
                         std::chrono::duration_cast<std::chrono::steady_clock::duration>(
                             std::chrono::duration<double>(budget));
@@ -359,15 +361,18 @@ void EmbeddedCache::Demote(const ChunkMeta& meta, absl::Span<const std::byte> en
     skipped_admission_.fetch_add(1, std::memory_order_relaxed);
     return;
   }
+  uint64_t demotion = 0;
   {
     absl::MutexLock lock(&demote_mu_);
     ++demotions_in_flight_;
+    demotion = ++demotions_started_;
+    demotions_open_.emplace(demotion, meta.namespace_id);
   }
-  absl::Status s = nvme_->PutAsync(meta, encoded, [this, meta](const absl::Status& st) {
+  absl::Status s = nvme_->PutAsync(meta, encoded, [this, meta, demotion](const absl::Status& st) {
     if (st.ok()) {
       Emit(ChunkEvent::Kind::kStored, meta.namespace_id, meta.key, Tier::kNvme, meta.num_tokens);
     }
-    DemotionDone(st);
+    DemotionDone(st, demotion);
   });
   if (!s.ok()) {
     switch (s.code()) {
@@ -381,19 +386,40 @@ void EmbeddedCache::Demote(const ChunkMeta& meta, absl::Span<const std::byte> en
         skipped_io_error_.fetch_add(1, std::memory_order_relaxed);
         break;
     }
-    absl::MutexLock lock(&demote_mu_);
-    --demotions_in_flight_;
+    DemotionDone(absl::OkStatus(), demotion, /*started=*/false);
   }
 }
 
-void EmbeddedCache::DemotionDone(const absl::Status& status) {
-  if (status.ok()) {
-    demoted_.fetch_add(1, std::memory_order_relaxed);
-  } else {
-    skipped_io_error_.fetch_add(1, std::memory_order_relaxed);
+void EmbeddedCache::DemotionDone(const absl::Status& status, uint64_t demotion, bool started) {
+  if (started) {
+    if (status.ok()) {
+      demoted_.fetch_add(1, std::memory_order_relaxed);
+    } else {
+      skipped_io_error_.fetch_add(1, std::memory_order_relaxed);
+    }
   }
   absl::MutexLock lock(&demote_mu_);
   --demotions_in_flight_;
+  demotions_open_.erase(demotion);
+}
+
+void EmbeddedCache::WaitForNamespaceDemotions(uint64_t namespace_id) {
+  absl::MutexLock lock(&demote_mu_);
+  struct Arg {
+    const std::map<uint64_t, uint64_t>* open;
+    uint64_t ns;
+    uint64_t upto;
+  } arg{&demotions_open_, namespace_id, demotions_started_};
+  // Open demotions are few (bounded by NVMe's bytes in flight).
+  demote_mu_.Await(absl::Condition(
+      +[](Arg* a) {
+        for (const auto& [id, ns] : *a->open) {
+          if (id > a->upto) break;
+          if (ns == a->ns) return false;
+        }
+        return true;
+      },
+      &arg));
 }
 
 // ---- read tracking (admission) ------------------------------------------------
@@ -528,8 +554,9 @@ absl::Status EmbeddedCache::CommitSlot(uint64_t handle) {
   if (meta.has_value()) {
     Emit(ChunkEvent::Kind::kStored, meta->namespace_id, meta->key, Tier::kDram, meta->num_tokens);
     if (blob_always_) {
+      // Not a read: no hit, no access for the eviction policy.
       absl::StatusOr<ChunkPin> pin =
-          dram_->PinChunk(meta->namespace_id, meta->key, meta->layout_signature);
+          dram_->PinChunkUncounted(meta->namespace_id, meta->key, meta->layout_signature);
       if (pin.ok()) (void)blob_->EnqueuePayload(*meta, pin->payload());
     }
   }
@@ -885,7 +912,10 @@ absl::StatusOr<size_t> EmbeddedCache::Remove(const Namespace& ns, const BlockKey
 absl::StatusOr<size_t> EmbeddedCache::RemoveById(uint64_t namespace_id, const BlockKey& key) {
   absl::StatusOr<size_t> removed = dram_->RemoveTree(namespace_id, key);
   ForgetReads(namespace_id, key);
-  if (removed.ok()) Emit(ChunkEvent::Kind::kRemoved, namespace_id, key, Tier::kDram);
+  // A pinned chunk stays (RemoveTree skips it): the index must keep it.
+  if (removed.ok() && !dram_->CouldExist(namespace_id, key)) {
+    Emit(ChunkEvent::Kind::kRemoved, namespace_id, key, Tier::kDram);
+  }
   if (blob_ != nullptr && blob_->Remove(namespace_id, key) && !removed.ok() &&
       (nvme_ == nullptr || !nvme_->Contains(namespace_id, key))) {
     removed = size_t{1};
@@ -907,17 +937,31 @@ size_t EmbeddedCache::RemoveNamespace(uint64_t namespace_id) {
     return dram_->RemoveNamespace(namespace_id);
   }
   // Chunks in both tiers count once: note which NVMe chunks DRAM also holds.
-  const std::vector<BlockKey> on_nvme = nvme_->KeysOf(namespace_id);
+  std::vector<BlockKey> on_nvme = nvme_->KeysOf(namespace_id);
   std::vector<bool> in_dram(on_nvme.size());
   for (size_t i = 0; i < on_nvme.size(); ++i) {
     in_dram[i] = dram_->MatchPrefix(namespace_id, absl::MakeConstSpan(&on_nvme[i], 1)) > 0;
   }
+  // DRAM returns once chunks of the namespace it evicted before are handed
+  // to Demote; those still being written to NVMe would outlive the removal.
   size_t removed = dram_->RemoveNamespace(namespace_id);
+  WaitForNamespaceDemotions(namespace_id);
+  {
+    absl::flat_hash_set<BlockKey> seen(on_nvme.begin(), on_nvme.end());
+    for (const BlockKey& k : nvme_->KeysOf(namespace_id)) {
+      if (seen.insert(k).second) {
+        on_nvme.push_back(k);
+        in_dram.push_back(false);
+      }
+    }
+  }
   for (size_t i = 0; i < on_nvme.size(); ++i) {
     ForgetReads(namespace_id, on_nvme[i]);
     const bool gone = nvme_->Remove(namespace_id, on_nvme[i]).ok();
     if (gone) Emit(ChunkEvent::Kind::kRemoved, namespace_id, on_nvme[i], Tier::kNvme);
-    if (in_dram[i]) Emit(ChunkEvent::Kind::kRemoved, namespace_id, on_nvme[i], Tier::kDram);
+    if (in_dram[i] && !dram_->CouldExist(namespace_id, on_nvme[i])) {
+      Emit(ChunkEvent::Kind::kRemoved, namespace_id, on_nvme[i], Tier::kDram);
+    }
     if (gone && !in_dram[i]) ++removed;
   }
   return removed;

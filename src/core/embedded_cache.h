@@ -37,6 +37,7 @@
 #include <atomic>
 #include <cstddef>
 #include <deque>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -160,7 +161,12 @@ class EmbeddedCache final : public Cache {
   void StartWorkers();
   // DramTierOptions::on_evict.
   void Demote(const ChunkMeta& meta, absl::Span<const std::byte> encoded);
-  void DemotionDone(const absl::Status& status);
+  // `started`: false for a demotion NVMe refused before writing (counted
+  // where it was refused).
+  void DemotionDone(const absl::Status& status, uint64_t demotion, bool started = true);
+  // Waits until no demotion of the namespace's chunks that began before the
+  // call is being written (later ones do not hold it up).
+  void WaitForNamespaceDemotions(uint64_t namespace_id);
 
   // Tier of each chunk of the cached prefix of `chain`.
   std::vector<ChunkLocation> Locate(uint64_t ns_id, absl::Span<const BlockKey> chain) const;
@@ -231,6 +237,9 @@ class EmbeddedCache final : public Cache {
   // Demotions.
   mutable absl::Mutex demote_mu_;
   uint64_t demotions_in_flight_ ABSL_GUARDED_BY(demote_mu_) = 0;
+  // Demotions being written: number -> namespace id.
+  uint64_t demotions_started_ ABSL_GUARDED_BY(demote_mu_) = 0;
+  std::map<uint64_t, uint64_t> demotions_open_ ABSL_GUARDED_BY(demote_mu_);
   std::atomic<bool> nvme_closed_{false};
   double persist_on_close_seconds_ = 0;
   std::atomic<uint64_t> persisted_on_close_{0};

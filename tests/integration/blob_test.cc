@@ -222,6 +222,16 @@ TEST_F(BlobTest, WrongKeyIsPermissionDeniedNamingTheAccount) {
   absl::StatusOr<std::unique_ptr<EmbeddedCache>> cache = EmbeddedCache::Create(Options(b));
   EXPECT_THAT(cache, StatusIs(absl::StatusCode::kPermissionDenied,
                               HasSubstr("storage account 'devstoreaccount1'")));
+
+  // The same with an NVMe tier, which opens before Blob: still the error, and
+  // closing the NVMe tier it had opened touches no DRAM tier that never was.
+  ::kvtier::testing::TempDir dir;
+  CacheOptions tiered = Options(b);
+  tiered.nvme.path = dir.path();
+  tiered.nvme.capacity_bytes = 16ull << 20;
+  tiered.nvme.io_mode = "buffered";
+  EXPECT_THAT(EmbeddedCache::Create(tiered),
+              StatusIs(absl::StatusCode::kPermissionDenied, HasSubstr("devstoreaccount1")));
 }
 
 TEST_F(BlobTest, SasTokenAuthorizesRequests) {
@@ -311,6 +321,25 @@ TEST_F(BlobTest, ChunksWrittenByOneCacheAreLoadedByAnother) {
   ASSERT_OK_AND_ASSIGN(PrefetchResult pr, third->Prefetch(ns, keys).get());
   EXPECT_EQ(pr.requested, 3u);
   EXPECT_EQ(pr.promoted, 3u);
+}
+
+// With policy "always" an in-place save (Reserve, write, Commit) is uploaded
+// too; handing its bytes to the uploader is not a read of the chunk.
+TEST_F(BlobTest, InPlaceSaveIsUploadedWithoutCountingARead) {
+  ASSERT_OK_AND_ASSIGN(Namespace ns, Namespace::Create(SmallModel()));
+  ASSERT_OK_AND_ASSIGN(std::vector<ChunkRef> chain, ns.Chunks(Tokens(64, 8)));
+  const size_t bytes = ns.FullChunkPayloadBytes();
+  ASSERT_OK_AND_ASSIGN(auto cache, EmbeddedCache::Create(Options(BlobOptions())));
+  ASSERT_OK_AND_ASSIGN(DramTier::SlotReservation r, cache->ReserveSlot(ns, chain[0]));
+  const std::vector<std::byte> payload = KvFor(chain[0], bytes);
+  ASSERT_EQ(r.payload_bytes, bytes);
+  std::memcpy(cache->dram().arena().base() + r.payload_offset, payload.data(), bytes);
+  ASSERT_OK(cache->CommitSlot(r.handle));
+  cache->blob()->Flush();
+  const CacheStats st = cache->Stats();
+  EXPECT_EQ(st.tiering.blob_uploaded, 1u);
+  EXPECT_EQ(st.tiers[0].hits, 0u);
+  EXPECT_EQ(st.tiers[0].bytes_read, 0u);
 }
 
 TEST_F(BlobTest, RemoveNamespaceDeletesEveryObjectOfItAndNoOther) {

@@ -5,6 +5,7 @@
 #include <cstring>
 #include <utility>
 
+#include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "src/common/bytes.h"
 #include "src/common/status_macros.h"
@@ -15,8 +16,9 @@ namespace {
 constexpr uint64_t kSlotAlign = 4096;
 // A class may serve chunks up to this fraction smaller than its slots.
 constexpr uint64_t kMaxWasteDivisor = 8;  // 12.5 %
-// Rounds of "evict one, retry" a save may take before it gives up; another
-// thread can take the slot a round freed.
+// Rounds of "evict one, retry" a save may take looking for a victim that
+// frees a usable slot directly (another thread can take the slot a round
+// freed) before it empties a whole slab instead.
 constexpr int kMaxEvictRounds = 64;
 
 bool IsPowerOfTwo(uint32_t v) { return v != 0 && (v & (v - 1)) == 0; }
@@ -241,8 +243,13 @@ absl::StatusOr<DramTier::Reservation> DramTier::Reserve(const ChunkMeta& meta,
   uint32_t slab = 0;
   uint32_t slot = 0;
   // Once no victim frees a usable slot directly, one slab of another class is
-  // chosen and emptied.
+  // chosen and emptied, as many rounds as it has chunks. A slab that cannot
+  // be emptied (a pinned chunk, one being written, a chain parent whose child
+  // lives in another slab) is left for the next candidate's slab; the save
+  // fails only when no evictable chunk is left outside the slabs tried.
   int64_t target_slab = -1;
+  absl::flat_hash_set<uint32_t> stuck_slabs;
+  std::vector<bool> held_slabs;  // slabs with a pinned or unfinished chunk, when first needed
   for (int round = 0;; ++round) {
     if (TryAllocate(cls, &slab, &slot)) break;
     std::optional<EntryId> victim;
@@ -253,13 +260,36 @@ absl::StatusOr<DramTier::Reservation> DramTier::Reserve(const ChunkMeta& meta,
         const Entry& e = entries_[id];
         return e.slot_class == cls || slabs_[e.slab].used == 1;
       });
-      if (!victim.has_value()) {
-        victim = policy_->PickVictim([](EntryId) { return true; });
-        if (victim.has_value()) target_slab = entries_[*victim].slab;
-      }
-    } else if (round < kMaxEvictRounds) {
+    }
+    if (!victim.has_value() && target_slab >= 0) {
       victim = policy_->PickVictim(
           [&](EntryId id) { return entries_[id].slab == static_cast<uint32_t>(target_slab); });
+      if (!victim.has_value()) {
+        stuck_slabs.insert(static_cast<uint32_t>(target_slab));
+        target_slab = -1;
+      }
+    }
+    if (!victim.has_value() && target_slab < 0) {
+      // Prefer a slab with nothing pinned or being written: one that can be
+      // emptied, so no chunk is evicted in vain.
+      if (held_slabs.empty()) {
+        held_slabs.assign(slabs_.size(), false);
+        for (const Entry& e : entries_) {
+          if (e.state == State::kWriting || e.state == State::kDetached ||
+              (e.state == State::kReady && e.pins > 0)) {
+            held_slabs[e.slab] = true;
+          }
+        }
+      }
+      victim = policy_->PickVictim([&](EntryId id) {
+        const uint32_t s = entries_[id].slab;
+        return !stuck_slabs.contains(s) && !held_slabs[s];
+      });
+      if (!victim.has_value()) {
+        victim = policy_->PickVictim(
+            [&](EntryId id) { return !stuck_slabs.contains(entries_[id].slab); });
+      }
+      if (victim.has_value()) target_slab = entries_[*victim].slab;
     }
     if (!victim.has_value()) {
       save_rejections_.fetch_add(1, std::memory_order_relaxed);
@@ -272,9 +302,12 @@ absl::StatusOr<DramTier::Reservation> DramTier::Reserve(const ChunkMeta& meta,
     evictions_.fetch_add(1, std::memory_order_relaxed);
     if (options_.on_evict) {
       // Hand the bytes to the lower tier outside the lock; the detached entry
-      // keeps its slot until Destroy.
+      // keeps its slot until Destroy. The handover is numbered so that
+      // RemoveNamespace can wait for those already under way.
       ChunkMeta vmeta = entries_[v].meta;
       absl::Span<std::byte> bytes(entries_[v].data, entries_[v].encoded_bytes);
+      const uint64_t handover = ++handovers_started_;
+      handovers_.insert(handover);
       mu_.Unlock();
       // The detached slot belongs to this thread alone until Destroy.
       if (SealChunk(bytes).ok()) {
@@ -283,6 +316,7 @@ absl::StatusOr<DramTier::Reservation> DramTier::Reserve(const ChunkMeta& meta,
         corrupt_.fetch_add(1, std::memory_order_relaxed);
       }
       mu_.Lock();
+      handovers_.erase(handover);
     }
     Destroy(v);
   }
@@ -463,12 +497,14 @@ EntryId DramTier::PinForRead(const IndexKey& k, bool count_access) {
   absl::MutexLock lock(&mu_);
   EntryId id = FindReady(k);
   if (id == kNoEntry) {
-    misses_.fetch_add(1, std::memory_order_relaxed);
+    if (count_access) misses_.fetch_add(1, std::memory_order_relaxed);
     return kNoEntry;
   }
   PinEntry(id);
-  if (count_access) policy_->OnAccess(id);
-  hits_.fetch_add(1, std::memory_order_relaxed);
+  if (count_access) {
+    policy_->OnAccess(id);
+    hits_.fetch_add(1, std::memory_order_relaxed);
+  }
   return id;
 }
 
@@ -633,9 +669,15 @@ absl::StatusOr<ChunkPin> DramTier::PinChunk(uint64_t namespace_id, const BlockKe
   return PinChunkChecked(namespace_id, key, layout_signature);
 }
 
+absl::StatusOr<ChunkPin> DramTier::PinChunkUncounted(uint64_t namespace_id, const BlockKey& key,
+                                                     uint64_t layout_signature) {
+  return PinChunkChecked(namespace_id, key, layout_signature, /*count=*/false);
+}
+
 absl::StatusOr<ChunkPin> DramTier::PinChunkChecked(uint64_t namespace_id, const BlockKey& key,
-                                                   std::optional<uint64_t> layout_signature) {
-  EntryId id = PinForRead(IndexKey{namespace_id, key}, true);
+                                                   std::optional<uint64_t> layout_signature,
+                                                   bool count) {
+  EntryId id = PinForRead(IndexKey{namespace_id, key}, count);
   if (id == kNoEntry) {
     return absl::NotFoundError(absl::StrCat("chunk ", key.ToHex(), " is not cached in namespace ",
                                             absl::Hex(namespace_id, absl::kZeroPad16)));
@@ -649,7 +691,7 @@ absl::StatusOr<ChunkPin> DramTier::PinChunkChecked(uint64_t namespace_id, const 
   const Entry& e = entries_[id];
   uint64_t handle = (uint64_t{e.generation} << 32) | id;
   // The payload is handed out for reading: it counts as served.
-  bytes_read_.fetch_add(e.encoded_bytes - kChunkHeaderBytes, std::memory_order_relaxed);
+  if (count) bytes_read_.fetch_add(e.encoded_bytes - kChunkHeaderBytes, std::memory_order_relaxed);
   return ChunkPin(this, handle, {e.data + kChunkHeaderBytes, e.encoded_bytes - kChunkHeaderBytes},
                   e.meta.num_tokens);
 }
@@ -796,6 +838,14 @@ size_t DramTier::RemoveNamespace(uint64_t namespace_id) {
     Destroy(id);
     ++removed;
   }
+  // Chunks of the namespace evicted before this call may still be being
+  // handed to on_evict: wait for those (not for later ones).
+  struct Waiting {
+    const std::set<uint64_t>* handovers;
+    uint64_t upto;
+  } w{&handovers_, handovers_started_};
+  mu_.Await(absl::Condition(
+      +[](Waiting* a) { return a->handovers->empty() || *a->handovers->begin() > a->upto; }, &w));
   return removed;
 }
 

@@ -109,6 +109,10 @@ class DramTier final : public StorageTier, public ChunkPin::Releaser {
   // the chunk is dropped and counted as corrupt.
   absl::StatusOr<ChunkPin> PinChunk(uint64_t namespace_id, const BlockKey& key,
                                     uint64_t layout_signature);
+  // The same for the cache's own use of the bytes (an upload right after a
+  // save): not a read, so no hit, no bytes read, no access for the policy.
+  absl::StatusOr<ChunkPin> PinChunkUncounted(uint64_t namespace_id, const BlockKey& key,
+                                             uint64_t layout_signature);
 
   // A pin for another node's one-sided read of the encoded chunk, with the
   // payload checksum the reader verifies the transferred bytes against.
@@ -159,6 +163,8 @@ class DramTier final : public StorageTier, public ChunkPin::Releaser {
   absl::StatusOr<size_t> RemoveTree(uint64_t namespace_id, const BlockKey& key);
 
   // Removes every unpinned chunk of `namespace_id`; returns how many.
+  // Returns once every on_evict call that had begun is done, so a chunk of
+  // the namespace evicted just before is in the lower tier's hands.
   size_t RemoveNamespace(uint64_t namespace_id);
 
   bool huge_pages() const { return arena_->huge_pages(); }
@@ -169,7 +175,8 @@ class DramTier final : public StorageTier, public ChunkPin::Releaser {
 
  private:
   absl::StatusOr<ChunkPin> PinChunkChecked(uint64_t namespace_id, const BlockKey& key,
-                                           std::optional<uint64_t> layout_signature);
+                                           std::optional<uint64_t> layout_signature,
+                                           bool count = true);
   enum class State : uint8_t { kFree, kWriting, kReady, kDetached };
 
   struct IndexKey {
@@ -269,7 +276,8 @@ class DramTier final : public StorageTier, public ChunkPin::Releaser {
                                             uint64_t layout_signature) ABSL_LOCKS_EXCLUDED(mu_);
   // Drops a chunk whose header failed a check.
   void DropCorrupt(EntryId id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Pins a ready entry for reading. kNoEntry when absent.
+  // Pins a ready entry for reading. kNoEntry when absent. `count_access`:
+  // counts the hit or miss and tells the eviction policy of the access.
   EntryId PinForRead(const IndexKey& k, bool count_access) ABSL_LOCKS_EXCLUDED(mu_);
   void UnpinForRead(EntryId id) ABSL_LOCKS_EXCLUDED(mu_);
 
@@ -293,6 +301,9 @@ class DramTier final : public StorageTier, public ChunkPin::Releaser {
   std::atomic<uint64_t> saves_{0};
   std::atomic<uint64_t> save_rejections_{0};
   std::atomic<uint64_t> evictions_{0};
+  // on_evict calls under way (numbered), for RemoveNamespace.
+  uint64_t handovers_started_ ABSL_GUARDED_BY(mu_) = 0;
+  std::set<uint64_t> handovers_ ABSL_GUARDED_BY(mu_);
   std::atomic<uint64_t> bytes_written_{0};
   std::atomic<uint64_t> bytes_read_{0};
   std::atomic<uint64_t> corrupt_{0};

@@ -386,6 +386,34 @@ TEST_F(CacheNvmeTest, SaturatedNvmeSkipsDemotionsWithoutBlockingSaves) {
   cache_.reset();  // before the env it uses
 }
 
+// RemoveNamespace waits for the namespace's demotions still being written:
+// once written they would bring removed chunks back.
+TEST_F(CacheNvmeTest, RemoveNamespaceCoversDemotionsInFlight) {
+  TempFolder dir;
+  FaultInjectionEnv env;
+  CacheOptions o = TieredOptions(dir.path());
+  o.nvme.max_inflight_bytes = 48 << 10;  // one 32 KiB chunk's slot in flight
+  Open(o, EmbeddedCacheSeams{&env});
+  env.Hold(IoOpcode::kWrite);  // the first demotion stays in flight
+  std::vector<ChunkRef> chain = Chain(100, 9);
+  ASSERT_OK(SaveAll(chain));
+  ASSERT_EQ(cache_->Stats().tiering.demotions_in_flight, 1u);
+  std::atomic<bool> done{false};
+  std::thread remover([&] {
+    cache_->RemoveNamespace(ns_->id());
+    done.store(true);
+  });
+  absl::SleepFor(absl::Milliseconds(200));
+  EXPECT_FALSE(done.load()) << "returned while a demotion of the namespace was being written";
+  env.ReleaseHeld();
+  remover.join();
+  cache_->WaitForDemotions();
+  for (const ChunkRef& c : chain) EXPECT_FALSE(OnNvme(c));
+  ASSERT_OK_AND_ASSIGN(LookupResult r, cache_->Lookup(*ns_, Namespace::Keys(chain)));
+  EXPECT_EQ(r.matched, 0u);
+  cache_.reset();  // before the env it uses
+}
+
 TEST_F(CacheNvmeTest, StartupFaultsNameThePath) {
   TempFolder dir;
   const std::string missing = dir.path() + "/not-there";

@@ -86,6 +86,29 @@ TEST(EmbeddedCacheEvents, SaveRemoveAndEviction) {
   EXPECT_EQ(removed, cache->Stats().tiers[0].evictions);
 }
 
+// Remove of a pinned chunk leaves it (and its parent) in DRAM: no removal is
+// reported for it, so the cluster index keeps this node as its holder.
+TEST(EmbeddedCacheEvents, RemoveOfAPinnedChunkReportsNoRemoval) {
+  RecordingSink sink;
+  EmbeddedCacheSeams seams;
+  seams.event_sink = &sink;
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<EmbeddedCache> cache,
+                       EmbeddedCache::Create(DramOnly(), seams));
+  ASSERT_OK_AND_ASSIGN(Namespace ns, Namespace::Create(SmallModel()));
+  ASSERT_OK_AND_ASSIGN(std::vector<ChunkRef> chunks, ns.Chunks(Tokens(64 * 2, 4)));
+  for (const ChunkRef& c : chunks) ASSERT_OK(cache->Save(ns, c, KvFor(c, kPayload)));
+  sink.Take();
+  {
+    ASSERT_OK_AND_ASSIGN(ChunkPin pin, cache->Pin(ns, chunks[0].key));
+    ASSERT_OK(cache->Remove(ns, chunks[0].key).status());
+    // The unpinned child went (descendants are not reported); the pinned
+    // root stays, and is not reported either.
+    EXPECT_TRUE(sink.Take().empty());
+    ASSERT_OK_AND_ASSIGN(LookupResult r, cache->Lookup(ns, Namespace::Keys(chunks)));
+    EXPECT_EQ(r.matched, 1u);
+  }
+}
+
 TEST(EmbeddedCacheEvents, InPlaceCommitReportsOnlyCommittedChunks) {
   RecordingSink sink;
   EmbeddedCacheSeams seams;

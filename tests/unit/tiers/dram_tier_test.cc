@@ -5,6 +5,7 @@
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "src/core/chunk_format.h"
 #include "tests/testing/status_matchers.h"
 
 namespace kvtier {
@@ -234,6 +235,52 @@ TEST(DramTier, MixedSizesShareSlabs) {
     EXPECT_EQ(out, Payload(8000, i));
   }
   EXPECT_LE(tier->Stats().used_bytes, tier->Stats().capacity_bytes);
+}
+
+// A new size class needs a whole slab: one full of small chunks (512 of
+// them, more than the rounds a save spends looking for a direct victim) is
+// emptied for it.
+TEST(DramTier, AFullSlabOfSmallChunksIsEmptiedForANewSize) {
+  ASSERT_OK_AND_ASSIGN(auto tier, DramTier::Create(SmallOptions()));
+  constexpr size_t kSmall = 4096 - kChunkHeaderBytes;  // 4 KiB slots: 512 a slab
+  for (uint64_t i = 1; i <= 1024; ++i) ASSERT_OK(tier->SavePayload(Meta(i), Payload(kSmall, i)));
+  ASSERT_OK(tier->SavePayload(Meta(5000), Payload(kBig, 5000)));
+  EXPECT_EQ(tier->Stats().evictions, 512u);
+  std::vector<std::byte> out(kBig);
+  ASSERT_OK(tier->LoadPayload(kNs, BlockKey{7, 5000}, kSig, absl::MakeSpan(out)).status());
+  EXPECT_EQ(out, Payload(kBig, 5000));
+}
+
+// A slab that cannot be emptied (its chunk P is the parent of a chunk in the
+// other slab) is passed over for one that can.
+TEST(DramTier, ASlabThatCannotBeEmptiedIsPassedOver) {
+  ASSERT_OK_AND_ASSIGN(auto tier, DramTier::Create(SmallOptions()));
+  ASSERT_OK(tier->SavePayload(Meta(1), Payload(kBig, 1)));     // P, slab A
+  ASSERT_OK(tier->SavePayload(Meta(2), Payload(kBig, 2)));     // Q, slab A
+  ASSERT_OK(tier->SavePayload(Meta(3, 1), Payload(kBig, 3)));  // C, child of P, slab B
+  ASSERT_OK(tier->SavePayload(Meta(4), Payload(kBig, 4)));     // R, slab B
+  // Q is the least recently used tail: its slab is tried first, and P stays
+  // (its child C is resident).
+  ASSERT_OK(tier->SavePayload(Meta(20), Payload(8000, 20)));
+  std::vector<std::byte> out(8000);
+  ASSERT_OK(tier->LoadPayload(kNs, BlockKey{7, 20}, kSig, absl::MakeSpan(out)).status());
+  EXPECT_EQ(out, Payload(8000, 20));
+  EXPECT_TRUE(tier->CouldExist(kNs, BlockKey{7, 1}));
+  EXPECT_EQ(tier->Stats().evictions, 3u);
+}
+
+// A slab holding a pinned chunk cannot be emptied: a slab without one is
+// chosen, so nothing is evicted in vain.
+TEST(DramTier, ASlabWithAPinnedChunkIsNotEmptiedInVain) {
+  ASSERT_OK_AND_ASSIGN(auto tier, DramTier::Create(SmallOptions()));
+  for (uint64_t i = 1; i <= 4; ++i) ASSERT_OK(tier->SavePayload(Meta(i), Payload(kBig, i)));
+  // 1 and 2 share a slab, 3 and 4 the other; 1 is the least recently used.
+  ASSERT_OK_AND_ASSIGN(ChunkPin pin, tier->PinChunk(kNs, BlockKey{7, 2}));
+  ASSERT_OK(tier->SavePayload(Meta(20), Payload(8000, 20)));
+  EXPECT_EQ(tier->Stats().evictions, 2u);
+  EXPECT_TRUE(tier->CouldExist(kNs, BlockKey{7, 1}));
+  EXPECT_FALSE(tier->CouldExist(kNs, BlockKey{7, 3}));
+  EXPECT_FALSE(tier->CouldExist(kNs, BlockKey{7, 4}));
 }
 
 }  // namespace
