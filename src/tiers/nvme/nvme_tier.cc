@@ -332,6 +332,14 @@ absl::Status NvmeTier::OpenVolume() {
                                            : absl::DataLossError("shorter than a superblock");
   absl::StatusOr<nvme::Superblock> sb =
       read.ok() ? nvme::DecodeSuperblock(sector.span()) : absl::StatusOr<nvme::Superblock>(read);
+  if (!sb.ok() && !device && read.ok() &&
+      std::all_of(sector.span().begin(), sector.span().end(),
+                  [](std::byte b) { return b == std::byte{0}; })) {
+    // kvtier's own file with a superblock never written: a first start that
+    // stopped between allocating the file and writing it. Nothing was stored.
+    KVTIER_RETURN_IF_ERROR(FormatVolume());
+    return env_->SyncDirectory(path);
+  }
   if (!sb.ok()) {
     if (device && options_.format_device) return FormatVolume();
     return absl::FailedPreconditionError(absl::StrCat(

@@ -833,6 +833,32 @@ TEST(NvmeTier, AFailedOpenLeavesTheVolumeByteIdentical) {
   ExpectStored(*tier, a);
 }
 
+// A first start that stopped after allocating the volume file and before
+// writing its superblock leaves a file of zeros: the next start formats it
+// instead of refusing to start until someone deletes it.
+TEST(NvmeTier, AVolumeFileOfZerosIsFormatted) {
+  TempDir dir;
+  NvmeTierOptions o = Options(dir.path(), {Class(k64K, 4)});
+  {
+    std::ofstream f(dir.volume(), std::ios::binary);
+    const std::string zeros(1 << 20, '\0');
+    for (int i = 0; i < 4; ++i) f.write(zeros.data(), static_cast<std::streamsize>(zeros.size()));
+  }
+  ASSERT_OK_AND_ASSIGN(auto tier, NvmeTier::Create(o));
+  EXPECT_EQ(tier->DetailedStats().open_source, "new");
+  TestChunk a = MakeChunk(Key(1), k64K);
+  ASSERT_OK(tier->Put(a.meta, a.encoded));
+  ExpectStored(*tier, a);
+  tier.reset();
+  // A file with other bytes is still not taken.
+  {
+    std::fstream f(dir.volume(), std::ios::binary | std::ios::in | std::ios::out);
+    f.write("junk", 4);
+  }
+  EXPECT_THAT(NvmeTier::Create(o), StatusIs(absl::StatusCode::kFailedPrecondition,
+                                            HasSubstr("does not hold a kvtier NVMe volume")));
+}
+
 TEST(NvmeTier, AFailedRecoveryReadWaitsForTheReadsStillInFlight) {
   TempDir dir;
   NvmeTierOptions o = Options(dir.path(), {Class(k64K, 16)});
