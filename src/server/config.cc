@@ -365,6 +365,10 @@ absl::Status ApplySetting(const std::string& name, const std::string& value,
     KVTIER_ASSIGN_OR_RETURN(c.ucx.transfer_timeout_ms, ParseU32(value, field, 1, 600000));
   } else if (name == "ucx.peer_token") {
     c.ucx.peer_token = value;
+  } else if (name == "ucx.peer_ca_file") {
+    c.ucx.peer_ca_file = value;
+  } else if (name == "ucx.peer_tls_name") {
+    c.ucx.peer_tls_name = value;
   } else if (name == "ucx.peer_token_file") {
     KVTIER_ASSIGN_OR_RETURN(std::string t, ReadSmallFile(value, field));
     c.ucx.peer_token = std::string(absl::StripAsciiWhitespace(t));
@@ -443,8 +447,8 @@ const std::map<std::string, std::set<std::string>>& SectionKeys() {
         "recheck_ms"}},
       {"ucx",
        {"enabled", "progress_threads", "lease_seconds", "lookup_timeout_ms", "transfer_timeout_ms",
-        "peer_token", "peer_token_file", "max_batch_chunks", "busy_poll_us", "idle_peer_seconds",
-        "copy_threads"}},
+        "peer_token", "peer_token_file", "peer_ca_file", "peer_tls_name", "max_batch_chunks",
+        "busy_poll_us", "idle_peer_seconds", "copy_threads"}},
   };
   return *keys;
 }
@@ -632,6 +636,7 @@ constexpr EnvSpec kEnvSpecs[] = {
     {"KVTIER_PEER_TOKEN", "ucx.peer_token"},
     {"KVTIER_NODE_ID", "node_id"},
     {"KVTIER_NATS_URL", "cluster.nats_url"},
+    {"KVTIER_ADVERTISE_GRPC", "cluster.advertise_grpc"},
     {"KVTIER_BLOB_ENDPOINT", "blob.endpoint"},
     {"KVTIER_BLOB_ACCOUNT", "blob.account"},
     {"KVTIER_BLOB_CONTAINER", "blob.container"},
@@ -946,7 +951,8 @@ absl::Status DaemonConfig::Validate() const {
   for (const auto& [field, path] :
        {std::pair<const char*, const std::string*>{"tls.cert_file", &tls.cert_file},
         {"tls.key_file", &tls.key_file},
-        {"tls.client_ca_file", &tls.client_ca_file}}) {
+        {"tls.client_ca_file", &tls.client_ca_file},
+        {"ucx.peer_ca_file", &ucx.peer_ca_file}}) {
     if (!path->empty() && access(path->c_str(), R_OK) != 0) {
       return Invalid(field, absl::StrCat("cannot read '", *path, "'"));
     }
@@ -1154,6 +1160,8 @@ std::string DaemonConfig::ToRedactedYaml() const {
   out << YAML::Key << "lookup_timeout_ms" << YAML::Value << ucx.lookup_timeout_ms;
   out << YAML::Key << "transfer_timeout_ms" << YAML::Value << ucx.transfer_timeout_ms;
   out << YAML::Key << "peer_token" << YAML::Value << redact(ucx.peer_token);
+  out << YAML::Key << "peer_ca_file" << YAML::Value << ucx.peer_ca_file;
+  out << YAML::Key << "peer_tls_name" << YAML::Value << ucx.peer_tls_name;
   out << YAML::Key << "max_batch_chunks" << YAML::Value << ucx.max_batch_chunks;
   out << YAML::Key << "busy_poll_us" << YAML::Value << ucx.busy_poll_us;
   out << YAML::Key << "idle_peer_seconds" << YAML::Value << ucx.idle_peer_seconds;

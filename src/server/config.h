@@ -70,6 +70,12 @@ struct UcxConfig {
   int64_t busy_poll_us = 50;            // progress poll with gets in flight, us (-1 = never sleep)
   uint32_t idle_peer_seconds = 60;      // a holder's endpoint unused this long is closed (1..86400)
   int32_t copy_threads = -1;  // helpers copying runs out of mapped arenas (-1 = auto, 0..64)
+  // With TLS on (tls.cert_file), calls to peers use TLS too, presenting
+  // tls.cert_file / tls.key_file as the client certificate and verifying
+  // peers against this CA (default: tls.client_ca_file; neither: the
+  // system's roots).
+  std::string peer_ca_file;
+  std::string peer_tls_name;  // name to check in peers' certificates; "" = the address
 };
 
 struct DaemonConfig {

@@ -315,7 +315,24 @@ absl::Status Daemon::StartTransfer() {
   po.peer_token = config_.ucx.peer_token;
   KVTIER_ASSIGN_OR_RETURN(peer_service_,
                           transfer::PeerService::Create(cache_.get(), ucx_.get(), po));
-  peer_clients_ = std::make_unique<transfer::PeerClients>(config_.ucx.peer_token);
+  std::shared_ptr<grpc::ChannelCredentials> peer_credentials;
+  if (config_.tls.enabled()) {
+    // Peers listen with the same TLS settings: present this node's
+    // certificate (their require_client_cert) and verify theirs.
+    grpc::SslCredentialsOptions ssl;
+    KVTIER_ASSIGN_OR_RETURN(ssl.pem_private_key, ReadFile(config_.tls.key_file, "tls.key_file"));
+    KVTIER_ASSIGN_OR_RETURN(ssl.pem_cert_chain, ReadFile(config_.tls.cert_file, "tls.cert_file"));
+    const std::string& ca =
+        config_.ucx.peer_ca_file.empty() ? config_.tls.client_ca_file : config_.ucx.peer_ca_file;
+    if (!ca.empty()) {
+      KVTIER_ASSIGN_OR_RETURN(ssl.pem_root_certs,
+                              ReadFile(ca, config_.ucx.peer_ca_file.empty() ? "tls.client_ca_file"
+                                                                            : "ucx.peer_ca_file"));
+    }
+    peer_credentials = grpc::SslCredentials(ssl);
+  }
+  peer_clients_ = std::make_unique<transfer::PeerClients>(
+      config_.ucx.peer_token, std::move(peer_credentials), config_.ucx.peer_tls_name);
   if (!config_.peers.empty()) {
     static_holders_ = std::make_unique<transfer::StaticPeerSource>(config_.peers, config_.node_id,
                                                                    peer_clients_.get());

@@ -16,8 +16,8 @@ v1::Peer::Stub* PeerClients::Stub(const std::string& address) {
     // minutes).
     args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
     args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
-    stub = v1::Peer::NewStub(
-        grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args));
+    if (!tls_name_.empty()) args.SetSslTargetNameOverride(tls_name_);
+    stub = v1::Peer::NewStub(grpc::CreateCustomChannel(address, credentials_, args));
   }
   return stub.get();
 }

@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
@@ -16,6 +17,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "grpcpp/client_context.h"
+#include "grpcpp/security/credentials.h"
 #include "kvtier/v1/peer.grpc.pb.h"
 
 namespace kvtier::transfer {
@@ -31,7 +33,15 @@ struct PeerHealth {
 class PeerClients {
  public:
   // `peer_token`, when not empty, is sent as "authorization: Bearer <token>".
-  explicit PeerClients(std::string peer_token) : token_(std::move(peer_token)) {}
+  // `credentials`: the channels' (null: plaintext); `tls_name`, when not
+  // empty, is the name checked in peers' certificates instead of the address.
+  explicit PeerClients(std::string peer_token,
+                       std::shared_ptr<grpc::ChannelCredentials> credentials = nullptr,
+                       std::string tls_name = "")
+      : token_(std::move(peer_token)),
+        credentials_(credentials != nullptr ? std::move(credentials)
+                                            : grpc::InsecureChannelCredentials()),
+        tls_name_(std::move(tls_name)) {}
 
   // The stub for "host:port" (created on first use; gRPC reconnects by itself).
   v1::Peer::Stub* Stub(const std::string& address);
@@ -48,6 +58,8 @@ class PeerClients {
 
  private:
   const std::string token_;
+  const std::shared_ptr<grpc::ChannelCredentials> credentials_;
+  const std::string tls_name_;
   mutable absl::Mutex mu_;
   absl::flat_hash_map<std::string, std::unique_ptr<v1::Peer::Stub>> stubs_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<std::string, PeerHealth> health_ ABSL_GUARDED_BY(mu_);

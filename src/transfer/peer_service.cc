@@ -40,6 +40,16 @@ absl::StatusOr<std::unique_ptr<PeerService>> PeerService::Create(
       static_cast<ssize_t>(kCallSecretBytes)) {
     return absl::InternalError("getrandom: no call secret");
   }
+  // Lease ids start at a random value: a release a reader queued for this
+  // address before a restart cannot free another reader's lease here.
+  uint64_t first_lease = 0;
+  if (getrandom(&first_lease, sizeof(first_lease), 0) != sizeof(first_lease)) {
+    return absl::InternalError("getrandom: no lease ids");
+  }
+  {
+    absl::MutexLock lock(&p->mu_);
+    p->next_lease_ = (first_lease >> 1) | 1;  // never 0, far from wrapping
+  }
   engine->SetCallHandler([raw](absl::string_view call) { return raw->ServeCall(call); });
   p->reaper_ = std::thread([raw] {
     const absl::Duration period = std::min(absl::Seconds(1), raw->options_.lease_timeout / 4);

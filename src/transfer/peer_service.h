@@ -112,7 +112,7 @@ class PeerService final : public v1::Peer::Service {
 
   mutable absl::Mutex mu_;
   absl::flat_hash_map<uint64_t, Lease> leases_ ABSL_GUARDED_BY(mu_);
-  uint64_t next_lease_ ABSL_GUARDED_BY(mu_) = 1;
+  uint64_t next_lease_ ABSL_GUARDED_BY(mu_) = 1;  // random start (Create)
 
   std::atomic<uint64_t> hellos_{0};
   std::atomic<uint64_t> lookups_{0};

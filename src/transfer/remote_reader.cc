@@ -425,6 +425,7 @@ std::vector<absl::Status> RemoteReader::FetchFrom(const Namespace& ns,
     absl::Span<std::byte> bytes;
   };
   std::vector<Pending> pending;
+  std::vector<size_t> written_elsewhere;  // indices reserved by another read
   std::vector<UcxEngine::GetOp> ops;
   pending.reserve(pinned);
   ops.reserve(pinned);
@@ -449,7 +450,12 @@ std::vector<absl::Status> RemoteReader::FetchFrom(const Namespace& ns,
       out[i] = r.status();
       continue;
     }
-    if (r->already_present) continue;  // OK: in DRAM now
+    if (r->already_present) {
+      // In DRAM, or still being written by another read (a Load of the same
+      // prefix): waited for below, so OK means readable now.
+      written_elsewhere.push_back(i);
+      continue;
+    }
     if (r->payload_bytes + kChunkHeaderBytes != slot.length()) {
       cache_->AbortSlot(r->handle);
       out[i] = absl::DataLossError(absl::StrCat("peer ", conn->node_id, ": chunk of ",
@@ -522,6 +528,17 @@ std::vector<absl::Status> RemoteReader::FetchFrom(const Namespace& ns,
   if (!got.ok()) {
     clients_->ReportContact(address, conn->node_id, false);
     Drop(address, conn->peer.get());
+  }
+  for (size_t i : written_elsewhere) {
+    while (!cache_->dram().CouldExist(ns.id(), keys[i])) {
+      // The other read failed its check (the slot is gone) or is late.
+      if (absl::Now() >= deadline || !cache_->dram().Writing(ns.id(), keys[i])) {
+        out[i] = absl::UnavailableError(absl::StrCat(
+            "chunk ", keys[i].ToHex(), ": another read of it did not complete in time"));
+        break;
+      }
+      absl::SleepFor(absl::Microseconds(50));
+    }
   }
   return out;
 }

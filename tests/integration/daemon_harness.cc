@@ -38,6 +38,30 @@ std::string TempDir::Write(const std::string& name, const std::string& contents)
   return File(name);
 }
 
+absl::Status MakeCertificates(const TempDir& dir) {
+  const std::string cmd =
+      absl::StrCat("(cd ", dir.path(), " && ",
+                   "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes "
+                   "-keyout ca.key -out ca.pem -days 2 -subj /CN=kvtier-test-ca && "
+                   "openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes "
+                   "-keyout server.key -out server.csr -subj /CN=localhost && "
+                   "printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\\n' > san.ext && "
+                   "openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial "
+                   "-out server.pem -days 2 -extfile san.ext && "
+                   "openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes "
+                   "-keyout client.key -out client.csr -subj /CN=kvtier-test-client && "
+                   "openssl x509 -req -in client.csr -CA ca.pem -CAkey ca.key -CAcreateserial "
+                   "-out client.pem -days 2) > ",
+                   dir.File("openssl.log"), " 2>&1");
+  if (std::system(cmd.c_str()) != 0) {
+    std::ifstream log(dir.File("openssl.log"));
+    std::stringstream text;
+    text << log.rdbuf();
+    return absl::InternalError("openssl failed:\n" + text.str());
+  }
+  return absl::OkStatus();
+}
+
 int FreePort() {
   int fd = socket(AF_INET, SOCK_STREAM, 0);
   sockaddr_in addr{};

@@ -34,6 +34,11 @@ class TempDir {
 // A free TCP port on 127.0.0.1 (bound, read, released).
 int FreePort();
 
+// Makes, with the openssl CLI, a CA (ca.pem, ca.key), a certificate for
+// localhost and 127.0.0.1 signed by it (server.pem, server.key) and a client
+// certificate (client.pem, client.key) in `dir`.
+absl::Status MakeCertificates(const TempDir& dir);
+
 // A child process; killed (SIGKILL) on destruction if still running.
 class Process {
  public:

@@ -770,30 +770,9 @@ TEST(Daemon, NvmeSettingsAreValidatedAndStartupFaultsNameThePath) {
 
 // ---- TLS ----------------------------------------------------------------------------
 
-// Makes a CA, a server certificate for localhost/127.0.0.1 and a client
-// certificate with the openssl CLI.
-void MakeCertificates(const TempDir& dir) {
-  const std::string cmd =
-      absl::StrCat("cd ", dir.path(), " && ",
-                   "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes "
-                   "-keyout ca.key -out ca.pem -days 2 -subj /CN=kvtier-test-ca && "
-                   "openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes "
-                   "-keyout server.key -out server.csr -subj /CN=localhost && "
-                   "printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\\n' > san.ext && "
-                   "openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial "
-                   "-out server.pem -days 2 -extfile san.ext && "
-                   "openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes "
-                   "-keyout client.key -out client.csr -subj /CN=kvtier-test-client && "
-                   "openssl x509 -req -in client.csr -CA ca.pem -CAkey ca.key -CAcreateserial "
-                   "-out client.pem -days 2) > ",
-                   dir.File("openssl.log"), " 2>&1");
-  ASSERT_EQ(std::system(("(" + cmd).c_str()), 0) << "openssl failed:\n"
-                                                 << std::ifstream(dir.File("openssl.log")).rdbuf();
-}
-
 TEST(Daemon, TlsAndMutualTlsOnLoopbackTcp) {
   TempDir dir;
-  MakeCertificates(dir);
+  ASSERT_OK(MakeCertificates(dir));
   const std::string tcp = absl::StrCat("127.0.0.1:", FreePort());
   const std::string token_file = dir.Write("admin.token", kAdmin);
   std::vector<std::string> flags = {"--tcp",

@@ -70,7 +70,8 @@ struct Node {
   std::string address() const { return absl::StrCat("127.0.0.1:", port); }
 };
 
-absl::Status StartNode(Node& n, const std::string& id, const std::vector<std::string>& peers) {
+absl::Status StartNode(Node& n, const std::string& id, const std::vector<std::string>& peers,
+                       const std::vector<std::string>& more_flags = {}) {
   if (n.port == 0) n.port = FreePort();
   std::vector<std::string> flags = {"--tcp",
                                     n.address(),
@@ -96,6 +97,7 @@ absl::Status StartNode(Node& n, const std::string& id, const std::vector<std::st
     flags.push_back("--peers");
     flags.push_back(absl::StrJoin(peers, ","));
   }
+  flags.insert(flags.end(), more_flags.begin(), more_flags.end());
   absl::StatusOr<std::unique_ptr<Daemon>> d =
       Daemon::Start(*n.dir, flags, absl::StrCat("kvtierd-", id, ".log"));
   if (!d.ok()) return d.status();
@@ -404,6 +406,31 @@ class NetnsPair {
   std::string ns_[2];
   bool ok_ = false;
 };
+
+// With TLS on (and client certificates required), a node calls its peers
+// over TLS with its own certificate.
+TEST(RemoteTlsTest, NodesReadFromEachOtherOverMutualTls) {
+  setenv("UCX_TLS", "tcp", 1);
+  TempDir certs;
+  ASSERT_OK(MakeCertificates(certs));
+  const std::string yaml =
+      certs.Write("tls.yaml", absl::StrCat("tls:\n  client_ca_file: ", certs.File("ca.pem"),
+                                           "\n  require_client_cert: true\n"));
+  const std::vector<std::string> tls = {"--config",   yaml,
+                                        "--tls-cert", certs.File("server.pem"),
+                                        "--tls-key",  certs.File("server.key")};
+  Node a, b;
+  ASSERT_OK(StartNode(a, "node-a", {}, tls));
+  ASSERT_OK(StartNode(b, "node-b", {a.address()}, tls));
+  unsetenv("UCX_TLS");
+  Namespace ns = *Namespace::Create(SmallNamespace());
+  auto ca = Connect(a.daemon->socket());
+  auto cb = Connect(b.daemon->socket());
+  std::vector<ChunkRef> refs = SaveChain(*ca, ns, 4, 61);
+  ASSERT_OK_AND_ASSIGN(LookupResult r, cb->Lookup(ns, Namespace::Keys(refs)));
+  EXPECT_EQ(r.matched, refs.size());
+  ExpectLoads(*cb, ns, refs);
+}
 
 TEST(RemoteNetnsTest, ReadsAcrossNetworkNamespacesOverVeth) {
   if (geteuid() != 0) GTEST_SKIP() << "needs root to create network namespaces (ip netns)";

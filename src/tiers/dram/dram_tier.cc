@@ -754,6 +754,14 @@ bool DramTier::CouldExist(uint64_t namespace_id, const BlockKey& key) const {
   return it != sh.map.end() && it->second.ready;
 }
 
+bool DramTier::Writing(uint64_t namespace_id, const BlockKey& key) const {
+  IndexKey k{namespace_id, key};
+  Shard& sh = ShardFor(k);
+  absl::MutexLock lock(&sh.mu);
+  auto it = sh.map.find(k);
+  return it != sh.map.end() && !it->second.ready;
+}
+
 size_t DramTier::MatchPrefix(uint64_t namespace_id, absl::Span<const BlockKey> chain) const {
   constexpr size_t kBatch = 256;
   size_t matched = 0;

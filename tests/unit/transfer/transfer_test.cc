@@ -670,6 +670,70 @@ TEST_P(TransferTest, PeerTokenIsRequiredWhenSet) {
   EXPECT_EQ(h->size(), 1u);
 }
 
+// Lease ids start at a random value in each holder process: a release a
+// reader queued for a holder that has since restarted cannot free another
+// reader's lease there (ids counted from 1 in both would).
+TEST_P(TransferTest, LeaseIdsDoNotRepeatAcrossHolderRestarts) {
+  Namespace ns = *Namespace::Create(SmallModel());
+  auto pin = [&](Node& n, uint64_t boot) -> uint64_t {
+    std::vector<ChunkRef> refs = SaveChain(n, ns, 1, 6);
+    PeerClients clients("");
+    grpc::ClientContext ctx;
+    clients.Prepare(ctx, absl::Now() + absl::Seconds(2));
+    v1::PinForReadRequest req;
+    req.set_namespace_id(ns.id());
+    req.set_boot_id(boot);
+    req.add_keys(wire::KeyToBytes(refs[0].key));
+    v1::PinForReadResponse resp;
+    grpc::Status s = clients.Stub(n.address)->PinForRead(&ctx, req, &resp);
+    EXPECT_TRUE(s.ok()) << s.error_message();
+    return resp.lease_id();
+  };
+  auto a = Node::Start("node-a", 61);
+  const uint64_t first = pin(*a, 61);
+  a.reset();
+  auto a2 = Node::Start("node-a", 62);
+  const uint64_t second = pin(*a2, 62);
+  EXPECT_NE(first, 0u);
+  EXPECT_NE(second, 0u);
+  EXPECT_NE(first, second);
+}
+
+// Two reads of one remote chunk (Loads sharing a prefix): the second finds
+// the slot the first is writing and answers OK only once it is readable, and
+// not OK when the first gives up.
+TEST_P(TransferTest, AFetchOfAChunkAnotherReadIsWritingWaitsForIt) {
+  Namespace ns = *Namespace::Create(SmallModel());
+  auto a = Node::Start("node-a", 71);
+  auto b = Node::Start("node-b", 72);
+  std::vector<ChunkRef> refs = SaveChain(*a, ns, 2, 7);
+  PeerClients clients("");
+  StaticPeerSource source({a->address}, "node-b", &clients);
+  auto reader = ReaderOf(*b, &source, &clients);
+  ASSERT_NE(reader, nullptr);
+  ASSERT_OK_AND_ASSIGN(DramTier::SlotReservation r, b->cache->ReserveSlot(ns, refs[0]));
+  ASSERT_FALSE(r.already_present);
+  std::thread writer([&] {
+    absl::SleepFor(absl::Milliseconds(200));
+    const std::vector<std::byte> p = KvFor(refs[0], r.payload_bytes);
+    std::memcpy(b->cache->dram().arena().base() + r.payload_offset, p.data(), p.size());
+    EXPECT_TRUE(b->cache->CommitSlot(r.handle).ok());
+  });
+  const absl::Time start = absl::Now();
+  EXPECT_TRUE(reader->Fetch(ns, refs[0].key).ok());
+  EXPECT_GE(absl::Now() - start, absl::Milliseconds(150));
+  EXPECT_TRUE(b->cache->Pin(ns, refs[0].key).ok()) << "OK means readable";
+  writer.join();
+
+  ASSERT_OK_AND_ASSIGN(DramTier::SlotReservation r1, b->cache->ReserveSlot(ns, refs[1]));
+  std::thread quitter([&] {
+    absl::SleepFor(absl::Milliseconds(100));
+    b->cache->AbortSlot(r1.handle);
+  });
+  EXPECT_THAT(reader->Fetch(ns, refs[1].key), StatusIs(absl::StatusCode::kUnavailable));
+  quitter.join();
+}
+
 TEST_P(TransferTest, RestartedHolderIsGreetedAgain) {
   Namespace ns = *Namespace::Create(SmallModel());
   auto b = Node::Start("node-b", 52);
