@@ -931,10 +931,13 @@ absl::StatusOr<size_t> EmbeddedCache::RemoveById(uint64_t namespace_id, const Bl
 
 size_t EmbeddedCache::RemoveNamespace(uint64_t namespace_id) {
   // Blob objects of the namespace are deleted in the background (whichever
-  // node wrote them); they are not counted in the result.
-  if (blob_ != nullptr) (void)blob_->RemoveNamespace(namespace_id);
+  // node wrote them); they are not counted in the result. That comes after
+  // DRAM has let go of the namespace: chunks it evicted until then may have
+  // been queued for upload (on_demotion), and Blob drops those.
   if (nvme_ == nullptr || nvme_closed_.load(std::memory_order_relaxed)) {
-    return dram_->RemoveNamespace(namespace_id);
+    const size_t removed = dram_->RemoveNamespace(namespace_id);
+    if (blob_ != nullptr) (void)blob_->RemoveNamespace(namespace_id);
+    return removed;
   }
   // Chunks in both tiers count once: note which NVMe chunks DRAM also holds.
   std::vector<BlockKey> on_nvme = nvme_->KeysOf(namespace_id);
@@ -946,6 +949,7 @@ size_t EmbeddedCache::RemoveNamespace(uint64_t namespace_id) {
   // to Demote; those still being written to NVMe would outlive the removal.
   size_t removed = dram_->RemoveNamespace(namespace_id);
   WaitForNamespaceDemotions(namespace_id);
+  if (blob_ != nullptr) (void)blob_->RemoveNamespace(namespace_id);
   {
     absl::flat_hash_set<BlockKey> seen(on_nvme.begin(), on_nvme.end());
     for (const BlockKey& k : nvme_->KeysOf(namespace_id)) {

@@ -6,15 +6,19 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstring>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -53,6 +57,27 @@ std::vector<std::byte> Bytes(size_t n, uint32_t seed) {
 }
 
 absl::Time In(int ms) { return absl::Now() + absl::Milliseconds(ms); }
+
+// A chunk of namespace `ns` whose key is (0x5eed, n).
+ChunkMeta MetaOf(uint64_t ns, uint64_t n) {
+  ChunkMeta m;
+  m.namespace_id = ns;
+  m.key = BlockKey{0x5eed, n};
+  m.layout_signature = 7;
+  m.num_tokens = 16;
+  return m;
+}
+
+// Waits (up to 10 s) until `done` holds; returns whether it did.
+template <typename Done>
+bool WaitFor(Done done) {
+  const absl::Time until = In(10000);
+  while (!done()) {
+    if (absl::Now() > until) return false;
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  return true;
+}
 
 // Collects the tier's log lines.
 struct LogLines {
@@ -140,6 +165,10 @@ class BlobTest : public ::testing::Test {
     o.register_with_gpu = false;
     o.blob = blob;
     return o;
+  }
+
+  static std::string ProxyEndpoint(const FaultProxy& proxy) {
+    return absl::StrCat("http://127.0.0.1:", proxy.port(), "/", kAzuriteAccount);
   }
 
   static inline AzuriteProcess* azurite_ = nullptr;
@@ -640,6 +669,234 @@ TEST_F(BlobTest, PermanentlyFailingEndpointDegradesWithoutPassingTheDeadline) {
                 StatusIs(absl::StatusCode::kNotFound));
     EXPECT_LT(absl::Now() - start, absl::Milliseconds(100));
   }
+}
+
+// ---- removals racing uploads, the record, block lists --------------------------
+
+// A Remove that comes while the chunk's upload waits in the queue or is in
+// flight is not lost: the queued upload never happens, the one in flight is
+// deleted when it ends, and neither is recorded.
+TEST_F(BlobTest, RemoveOfAQueuedOrInFlightUploadIsNotLost) {
+  ASSERT_OK_AND_ASSIGN(auto proxy, FaultProxy::Start(azurite_->port()));
+  BlobCacheOptions o = BlobOptions(ProxyEndpoint(*proxy));
+  o.upload_workers = 1;
+  ASSERT_OK_AND_ASSIGN(auto tier, BlobTier::Create(o));
+  ASSERT_OK_AND_ASSIGN(auto client, BlobClient::Create(ClientOptions()));
+  const uint64_t ns = 0x1001;
+  const std::vector<std::byte> payload = Bytes(64 << 10, 1);
+  // The next connection waits a second at the proxy: chunk 1's upload is in
+  // flight that long while chunk 2 waits in the queue behind it.
+  proxy->DropConnections();
+  proxy->Push(Fault{Fault::Kind::kDelay, absl::Milliseconds(1000)});
+  ASSERT_TRUE(tier->EnqueuePayload(MetaOf(ns, 1), payload));
+  ASSERT_TRUE(tier->EnqueuePayload(MetaOf(ns, 2), payload));
+  ASSERT_TRUE(WaitFor([&] { return tier->Stats().queued == 1; }));
+  EXPECT_TRUE(tier->Remove(ns, MetaOf(ns, 1).key)) << "in flight";
+  EXPECT_TRUE(tier->Remove(ns, MetaOf(ns, 2).key)) << "queued";
+  tier->Flush();
+  for (uint64_t n : {1, 2}) {
+    SCOPED_TRACE(n);
+    const BlockKey key = MetaOf(ns, n).key;
+    EXPECT_FALSE(tier->Recorded(ns, key));
+    EXPECT_THAT(client->GetProperties(tier->ObjectName(ns, key), In(5000)),
+                StatusIs(absl::StatusCode::kNotFound));
+    EXPECT_THAT(tier->Fetch(ns, key, 7, payload.size(), In(5000)),
+                StatusIs(absl::StatusCode::kNotFound));
+    EXPECT_FALSE(tier->Remove(ns, key)) << "nothing of it is left";
+  }
+  const BlobTierStats st = tier->Stats();
+  EXPECT_EQ(st.uploaded, 1u) << "the queued upload never happened";
+  EXPECT_FALSE(st.degraded);
+  // A recorded chunk is removed as before.
+  ASSERT_TRUE(tier->EnqueuePayload(MetaOf(ns, 3), payload));
+  tier->Flush();
+  ASSERT_TRUE(tier->Recorded(ns, MetaOf(ns, 3).key));
+  EXPECT_TRUE(tier->Remove(ns, MetaOf(ns, 3).key));
+  tier->Flush();
+  EXPECT_THAT(client->GetProperties(tier->ObjectName(ns, MetaOf(ns, 3).key), In(5000)),
+              StatusIs(absl::StatusCode::kNotFound));
+}
+
+// RemoveNamespace drops the namespace's queued uploads and deletes the ones
+// in flight when they end (after the namespace's listing has passed them):
+// nothing of it is left in Blob or in the record; other namespaces upload.
+TEST_F(BlobTest, RemoveNamespaceDropsQueuedUploadsAndDeletesThoseInFlight) {
+  ASSERT_OK_AND_ASSIGN(auto proxy, FaultProxy::Start(azurite_->port()));
+  BlobCacheOptions o = BlobOptions(ProxyEndpoint(*proxy));
+  o.upload_workers = 2;
+  ASSERT_OK_AND_ASSIGN(auto tier, BlobTier::Create(o));
+  ASSERT_OK_AND_ASSIGN(auto client, BlobClient::Create(ClientOptions()));
+  const uint64_t ns = 0x2002, other = 0x2003;
+  const std::vector<std::byte> payload = Bytes(64 << 10, 2);
+  // Both workers upload chunks of `ns` over connections the proxy holds up
+  // for a second; one more chunk of each namespace waits in the queue.
+  proxy->DropConnections();
+  proxy->Push(Fault{Fault::Kind::kDelay, absl::Milliseconds(1000)}, 2);
+  ASSERT_TRUE(tier->EnqueuePayload(MetaOf(ns, 1), payload));
+  ASSERT_TRUE(tier->EnqueuePayload(MetaOf(ns, 2), payload));
+  ASSERT_TRUE(WaitFor([&] { return tier->Stats().queued == 0; }));
+  ASSERT_TRUE(tier->EnqueuePayload(MetaOf(ns, 3), payload));
+  ASSERT_TRUE(tier->EnqueuePayload(MetaOf(other, 4), payload));
+  EXPECT_EQ(tier->RemoveNamespace(ns), 0u);
+  tier->Flush();
+  const std::string prefix = absl::StrFormat("%s/%016x/", o.prefix, ns);
+  ASSERT_OK_AND_ASSIGN(BlobListPage left, client->List(prefix, "", 100, In(5000)));
+  EXPECT_TRUE(left.blobs.empty()) << left.blobs.size() << " objects of the namespace are back";
+  for (uint64_t n : {1, 2, 3}) EXPECT_FALSE(tier->Recorded(ns, MetaOf(ns, n).key)) << n;
+  EXPECT_TRUE(tier->Recorded(other, MetaOf(other, 4).key));
+  ASSERT_OK(client->GetProperties(tier->ObjectName(other, MetaOf(other, 4).key), In(5000)));
+  EXPECT_EQ(tier->Stats().uploaded, 3u) << "chunk 3 was never uploaded";
+  EXPECT_FALSE(tier->Stats().degraded);
+}
+
+// A namespace too large to delete within its time limit (ten write
+// deadlines) stops cleanly: it logs what is left, and a healthy endpoint is
+// not taken for a failing one. Close cuts a running namespace removal short
+// at write_deadline_ms.
+TEST_F(BlobTest, LargeNamespaceRemovalStopsAtItsTimeLimitAndClose) {
+  ASSERT_OK_AND_ASSIGN(auto client, BlobClient::Create(ClientOptions()));
+  ASSERT_OK(client->CreateContainer(In(5000)));
+  BlobCacheOptions o = BlobOptions();
+  o.upload_workers = 1;
+  o.write_deadline_ms = 500;  // the namespace's limit: 5 s
+  const uint64_t ns = 0x3003;
+  const std::string prefix = absl::StrFormat("%s/%016x/", o.prefix, ns);
+  // More objects than one page of 1000, written by 8 threads.
+  constexpr int kObjects = 2000;
+  {
+    std::vector<std::thread> writers;
+    std::atomic<int> failed{0};
+    for (int t = 0; t < 8; ++t) {
+      writers.emplace_back([&, t] {
+        for (int i = t; i < kObjects; i += 8) {
+          if (!client->Upload(absl::StrFormat("%s%032x", prefix, i), Bytes(16, i), {}, In(20000))
+                   .ok()) {
+            failed.fetch_add(1);
+          }
+        }
+      });
+    }
+    for (std::thread& w : writers) w.join();
+    ASSERT_EQ(failed.load(), 0);
+  }
+  auto count = [&]() -> size_t {
+    size_t n = 0;
+    std::string marker;
+    do {
+      absl::StatusOr<BlobListPage> page = client->List(prefix, marker, 5000, In(10000));
+      if (!page.ok()) return 0;
+      n += page->blobs.size();
+      marker = page->next_marker;
+    } while (!marker.empty());
+    return n;
+  };
+
+  LogLines log;
+  ASSERT_OK_AND_ASSIGN(auto tier, BlobTier::Create(o, log.Fn()));
+  const absl::Time start = absl::Now();
+  (void)tier->RemoveNamespace(ns);
+  tier->Flush();
+  const absl::Duration took = absl::Now() - start;
+  BlobTierStats st = tier->Stats();
+  EXPECT_FALSE(st.degraded);
+  EXPECT_EQ(st.degraded_events, 0u);
+  EXPECT_FALSE(log.Has("unreachable"));
+  ASSERT_TRUE(log.Has("stopped (out of time)"))
+      << "all " << st.namespace_objects_deleted << " deleted in " << took
+      << "; the test needs more objects";
+  EXPECT_LT(took, absl::Milliseconds(10 * o.write_deadline_ms) + absl::Milliseconds(700));
+  EXPECT_GT(st.namespace_objects_deleted, 0u);
+  // The deletion the time limit cut short may have landed.
+  const size_t left = count();
+  EXPECT_GE(left + st.namespace_objects_deleted, static_cast<size_t>(kObjects - 1));
+  EXPECT_LE(left + st.namespace_objects_deleted, static_cast<size_t>(kObjects));
+
+  // Close while a removal runs: it waits write_deadline_ms, not the removal.
+  LogLines log2;
+  ASSERT_OK_AND_ASSIGN(auto closing, BlobTier::Create(o, log2.Fn()));
+  (void)closing->RemoveNamespace(ns);
+  ASSERT_TRUE(WaitFor([&] { return closing->Stats().namespace_objects_deleted > 0; }));
+  const absl::Time close_start = absl::Now();
+  closing->Close();
+  EXPECT_LT(absl::Now() - close_start, absl::Milliseconds(o.write_deadline_ms + 500));
+  EXPECT_TRUE(log2.Has("stopped (out of time)"));
+  EXPECT_FALSE(closing->Stats().degraded);
+  EXPECT_GT(count(), 0u) << "the removal was cut short";
+}
+
+// Two writers of one name above single_put_max stage their blocks under
+// IDs of their own: the blob is always one writer's bytes, never a mix.
+TEST_F(BlobTest, ConcurrentBlockUploadsOfOneNameNeverMix) {
+  BlobClientOptions o = ClientOptions();
+  o.single_put_max_bytes = 64 << 10;
+  o.block_bytes = 64 << 10;
+  ASSERT_OK_AND_ASSIGN(auto a, BlobClient::Create(o));
+  ASSERT_OK_AND_ASSIGN(auto b, BlobClient::Create(o));
+  ASSERT_OK(a->CreateContainer(In(5000)));
+  const std::vector<std::byte> da = Bytes(1 << 20, 41), db = Bytes(1 << 20, 42);
+  for (int round = 0; round < 10; ++round) {
+    SCOPED_TRACE(round);
+    const std::string name = absl::StrCat("mix/", round);
+    absl::Notification go;
+    absl::Status sa, sb;
+    std::thread ta([&] {
+      go.WaitForNotification();
+      sa = a->Upload(name, da, {}, In(20000));
+    });
+    std::thread tb([&] {
+      go.WaitForNotification();
+      sb = b->Upload(name, db, {}, In(20000));
+    });
+    go.Notify();
+    ta.join();
+    tb.join();
+    // One commit may find its blocks discarded by the other's: that upload
+    // fails, which is a miss later, never wrong bytes.
+    ASSERT_TRUE(sa.ok() || sb.ok()) << sa << " / " << sb;
+    std::vector<std::byte> back(da.size() + 1);
+    ASSERT_OK_AND_ASSIGN(BlobRangeResult r, a->GetRange(name, 0, absl::MakeSpan(back), In(10000)));
+    ASSERT_EQ(r.bytes, da.size());
+    back.resize(r.bytes);
+    EXPECT_TRUE(back == da || back == db) << "the blob mixes both writers' blocks";
+  }
+}
+
+// The record forgets its oldest upload first, and a chunk removed and
+// uploaded again counts from its new upload (no stale entry evicts it).
+TEST_F(BlobTest, RecordForgetsTheOldestUploadAfterRemovals) {
+  BlobCacheOptions o = BlobOptions();
+  o.max_record_chunks = 2;
+  o.upload_workers = 1;
+  ASSERT_OK_AND_ASSIGN(auto tier, BlobTier::Create(o));
+  const std::vector<std::byte> payload = Bytes(4096, 5);
+  auto upload = [&](uint64_t ns, uint64_t n) {
+    EXPECT_TRUE(tier->EnqueuePayload(MetaOf(ns, n), payload)) << n;
+    tier->Flush();
+  };
+  const uint64_t ns = 0x4004;
+  upload(ns, 1);
+  EXPECT_TRUE(tier->Remove(ns, MetaOf(ns, 1).key));
+  tier->Flush();
+  upload(ns, 2);
+  upload(ns, 1);
+  upload(ns, 3);
+  EXPECT_TRUE(tier->Recorded(ns, MetaOf(ns, 1).key));
+  EXPECT_FALSE(tier->Recorded(ns, MetaOf(ns, 2).key)) << "the oldest";
+  EXPECT_TRUE(tier->Recorded(ns, MetaOf(ns, 3).key));
+  EXPECT_EQ(tier->Stats().recorded, 2u);
+
+  // The same after a namespace removal.
+  const uint64_t ns2 = 0x4005;
+  upload(ns2, 1);
+  EXPECT_EQ(tier->RemoveNamespace(ns2), 1u);
+  tier->Flush();
+  upload(ns2, 2);
+  upload(ns2, 1);
+  upload(ns2, 3);
+  EXPECT_TRUE(tier->Recorded(ns2, MetaOf(ns2, 1).key));
+  EXPECT_FALSE(tier->Recorded(ns2, MetaOf(ns2, 2).key)) << "the oldest";
+  EXPECT_TRUE(tier->Recorded(ns2, MetaOf(ns2, 3).key));
+  EXPECT_EQ(tier->Stats().recorded, 2u);
 }
 
 // ---- two kvtierd processes sharing the container ----------------------------------

@@ -754,6 +754,13 @@ void BlobClient::Start(std::unique_ptr<Request> req) { loop_->Submit(std::move(r
 
 namespace {
 
+// A random number per upload (any thread may upload; a few microseconds
+// beside the blocks' round trips).
+uint64_t UploadId() {
+  std::random_device rd;
+  return static_cast<uint64_t>(rd()) << 32 | rd();
+}
+
 std::map<std::string, std::string> MetadataOf(const HeaderMap& headers) {
   std::map<std::string, std::string> m;
   for (const auto& [name, value] : headers) {
@@ -806,8 +813,12 @@ absl::Status BlobClient::Upload(const std::string& name, absl::Span<const std::b
     absl::MutexLock lock(&shared->mu);
     shared->left = blocks;
   }
+  // Block IDs start with a random prefix of this upload, so two writers of
+  // one name never stage blocks under each other's IDs (Put Block List
+  // would commit a mix). Every ID of a blob has the same length.
+  const uint64_t upload_id = UploadId();
   for (size_t i = 0; i < blocks; ++i) {
-    ids[i] = blob_internal::Base64Encode(absl::StrFormat("kvtier-block-%08d", i));
+    ids[i] = blob_internal::Base64Encode(absl::StrFormat("kvtier-%016x-%08d", upload_id, i));
     auto req = std::make_unique<Request>();
     req->verb = "PUT";
     req->name = name;

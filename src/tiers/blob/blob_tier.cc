@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
+#include <iterator>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -108,8 +109,12 @@ absl::StatusOr<std::unique_ptr<BlobTier>> BlobTier::Create(const BlobCacheOption
                                                "' at ", options.endpoint, ": ", s.message()));
   }
   tier->Note(s);
+  {
+    absl::MutexLock lock(&tier->mu_);
+    tier->running_.resize(options.upload_workers);
+  }
   for (uint32_t i = 0; i < options.upload_workers; ++i) {
-    tier->workers_.emplace_back([t = tier.get()] { t->WorkerLoop(); });
+    tier->workers_.emplace_back([t = tier.get(), i] { t->WorkerLoop(i); });
   }
   tier->monitor_ = std::thread([t = tier.get()] { t->MonitorLoop(); });
   return tier;
@@ -157,17 +162,26 @@ void BlobTier::MonitorLoop() {
 void BlobTier::Record(uint64_t ns, const BlockKey& key) {
   absl::MutexLock lock(&record_mu_);
   NsKey k{ns, key};
-  if (!record_.emplace(k, 0).second) return;
+  if (record_.contains(k)) return;
   record_order_.push_back(k);
-  while (record_.size() > options_.max_record_chunks && !record_order_.empty()) {
+  record_.emplace(k, std::prev(record_order_.end()));
+  while (record_.size() > options_.max_record_chunks) {
     record_.erase(record_order_.front());
     record_order_.pop_front();
   }
 }
 
+bool BlobTier::EraseRecord(const NsKey& key) {
+  auto it = record_.find(key);
+  if (it == record_.end()) return false;
+  record_order_.erase(it->second);
+  record_.erase(it);
+  return true;
+}
+
 void BlobTier::Forget(uint64_t ns, const BlockKey& key) {
   absl::MutexLock lock(&record_mu_);
-  record_.erase(NsKey{ns, key});  // its record_order_ entry goes when it comes up
+  (void)EraseRecord(NsKey{ns, key});
 }
 
 bool BlobTier::Recorded(uint64_t namespace_id, const BlockKey& key) const {
@@ -220,63 +234,153 @@ bool BlobTier::EnqueuePayload(const ChunkMeta& meta, absl::Span<const std::byte>
   return Enqueue(meta, encoded);
 }
 
+bool BlobTier::DropQueuedUploads(absl::FunctionRef<bool(const Job&)> drop) {
+  bool dropped = false;
+  for (auto it = queue_.begin(); it != queue_.end();) {
+    if (!it->remove && drop(*it)) {
+      queued_bytes_ -= it->bytes.size();
+      it = queue_.erase(it);
+      dropped = true;
+    } else {
+      ++it;
+    }
+  }
+  return dropped;
+}
+
+bool BlobTier::DeletionPending(const NsKey& key) const {
+  return deleting_.contains(key) || deleting_namespaces_.contains(key.ns);
+}
+
 bool BlobTier::Remove(uint64_t namespace_id, const BlockKey& key) {
-  if (!Recorded(namespace_id, key)) return false;
-  Forget(namespace_id, key);
+  const NsKey k{namespace_id, key};
   absl::MutexLock lock(&mu_);
-  if (closing_) return false;
+  // A queued upload never starts; one in flight is deleted when it ends.
+  bool removed = DropQueuedUploads(
+      [&](const Job& j) { return j.meta.namespace_id == namespace_id && j.meta.key == key; });
+  for (Running& r : running_) {
+    if (r.upload && r.key == k && !r.removed) {
+      r.removed = true;
+      removed = true;
+    }
+  }
+  bool recorded = false;
+  {
+    absl::MutexLock record_lock(&record_mu_);
+    recorded = EraseRecord(k);
+  }
+  if (!recorded || closing_) return removed;
   Job job;
   job.remove = true;
   job.meta.namespace_id = namespace_id;
   job.meta.key = key;
   queue_.push_back(std::move(job));
+  ++deleting_[k];
   return true;
 }
 
 size_t BlobTier::RemoveNamespace(uint64_t namespace_id) {
-  size_t recorded = 0;
   {
-    absl::MutexLock lock(&record_mu_);
-    for (auto it = record_.begin(); it != record_.end();) {
-      if (it->first.ns == namespace_id) {
-        record_.erase(it++);
-        ++recorded;
-      } else {
-        ++it;
-      }
+    absl::MutexLock lock(&mu_);
+    // Uploads of the namespace: queued ones never start, ones in flight are
+    // deleted when they end. Either way none is recorded from here on.
+    (void)DropQueuedUploads([&](const Job& j) { return j.meta.namespace_id == namespace_id; });
+    for (Running& r : running_) {
+      if (r.upload && r.key.ns == namespace_id) r.removed = true;
+    }
+    if (!closing_) {
+      Job job;
+      job.remove = true;
+      job.remove_namespace = true;
+      job.meta.namespace_id = namespace_id;
+      queue_.push_back(std::move(job));
+      ++deleting_namespaces_[namespace_id];
     }
   }
-  absl::MutexLock lock(&mu_);
-  if (closing_) return recorded;
-  Job job;
-  job.remove = true;
-  job.remove_namespace = true;
-  job.meta.namespace_id = namespace_id;
-  queue_.push_back(std::move(job));
+  size_t recorded = 0;
+  absl::MutexLock lock(&record_mu_);
+  for (auto it = record_.begin(); it != record_.end();) {
+    if (it->first.ns == namespace_id) {
+      record_order_.erase(it->second);
+      record_.erase(it++);
+      ++recorded;
+    } else {
+      ++it;
+    }
+  }
   return recorded;
 }
 
-void BlobTier::DeleteNamespaceObjects(uint64_t namespace_id, absl::Time deadline) {
+void BlobTier::EndDeletion(const NsKey& key, bool whole_namespace) {
+  if (whole_namespace) {
+    auto it = deleting_namespaces_.find(key.ns);
+    if (it != deleting_namespaces_.end() && --it->second == 0) deleting_namespaces_.erase(it);
+  } else {
+    auto it = deleting_.find(key);
+    if (it != deleting_.end() && --it->second == 0) deleting_.erase(it);
+  }
+}
+
+absl::Time BlobTier::WriteDeadline(absl::Time limit, bool* cut) const {
+  absl::Time close_by;
+  {
+    absl::MutexLock lock(&mu_);
+    close_by = close_by_;
+  }
+  const absl::Time own = absl::Now() + absl::Milliseconds(options_.write_deadline_ms);
+  const absl::Time deadline = std::min({own, limit, close_by});
+  *cut = deadline < own;
+  return deadline;
+}
+
+void BlobTier::DeleteObject(const std::string& name) {
+  bool cut = false;
+  const absl::Time deadline = WriteDeadline(absl::InfiniteFuture(), &cut);
+  absl::Status s = client_->Delete(name, deadline);
+  if (!(cut && absl::IsDeadlineExceeded(s))) Note(s);
+}
+
+void BlobTier::DeleteNamespaceObjects(uint64_t namespace_id, absl::Time limit) {
   const std::string prefix = absl::StrFormat("%s/%016x/", options_.prefix, namespace_id);
+  uint64_t deleted = 0;
+  // Stops with a log line: out of time (the limit or Close), or a failure.
+  auto stop = [&](absl::string_view why, size_t left_on_page) {
+    log_(absl::StrCat("blob: removing ", prefix, " stopped (", why, ") after deleting ", deleted,
+                      " objects; ", left_on_page,
+                      " listed objects remain, with any on later pages"));
+  };
   std::string marker;
   do {
+    bool cut = false;
+    absl::Time deadline = WriteDeadline(limit, &cut);
+    if (absl::Now() >= deadline) return stop("out of time", 0);
     absl::StatusOr<BlobListPage> page = client_->List(prefix, marker, 1000, deadline);
-    Note(page.status());
+    if (!(cut && absl::IsDeadlineExceeded(page.status()))) Note(page.status());
     if (!page.ok()) {
       log_(absl::StrCat("blob: listing ", prefix,
                         " to remove the namespace failed: ", page.status().ToString()));
       return;
     }
-    for (const BlobListItem& item : page->blobs) {
-      absl::Status s = client_->Delete(item.name, deadline);
+    for (size_t i = 0; i < page->blobs.size(); ++i) {
+      // The time left is checked before each deletion, so running out of it
+      // stops the loop rather than failing every deletion left at once.
+      deadline = WriteDeadline(limit, &cut);
+      if (absl::Now() >= deadline) return stop("out of time", page->blobs.size() - i);
+      absl::Status s = client_->Delete(page->blobs[i].name, deadline);
+      if (cut && absl::IsDeadlineExceeded(s)) return stop("out of time", page->blobs.size() - i);
       Note(s);
-      if (s.ok()) namespace_objects_deleted_.fetch_add(1, std::memory_order_relaxed);
+      if (s.ok()) {
+        ++deleted;
+        namespace_objects_deleted_.fetch_add(1, std::memory_order_relaxed);
+      } else if (absl::IsUnavailable(s) || absl::IsDeadlineExceeded(s)) {
+        return stop(s.ToString(), page->blobs.size() - i);  // the endpoint does not answer
+      }
     }
     marker = page->next_marker;
-  } while (!marker.empty() && absl::Now() < deadline);
+  } while (!marker.empty());
 }
 
-void BlobTier::WorkerLoop() {
+void BlobTier::WorkerLoop(size_t worker) {
   for (;;) {
     Job job;
     {
@@ -290,32 +394,48 @@ void BlobTier::WorkerLoop() {
       queue_.pop_front();
       queued_bytes_ -= job.bytes.size();
       ++in_flight_;
+      running_[worker] = Running{!job.remove, NsKey{job.meta.namespace_id, job.meta.key}, false};
     }
+    const NsKey k{job.meta.namespace_id, job.meta.key};
     const std::string name = ObjectName(job.meta.namespace_id, job.meta.key);
-    const absl::Time deadline = absl::Now() + absl::Milliseconds(options_.write_deadline_ms);
+    bool removed = false;  // an upload removed while in flight
     if (job.remove_namespace) {
       // A whole namespace may be many pages: ten write deadlines.
       DeleteNamespaceObjects(job.meta.namespace_id,
                              absl::Now() + absl::Milliseconds(10 * options_.write_deadline_ms));
     } else if (job.remove) {
-      absl::Status s = client_->Delete(name, deadline);
-      Note(s);
+      DeleteObject(name);
     } else if (degraded()) {
       skipped_degraded_.fetch_add(1, std::memory_order_relaxed);
     } else {
       BlobClient::Metadata md;
       md[kParentMeta] = job.meta.parent.ToHex();
+      bool cut = false;
+      const absl::Time deadline = WriteDeadline(absl::InfiniteFuture(), &cut);
       absl::Status s = client_->Upload(name, job.bytes, md, deadline);
-      Note(s);
+      if (!(cut && absl::IsDeadlineExceeded(s))) Note(s);
       if (s.ok()) {
         uploaded_.fetch_add(1, std::memory_order_relaxed);
         bytes_uploaded_.fetch_add(job.bytes.size(), std::memory_order_relaxed);
-        Record(job.meta.namespace_id, job.meta.key);
       } else {
         upload_failures_.fetch_add(1, std::memory_order_relaxed);
       }
+      // Recorded only when nothing removed it meanwhile; a removed one is
+      // deleted (whether or not the upload reported success, it may have
+      // landed), so a Remove that raced the upload is not lost.
+      absl::MutexLock lock(&mu_);
+      removed = running_[worker].removed;
+      if (removed) {
+        ++deleting_[k];
+      } else if (s.ok() && !DeletionPending(k)) {
+        Record(k.ns, k.key);
+      }
+      running_[worker] = Running{};
     }
+    if (removed) DeleteObject(name);
     absl::MutexLock lock(&mu_);
+    running_[worker] = Running{};
+    if (job.remove || removed) EndDeletion(k, job.remove_namespace);
     --in_flight_;
   }
 }
@@ -333,15 +453,21 @@ void BlobTier::Close() {
     absl::MutexLock lock(&mu_);
     if (closing_) return;
     closing_ = true;
-    // Uploads still queued get write_deadline_ms to drain.
-    mu_.AwaitWithTimeout(absl::Condition(
-                             +[](BlobTier* t) ABSL_NO_THREAD_SAFETY_ANALYSIS {
-                               return t->queue_.empty() && t->in_flight_ == 0;
-                             },
-                             this),
-                         absl::Milliseconds(options_.write_deadline_ms));
+    // What is queued gets write_deadline_ms to drain; requests in flight
+    // (a namespace deletion's included) end by then too.
+    close_by_ = absl::Now() + absl::Milliseconds(options_.write_deadline_ms);
+    mu_.AwaitWithDeadline(absl::Condition(
+                              +[](BlobTier* t) ABSL_NO_THREAD_SAFETY_ANALYSIS {
+                                return t->queue_.empty() && t->in_flight_ == 0;
+                              },
+                              this),
+                          close_by_);
     for (const Job& j : queue_) {
-      if (!j.remove) skipped_degraded_.fetch_add(1, std::memory_order_relaxed);
+      if (j.remove) {
+        EndDeletion(NsKey{j.meta.namespace_id, j.meta.key}, j.remove_namespace);
+      } else {
+        skipped_degraded_.fetch_add(1, std::memory_order_relaxed);
+      }
     }
     queue_.clear();
     queued_bytes_ = 0;

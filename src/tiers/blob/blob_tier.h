@@ -32,6 +32,7 @@
 #include <cstdint>
 #include <deque>
 #include <functional>
+#include <list>
 #include <memory>
 #include <string>
 #include <thread>
@@ -39,6 +40,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
+#include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
@@ -120,20 +122,26 @@ class BlobTier {
                                   uint64_t layout_signature, uint64_t max_payload,
                                   absl::Time deadline);
 
-  // Queues the deletion of a chunk this node uploaded; false when the
-  // record does not have it.
+  // Removes this node's copy of a chunk: a queued upload of it is dropped,
+  // one in flight is deleted (and not recorded) when it finishes, and a
+  // recorded chunk is forgotten and its deletion queued. True when any of
+  // the three applied; false when this node has no upload of the chunk.
   bool Remove(uint64_t namespace_id, const BlockKey& key);
-  // Forgets every chunk of the namespace this node uploaded and queues the
-  // deletion of every object under `<prefix>/<namespace id hex>/`, whichever
-  // node wrote it (List Blobs page by page, then Delete Blob each). Returns
-  // how many chunks the record had. A namespace removed here is gone for
-  // every node that shares the container.
+  // Forgets every chunk of the namespace this node uploaded, drops its
+  // queued uploads, has its uploads in flight deleted (not recorded) when
+  // they finish, and queues the deletion of every object under
+  // `<prefix>/<namespace id hex>/`, whichever node wrote it (List Blobs page
+  // by page, then Delete Blob each, for at most ten write_deadline_ms; what
+  // is left then stays, logged with its count). Returns how many chunks the
+  // record had. A namespace removed here is gone for every node that shares
+  // the container.
   size_t RemoveNamespace(uint64_t namespace_id);
 
-  // Waits until the queue is empty and no upload is in flight.
+  // Waits until the queue is empty and no upload or deletion is in flight.
   void Flush();
-  // Uploads what is queued (for at most write_deadline_ms), then stops the
-  // workers and the client. Later enqueues are skipped. Safe to call twice.
+  // Uploads and deletes what is queued for at most write_deadline_ms (a
+  // request in flight, a namespace deletion included, is cut short then),
+  // then stops the workers. Later enqueues are skipped. Safe to call twice.
   void Close();
 
   bool degraded() const { return degraded_.load(std::memory_order_relaxed); }
@@ -160,16 +168,41 @@ class BlobTier {
     std::vector<std::byte> bytes;
   };
 
+  // What a worker is doing, for Remove and RemoveNamespace to find.
+  struct Running {
+    bool upload = false;  // an upload (not a deletion) is in flight
+    NsKey key;
+    bool removed = false;  // removed meanwhile: delete it when it finishes
+  };
+
   BlobTier(const BlobCacheOptions& options, BlobLogFn log);
-  void WorkerLoop();
+  void WorkerLoop(size_t worker);
   void MonitorLoop();
   // Notes a request's outcome: failures for want of an answer degrade the
   // tier; any success clears it.
   void Note(const absl::Status& status);
-  void Record(uint64_t ns, const BlockKey& key);
+  // The deadline of a write request started now: write_deadline_ms, cut to
+  // `limit` and to Close's deadline. `*cut` tells whether it was cut, so
+  // that running out of a self-imposed time is not taken for an endpoint
+  // that does not answer.
+  absl::Time WriteDeadline(absl::Time limit, bool* cut) const ABSL_LOCKS_EXCLUDED(mu_);
+  // Deletes an object (a worker's job) and notes the outcome.
+  void DeleteObject(const std::string& name);
+  void Record(uint64_t ns, const BlockKey& key) ABSL_LOCKS_EXCLUDED(record_mu_);
+  // Erases a chunk from the record; false when it was not there.
+  bool EraseRecord(const NsKey& key) ABSL_EXCLUSIVE_LOCKS_REQUIRED(record_mu_);
   void Forget(uint64_t ns, const BlockKey& key);
-  // Lists and deletes every object of the namespace (a worker's job).
-  void DeleteNamespaceObjects(uint64_t namespace_id, absl::Time deadline);
+  // Whether a deletion of the chunk's object (or of its namespace) is queued
+  // or in flight: an upload that finishes meanwhile is not recorded.
+  bool DeletionPending(const NsKey& key) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // A deletion of the chunk's object (or of the namespace's) ended or was dropped.
+  void EndDeletion(const NsKey& key, bool whole_namespace) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Drops the queued uploads that `drop` picks; true when it picked one.
+  bool DropQueuedUploads(absl::FunctionRef<bool(const Job&)> drop)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Lists and deletes every object of the namespace (a worker's job) until
+  // `limit` or Close's deadline.
+  void DeleteNamespaceObjects(uint64_t namespace_id, absl::Time limit);
 
   const BlobCacheOptions options_;
   BlobLogFn log_;
@@ -181,14 +214,22 @@ class BlobTier {
   std::deque<Job> queue_ ABSL_GUARDED_BY(mu_);
   uint64_t queued_bytes_ ABSL_GUARDED_BY(mu_) = 0;
   uint32_t in_flight_ ABSL_GUARDED_BY(mu_) = 0;
+  std::vector<Running> running_ ABSL_GUARDED_BY(mu_);  // one per worker
+  // Deletions queued or in flight, by chunk and by namespace.
+  absl::flat_hash_map<NsKey, uint32_t> deleting_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<uint64_t, uint32_t> deleting_namespaces_ ABSL_GUARDED_BY(mu_);
   bool closing_ ABSL_GUARDED_BY(mu_) = false;
   bool closed_ ABSL_GUARDED_BY(mu_) = false;
+  // Requests end by then once Close has begun.
+  absl::Time close_by_ ABSL_GUARDED_BY(mu_) = absl::InfiniteFuture();
   std::vector<std::thread> workers_;
   std::thread monitor_;
 
+  // Lock order: mu_, then record_mu_.
   mutable absl::Mutex record_mu_;
-  absl::flat_hash_map<NsKey, uint64_t> record_ ABSL_GUARDED_BY(record_mu_);  // -> encoded bytes
-  std::deque<NsKey> record_order_ ABSL_GUARDED_BY(record_mu_);
+  // The record: chunk -> its place in record_order_ (oldest first).
+  absl::flat_hash_map<NsKey, std::list<NsKey>::iterator> record_ ABSL_GUARDED_BY(record_mu_);
+  std::list<NsKey> record_order_ ABSL_GUARDED_BY(record_mu_);
 
   std::atomic<uint64_t> uploaded_{0}, upload_failures_{0}, already_stored_{0},
       skipped_queue_full_{0}, skipped_degraded_{0}, fetched_{0}, fetch_misses_{0}, corrupt_{0},
