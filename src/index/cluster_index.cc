@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <limits>
+#include <utility>
 
 #include "absl/hash/hash.h"
 #include "absl/strings/str_cat.h"
@@ -84,8 +85,76 @@ bool ClusterIndex::Alive(uint32_t node, int64_t now_ns) const {
   return slots_[node].alive_until_ns.load(std::memory_order_relaxed) > now_ns;
 }
 
+bool ClusterIndex::Current(const Shard& shard, uint32_t node) const {
+  // Read under the shard lock: a finished clear raises `cleared` before it
+  // forgets the shard's record.
+  const NodeSlot& slot = slots_[node];
+  const uint32_t generation = slot.generation.load();
+  if (slot.cleared.load() >= generation) return true;
+  auto it = shard.cleared.find(node);
+  return it != shard.cleared.end() && it->second >= generation;
+}
+
+uint64_t ClusterIndex::ClearShard(Shard& shard, uint32_t node, uint32_t generation) {
+  if (slots_[node].cleared.load() >= generation) return 0;  // the walk is done
+  uint32_t& done = shard.cleared[node];
+  if (done >= generation) return 0;
+  done = generation;
+  uint64_t dropped = 0;
+  for (auto it = shard.map.begin(); it != shard.map.end();) {
+    auto& hs = it->second.holders;
+    auto pos = std::lower_bound(hs.begin(), hs.end(), node, HolderLess());
+    if (pos != hs.end() && HolderNode(*pos) == node) {
+      hs.erase(pos);
+      ++dropped;
+    }
+    if (hs.empty()) {
+      shard.map.erase(it++);
+    } else {
+      ++it;
+    }
+  }
+  shard.entries -= dropped;
+  slots_[node].entries.fetch_sub(dropped, std::memory_order_relaxed);
+  return dropped;
+}
+
+void ClusterIndex::CatchUp(Shard& shard, uint32_t node) {
+  const uint32_t generation = slots_[node].generation.load();
+  if (slots_[node].cleared.load() >= generation) return;
+  purged_.fetch_add(ClearShard(shard, node, generation), std::memory_order_relaxed);
+}
+
+uint32_t ClusterIndex::BeginClear(uint32_t node) {
+  return slots_[node].generation.fetch_add(1) + 1;
+}
+
+uint64_t ClusterIndex::FinishClear(uint32_t node, uint32_t generation) {
+  uint64_t dropped = 0;
+  for (uint32_t s = 0; s < options_.shards; ++s) {
+    absl::MutexLock lock(&shards_[s].mu);
+    dropped += ClearShard(shards_[s], node, generation);
+  }
+  std::atomic<uint32_t>& cleared = slots_[node].cleared;
+  uint32_t c = cleared.load();
+  while (c < generation && !cleared.compare_exchange_weak(c, generation)) {
+  }
+  // The shards' records of this clear are of no more use.
+  for (uint32_t s = 0; s < options_.shards; ++s) {
+    absl::MutexLock lock(&shards_[s].mu);
+    auto it = shards_[s].cleared.find(node);
+    if (it != shards_[s].cleared.end() && it->second <= cleared.load()) {
+      shards_[s].cleared.erase(it);
+    }
+  }
+  return dropped;
+}
+
 absl::StatusOr<uint32_t> ClusterIndex::NodeIndex(const std::string& node_id, NodeSource source) {
-  if (node_id.empty()) return absl::InvalidArgumentError("node_id: must not be empty");
+  if (node_id.empty() || node_id.size() > kMaxNodeIdBytes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("node_id: must be 1..", kMaxNodeIdBytes, " characters"));
+  }
   {
     absl::ReaderMutexLock lock(&nodes_mu_);
     auto it = node_ids_.find(node_id);
@@ -109,15 +178,21 @@ absl::StatusOr<uint32_t> ClusterIndex::NodeIndex(const std::string& node_id, Nod
 }
 
 absl::StatusOr<uint32_t> ClusterIndex::Heartbeat(const NodeAnnouncement& hb, absl::Time now) {
+  if (hb.grpc_address.size() > kMaxAddressBytes || hb.ucx_address.size() > kMaxAddressBytes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("address: longer than ", kMaxAddressBytes, " characters"));
+  }
   absl::StatusOr<uint32_t> idx = NodeIndex(hb.node_id, NodeSource::kKvtier);
   if (!idx.ok()) return idx;
-  bool clear = false;
+  uint32_t clear = 0;  // the generation of the clear to run, 0: none
   {
     absl::MutexLock lock(&nodes_mu_);
     NodeMeta& m = nodes_[*idx];
     if (hb.incarnation < m.incarnation) return *idx;  // a late heartbeat of an old run
     if (hb.incarnation > m.incarnation) {
-      clear = m.incarnation != 0;
+      // Under the lock: a batch of the new incarnation, which BeginBatch
+      // admits only after this, finds the old entries stale.
+      if (m.incarnation != 0) clear = BeginClear(*idx);
       m.incarnation = hb.incarnation;
       m.last_sequence = 0;
     }
@@ -128,12 +203,12 @@ absl::StatusOr<uint32_t> ClusterIndex::Heartbeat(const NodeAnnouncement& hb, abs
     m.purged = false;
     slots_[*idx].alive_until_ns.store(hb.leaving ? 0 : ToNs(now + options_.node_timeout));
   }
-  if (clear) purged_.fetch_add(ClearNode(*idx), std::memory_order_relaxed);
+  if (clear != 0) purged_.fetch_add(FinishClear(*idx, clear), std::memory_order_relaxed);
   return *idx;
 }
 
 BatchOrder ClusterIndex::BeginBatch(uint32_t node, uint64_t incarnation, uint64_t sequence) {
-  bool clear = false;
+  uint32_t clear = 0;
   BatchOrder order = BatchOrder::kNext;
   {
     absl::MutexLock lock(&nodes_mu_);
@@ -141,7 +216,7 @@ BatchOrder ClusterIndex::BeginBatch(uint32_t node, uint64_t incarnation, uint64_
     NodeMeta& m = nodes_[node];
     if (incarnation < m.incarnation) return BatchOrder::kDuplicate;
     if (incarnation > m.incarnation) {
-      clear = m.incarnation != 0;
+      if (m.incarnation != 0) clear = BeginClear(node);
       m.incarnation = incarnation;
       m.last_sequence = 0;
     }
@@ -152,7 +227,7 @@ BatchOrder ClusterIndex::BeginBatch(uint32_t node, uint64_t incarnation, uint64_
     }
     if (sequence != 0) m.last_sequence = sequence;
   }
-  if (clear) purged_.fetch_add(ClearNode(node), std::memory_order_relaxed);
+  if (clear != 0) purged_.fetch_add(FinishClear(node, clear), std::memory_order_relaxed);
   return order;
 }
 
@@ -193,6 +268,7 @@ void ClusterIndex::Store(uint32_t node, uint64_t namespace_id, absl::Span<const 
     const NsKey k{namespace_id, key};
     Shard& shard = ShardFor(k);
     absl::MutexLock lock(&shard.mu);
+    CatchUp(shard, node);
     auto [it, inserted] = shard.map.try_emplace(k);
     Entry& e = it->second;
     auto pos = std::lower_bound(e.holders.begin(), e.holders.end(), node, HolderLess());
@@ -219,6 +295,7 @@ void ClusterIndex::Remove(uint32_t node, uint64_t namespace_id, absl::Span<const
     const NsKey k{namespace_id, key};
     Shard& shard = ShardFor(k);
     absl::MutexLock lock(&shard.mu);
+    CatchUp(shard, node);
     auto it = shard.map.find(k);
     if (it == shard.map.end()) continue;
     Entry& e = it->second;
@@ -234,29 +311,7 @@ void ClusterIndex::Remove(uint32_t node, uint64_t namespace_id, absl::Span<const
   }
 }
 
-uint64_t ClusterIndex::ClearNode(uint32_t node) {
-  uint64_t dropped = 0;
-  for (uint32_t s = 0; s < options_.shards; ++s) {
-    Shard& shard = shards_[s];
-    absl::MutexLock lock(&shard.mu);
-    for (auto it = shard.map.begin(); it != shard.map.end();) {
-      auto& hs = it->second.holders;
-      auto pos = std::lower_bound(hs.begin(), hs.end(), node, HolderLess());
-      if (pos != hs.end() && HolderNode(*pos) == node) {
-        hs.erase(pos);
-        --shard.entries;
-        ++dropped;
-      }
-      if (hs.empty()) {
-        shard.map.erase(it++);
-      } else {
-        ++it;
-      }
-    }
-  }
-  slots_[node].entries.fetch_sub(std::min(dropped, slots_[node].entries.load()));
-  return dropped;
-}
+uint64_t ClusterIndex::ClearNode(uint32_t node) { return FinishClear(node, BeginClear(node)); }
 
 std::vector<NodeMatchResult> ClusterIndex::Lookup(uint64_t namespace_id,
                                                   absl::Span<const BlockKey> chain,
@@ -281,7 +336,10 @@ std::vector<NodeMatchResult> ClusterIndex::Lookup(uint64_t namespace_id,
     Shard& shard = ShardFor(k);
     absl::ReaderMutexLock lock(&shard.mu);
     auto it = shard.map.find(k);
-    if (it != shard.map.end()) holders.assign(it->second.holders.begin(), it->second.holders.end());
+    if (it == shard.map.end()) return;
+    for (uint32_t h : it->second.holders) {
+      if (Current(shard, HolderNode(h))) holders.push_back(h);
+    }
   };
   auto note = [&](Candidate& c, uint32_t h) {
     const Tier t = BestTier(HolderMask(h));
@@ -347,7 +405,7 @@ std::vector<NodeMatchResult> ClusterIndex::Lookup(uint64_t namespace_id,
 }
 
 uint64_t ClusterIndex::Sweep(absl::Time now) {
-  std::vector<uint32_t> to_clear;
+  std::vector<std::pair<uint32_t, uint32_t>> to_clear;  // node, generation
   {
     absl::MutexLock lock(&nodes_mu_);
     for (uint32_t i = 0; i < nodes_.size(); ++i) {
@@ -355,12 +413,12 @@ uint64_t ClusterIndex::Sweep(absl::Time now) {
       if (m.source != NodeSource::kKvtier || !m.heartbeat_seen || m.purged) continue;
       if (now - m.last_heartbeat > 2 * options_.node_timeout) {
         m.purged = true;
-        to_clear.push_back(i);
+        to_clear.emplace_back(i, BeginClear(i));
       }
     }
   }
   uint64_t dropped = 0;
-  for (uint32_t i : to_clear) dropped += ClearNode(i);
+  for (const auto& [node, generation] : to_clear) dropped += FinishClear(node, generation);
   purged_.fetch_add(dropped, std::memory_order_relaxed);
   return dropped;
 }
@@ -420,6 +478,7 @@ uint64_t ClusterIndex::MemoryBytes() const {
     absl::ReaderMutexLock lock(&shard.mu);
     bytes += shard.map.capacity() * kSlot;
     bytes += shard.queue.size() * sizeof(QueueRecord);
+    bytes += shard.cleared.capacity() * (sizeof(std::pair<const uint32_t, uint32_t>) + 1);
     for (const auto& [k, e] : shard.map) {
       if (e.holders.capacity() > 4) {
         bytes += e.holders.capacity() * sizeof(uint32_t) + kMallocOverhead;

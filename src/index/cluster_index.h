@@ -20,6 +20,14 @@
 // (Sweep). A new incarnation of a node (a restarted daemon) replaces
 // everything known about the old one.
 //
+// Clearing a node (a restart, a death, vLLM's AllBlocksCleared) walks every
+// shard, which takes a while on a large map, and the events of the node's
+// new incarnation may arrive meanwhile on other threads. So a clear bumps
+// the node's generation first: from then on its entries in a shard the walk
+// has not reached are stale, left out of answers and dropped by the first
+// Store or Remove of the node in that shard (or by the walk). Entries stored
+// after the bump are never dropped by that clear.
+//
 // Thread-safety: every method is thread-safe. Lookups take shard reader
 // locks one key at a time, so a lookup concurrent with events sees each key
 // either before or after an event.
@@ -46,6 +54,13 @@
 #include "kvtier/keys.h"
 
 namespace kvtier::index {
+
+// The longest node id a node table accepts (ValidateNodeId checks the
+// characters of the ids that arrive over NATS).
+constexpr size_t kMaxNodeIdBytes = 128;
+// The longest gRPC or UCX address a heartbeat may carry (host:port; a DNS
+// name is at most 253 characters).
+constexpr size_t kMaxAddressBytes = 512;
 
 struct ClusterIndexOptions {
   uint64_t max_entries = 256ull << 20;  // (key, node) holder entries kept; oldest keys go first
@@ -126,24 +141,31 @@ class ClusterIndex {
  public:
   static absl::StatusOr<std::unique_ptr<ClusterIndex>> Create(const ClusterIndexOptions& options);
 
-  // The dense index of `node_id`, created on first use. ResourceExhausted
+  // The dense index of `node_id`, created on first use. InvalidArgument for
+  // an id that is empty or longer than kMaxNodeIdBytes; ResourceExhausted
   // past options.max_nodes. A vLLM node is alive from creation.
   absl::StatusOr<uint32_t> NodeIndex(const std::string& node_id, NodeSource source);
 
   // Records a heartbeat at `now`. A newer incarnation drops the node's
-  // entries first. Returns the node index.
+  // entries (its old entries are out of every answer once this returns).
+  // Returns the node index; InvalidArgument for a bad node id or an address
+  // longer than kMaxAddressBytes (nothing recorded).
   absl::StatusOr<uint32_t> Heartbeat(const NodeAnnouncement& hb, absl::Time now);
 
   // Checks a batch's (incarnation, sequence) against what the node sent
-  // before and records it. A newer incarnation drops the node's entries.
+  // before and records it. A newer incarnation drops the node's entries
+  // (entries that other threads Store for the new incarnation meanwhile
+  // are kept).
   BatchOrder BeginBatch(uint32_t node, uint64_t incarnation, uint64_t sequence);
 
   // Adds `tier` to the node's holding of each key / removes it (a holder
   // with no tier left is removed; a key with no holder is removed).
   void Store(uint32_t node, uint64_t namespace_id, absl::Span<const BlockKey> keys, Tier tier);
   void Remove(uint32_t node, uint64_t namespace_id, absl::Span<const BlockKey> keys, Tier tier);
-  // Drops every entry of `node` (vLLM's AllBlocksCleared, a restart).
-  // Returns the entries dropped.
+  // Drops every entry `node` has now (vLLM's AllBlocksCleared, a restart):
+  // they leave answers at once; entries stored after the call starts are
+  // kept. Returns the entries this call's walk dropped (a concurrent Store
+  // or Remove of the node may drop some first; those count as purged).
   uint64_t ClearNode(uint32_t node);
 
   // For each alive node that holds chain[0]: how many leading chunks of
@@ -190,12 +212,20 @@ class ClusterIndex {
     std::deque<QueueRecord> queue ABSL_GUARDED_BY(mu);  // oldest first; stale records skipped
     uint32_t next_ordinal ABSL_GUARDED_BY(mu) = 0;
     uint64_t entries ABSL_GUARDED_BY(mu) = 0;
+    // Node -> the generation (NodeSlot) up to which this shard has dropped
+    // the node's entries; kept only while a clear of the node is under way.
+    absl::flat_hash_map<uint32_t, uint32_t> cleared ABSL_GUARDED_BY(mu);
   };
   struct NodeSlot {
     // Nanoseconds since the epoch until which the node counts as alive
     // (INT64_MAX: always; 0: dead).
     std::atomic<int64_t> alive_until_ns{0};
     std::atomic<uint64_t> entries{0};
+    // Clears asked for (each bumps `generation`) and the newest that every
+    // shard has done. While they differ, the node's entries in a shard whose
+    // Shard::cleared is below `generation` are stale.
+    std::atomic<uint32_t> generation{0};
+    std::atomic<uint32_t> cleared{0};
   };
   struct NodeMeta {
     std::string node_id;
@@ -217,6 +247,20 @@ class ClusterIndex {
   void Trim(Shard& shard) ABSL_EXCLUSIVE_LOCKS_REQUIRED(shard.mu);
   void Enqueue(Shard& shard, const NsKey& k, Entry& e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(shard.mu);
   bool Alive(uint32_t node, int64_t now_ns) const;
+  // Whether the node's entries in `shard` belong to its current generation.
+  bool Current(const Shard& shard, uint32_t node) const ABSL_SHARED_LOCKS_REQUIRED(shard.mu);
+  // Drops the node's entries in `shard` unless the shard has done the clear
+  // of `generation` already. Returns the entries dropped.
+  uint64_t ClearShard(Shard& shard, uint32_t node, uint32_t generation)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(shard.mu);
+  // Store and Remove: finishes, in this shard, a clear of `node` under way.
+  void CatchUp(Shard& shard, uint32_t node) ABSL_EXCLUSIVE_LOCKS_REQUIRED(shard.mu);
+  // Asks for a clear of `node`: its current entries are stale from now on.
+  // Returns the generation to pass to FinishClear.
+  uint32_t BeginClear(uint32_t node);
+  // Walks every shard for the clear of `generation`. Returns the entries
+  // the walk dropped.
+  uint64_t FinishClear(uint32_t node, uint32_t generation);
 
   const ClusterIndexOptions options_;
   const uint64_t shard_cap_;

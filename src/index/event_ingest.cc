@@ -10,12 +10,14 @@
 #include "absl/strings/str_cat.h"
 #include "kvtier/v1/events.pb.h"
 #include "src/core/hash.h"
+#include "src/index/event_publisher.h"
 #include "src/server/wire.h"
 
 namespace kvtier::index {
 namespace {
 
 constexpr absl::string_view kEventsPrefix = "kvtier.events.";
+constexpr absl::string_view kNodesPrefix = "kvtier.nodes.";
 
 absl::Status Invalid(absl::string_view field, absl::string_view why) {
   return absl::InvalidArgumentError(absl::StrCat(field, ": ", why));
@@ -189,7 +191,7 @@ absl::Status EventIngest::ApplyEventBatch(absl::string_view subject, absl::strin
   if (!batch.ParseFromArray(data.data(), static_cast<int>(data.size()))) {
     return Malformed(Invalid("event batch", "not a kvtier.v1.EventBatch"));
   }
-  if (batch.node_id().empty()) return Malformed(Invalid("node_id", "must not be empty"));
+  if (absl::Status s = ValidateNodeId(batch.node_id(), "node_id"); !s.ok()) return Malformed(s);
   if (batch.incarnation() == 0) return Malformed(Invalid("incarnation", "must not be 0"));
   if (absl::StartsWith(subject, kEventsPrefix)) {
     uint64_t ns = 0;
@@ -260,13 +262,29 @@ absl::Status EventIngest::ApplyEventBatch(absl::string_view subject, absl::strin
   return absl::OkStatus();
 }
 
-absl::Status EventIngest::ApplyHeartbeat(absl::string_view data, absl::Time now) {
+absl::Status EventIngest::ApplyHeartbeat(absl::string_view subject, absl::string_view data,
+                                         absl::Time now) {
   v1::NodeHeartbeat hb;
   if (!hb.ParseFromArray(data.data(), static_cast<int>(data.size()))) {
     return Malformed(Invalid("heartbeat", "not a kvtier.v1.NodeHeartbeat"));
   }
-  if (hb.node_id().empty()) return Malformed(Invalid("heartbeat.node_id", "must not be empty"));
+  if (absl::Status s = ValidateNodeId(hb.node_id(), "heartbeat.node_id"); !s.ok()) {
+    return Malformed(s);
+  }
+  if (absl::StartsWith(subject, kNodesPrefix) &&
+      subject.substr(kNodesPrefix.size()) != hb.node_id()) {
+    return Malformed(Invalid("heartbeat.node_id",
+                             absl::StrCat("'", hb.node_id(), "' does not match the subject")));
+  }
   if (hb.incarnation() == 0) return Malformed(Invalid("heartbeat.incarnation", "must not be 0"));
+  if (hb.grpc_address().size() > kMaxAddressBytes) {
+    return Malformed(Invalid("heartbeat.grpc_address",
+                             absl::StrCat("longer than ", kMaxAddressBytes, " characters")));
+  }
+  if (hb.ucx_address().size() > kMaxAddressBytes) {
+    return Malformed(Invalid("heartbeat.ucx_address",
+                             absl::StrCat("longer than ", kMaxAddressBytes, " characters")));
+  }
   NodeAnnouncement a;
   a.node_id = hb.node_id();
   a.incarnation = hb.incarnation();
@@ -306,6 +324,23 @@ absl::Status EventIngest::ApplyVllmBatch(uint32_t node, uint64_t vllm_namespace_
   return absl::OkStatus();
 }
 
+uint64_t EventIngest::ApplyVllmRestart(uint32_t node) {
+  vllm_restarts_.fetch_add(1, std::memory_order_relaxed);
+  return index_->ClearNode(node);
+}
+
+VllmSequence::Step VllmSequence::Next(uint64_t sequence) {
+  Step step;
+  if (seen_ && sequence <= last_) {
+    step.restarted = true;
+  } else if (seen_ && sequence > last_ + 1) {
+    step.missed = sequence - last_ - 1;
+  }
+  seen_ = true;
+  last_ = sequence;
+  return step;
+}
+
 IngestCounters EventIngest::Counters() const {
   IngestCounters c;
   c.batches = batches_.load(std::memory_order_relaxed);
@@ -317,6 +352,7 @@ IngestCounters EventIngest::Counters() const {
   c.heartbeats = heartbeats_.load(std::memory_order_relaxed);
   c.vllm_batches = vllm_batches_.load(std::memory_order_relaxed);
   c.vllm_cleared = vllm_cleared_.load(std::memory_order_relaxed);
+  c.vllm_restarts = vllm_restarts_.load(std::memory_order_relaxed);
   return c;
 }
 

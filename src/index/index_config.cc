@@ -2,6 +2,7 @@
 
 #include <yaml-cpp/yaml.h>
 
+#include <cstdlib>
 #include <fstream>
 #include <optional>
 #include <set>
@@ -83,7 +84,9 @@ absl::Status Apply(const std::string& key, const std::string& v, const std::stri
     KVTIER_ASSIGN_OR_RETURN(uint64_t s, ParseU64(v, field, 1, 1u << 20));
     o.max_chain = static_cast<uint32_t>(s);
   } else if (key == "log_level") {
-    KVTIER_RETURN_IF_ERROR(server::ParseLogLevel(v).status());
+    if (!server::ParseLogLevel(v).ok()) {
+      return Invalid(field, absl::StrCat("'", v, "' is not debug, info, warn or error"));
+    }
     c.log_level = v;
   } else {
     return Invalid(field, "unknown setting");
@@ -152,6 +155,17 @@ struct Flag {
   const char* help;
 };
 
+struct EnvVar {
+  const char* name;
+  const char* key;  // YAML path
+};
+
+constexpr EnvVar kEnv[] = {
+    {"KVTIER_INDEX_NATS_URL", "nats.url"},   {"KVTIER_INDEX_GRPC", "grpc"},
+    {"KVTIER_INDEX_HTTP", "http"},           {"KVTIER_INDEX_LOG_LEVEL", "log_level"},
+    {"KVTIER_STATUS_TOKEN", "status_token"},
+};
+
 constexpr Flag kFlags[] = {
     {"config", nullptr, "YAML configuration file"},
     {"nats", "nats.url", "NATS server URL(s), comma-separated (nats://127.0.0.1:4222)"},
@@ -212,18 +226,54 @@ absl::Status ApplyIndexYaml(const std::string& yaml_text, IndexCommandLine& out)
   return absl::OkStatus();
 }
 
-absl::StatusOr<IndexCommandLine> ParseIndexCommandLine(const std::vector<std::string>& args) {
+absl::Status ApplyIndexEnv(const std::vector<std::pair<std::string, std::string>>& env,
+                           IndexCommandLine& out) {
+  for (const auto& [name, value] : env) {
+    for (const EnvVar& e : kEnv) {
+      if (name == e.name) KVTIER_RETURN_IF_ERROR(Apply(e.key, value, name, out));
+    }
+  }
+  return absl::OkStatus();
+}
+
+std::string EffectiveIndexConfig(const IndexCommandLine& c) {
+  const IndexServerOptions& o = c.options;
+  YAML::Emitter out;
+  out << YAML::BeginMap;
+  out << YAML::Key << "nats" << YAML::Value << YAML::BeginMap;
+  out << YAML::Key << "url" << YAML::Value << o.nats.url;
+  out << YAML::EndMap;
+  out << YAML::Key << "grpc" << YAML::Value << o.grpc;
+  out << YAML::Key << "http" << YAML::Value << o.http;
+  out << YAML::Key << "status_token" << YAML::Value << (o.status_token.empty() ? "" : "<redacted>");
+  out << YAML::Key << "log_level" << YAML::Value << c.log_level;
+  out << YAML::Key << "zmq" << YAML::Value << YAML::BeginSeq;
+  for (const VllmEndpoint& e : o.zmq) {
+    out << (e.node_id.empty() ? e.endpoint : absl::StrCat(e.node_id, "=", e.endpoint));
+  }
+  out << YAML::EndSeq;
+  out << YAML::EndMap;
+  return std::string(out.c_str()) + "\n";
+}
+
+absl::StatusOr<IndexCommandLine> ParseIndexCommandLine(
+    const std::vector<std::string>& args,
+    const std::optional<std::vector<std::pair<std::string, std::string>>>& env) {
   IndexCommandLine c;
   std::vector<std::pair<std::string, std::string>> settings;
   std::string config_file;
   for (size_t i = 0; i < args.size(); ++i) {
-    std::string a = args[i];
+    const std::string& a = args[i];
     if (a == "-h" || a == "--help") {
       c.help = true;
       continue;
     }
     if (a == "--version") {
       c.version = true;
+      continue;
+    }
+    if (a == "--check-config") {
+      c.check_config = true;
       continue;
     }
     if (a.rfind("--", 0) != 0) {
@@ -258,6 +308,15 @@ absl::StatusOr<IndexCommandLine> ParseIndexCommandLine(const std::vector<std::st
     absl::Status s = ApplyIndexYaml(ss.str(), c);
     if (!s.ok()) return absl::InvalidArgumentError(absl::StrCat(config_file, ": ", s.message()));
   }
+  if (env.has_value()) {
+    KVTIER_RETURN_IF_ERROR(ApplyIndexEnv(*env, c));
+  } else {
+    std::vector<std::pair<std::string, std::string>> process_env;
+    for (const EnvVar& e : kEnv) {
+      if (const char* v = std::getenv(e.name); v != nullptr) process_env.emplace_back(e.name, v);
+    }
+    KVTIER_RETURN_IF_ERROR(ApplyIndexEnv(process_env, c));
+  }
   bool zmq_from_flags = false;
   for (const auto& [name, value] : settings) {
     if (name == "zmq") {
@@ -281,7 +340,9 @@ std::string IndexFlagsHelp() {
   std::string out;
   for (const Flag& f : kFlags)
     absl::StrAppend(&out, "  --", f.name, " VALUE\n      ", f.help, "\n");
-  absl::StrAppend(&out, "  --help, --version\n");
+  absl::StrAppend(&out, "  --check-config\n      print the effective settings and exit\n");
+  absl::StrAppend(&out, "  --help, --version\n\nenvironment (over --config, under flags):\n");
+  for (const EnvVar& e : kEnv) absl::StrAppend(&out, "  ", e.name, " (", e.key, ")\n");
   return out;
 }
 

@@ -174,8 +174,10 @@ absl::Status IndexServer::Init(std::string version) {
   nats.name = "kvtier-index";
   KVTIER_ASSIGN_OR_RETURN(bus_, NatsBus::Connect(nats));
   KVTIER_RETURN_IF_ERROR(bus_->Subscribe(
-      "kvtier.nodes.>", [this](absl::string_view, absl::string_view data, const StreamPosition*) {
-        absl::Status s = ingest_->ApplyHeartbeat(data, absl::Now());
+      "kvtier.nodes.>",
+      [this](absl::string_view subject, absl::string_view data, const StreamPosition*) {
+        // The subject names the node: a heartbeat for another id is refused.
+        absl::Status s = ingest_->ApplyHeartbeat(subject, data, absl::Now());
         if (!s.ok())
           log_->Warn("dropped a malformed heartbeat", {{"error", std::string(s.message())}});
       }));
@@ -221,7 +223,7 @@ void IndexServer::ZmqLoop(const VllmEndpoint& e, uint32_t node) {
     return;
   }
   log_->Info("reading vLLM KV events", {{"endpoint", e.endpoint}, {"node_id", e.node_id}});
-  int64_t last_seq = -1;
+  VllmSequence sequence;
   std::vector<std::string> frames;
   while (!stop_.HasBeenNotified()) {
     frames.clear();
@@ -251,10 +253,14 @@ void IndexServer::ZmqLoop(const VllmEndpoint& e, uint32_t node) {
     }
     uint64_t seq = 0;
     for (char c : frames[1]) seq = (seq << 8) | static_cast<uint8_t>(c);
-    if (last_seq >= 0 && static_cast<int64_t>(seq) > last_seq + 1) {
-      zmq_gaps_.fetch_add(static_cast<uint64_t>(seq) - last_seq - 1, std::memory_order_relaxed);
+    const VllmSequence::Step step = sequence.Next(seq);
+    if (step.missed > 0) zmq_gaps_.fetch_add(step.missed, std::memory_order_relaxed);
+    if (step.restarted) {
+      // A new vLLM process: its block pool starts empty.
+      const uint64_t dropped = ingest_->ApplyVllmRestart(node);
+      log_->Info("a vLLM endpoint restarted; dropped its entries",
+                 {{"endpoint", e.endpoint}, {"sequence", seq}, {"entries", dropped}});
     }
-    last_seq = static_cast<int64_t>(seq);
     absl::Status s = ingest_->ApplyVllmBatch(node, e.namespace_id, frames[2]);
     if (!s.ok()) {
       log_->Warn("dropped a malformed vLLM event batch",
@@ -328,6 +334,7 @@ server::StatusSnapshot IndexServer::Snapshot() const {
       {"vllm_batches", c.vllm_batches},
       {"vllm_messages", zmq_messages_.load()},
       {"vllm_sequence_gaps", zmq_gaps_.load()},
+      {"vllm_restarts", c.vllm_restarts},
   };
   return st;
 }
@@ -373,6 +380,10 @@ std::string IndexServer::RenderMetrics() const {
       Family("kvtier_index_heartbeats_total", "Node heartbeats received.", kC, c.heartbeats));
   f.push_back(
       Family("kvtier_index_vllm_batches_total", "vLLM event batches applied.", kC, c.vllm_batches));
+  f.push_back(Family("kvtier_index_vllm_restarts_total",
+                     "vLLM endpoints seen restarting (sequence numbers from 0 again); their "
+                     "blocks were dropped.",
+                     kC, c.vllm_restarts));
   f.push_back(Family("kvtier_index_vllm_messages_total", "ZMQ messages received from vLLM.", kC,
                      zmq_messages_.load()));
   f.push_back(Family("kvtier_index_vllm_sequence_gaps_total",

@@ -42,6 +42,10 @@ int main(int argc, char** argv) {
     std::printf("kvtier-index %s\n", KVTIER_VERSION);
     return 0;
   }
+  if (cl->check_config) {
+    std::printf("%s", kvtier::index::EffectiveIndexConfig(*cl).c_str());
+    return 0;
+  }
   Logger log(*kvtier::server::ParseLogLevel(cl->log_level));
   sigset_t set;
   sigemptyset(&set);

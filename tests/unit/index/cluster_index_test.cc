@@ -1,6 +1,8 @@
 #include "src/index/cluster_index.h"
 
+#include <atomic>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "gmock/gmock.h"
@@ -139,6 +141,94 @@ TEST_F(ClusterIndexTest, SequencesAndIncarnations) {
   ASSERT_EQ(nodes.size(), 1u);
   EXPECT_EQ(nodes[0].sequence_gaps, 2u);
   EXPECT_EQ(nodes[0].incarnation, 2u);
+}
+
+TEST_F(ClusterIndexTest, RestartKeepsWhatTheNewIncarnationStoresMeanwhile) {
+  // The heartbeat and the first batch of a restarted node arrive together
+  // (NATS delivers each subscription on its own thread), either one first:
+  // the clear of the old entries must not drop what the new incarnation
+  // stores meanwhile, and the old entries are out of every answer once the
+  // heartbeat returns.
+  ClusterIndexOptions o;
+  o.shards = 256;
+  o.node_timeout = absl::Hours(1);
+  const std::vector<BlockKey> old_keys = Chain(1, 100000);
+  const std::vector<BlockKey> new_keys = Chain(2, 10000);
+  for (int round = 0; round < 20 && !HasFailure(); ++round) {
+    const bool heartbeat_first = round % 2 == 0;
+    ASSERT_OK_AND_ASSIGN(std::unique_ptr<ClusterIndex> index, ClusterIndex::Create(o));
+    NodeAnnouncement boot1;
+    boot1.node_id = "a";
+    boot1.incarnation = 1;
+    boot1.grpc_address = "a:1";
+    ASSERT_OK_AND_ASSIGN(uint32_t a, index->Heartbeat(boot1, now_));
+    ASSERT_EQ(index->BeginBatch(a, 1, 1), BatchOrder::kNext);
+    index->Store(a, 7, old_keys, Tier::kDram);
+    NodeAnnouncement boot2 = boot1;
+    boot2.incarnation = 2;
+    // The other thread has made boot 2 known (its clear may be under way).
+    auto wait_for_boot2 = [&] {
+      while (index->Nodes(now_)[0].incarnation != 2) std::this_thread::yield();
+    };
+
+    size_t old_served = 0;
+    std::thread heartbeat([&] {
+      if (!heartbeat_first) wait_for_boot2();
+      EXPECT_OK(index->Heartbeat(boot2, now_).status());
+      for (size_t i = 0; i < old_keys.size(); i += 5) {
+        if (!index->Lookup(7, absl::MakeConstSpan(&old_keys[i], 1), {}, now_).empty()) {
+          ++old_served;
+        }
+      }
+    });
+    std::thread batch([&] {
+      if (heartbeat_first) wait_for_boot2();
+      EXPECT_NE(index->BeginBatch(a, 2, 1), BatchOrder::kDuplicate);
+      for (size_t i = 0; i < new_keys.size(); i += 100) {
+        index->Store(a, 7, absl::MakeConstSpan(new_keys).subspan(i, 100), Tier::kDram);
+        std::this_thread::yield();
+      }
+    });
+    heartbeat.join();
+    batch.join();
+
+    EXPECT_EQ(old_served, 0u) << "round " << round;
+    size_t new_found = 0;
+    for (const BlockKey& k : new_keys) {
+      new_found += index->Lookup(7, absl::MakeConstSpan(&k, 1), {}, now_).size();
+    }
+    EXPECT_EQ(new_found, new_keys.size()) << "round " << round;
+    EXPECT_TRUE(index->Lookup(7, old_keys, {}, now_).empty()) << "round " << round;
+    EXPECT_EQ(index->Stats(now_).entries, new_keys.size()) << "round " << round;
+    EXPECT_EQ(index->Stats(now_).purged_entries, old_keys.size()) << "round " << round;
+    std::vector<NodeStatus> nodes = index->Nodes(now_);
+    ASSERT_EQ(nodes.size(), 1u);
+    EXPECT_EQ(nodes[0].entries, new_keys.size()) << "round " << round;
+    EXPECT_EQ(nodes[0].incarnation, 2u);
+  }
+}
+
+TEST_F(ClusterIndexTest, NodeIdsAndAddressesAreBounded) {
+  EXPECT_THAT(index_->NodeIndex(std::string(200, 'a'), NodeSource::kKvtier).status(),
+              StatusIs(absl::StatusCode::kInvalidArgument, ::testing::HasSubstr("node_id")));
+  EXPECT_THAT(index_->NodeIndex("", NodeSource::kVllm).status(),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  NodeAnnouncement a;
+  a.node_id = std::string(200, 'b');
+  a.incarnation = 1;
+  EXPECT_THAT(index_->Heartbeat(a, now_).status(), StatusIs(absl::StatusCode::kInvalidArgument));
+  a.node_id = "b";
+  a.grpc_address = std::string(kMaxAddressBytes + 1, 'x');
+  EXPECT_THAT(index_->Heartbeat(a, now_).status(),
+              StatusIs(absl::StatusCode::kInvalidArgument, ::testing::HasSubstr("address")));
+  a.grpc_address = "b:1";
+  a.ucx_address = std::string(kMaxAddressBytes + 1, 'x');
+  EXPECT_THAT(index_->Heartbeat(a, now_).status(), StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_TRUE(index_->Nodes(now_).empty());
+  a.ucx_address = std::string(kMaxAddressBytes, 'x');
+  a.node_id = std::string(kMaxNodeIdBytes, 'b');
+  EXPECT_OK(index_->Heartbeat(a, now_).status());
+  EXPECT_EQ(index_->Nodes(now_).size(), 1u);
 }
 
 TEST_F(ClusterIndexTest, BoundDropsOldestKeysFirstAndCountsThem) {

@@ -270,6 +270,129 @@ TEST_F(EventIngestTest, VllmDamagedBatchesFailWithoutChangingAnything) {
   EXPECT_GT(applied, 100);
 }
 
+TEST_F(EventIngestTest, BadNodeIdsAreRefusedOnEveryPath) {
+  const size_t nodes = index_->Nodes(absl::Now()).size();
+  const std::string long_id(200, 'x');
+  EXPECT_THAT(
+      ingest_->ApplyEventBatch(EventSubject(kNs), Batch(long_id, 1, chain_).SerializeAsString()),
+      StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("node_id")));
+  EXPECT_THAT(
+      ingest_->ApplyEventBatch(EventSubject(kNs), Batch("a b", 1, chain_).SerializeAsString()),
+      StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("node_id")));
+  v1::NodeHeartbeat hb;
+  hb.set_node_id(long_id);
+  hb.set_incarnation(1);
+  EXPECT_THAT(ingest_->ApplyHeartbeat(hb.SerializeAsString(), absl::Now()),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("heartbeat.node_id")));
+  EXPECT_THAT(ingest_->ApplyHeartbeat(NodeSubject("x"), hb.SerializeAsString(), absl::Now()),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("heartbeat.node_id")));
+  hb.set_node_id("n2/../n1");
+  EXPECT_THAT(ingest_->ApplyHeartbeat(hb.SerializeAsString(), absl::Now()),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("heartbeat.node_id")));
+  EXPECT_EQ(ingest_->Counters().malformed, 5u);
+  EXPECT_EQ(index_->Nodes(absl::Now()).size(), nodes);
+  EXPECT_EQ(index_->Stats(absl::Now()).entries, 0u);
+}
+
+TEST_F(EventIngestTest, OverLongAddressesAreRefused) {
+  v1::NodeHeartbeat hb;
+  hb.set_node_id("n2");
+  hb.set_incarnation(1);
+  hb.set_grpc_address(std::string(kMaxAddressBytes + 1, 'a'));
+  EXPECT_THAT(ingest_->ApplyHeartbeat(NodeSubject("n2"), hb.SerializeAsString(), absl::Now()),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("heartbeat.grpc_address")));
+  hb.set_grpc_address("10.0.0.2:7443");
+  hb.set_ucx_address(std::string(1 << 20, 'u'));
+  EXPECT_THAT(ingest_->ApplyHeartbeat(NodeSubject("n2"), hb.SerializeAsString(), absl::Now()),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("heartbeat.ucx_address")));
+  EXPECT_EQ(ingest_->Counters().malformed, 2u);
+  EXPECT_EQ(ingest_->Counters().heartbeats, 1u);  // SetUp's
+  EXPECT_EQ(index_->Nodes(absl::Now()).size(), 1u);
+  hb.set_ucx_address("10.0.0.2:13337");
+  ASSERT_OK(ingest_->ApplyHeartbeat(NodeSubject("n2"), hb.SerializeAsString(), absl::Now()));
+  EXPECT_EQ(index_->Nodes(absl::Now()).size(), 2u);
+}
+
+TEST_F(EventIngestTest, HeartbeatForAnotherNodesSubjectChangesNothing) {
+  ASSERT_OK(
+      ingest_->ApplyEventBatch(EventSubject(kNs), Batch("n1", 1, chain_).SerializeAsString()));
+  // A forged heartbeat of n1 (newer incarnation, another address) sent on
+  // the subject of node "evil".
+  v1::NodeHeartbeat forged;
+  forged.set_node_id("n1");
+  forged.set_incarnation(99);
+  forged.set_grpc_address("6.6.6.6:1");
+  EXPECT_THAT(ingest_->ApplyHeartbeat(NodeSubject("evil"), forged.SerializeAsString(), absl::Now()),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("subject")));
+  EXPECT_THAT(ingest_->ApplyHeartbeat(NodeSubject("n1.x"), forged.SerializeAsString(), absl::Now()),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("subject")));
+  EXPECT_EQ(ingest_->Counters().malformed, 2u);
+  std::vector<NodeStatus> nodes = index_->Nodes(absl::Now());
+  ASSERT_EQ(nodes.size(), 1u);
+  EXPECT_EQ(nodes[0].node_id, "n1");
+  EXPECT_EQ(nodes[0].incarnation, 5u);
+  EXPECT_EQ(nodes[0].grpc_address, "127.0.0.1:1");
+  EXPECT_EQ(nodes[0].entries, chain_.size());
+  std::vector<NodeMatchResult> r = index_->Lookup(kNs, chain_, {}, absl::Now());
+  ASSERT_EQ(r.size(), 1u);
+  EXPECT_EQ(r[0].matched, chain_.size());
+  // On its own subject the same heartbeat is n1's restart.
+  ASSERT_OK(ingest_->ApplyHeartbeat(NodeSubject("n1"), forged.SerializeAsString(), absl::Now()));
+  EXPECT_TRUE(index_->Lookup(kNs, chain_, {}, absl::Now()).empty());
+}
+
+TEST(VllmSequenceTest, GapsAndRestarts) {
+  VllmSequence seq;
+  EXPECT_EQ(seq.Next(7).missed, 0u);  // joined a running endpoint
+  EXPECT_FALSE(seq.Next(8).restarted);
+  VllmSequence::Step step = seq.Next(11);
+  EXPECT_EQ(step.missed, 2u);
+  EXPECT_FALSE(step.restarted);
+  step = seq.Next(0);  // vLLM started again
+  EXPECT_TRUE(step.restarted);
+  EXPECT_EQ(step.missed, 0u);
+  EXPECT_FALSE(seq.Next(1).restarted);
+  EXPECT_TRUE(seq.Next(1).restarted);  // a number never repeats within one run
+  step = seq.Next(3);
+  EXPECT_FALSE(step.restarted);
+  EXPECT_EQ(step.missed, 1u);
+}
+
+TEST_F(EventIngestTest, VllmRestartDropsTheEndpointsBlocks) {
+  ASSERT_OK_AND_ASSIGN(uint32_t v, index_->NodeIndex("vllm-a", NodeSource::kVllm));
+  const uint64_t ns = VllmNamespaceId();
+  const std::string store = VllmBatch(
+      [](auto& pk) {
+        pk.pack_array(5);
+        pk.pack(std::string("BlockStored"));
+        pk.pack(std::vector<int64_t>{21, 22});
+        pk.pack_nil();
+        pk.pack(std::vector<int>{});
+        pk.pack(16);
+      },
+      1);
+  const std::vector<BlockKey> chain = {VllmKey(ns, VllmIntHashBytes(21)),
+                                       VllmKey(ns, VllmIntHashBytes(22))};
+  // What ZmqLoop does per message: the sequence first, then the batch.
+  VllmSequence seq;
+  for (uint64_t s : {40u, 41u}) {
+    ASSERT_FALSE(seq.Next(s).restarted);
+    ASSERT_OK(ingest_->ApplyVllmBatch(v, ns, store));
+  }
+  ASSERT_EQ(index_->Lookup(ns, chain, {}, absl::Now()).size(), 1u);
+  // vLLM restarted (numbers from 0 again) with an empty block pool.
+  ASSERT_TRUE(seq.Next(0).restarted);
+  EXPECT_EQ(ingest_->ApplyVllmRestart(v), chain.size());
+  EXPECT_TRUE(index_->Lookup(ns, chain, {}, absl::Now()).empty());
+  EXPECT_EQ(ingest_->Counters().vllm_restarts, 1u);
+  EXPECT_EQ(index_->Nodes(absl::Now()).size(), 2u);
+  // What the new process stores is kept.
+  ASSERT_OK(ingest_->ApplyVllmBatch(v, ns, store));
+  std::vector<NodeMatchResult> r = index_->Lookup(ns, chain, {}, absl::Now());
+  ASSERT_EQ(r.size(), 1u);
+  EXPECT_EQ(r[0].matched, 2u);
+}
+
 TEST(VllmKeys, IntHashesAreBigEndianAndNamespaced) {
   EXPECT_EQ(VllmIntHashBytes(0x0102030405060708),
             std::string("\x01\x02\x03\x04\x05\x06\x07\x08", 8));
