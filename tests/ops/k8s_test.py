@@ -191,7 +191,60 @@ def check_overlay(name, docs, kvtierd, work):
             for e in sm["spec"]["endpoints"]:
                 check(e["port"] in {p["name"] for p in s["spec"]["ports"]},
                       f"{name}: ServiceMonitor port {e['port']} not on {s['metadata']['name']}")
+    check_index(name, docs, config, kvtier_index_path(kvtierd))
     return pod, c
+
+
+def kvtier_index_path(kvtierd):
+    return os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(kvtierd))),
+                        "src/index/kvtier-index")
+
+
+def check_index(name, docs, config, kvtier_index):
+    """kvtier-index as the Deployment runs it (its flags, and the environment
+    from its ConfigMap and Secrets) via --check-config: it must reach the
+    NATS Service kvtierd publishes to and listen on its container ports."""
+    nats_url = config.get("cluster", {}).get("nats_url", "")
+    nats_svcs = [d["metadata"]["name"] for d in docs
+                 if d["kind"] == "Service" and d["metadata"]["name"] == "nats"]
+    if nats_svcs:
+        check(re.match(r"nats://nats\.[a-z0-9-]+\.svc:4222$", nats_url or ""),
+              f"{name}: kvtierd's cluster.nats_url {nats_url!r} is not the nats Service: "
+              "nothing reaches the cluster index")
+    deps = [d for d in docs if d["kind"] == "Deployment" and
+            d["metadata"]["name"] == "kvtier-index"]
+    if not deps:
+        return
+    c = deps[0]["spec"]["template"]["spec"]["containers"][0]
+    env = {}
+    for ref in c.get("envFrom", []):
+        cm_name = ref.get("configMapRef", {}).get("name")
+        for d in docs:
+            if d["kind"] == "ConfigMap" and d["metadata"]["name"] == cm_name:
+                env.update(d.get("data", {}))
+    for e in c.get("env", []):
+        if "value" in e:
+            env[e["name"]] = e["value"]
+        elif "secretKeyRef" in e.get("valueFrom", {}):
+            env[e["name"]] = "secret-for-the-config-check-0123456789"
+    r = subprocess.run([kvtier_index, "--check-config"] + c["command"][1:],
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                       env=dict(os.environ, **env))
+    check(r.returncode == 0, f"{name}: kvtier-index --check-config failed: {r.stdout.strip()}")
+    if r.returncode != 0:
+        return
+    eff = yaml.safe_load(r.stdout)
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    check(eff["nats"]["url"] == nats_url,
+          f"{name}: kvtier-index reads NATS at {eff['nats']['url']!r}, kvtierd publishes to "
+          f"{nats_url!r}")
+    check(ports.get("grpc") == port_of(eff["grpc"]) and not eff["grpc"].startswith("127."),
+          f"{name}: kvtier-index serves gRPC on {eff['grpc']}, containerPort grpc is "
+          f"{ports.get('grpc')}")
+    check(ports.get("http") == port_of(eff["http"]),
+          f"{name}: kvtier-index http {eff['http']} != containerPort {ports.get('http')}")
+    check(eff["http"].startswith("127.") or eff["status_token"],
+          f"{name}: kvtier-index http is not loopback and has no status token")
 
 
 def main():
