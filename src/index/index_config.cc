@@ -242,10 +242,21 @@ std::string EffectiveIndexConfig(const IndexCommandLine& c) {
   out << YAML::BeginMap;
   out << YAML::Key << "nats" << YAML::Value << YAML::BeginMap;
   out << YAML::Key << "url" << YAML::Value << o.nats.url;
+  out << YAML::Key << "stream" << YAML::Value << o.stream.name;
+  out << YAML::Key << "max_age_seconds" << YAML::Value << absl::ToDoubleSeconds(o.stream.max_age);
+  out << YAML::Key << "max_bytes" << YAML::Value << o.stream.max_bytes;
+  out << YAML::Key << "create_stream" << YAML::Value << o.create_stream;
+  out << YAML::Key << "memory_storage" << YAML::Value << !o.stream.file_storage;
   out << YAML::EndMap;
   out << YAML::Key << "grpc" << YAML::Value << o.grpc;
   out << YAML::Key << "http" << YAML::Value << o.http;
   out << YAML::Key << "status_token" << YAML::Value << (o.status_token.empty() ? "" : "<redacted>");
+  out << YAML::Key << "max_entries" << YAML::Value << o.index.max_entries;
+  out << YAML::Key << "shards" << YAML::Value << o.index.shards;
+  out << YAML::Key << "max_nodes" << YAML::Value << o.index.max_nodes;
+  out << YAML::Key << "node_timeout_seconds" << YAML::Value
+      << absl::ToDoubleSeconds(o.index.node_timeout);
+  out << YAML::Key << "max_chain" << YAML::Value << o.max_chain;
   out << YAML::Key << "log_level" << YAML::Value << c.log_level;
   out << YAML::Key << "zmq" << YAML::Value << YAML::BeginSeq;
   for (const VllmEndpoint& e : o.zmq) {

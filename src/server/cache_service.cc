@@ -162,27 +162,36 @@ uint64_t CacheService::NewLeaseId() {
   }
 }
 
-absl::Status CacheService::CheckLeaseRoom(size_t wanted, const std::string& owner) const {
+absl::Status CacheService::TakeLeaseRoom(size_t wanted, const std::string& owner) {
   absl::MutexLock lock(&leases_mu_);
-  if (leases_.size() + wanted > options_.max_leases) {
+  if (lease_room_ + wanted > options_.max_leases) {
     return absl::ResourceExhaustedError(absl::StrCat(
-        "leases: ", leases_.size(), " held and ", wanted, " more asked for; the limit is ",
+        "leases: ", lease_room_, " held and ", wanted, " more asked for; the limit is ",
         options_.max_leases, " (limits.max_leases): commit or release some first"));
   }
-  auto it = leases_by_owner_.find(owner);
-  const uint64_t held = it == leases_by_owner_.end() ? 0 : it->second;
+  auto it = lease_room_by_owner_.find(owner);
+  const uint64_t held = it == lease_room_by_owner_.end() ? 0 : it->second;
   if (held + wanted > options_.max_leases_per_principal) {
     return absl::ResourceExhaustedError(
         absl::StrCat("leases: '", owner, "' holds ", held, " and asked for ", wanted,
                      " more; the limit per principal is ", options_.max_leases_per_principal,
                      " (limits.max_leases_per_principal): commit or release some first"));
   }
+  lease_room_ += wanted;
+  lease_room_by_owner_[owner] += wanted;
   return absl::OkStatus();
+}
+
+void CacheService::GiveBackLeaseRoom(size_t unused, const std::string& owner) {
+  if (unused == 0) return;
+  absl::MutexLock lock(&leases_mu_);
+  lease_room_ -= unused;
+  auto it = lease_room_by_owner_.find(owner);
+  if ((it->second -= unused) == 0) lease_room_by_owner_.erase(it);
 }
 
 uint64_t CacheService::AddLeaseLocked(Lease lease) {
   const uint64_t id = NewLeaseId();
-  ++leases_by_owner_[lease.owner];
   leases_.emplace(id, std::move(lease));
   return id;
 }
@@ -191,8 +200,9 @@ CacheService::Lease CacheService::EraseLeaseLocked(
     absl::flat_hash_map<uint64_t, Lease>::iterator it) {
   Lease lease = std::move(it->second);
   leases_.erase(it);
-  auto owner = leases_by_owner_.find(lease.owner);
-  if (owner != leases_by_owner_.end() && --owner->second == 0) leases_by_owner_.erase(owner);
+  --lease_room_;
+  auto owner = lease_room_by_owner_.find(lease.owner);
+  if (--owner->second == 0) lease_room_by_owner_.erase(owner);
   return lease;
 }
 
@@ -579,7 +589,9 @@ absl::Status CacheService::DoReserve(grpc::ServerContext*, const v1::ReserveRequ
     refs.push_back(r);
   }
   KVTIER_ASSIGN_OR_RETURN(Namespace ns, OpenNamespace(who, req.has_namespace_(), req.namespace_()));
-  KVTIER_RETURN_IF_ERROR(CheckLeaseRoom(refs.size(), who.name));
+  KVTIER_RETURN_IF_ERROR(TakeLeaseRoom(refs.size(), who.name));
+  size_t leased = 0;
+  absl::Cleanup room = [&] { GiveBackLeaseRoom(refs.size() - leased, who.name); };
   // Reserve everything first; a request that turns out invalid gives back
   // what it took.
   std::vector<std::pair<absl::StatusOr<DramTier::SlotReservation>, size_t>> got;
@@ -613,6 +625,7 @@ absl::Status CacheService::DoReserve(grpc::ServerContext*, const v1::ReserveRequ
     lease.slot_handle = r->handle;
     lease.expires = expires;
     out->set_handle(AddLeaseLocked(std::move(lease)));
+    ++leased;
     out->set_offset(r->payload_offset);
     out->set_length(r->payload_bytes);
   }
@@ -673,7 +686,9 @@ absl::Status CacheService::DoPin(grpc::ServerContext*, const v1::PinRequest& req
   KVTIER_ASSIGN_OR_RETURN(std::vector<BlockKey> keys,
                           wire::KeysFromProto(req.keys(), "keys", options_.max_keys_per_request));
   KVTIER_ASSIGN_OR_RETURN(Namespace ns, OpenNamespace(who, req.has_namespace_(), req.namespace_()));
-  KVTIER_RETURN_IF_ERROR(CheckLeaseRoom(keys.size(), who.name));
+  KVTIER_RETURN_IF_ERROR(TakeLeaseRoom(keys.size(), who.name));
+  size_t leased = 0;
+  absl::Cleanup room = [&] { GiveBackLeaseRoom(keys.size() - leased, who.name); };
   const std::byte* arena = cache_->dram().arena().base();
   const absl::Time expires = absl::Now() + absl::Seconds(options_.lease_seconds);
   uint64_t pinned = 0, pinned_bytes = 0, pinned_tokens = 0;
@@ -704,6 +719,7 @@ absl::Status CacheService::DoPin(grpc::ServerContext*, const v1::PinRequest& req
     lease.expires = expires;
     absl::MutexLock lock(&leases_mu_);
     out->set_pin_id(AddLeaseLocked(std::move(lease)));
+    ++leased;
   }
   resp.set_arena_id(options_.arena_id);
   return absl::OkStatus();

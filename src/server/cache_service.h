@@ -174,10 +174,14 @@ class CacheService final : public grpc::Service {
 
   // Lease table. NewLeaseId never returns 0 or an id in use.
   uint64_t NewLeaseId() ABSL_EXCLUSIVE_LOCKS_REQUIRED(leases_mu_);
-  absl::Status CheckLeaseRoom(size_t wanted, const std::string& owner) const;
-  // Keeps `lease` under a new id and counts it for its owner.
+  // Takes room for `wanted` leases of `owner` against both limits, at once
+  // (concurrent requests cannot pass them together); ResourceExhausted when
+  // there is none. Room not turned into leases goes back by GiveBackLeaseRoom.
+  absl::Status TakeLeaseRoom(size_t wanted, const std::string& owner);
+  void GiveBackLeaseRoom(size_t unused, const std::string& owner);
+  // Keeps `lease` under a new id, in room its owner took.
   uint64_t AddLeaseLocked(Lease lease) ABSL_EXCLUSIVE_LOCKS_REQUIRED(leases_mu_);
-  // Forgets the lease at `it`, uncounting it for its owner.
+  // Forgets the lease at `it`, giving back its room.
   Lease EraseLeaseLocked(absl::flat_hash_map<uint64_t, Lease>::iterator it)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(leases_mu_);
   // Removes and returns the lease `id` when it exists, has `kind` and
@@ -195,7 +199,9 @@ class CacheService final : public grpc::Service {
 
   mutable absl::Mutex leases_mu_;
   absl::flat_hash_map<uint64_t, Lease> leases_ ABSL_GUARDED_BY(leases_mu_);
-  absl::flat_hash_map<std::string, uint64_t> leases_by_owner_ ABSL_GUARDED_BY(leases_mu_);
+  // Room taken: leases held plus room taken for leases still being made.
+  uint64_t lease_room_ ABSL_GUARDED_BY(leases_mu_) = 0;
+  absl::flat_hash_map<std::string, uint64_t> lease_room_by_owner_ ABSL_GUARDED_BY(leases_mu_);
 };
 
 }  // namespace kvtier::server

@@ -41,12 +41,12 @@ absl::Status ReadFull(int fd, char* out, size_t n, absl::Time deadline) {
       // Rounded up: a poll that times out has reached the deadline.
       const int64_t ms =
           static_cast<int64_t>(std::ceil(absl::ToDoubleMilliseconds(deadline - absl::Now())));
-      if (ms <= 0) return absl::UnavailableError("shared memory: timed out waiting for the daemon");
+      if (ms <= 0) return absl::DeadlineExceededError("shared memory: no answer in time");
       pollfd p{fd, POLLIN, 0};
       int r = poll(&p, 1, static_cast<int>(ms));
       if (r < 0 && errno == EINTR) continue;
       if (r < 0) return Errno("poll");
-      if (r == 0) return absl::UnavailableError("shared memory: timed out waiting for the daemon");
+      if (r == 0) return absl::DeadlineExceededError("shared memory: no answer in time");
     }
     ssize_t r = recv(fd, out + got, n - got, 0);
     if (r < 0 && errno == EINTR) continue;
@@ -126,7 +126,8 @@ absl::StatusOr<ArenaGrant> RequestArena(const std::string& socket_path, absl::st
     do {
       r = poll(&p, 1, static_cast<int>(ms));
     } while (r < 0 && errno == EINTR);
-    if (r <= 0) return absl::UnavailableError("shared memory: timed out waiting for the daemon");
+    if (r < 0) return Errno("poll");
+    if (r == 0) return absl::DeadlineExceededError("shared memory: no answer in time");
     iovec iov{head, kFixed};
     alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))];
     msghdr msg{};
@@ -277,10 +278,10 @@ absl::StatusOr<ControlRequest> ReadControlRequest(int fd, uint32_t max_bytes,
   // were the body allocated up front, up to max_bytes) only this long.
   const absl::Time deadline = absl::Now() + frame_timeout;
   auto late = [&](const absl::Status& s) {
-    return absl::Now() >= deadline ? absl::DeadlineExceededError(
-                                         absl::StrCat("request: the frame was not complete within ",
-                                                      absl::FormatDuration(frame_timeout)))
-                                   : s;
+    return absl::IsDeadlineExceeded(s) ? absl::DeadlineExceededError(absl::StrCat(
+                                             "request: the frame was not complete within ",
+                                             absl::FormatDuration(frame_timeout)))
+                                       : s;
   };
   if (absl::Status s = ReadFull(fd, head + 1, sizeof(head) - 1, deadline); !s.ok()) return late(s);
   const uint32_t len = static_cast<uint32_t>(GetLE(head, 4));

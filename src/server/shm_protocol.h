@@ -77,9 +77,10 @@ struct ArenaGrant {
 
 // Client side: connects to `socket_path`, sends `token`, waits up to
 // `timeout` for the answer. With `session`, asks for a control session too
-// and returns its connection in session_fd. Unavailable when the daemon does
-// not answer, the daemon's code (PermissionDenied, ResourceExhausted...) on a
-// refusal.
+// and returns its connection in session_fd. Unavailable when the daemon
+// cannot be reached or closes the connection, DeadlineExceeded when it does
+// not answer in time, the daemon's code (PermissionDenied,
+// ResourceExhausted...) on a refusal.
 absl::StatusOr<ArenaGrant> RequestArena(const std::string& socket_path, absl::string_view token,
                                         absl::Duration timeout, bool session = false);
 

@@ -3,6 +3,7 @@
 #include <signal.h>
 #include <sys/stat.h>
 
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
@@ -10,6 +11,7 @@
 #include <iterator>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/match.h"
@@ -548,6 +550,20 @@ TEST(Daemon, LeasesAreLimitedPerPrincipal) {
   ASSERT_TRUE(stub->Release(Ctx(kTokenA).get(), rel, &rresp).ok());
   EXPECT_EQ(rresp.released(), 5u);
   EXPECT_TRUE(pin(kTokenA, 5, &more).ok());
+  // Concurrent requests cannot pass the limit together.
+  v1::ReleaseRequest rel2;
+  for (const v1::PinnedChunk& c : more.chunks()) rel2.add_pin_ids(c.pin_id());
+  ASSERT_TRUE(stub->Release(Ctx(kTokenA).get(), rel2, &rresp).ok());
+  std::atomic<int> granted{0};
+  std::vector<std::thread> callers;
+  for (int t = 0; t < 12; ++t) {
+    callers.emplace_back([&] {
+      v1::PinResponse r;
+      if (pin(kTokenA, 1, &r).ok()) granted.fetch_add(1);
+    });
+  }
+  for (std::thread& t : callers) t.join();
+  EXPECT_EQ(granted.load(), 5);
 }
 
 TEST(Daemon, ClientKeepsWorkingAcrossADaemonRestart) {

@@ -317,7 +317,18 @@ absl::Status NvmeTier::OpenVolume() {
                                                    ": the volume needs ", g.volume_bytes,
                                                    " bytes but ", volume_path_, " holds ", size));
   }
-  if (!device && (created || size == 0)) {
+  AlignedBuffer sector(kSectorBytes);
+  absl::Status read = size >= kSectorBytes && !created
+                          ? file_->ReadAt(0, sector.span())
+                          : absl::DataLossError("shorter than a superblock");
+  // A file of kvtier's that is new, empty, or whose superblock sector is all
+  // zeros (a first start that stopped between allocating the file and
+  // writing its superblock: nothing was stored) is formatted.
+  const bool blank =
+      !device && (created || size == 0 ||
+                  (read.ok() && std::all_of(sector.span().begin(), sector.span().end(),
+                                            [](std::byte b) { return b == std::byte{0}; })));
+  if (blank) {
     absl::Status s = FormatVolume();
     if (!s.ok()) {
       file_.reset();
@@ -326,20 +337,8 @@ absl::Status NvmeTier::OpenVolume() {
     }
     return env_->SyncDirectory(path);
   }
-
-  AlignedBuffer sector(kSectorBytes);
-  absl::Status read = size >= kSectorBytes ? file_->ReadAt(0, sector.span())
-                                           : absl::DataLossError("shorter than a superblock");
   absl::StatusOr<nvme::Superblock> sb =
       read.ok() ? nvme::DecodeSuperblock(sector.span()) : absl::StatusOr<nvme::Superblock>(read);
-  if (!sb.ok() && !device && read.ok() &&
-      std::all_of(sector.span().begin(), sector.span().end(),
-                  [](std::byte b) { return b == std::byte{0}; })) {
-    // kvtier's own file with a superblock never written: a first start that
-    // stopped between allocating the file and writing it. Nothing was stored.
-    KVTIER_RETURN_IF_ERROR(FormatVolume());
-    return env_->SyncDirectory(path);
-  }
   if (!sb.ok()) {
     if (device && options_.format_device) return FormatVolume();
     return absl::FailedPreconditionError(absl::StrCat(

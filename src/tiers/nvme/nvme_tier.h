@@ -300,7 +300,8 @@ class NvmeTier final : public StorageTier {
   absl::StatusOr<NvmeChunkInfo> Describe(uint64_t namespace_id, const BlockKey& key) const;
 
   // Waits for every operation in flight, writes the index snapshot (when
-  // write_snapshot) and closes the volume. Later calls fail with
+  // write_snapshot, and only after an open that completed) and closes the
+  // volume. Later calls fail with
   // FailedPrecondition. Returns the snapshot's write error, if any; safe to
   // call twice.
   absl::Status Close();
@@ -406,17 +407,17 @@ class NvmeTier final : public StorageTier {
   absl::Status Recover();
   absl::Status LoadSnapshot(std::string* rejected);
   absl::Status Scan();
-  // Reads `len` bytes at each offset through io_uring, a window at a time,
-  // and calls on_read(i, bytes) for each offsets[i] read in full. A read
-  // that fails fails the call (no new read starts), or, when `failed` is
-  // set, has its index appended to *failed while the others go on. Returns
+  // Reads each of `jobs` (offset, length) through io_uring, a window at a
+  // time, and calls on_read(i, bytes) for each jobs[i] read in full. A read
+  // that fails fails the call (no new read starts), or, when `failed_jobs`
+  // is set, has its index appended to *failed_jobs while the others go on. Returns
   // only once every read it submitted has completed (so none lands in freed
   // memory), except when the ring itself fails (Submit or Reap): then the
   // reads' buffer is leaked, ring_abandoned_ is set and the error returned;
   // the ring must not be used again (the open fails).
-  absl::Status ReadAll(absl::Span<const std::pair<uint64_t, uint64_t>> offsets_and_lens,
+  absl::Status ReadAll(absl::Span<const std::pair<uint64_t, uint64_t>> jobs,
                        absl::FunctionRef<void(size_t, const std::byte*)> on_read,
-                       std::vector<size_t>* failed = nullptr);
+                       std::vector<size_t>* failed_jobs = nullptr);
   absl::Status InvalidateSnapshot();
   absl::Status WriteSnapshot();
 

@@ -192,14 +192,14 @@ class ChunkLoad:
 @dataclasses.dataclass
 class RequestLoad:
     req_id: str
-    salt: str
+    salt: object  # _salt(): the cache salt, or (cache salt, LoRA adapter)
     chunks: list  # ChunkLoad, in chain order
 
 
 @dataclasses.dataclass
 class ChunkSave:
     req_id: str
-    salt: str
+    salt: object  # _salt(): the cache salt, or (cache salt, LoRA adapter)
     chunk: "kvtier.ChunkRef"
     block_ids: list
 
@@ -280,7 +280,7 @@ class _Lookup:
 @dataclasses.dataclass
 class _RequestState:
     request: object
-    salt: str
+    salt: object  # _salt(): the cache salt, or (cache salt, LoRA adapter)
     block_ids: list = dataclasses.field(default_factory=list)
     cacheable: bool = True  # False: never looked up or saved (see _cacheable)
     saved_chunks: int = 0  # leading chunks known to be stored
