@@ -758,11 +758,12 @@ TEST_F(BlobTest, LargeNamespaceRemovalStopsAtItsTimeLimitAndClose) {
   ASSERT_OK(client->CreateContainer(In(5000)));
   BlobCacheOptions o = BlobOptions();
   o.upload_workers = 1;
-  o.write_deadline_ms = 500;  // the namespace's limit: 5 s
+  o.write_deadline_ms = 400;  // the namespace's limit: 4 s
   const uint64_t ns = 0x3003;
   const std::string prefix = absl::StrFormat("%s/%016x/", o.prefix, ns);
-  // More objects than one page of 1000, written by 8 threads.
-  constexpr int kObjects = 2000;
+  // More objects than one page of 1000, written by 8 threads; deleting them
+  // one at a time takes longer than the limit (a few ms each).
+  constexpr int kObjects = 3000;
   {
     std::vector<std::thread> writers;
     std::atomic<int> failed{0};

@@ -16,6 +16,7 @@
 #include <sstream>
 #include <thread>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "src/common/temp_path.h"
@@ -163,33 +164,39 @@ absl::Status WaitForDaemon(const std::string& socket, Process* process, absl::Du
 absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const TempDir& dir,
                                                       const std::vector<std::string>& extra,
                                                       const std::string& log_name) {
-  auto d = std::unique_ptr<Daemon>(new Daemon());
-  d->socket_ = dir.File("kvtierd.sock");
-  d->http_port_ = FreePort();
   // A small NVMe tier in the test's folder (the default one would be shared
   // by every test, and large).
   std::error_code ec;
   std::filesystem::create_directories(dir.File("nvme"), ec);
-  std::vector<std::string> argv = {KvtierdPath(),
-                                   "--socket",
-                                   d->socket_,
-                                   "--http",
-                                   absl::StrCat("127.0.0.1:", d->http_port_),
-                                   "--dram",
-                                   "256MiB",
-                                   "--huge-pages",
-                                   "false",
-                                   "--nvme",
-                                   dir.File("nvme"),
-                                   "--nvme-capacity",
-                                   "64MiB"};
-  argv.insert(argv.end(), extra.begin(), extra.end());
-  absl::StatusOr<std::unique_ptr<Process>> p = Process::Start(argv, dir.File(log_name));
-  if (!p.ok()) return p.status();
-  d->process_ = std::move(*p);
-  absl::Status s = WaitForDaemon(d->socket_, d->process_.get(), absl::Seconds(20));
-  if (!s.ok()) return s;
-  return d;
+  // The http port is free when picked, but a test running beside this one
+  // may take it before kvtierd binds it: then it is picked again.
+  for (int attempt = 1;; ++attempt) {
+    auto d = std::unique_ptr<Daemon>(new Daemon());
+    d->socket_ = dir.File("kvtierd.sock");
+    d->http_port_ = FreePort();
+    std::vector<std::string> argv = {KvtierdPath(),
+                                     "--socket",
+                                     d->socket_,
+                                     "--http",
+                                     absl::StrCat("127.0.0.1:", d->http_port_),
+                                     "--dram",
+                                     "256MiB",
+                                     "--huge-pages",
+                                     "false",
+                                     "--nvme",
+                                     dir.File("nvme"),
+                                     "--nvme-capacity",
+                                     "64MiB"};
+    argv.insert(argv.end(), extra.begin(), extra.end());
+    absl::StatusOr<std::unique_ptr<Process>> p = Process::Start(argv, dir.File(log_name));
+    if (!p.ok()) return p.status();
+    d->process_ = std::move(*p);
+    absl::Status s = WaitForDaemon(d->socket_, d->process_.get(), absl::Seconds(20));
+    if (s.ok()) return d;
+    const bool http_taken = absl::StrContains(s.message(), "listen.http: cannot listen") &&
+                            absl::StrContains(s.message(), "Address already in use");
+    if (!http_taken || attempt == 3) return s;
+  }
 }
 
 Daemon::~Daemon() {

@@ -70,9 +70,24 @@ struct Node {
   std::string address() const { return absl::StrCat("127.0.0.1:", port); }
 };
 
+absl::Status StartNodeOnce(Node& n, const std::string& id, const std::vector<std::string>& peers,
+                           const std::vector<std::string>& more_flags);
+
 absl::Status StartNode(Node& n, const std::string& id, const std::vector<std::string>& peers,
                        const std::vector<std::string>& more_flags = {}) {
-  if (n.port == 0) n.port = FreePort();
+  const bool picked = n.port == 0;
+  for (int attempt = 1;; ++attempt) {
+    if (picked) n.port = FreePort();
+    absl::Status s = StartNodeOnce(n, id, peers, more_flags);
+    // A port picked free may be taken by a test beside this one first.
+    if (s.ok() || !picked || attempt == 3 || !absl::StrContains(s.message(), "in use")) {
+      return s;
+    }
+  }
+}
+
+absl::Status StartNodeOnce(Node& n, const std::string& id, const std::vector<std::string>& peers,
+                           const std::vector<std::string>& more_flags) {
   std::vector<std::string> flags = {"--tcp",
                                     n.address(),
                                     "--ucx",

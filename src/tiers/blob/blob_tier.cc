@@ -355,7 +355,8 @@ void BlobTier::DeleteNamespaceObjects(uint64_t namespace_id, absl::Time limit) {
     absl::Time deadline = WriteDeadline(limit, &cut);
     if (absl::Now() >= deadline) return stop("out of time", 0);
     absl::StatusOr<BlobListPage> page = client_->List(prefix, marker, 1000, deadline);
-    if (!(cut && absl::IsDeadlineExceeded(page.status()))) Note(page.status());
+    if (cut && absl::IsDeadlineExceeded(page.status())) return stop("out of time", 0);
+    Note(page.status());
     if (!page.ok()) {
       log_(absl::StrCat("blob: listing ", prefix,
                         " to remove the namespace failed: ", page.status().ToString()));
