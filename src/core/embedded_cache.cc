@@ -386,18 +386,20 @@ void EmbeddedCache::Demote(const ChunkMeta& meta, absl::Span<const std::byte> en
         skipped_io_error_.fetch_add(1, std::memory_order_relaxed);
         break;
     }
-    DemotionDone(absl::OkStatus(), demotion, /*started=*/false);
+    DemotionEnded(demotion);
   }
 }
 
-void EmbeddedCache::DemotionDone(const absl::Status& status, uint64_t demotion, bool started) {
-  if (started) {
-    if (status.ok()) {
-      demoted_.fetch_add(1, std::memory_order_relaxed);
-    } else {
-      skipped_io_error_.fetch_add(1, std::memory_order_relaxed);
-    }
+void EmbeddedCache::DemotionDone(const absl::Status& status, uint64_t demotion) {
+  if (status.ok()) {
+    demoted_.fetch_add(1, std::memory_order_relaxed);
+  } else {
+    skipped_io_error_.fetch_add(1, std::memory_order_relaxed);
   }
+  DemotionEnded(demotion);
+}
+
+void EmbeddedCache::DemotionEnded(uint64_t demotion) {
   absl::MutexLock lock(&demote_mu_);
   --demotions_in_flight_;
   demotions_open_.erase(demotion);

@@ -161,9 +161,9 @@ class EmbeddedCache final : public Cache {
   void StartWorkers();
   // DramTierOptions::on_evict.
   void Demote(const ChunkMeta& meta, absl::Span<const std::byte> encoded);
-  // `started`: false for a demotion NVMe refused before writing (counted
-  // where it was refused).
-  void DemotionDone(const absl::Status& status, uint64_t demotion, bool started = true);
+  void DemotionDone(const absl::Status& status, uint64_t demotion);
+  // Forgets a demotion that ended (written, failed, or refused by NVMe).
+  void DemotionEnded(uint64_t demotion);
   // Waits until no demotion of the namespace's chunks that began before the
   // call is being written (later ones do not hold it up).
   void WaitForNamespaceDemotions(uint64_t namespace_id);

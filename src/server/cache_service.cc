@@ -155,6 +155,12 @@ grpc::Status CacheService::Finish(Metrics::RpcTimer& timer, Method method, const
   return ToGrpcStatus(status);
 }
 
+absl::Status CacheService::RequireArena(const Principal& who, absl::string_view method) {
+  if (who.shared_memory) return absl::OkStatus();
+  return absl::PermissionDeniedError(absl::StrCat(
+      method, ": tenant '", who.name, "' may not use the shared arena (shared_memory)"));
+}
+
 uint64_t CacheService::NewLeaseId() {
   for (;;) {
     uint64_t id = RandomU64();
@@ -573,10 +579,7 @@ absl::Status CacheService::DoLoad(grpc::ServerContext* ctx, const v1::LoadReques
 
 absl::Status CacheService::DoReserve(grpc::ServerContext*, const v1::ReserveRequest& req,
                                      v1::ReserveResponse& resp, Principal& who) {
-  if (!who.shared_memory) {
-    return absl::PermissionDeniedError(absl::StrCat(
-        "Reserve: tenant '", who.name, "' may not write the shared arena (shared_memory)"));
-  }
+  KVTIER_RETURN_IF_ERROR(RequireArena(who, "Reserve"));
   if (static_cast<size_t>(req.chunks_size()) > options_.max_keys_per_request) {
     return TooMany("chunks", req.chunks_size(), options_.max_keys_per_request,
                    "limits.max_keys_per_request");
@@ -679,10 +682,7 @@ absl::Status CacheService::DoPin(grpc::ServerContext*, const v1::PinRequest& req
                                  v1::PinResponse& resp, Principal& who) {
   // A pin hands out an offset in the mapped arena: of no use to a caller
   // that cannot map it, and it holds chunks in DRAM.
-  if (!who.shared_memory) {
-    return absl::PermissionDeniedError(
-        absl::StrCat("Pin: tenant '", who.name, "' may not map the shared arena (shared_memory)"));
-  }
+  KVTIER_RETURN_IF_ERROR(RequireArena(who, "Pin"));
   KVTIER_ASSIGN_OR_RETURN(std::vector<BlockKey> keys,
                           wire::KeysFromProto(req.keys(), "keys", options_.max_keys_per_request));
   KVTIER_ASSIGN_OR_RETURN(Namespace ns, OpenNamespace(who, req.has_namespace_(), req.namespace_()));

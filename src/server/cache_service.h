@@ -151,6 +151,8 @@ class CacheService final : public grpc::Service {
                       v1::SaveResponse& resp, Principal& who);
   absl::Status DoLoad(grpc::ServerContext* ctx, const v1::LoadRequest& req,
                       grpc::ServerWriter<wire::LoadFrame>* writer, Principal& who);
+  // PermissionDenied unless `who` may map the DRAM arena (Reserve, Pin).
+  static absl::Status RequireArena(const Principal& who, absl::string_view method);
   absl::Status DoReserve(grpc::ServerContext* ctx, const v1::ReserveRequest& req,
                          v1::ReserveResponse& resp, Principal& who);
   absl::Status DoCommit(grpc::ServerContext* ctx, const v1::CommitRequest& req,

@@ -530,9 +530,10 @@ std::vector<absl::Status> RemoteReader::FetchFrom(const Namespace& ns,
     Drop(address, conn->peer.get());
   }
   for (size_t i : written_elsewhere) {
-    while (!cache_->dram().CouldExist(ns.id(), keys[i])) {
+    for (DramTier::Presence p;
+         (p = cache_->dram().Find(ns.id(), keys[i])) != DramTier::Presence::kReady;) {
       // The other read failed its check (the slot is gone) or is late.
-      if (absl::Now() >= deadline || !cache_->dram().Writing(ns.id(), keys[i])) {
+      if (p == DramTier::Presence::kAbsent || absl::Now() >= deadline) {
         out[i] = absl::UnavailableError(absl::StrCat(
             "chunk ", keys[i].ToHex(), ": another read of it did not complete in time"));
         break;

@@ -747,19 +747,16 @@ void DramTier::ReleasePin(uint64_t handle) {
 }
 
 bool DramTier::CouldExist(uint64_t namespace_id, const BlockKey& key) const {
-  IndexKey k{namespace_id, key};
-  Shard& sh = ShardFor(k);
-  absl::MutexLock lock(&sh.mu);
-  auto it = sh.map.find(k);
-  return it != sh.map.end() && it->second.ready;
+  return Find(namespace_id, key) == Presence::kReady;
 }
 
-bool DramTier::Writing(uint64_t namespace_id, const BlockKey& key) const {
+DramTier::Presence DramTier::Find(uint64_t namespace_id, const BlockKey& key) const {
   IndexKey k{namespace_id, key};
   Shard& sh = ShardFor(k);
   absl::MutexLock lock(&sh.mu);
   auto it = sh.map.find(k);
-  return it != sh.map.end() && !it->second.ready;
+  if (it == sh.map.end()) return Presence::kAbsent;
+  return it->second.ready ? Presence::kReady : Presence::kWriting;
 }
 
 size_t DramTier::MatchPrefix(uint64_t namespace_id, absl::Span<const BlockKey> chain) const {

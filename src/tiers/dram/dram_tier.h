@@ -77,8 +77,9 @@ class DramTier final : public StorageTier, public ChunkPin::Releaser {
   absl::StatusOr<size_t> Get(uint64_t namespace_id, const BlockKey& key,
                              absl::Span<std::byte> out) override;
   bool CouldExist(uint64_t namespace_id, const BlockKey& key) const override;
-  // Whether the key is reserved and still being written (not yet readable).
-  bool Writing(uint64_t namespace_id, const BlockKey& key) const;
+  // Where a key stands: absent, reserved and still being written, or readable.
+  enum class Presence { kAbsent, kWriting, kReady };
+  Presence Find(uint64_t namespace_id, const BlockKey& key) const;
   absl::Status Remove(uint64_t namespace_id, const BlockKey& key) override;
   absl::Status Flush() override { return absl::OkStatus(); }
   TierStats Stats() const override;
