@@ -6,8 +6,6 @@
 #include <unistd.h>
 
 #include <cstring>
-#include <fstream>
-#include <sstream>
 #include <utility>
 
 #include "absl/base/thread_annotations.h"
@@ -25,6 +23,7 @@
 #include "src/common/status_macros.h"
 #include "src/core/embedded_cache.h"
 #include "src/server/frames.h"
+#include "src/server/grpc_tls.h"
 #include "src/server/shm_protocol.h"
 #include "src/server/status_convert.h"
 #include "src/server/wire.h"
@@ -44,14 +43,6 @@ std::string DefaultSocketPath() {
   const char* xdg = std::getenv("XDG_RUNTIME_DIR");
   if (xdg != nullptr && *xdg != '\0') return absl::StrCat(xdg, "/kvtier/kvtierd.sock");
   return absl::StrCat("/tmp/kvtier-", getuid(), "/kvtierd.sock");
-}
-
-absl::StatusOr<std::string> ReadFile(const std::string& path, const std::string& field) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::InvalidArgumentError(absl::StrCat(field, ": cannot read '", path, "'"));
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
 }
 
 absl::Status StatusOf(const v1::ChunkStatus& s) { return FromCode(s.code(), s.message()); }
@@ -497,13 +488,10 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Create(const ClientOptions& give
   std::shared_ptr<grpc::ChannelCredentials> creds = grpc::InsecureChannelCredentials();
   std::string target = options.address.empty() ? "unix:" + options.socket_path : options.address;
   if (!options.tls_ca_file.empty()) {
-    grpc::SslCredentialsOptions ssl;
-    KVTIER_ASSIGN_OR_RETURN(ssl.pem_root_certs, ReadFile(options.tls_ca_file, "tls_ca_file"));
-    if (!options.tls_cert_file.empty()) {
-      KVTIER_ASSIGN_OR_RETURN(ssl.pem_cert_chain, ReadFile(options.tls_cert_file, "tls_cert_file"));
-      KVTIER_ASSIGN_OR_RETURN(ssl.pem_private_key, ReadFile(options.tls_key_file, "tls_key_file"));
-    }
-    creds = grpc::SslCredentials(ssl);
+    KVTIER_ASSIGN_OR_RETURN(creds,
+                            server::ChannelCredentials({options.tls_ca_file, "tls_ca_file"},
+                                                       {options.tls_cert_file, "tls_cert_file"},
+                                                       {options.tls_key_file, "tls_key_file"}));
     if (!options.tls_server_name.empty()) args.SetSslTargetNameOverride(options.tls_server_name);
   }
   auto channel = grpc::CreateCustomChannel(target, creds, args);

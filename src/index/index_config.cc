@@ -63,6 +63,38 @@ absl::Status Apply(const std::string& key, const std::string& v, const std::stri
   } else if (key == "nats.memory_storage") {
     KVTIER_ASSIGN_OR_RETURN(bool m, ParseBool(v, field));
     o.stream.file_storage = !m;
+  } else if (key == "nats.token") {
+    o.nats.token = v;
+  } else if (key == "nats.token_file") {
+    KVTIER_ASSIGN_OR_RETURN(o.nats.token, server::ReadTokenFile(v, field));
+  } else if (key == "nats.user") {
+    o.nats.user = v;
+  } else if (key == "nats.password") {
+    o.nats.password = v;
+  } else if (key == "nats.password_file") {
+    KVTIER_ASSIGN_OR_RETURN(o.nats.password, server::ReadTokenFile(v, field));
+  } else if (key == "nats.ca_file") {
+    o.nats.ca_file = v;
+  } else if (key == "nats.cert_file") {
+    o.nats.cert_file = v;
+  } else if (key == "nats.key_file") {
+    o.nats.key_file = v;
+  } else if (key == "nats.tls_name") {
+    o.nats.tls_name = v;
+  } else if (key == "api_token") {
+    o.api_token = v;
+  } else if (key == "api_token_file") {
+    KVTIER_ASSIGN_OR_RETURN(o.api_token, server::ReadTokenFile(v, field));
+  } else if (key == "allow_insecure_tcp") {
+    KVTIER_ASSIGN_OR_RETURN(o.allow_insecure_tcp, ParseBool(v, field));
+  } else if (key == "tls.cert_file") {
+    o.tls.cert_file = v;
+  } else if (key == "tls.key_file") {
+    o.tls.key_file = v;
+  } else if (key == "tls.client_ca_file") {
+    o.tls.client_ca_file = v;
+  } else if (key == "tls.require_client_cert") {
+    KVTIER_ASSIGN_OR_RETURN(o.tls.require_client_cert, ParseBool(v, field));
   } else if (key == "grpc") {
     o.grpc = v;
   } else if (key == "http") {
@@ -95,15 +127,34 @@ absl::Status Apply(const std::string& key, const std::string& v, const std::stri
 }
 
 const std::set<std::string>& TopKeys() {
-  static const auto* k =
-      new std::set<std::string>{"nats",        "grpc",      "http",      "status_token",
-                                "max_entries", "shards",    "max_nodes", "node_timeout_seconds",
-                                "max_chain",   "log_level", "zmq"};
+  static const auto* k = new std::set<std::string>{"nats",
+                                                   "grpc",
+                                                   "http",
+                                                   "status_token",
+                                                   "max_entries",
+                                                   "shards",
+                                                   "max_nodes",
+                                                   "node_timeout_seconds",
+                                                   "max_chain",
+                                                   "log_level",
+                                                   "zmq",
+                                                   "api_token",
+                                                   "api_token_file",
+                                                   "allow_insecure_tcp",
+                                                   "tls"};
   return *k;
 }
 const std::set<std::string>& NatsKeys() {
-  static const auto* k = new std::set<std::string>{"url",       "stream",        "max_age_seconds",
-                                                   "max_bytes", "create_stream", "memory_storage"};
+  static const auto* k =
+      new std::set<std::string>{"url",           "stream",         "max_age_seconds", "max_bytes",
+                                "create_stream", "memory_storage", "token",           "token_file",
+                                "user",          "password",       "password_file",   "ca_file",
+                                "cert_file",     "key_file",       "tls_name"};
+  return *k;
+}
+const std::set<std::string>& TlsKeys() {
+  static const auto* k =
+      new std::set<std::string>{"cert_file", "key_file", "client_ca_file", "require_client_cert"};
   return *k;
 }
 
@@ -163,7 +214,8 @@ struct EnvVar {
 constexpr EnvVar kEnv[] = {
     {"KVTIER_INDEX_NATS_URL", "nats.url"},   {"KVTIER_INDEX_GRPC", "grpc"},
     {"KVTIER_INDEX_HTTP", "http"},           {"KVTIER_INDEX_LOG_LEVEL", "log_level"},
-    {"KVTIER_STATUS_TOKEN", "status_token"},
+    {"KVTIER_STATUS_TOKEN", "status_token"}, {"KVTIER_INDEX_TOKEN", "api_token"},
+    {"KVTIER_NATS_TOKEN", "nats.token"},     {"KVTIER_NATS_PASSWORD", "nats.password"},
 };
 
 constexpr Flag kFlags[] = {
@@ -172,6 +224,14 @@ constexpr Flag kFlags[] = {
     {"grpc", "grpc", "host:port of the Index gRPC service (127.0.0.1:7070)"},
     {"http", "http", "host:port of /metrics /healthz /readyz (127.0.0.1:9465); '' = off"},
     {"status-token", "status_token", "bearer token of the status page (needed off loopback)"},
+    {"api-token-file", "api_token_file", "file holding the token Index calls must send"},
+    {"tls-cert", "tls.cert_file", "PEM server certificate (TLS on the gRPC listener)"},
+    {"tls-key", "tls.key_file", "PEM private key of --tls-cert"},
+    {"tls-client-ca", "tls.client_ca_file", "PEM CA of client certificates"},
+    {"require-client-cert", "tls.require_client_cert", "mTLS: true or false"},
+    {"allow-insecure-tcp", "allow_insecure_tcp", "allow a non-loopback --grpc without TLS"},
+    {"nats-token-file", "nats.token_file", "file holding the NATS token"},
+    {"nats-ca", "nats.ca_file", "PEM CA of the NATS server (TLS to NATS)"},
     {"max-entries", "max_entries", "(key, node) entries kept; oldest dropped first"},
     {"zmq", nullptr, "vLLM KV-event endpoint to read, [NODE_ID=]tcp://host:port (repeatable)"},
     {"node-timeout", "node_timeout_seconds", "seconds without a heartbeat before a node is dead"},
@@ -209,10 +269,11 @@ absl::Status ApplyIndexYaml(const std::string& yaml_text, IndexCommandLine& out)
       const std::string k = kv.first.as<std::string>();
       if (k == "zmq") {
         KVTIER_RETURN_IF_ERROR(ApplyZmq(kv.second, out));
-      } else if (k == "nats") {
-        KVTIER_RETURN_IF_ERROR(CheckKeys(kv.second, "nats", NatsKeys()));
+      } else if (k == "nats" || k == "tls") {
+        KVTIER_RETURN_IF_ERROR(CheckKeys(kv.second, k, k == "nats" ? NatsKeys() : TlsKeys()));
         for (const auto& nk : kv.second) {
-          const std::string path = "nats." + nk.first.as<std::string>();
+          const std::string path = absl::StrCat(k, ".", nk.first.as<std::string>());
+          if (!nk.second.IsScalar()) return Invalid(path, "must be a single value");
           KVTIER_RETURN_IF_ERROR(Apply(path, nk.second.as<std::string>(), path, out));
         }
       } else {
@@ -238,19 +299,35 @@ absl::Status ApplyIndexEnv(const std::vector<std::pair<std::string, std::string>
 
 std::string EffectiveIndexConfig(const IndexCommandLine& c) {
   const IndexServerOptions& o = c.options;
+  auto redact = [](const std::string& v) { return v.empty() ? std::string() : "<redacted>"; };
   YAML::Emitter out;
   out << YAML::BeginMap;
   out << YAML::Key << "nats" << YAML::Value << YAML::BeginMap;
-  out << YAML::Key << "url" << YAML::Value << o.nats.url;
+  out << YAML::Key << "url" << YAML::Value << RedactNatsUrls(o.nats.url);
   out << YAML::Key << "stream" << YAML::Value << o.stream.name;
   out << YAML::Key << "max_age_seconds" << YAML::Value << absl::ToDoubleSeconds(o.stream.max_age);
   out << YAML::Key << "max_bytes" << YAML::Value << o.stream.max_bytes;
   out << YAML::Key << "create_stream" << YAML::Value << o.create_stream;
   out << YAML::Key << "memory_storage" << YAML::Value << !o.stream.file_storage;
+  out << YAML::Key << "token" << YAML::Value << redact(o.nats.token);
+  out << YAML::Key << "user" << YAML::Value << o.nats.user;
+  out << YAML::Key << "password" << YAML::Value << redact(o.nats.password);
+  out << YAML::Key << "ca_file" << YAML::Value << o.nats.ca_file;
+  out << YAML::Key << "cert_file" << YAML::Value << o.nats.cert_file;
+  out << YAML::Key << "key_file" << YAML::Value << o.nats.key_file;
+  out << YAML::Key << "tls_name" << YAML::Value << o.nats.tls_name;
   out << YAML::EndMap;
   out << YAML::Key << "grpc" << YAML::Value << o.grpc;
+  out << YAML::Key << "allow_insecure_tcp" << YAML::Value << o.allow_insecure_tcp;
+  out << YAML::Key << "api_token" << YAML::Value << redact(o.api_token);
+  out << YAML::Key << "tls" << YAML::Value << YAML::BeginMap;
+  out << YAML::Key << "cert_file" << YAML::Value << o.tls.cert_file;
+  out << YAML::Key << "key_file" << YAML::Value << o.tls.key_file;
+  out << YAML::Key << "client_ca_file" << YAML::Value << o.tls.client_ca_file;
+  out << YAML::Key << "require_client_cert" << YAML::Value << o.tls.require_client_cert;
+  out << YAML::EndMap;
   out << YAML::Key << "http" << YAML::Value << o.http;
-  out << YAML::Key << "status_token" << YAML::Value << (o.status_token.empty() ? "" : "<redacted>");
+  out << YAML::Key << "status_token" << YAML::Value << redact(o.status_token);
   out << YAML::Key << "max_entries" << YAML::Value << o.index.max_entries;
   out << YAML::Key << "shards" << YAML::Value << o.index.shards;
   out << YAML::Key << "max_nodes" << YAML::Value << o.index.max_nodes;

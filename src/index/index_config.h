@@ -1,6 +1,7 @@
 // kvtier-index's configuration: defaults, then a YAML file (--config), then
-// the environment (KVTIER_INDEX_*, KVTIER_STATUS_TOKEN), then flags (later
-// wins). docs/cluster-index.md lists every key.
+// the environment (KVTIER_INDEX_*, KVTIER_STATUS_TOKEN, KVTIER_NATS_TOKEN,
+// KVTIER_NATS_PASSWORD), then flags (later wins). Token and password files
+// are read as they are applied. docs/cluster-index.md lists every key.
 //
 // Thread-safety: pure functions (apart from reading the config file).
 #ifndef KVTIER_SRC_INDEX_INDEX_CONFIG_H_
@@ -26,11 +27,12 @@ struct IndexCommandLine {
 
 // Applies the variables of `env` (name, value) that name a setting:
 // KVTIER_INDEX_NATS_URL, KVTIER_INDEX_GRPC, KVTIER_INDEX_HTTP,
-// KVTIER_INDEX_LOG_LEVEL and KVTIER_STATUS_TOKEN. Others are ignored.
+// KVTIER_INDEX_LOG_LEVEL, KVTIER_INDEX_TOKEN (api_token), KVTIER_STATUS_TOKEN,
+// KVTIER_NATS_TOKEN and KVTIER_NATS_PASSWORD. Others are ignored.
 absl::Status ApplyIndexEnv(const std::vector<std::pair<std::string, std::string>>& env,
                            IndexCommandLine& out);
 
-// The effective settings as YAML, the status token redacted.
+// The effective settings as YAML, tokens and passwords redacted.
 std::string EffectiveIndexConfig(const IndexCommandLine& c);
 
 // Applies a YAML document. Unknown keys are errors naming them.

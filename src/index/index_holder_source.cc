@@ -6,10 +6,25 @@
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
 #include "kvtier/v1/index.grpc.pb.h"
+#include "src/common/status_macros.h"
 #include "src/index/event_publisher.h"
+#include "src/server/grpc_tls.h"
 #include "src/server/wire.h"
 
 namespace kvtier::index {
+namespace {
+
+bool IsAuthError(const grpc::Status& s) {
+  return s.error_code() == grpc::StatusCode::UNAUTHENTICATED ||
+         s.error_code() == grpc::StatusCode::PERMISSION_DENIED;
+}
+
+absl::Status AuthError(const std::string& address, const grpc::Status& s) {
+  return absl::PermissionDeniedError(absl::StrCat(
+      "index at ", address, " refused the call (check cluster.index_token): ", s.error_message()));
+}
+
+}  // namespace
 
 struct IndexHolderSource::Replica {
   std::string address;
@@ -28,6 +43,12 @@ absl::Status IndexHolderSourceOptions::Validate() const {
   }
   if (absl::Status s = ValidateNodeId(self_node_id, "node_id"); !s.ok()) return s;
   if (max_holders == 0) return absl::InvalidArgumentError("max_holders: must be at least 1");
+  if (cert_file.empty() != key_file.empty()) {
+    return absl::InvalidArgumentError("tls.cert_file, tls.key_file: set both or neither");
+  }
+  if (!tls_name.empty() && ca_file.empty()) {
+    return absl::InvalidArgumentError("cluster.index_tls_name: needs cluster.index_ca_file");
+  }
   return absl::OkStatus();
 }
 
@@ -39,13 +60,41 @@ absl::StatusOr<std::unique_ptr<IndexHolderSource>> IndexHolderSource::Create(
     const IndexHolderSourceOptions& options) {
   if (absl::Status s = options.Validate(); !s.ok()) return s;
   std::unique_ptr<IndexHolderSource> src(new IndexHolderSource(options));
+  std::shared_ptr<grpc::ChannelCredentials> credentials = grpc::InsecureChannelCredentials();
+  grpc::ChannelArguments args;
+  if (!options.ca_file.empty()) {
+    KVTIER_ASSIGN_OR_RETURN(credentials,
+                            server::ChannelCredentials({options.ca_file, "cluster.index_ca_file"},
+                                                       {options.cert_file, "tls.cert_file"},
+                                                       {options.key_file, "tls.key_file"}));
+    if (!options.tls_name.empty()) args.SetSslTargetNameOverride(options.tls_name);
+  }
   for (const std::string& a : options.index_addresses) {
     auto r = std::make_unique<Replica>();
     r->address = a;
-    r->stub = v1::Index::NewStub(grpc::CreateChannel(a, grpc::InsecureChannelCredentials()));
+    r->stub = v1::Index::NewStub(grpc::CreateCustomChannel(a, credentials, args));
     src->replicas_.push_back(std::move(r));
   }
   return src;
+}
+
+void IndexHolderSource::Prepare(grpc::ClientContext& ctx, absl::Time deadline) const {
+  ctx.set_deadline(absl::ToChronoTime(deadline));
+  if (!options_.token.empty()) ctx.AddMetadata("authorization", "Bearer " + options_.token);
+}
+
+absl::Status IndexHolderSource::Check(absl::Time deadline) {
+  absl::Status last = absl::UnavailableError("no index replica answered");
+  for (const std::unique_ptr<Replica>& r : replicas_) {
+    grpc::ClientContext ctx;
+    Prepare(ctx, deadline);
+    v1::IndexStatsResponse resp;
+    const grpc::Status s = r->stub->Stats(&ctx, v1::IndexStatsRequest(), &resp);
+    if (s.ok()) return absl::OkStatus();
+    if (IsAuthError(s)) return AuthError(r->address, s);
+    last = absl::UnavailableError(absl::StrCat("index at ", r->address, ": ", s.error_message()));
+  }
+  return last;
 }
 
 absl::StatusOr<std::vector<transfer::RemoteHolder>> IndexHolderSource::FindHolders(
@@ -70,7 +119,7 @@ absl::StatusOr<std::vector<transfer::RemoteHolder>> IndexHolderSource::FindHolde
     }
     Replica& r = *replicas_[(first + attempt) % n];
     grpc::ClientContext ctx;
-    ctx.set_deadline(absl::ToChronoTime(deadline));
+    Prepare(ctx, deadline);
     v1::IndexLookupResponse resp;
     const grpc::Status s = r.stub->Lookup(&ctx, req, &resp);
     if (s.ok()) {
@@ -91,6 +140,7 @@ absl::StatusOr<std::vector<transfer::RemoteHolder>> IndexHolderSource::FindHolde
       return absl::DeadlineExceededError(
           absl::StrCat("index lookup at ", r.address, ": deadline exceeded"));
     }
+    if (IsAuthError(s)) return AuthError(r.address, s);
     if (s.error_code() == grpc::StatusCode::INVALID_ARGUMENT) {
       return absl::InvalidArgumentError(absl::StrCat("index lookup: ", s.error_message()));
     }

@@ -5,7 +5,8 @@
 // whose heartbeat was not seen) are left out, and so is this node.
 //
 // Several replicas may be configured; a replica that is unreachable or not
-// ready is skipped for the next one while the deadline allows.
+// ready is skipped for the next one while the deadline allows. Calls carry
+// the replicas' API token and use TLS when a CA is configured.
 //
 // Thread-safety: FindHolders may be called from any number of threads.
 #ifndef KVTIER_SRC_INDEX_INDEX_HOLDER_SOURCE_H_
@@ -17,6 +18,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "grpcpp/client_context.h"
 #include "src/transfer/holder_source.h"
 
 namespace kvtier::index {
@@ -25,6 +27,11 @@ struct IndexHolderSourceOptions {
   std::vector<std::string> index_addresses;  // host:port of kvtier-index replicas (>= 1)
   std::string self_node_id;                  // this node's id: never listed
   uint32_t max_holders = 8;                  // holders returned at most (longest first)
+  std::string token;                         // sent as "authorization: Bearer <token>"; "" = none
+  std::string ca_file;                       // PEM CA of the replicas' certificates; set = TLS
+  std::string cert_file;                     // PEM client certificate presented over TLS; "" = none
+  std::string key_file;                      // its private key
+  std::string tls_name;  // name to check in the replicas' certificates; "" = the address
 
   absl::Status Validate() const;
 };
@@ -35,13 +42,23 @@ class IndexHolderSource final : public transfer::HolderSource {
       const IndexHolderSourceOptions& options);
   ~IndexHolderSource() override;
 
+  // PERMISSION_DENIED (at once, no other replica tried) when a replica
+  // refuses the token; UNAVAILABLE when none answers.
   absl::StatusOr<std::vector<transfer::RemoteHolder>> FindHolders(uint64_t namespace_id,
                                                                   absl::Span<const BlockKey> chain,
                                                                   absl::Time deadline) override;
 
+  // Asks each replica for its Stats: OK when one answers, PERMISSION_DENIED
+  // when one refuses the token, else UNAVAILABLE (which includes a TLS
+  // handshake that fails: gRPC reports it as unreachable). For a warning at
+  // start; FindHolders does not depend on it.
+  absl::Status Check(absl::Time deadline);
+
  private:
   struct Replica;
   explicit IndexHolderSource(const IndexHolderSourceOptions& options);
+  // The call's deadline and token.
+  void Prepare(grpc::ClientContext& ctx, absl::Time deadline) const;
 
   const IndexHolderSourceOptions options_;
   std::vector<std::unique_ptr<Replica>> replicas_;

@@ -11,6 +11,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
+#include "absl/strings/strip.h"
 #include "grpcpp/security/server_credentials.h"
 #include "grpcpp/server_builder.h"
 #include "kvtier/namespace.h"
@@ -20,6 +21,7 @@
 #include "prometheus/text_serializer.h"
 #include "src/common/status_macros.h"
 #include "src/index/event_publisher.h"
+#include "src/server/grpc_tls.h"
 #include "src/server/status_convert.h"
 #include "src/server/wire.h"
 
@@ -28,9 +30,7 @@ namespace {
 
 // Whether "host:port" listens on loopback only.
 bool IsLoopback(const std::string& host_port) {
-  std::string host = host_port.substr(0, host_port.rfind(':'));
-  if (host.size() >= 2 && host.front() == '[') host = host.substr(1, host.size() - 2);
-  return host == "localhost" || host == "::1" || absl::StartsWith(host, "127.");
+  return server::IsLoopbackHost(server::HostOf(host_port));
 }
 
 using prometheus::ClientMetric;
@@ -63,13 +63,37 @@ absl::Status Invalid(absl::string_view field, absl::string_view why) {
 // ---- options --------------------------------------------------------------------
 
 absl::Status IndexServerOptions::Validate() const {
-  KVTIER_RETURN_IF_ERROR(nats.Validate());
+  if (absl::Status s = nats.Validate(); !s.ok()) {
+    // "nats <option>: why" names the nats.<option> key.
+    absl::string_view why = s.message();
+    return absl::InvalidArgumentError(
+        absl::ConsumePrefix(&why, "nats ") ? absl::StrCat("nats.", why) : std::string(s.message()));
+  }
   KVTIER_RETURN_IF_ERROR(index.Validate());
   if (grpc.empty() || grpc.rfind(':') == std::string::npos) {
     return Invalid("grpc", absl::StrCat("'", grpc, "' is not host:port"));
   }
   if (!http.empty() && http.rfind(':') == std::string::npos) {
     return Invalid("http", absl::StrCat("'", http, "' is not host:port"));
+  }
+  KVTIER_RETURN_IF_ERROR(server::ValidateTls(tls, "tls"));
+  if (!IsLoopback(grpc)) {
+    // The API tells where every tenant's prefixes live: off loopback it
+    // needs a token and, unless allowed, TLS.
+    if (api_token.empty()) {
+      return Invalid("api_token", absl::StrCat("required: grpc '", grpc,
+                                               "' is not a loopback address (set api_token or "
+                                               "api_token_file, or KVTIER_INDEX_TOKEN)"));
+    }
+    if (!tls.enabled() && !allow_insecure_tcp) {
+      return Invalid("grpc", absl::StrCat("'", grpc,
+                                          "' is not a loopback address: set tls.cert_file and "
+                                          "tls.key_file (or allow_insecure_tcp: true)"));
+    }
+  }
+  if (!api_token.empty() && api_token.size() < kMinApiTokenLength) {
+    return Invalid("api_token",
+                   absl::StrCat("must be at least ", kMinApiTokenLength, " characters"));
   }
   if (max_chain == 0) return Invalid("max_chain", "must be at least 1");
   for (size_t i = 0; i < zmq.size(); ++i) {
@@ -128,10 +152,13 @@ absl::Status IndexServer::Init(std::string version) {
   KVTIER_ASSIGN_OR_RETURN(index_, ClusterIndex::Create(options_.index));
   ingest_ = std::make_unique<EventIngest>(index_.get());
   service_ = std::make_unique<IndexService>(
-      index_.get(), ingest_.get(), [this] { return ready(); }, options_.max_chain);
+      index_.get(), ingest_.get(), [this] { return ready(); }, options_.max_chain,
+      options_.api_token);
 
+  KVTIER_ASSIGN_OR_RETURN(std::shared_ptr<grpc::ServerCredentials> credentials,
+                          server::ServerCredentials(options_.tls, "tls"));
   grpc::ServerBuilder builder;
-  builder.AddListeningPort(options_.grpc, grpc::InsecureServerCredentials(), &grpc_port_);
+  builder.AddListeningPort(options_.grpc, credentials, &grpc_port_);
   builder.RegisterService(service_.get());
   grpc_ = builder.BuildAndStart();
   if (grpc_ == nullptr || grpc_port_ == 0) {
@@ -153,7 +180,7 @@ absl::Status IndexServer::Init(std::string version) {
                      return r.has_value() ? *std::move(r) : ServeHttp(request.path);
                    }),
                    log_));
-    if (po.require_token && options_.status_token.empty()) {
+    if (!IsLoopback(options_.http) && options_.status_token.empty()) {
       log_->Warn("status page off",
                  {{"reason", "http is not loopback and status_token is not set"}});
     }
@@ -203,7 +230,10 @@ absl::Status IndexServer::Init(std::string version) {
        {"http",
         http_ ? absl::StrCat(options_.http.substr(0, options_.http.rfind(':')), ":", http_->port())
               : std::string("off")},
-       {"nats", options_.nats.url},
+       {"tls", options_.tls.enabled()},
+       {"mtls", options_.tls.require_client_cert},
+       {"api_token", !options_.api_token.empty()},
+       {"nats", RedactNatsUrls(options_.nats.url)},
        {"replay_target", replay_target_},
        {"zmq_endpoints", static_cast<uint64_t>(options_.zmq.size())}});
   return absl::OkStatus();
@@ -360,6 +390,9 @@ std::string IndexServer::RenderMetrics() const {
   f.push_back(Family("kvtier_index_lookups_total", "Lookups answered.", kC, s.lookups));
   f.push_back(Family("kvtier_index_lookup_errors_total", "Lookups refused (bad input, not ready).",
                      kC, service_->lookup_errors()));
+  f.push_back(Family("kvtier_index_auth_failures_total",
+                     "Index calls refused for a missing or wrong token.", kC,
+                     service_->auth_failures()));
   f.push_back(Family("kvtier_index_nodes", "Nodes known.", kG, s.nodes));
   f.push_back(Family("kvtier_index_alive_nodes", "Nodes answered for (heartbeat fresh).", kG,
                      s.alive_nodes));

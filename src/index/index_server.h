@@ -24,6 +24,7 @@
 #include "src/index/event_ingest.h"
 #include "src/index/index_service.h"
 #include "src/index/nats_bus.h"
+#include "src/server/grpc_tls.h"
 #include "src/server/http_server.h"
 #include "src/server/log.h"
 #include "src/server/status_page.h"
@@ -38,11 +39,17 @@ struct VllmEndpoint {
   uint64_t namespace_id = 0;  // vLLM hash space; 0 = VllmNamespaceId()
 };
 
+// Shortest api_token accepted (as kvtierd's tokens).
+inline constexpr size_t kMinApiTokenLength = 16;
+
 struct IndexServerOptions {
   NatsBusOptions nats;                  // the NATS server(s)
   std::string grpc = "127.0.0.1:7070";  // host:port of the Index service (port 0: any)
   std::string http = "127.0.0.1:9465";  // host:port of /metrics /healthz /readyz; "" = off
   std::string status_token;             // bearer token of "/" and /api/v1/status; "" = none
+  std::string api_token;  // bearer token every Index call must send; required off loopback
+  server::TlsConfig tls;  // TLS (and mTLS) of the gRPC listener; off = plaintext
+  bool allow_insecure_tcp = false;  // allow a non-loopback grpc address without TLS
   ClusterIndexOptions index;
   EventStreamOptions stream;
   bool create_stream = true;  // create the JetStream stream when missing

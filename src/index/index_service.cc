@@ -4,9 +4,12 @@
 #include <cmath>
 #include <optional>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/strip.h"
 #include "kvtier/namespace.h"
 #include "prometheus/histogram.h"
+#include "src/common/constant_time.h"
 #include "src/common/status_macros.h"
 #include "src/server/status_convert.h"
 #include "src/server/wire.h"
@@ -23,8 +26,12 @@ absl::Status Invalid(absl::string_view field, absl::string_view why) {
 // ---- the gRPC service ---------------------------------------------------------
 
 IndexService::IndexService(ClusterIndex* index, EventIngest* ingest, std::function<bool()> ready,
-                           uint32_t max_chain)
-    : index_(index), ingest_(ingest), ready_(std::move(ready)), max_chain_(max_chain) {
+                           uint32_t max_chain, std::string api_token)
+    : index_(index),
+      ingest_(ingest),
+      ready_(std::move(ready)),
+      max_chain_(max_chain),
+      api_token_(std::move(api_token)) {
   registry_ = std::make_shared<prometheus::Registry>();
   auto& family = prometheus::BuildHistogram()
                      .Name("kvtier_index_lookup_duration_seconds")
@@ -35,8 +42,26 @@ IndexService::IndexService(ClusterIndex* index, EventIngest* ingest, std::functi
                                                   0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25});
 }
 
-grpc::Status IndexService::Lookup(grpc::ServerContext*, const v1::IndexLookupRequest* req,
+grpc::Status IndexService::Authorize(const grpc::ServerContext* context) {
+  if (api_token_.empty()) return grpc::Status::OK;
+  const auto& metadata = context->client_metadata();
+  const auto it = metadata.find("authorization");
+  if (it == metadata.end()) {
+    auth_failures_.fetch_add(1, std::memory_order_relaxed);
+    return grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
+                        "kvtier-index needs a token: send 'authorization: Bearer <token>'");
+  }
+  absl::string_view value(it->second.data(), it->second.size());
+  if (!absl::ConsumePrefix(&value, "Bearer ") || !ConstantTimeEquals(value, api_token_)) {
+    auth_failures_.fetch_add(1, std::memory_order_relaxed);
+    return grpc::Status(grpc::StatusCode::PERMISSION_DENIED, "unknown token");
+  }
+  return grpc::Status::OK;
+}
+
+grpc::Status IndexService::Lookup(grpc::ServerContext* context, const v1::IndexLookupRequest* req,
                                   v1::IndexLookupResponse* resp) {
+  if (grpc::Status a = Authorize(context); !a.ok()) return a;
   const auto start = std::chrono::steady_clock::now();
   absl::Status s = DoLookup(*req, *resp);
   lookup_seconds_->Observe(
@@ -49,8 +74,9 @@ grpc::Status IndexService::Lookup(grpc::ServerContext*, const v1::IndexLookupReq
   return server::ToGrpcStatus(s);
 }
 
-grpc::Status IndexService::Nodes(grpc::ServerContext*, const v1::NodesRequest*,
+grpc::Status IndexService::Nodes(grpc::ServerContext* context, const v1::NodesRequest*,
                                  v1::NodesResponse* resp) {
+  if (grpc::Status a = Authorize(context); !a.ok()) return a;
   for (const NodeStatus& n : index_->Nodes(absl::Now())) {
     v1::NodeInfo* out = resp->add_nodes();
     out->set_node_id(n.node_id);
@@ -68,8 +94,9 @@ grpc::Status IndexService::Nodes(grpc::ServerContext*, const v1::NodesRequest*,
   return grpc::Status::OK;
 }
 
-grpc::Status IndexService::Stats(grpc::ServerContext*, const v1::IndexStatsRequest*,
+grpc::Status IndexService::Stats(grpc::ServerContext* context, const v1::IndexStatsRequest*,
                                  v1::IndexStatsResponse* resp) {
+  if (grpc::Status a = Authorize(context); !a.ok()) return a;
   const ClusterIndexStats s = index_->Stats(absl::Now());
   const IngestCounters c = ingest_->Counters();
   const uint64_t mem = index_->MemoryBytes();

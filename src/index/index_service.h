@@ -32,9 +32,11 @@ class IndexService final : public v1::Index::Service {
  public:
   // `index` and `ingest` must outlive the service; `ready` says whether
   // Lookup may answer (UNAVAILABLE otherwise); `max_chain` bounds the keys
-  // (or chunks of token ids) of one Lookup.
+  // (or chunks of token ids) of one Lookup. With an `api_token` every call
+  // must send "authorization: Bearer <api_token>": UNAUTHENTICATED when it
+  // sends none, PERMISSION_DENIED for another token.
   IndexService(ClusterIndex* index, EventIngest* ingest, std::function<bool()> ready,
-               uint32_t max_chain);
+               uint32_t max_chain, std::string api_token = "");
 
   grpc::Status Lookup(grpc::ServerContext*, const v1::IndexLookupRequest* req,
                       v1::IndexLookupResponse* resp) override;
@@ -44,6 +46,8 @@ class IndexService final : public v1::Index::Service {
                      v1::IndexStatsResponse* resp) override;
 
   uint64_t lookup_errors() const { return lookup_errors_.load(); }
+  // Calls refused for a missing or wrong token.
+  uint64_t auth_failures() const { return auth_failures_.load(); }
   // The service's own metrics (the Lookup latency histogram).
   std::vector<prometheus::MetricFamily> Collect() const;
   // The Lookup latency histogram as the status page reads it.
@@ -52,15 +56,18 @@ class IndexService final : public v1::Index::Service {
   std::map<std::string, uint64_t> LookupsByCode() const;
 
  private:
+  grpc::Status Authorize(const grpc::ServerContext* context);
   absl::Status DoLookup(const v1::IndexLookupRequest& req, v1::IndexLookupResponse& resp);
 
   ClusterIndex* const index_;
   EventIngest* const ingest_;
   const std::function<bool()> ready_;
   const uint32_t max_chain_;
+  const std::string api_token_;
   std::shared_ptr<prometheus::Registry> registry_;
   prometheus::Histogram* lookup_seconds_ = nullptr;
   std::atomic<uint64_t> lookup_errors_{0};
+  std::atomic<uint64_t> auth_failures_{0};
   std::array<std::atomic<uint64_t>, 17> lookups_by_code_{};  // by absl::StatusCode
 };
 

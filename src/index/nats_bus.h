@@ -5,6 +5,11 @@
 // Handlers run on libnats' delivery threads (one per subscription, so one
 // subscription's messages arrive in order); they must not block for long.
 //
+// Authentication (a token, or a user and password) and TLS (server
+// verification against a CA file, optionally a client certificate) are set
+// in NatsBusOptions. Secrets (token, password, credentials in a URL) never
+// appear in the returned errors.
+//
 // Thread-safety: Publish and the accessors may be called from any thread;
 // subscribe before relying on delivery; destroy after the last use.
 #ifndef KVTIER_SRC_INDEX_NATS_BUS_H_
@@ -20,8 +25,9 @@
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 
-struct __natsConnection;
-struct __jsCtx;
+// libnats' own type names.
+struct __natsConnection;  // NOLINT(bugprone-reserved-identifier)
+struct __jsCtx;           // NOLINT(bugprone-reserved-identifier)
 
 namespace kvtier::index {
 
@@ -31,6 +37,25 @@ struct NatsBusOptions {
   absl::Duration connect_timeout = absl::Seconds(2);  // first connect
   bool retry_initial_connect = false;  // keep trying in the background when the server is down
 
+  // Authentication: a token, or a user and password (not both).
+  std::string token;  // bearer token (nats-server `authorization { token }`, `--auth`); "" = none
+  std::string user;   // user name (with password); "" = none
+  std::string password;  // password of `user`
+
+  // TLS: on when ca_file is set or any URL is tls:// (then for every URL).
+  std::string ca_file;    // PEM CA bundle that verifies the server (required with TLS)
+  std::string cert_file;  // PEM client certificate for mutual TLS (with key_file; needs TLS)
+  std::string key_file;   // PEM private key of cert_file
+  std::string tls_name;   // name the server's certificate must carry ("" = the URLs' host)
+
+  // Whether the connection uses TLS.
+  bool UsesTls() const;
+  // InvalidArgument naming the option: a URL that is not nats:// or tls://,
+  // token with user/password, user without password (or the reverse), a URL
+  // with credentials as well as token or user, cert_file without key_file (or
+  // the reverse), cert_file or tls_name without TLS, TLS without ca_file, TLS
+  // over URLs of different hosts without tls_name, or a ca_file, cert_file or
+  // key_file that cannot be read (the message names the file).
   absl::Status Validate() const;
 };
 
@@ -42,6 +67,10 @@ struct EventStreamOptions {
   int64_t max_bytes = 1ll << 30;            // bytes kept (-1 = no limit)
   bool file_storage = true;                 // file (survives a server restart) or memory
 };
+
+// `urls` (comma-separated) with the credentials of each (user:password@ or
+// token@) replaced by "***": for logs and printed settings.
+std::string RedactNatsUrls(absl::string_view urls);
 
 // JetStream details of a stream message.
 struct StreamPosition {
@@ -55,8 +84,16 @@ class NatsBus {
   using Handler = std::function<void(absl::string_view subject, absl::string_view data,
                                      const StreamPosition* pos)>;
 
-  // Connects. Unavailable when the server cannot be reached (unless
-  // retry_initial_connect), InvalidArgument for a bad URL.
+  // Connects. InvalidArgument for bad options (see Validate) or a CA,
+  // certificate or key file that does not load (naming the file);
+  // PermissionDenied when the server refuses the credentials (at once, also
+  // with retry_initial_connect; a server that comes up later and refuses them
+  // is retried in the background); Unauthenticated when TLS fails (the server's
+  // certificate does not verify or name tls_name, the server requires TLS the
+  // client was not given a CA for, or it refused the client certificate);
+  // FailedPrecondition when TLS is asked for and the server offers none;
+  // Unavailable when the server cannot be reached (unless
+  // retry_initial_connect: then the connection is made in the background).
   static absl::StatusOr<std::unique_ptr<NatsBus>> Connect(const NatsBusOptions& options);
   ~NatsBus();
   NatsBus(const NatsBus&) = delete;

@@ -19,6 +19,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
 #include "src/common/status_macros.h"
 #include "src/index/event_publisher.h"
 #include "src/tiers/nvme/nvme_tier.h"
@@ -51,6 +52,18 @@ absl::StatusOr<std::string> ReadSmallFile(const std::string& path, const std::st
   if (text.size() > (1 << 20)) return Invalid(field, absl::StrCat("'", path, "' is over 1 MiB"));
   return text;
 }
+
+}  // namespace
+
+absl::StatusOr<std::string> ReadTokenFile(const std::string& path, const std::string& field) {
+  KVTIER_ASSIGN_OR_RETURN(std::string text, ReadSmallFile(path, field));
+  std::string token(absl::StripAsciiWhitespace(text));
+  // An empty file would quietly turn the secret off.
+  if (token.empty()) return Invalid(field, absl::StrCat("'", path, "' is empty"));
+  return token;
+}
+
+namespace {
 
 absl::StatusOr<bool> ParseBool(const std::string& text, const std::string& field) {
   std::string t = absl::AsciiStrToLower(text);
@@ -89,18 +102,6 @@ absl::Status CheckHostPort(const std::string& text, const std::string& field) {
     return Invalid(field, absl::StrCat("'", text, "': the port must be in [0, 65535]"));
   }
   return absl::OkStatus();
-}
-
-std::string HostOf(const std::string& host_port) {
-  std::string host = host_port.substr(0, host_port.rfind(':'));
-  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') {
-    host = host.substr(1, host.size() - 2);
-  }
-  return host;
-}
-
-bool IsLoopbackHost(const std::string& host) {
-  return host == "localhost" || host == "::1" || absl::StartsWith(host, "127.");
 }
 
 // ---- YAML -------------------------------------------------------------------
@@ -293,8 +294,7 @@ absl::Status ApplySetting(const std::string& name, const std::string& value,
   } else if (name == "auth.admin_token") {
     c.admin_token = value;
   } else if (name == "auth.admin_token_file") {
-    KVTIER_ASSIGN_OR_RETURN(std::string t, ReadSmallFile(value, field));
-    c.admin_token = std::string(absl::StripAsciiWhitespace(t));
+    KVTIER_ASSIGN_OR_RETURN(c.admin_token, ReadTokenFile(value, field));
   } else if (name == "limits.max_keys_per_request") {
     KVTIER_ASSIGN_OR_RETURN(c.max_keys_per_request, ParseU32(value, field, 1, 1u << 20));
   } else if (name == "limits.max_tokens_per_request") {
@@ -316,8 +316,7 @@ absl::Status ApplySetting(const std::string& name, const std::string& value,
   } else if (name == "listen.status_token") {
     c.status_token = value;
   } else if (name == "listen.status_token_file") {
-    KVTIER_ASSIGN_OR_RETURN(std::string t, ReadSmallFile(value, field));
-    c.status_token = std::string(absl::StripAsciiWhitespace(t));
+    KVTIER_ASSIGN_OR_RETURN(c.status_token, ReadTokenFile(value, field));
   } else if (name == "status.tokens_per_gpu_second") {
     double v = 0;
     if (!absl::SimpleAtod(value, &v) || !(v > 0) || !std::isfinite(v)) {
@@ -346,6 +345,32 @@ absl::Status ApplySetting(const std::string& name, const std::string& value,
   } else if (name == "cluster.stream_max_age_seconds") {
     KVTIER_ASSIGN_OR_RETURN(c.cluster.stream_max_age_seconds,
                             ParseU32(value, field, 1, 365u * 86400u));
+  } else if (name == "cluster.nats_token") {
+    c.cluster.nats_token = value;
+  } else if (name == "cluster.nats_token_file") {
+    KVTIER_ASSIGN_OR_RETURN(c.cluster.nats_token, ReadTokenFile(value, field));
+  } else if (name == "cluster.nats_user") {
+    c.cluster.nats_user = value;
+  } else if (name == "cluster.nats_password") {
+    c.cluster.nats_password = value;
+  } else if (name == "cluster.nats_password_file") {
+    KVTIER_ASSIGN_OR_RETURN(c.cluster.nats_password, ReadTokenFile(value, field));
+  } else if (name == "cluster.nats_ca_file") {
+    c.cluster.nats_ca_file = value;
+  } else if (name == "cluster.nats_cert_file") {
+    c.cluster.nats_cert_file = value;
+  } else if (name == "cluster.nats_key_file") {
+    c.cluster.nats_key_file = value;
+  } else if (name == "cluster.nats_tls_name") {
+    c.cluster.nats_tls_name = value;
+  } else if (name == "cluster.index_token") {
+    c.cluster.index_token = value;
+  } else if (name == "cluster.index_token_file") {
+    KVTIER_ASSIGN_OR_RETURN(c.cluster.index_token, ReadTokenFile(value, field));
+  } else if (name == "cluster.index_ca_file") {
+    c.cluster.index_ca_file = value;
+  } else if (name == "cluster.index_tls_name") {
+    c.cluster.index_tls_name = value;
   } else if (name == "cluster.stream_max_bytes") {
     KVTIER_ASSIGN_OR_RETURN(c.cluster.stream_max_bytes, ParseByteSize(value, field));
   } else if (name == "peers") {
@@ -370,8 +395,7 @@ absl::Status ApplySetting(const std::string& name, const std::string& value,
   } else if (name == "ucx.peer_tls_name") {
     c.ucx.peer_tls_name = value;
   } else if (name == "ucx.peer_token_file") {
-    KVTIER_ASSIGN_OR_RETURN(std::string t, ReadSmallFile(value, field));
-    c.ucx.peer_token = std::string(absl::StripAsciiWhitespace(t));
+    KVTIER_ASSIGN_OR_RETURN(c.ucx.peer_token, ReadTokenFile(value, field));
   } else if (name == "ucx.max_batch_chunks") {
     KVTIER_ASSIGN_OR_RETURN(c.ucx.max_batch_chunks, ParseU32(value, field, 1, 4096));
   } else if (name == "ucx.copy_threads") {
@@ -416,9 +440,29 @@ const std::map<std::string, std::set<std::string>>& SectionKeys() {
       {"log", {"level"}},
       {"status", {"tokens_per_gpu_second"}},
       {"cluster",
-       {"nats_url", "publish_batch", "publish_interval_ms", "heartbeat_interval_ms",
-        "max_queued_events", "index_address", "advertise_grpc", "advertise_ucx",
-        "stream_max_age_seconds", "stream_max_bytes"}},
+       {"nats_url",
+        "publish_batch",
+        "publish_interval_ms",
+        "heartbeat_interval_ms",
+        "max_queued_events",
+        "index_address",
+        "advertise_grpc",
+        "advertise_ucx",
+        "stream_max_age_seconds",
+        "stream_max_bytes",
+        "nats_token",
+        "nats_token_file",
+        "nats_user",
+        "nats_password",
+        "nats_password_file",
+        "nats_ca_file",
+        "nats_cert_file",
+        "nats_key_file",
+        "nats_tls_name",
+        "index_token",
+        "index_token_file",
+        "index_ca_file",
+        "index_tls_name"}},
       {"blob",
        {"endpoint",
         "account",
@@ -588,6 +632,11 @@ const std::vector<FlagSpec>& FlagSpecs() {
       {"node-id", "node_id", true, "this node's id in the cluster (default: host name)"},
       {"nats", "cluster.nats_url", true, "NATS URL for cluster events (off by default)"},
       {"index-address", "cluster.index_address", true, "kvtier-index replicas, host:port,..."},
+      {"index-token-file", "cluster.index_token_file", true,
+       "file holding the bearer token of kvtier-index's API"},
+      {"index-ca", "cluster.index_ca_file", true, "PEM CA of kvtier-index (TLS to the index)"},
+      {"nats-token-file", "cluster.nats_token_file", true, "file holding the NATS token"},
+      {"nats-ca", "cluster.nats_ca_file", true, "PEM CA of the NATS server (TLS to NATS)"},
       {"blob-endpoint", "blob.endpoint", true,
        "Blob tier endpoint (https://ACCOUNT.blob.core.windows.net); 'off' = none"},
       {"blob-account", "blob.account", true, "Blob storage account"},
@@ -636,6 +685,9 @@ constexpr EnvSpec kEnvSpecs[] = {
     {"KVTIER_PEER_TOKEN", "ucx.peer_token"},
     {"KVTIER_NODE_ID", "node_id"},
     {"KVTIER_NATS_URL", "cluster.nats_url"},
+    {"KVTIER_NATS_TOKEN", "cluster.nats_token"},
+    {"KVTIER_NATS_PASSWORD", "cluster.nats_password"},
+    {"KVTIER_INDEX_TOKEN", "cluster.index_token"},
     {"KVTIER_ADVERTISE_GRPC", "cluster.advertise_grpc"},
     {"KVTIER_BLOB_ENDPOINT", "blob.endpoint"},
     {"KVTIER_BLOB_ACCOUNT", "blob.account"},
@@ -650,6 +702,19 @@ constexpr EnvSpec kEnvSpecs[] = {
 }  // namespace
 
 // ---- public -----------------------------------------------------------------
+
+index::NatsBusOptions ClusterConfig::NatsOptions() const {
+  index::NatsBusOptions o;
+  o.url = nats_url;
+  o.token = nats_token;
+  o.user = nats_user;
+  o.password = nats_password;
+  o.ca_file = nats_ca_file;
+  o.cert_file = nats_cert_file;
+  o.key_file = nats_key_file;
+  o.tls_name = nats_tls_name;
+  return o;
+}
 
 uint64_t DefaultDramBytes() {
   const long pages = sysconf(_SC_PHYS_PAGES);
@@ -935,27 +1000,36 @@ absl::Status DaemonConfig::Validate() const {
     return Invalid("cluster.index_address",
                    "needs cluster.nats_url (the index learns peers from it)");
   }
-  if (tls.enabled() != !tls.key_file.empty()) {
-    return Invalid(tls.enabled() ? "tls.key_file" : "tls.cert_file",
-                   "tls.cert_file and tls.key_file go together");
+  if (cluster.enabled()) {
+    if (absl::Status s = cluster.NatsOptions().Validate(); !s.ok()) {
+      // "nats <option>: why" names the cluster.nats_<option> key.
+      absl::string_view why = s.message();
+      return absl::InvalidArgumentError(absl::ConsumePrefix(&why, "nats ")
+                                            ? absl::StrCat("cluster.nats_", why)
+                                            : absl::StrCat("cluster: ", why));
+    }
   }
-  if (!tls.client_ca_file.empty() && !tls.enabled()) {
-    return Invalid("tls.client_ca_file", "needs tls.cert_file and tls.key_file");
+  for (const auto& [field, text] :
+       {std::pair<const char*, const std::string*>{"cluster.index_token", &cluster.index_token},
+        {"cluster.index_ca_file", &cluster.index_ca_file},
+        {"cluster.index_tls_name", &cluster.index_tls_name}}) {
+    if (!text->empty() && cluster.index_address.empty()) {
+      return Invalid(field, "needs cluster.index_address");
+    }
   }
-  if (tls.require_client_cert && tls.client_ca_file.empty()) {
-    return Invalid("tls.require_client_cert", "needs tls.client_ca_file");
+  if (!cluster.index_ca_file.empty() && access(cluster.index_ca_file.c_str(), R_OK) != 0) {
+    return Invalid("cluster.index_ca_file",
+                   absl::StrCat("cannot read '", cluster.index_ca_file, "'"));
   }
+  if (!cluster.index_tls_name.empty() && cluster.index_ca_file.empty()) {
+    return Invalid("cluster.index_tls_name", "needs cluster.index_ca_file (TLS to the index)");
+  }
+  KVTIER_RETURN_IF_ERROR(ValidateTls(tls, "tls"));
   if (tls.enabled() && tcp.empty()) {
     return Invalid("tls.cert_file", "TLS applies to TCP only: set listen.tcp");
   }
-  for (const auto& [field, path] :
-       {std::pair<const char*, const std::string*>{"tls.cert_file", &tls.cert_file},
-        {"tls.key_file", &tls.key_file},
-        {"tls.client_ca_file", &tls.client_ca_file},
-        {"ucx.peer_ca_file", &ucx.peer_ca_file}}) {
-    if (!path->empty() && access(path->c_str(), R_OK) != 0) {
-      return Invalid(field, absl::StrCat("cannot read '", *path, "'"));
-    }
+  if (!ucx.peer_ca_file.empty() && access(ucx.peer_ca_file.c_str(), R_OK) != 0) {
+    return Invalid("ucx.peer_ca_file", absl::StrCat("cannot read '", ucx.peer_ca_file, "'"));
   }
   CacheOptions dram_only = dram;
   dram_only.nvme.path.clear();
@@ -1115,7 +1189,7 @@ std::string DaemonConfig::ToRedactedYaml() const {
   out << YAML::EndMap;
   out << YAML::Key << "node_id" << YAML::Value << node_id;
   out << YAML::Key << "cluster" << YAML::Value << YAML::BeginMap;
-  out << YAML::Key << "nats_url" << YAML::Value << cluster.nats_url;
+  out << YAML::Key << "nats_url" << YAML::Value << index::RedactNatsUrls(cluster.nats_url);
   out << YAML::Key << "publish_batch" << YAML::Value << cluster.publish_batch;
   out << YAML::Key << "publish_interval_ms" << YAML::Value << cluster.publish_interval_ms;
   out << YAML::Key << "heartbeat_interval_ms" << YAML::Value << cluster.heartbeat_interval_ms;
@@ -1125,6 +1199,16 @@ std::string DaemonConfig::ToRedactedYaml() const {
   out << YAML::Key << "advertise_ucx" << YAML::Value << cluster.advertise_ucx;
   out << YAML::Key << "stream_max_age_seconds" << YAML::Value << cluster.stream_max_age_seconds;
   out << YAML::Key << "stream_max_bytes" << YAML::Value << cluster.stream_max_bytes;
+  out << YAML::Key << "nats_token" << YAML::Value << redact(cluster.nats_token);
+  out << YAML::Key << "nats_user" << YAML::Value << cluster.nats_user;
+  out << YAML::Key << "nats_password" << YAML::Value << redact(cluster.nats_password);
+  out << YAML::Key << "nats_ca_file" << YAML::Value << cluster.nats_ca_file;
+  out << YAML::Key << "nats_cert_file" << YAML::Value << cluster.nats_cert_file;
+  out << YAML::Key << "nats_key_file" << YAML::Value << cluster.nats_key_file;
+  out << YAML::Key << "nats_tls_name" << YAML::Value << cluster.nats_tls_name;
+  out << YAML::Key << "index_token" << YAML::Value << redact(cluster.index_token);
+  out << YAML::Key << "index_ca_file" << YAML::Value << cluster.index_ca_file;
+  out << YAML::Key << "index_tls_name" << YAML::Value << cluster.index_tls_name;
   out << YAML::EndMap;
   const BlobCacheOptions& b = dram.blob;
   out << YAML::Key << "blob" << YAML::Value << YAML::BeginMap;

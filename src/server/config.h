@@ -18,6 +18,8 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "kvtier/cache.h"
+#include "src/index/nats_bus.h"
+#include "src/server/grpc_tls.h"
 
 namespace kvtier::server {
 
@@ -30,15 +32,6 @@ struct TenantConfig {
   std::vector<std::string> cache_salts;  // allowed cache salts ("" = the shared space)
   std::vector<std::string> model_ids;    // allowed model ids
   bool shared_memory = false;            // may map the DRAM arena (trusted local engine)
-};
-
-struct TlsConfig {
-  std::string cert_file;             // PEM server certificate chain
-  std::string key_file;              // PEM private key
-  std::string client_ca_file;        // PEM CA bundle that signs client certificates
-  bool require_client_cert = false;  // mTLS: refuse clients without a valid certificate
-
-  bool enabled() const { return !cert_file.empty(); }
 };
 
 // The `cluster:` section: events to the cluster index over NATS, and the
@@ -54,8 +47,23 @@ struct ClusterConfig {
   std::string advertise_ucx;   // the node's UCX listener as peers reach it; empty = none
   uint32_t stream_max_age_seconds = 3600;  // replay window of the stream when kvtierd creates it
   uint64_t stream_max_bytes = 1ull << 30;  // bytes the stream keeps when kvtierd creates it
+  // NATS authentication and TLS (the server's `authorization` / `tls`).
+  std::string nats_token;      // bearer token; "" = none
+  std::string nats_user;       // user name, with nats_password; "" = none
+  std::string nats_password;   // that user's password
+  std::string nats_ca_file;    // PEM CA of the NATS server's certificate; set = TLS
+  std::string nats_cert_file;  // PEM client certificate (with nats_key_file) for NATS mTLS
+  std::string nats_key_file;   // its private key
+  std::string nats_tls_name;   // name in the server's certificate; "" = the URL's host
+  // kvtier-index's gRPC API (its `api_token` and `tls`).
+  std::string index_token;     // bearer token the replicas require; "" = none
+  std::string index_ca_file;   // PEM CA of the replicas' certificates; set = TLS (with
+                               // tls.cert_file / tls.key_file as client certificate)
+  std::string index_tls_name;  // name in the replicas' certificates; "" = the address
 
   bool enabled() const { return !nats_url.empty(); }
+  // The NATS connection these settings describe.
+  index::NatsBusOptions NatsOptions() const;
 };
 
 // Node-to-node transfer over UCX (docs/transfer.md).
@@ -165,6 +173,10 @@ uint64_t DefaultNvmeBytesFor(uint64_t free_bytes, uint64_t existing_volume_bytes
 // Parses "4096", "64KiB", "1MiB", "16GiB", "2G", "1.5GiB". InvalidArgument
 // naming `field` otherwise.
 absl::StatusOr<uint64_t> ParseByteSize(const std::string& text, const std::string& field);
+
+// A secret from a file (at most 1 MiB), surrounding whitespace removed.
+// InvalidArgument naming `field` when it cannot be read or holds nothing.
+absl::StatusOr<std::string> ReadTokenFile(const std::string& path, const std::string& field);
 
 // Applies a YAML document to `config`. Unknown keys are errors (they are
 // usually typos). Token files are read here.

@@ -5,54 +5,22 @@
 #include <unistd.h>
 
 #include <filesystem>
-#include <fstream>
 #include <map>
-#include <sstream>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
 #include "grpcpp/security/server_credentials.h"
 #include "grpcpp/server_builder.h"
 #include "src/common/status_macros.h"
 #include "src/index/index_holder_source.h"
+#include "src/server/grpc_tls.h"
 #include "src/transfer/transfer_metrics.h"
 
 namespace kvtier::server {
 namespace {
-
-absl::StatusOr<std::string> ReadFile(const std::string& path, const std::string& field) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::InvalidArgumentError(absl::StrCat(field, ": cannot read '", path, "'"));
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> TcpCredentials(const TlsConfig& tls) {
-  if (!tls.enabled()) return grpc::InsecureServerCredentials();
-  grpc::SslServerCredentialsOptions opts(
-      tls.client_ca_file.empty()
-          ? GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE
-          : (tls.require_client_cert ? GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY
-                                     : GRPC_SSL_REQUEST_CLIENT_CERTIFICATE_AND_VERIFY));
-  grpc::SslServerCredentialsOptions::PemKeyCertPair pair;
-  KVTIER_ASSIGN_OR_RETURN(pair.private_key, ReadFile(tls.key_file, "tls.key_file"));
-  KVTIER_ASSIGN_OR_RETURN(pair.cert_chain, ReadFile(tls.cert_file, "tls.cert_file"));
-  opts.pem_key_cert_pairs.push_back(std::move(pair));
-  if (!tls.client_ca_file.empty()) {
-    KVTIER_ASSIGN_OR_RETURN(opts.pem_root_certs,
-                            ReadFile(tls.client_ca_file, "tls.client_ca_file"));
-  }
-  return grpc::SslServerCredentials(opts);
-}
-
-bool IsLoopbackListener(const std::string& host_port) {
-  std::string host = host_port.substr(0, host_port.rfind(':'));
-  if (host.size() >= 2 && host.front() == '[') host = host.substr(1, host.size() - 2);
-  return host == "localhost" || host == "::1" || absl::StartsWith(host, "127.");
-}
 
 std::string HostName() {
   char name[256] = {};
@@ -139,7 +107,7 @@ absl::Status Daemon::Init(std::string version) {
   builder.AddListeningPort("unix:" + config_.unix_socket, grpc::InsecureServerCredentials());
   if (!config_.tcp.empty()) {
     KVTIER_ASSIGN_OR_RETURN(std::shared_ptr<grpc::ServerCredentials> creds,
-                            TcpCredentials(config_.tls));
+                            ServerCredentials(config_.tls, "tls"));
     builder.AddListeningPort(config_.tcp, creds, &tcp_port_);
   }
   // Bulk transfers: large HTTP/2 frames and flow-control windows instead of
@@ -186,7 +154,7 @@ absl::Status Daemon::Init(std::string version) {
     po.snapshot = [this] { return Snapshot(); };
     po.tokens_per_gpu_second = config_.tokens_per_gpu_second;
     po.bearer_token = config_.status_token;
-    const bool remote = !IsLoopbackListener(config_.http);
+    const bool remote = !IsLoopbackHost(HostOf(config_.http));
     po.require_token = remote;
     absl::StatusOr<std::unique_ptr<StatusPage>> page = StatusPage::Create(std::move(po));
     if (!page.ok()) {
@@ -235,14 +203,18 @@ absl::Status Daemon::Init(std::string version) {
 
 absl::Status Daemon::StartCluster() {
   const ClusterConfig& c = config_.cluster;
-  index::NatsBusOptions nats;
-  nats.url = c.nats_url;
+  index::NatsBusOptions nats = c.NatsOptions();
   nats.name = absl::StrCat("kvtierd-", config_.node_id);
   nats.retry_initial_connect = true;  // publish once the server is up
   absl::StatusOr<std::unique_ptr<index::NatsBus>> bus = index::NatsBus::Connect(nats);
   if (!bus.ok()) {
+    // "nats <option>: why" names the cluster.nats_<option> key; the rest
+    // concerns the server(s) of cluster.nats_url.
+    absl::string_view why = bus.status().message();
     return absl::Status(bus.status().code(),
-                        absl::StrCat("cluster.nats_url: ", bus.status().message()));
+                        absl::ConsumePrefix(&why, "nats ")
+                            ? absl::StrCat("cluster.nats_", why)
+                            : absl::StrCat("cluster.nats_url: ", bus.status().message()));
   }
   index::EventPublisherOptions po;
   po.node_id = config_.node_id;
@@ -267,13 +239,40 @@ absl::Status Daemon::StartCluster() {
     index::IndexHolderSourceOptions ho;
     ho.index_addresses = absl::StrSplit(c.index_address, ',', absl::SkipWhitespace());
     ho.self_node_id = config_.node_id;
+    ho.token = c.index_token;
+    ho.ca_file = c.index_ca_file;
+    if (!c.index_ca_file.empty()) {
+      ho.cert_file = config_.tls.cert_file;
+      ho.key_file = config_.tls.key_file;
+    }
+    ho.tls_name = c.index_tls_name;
     absl::StatusOr<std::unique_ptr<index::IndexHolderSource>> h =
         index::IndexHolderSource::Create(ho);
     if (!h.ok()) return h.status();
+    // Not fatal (the index may start later), but a refused token or TLS
+    // setting would otherwise show only as remote reads that never happen.
+    if (absl::Status s = (*h)->Check(absl::Now() + absl::Seconds(2)); !s.ok()) {
+      log_->Warn(s.code() == absl::StatusCode::kPermissionDenied
+                     ? "the cluster index refused this node: remote reads are off until fixed"
+                     : "cannot reach the cluster index, or not over TLS with "
+                       "cluster.index_ca_file (check both if it persists)",
+                 {{"error", std::string(s.message())}});
+    }
+    if (!c.index_token.empty() && c.index_ca_file.empty()) {
+      for (const std::string& a : ho.index_addresses) {
+        if (!IsLoopbackHost(HostOf(a))) {
+          log_->Warn(
+              "the index token goes to a non-loopback index without TLS: set "
+              "cluster.index_ca_file",
+              {{"index", a}});
+          break;
+        }
+      }
+    }
     index_holders_ = std::move(*h);
   }
   log_->Info("cluster events on", {{"node_id", config_.node_id},
-                                   {"nats", c.nats_url},
+                                   {"nats", index::RedactNatsUrls(c.nats_url)},
                                    {"grpc_address", po.grpc_address},
                                    {"index", c.index_address}});
   return absl::OkStatus();
@@ -319,17 +318,13 @@ absl::Status Daemon::StartTransfer() {
   if (config_.tls.enabled()) {
     // Peers listen with the same TLS settings: present this node's
     // certificate (their require_client_cert) and verify theirs.
-    grpc::SslCredentialsOptions ssl;
-    KVTIER_ASSIGN_OR_RETURN(ssl.pem_private_key, ReadFile(config_.tls.key_file, "tls.key_file"));
-    KVTIER_ASSIGN_OR_RETURN(ssl.pem_cert_chain, ReadFile(config_.tls.cert_file, "tls.cert_file"));
-    const std::string& ca =
-        config_.ucx.peer_ca_file.empty() ? config_.tls.client_ca_file : config_.ucx.peer_ca_file;
-    if (!ca.empty()) {
-      KVTIER_ASSIGN_OR_RETURN(ssl.pem_root_certs,
-                              ReadFile(ca, config_.ucx.peer_ca_file.empty() ? "tls.client_ca_file"
-                                                                            : "ucx.peer_ca_file"));
-    }
-    peer_credentials = grpc::SslCredentials(ssl);
+    const bool own_ca = !config_.ucx.peer_ca_file.empty();
+    KVTIER_ASSIGN_OR_RETURN(
+        peer_credentials,
+        ChannelCredentials({own_ca ? config_.ucx.peer_ca_file : config_.tls.client_ca_file,
+                            own_ca ? "ucx.peer_ca_file" : "tls.client_ca_file"},
+                           {config_.tls.cert_file, "tls.cert_file"},
+                           {config_.tls.key_file, "tls.key_file"}));
   }
   peer_clients_ = std::make_unique<transfer::PeerClients>(
       config_.ucx.peer_token, std::move(peer_credentials), config_.ucx.peer_tls_name);

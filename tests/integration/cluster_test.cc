@@ -10,7 +10,6 @@
 #define MSGPACK_NO_BOOST 1
 #include <msgpack.hpp>
 
-#include <filesystem>
 #include <functional>
 #include <memory>
 #include <string>
@@ -31,49 +30,12 @@
 #include "src/index/nats_bus.h"
 #include "src/server/wire.h"
 #include "tests/integration/daemon_harness.h"
+#include "tests/integration/nats_harness.h"
 #include "tests/integration/workload.h"
 #include "tests/testing/status_matchers.h"
 
 namespace kvtier::testing {
 namespace {
-
-std::string NatsServerPath() {
-  for (const char* p : {"/usr/sbin/nats-server", "/usr/bin/nats-server"}) {
-    if (std::filesystem::exists(p)) return p;
-  }
-  return "nats-server";
-}
-
-// A nats-server with JetStream on a free loopback port, in its own folder.
-class NatsServer {
- public:
-  static absl::StatusOr<std::unique_ptr<NatsServer>> Start(const TempDir& dir) {
-    auto s = std::unique_ptr<NatsServer>(new NatsServer());
-    s->port_ = FreePort();
-    std::filesystem::create_directories(dir.File("jetstream"));
-    absl::StatusOr<std::unique_ptr<Process>> p =
-        Process::Start({NatsServerPath(), "-js", "-a", "127.0.0.1", "-p", absl::StrCat(s->port_),
-                        "-sd", dir.File("jetstream")},
-                       dir.File("nats.log"));
-    if (!p.ok()) return p.status();
-    s->process_ = std::move(*p);
-    // Ready once a client connects.
-    const absl::Time deadline = absl::Now() + absl::Seconds(10);
-    while (absl::Now() < deadline) {
-      index::NatsBusOptions o;
-      o.url = s->url();
-      if (index::NatsBus::Connect(o).ok()) return s;
-      absl::SleepFor(absl::Milliseconds(50));
-    }
-    return absl::DeadlineExceededError("nats-server did not start: " + s->process_->Log());
-  }
-  std::string url() const { return absl::StrCat("nats://127.0.0.1:", port_); }
-
- private:
-  NatsServer() = default;
-  int port_ = 0;
-  std::unique_ptr<Process> process_;
-};
 
 std::string IndexBinary() { return KVTIER_INDEX_BIN; }
 
@@ -487,11 +449,8 @@ TEST(ClusterIndex, KvtierdReadsWhatTheIndexSaysAnotherNodeHolds) {
   ASSERT_OK_AND_ASSIGN(Namespace ns, Namespace::Create(SmallNamespace()));
   const std::vector<TokenId> tokens = ChainTokens(5, 5, 4, 0, ns.tokens_per_chunk());
   ASSERT_OK_AND_ASSIGN(std::vector<ChunkRef> chunks, ns.Chunks(tokens));
+  ASSERT_OK(SaveKeyed(*ca, ns, chunks));
   std::vector<std::byte> payload(ns.FullChunkPayloadBytes());
-  for (const ChunkRef& c : chunks) {
-    KeyedBytes(c.key, payload.data(), payload.size());
-    ASSERT_OK(ca->Save(ns, c, payload));
-  }
   v1::IndexLookupRequest req;
   wire::NamespaceToProto(ns.options(), req.mutable_namespace_());
   for (TokenId t : tokens) req.add_token_ids(t);

@@ -9,6 +9,8 @@
 #include <string>
 #include <vector>
 
+#include "absl/status/status.h"
+#include "kvtier/cache.h"
 #include "kvtier/namespace.h"
 
 namespace kvtier::testing {
@@ -51,6 +53,17 @@ inline std::vector<TokenId> ChainTokens(int client, int chain, int chunks, int s
     }
   }
   return t;
+}
+
+// Saves every chunk of `chunks` with its KeyedBytes payload.
+inline absl::Status SaveKeyed(Cache& cache, const Namespace& ns,
+                              const std::vector<ChunkRef>& chunks) {
+  std::vector<std::byte> payload(ns.FullChunkPayloadBytes());
+  for (const ChunkRef& c : chunks) {
+    KeyedBytes(c.key, payload.data(), payload.size());
+    if (absl::Status s = cache.Save(ns, c, payload); !s.ok()) return s;
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace kvtier::testing

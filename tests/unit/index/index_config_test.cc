@@ -1,6 +1,10 @@
 // kvtier-index's settings: the YAML file, then the environment, then flags.
 #include "src/index/index_config.h"
 
+#include <stdlib.h>
+
+#include <filesystem>
+#include <fstream>
 #include <string>
 #include <utility>
 #include <vector>
@@ -16,24 +20,121 @@ using ::kvtier::testing::StatusIs;
 using ::testing::HasSubstr;
 using Env = std::vector<std::pair<std::string, std::string>>;
 
+// A file in a fresh temporary folder; removed with the folder.
+class Files {
+ public:
+  Files() {
+    char tmpl[] = "/tmp/kvtier-index-config-XXXXXX";
+    dir_ = mkdtemp(tmpl);
+  }
+  ~Files() { std::filesystem::remove_all(dir_); }
+  std::string Write(const std::string& name, const std::string& text) const {
+    const std::string path = dir_ + "/" + name;
+    std::ofstream(path) << text;
+    return path;
+  }
+
+ private:
+  std::string dir_;
+};
+
 TEST(IndexConfig, EnvironmentSetsWhatTheDeploymentPasses) {
+  Files files;
+  const std::string cert = files.Write("tls.crt", "-");
+  const std::string key = files.Write("tls.key", "-");
   ASSERT_OK_AND_ASSIGN(
       IndexCommandLine c,
-      ParseIndexCommandLine({}, Env{{"KVTIER_INDEX_NATS_URL", "nats://nats.kvtier.svc:4222"},
-                                    {"KVTIER_INDEX_GRPC", "0.0.0.0:7070"},
-                                    {"KVTIER_INDEX_HTTP", "0.0.0.0:9470"},
-                                    {"KVTIER_STATUS_TOKEN", "status-token-0123456789"},
-                                    {"KVTIER_INDEX_LOG_LEVEL", "warn"},
-                                    {"UNRELATED", "x"}}));
+      ParseIndexCommandLine({"--tls-cert", cert, "--tls-key", key},
+                            Env{{"KVTIER_INDEX_NATS_URL", "nats://nats.kvtier.svc:4222"},
+                                {"KVTIER_INDEX_GRPC", "0.0.0.0:7070"},
+                                {"KVTIER_INDEX_HTTP", "0.0.0.0:9470"},
+                                {"KVTIER_STATUS_TOKEN", "status-token-0123456789"},
+                                {"KVTIER_INDEX_TOKEN", "index-api-token-0123456789"},
+                                {"KVTIER_NATS_TOKEN", "nats-token-0123456789"},
+                                {"KVTIER_INDEX_LOG_LEVEL", "warn"},
+                                {"UNRELATED", "x"}}));
   EXPECT_EQ(c.options.nats.url, "nats://nats.kvtier.svc:4222");
+  EXPECT_EQ(c.options.nats.token, "nats-token-0123456789");
   EXPECT_EQ(c.options.grpc, "0.0.0.0:7070");
   EXPECT_EQ(c.options.http, "0.0.0.0:9470");
   EXPECT_EQ(c.options.status_token, "status-token-0123456789");
+  EXPECT_EQ(c.options.api_token, "index-api-token-0123456789");
+  EXPECT_EQ(c.options.tls.cert_file, cert);
   EXPECT_EQ(c.log_level, "warn");
   const std::string yaml = EffectiveIndexConfig(c);
   EXPECT_THAT(yaml, HasSubstr("nats://nats.kvtier.svc:4222"));
   EXPECT_THAT(yaml, HasSubstr("<redacted>"));
-  EXPECT_THAT(yaml, ::testing::Not(HasSubstr("status-token-0123456789")));
+  EXPECT_THAT(yaml, HasSubstr(cert));
+  for (const char* secret :
+       {"status-token-0123456789", "index-api-token-0123456789", "nats-token-0123456789"}) {
+    EXPECT_THAT(yaml, ::testing::Not(HasSubstr(secret)));
+  }
+}
+
+TEST(IndexConfig, OffLoopbackTheApiNeedsATokenAndTls) {
+  Files files;
+  const std::string token_file = files.Write("index-token", "index-api-token-0123456789\n");
+  // No token.
+  EXPECT_THAT(ParseIndexCommandLine({"--grpc", "0.0.0.0:7070"}, Env{}),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("api_token: required")));
+  // A token but no TLS.
+  EXPECT_THAT(
+      ParseIndexCommandLine({"--grpc", "10.1.2.3:7070", "--api-token-file", token_file}, Env{}),
+      StatusIs(absl::StatusCode::kInvalidArgument,
+               HasSubstr("grpc: '10.1.2.3:7070' is not a loopback address")));
+  // Plaintext allowed on purpose.
+  ASSERT_OK_AND_ASSIGN(IndexCommandLine c,
+                       ParseIndexCommandLine({"--grpc", "10.1.2.3:7070", "--api-token-file",
+                                              token_file, "--allow-insecure-tcp", "true"},
+                                             Env{}));
+  EXPECT_EQ(c.options.api_token, "index-api-token-0123456789") << "whitespace stripped";
+  // Loopback needs neither.
+  EXPECT_OK(ParseIndexCommandLine({"--grpc", "127.0.0.1:7070"}, Env{}).status());
+  // A short token is refused anywhere.
+  EXPECT_THAT(ParseIndexCommandLine({}, Env{{"KVTIER_INDEX_TOKEN", "short"}}),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("at least 16")));
+  EXPECT_THAT(
+      ParseIndexCommandLine({"--api-token-file", files.Write("empty", "") + ".missing"}, Env{}),
+      StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("--api-token-file")));
+}
+
+TEST(IndexConfig, TlsAndNatsSettingsFromYaml) {
+  Files files;
+  const std::string cert = files.Write("tls.crt", "-");
+  const std::string key = files.Write("tls.key", "-");
+  const std::string ca = files.Write("ca.crt", "-");
+  const std::string nats_password = files.Write("nats-password", "nats-password-0123\n");
+  const std::string yaml =
+      files.Write("index.yaml",
+                  "grpc: 0.0.0.0:7070\napi_token: index-api-token-0123456789\ntls:\n"
+                  "  cert_file: " +
+                      cert + "\n  key_file: " + key + "\n  client_ca_file: " + ca +
+                      "\n  require_client_cert: true\nnats:\n  url: tls://nats.kvtier.svc:4222\n"
+                      "  user: kvtier\n  password_file: " +
+                      nats_password + "\n  ca_file: " + ca + "\n  tls_name: nats.kvtier.svc\n");
+  ASSERT_OK_AND_ASSIGN(IndexCommandLine c, ParseIndexCommandLine({"--config", yaml}, Env{}));
+  EXPECT_EQ(c.options.tls.key_file, key);
+  EXPECT_EQ(c.options.tls.client_ca_file, ca);
+  EXPECT_TRUE(c.options.tls.require_client_cert);
+  EXPECT_EQ(c.options.nats.user, "kvtier");
+  EXPECT_EQ(c.options.nats.password, "nats-password-0123");
+  EXPECT_EQ(c.options.nats.ca_file, ca);
+  EXPECT_EQ(c.options.nats.tls_name, "nats.kvtier.svc");
+  EXPECT_THAT(EffectiveIndexConfig(c), ::testing::Not(HasSubstr("nats-password-0123")));
+
+  // Broken combinations name the key.
+  EXPECT_THAT(ParseIndexCommandLine({"--tls-cert", cert}, Env{}),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("tls.key_file")));
+  EXPECT_THAT(ParseIndexCommandLine({"--require-client-cert", "true"}, Env{}),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("tls.require_client_cert")));
+  EXPECT_THAT(
+      ParseIndexCommandLine({"--tls-cert", cert + ".missing", "--tls-key", key}, Env{}),
+      StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("tls.cert_file: cannot read")));
+  EXPECT_THAT(
+      ParseIndexCommandLine({"--config", files.Write("bad.yaml", "tls:\n  cert: x\n")}, Env{}),
+      StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("tls.cert")));
+  EXPECT_THAT(ParseIndexCommandLine({"--config", files.Write("bad2.yaml", "tls: on\n")}, Env{}),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("tls: must be a mapping")));
 }
 
 TEST(IndexConfig, FlagsWinOverTheEnvironment) {

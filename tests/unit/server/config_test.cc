@@ -411,6 +411,78 @@ TEST(Cluster, NodeIdAndClusterSectionFromEveryLayer) {
   EXPECT_THAT(single.Validate(), StatusIs(kInvalid, HasSubstr("cluster.index_address")));
 }
 
+TEST(Cluster, NatsAndIndexCredentialsFromEveryLayer) {
+  const std::string ca = TempFile("-");
+  const std::string index_token = TempFile("index-token-0123456789\n");
+  const std::string nats_token = TempFile(" nats-token-0123456789 ");
+  DaemonConfig c = Base();
+  c.node_id = "n1";
+  ASSERT_OK(ApplyYaml(absl::StrCat("cluster:\n  nats_url: tls://127.0.0.1:4222\n"
+                                   "  nats_token_file: ",
+                                   nats_token, "\n  nats_ca_file: ", ca,
+                                   "\n  nats_tls_name: nats.kvtier.svc\n"
+                                   "  index_address: 127.0.0.1:7070\n  index_token_file: ",
+                                   index_token, "\n  index_ca_file: ", ca,
+                                   "\n  index_tls_name: kvtier-index.kvtier.svc\n"),
+                      c));
+  EXPECT_EQ(c.cluster.nats_token, "nats-token-0123456789");
+  EXPECT_EQ(c.cluster.index_token, "index-token-0123456789");
+  EXPECT_EQ(c.cluster.index_tls_name, "kvtier-index.kvtier.svc");
+  const index::NatsBusOptions nats = c.cluster.NatsOptions();
+  EXPECT_EQ(nats.url, "tls://127.0.0.1:4222");
+  EXPECT_EQ(nats.token, "nats-token-0123456789");
+  EXPECT_EQ(nats.ca_file, ca);
+  EXPECT_EQ(nats.tls_name, "nats.kvtier.svc");
+  ASSERT_OK(c.Validate());
+  const std::string yaml = c.ToRedactedYaml();
+  EXPECT_THAT(yaml, ::testing::Not(HasSubstr("token-0123456789")));
+  EXPECT_THAT(yaml, HasSubstr(ca));
+
+  // The environment and flags.
+  ASSERT_OK(ApplyEnv({{"KVTIER_INDEX_TOKEN", "index-token-from-env-0123"},
+                      {"KVTIER_NATS_TOKEN", "nats-token-from-env-0123"}},
+                     c));
+  EXPECT_EQ(c.cluster.index_token, "index-token-from-env-0123");
+  EXPECT_EQ(c.cluster.nats_token, "nats-token-from-env-0123");
+  ASSERT_OK_AND_ASSIGN(CommandLine cl, ParseCommandLine({"--index-token-file", index_token,
+                                                         "--nats-token-file", nats_token}));
+  ASSERT_OK(ApplyFlags(cl, c));
+  EXPECT_EQ(c.cluster.index_token, "index-token-0123456789");
+  EXPECT_EQ(c.cluster.nats_token, "nats-token-0123456789");
+
+  // Broken combinations name the key.
+  DaemonConfig bad = c;
+  bad.cluster.index_address.clear();
+  EXPECT_THAT(bad.Validate(), StatusIs(kInvalid, HasSubstr("cluster.index_token")));
+  bad = c;
+  bad.cluster.index_ca_file = ca + ".missing";
+  EXPECT_THAT(bad.Validate(), StatusIs(kInvalid, HasSubstr("cluster.index_ca_file: cannot read")));
+  bad = c;
+  bad.cluster.index_ca_file.clear();
+  EXPECT_THAT(bad.Validate(), StatusIs(kInvalid, HasSubstr("cluster.index_tls_name")));
+  bad = c;
+  bad.cluster.nats_user = "kvtier";
+  bad.cluster.nats_password = "pw";
+  EXPECT_THAT(bad.Validate(), StatusIs(kInvalid, HasSubstr("cluster.nats_token: set a token")));
+  bad = c;
+  bad.cluster.nats_ca_file = ca + ".missing";
+  EXPECT_THAT(bad.Validate(), StatusIs(kInvalid, HasSubstr(".missing")));
+  bad = c;
+  bad.cluster.nats_token.clear();
+  bad.cluster.nats_url = "tls://kvtier:url-password-0123@127.0.0.1:4222";
+  ASSERT_OK(bad.Validate());
+  EXPECT_THAT(bad.ToRedactedYaml(), ::testing::Not(HasSubstr("url-password-0123")));
+  EXPECT_THAT(bad.ToRedactedYaml(), HasSubstr("tls://***@127.0.0.1:4222"));
+  EXPECT_THAT(ApplyYaml("cluster:\n  index_token_file: /nonexistent/token\n", bad),
+              StatusIs(kInvalid, HasSubstr("cluster.index_token_file")));
+  const std::string blank = TempFile(" \n");
+  EXPECT_THAT(ApplyYaml(absl::StrCat("cluster:\n  index_token_file: ", blank, "\n"), bad),
+              StatusIs(kInvalid, HasSubstr("is empty")))
+      << "an empty file must not turn the token off";
+  std::remove(blank.c_str());
+  for (const std::string& f : {ca, index_token, nats_token}) std::remove(f.c_str());
+}
+
 TEST(Cluster, NodeIdDefaultsToTheHostName) {
   ASSERT_OK_AND_ASSIGN(CommandLine cl, ParseCommandLine({"--dram", "256MiB", "--nvme", "off"}));
   ASSERT_OK_AND_ASSIGN(DaemonConfig c, LoadConfig(cl, {}));
