@@ -191,7 +191,7 @@ def check_overlay(name, docs, kvtierd, work):
             for e in sm["spec"]["endpoints"]:
                 check(e["port"] in {p["name"] for p in s["spec"]["ports"]},
                       f"{name}: ServiceMonitor port {e['port']} not on {s['metadata']['name']}")
-    check_index(name, docs, config, kvtier_index_path(kvtierd))
+    check_index(name, docs, config, kvtier_index_path(kvtierd), work)
     return pod, c
 
 
@@ -200,7 +200,7 @@ def kvtier_index_path(kvtierd):
                         "src/index/kvtier-index")
 
 
-def check_index(name, docs, config, kvtier_index):
+def check_index(name, docs, config, kvtier_index, work):
     """kvtier-index as the Deployment runs it (its flags, and the environment
     from its ConfigMap and Secrets) via --check-config: it must reach the
     NATS Service kvtierd publishes to and listen on its container ports."""
@@ -227,7 +227,19 @@ def check_index(name, docs, config, kvtier_index):
             env[e["name"]] = e["value"]
         elif "secretKeyRef" in e.get("valueFrom", {}):
             env[e["name"]] = "secret-for-the-config-check-0123456789"
-    r = subprocess.run([kvtier_index, "--check-config"] + c["command"][1:],
+    # Files the flags name (TLS certificate and key) are made up under a
+    # temporary root, as check_config does for kvtierd's.
+    root = os.path.join(work, name.replace("/", "-") + "-index")
+    args = []
+    for a in c["command"][1:]:
+        if a.startswith("/etc/"):
+            moved = root + a
+            os.makedirs(os.path.dirname(moved), exist_ok=True)
+            with open(moved, "w") as f:
+                f.write("made up for the config check\n")
+            a = moved
+        args.append(a)
+    r = subprocess.run([kvtier_index, "--check-config"] + args,
                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                        env=dict(os.environ, **env))
     check(r.returncode == 0, f"{name}: kvtier-index --check-config failed: {r.stdout.strip()}")
@@ -245,6 +257,94 @@ def check_index(name, docs, config, kvtier_index):
           f"{name}: kvtier-index http {eff['http']} != containerPort {ports.get('http')}")
     check(eff["http"].startswith("127.") or eff["status_token"],
           f"{name}: kvtier-index http is not loopback and has no status token")
+    check(eff["tls"]["cert_file"] and eff["api_token"],
+          f"{name}: kvtier-index serves its API off loopback without TLS or a token")
+    # Volumes hold what the flags name.
+    mounts = {m["mountPath"] for m in c.get("volumeMounts", [])}
+    check(os.path.dirname(eff["tls"]["cert_file"].replace(root, "")) in mounts,
+          f"{name}: kvtier-index's TLS folder is not a volume mount")
+    check_tokens(name, docs, config, c, work)
+
+
+def secret_key(container, var):
+    """(secret, key) of an environment variable from a secretKeyRef."""
+    for e in container.get("env", []):
+        ref = e.get("valueFrom", {}).get("secretKeyRef")
+        if e["name"] == var and ref:
+            return ref["name"], ref["key"]
+    return None
+
+
+def mounted_secret_key(docs, path):
+    """(secret, key) kvtierd reads at `path`, through its DaemonSet's mounts."""
+    ds = [d for d in docs if d["kind"] == "DaemonSet" and d["metadata"]["name"] == "kvtierd"]
+    if not ds or not path:
+        return None
+    pod = ds[0]["spec"]["template"]["spec"]
+    c = next(x for x in pod["containers"] if x["name"] == "kvtierd")
+    folder, key = os.path.split(path)
+    for m in c.get("volumeMounts", []):
+        if m["mountPath"] == folder:
+            for v in pod.get("volumes", []):
+                if v["name"] == m["name"] and "secret" in v:
+                    return v["secret"]["secretName"], key
+    return None
+
+
+def check_tokens(name, docs, config, index_container, work):
+    """NATS requires a token, and kvtierd and kvtier-index read the same one;
+    kvtierd (when it asks the index) sends the token the index requires."""
+    nats = [d for d in docs if d["kind"] == "StatefulSet" and d["metadata"]["name"] == "nats"]
+    if not nats:
+        return
+    pod = nats[0]["spec"]["template"]["spec"]
+    nc = pod["containers"][0]
+    args = nc.get("args", [])
+    check("-c" in args, f"{name}: nats runs without its configuration file")
+    if "-c" not in args:
+        return
+    # The file comes from a ConfigMap volume; nats-server itself checks it
+    # with the container's environment (a token from the Secret).
+    conf_path = args[args.index("-c") + 1]
+    folder, file_name = os.path.split(conf_path)
+    conf = None
+    for m in nc.get("volumeMounts", []):
+        if m["mountPath"] != folder:
+            continue
+        for v in pod.get("volumes", []):
+            if v["name"] == m["name"] and "configMap" in v:
+                for d in docs:
+                    if d["kind"] == "ConfigMap" and d["metadata"]["name"] == v["configMap"]["name"]:
+                        conf = d.get("data", {}).get(file_name)
+    check(conf is not None, f"{name}: nats' {conf_path} is not in a mounted ConfigMap")
+    if conf is None:
+        return
+    var = re.search(r"authorization\s*\{[^}]*\btoken\s*:\s*\$(\w+)", conf)
+    check(var is not None, f"{name}: nats accepts clients without a token")
+    nats_key = secret_key(nc, var.group(1)) if var else None
+    check(nats_key is not None, f"{name}: nats' token does not come from a Secret")
+    nats_server = shutil.which("nats-server") or "/usr/sbin/nats-server"
+    if os.path.exists(nats_server):
+        path = os.path.join(work, name.replace("/", "-") + "-nats.conf")
+        with open(path, "w") as f:
+            f.write(conf)
+        env = {e["name"]: "token-for-the-config-check" for e in nc.get("env", [])}
+        r = subprocess.run([nats_server, "-c", path, "-t"], stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True, env=dict(os.environ, **env))
+        check(r.returncode == 0, f"{name}: nats-server -t on {conf_path}: {r.stdout.strip()}")
+    cluster = config.get("cluster", {})
+    check(mounted_secret_key(docs, cluster.get("nats_token_file")) == nats_key,
+          f"{name}: kvtierd's cluster.nats_token_file is not nats' token {nats_key}")
+    check(secret_key(index_container, "KVTIER_NATS_TOKEN") == nats_key,
+          f"{name}: kvtier-index's KVTIER_NATS_TOKEN is not nats' token {nats_key}")
+    index_key = secret_key(index_container, "KVTIER_INDEX_TOKEN")
+    check(index_key is not None, f"{name}: kvtier-index's KVTIER_INDEX_TOKEN is not a Secret")
+    if cluster.get("index_address"):
+        check(index_key is not None and
+              mounted_secret_key(docs, cluster.get("index_token_file")) == index_key,
+              f"{name}: kvtierd's cluster.index_token_file is not the index's KVTIER_INDEX_TOKEN")
+        check(cluster.get("index_ca_file"),
+              f"{name}: kvtierd asks the index without TLS (cluster.index_ca_file)")
 
 
 def main():
@@ -279,6 +379,23 @@ def main():
     check(rdma_pod.get("hostNetwork") is True, "overlays/aks-rdma: not on the host network")
     check("rdma/hca_shared_devices_a" in rdma_c["resources"]["limits"],
           "overlays/aks-rdma: no RDMA device")
+    rdma_docs = [d for d in yaml.safe_load_all(subprocess.run(
+        [kubectl, "kustomize", os.path.join(k8s, "overlays/aks-rdma")], stdout=subprocess.PIPE,
+        text=True).stdout) if d]
+    rdma_cms = [d for d in rdma_docs if d["kind"] == "ConfigMap" and
+                d["metadata"]["name"].startswith("kvtierd-config")]
+    # Host-network kvtierd calls from node addresses: the policies of the
+    # index's API and of NATS must let an ipBlock in.
+    for policy, port in (("kvtier-index", "grpc"), ("nats", "client")):
+        rules = [r for d in rdma_docs if d["kind"] == "NetworkPolicy" and
+                 d["metadata"]["name"] == policy for r in d["spec"].get("ingress", [])]
+        check(any(any("ipBlock" in f for f in r.get("from", [])) and
+                  any(p.get("port") == port for p in r.get("ports", [])) for r in rules),
+              f"overlays/aks-rdma: NetworkPolicy {policy} does not let the nodes reach {port}")
+    rdma_config = yaml.safe_load(rdma_cms[0]["data"]["kvtierd.yaml"]) if rdma_cms else {}
+    check(rdma_config.get("ucx", {}).get("enabled") is True and
+          rdma_config.get("cluster", {}).get("index_address"),
+          "overlays/aks-rdma: node-to-node reads (ucx.enabled, cluster.index_address) are off")
     base_pod, _ = rendered["base"]
     check(base_pod.get("hostNetwork") is False, "base: kvtierd must not use the host network")
     if errors:
