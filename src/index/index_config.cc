@@ -95,6 +95,9 @@ absl::Status Apply(const std::string& key, const std::string& v, const std::stri
     o.tls.client_ca_file = v;
   } else if (key == "tls.require_client_cert") {
     KVTIER_ASSIGN_OR_RETURN(o.tls.require_client_cert, ParseBool(v, field));
+  } else if (key == "tls.reload_seconds") {
+    KVTIER_ASSIGN_OR_RETURN(uint64_t r, ParseU64(v, field, 1, 86400));
+    o.tls.reload_seconds = static_cast<uint32_t>(r);
   } else if (key == "grpc") {
     o.grpc = v;
   } else if (key == "http") {
@@ -153,8 +156,8 @@ const std::set<std::string>& NatsKeys() {
   return *k;
 }
 const std::set<std::string>& TlsKeys() {
-  static const auto* k =
-      new std::set<std::string>{"cert_file", "key_file", "client_ca_file", "require_client_cert"};
+  static const auto* k = new std::set<std::string>{"cert_file", "key_file", "client_ca_file",
+                                                   "require_client_cert", "reload_seconds"};
   return *k;
 }
 
@@ -325,6 +328,7 @@ std::string EffectiveIndexConfig(const IndexCommandLine& c) {
   out << YAML::Key << "key_file" << YAML::Value << o.tls.key_file;
   out << YAML::Key << "client_ca_file" << YAML::Value << o.tls.client_ca_file;
   out << YAML::Key << "require_client_cert" << YAML::Value << o.tls.require_client_cert;
+  out << YAML::Key << "reload_seconds" << YAML::Value << o.tls.reload_seconds;
   out << YAML::EndMap;
   out << YAML::Key << "http" << YAML::Value << o.http;
   out << YAML::Key << "status_token" << YAML::Value << redact(o.status_token);

@@ -63,10 +63,11 @@ absl::StatusOr<std::unique_ptr<IndexHolderSource>> IndexHolderSource::Create(
   std::shared_ptr<grpc::ChannelCredentials> credentials = grpc::InsecureChannelCredentials();
   grpc::ChannelArguments args;
   if (!options.ca_file.empty()) {
-    KVTIER_ASSIGN_OR_RETURN(credentials,
-                            server::ChannelCredentials({options.ca_file, "cluster.index_ca_file"},
-                                                       {options.cert_file, "tls.cert_file"},
-                                                       {options.key_file, "tls.key_file"}));
+    KVTIER_ASSIGN_OR_RETURN(
+        credentials,
+        server::ChannelCredentials({options.ca_file, "cluster.index_ca_file"},
+                                   {options.cert_file, "tls.cert_file"},
+                                   {options.key_file, "tls.key_file"}, options.tls_reload_seconds));
     if (!options.tls_name.empty()) args.SetSslTargetNameOverride(options.tls_name);
   }
   for (const std::string& a : options.index_addresses) {

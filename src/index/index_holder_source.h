@@ -32,6 +32,7 @@ struct IndexHolderSourceOptions {
   std::string cert_file;                     // PEM client certificate presented over TLS; "" = none
   std::string key_file;                      // its private key
   std::string tls_name;  // name to check in the replicas' certificates; "" = the address
+  uint32_t tls_reload_seconds = 60;  // how often the CA and certificate files are read again
 
   absl::Status Validate() const;
 };

@@ -241,6 +241,8 @@ absl::Status ApplySetting(const std::string& name, const std::string& value,
     c.tls.client_ca_file = value;
   } else if (name == "tls.require_client_cert") {
     KVTIER_ASSIGN_OR_RETURN(c.tls.require_client_cert, ParseBool(value, field));
+  } else if (name == "tls.reload_seconds") {
+    KVTIER_ASSIGN_OR_RETURN(c.tls.reload_seconds, ParseU32(value, field, 1, 86400));
   } else if (name == "dram.capacity") {
     KVTIER_ASSIGN_OR_RETURN(c.dram.dram_capacity_bytes, ParseByteSize(value, field));
   } else if (name == "dram.slab") {
@@ -426,7 +428,7 @@ const std::map<std::string, std::set<std::string>>& SectionKeys() {
       {"listen",
        {"unix_socket", "unix_socket_mode", "shared_memory", "tcp", "allow_insecure_tcp", "http",
         "status_token", "status_token_file"}},
-      {"tls", {"cert_file", "key_file", "client_ca_file", "require_client_cert"}},
+      {"tls", {"cert_file", "key_file", "client_ca_file", "require_client_cert", "reload_seconds"}},
       {"dram", {"capacity", "slab", "index_shards", "huge_pages", "prefault", "eviction_policy"}},
       {"nvme",
        {"enabled", "path", "capacity", "slot_payload_sizes", "io_mode", "queue_depth",
@@ -1130,6 +1132,7 @@ std::string DaemonConfig::ToRedactedYaml() const {
   out << YAML::Key << "key_file" << YAML::Value << tls.key_file;
   out << YAML::Key << "client_ca_file" << YAML::Value << tls.client_ca_file;
   out << YAML::Key << "require_client_cert" << YAML::Value << tls.require_client_cert;
+  out << YAML::Key << "reload_seconds" << YAML::Value << tls.reload_seconds;
   out << YAML::EndMap;
   out << YAML::Key << "dram" << YAML::Value << YAML::BeginMap;
   out << YAML::Key << "capacity" << YAML::Value << dram.dram_capacity_bytes;

@@ -246,6 +246,7 @@ absl::Status Daemon::StartCluster() {
       ho.key_file = config_.tls.key_file;
     }
     ho.tls_name = c.index_tls_name;
+    ho.tls_reload_seconds = config_.tls.reload_seconds;
     absl::StatusOr<std::unique_ptr<index::IndexHolderSource>> h =
         index::IndexHolderSource::Create(ho);
     if (!h.ok()) return h.status();
@@ -324,7 +325,7 @@ absl::Status Daemon::StartTransfer() {
         ChannelCredentials({own_ca ? config_.ucx.peer_ca_file : config_.tls.client_ca_file,
                             own_ca ? "ucx.peer_ca_file" : "tls.client_ca_file"},
                            {config_.tls.cert_file, "tls.cert_file"},
-                           {config_.tls.key_file, "tls.key_file"}));
+                           {config_.tls.key_file, "tls.key_file"}, config_.tls.reload_seconds));
   }
   peer_clients_ = std::make_unique<transfer::PeerClients>(
       config_.ucx.peer_token, std::move(peer_credentials), config_.ucx.peer_tls_name);

@@ -2,12 +2,16 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <fstream>
 #include <sstream>
 #include <utility>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "grpcpp/security/tls_certificate_provider.h"
+#include "grpcpp/security/tls_certificate_verifier.h"
+#include "grpcpp/security/tls_credentials_options.h"
 #include "src/common/status_macros.h"
 
 namespace kvtier::server {
@@ -40,6 +44,9 @@ absl::Status ValidateTls(const TlsConfig& tls, absl::string_view section) {
     return Invalid(section, "client_ca_file",
                    absl::StrCat("needs ", section, ".cert_file and ", section, ".key_file"));
   }
+  if (tls.reload_seconds == 0 || tls.reload_seconds > 86400) {
+    return Invalid(section, "reload_seconds", "must be in 1..86400");
+  }
   if (tls.require_client_cert && tls.client_ca_file.empty()) {
     return Invalid(section, "require_client_cert",
                    absl::StrCat("needs ", section, ".client_ca_file"));
@@ -66,37 +73,47 @@ absl::StatusOr<std::string> ReadPemFile(const std::string& path, absl::string_vi
 absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> ServerCredentials(
     const TlsConfig& tls, absl::string_view section) {
   if (!tls.enabled()) return grpc::InsecureServerCredentials();
-  grpc::SslServerCredentialsOptions opts(
-      tls.client_ca_file.empty()
-          ? GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE
-          : (tls.require_client_cert ? GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY
-                                     : GRPC_SSL_REQUEST_CLIENT_CERTIFICATE_AND_VERIFY));
-  grpc::SslServerCredentialsOptions::PemKeyCertPair pair;
-  KVTIER_ASSIGN_OR_RETURN(pair.private_key,
-                          ReadPemFile(tls.key_file, absl::StrCat(section, ".key_file")));
-  KVTIER_ASSIGN_OR_RETURN(pair.cert_chain,
-                          ReadPemFile(tls.cert_file, absl::StrCat(section, ".cert_file")));
-  opts.pem_key_cert_pairs.push_back(std::move(pair));
+  // Read once here, so that a missing file fails the start with its name
+  // (the watcher below only logs).
+  KVTIER_RETURN_IF_ERROR(ReadPemFile(tls.key_file, absl::StrCat(section, ".key_file")).status());
+  KVTIER_RETURN_IF_ERROR(ReadPemFile(tls.cert_file, absl::StrCat(section, ".cert_file")).status());
   if (!tls.client_ca_file.empty()) {
-    KVTIER_ASSIGN_OR_RETURN(
-        opts.pem_root_certs,
-        ReadPemFile(tls.client_ca_file, absl::StrCat(section, ".client_ca_file")));
+    KVTIER_RETURN_IF_ERROR(
+        ReadPemFile(tls.client_ca_file, absl::StrCat(section, ".client_ca_file")).status());
   }
-  return grpc::SslServerCredentials(opts);
+  auto provider = std::make_shared<grpc::experimental::FileWatcherCertificateProvider>(
+      tls.key_file, tls.cert_file, tls.client_ca_file, std::max(tls.reload_seconds, 1u));
+  grpc::experimental::TlsServerCredentialsOptions opts(provider);
+  opts.watch_identity_key_cert_pairs();
+  if (!tls.client_ca_file.empty()) opts.watch_root_certs();
+  opts.set_cert_request_type(tls.client_ca_file.empty()
+                                 ? GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE
+                                 : (tls.require_client_cert
+                                        ? GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY
+                                        : GRPC_SSL_REQUEST_CLIENT_CERTIFICATE_AND_VERIFY));
+  return grpc::experimental::TlsServerCredentials(opts);
 }
 
-absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> ChannelCredentials(const PemSource& ca,
-                                                                             const PemSource& cert,
-                                                                             const PemSource& key) {
-  grpc::SslCredentialsOptions ssl;
-  if (!ca.path.empty()) {
-    KVTIER_ASSIGN_OR_RETURN(ssl.pem_root_certs, ReadPemFile(ca.path, ca.field));
-  }
+absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> ChannelCredentials(
+    const PemSource& ca, const PemSource& cert, const PemSource& key, uint32_t reload_seconds) {
+  if (!ca.path.empty()) KVTIER_RETURN_IF_ERROR(ReadPemFile(ca.path, ca.field).status());
   if (!cert.path.empty()) {
-    KVTIER_ASSIGN_OR_RETURN(ssl.pem_cert_chain, ReadPemFile(cert.path, cert.field));
-    KVTIER_ASSIGN_OR_RETURN(ssl.pem_private_key, ReadPemFile(key.path, key.field));
+    KVTIER_RETURN_IF_ERROR(ReadPemFile(cert.path, cert.field).status());
+    KVTIER_RETURN_IF_ERROR(ReadPemFile(key.path, key.field).status());
   }
-  return grpc::SslCredentials(ssl);
+  grpc::experimental::TlsChannelCredentialsOptions opts;
+  if (!ca.path.empty() || !cert.path.empty()) {
+    opts.set_certificate_provider(
+        std::make_shared<grpc::experimental::FileWatcherCertificateProvider>(
+            cert.path.empty() ? std::string() : key.path, cert.path, ca.path,
+            std::max(reload_seconds, 1u)));
+    if (!ca.path.empty()) opts.watch_root_certs();
+    if (!cert.path.empty()) opts.watch_identity_key_cert_pairs();
+  }
+  opts.set_verify_server_certs(true);
+  opts.set_certificate_verifier(
+      std::make_shared<grpc::experimental::HostNameCertificateVerifier>());
+  return grpc::experimental::TlsCredentials(opts);
 }
 
 }  // namespace kvtier::server

@@ -6,6 +6,7 @@
 #ifndef KVTIER_SRC_SERVER_GRPC_TLS_H_
 #define KVTIER_SRC_SERVER_GRPC_TLS_H_
 
+#include <cstdint>
 #include <memory>
 #include <string>
 
@@ -23,6 +24,7 @@ struct TlsConfig {
   std::string key_file;              // PEM private key
   std::string client_ca_file;        // PEM CA bundle that signs client certificates
   bool require_client_cert = false;  // mTLS: refuse clients without a valid certificate
+  uint32_t reload_seconds = 60;      // how often the files are read again (1..86400)
 
   bool enabled() const { return !cert_file.empty(); }
 };
@@ -41,8 +43,11 @@ absl::Status ValidateTls(const TlsConfig& tls, absl::string_view section);
 absl::StatusOr<std::string> ReadPemFile(const std::string& path, absl::string_view field);
 
 // A listener's credentials: insecure when TLS is off, else TLS with the
-// client-certificate policy of `tls`. InvalidArgument naming
-// "<section>.<key>" when a file cannot be read.
+// client-certificate policy of `tls`. The files are read again every
+// `tls.reload_seconds`: a renewed certificate (or CA bundle) written in
+// place, or swapped in as Kubernetes does with a Secret, serves new
+// handshakes without a restart. InvalidArgument naming "<section>.<key>"
+// when a file cannot be read at start.
 absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> ServerCredentials(
     const TlsConfig& tls, absl::string_view section);
 
@@ -53,13 +58,13 @@ struct PemSource {
 };
 
 // TLS channel credentials: the server is verified against `ca` (no path:
-// the system's roots) and, when `cert` has a path, `cert` / `key` are
-// presented as the client certificate. REQUIRES: `key` has a path when
-// `cert` has one. InvalidArgument naming the field of a file that cannot be
-// read.
-absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> ChannelCredentials(const PemSource& ca,
-                                                                             const PemSource& cert,
-                                                                             const PemSource& key);
+// the system's roots) and its name checked, and, when `cert` has a path,
+// `cert` / `key` are presented as the client certificate. The files are
+// read again every `reload_seconds`, for the channel's next handshakes.
+// REQUIRES: `key` has a path when `cert` has one. InvalidArgument naming
+// the field of a file that cannot be read at start.
+absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> ChannelCredentials(
+    const PemSource& ca, const PemSource& cert, const PemSource& key, uint32_t reload_seconds = 60);
 
 }  // namespace kvtier::server
 

@@ -4,12 +4,14 @@
 #include <sys/stat.h>
 
 #include <atomic>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
 #include <memory>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -823,6 +825,16 @@ TEST(Daemon, TlsAndMutualTlsOnLoopbackTcp) {
     anon.token.clear();
     ASSERT_OK_AND_ASSIGN(auto an, Client::Create(anon));
     EXPECT_THAT(an->Lookup(ns, {refs[0].key}), StatusIs(absl::StatusCode::kUnauthenticated));
+    // The server's name is checked: its certificate names localhost and
+    // 127.0.0.1, not wrong.example.
+    ClientOptions wrong_name = o;
+    wrong_name.tls_server_name = "wrong.example";
+    ASSERT_OK_AND_ASSIGN(auto wn, Client::Create(wrong_name));
+    EXPECT_THAT(wn->Lookup(ns, {refs[0].key}), StatusIs(absl::StatusCode::kUnavailable));
+    ClientOptions right_name = o;
+    right_name.tls_server_name = "localhost";
+    ASSERT_OK_AND_ASSIGN(auto rn, Client::Create(right_name));
+    EXPECT_OK(rn->Lookup(ns, {refs[0].key}).status());
     // A CA that did not sign the server's certificate is refused.
     ClientOptions other_ca = o;
     other_ca.tls_ca_file = dir.File("client.pem");
@@ -850,6 +862,58 @@ TEST(Daemon, TlsAndMutualTlsOnLoopbackTcp) {
     ASSERT_OK_AND_ASSIGN(LookupResult r, with_cert->Lookup(ns, Namespace::Keys(refs)));
     EXPECT_EQ(r.matched, refs.size());
   }
+}
+
+// A renewed certificate replaces the old one in place (as a Kubernetes
+// Secret update does): new handshakes use it without a restart.
+TEST(Daemon, TlsCertificatesAreReadAgainWithoutARestart) {
+  TempDir old_certs, new_certs, live;
+  ASSERT_OK(MakeCertificates(old_certs));
+  ASSERT_OK(MakeCertificates(new_certs));  // another CA
+  auto install = [&](const TempDir& from) {
+    for (const char* name : {"server.pem", "server.key"}) {
+      std::ifstream in(from.File(name), std::ios::binary);
+      std::stringstream text;
+      text << in.rdbuf();
+      const std::string tmp = live.Write(absl::StrCat(name, ".tmp"), text.str());
+      ASSERT_EQ(std::rename(tmp.c_str(), live.File(name).c_str()), 0);
+    }
+  };
+  install(old_certs);
+  const std::string tcp = absl::StrCat("127.0.0.1:", FreePort());
+  ASSERT_OK_AND_ASSIGN(
+      auto daemon, Daemon::Start(live,
+                                 {"--tcp", tcp, "--tls-cert", live.File("server.pem"), "--tls-key",
+                                  live.File("server.key"), "--admin-token-file",
+                                  live.Write("admin.token", kAdmin), "--config",
+                                  live.Write("tls.yaml", "tls:\n  reload_seconds: 1\n")},
+                                 "reload.log"));
+  ASSERT_OK_AND_ASSIGN(Namespace ns, Namespace::Create(SmallNamespace()));
+  auto lookup_with = [&](const TempDir& ca) {
+    ClientOptions o;
+    o.address = tcp;
+    o.token = kAdmin;
+    o.tls_ca_file = ca.File("ca.pem");
+    o.rpc_timeout_ms = 3000;
+    absl::StatusOr<std::unique_ptr<Client>> c = Client::Create(o);
+    if (!c.ok()) return c.status();
+    return (*c)->Lookup(ns, {BlockKey{1, 2}}).status();
+  };
+  ASSERT_OK(lookup_with(old_certs));
+  EXPECT_THAT(lookup_with(new_certs), StatusIs(absl::StatusCode::kUnavailable));
+
+  install(new_certs);
+  absl::Status s = lookup_with(new_certs);
+  for (absl::Time deadline = absl::Now() + absl::Seconds(15); !s.ok() && absl::Now() < deadline;
+       s = lookup_with(new_certs)) {
+    absl::SleepFor(absl::Milliseconds(200));
+  }
+  EXPECT_TRUE(s.ok()) << "the renewed certificate was not picked up: " << s << "\n"
+                      << daemon->process().Log();
+  EXPECT_THAT(lookup_with(old_certs), StatusIs(absl::StatusCode::kUnavailable))
+      << "the old certificate is still served";
+  ASSERT_OK_AND_ASSIGN(int code, daemon->Stop());
+  EXPECT_EQ(code, 0);
 }
 
 }  // namespace

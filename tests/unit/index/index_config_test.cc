@@ -109,13 +109,15 @@ TEST(IndexConfig, TlsAndNatsSettingsFromYaml) {
                   "grpc: 0.0.0.0:7070\napi_token: index-api-token-0123456789\ntls:\n"
                   "  cert_file: " +
                       cert + "\n  key_file: " + key + "\n  client_ca_file: " + ca +
-                      "\n  require_client_cert: true\nnats:\n  url: tls://nats.kvtier.svc:4222\n"
+                      "\n  require_client_cert: true\n  reload_seconds: 30\nnats:\n  url: "
+                      "tls://nats.kvtier.svc:4222\n"
                       "  user: kvtier\n  password_file: " +
                       nats_password + "\n  ca_file: " + ca + "\n  tls_name: nats.kvtier.svc\n");
   ASSERT_OK_AND_ASSIGN(IndexCommandLine c, ParseIndexCommandLine({"--config", yaml}, Env{}));
   EXPECT_EQ(c.options.tls.key_file, key);
   EXPECT_EQ(c.options.tls.client_ca_file, ca);
   EXPECT_TRUE(c.options.tls.require_client_cert);
+  EXPECT_EQ(c.options.tls.reload_seconds, 30u);
   EXPECT_EQ(c.options.nats.user, "kvtier");
   EXPECT_EQ(c.options.nats.password, "nats-password-0123");
   EXPECT_EQ(c.options.nats.ca_file, ca);

@@ -483,6 +483,16 @@ TEST(Cluster, NatsAndIndexCredentialsFromEveryLayer) {
   for (const std::string& f : {ca, index_token, nats_token}) std::remove(f.c_str());
 }
 
+TEST(Yaml, TlsReloadInterval) {
+  DaemonConfig c = Base();
+  EXPECT_EQ(c.tls.reload_seconds, 60u);
+  ASSERT_OK(ApplyYaml("tls:\n  reload_seconds: 5\n", c));
+  EXPECT_EQ(c.tls.reload_seconds, 5u);
+  EXPECT_THAT(ApplyYaml("tls:\n  reload_seconds: 0\n", c),
+              StatusIs(kInvalid, HasSubstr("tls.reload_seconds")));
+  EXPECT_THAT(c.ToRedactedYaml(), HasSubstr("reload_seconds: 5"));
+}
+
 TEST(Cluster, NodeIdDefaultsToTheHostName) {
   ASSERT_OK_AND_ASSIGN(CommandLine cl, ParseCommandLine({"--dram", "256MiB", "--nvme", "off"}));
   ASSERT_OK_AND_ASSIGN(DaemonConfig c, LoadConfig(cl, {}));

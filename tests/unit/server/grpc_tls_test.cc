@@ -69,6 +69,10 @@ TEST(GrpcTls, ValidateNamesTheKeyOfTheSection) {
   require_without_ca.client_ca_file.clear();
   EXPECT_THAT(ValidateTls(require_without_ca, "tls"),
               StatusIs(kInvalid, HasSubstr("tls.require_client_cert")));
+  TlsConfig never_reloaded = ok;
+  never_reloaded.reload_seconds = 0;
+  EXPECT_THAT(ValidateTls(never_reloaded, "tls"),
+              StatusIs(kInvalid, HasSubstr("tls.reload_seconds")));
   TlsConfig missing = ok;
   missing.client_ca_file = pem.path() + ".missing";
   EXPECT_THAT(ValidateTls(missing, "tls"),
