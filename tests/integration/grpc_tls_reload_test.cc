@@ -3,9 +3,10 @@
 // credentials whose CA file is swapped. A server that implements nothing
 // answers UNIMPLEMENTED once the handshake succeeds and the call reaches it,
 // and a failed handshake is UNAVAILABLE, so the codes tell which
-// certificate won.
+// certificate won. Also: the name a channel expects instead of the address.
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <memory>
 #include <sstream>
@@ -48,10 +49,13 @@ std::unique_ptr<grpc::Server> StartServer(const server::TlsConfig& tls, v1::Inde
   return builder.BuildAndStart();
 }
 
-// The code of one call on a fresh channel made from `creds`.
-grpc::StatusCode Call(const std::shared_ptr<grpc::ChannelCredentials>& creds, int port) {
+// The code of one call on a fresh channel made from `creds`, expecting
+// `name` in the server's certificate ("" = the address).
+grpc::StatusCode Call(const std::shared_ptr<grpc::ChannelCredentials>& creds, int port,
+                      const std::string& name = "") {
   grpc::ChannelArguments args;
   args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);  // a new connection each time
+  if (!name.empty()) args.SetSslTargetNameOverride(name);
   std::unique_ptr<v1::Index::Stub> stub =
       v1::Index::NewStub(grpc::CreateCustomChannel(absl::StrCat("127.0.0.1:", port), creds, args));
   grpc::ClientContext ctx;
@@ -110,6 +114,39 @@ TEST(GrpcTlsReload, ServerAndChannelPickUpRenewedFiles) {
   EXPECT_EQ(CallUntil(client, port, grpc::StatusCode::UNIMPLEMENTED),
             grpc::StatusCode::UNIMPLEMENTED)
       << "the channel credentials kept the old CA";
+  server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
+}
+
+// A certificate that names only a service name (no address), as a
+// Kubernetes Service's: a channel to the address that expects that name
+// (ucx.peer_tls_name, cluster.index_tls_name) gets through; without the
+// name, or with another, it is refused.
+TEST(GrpcTlsReload, TheExpectedNameOverridesTheAddress) {
+  TempDir d;
+  const std::string cmd =
+      absl::StrCat("(cd ", d.path(), " && ",
+                   "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes "
+                   "-keyout ca.key -out ca.pem -days 2 -subj /CN=kvtier-test-ca && "
+                   "openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes "
+                   "-keyout server.key -out server.csr -subj /CN=kvtierd && "
+                   "printf 'subjectAltName=DNS:kvtierd.kvtier.svc\\n' > san.ext && "
+                   "openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial "
+                   "-out server.pem -days 2 -extfile san.ext) > ",
+                   d.File("openssl.log"), " 2>&1");
+  ASSERT_EQ(std::system(cmd.c_str()), 0) << "openssl failed";
+  server::TlsConfig tls;
+  tls.cert_file = d.File("server.pem");
+  tls.key_file = d.File("server.key");
+  int port = 0;
+  v1::Index::Service nothing;
+  std::unique_ptr<grpc::Server> server = StartServer(tls, &nothing, &port);
+  ASSERT_NE(server, nullptr);
+  ASSERT_OK_AND_ASSIGN(std::shared_ptr<grpc::ChannelCredentials> creds,
+                       server::ChannelCredentials({d.File("ca.pem"), "ca"}, {}, {}));
+  EXPECT_EQ(Call(creds, port, "kvtierd.kvtier.svc"), grpc::StatusCode::UNIMPLEMENTED);
+  EXPECT_EQ(Call(creds, port), grpc::StatusCode::UNAVAILABLE)
+      << "127.0.0.1 is not in the certificate";
+  EXPECT_EQ(Call(creds, port, "other.kvtier.svc"), grpc::StatusCode::UNAVAILABLE);
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
 }
 
