@@ -41,6 +41,9 @@ constexpr char kParentMeta[] = "kvtier_parent";
 // The largest object a download accepts (a chunk fits one DRAM slab).
 constexpr uint64_t kMaxObjectBytes = 4ull << 30;
 
+// Write deadlines one page of a namespace listing is given.
+constexpr int kListingWrites = 4;
+
 bool ParseHexKey(const std::string& hex, BlockKey* key) {
   if (hex.size() != 32) return false;
   uint64_t parts[2] = {0, 0};
@@ -321,13 +324,14 @@ void BlobTier::EndDeletion(const NsKey& key, bool whole_namespace) {
   }
 }
 
-absl::Time BlobTier::WriteDeadline(absl::Time limit, bool* cut) const {
+absl::Time BlobTier::WriteDeadline(absl::Time limit, bool* cut, int writes) const {
   absl::Time close_by;
   {
     absl::MutexLock lock(&mu_);
     close_by = close_by_;
   }
-  const absl::Time own = absl::Now() + absl::Milliseconds(options_.write_deadline_ms);
+  const absl::Time own =
+      absl::Now() + absl::Milliseconds(options_.write_deadline_ms) * std::max(writes, 1);
   const absl::Time deadline = std::min({own, limit, close_by});
   *cut = deadline < own;
   return deadline;
@@ -352,7 +356,9 @@ void BlobTier::DeleteNamespaceObjects(uint64_t namespace_id, absl::Time limit) {
   std::string marker;
   do {
     bool cut = false;
-    absl::Time deadline = WriteDeadline(limit, &cut);
+    // A page of up to 1000 names can take a busy endpoint longer than one
+    // write; that is not a sign that it is down.
+    absl::Time deadline = WriteDeadline(limit, &cut, kListingWrites);
     if (absl::Now() >= deadline) return stop("out of time", 0);
     absl::StatusOr<BlobListPage> page = client_->List(prefix, marker, 1000, deadline);
     if (cut && absl::IsDeadlineExceeded(page.status())) return stop("out of time", 0);

@@ -181,11 +181,13 @@ class BlobTier {
   // Notes a request's outcome: failures for want of an answer degrade the
   // tier; any success clears it.
   void Note(const absl::Status& status);
-  // The deadline of a write request started now: write_deadline_ms, cut to
-  // `limit` and to Close's deadline. `*cut` tells whether it was cut, so
+  // The deadline of a write request started now: `writes` x
+  // write_deadline_ms (a listing page of 1000 names is given several), cut
+  // to `limit` and to Close's deadline. `*cut` tells whether it was cut, so
   // that running out of a self-imposed time is not taken for an endpoint
   // that does not answer.
-  absl::Time WriteDeadline(absl::Time limit, bool* cut) const ABSL_LOCKS_EXCLUDED(mu_);
+  absl::Time WriteDeadline(absl::Time limit, bool* cut, int writes = 1) const
+      ABSL_LOCKS_EXCLUDED(mu_);
   // Deletes an object (a worker's job) and notes the outcome.
   void DeleteObject(const std::string& name);
   void Record(uint64_t ns, const BlockKey& key) ABSL_LOCKS_EXCLUDED(record_mu_);
