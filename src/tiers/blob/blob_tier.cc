@@ -83,7 +83,7 @@ absl::Status BlobCacheOptions::Validate() const {
   if (upload_workers < 1 || upload_workers > 256) {
     return Invalid("upload_workers", absl::StrCat(upload_workers, " is outside [1, 256]"));
   }
-  if (get_range_bytes < 64 * 1024) {
+  if (get_range_bytes < uint64_t{64} * 1024) {
     return Invalid("get_range_bytes", absl::StrCat(get_range_bytes, " is below 64 KiB"));
   }
   if (deadline_ms == 0) return Invalid("deadline_ms", "must be positive");
@@ -512,7 +512,7 @@ size_t BlobTier::MatchPrefix(uint64_t namespace_id, absl::Span<const BlockKey> k
   for (size_t i = 0; i < count; ++i) {
     client_->GetPropertiesAsync(
         ObjectName(namespace_id, keys[n + i]), deadline,
-        [shared, i](absl::StatusOr<BlobProperties> p) {
+        [shared, i](const absl::StatusOr<BlobProperties>& p) {
           absl::MutexLock lock(&shared->mu);
           shared->found[i] = p.ok() ? 1 : 0;
           if (!p.ok() && !absl::IsNotFound(p.status()) && shared->failure.ok()) {
