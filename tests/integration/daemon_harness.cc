@@ -39,14 +39,16 @@ std::string TempDir::Write(const std::string& name, const std::string& contents)
   return File(name);
 }
 
-absl::Status MakeCertificates(const TempDir& dir) {
+absl::Status MakeCertificates(const TempDir& dir, const std::string& server_names) {
   const std::string cmd =
       absl::StrCat("(cd ", dir.path(), " && ",
                    "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes "
                    "-keyout ca.key -out ca.pem -days 2 -subj /CN=kvtier-test-ca && "
                    "openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes "
                    "-keyout server.key -out server.csr -subj /CN=localhost && "
-                   "printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\\n' > san.ext && "
+                   "printf 'subjectAltName=",
+                   server_names,
+                   "\\n' > san.ext && "
                    "openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial "
                    "-out server.pem -days 2 -extfile san.ext && "
                    "openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes "

@@ -35,9 +35,11 @@ class TempDir {
 int FreePort();
 
 // Makes, with the openssl CLI, a CA (ca.pem, ca.key), a certificate for
-// localhost and 127.0.0.1 signed by it (server.pem, server.key) and a client
-// certificate (client.pem, client.key) in `dir`.
-absl::Status MakeCertificates(const TempDir& dir);
+// `server_names` (subjectAltName syntax; default localhost and 127.0.0.1)
+// signed by it (server.pem, server.key) and a client certificate
+// (client.pem, client.key) in `dir`.
+absl::Status MakeCertificates(const TempDir& dir,
+                              const std::string& server_names = "DNS:localhost,IP:127.0.0.1");
 
 // A child process; killed (SIGKILL) on destruction if still running.
 class Process {

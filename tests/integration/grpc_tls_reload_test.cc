@@ -6,7 +6,6 @@
 // certificate won. Also: the name a channel expects instead of the address.
 #include <chrono>
 #include <cstdio>
-#include <cstdlib>
 #include <fstream>
 #include <memory>
 #include <sstream>
@@ -123,17 +122,7 @@ TEST(GrpcTlsReload, ServerAndChannelPickUpRenewedFiles) {
 // name, or with another, it is refused.
 TEST(GrpcTlsReload, TheExpectedNameOverridesTheAddress) {
   TempDir d;
-  const std::string cmd =
-      absl::StrCat("(cd ", d.path(), " && ",
-                   "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes "
-                   "-keyout ca.key -out ca.pem -days 2 -subj /CN=kvtier-test-ca && "
-                   "openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes "
-                   "-keyout server.key -out server.csr -subj /CN=kvtierd && "
-                   "printf 'subjectAltName=DNS:kvtierd.kvtier.svc\\n' > san.ext && "
-                   "openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial "
-                   "-out server.pem -days 2 -extfile san.ext) > ",
-                   d.File("openssl.log"), " 2>&1");
-  ASSERT_EQ(std::system(cmd.c_str()), 0) << "openssl failed";
+  ASSERT_OK(MakeCertificates(d, "DNS:kvtierd.kvtier.svc"));
   server::TlsConfig tls;
   tls.cert_file = d.File("server.pem");
   tls.key_file = d.File("server.key");

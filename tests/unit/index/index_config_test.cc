@@ -1,8 +1,6 @@
 // kvtier-index's settings: the YAML file, then the environment, then flags.
 #include "src/index/index_config.h"
 
-#include <stdlib.h>
-
 #include <filesystem>
 #include <fstream>
 #include <string>
@@ -11,6 +9,7 @@
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "src/common/temp_path.h"
 #include "tests/testing/status_matchers.h"
 
 namespace kvtier::index {
@@ -24,8 +23,9 @@ using Env = std::vector<std::pair<std::string, std::string>>;
 class Files {
  public:
   Files() {
-    char tmpl[] = "/tmp/kvtier-index-config-XXXXXX";
-    dir_ = mkdtemp(tmpl);
+    absl::StatusOr<std::string> dir = MakeTempDir("/tmp", "kvtier-index-config-");
+    EXPECT_TRUE(dir.ok()) << dir.status();
+    if (dir.ok()) dir_ = *dir;
   }
   ~Files() { std::filesystem::remove_all(dir_); }
   std::string Write(const std::string& name, const std::string& text) const {
