@@ -11,7 +11,6 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
-#include "absl/strings/strip.h"
 #include "grpcpp/security/server_credentials.h"
 #include "grpcpp/server_builder.h"
 #include "kvtier/namespace.h"
@@ -63,12 +62,7 @@ absl::Status Invalid(absl::string_view field, absl::string_view why) {
 // ---- options --------------------------------------------------------------------
 
 absl::Status IndexServerOptions::Validate() const {
-  if (absl::Status s = nats.Validate(); !s.ok()) {
-    // "nats <option>: why" names the nats.<option> key.
-    absl::string_view why = s.message();
-    return absl::InvalidArgumentError(
-        absl::ConsumePrefix(&why, "nats ") ? absl::StrCat("nats.", why) : std::string(s.message()));
-  }
+  KVTIER_RETURN_IF_ERROR(NameNatsSetting(nats.Validate(), "nats.", ""));
   KVTIER_RETURN_IF_ERROR(index.Validate());
   if (grpc.empty() || grpc.rfind(':') == std::string::npos) {
     return Invalid("grpc", absl::StrCat("'", grpc, "' is not host:port"));

@@ -16,6 +16,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_replace.h"
 #include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
 
 namespace kvtier::index {
 namespace {
@@ -218,6 +219,15 @@ std::string RedactNatsUrls(absl::string_view urls) {
     out.push_back(absl::StrCat(u.substr(0, start), "***", u.substr(start + at)));
   }
   return absl::StrJoin(out, ",");
+}
+
+absl::Status NameNatsSetting(const absl::Status& status, absl::string_view option_prefix,
+                             absl::string_view other_prefix) {
+  if (status.ok()) return status;
+  absl::string_view why = status.message();
+  return absl::Status(status.code(), absl::ConsumePrefix(&why, "nats ")
+                                         ? absl::StrCat(option_prefix, why)
+                                         : absl::StrCat(other_prefix, status.message()));
 }
 
 struct NatsBus::Sub {

@@ -72,6 +72,13 @@ struct EventStreamOptions {
 // token@) replaced by "***": for logs and printed settings.
 std::string RedactNatsUrls(absl::string_view urls);
 
+// `status` (from NatsBusOptions::Validate or NatsBus::Connect) with its
+// "nats <option>: " prefix renamed to the setting that holds the option
+// (`option_prefix` + option, e.g. "cluster.nats_" or "nats."); other
+// messages get `other_prefix` in front. The code is kept.
+absl::Status NameNatsSetting(const absl::Status& status, absl::string_view option_prefix,
+                             absl::string_view other_prefix);
+
 // JetStream details of a stream message.
 struct StreamPosition {
   uint64_t stream_sequence = 0;

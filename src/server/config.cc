@@ -19,7 +19,6 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
-#include "absl/strings/strip.h"
 #include "src/common/status_macros.h"
 #include "src/index/event_publisher.h"
 #include "src/tiers/nvme/nvme_tier.h"
@@ -1003,13 +1002,8 @@ absl::Status DaemonConfig::Validate() const {
                    "needs cluster.nats_url (the index learns peers from it)");
   }
   if (cluster.enabled()) {
-    if (absl::Status s = cluster.NatsOptions().Validate(); !s.ok()) {
-      // "nats <option>: why" names the cluster.nats_<option> key.
-      absl::string_view why = s.message();
-      return absl::InvalidArgumentError(absl::ConsumePrefix(&why, "nats ")
-                                            ? absl::StrCat("cluster.nats_", why)
-                                            : absl::StrCat("cluster: ", why));
-    }
+    KVTIER_RETURN_IF_ERROR(
+        index::NameNatsSetting(cluster.NatsOptions().Validate(), "cluster.nats_", "cluster: "));
   }
   for (const auto& [field, text] :
        {std::pair<const char*, const std::string*>{"cluster.index_token", &cluster.index_token},

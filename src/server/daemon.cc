@@ -11,7 +11,6 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
-#include "absl/strings/strip.h"
 #include "grpcpp/security/server_credentials.h"
 #include "grpcpp/server_builder.h"
 #include "src/common/status_macros.h"
@@ -208,13 +207,8 @@ absl::Status Daemon::StartCluster() {
   nats.retry_initial_connect = true;  // publish once the server is up
   absl::StatusOr<std::unique_ptr<index::NatsBus>> bus = index::NatsBus::Connect(nats);
   if (!bus.ok()) {
-    // "nats <option>: why" names the cluster.nats_<option> key; the rest
-    // concerns the server(s) of cluster.nats_url.
-    absl::string_view why = bus.status().message();
-    return absl::Status(bus.status().code(),
-                        absl::ConsumePrefix(&why, "nats ")
-                            ? absl::StrCat("cluster.nats_", why)
-                            : absl::StrCat("cluster.nats_url: ", bus.status().message()));
+    // Errors not about one option concern the server(s) of cluster.nats_url.
+    return index::NameNatsSetting(bus.status(), "cluster.nats_", "cluster.nats_url: ");
   }
   index::EventPublisherOptions po;
   po.node_id = config_.node_id;
