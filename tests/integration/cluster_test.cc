@@ -437,20 +437,12 @@ TEST(ClusterIndex, KvtierdReadsWhatTheIndexSaysAnotherNodeHolds) {
   ASSERT_OK_AND_ASSIGN(std::unique_ptr<Daemon> a, start(da, "holder", {}));
   ASSERT_OK_AND_ASSIGN(std::unique_ptr<Daemon> b,
                        start(db, "reader", {"--index-address", index->address()}));
-  auto connect = [&](const Daemon& d) {
-    ClientOptions o;
-    o.socket_path = d.socket();
-    o.token = kAdmin;
-    o.shared_memory = false;
-    return Client::Create(o);
-  };
-  ASSERT_OK_AND_ASSIGN(std::unique_ptr<Client> ca, connect(*a));
-  ASSERT_OK_AND_ASSIGN(std::unique_ptr<Client> cb, connect(*b));
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<Client> ca, ConnectOverSocket(a->socket(), kAdmin));
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<Client> cb, ConnectOverSocket(b->socket(), kAdmin));
   ASSERT_OK_AND_ASSIGN(Namespace ns, Namespace::Create(SmallNamespace()));
   const std::vector<TokenId> tokens = ChainTokens(5, 5, 4, 0, ns.tokens_per_chunk());
   ASSERT_OK_AND_ASSIGN(std::vector<ChunkRef> chunks, ns.Chunks(tokens));
   ASSERT_OK(SaveKeyed(*ca, ns, chunks));
-  std::vector<std::byte> payload(ns.FullChunkPayloadBytes());
   v1::IndexLookupRequest req;
   wire::NamespaceToProto(ns.options(), req.mutable_namespace_());
   for (TokenId t : tokens) req.add_token_ids(t);
@@ -464,13 +456,7 @@ TEST(ClusterIndex, KvtierdReadsWhatTheIndexSaysAnotherNodeHolds) {
     EXPECT_EQ(l.tier, Tier::kRemote);
     EXPECT_EQ(l.holder, "holder");
   }
-  std::vector<std::byte> out(payload.size());
-  for (const ChunkRef& c : chunks) {
-    ASSERT_OK_AND_ASSIGN(size_t n, cb->Load(ns, c.key, absl::MakeSpan(out)));
-    ASSERT_EQ(n, out.size());
-    KeyedBytes(c.key, payload.data(), payload.size());
-    EXPECT_EQ(out, payload) << "chunk " << c.key.ToHex();
-  }
+  ASSERT_OK(CheckKeyedLoads(*cb, ns, chunks));
   ASSERT_OK_AND_ASSIGN(found, cb->Lookup(ns, keys));
   for (const ChunkLocation& l : found.chunks) EXPECT_EQ(l.tier, Tier::kDram) << "pulled in";
   unsetenv("UCX_TLS");

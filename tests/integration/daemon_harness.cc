@@ -65,6 +65,15 @@ absl::Status MakeCertificates(const TempDir& dir, const std::string& server_name
   return absl::OkStatus();
 }
 
+absl::StatusOr<std::unique_ptr<Client>> ConnectOverSocket(const std::string& socket,
+                                                          const std::string& token) {
+  ClientOptions o;
+  o.socket_path = socket;
+  o.token = token;
+  o.shared_memory = false;
+  return Client::Create(o);
+}
+
 int FreePort() {
   int fd = socket(AF_INET, SOCK_STREAM, 0);
   sockaddr_in addr{};

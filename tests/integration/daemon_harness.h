@@ -41,6 +41,11 @@ int FreePort();
 absl::Status MakeCertificates(const TempDir& dir,
                               const std::string& server_names = "DNS:localhost,IP:127.0.0.1");
 
+// A client of the kvtierd listening on `socket` with `token`, without
+// shared memory (bytes over gRPC).
+absl::StatusOr<std::unique_ptr<Client>> ConnectOverSocket(const std::string& socket,
+                                                          const std::string& token);
+
 // A child process; killed (SIGKILL) on destruction if still running.
 class Process {
  public:

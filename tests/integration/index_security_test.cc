@@ -203,21 +203,13 @@ TEST(ClusterSecurity, TokensAndTlsEverywhere) {
   EXPECT_THAT(b->process().Log(), ::testing::Not(HasSubstr("the cluster index refused")));
   EXPECT_THAT(c->process().Log(), ::testing::Not(HasSubstr("not-the-index-token-0123")));
 
-  auto connect = [&](const Daemon& d) {
-    ClientOptions o;
-    o.socket_path = d.socket();
-    o.token = kAdmin;
-    o.shared_memory = false;
-    return Client::Create(o);
-  };
-  ASSERT_OK_AND_ASSIGN(std::unique_ptr<Client> ca, connect(*a));
-  ASSERT_OK_AND_ASSIGN(std::unique_ptr<Client> cb, connect(*b));
-  ASSERT_OK_AND_ASSIGN(std::unique_ptr<Client> cc, connect(*c));
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<Client> ca, ConnectOverSocket(a->socket(), kAdmin));
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<Client> cb, ConnectOverSocket(b->socket(), kAdmin));
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<Client> cc, ConnectOverSocket(c->socket(), kAdmin));
   ASSERT_OK_AND_ASSIGN(Namespace ns, Namespace::Create(SmallNamespace()));
   const std::vector<TokenId> tokens = ChainTokens(7, 7, 4, 0, ns.tokens_per_chunk());
   ASSERT_OK_AND_ASSIGN(std::vector<ChunkRef> chunks, ns.Chunks(tokens));
   ASSERT_OK(SaveKeyed(*ca, ns, chunks));
-  std::vector<std::byte> payload(ns.FullChunkPayloadBytes());
   // The events reached the index over the authenticated NATS connection.
   v1::IndexLookupRequest req;
   wire::NamespaceToProto(ns.options(), req.mutable_namespace_());
@@ -241,13 +233,7 @@ TEST(ClusterSecurity, TokensAndTlsEverywhere) {
   ASSERT_OK_AND_ASSIGN(LookupResult found, cb->Lookup(ns, keys));
   ASSERT_EQ(found.matched, 4u) << b->process().Log();
   for (const ChunkLocation& l : found.chunks) EXPECT_EQ(l.holder, "holder");
-  std::vector<std::byte> out(payload.size());
-  for (const ChunkRef& ch : chunks) {
-    ASSERT_OK_AND_ASSIGN(size_t n, cb->Load(ns, ch.key, absl::MakeSpan(out)));
-    ASSERT_EQ(n, out.size());
-    KeyedBytes(ch.key, payload.data(), payload.size());
-    EXPECT_EQ(out, payload);
-  }
+  ASSERT_OK(CheckKeyedLoads(*cb, ns, chunks));
   ASSERT_OK_AND_ASSIGN(LookupResult refused, cc->Lookup(ns, keys));
   EXPECT_EQ(refused.matched, 0u) << "a node the index refuses reads nothing remote";
 

@@ -10,6 +10,8 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
 #include "kvtier/cache.h"
 #include "kvtier/namespace.h"
 
@@ -62,6 +64,23 @@ inline absl::Status SaveKeyed(Cache& cache, const Namespace& ns,
   for (const ChunkRef& c : chunks) {
     KeyedBytes(c.key, payload.data(), payload.size());
     if (absl::Status s = cache.Save(ns, c, payload); !s.ok()) return s;
+  }
+  return absl::OkStatus();
+}
+
+// Loads every chunk of `chunks` and compares it with its KeyedBytes payload:
+// the Load's error, or DataLoss naming the first chunk that differs.
+inline absl::Status CheckKeyedLoads(Cache& cache, const Namespace& ns,
+                                    const std::vector<ChunkRef>& chunks) {
+  std::vector<std::byte> want(ns.FullChunkPayloadBytes());
+  std::vector<std::byte> got(want.size());
+  for (const ChunkRef& c : chunks) {
+    absl::StatusOr<size_t> n = cache.Load(ns, c.key, absl::MakeSpan(got));
+    if (!n.ok()) return n.status();
+    KeyedBytes(c.key, want.data(), want.size());
+    if (*n != want.size() || got != want) {
+      return absl::DataLossError("chunk " + c.key.ToHex() + " came back with other bytes");
+    }
   }
   return absl::OkStatus();
 }
