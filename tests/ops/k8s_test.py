@@ -2,7 +2,9 @@
 """Renders every Kustomize overlay in deploy/k8s/ with `kubectl kustomize` and
 checks the result: probes, resource limits, non-root, pinned image tags,
 ports that match kvtierd's configuration, hugepages that hold the DRAM tier,
-and the ConfigMap's kvtierd YAML accepted by `kvtierd --check-config`.
+the ConfigMap's kvtierd YAML accepted by `kvtierd --check-config`, and
+overlays/aks-rdma's kvtierd.yaml no different from the aks one it copies but
+in the keys it is meant to change.
 
 usage: k8s_test.py BUILD_DIR SOURCE_DIR"""
 import os
@@ -20,6 +22,14 @@ WORKLOADS = ("DaemonSet", "Deployment", "StatefulSet")
 UNITS = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "K": 10**3, "M": 10**6,
          "G": 10**9, "T": 10**12, "": 1}
 errors = []
+# Dotted keys in which overlays/aks-rdma/kvtierd.yaml, a copy of
+# overlays/aks/kvtierd.yaml (Kustomize cannot patch inside a generated file),
+# differs on purpose: node-to-node reads over UCX, and the index that names
+# the holders. A difference anywhere else is drift.
+RDMA_CONFIG_CHANGES = {
+    "cluster.index_address", "cluster.index_token_file", "cluster.index_ca_file",
+    "ucx.enabled", "ucx.peer_token_file", "ucx.peer_tls_name",
+}
 
 
 def check(cond, message):
@@ -81,6 +91,37 @@ def check_config(kvtierd, name, text, work):
                        stderr=subprocess.STDOUT, text=True)
     check(r.returncode == 0, f"{name}: kvtierd --check-config failed: {r.stdout.strip()}")
     return doc
+
+
+def flatten(node, prefix=""):
+    """{dotted key: value} of the leaves of a YAML mapping."""
+    if not isinstance(node, dict) or not node:
+        return {prefix: node}
+    out = {}
+    for k, v in node.items():
+        out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+def check_rdma_config(k8s):
+    """overlays/aks-rdma/kvtierd.yaml is overlays/aks/kvtierd.yaml but for
+    RDMA_CONFIG_CHANGES: a change to aks must be copied to aks-rdma."""
+    configs = []
+    for overlay in ("aks", "aks-rdma"):
+        with open(os.path.join(k8s, "overlays", overlay, "kvtierd.yaml")) as f:
+            configs.append(flatten(yaml.safe_load(f)))
+    aks, rdma = configs
+    absent = object()
+    differ = sorted(k for k in aks.keys() | rdma.keys()
+                    if aks.get(k, absent) != rdma.get(k, absent))
+    drift = [f"{k} (aks {aks.get(k, 'absent')!r}, aks-rdma {rdma.get(k, 'absent')!r})"
+             for k in differ if k not in RDMA_CONFIG_CHANGES]
+    check(not drift, "overlays/aks-rdma/kvtierd.yaml differs from overlays/aks/kvtierd.yaml in "
+          f"{', '.join(drift)}: copy the aks setting, or add the key to RDMA_CONFIG_CHANGES "
+          "if aks-rdma needs it")
+    same = sorted(RDMA_CONFIG_CHANGES - set(differ))
+    check(not same, f"RDMA_CONFIG_CHANGES lists {', '.join(same)}, the same in both files: "
+          "keep the list to what aks-rdma changes")
 
 
 def containers(spec):
@@ -396,6 +437,7 @@ def main():
     check(rdma_config.get("ucx", {}).get("enabled") is True and
           rdma_config.get("cluster", {}).get("index_address"),
           "overlays/aks-rdma: node-to-node reads (ucx.enabled, cluster.index_address) are off")
+    check_rdma_config(k8s)
     base_pod, _ = rendered["base"]
     check(base_pod.get("hostNetwork") is False, "base: kvtierd must not use the host network")
     if errors:
