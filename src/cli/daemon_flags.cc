@@ -2,12 +2,11 @@
 
 #include <cstdio>
 #include <cstdlib>
-#include <fstream>
-#include <sstream>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "src/common/token_list.h"
 
 namespace kvtier::cli {
 namespace {
@@ -24,13 +23,11 @@ ClientOptions TakeClientOptions(Flags& flags) {
   o.address = flags.String("address", "");
   const std::string socket = flags.String("socket", Env("KVTIER_SOCKET"));
   if (o.address.empty()) o.socket_path = socket;
-  o.token = flags.String("token", Env("KVTIER_TOKEN"));
-  const std::string token_file = flags.String("token-file", "");
-  if (!token_file.empty()) {
-    std::ifstream in(token_file);
-    std::stringstream ss;
-    ss << in.rdbuf();
-    o.token = std::string(absl::StripAsciiWhitespace(ss.str()));
+  // A token file may list several tokens (src/common/token_list.h): the
+  // first is sent.
+  o.token = SentToken(flags.String("token", Env("KVTIER_TOKEN")));
+  if (const std::string text = flags.FileText("token-file"); !text.empty()) {
+    o.token = SentToken(text);
   }
   o.tls_ca_file = flags.String("tls-ca", "");
   o.tls_cert_file = flags.String("tls-cert", "");

@@ -2,6 +2,8 @@
 
 #include <cerrno>
 #include <cstdlib>
+#include <fstream>
+#include <sstream>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
@@ -57,6 +59,22 @@ std::string Flags::String(const std::string& name, const std::string& def) {
   if (!v.has_value()) return def;
   if (v->empty()) errors_.push_back(absl::StrCat("--", name, ": needs a value"));
   return *v;
+}
+
+std::string Flags::FileText(const std::string& name) {
+  auto v = Take(name);
+  if (!v.has_value()) return "";
+  std::ifstream in(*v);
+  if (!in.is_open()) {
+    errors_.push_back(absl::StrCat("--", name, ": cannot read '", *v, "'"));
+    return "";
+  }
+  std::stringstream text;
+  text << in.rdbuf();
+  if (absl::StripAsciiWhitespace(text.str()).empty()) {
+    errors_.push_back(absl::StrCat("--", name, ": '", *v, "' is empty"));
+  }
+  return text.str();
 }
 
 int64_t Flags::Int(const std::string& name, int64_t def) {

@@ -35,6 +35,9 @@ class Flags {
   // A comma-separated list ("1,2,4" or "256KiB,1MiB").
   std::vector<uint64_t> BytesList(const std::string& name, std::vector<uint64_t> def);
   std::vector<int64_t> IntList(const std::string& name, std::vector<int64_t> def);
+  // The text of the file the flag names ("" without the flag); a file that
+  // cannot be read, or holds nothing, is an error.
+  std::string FileText(const std::string& name);
   // Positional arguments (not starting with --).
   const std::vector<std::string>& Positional() const { return positional_; }
 

@@ -7,6 +7,7 @@
 #include "grpcpp/security/credentials.h"
 #include "kvtier/v1/index.grpc.pb.h"
 #include "src/common/status_macros.h"
+#include "src/common/token_list.h"
 #include "src/index/event_publisher.h"
 #include "src/server/grpc_tls.h"
 #include "src/server/wire.h"
@@ -81,7 +82,9 @@ absl::StatusOr<std::unique_ptr<IndexHolderSource>> IndexHolderSource::Create(
 
 void IndexHolderSource::Prepare(grpc::ClientContext& ctx, absl::Time deadline) const {
   ctx.set_deadline(absl::ToChronoTime(deadline));
-  if (!options_.token.empty()) ctx.AddMetadata("authorization", "Bearer " + options_.token);
+  // A token setting may list several tokens: the first is sent.
+  if (!options_.token.empty())
+    ctx.AddMetadata("authorization", "Bearer " + SentToken(options_.token));
 }
 
 absl::Status IndexHolderSource::Check(absl::Time deadline) {

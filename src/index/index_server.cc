@@ -19,6 +19,7 @@
 #include "prometheus/registry.h"
 #include "prometheus/text_serializer.h"
 #include "src/common/status_macros.h"
+#include "src/common/token_list.h"
 #include "src/index/event_publisher.h"
 #include "src/server/grpc_tls.h"
 #include "src/server/status_convert.h"
@@ -85,9 +86,8 @@ absl::Status IndexServerOptions::Validate() const {
                                           "tls.key_file (or allow_insecure_tcp: true)"));
     }
   }
-  if (!api_token.empty() && api_token.size() < kMinApiTokenLength) {
-    return Invalid("api_token",
-                   absl::StrCat("must be at least ", kMinApiTokenLength, " characters"));
+  if (absl::Status s = CheckTokenList(api_token, kMinApiTokenLength); !s.ok()) {
+    return Invalid("api_token", std::string(s.message()));
   }
   if (max_chain == 0) return Invalid("max_chain", "must be at least 1");
   for (size_t i = 0; i < zmq.size(); ++i) {

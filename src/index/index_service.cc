@@ -9,8 +9,8 @@
 #include "absl/strings/strip.h"
 #include "kvtier/namespace.h"
 #include "prometheus/histogram.h"
-#include "src/common/constant_time.h"
 #include "src/common/status_macros.h"
+#include "src/common/token_list.h"
 #include "src/server/status_convert.h"
 #include "src/server/wire.h"
 
@@ -52,7 +52,7 @@ grpc::Status IndexService::Authorize(const grpc::ServerContext* context) {
                         "kvtier-index needs a token: send 'authorization: Bearer <token>'");
   }
   absl::string_view value(it->second.data(), it->second.size());
-  if (!absl::ConsumePrefix(&value, "Bearer ") || !ConstantTimeEquals(value, api_token_)) {
+  if (!absl::ConsumePrefix(&value, "Bearer ") || !AcceptsToken(api_token_, value)) {
     auth_failures_.fetch_add(1, std::memory_order_relaxed);
     return grpc::Status(grpc::StatusCode::PERMISSION_DENIED, "unknown token");
   }

@@ -21,7 +21,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "kvtier/namespace.h"
-#include "src/common/constant_time.h"
+#include "src/common/token_list.h"
 #include "src/server/config.h"
 
 namespace kvtier::server {

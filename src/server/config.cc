@@ -20,6 +20,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "src/common/status_macros.h"
+#include "src/common/token_list.h"
 #include "src/index/event_publisher.h"
 #include "src/tiers/nvme/nvme_tier.h"
 #include "yaml-cpp/yaml.h"
@@ -1038,11 +1039,12 @@ absl::Status DaemonConfig::Validate() const {
     KVTIER_RETURN_IF_ERROR(dram.Validate());
   }
   if (dram.blob.enabled()) KVTIER_RETURN_IF_ERROR(dram.blob.Validate());  // names "blob.<field>"
-  std::set<std::string> names, tokens;
-  if (!admin_token.empty() && admin_token.size() < kMinTokenLength) {
-    return Invalid("auth.admin_token",
-                   absl::StrCat("must be at least ", kMinTokenLength, " characters"));
+  std::set<std::string> names;
+  std::set<absl::string_view> tokens;  // every token of admin_token and the tenants'
+  if (absl::Status s = CheckTokenList(admin_token, kMinTokenLength); !s.ok()) {
+    return Invalid("auth.admin_token", std::string(s.message()));
   }
+  for (absl::string_view token : SplitTokens(admin_token)) tokens.insert(token);
   for (size_t i = 0; i < tenants.size(); ++i) {
     const TenantConfig& t = tenants[i];
     const std::string p = absl::StrCat("auth.tenants[", i, "]");
@@ -1050,12 +1052,17 @@ absl::Status DaemonConfig::Validate() const {
     if (!names.insert(t.name).second) {
       return Invalid(Join(p, "name"), absl::StrCat("'", t.name, "' is used twice"));
     }
-    if (t.token.size() < kMinTokenLength) {
+    if (SplitTokens(t.token).empty()) {
       return Invalid(Join(p, "token"),
                      absl::StrCat("must be at least ", kMinTokenLength, " characters"));
     }
-    if (!tokens.insert(t.token).second || t.token == admin_token) {
-      return Invalid(Join(p, "token"), "is used twice (tokens must be unique)");
+    if (absl::Status s = CheckTokenList(t.token, kMinTokenLength); !s.ok()) {
+      return Invalid(Join(p, "token"), std::string(s.message()));
+    }
+    for (absl::string_view token : SplitTokens(t.token)) {
+      if (!tokens.insert(token).second) {
+        return Invalid(Join(p, "token"), "is used twice (tokens must be unique)");
+      }
     }
   }
   if (max_message_bytes < 4096 || max_message_bytes > (64ull << 20)) {
@@ -1097,9 +1104,8 @@ absl::Status DaemonConfig::Validate() const {
                      "without it any caller of the Peer service could read every tenant's "
                      "chunks");
     }
-    if (!ucx.peer_token.empty() && ucx.peer_token.size() < kMinTokenLength) {
-      return Invalid("ucx.peer_token",
-                     absl::StrCat("must be at least ", kMinTokenLength, " characters"));
+    if (absl::Status s = CheckTokenList(ucx.peer_token, kMinTokenLength); !s.ok()) {
+      return Invalid("ucx.peer_token", std::string(s.message()));
     }
   }
   return absl::OkStatus();

@@ -7,6 +7,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "nlohmann/json.hpp"
+#include "src/common/token_list.h"
 #include "src/server/status_assets.h"
 
 namespace kvtier::server {
@@ -25,14 +26,6 @@ bool IsErrorCode(const std::string& code) { return code != "OK" && code != "NOT_
 uint64_t Delta(uint64_t now, uint64_t before) { return now >= before ? now - before : now; }
 
 json Opt(const std::optional<double>& v) { return v.has_value() ? json(*v) : json(nullptr); }
-
-// Constant-time comparison of secrets.
-bool SameSecret(const std::string& a, const std::string& b) {
-  if (a.size() != b.size() || b.empty()) return false;
-  unsigned char diff = 0;
-  for (size_t i = 0; i < a.size(); ++i) diff |= static_cast<unsigned char>(a[i] ^ b[i]);
-  return diff == 0;
-}
 
 const TierStats* FindTier(const StatusSnapshot& s, Tier tier) {
   for (const TierStats& t : s.tiers) {
@@ -389,8 +382,10 @@ bool StatusPage::Authorized(const HttpRequest& request) const {
   const std::string& want = options_.bearer_token;
   if (want.empty()) return !options_.require_token;
   const std::string auth = request.Header("authorization");
-  if (absl::StartsWithIgnoreCase(auth, "bearer ") && SameSecret(auth.substr(7), want)) return true;
-  return SameSecret(request.QueryParam("token"), want);
+  if (absl::StartsWithIgnoreCase(auth, "bearer ") && AcceptsToken(want, auth.substr(7))) {
+    return true;
+  }
+  return AcceptsToken(want, request.QueryParam("token"));
 }
 
 std::optional<HttpResponse> StatusPage::Handle(const HttpRequest& request) const {

@@ -19,6 +19,7 @@
 #include "grpcpp/client_context.h"
 #include "grpcpp/security/credentials.h"
 #include "kvtier/v1/peer.grpc.pb.h"
+#include "src/common/token_list.h"
 
 namespace kvtier::transfer {
 
@@ -32,13 +33,14 @@ struct PeerHealth {
 
 class PeerClients {
  public:
-  // `peer_token`, when not empty, is sent as "authorization: Bearer <token>".
+  // `peer_token`, when not empty, is sent as "authorization: Bearer <token>"
+  // (its first token, where it lists several: src/common/token_list.h).
   // `credentials`: the channels' (null: plaintext); `tls_name`, when not
   // empty, is the name checked in peers' certificates instead of the address.
-  explicit PeerClients(std::string peer_token,
+  explicit PeerClients(const std::string& peer_token,
                        std::shared_ptr<grpc::ChannelCredentials> credentials = nullptr,
                        std::string tls_name = "")
-      : token_(std::move(peer_token)),
+      : token_(SentToken(peer_token)),
         credentials_(credentials != nullptr ? std::move(credentials)
                                             : grpc::InsecureChannelCredentials()),
         tls_name_(std::move(tls_name)) {}

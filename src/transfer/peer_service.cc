@@ -5,8 +5,9 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
-#include "src/common/constant_time.h"
+#include "absl/strings/strip.h"
 #include "src/common/status_macros.h"
+#include "src/common/token_list.h"
 #include "src/core/chunk_format.h"
 #include "src/server/status_convert.h"
 #include "src/server/wire.h"
@@ -73,11 +74,14 @@ absl::Status PeerService::CheckAuth(grpc::ServerContext* ctx) const {
   if (options_.peer_token.empty()) return absl::OkStatus();
   const auto& md = ctx->client_metadata();
   auto it = md.find("authorization");
-  const std::string want = "Bearer " + options_.peer_token;
   if (it == md.end()) {
+    auth_failures_.fetch_add(1, std::memory_order_relaxed);
     return absl::UnauthenticatedError("Peer: no authorization (ucx.peer_token is set)");
   }
-  if (!ConstantTimeEquals(absl::string_view(it->second.data(), it->second.size()), want)) {
+  absl::string_view presented(it->second.data(), it->second.size());
+  if (!absl::ConsumePrefix(&presented, "Bearer ") ||
+      !AcceptsToken(options_.peer_token, presented)) {
+    auth_failures_.fetch_add(1, std::memory_order_relaxed);
     return absl::PermissionDeniedError("Peer: wrong peer token");
   }
   return absl::OkStatus();
@@ -252,6 +256,7 @@ PeerServiceStats PeerService::Stats() const {
   s.pinned_chunks = pinned_chunks_.load();
   s.pinned_bytes = pinned_bytes_.load();
   s.leases_expired = expired_.load();
+  s.auth_failures = auth_failures_.load();
   absl::MutexLock lock(&mu_);
   s.leases_held = leases_.size();
   return s;

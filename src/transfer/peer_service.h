@@ -62,6 +62,7 @@ struct PeerServiceStats {
   uint64_t pinned_bytes = 0;    // their encoded bytes
   uint64_t leases_expired = 0;  // leases dropped by the reaper
   uint64_t leases_held = 0;     // gauge
+  uint64_t auth_failures = 0;   // calls refused for a missing or wrong peer token
 };
 
 class PeerService final : public v1::Peer::Service {
@@ -120,6 +121,7 @@ class PeerService final : public v1::Peer::Service {
   std::atomic<uint64_t> pinned_chunks_{0};
   std::atomic<uint64_t> pinned_bytes_{0};
   std::atomic<uint64_t> expired_{0};
+  mutable std::atomic<uint64_t> auth_failures_{0};
 
   absl::Notification stop_;
   std::thread reaper_;

@@ -64,6 +64,8 @@ std::string RenderTransferMetrics(const UcxStats& ucx, const PeerServiceStats& h
          holder.leases_expired);
   Metric(out, "kvtier_peer_leases", "gauge", "Read leases held for other nodes now.",
          holder.leases_held);
+  Metric(out, "kvtier_peer_auth_failures_total", "counter",
+         "Peer service calls refused for a missing or wrong ucx.peer_token.", holder.auth_failures);
   if (reader == nullptr) return out;
   Metric(out, "kvtier_remote_lookups_total", "counter", "Lookups that asked other nodes.",
          reader->lookups);

@@ -192,7 +192,9 @@ TEST(Daemon, CliPutGetRoundTripsAFile) {
 
 TEST(Daemon, CliDemoStatsLookupAndEvictWorkAgainstTheDaemon) {
   TempDir dir;
-  const std::string token_file = dir.Write("admin.token", kAdmin);
+  // The daemon accepts both admin tokens of its file.
+  constexpr const char* kNextAdmin = "next-admin-token-0123456789";
+  const std::string token_file = dir.Write("admin.token", absl::StrCat(kNextAdmin, "\n", kAdmin));
   ASSERT_OK_AND_ASSIGN(auto daemon, Daemon::Start(dir, {"--admin-token-file", token_file}));
   const std::string common = absl::StrCat(" --socket ", daemon->socket(), " --token ", kAdmin);
   auto run = [&](const std::string& args, const std::string& out) {
@@ -245,6 +247,22 @@ TEST(Daemon, CliDemoStatsLookupAndEvictWorkAgainstTheDaemon) {
                             .c_str()),
             0);
   EXPECT_THAT(read("denied.txt"), HasSubstr("PERMISSION_DENIED"));
+  // --token-file: the CLI sends the file's first token; a file it cannot
+  // read is an error, not an empty token.
+  const std::string socket = absl::StrCat(" --socket ", daemon->socket());
+  const std::string cli_tokens =
+      dir.Write("cli.token", absl::StrCat(kNextAdmin, "\nnot-the-token-at-all-0000\n"));
+  EXPECT_EQ(std::system(absl::StrCat(CliPath(), " stats", socket, " --token-file ", cli_tokens,
+                                     " > ", dir.File("next.txt"), " 2>&1")
+                            .c_str()),
+            0)
+      << read("next.txt");
+  EXPECT_NE(
+      std::system(absl::StrCat(CliPath(), " stats", socket, " --token-file ",
+                               dir.File("no-such.token"), " > ", dir.File("nofile.txt"), " 2>&1")
+                      .c_str()),
+      0);
+  EXPECT_THAT(read("nofile.txt"), HasSubstr("--token-file: cannot read"));
 }
 
 // ---- security -----------------------------------------------------------------

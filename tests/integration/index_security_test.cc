@@ -31,6 +31,9 @@ namespace {
 using ::testing::HasSubstr;
 
 constexpr const char* kApiToken = "index-api-token-0123456789";
+// The token the index's API moves to: its token file lists both, as in the
+// middle of a rotation.
+constexpr const char* kNextApiToken = "index-api-token-next-0123456789";
 constexpr const char* kNatsToken = "nats-token-0123456789";
 constexpr const char* kAdmin = "security-test-admin-token-0123456789";
 
@@ -71,12 +74,13 @@ absl::StatusOr<std::unique_ptr<Process>> StartIndex(const Certs& certs, const Te
                                                     const NatsServer& nats, int grpc_port,
                                                     const std::string& nats_token,
                                                     const std::string& log) {
-  const std::string config =
-      dir.Write(log + ".yaml",
-                absl::StrCat("nats:\n  url: ", nats.url(), "\n  token: ", nats_token,
-                             "\n  ca_file: ", certs.ca(), "\ntls:\n  cert_file: ", certs.cert(),
-                             "\n  key_file: ", certs.key(), "\n  client_ca_file: ", certs.ca(),
-                             "\n  require_client_cert: true\napi_token: ", kApiToken, "\n"));
+  const std::string config = dir.Write(
+      log + ".yaml",
+      absl::StrCat(
+          "nats:\n  url: ", nats.url(), "\n  token: ", nats_token, "\n  ca_file: ", certs.ca(),
+          "\ntls:\n  cert_file: ", certs.cert(), "\n  key_file: ", certs.key(),
+          "\n  client_ca_file: ", certs.ca(), "\n  require_client_cert: true\napi_token_file: ",
+          dir.Write(log + ".token", absl::StrCat(kApiToken, "\n", kNextApiToken, "\n")), "\n"));
   return Process::Start(
       {KVTIER_INDEX_BIN, "--config", config, "--grpc", absl::StrCat("127.0.0.1:", grpc_port),
        "--http", "", "--node-timeout", "2"},
@@ -120,6 +124,8 @@ TEST(ClusterSecurity, TokensAndTlsEverywhere) {
     ASSERT_TRUE(st.ready()) << index->Log();
   }
 
+  // Both tokens of the index's list are accepted.
+  EXPECT_TRUE(Stats(*good, kNextApiToken).ok());
   // What callers without the right credentials get.
   EXPECT_EQ(Stats(*good, "").error_code(), grpc::StatusCode::UNAUTHENTICATED);
   EXPECT_EQ(Stats(*good, "another-token-0123456789").error_code(),
@@ -194,12 +200,17 @@ TEST(ClusterSecurity, TokensAndTlsEverywhere) {
                           "64MiB"},
                          id + ".log");
   };
-  ASSERT_OK_AND_ASSIGN(std::unique_ptr<Daemon> a, start(da, "holder", kApiToken));
+  // The holder's token file lists two tokens: it sends the first.
+  ASSERT_OK_AND_ASSIGN(
+      std::unique_ptr<Daemon> a,
+      start(da, "holder", absl::StrCat(kNextApiToken, "\nindex-api-token-old-0123456789\n")));
   ASSERT_OK_AND_ASSIGN(std::unique_ptr<Daemon> b, start(db, "reader", kApiToken));
   ASSERT_OK_AND_ASSIGN(std::unique_ptr<Daemon> c,
                        start(dc, "wrong-token", "not-the-index-token-0123"));
   unsetenv("UCX_TLS");
   EXPECT_THAT(c->process().Log(), HasSubstr("the cluster index refused this node"));
+  EXPECT_THAT(a->process().Log(), ::testing::Not(HasSubstr("the cluster index refused")));
+  EXPECT_THAT(a->process().Log(), ::testing::Not(HasSubstr("cannot reach the cluster index")));
   EXPECT_THAT(b->process().Log(), ::testing::Not(HasSubstr("the cluster index refused")));
   EXPECT_THAT(c->process().Log(), ::testing::Not(HasSubstr("not-the-index-token-0123")));
 

@@ -67,6 +67,7 @@ struct Node {
   std::unique_ptr<TempDir> dir = std::make_unique<TempDir>();
   int port = 0;
   std::unique_ptr<Daemon> daemon;
+  std::string peer_token = kPeerToken;  // the peer token file's text
   std::string address() const { return absl::StrCat("127.0.0.1:", port); }
 };
 
@@ -107,7 +108,7 @@ absl::Status StartNodeOnce(Node& n, const std::string& id, const std::vector<std
   flags.push_back("--admin-token-file");
   flags.push_back(n.dir->Write("admin.token", kAdmin));
   flags.push_back("--peer-token-file");
-  flags.push_back(n.dir->Write("peer.token", kPeerToken));
+  flags.push_back(n.dir->Write("peer.token", n.peer_token));
   if (!peers.empty()) {
     flags.push_back("--peers");
     flags.push_back(absl::StrJoin(peers, ","));
@@ -421,6 +422,52 @@ class NetnsPair {
   std::string ns_[2];
   bool ok_ = false;
 };
+
+// A peer token replaced in three steps (src/common/token_list.h): a node in
+// the first step lists old and new (sends old), one in the second new and old
+// (sends new). They read from each other. A node that jumps to the third step
+// (new only) while another still sends the old token refuses that one.
+TEST(RemotePeerTokenTest, RotationInStepsRefusesNoNodeInStep) {
+  setenv("UCX_TLS", "tcp", 1);
+  const std::string old_token = "remote-test-peer-token-old-0123456789";
+  const std::string new_token = "remote-test-peer-token-new-0123456789";
+  Node a, b, c;
+  a.peer_token = absl::StrCat(old_token, "\n", new_token, "\n");
+  b.peer_token = absl::StrCat(new_token, "\n", old_token, "\n");
+  c.peer_token = new_token;
+  b.port = FreePort();
+  c.port = FreePort();
+  ASSERT_OK(StartNode(a, "node-a", {b.address(), c.address()}));
+  ASSERT_OK(StartNode(b, "node-b", {a.address()}));
+  ASSERT_OK(StartNode(c, "node-c", {a.address()}));
+  unsetenv("UCX_TLS");
+  Namespace ns = *Namespace::Create(SmallNamespace());
+  auto ca = Connect(a.daemon->socket());
+  auto cb = Connect(b.daemon->socket());
+  auto cc = Connect(c.daemon->socket());
+
+  // B and C send the new token, which A accepts.
+  std::vector<ChunkRef> on_a = SaveChain(*ca, ns, 3, 71);
+  for (Client* reader : {cb.get(), cc.get()}) {
+    ASSERT_OK_AND_ASSIGN(LookupResult r, reader->Lookup(ns, Namespace::Keys(on_a)));
+    EXPECT_EQ(r.matched, on_a.size());
+    ExpectLoads(*reader, ns, on_a);
+  }
+  // A sends the old token: B (second step) still accepts it.
+  std::vector<ChunkRef> on_b = SaveChain(*cb, ns, 3, 72);
+  ASSERT_OK_AND_ASSIGN(LookupResult from_b, ca->Lookup(ns, Namespace::Keys(on_b)));
+  EXPECT_EQ(from_b.matched, on_b.size());
+  ExpectLoads(*ca, ns, on_b);
+  // C (third step too early) refuses it: C's chunks are misses for A.
+  std::vector<ChunkRef> on_c = SaveChain(*cc, ns, 3, 73);
+  ASSERT_OK_AND_ASSIGN(LookupResult from_c, ca->Lookup(ns, Namespace::Keys(on_c)));
+  EXPECT_EQ(from_c.matched, 0u);
+  ASSERT_OK_AND_ASSIGN(auto metrics, c.daemon->HttpGet("/metrics"));
+  EXPECT_THAT(metrics.second, ::testing::ContainsRegex("kvtier_peer_auth_failures_total [1-9]"))
+      << metrics.second;
+  ASSERT_OK_AND_ASSIGN(auto metrics_b, b.daemon->HttpGet("/metrics"));
+  EXPECT_THAT(metrics_b.second, HasSubstr("kvtier_peer_auth_failures_total 0"));
+}
 
 // With TLS on (and client certificates required), a node calls its peers
 // over TLS with its own certificate.

@@ -10,6 +10,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "src/common/temp_path.h"
+#include "src/common/token_list.h"
 #include "tests/testing/status_matchers.h"
 
 namespace kvtier::index {
@@ -90,6 +91,19 @@ TEST(IndexConfig, OffLoopbackTheApiNeedsATokenAndTls) {
   EXPECT_EQ(c.options.api_token, "index-api-token-0123456789") << "whitespace stripped";
   // Loopback needs neither.
   EXPECT_OK(ParseIndexCommandLine({"--grpc", "127.0.0.1:7070"}, Env{}).status());
+  // A token file may list several tokens, each checked.
+  ASSERT_OK_AND_ASSIGN(
+      IndexCommandLine two,
+      ParseIndexCommandLine(
+          {"--api-token-file",
+           files.Write("two.token", "index-api-token-new-0123\nindex-api-token-0123456789\n")},
+          Env{}));
+  EXPECT_EQ(SplitTokens(two.options.api_token).size(), 2u);
+  EXPECT_THAT(
+      ParseIndexCommandLine(
+          {"--api-token-file", files.Write("bad.token", "index-api-token-new-0123\nshort")}, Env{}),
+      StatusIs(absl::StatusCode::kInvalidArgument,
+               HasSubstr("api_token: must be at least 16 characters (token 2)")));
   // A short token is refused anywhere.
   EXPECT_THAT(ParseIndexCommandLine({}, Env{{"KVTIER_INDEX_TOKEN", "short"}}),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("at least 16")));

@@ -1,5 +1,7 @@
 #include "src/server/auth.h"
 
+#include "src/common/token_list.h"
+
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/testing/status_matchers.h"
@@ -50,6 +52,56 @@ TEST(Auth, TokensIdentifyPrincipals) {
   EXPECT_FALSE(b.shared_memory);
   ASSERT_OK_AND_ASSIGN(Principal admin, auth.Authenticate("Bearer admin-token-0123456789"));
   EXPECT_TRUE(admin.admin);
+}
+
+TEST(TokenList, SendsTheFirstAcceptsEach) {
+  const std::string list = " new-token-0123456789 \r\n\nold-token-0123456789\n";
+  EXPECT_THAT(SplitTokens(list),
+              ::testing::ElementsAre("new-token-0123456789", "old-token-0123456789"));
+  EXPECT_EQ(SentToken(list), "new-token-0123456789");
+  EXPECT_EQ(SentToken("\n \n"), "");
+  EXPECT_TRUE(AcceptsToken(list, "new-token-0123456789"));
+  EXPECT_TRUE(AcceptsToken(list, "old-token-0123456789"));
+  EXPECT_FALSE(AcceptsToken(list, "old-token-012345678"));
+  EXPECT_FALSE(AcceptsToken(list, "new-token-0123456789\nold-token-0123456789"));
+  EXPECT_FALSE(AcceptsToken(list, ""));
+  EXPECT_FALSE(AcceptsToken("", ""));
+  EXPECT_OK(CheckTokenList(list, 16));
+  EXPECT_OK(CheckTokenList("", 16));
+  EXPECT_THAT(CheckTokenList("short", 16),
+              StatusIs(absl::StatusCode::kInvalidArgument, "must be at least 16 characters"));
+  EXPECT_THAT(
+      CheckTokenList("new-token-0123456789\nshort", 16),
+      StatusIs(absl::StatusCode::kInvalidArgument, "must be at least 16 characters (token 2)"));
+  EXPECT_THAT(CheckTokenList("new-token-0123456789\nnew-token-0123456789", 16),
+              StatusIs(absl::StatusCode::kInvalidArgument, ::testing::HasSubstr("twice")));
+}
+
+TEST(Auth, EveryTokenOfAListIsAccepted) {
+  DaemonConfig c = TwoTenants();
+  c.admin_token = "admin-token-new-0123456789\nadmin-token-0123456789";
+  c.tenants[0].token = "tenant-a-token-012345\ntenant-a-token-new-012345";
+  c.unix_socket = "/run/kvtier/kvtierd.sock";
+  ASSERT_OK(c.Validate());
+  Authenticator auth(c);
+  for (const char* admin : {"admin-token-new-0123456789", "admin-token-0123456789"}) {
+    ASSERT_OK_AND_ASSIGN(Principal p, auth.AuthenticateToken(admin));
+    EXPECT_TRUE(p.admin) << admin;
+  }
+  for (const char* a : {"tenant-a-token-012345", "tenant-a-token-new-012345"}) {
+    ASSERT_OK_AND_ASSIGN(Principal p, auth.AuthenticateToken(a));
+    EXPECT_EQ(p.name, "a") << a;
+  }
+  EXPECT_THAT(auth.AuthenticateToken("tenant-a-token-012345\ntenant-a-token-new-012345"),
+              StatusIs(absl::StatusCode::kPermissionDenied));
+  // A token may belong to one principal only, in any position of a list.
+  c.tenants[1].token = "tenant-b-token-012345\nadmin-token-0123456789";
+  EXPECT_THAT(c.Validate(), StatusIs(absl::StatusCode::kInvalidArgument,
+                                     ::testing::HasSubstr("auth.tenants[1].token")));
+  c.tenants[1].token = "tenant-b-token-012345";
+  c.admin_token = "admin-token-new-0123456789\nshort";
+  EXPECT_THAT(c.Validate(), StatusIs(absl::StatusCode::kInvalidArgument,
+                                     ::testing::HasSubstr("auth.admin_token: must be at least")));
 }
 
 TEST(Auth, TenantsSeeOnlyTheirNamespaces) {

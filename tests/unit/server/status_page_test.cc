@@ -248,7 +248,7 @@ TEST(StatusPage, BearerTokenGuardsThePageAndTheApiButNotTheAssets) {
   Feed feed;
   feed.next = Base();
   StatusPageOptions o = feed.Options();
-  o.bearer_token = "s3cret-token";
+  o.bearer_token = "s3cret-token\nnext-s3cret-token";  // both accepted
   o.require_token = true;
   ASSERT_OK_AND_ASSIGN(auto page, StatusPage::Create(o));
   HttpRequest r;
@@ -266,6 +266,11 @@ TEST(StatusPage, BearerTokenGuardsThePageAndTheApiButNotTheAssets) {
     r.query = "token=s3cret-token";
     EXPECT_EQ(page->Handle(r)->status, 200) << path;
     r.query = "token=s3cret";
+    EXPECT_EQ(page->Handle(r)->status, 401) << path;
+    r.query.clear();
+    r.headers["authorization"] = "Bearer next-s3cret-token";
+    EXPECT_EQ(page->Handle(r)->status, 200) << path;
+    r.headers["authorization"] = "Bearer s3cret-token\nnext-s3cret-token";
     EXPECT_EQ(page->Handle(r)->status, 401) << path;
   }
   r = HttpRequest();
