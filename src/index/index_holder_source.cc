@@ -83,8 +83,9 @@ absl::StatusOr<std::unique_ptr<IndexHolderSource>> IndexHolderSource::Create(
 void IndexHolderSource::Prepare(grpc::ClientContext& ctx, absl::Time deadline) const {
   ctx.set_deadline(absl::ToChronoTime(deadline));
   // A token setting may list several tokens: the first is sent.
-  if (!options_.token.empty())
+  if (!options_.token.empty()) {
     ctx.AddMetadata("authorization", "Bearer " + SentToken(options_.token));
+  }
 }
 
 absl::Status IndexHolderSource::Check(absl::Time deadline) {
@@ -96,7 +97,15 @@ absl::Status IndexHolderSource::Check(absl::Time deadline) {
     const grpc::Status s = r->stub->Stats(&ctx, v1::IndexStatsRequest(), &resp);
     if (s.ok()) return absl::OkStatus();
     if (IsAuthError(s)) return AuthError(r->address, s);
-    last = absl::UnavailableError(absl::StrCat("index at ", r->address, ": ", s.error_message()));
+    if (server::IsTlsHandshakeFailure(s.error_message())) {
+      last = absl::FailedPreconditionError(
+          absl::StrCat("TLS handshake with the index at ", r->address,
+                       " failed (check cluster.index_ca_file, cluster.index_tls_name and the "
+                       "index's certificate): ",
+                       s.error_message()));
+    } else if (!absl::IsFailedPrecondition(last)) {
+      last = absl::UnavailableError(absl::StrCat("index at ", r->address, ": ", s.error_message()));
+    }
   }
   return last;
 }

@@ -50,9 +50,10 @@ class IndexHolderSource final : public transfer::HolderSource {
                                                                   absl::Time deadline) override;
 
   // Asks each replica for its Stats: OK when one answers, PERMISSION_DENIED
-  // when one refuses the token, else UNAVAILABLE (which includes a TLS
-  // handshake that fails: gRPC reports it as unreachable). For a warning at
-  // start; FindHolders does not depend on it.
+  // when one refuses the token, FAILED_PRECONDITION when none answered and a
+  // TLS handshake failed (told apart by gRPC's message: server::
+  // IsTlsHandshakeFailure), else UNAVAILABLE. For a warning at start;
+  // FindHolders does not depend on it.
   absl::Status Check(absl::Time deadline);
 
  private:

@@ -247,11 +247,14 @@ absl::Status Daemon::StartCluster() {
     // Not fatal (the index may start later), but a refused token or TLS
     // setting would otherwise show only as remote reads that never happen.
     if (absl::Status s = (*h)->Check(absl::Now() + absl::Seconds(2)); !s.ok()) {
-      log_->Warn(s.code() == absl::StatusCode::kPermissionDenied
-                     ? "the cluster index refused this node: remote reads are off until fixed"
-                     : "cannot reach the cluster index, or not over TLS with "
-                       "cluster.index_ca_file (check both if it persists)",
-                 {{"error", std::string(s.message())}});
+      const char* what =
+          s.code() == absl::StatusCode::kPermissionDenied
+              ? "the cluster index refused this node: remote reads are off until fixed"
+          : s.code() == absl::StatusCode::kFailedPrecondition
+              ? "TLS to the cluster index failed: remote reads are off until fixed"
+              : "cannot reach the cluster index, or not over TLS with "
+                "cluster.index_ca_file (check both if it persists)";
+      log_->Warn(what, {{"error", std::string(s.message())}});
     }
     if (!c.index_token.empty() && c.index_ca_file.empty()) {
       for (const std::string& a : ho.index_addresses) {

@@ -7,6 +7,7 @@
 #include <sstream>
 #include <utility>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "grpcpp/security/tls_certificate_provider.h"
@@ -33,6 +34,14 @@ std::string HostOf(const std::string& host_port) {
 
 bool IsLoopbackHost(const std::string& host) {
   return host == "localhost" || host == "::1" || absl::StartsWith(host, "127.");
+}
+
+bool IsTlsHandshakeFailure(absl::string_view message) {
+  const std::string lower = absl::AsciiStrToLower(message);
+  for (absl::string_view sign : {"handshake", "ssl_error", "certificate", "peer name"}) {
+    if (absl::StrContains(lower, sign)) return true;
+  }
+  return false;
 }
 
 absl::Status ValidateTls(const TlsConfig& tls, absl::string_view section) {

@@ -34,6 +34,12 @@ std::string HostOf(const std::string& host_port);
 // localhost, ::1 or 127.x.y.z.
 bool IsLoopbackHost(const std::string& host);
 
+// Whether a failed call's message tells of a failed TLS handshake (a
+// certificate from an unknown CA or without the expected name, TLS against a
+// plaintext listener). gRPC reports those as UNAVAILABLE, as it does a peer
+// that is down; the message is the only difference.
+bool IsTlsHandshakeFailure(absl::string_view message);
+
 // InvalidArgument naming "<section>.<key>" when the settings cannot work
 // together (a certificate without its key, a client CA without TLS,
 // require_client_cert without a CA) or a named file cannot be read.

@@ -162,7 +162,8 @@ TEST(ClusterSecurity, TokensAndTlsEverywhere) {
   // index's token and CA.
   TempDir da, db, dc;
   const std::string index_address = absl::StrCat("127.0.0.1:", index_port);
-  auto start = [&](const TempDir& d, const std::string& id, const std::string& index_token) {
+  auto start = [&](const TempDir& d, const std::string& id, const std::string& index_token,
+                   const std::string& index_ca) {
     const std::string yaml =
         d.Write(id + ".yaml",
                 absl::StrCat("tls:\n  client_ca_file: ", certs.ca(),
@@ -170,7 +171,7 @@ TEST(ClusterSecurity, TokensAndTlsEverywhere) {
                              "cluster:\n  publish_interval_ms: 10\n  heartbeat_interval_ms: 200\n"
                              "  nats_ca_file: ",
                              certs.ca(), "\n  index_address: ", index_address,
-                             "\n  index_ca_file: ", certs.ca(), "\n"));
+                             "\n  index_ca_file: ", index_ca, "\n"));
     return Daemon::Start(d,
                          {"--config",
                           yaml,
@@ -203,10 +204,22 @@ TEST(ClusterSecurity, TokensAndTlsEverywhere) {
   // The holder's token file lists two tokens: it sends the first.
   ASSERT_OK_AND_ASSIGN(
       std::unique_ptr<Daemon> a,
-      start(da, "holder", absl::StrCat(kNextApiToken, "\nindex-api-token-old-0123456789\n")));
-  ASSERT_OK_AND_ASSIGN(std::unique_ptr<Daemon> b, start(db, "reader", kApiToken));
+      start(da, "holder", absl::StrCat(kNextApiToken, "\nindex-api-token-old-0123456789\n"),
+            certs.ca()));
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<Daemon> b, start(db, "reader", kApiToken, certs.ca()));
   ASSERT_OK_AND_ASSIGN(std::unique_ptr<Daemon> c,
-                       start(dc, "wrong-token", "not-the-index-token-0123"));
+                       start(dc, "wrong-token", "not-the-index-token-0123", certs.ca()));
+  // A node that trusts another CA than the index's: its warning says TLS,
+  // not that the index is down.
+  {
+    Certs other;
+    ASSERT_OK(MakeCertificates(other.dir));
+    TempDir dw;
+    ASSERT_OK_AND_ASSIGN(std::unique_ptr<Daemon> w, start(dw, "wrong-ca", kApiToken, other.ca()));
+    EXPECT_THAT(w->process().Log(), HasSubstr("TLS to the cluster index failed"))
+        << w->process().Log();
+    EXPECT_THAT(w->process().Log(), ::testing::Not(HasSubstr("cannot reach the cluster index")));
+  }
   unsetenv("UCX_TLS");
   EXPECT_THAT(c->process().Log(), HasSubstr("the cluster index refused this node"));
   EXPECT_THAT(a->process().Log(), ::testing::Not(HasSubstr("the cluster index refused")));

@@ -49,6 +49,19 @@ TEST(GrpcTls, HostsAndLoopback) {
   }
 }
 
+TEST(GrpcTls, HandshakeFailuresAreToldFromAPeerThatIsDown) {
+  // What gRPC says for an unknown CA (the cluster security test reaches
+  // this with a real index) and for a listener that is not there.
+  EXPECT_TRUE(IsTlsHandshakeFailure(
+      "failed to connect to all addresses; last error: UNKNOWN: ipv4:127.0.0.1:54053: Tls "
+      "handshake failed: SSL_ERROR_SSL: error:0A000086:SSL routines::certificate verify failed"));
+  EXPECT_TRUE(IsTlsHandshakeFailure("Peer name kvtierd.kvtier.svc is not in peer certificate"));
+  EXPECT_FALSE(IsTlsHandshakeFailure(
+      "failed to connect to all addresses; last error: UNKNOWN: ipv4:127.0.0.1:1: Failed to "
+      "connect to remote host: Connection refused"));
+  EXPECT_FALSE(IsTlsHandshakeFailure("Deadline Exceeded"));
+}
+
 TEST(GrpcTls, ValidateNamesTheKeyOfTheSection) {
   File pem("-----BEGIN CERTIFICATE-----\n");
   TlsConfig ok{pem.path(), pem.path(), pem.path(), true};
