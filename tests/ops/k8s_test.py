@@ -2,9 +2,10 @@
 """Renders every Kustomize overlay in deploy/k8s/ with `kubectl kustomize` and
 checks the result: probes, resource limits, non-root, pinned image tags,
 ports that match kvtierd's configuration, hugepages that hold the DRAM tier,
-the ConfigMap's kvtierd YAML accepted by `kvtierd --check-config`, and
-overlays/aks-rdma's kvtierd.yaml no different from the aks one it copies but
-in the keys it is meant to change.
+the ConfigMap's kvtierd YAML accepted by `kvtierd --check-config`, NATS
+behind TLS and a token for every client, and overlays/aks-rdma's kvtierd.yaml
+no different from the aks one it copies but in the keys it is meant to
+change.
 
 usage: k8s_test.py BUILD_DIR SOURCE_DIR"""
 import os
@@ -210,6 +211,10 @@ def check_overlay(name, docs, kvtierd, work):
         f = config["listen"].get(key)
         if f:
             check(os.path.dirname(f) in mounts, f"{name}: listen.{key} folder not mounted")
+    cluster = config.get("cluster", {})
+    if cluster.get("nats_url"):
+        check_nats_client(f"{name}: kvtierd", cluster["nats_url"], cluster.get("nats_ca_file"),
+                          mounts)
     # Services and ServiceMonitors point at named container ports.
     for svc in (d for d in docs if d["kind"] == "Service"):
         sel = svc["spec"]["selector"]
@@ -249,7 +254,7 @@ def check_index(name, docs, config, kvtier_index, work):
     nats_svcs = [d["metadata"]["name"] for d in docs
                  if d["kind"] == "Service" and d["metadata"]["name"] == "nats"]
     if nats_svcs:
-        check(re.match(r"nats://nats\.[a-z0-9-]+\.svc:4222$", nats_url or ""),
+        check(re.match(r"(nats|tls)://nats\.[a-z0-9-]+\.svc:4222$", nats_url or ""),
               f"{name}: kvtierd's cluster.nats_url {nats_url!r} is not the nats Service: "
               "nothing reaches the cluster index")
     deps = [d for d in docs if d["kind"] == "Deployment" and
@@ -304,7 +309,28 @@ def check_index(name, docs, config, kvtier_index, work):
     mounts = {m["mountPath"] for m in c.get("volumeMounts", [])}
     check(os.path.dirname(eff["tls"]["cert_file"].replace(root, "")) in mounts,
           f"{name}: kvtier-index's TLS folder is not a volume mount")
-    check_tokens(name, docs, config, c, work)
+    index_nats_ca = eff["nats"]["ca_file"].replace(root, "")
+    check_nats_client(f"{name}: kvtier-index", eff["nats"]["url"], index_nats_ca, mounts)
+    server = nats_server(name, docs)
+    if server is None:
+        return
+    check_nats_conf(name, server, work)
+    check_nats_tls(name, docs, server, config, deps[0]["spec"]["template"]["spec"], c,
+                   index_nats_ca)
+    check_tokens(name, docs, config, c, server)
+
+
+def check_nats_client(who, url, ca_file, mounts):
+    """A NATS client of the manifests asks for TLS (tls:// URLs: a server
+    without TLS is refused, not sent the token) and checks the server's
+    certificate against a CA it has mounted."""
+    check(url and all(u.strip().startswith("tls://") for u in url.split(",")),
+          f"{who} reads NATS at {url!r}, not tls://: the NATS token and every chunk event "
+          "cross the pod network in clear")
+    check(ca_file, f"{who} has no CA for NATS' certificate (nats_ca_file, --nats-ca)")
+    if ca_file:
+        check(os.path.dirname(ca_file) in mounts,
+              f"{who}: the folder of NATS' CA {ca_file} is not a volume mount")
 
 
 def secret_key(container, var):
@@ -323,6 +349,14 @@ def mounted_secret_key(docs, path):
         return None
     pod = ds[0]["spec"]["template"]["spec"]
     c = next(x for x in pod["containers"] if x["name"] == "kvtierd")
+    return secret_at(pod, c, path)
+
+
+def secret_at(pod, c, path):
+    """(secret, key) container `c` of `pod` reads at `path`, or None when
+    no Secret volume is mounted at its folder."""
+    if not path:
+        return None
     folder, key = os.path.split(path)
     for m in c.get("volumeMounts", []):
         if m["mountPath"] == folder:
@@ -332,20 +366,18 @@ def mounted_secret_key(docs, path):
     return None
 
 
-def check_tokens(name, docs, config, index_container, work):
-    """NATS requires a token, and kvtierd and kvtier-index read the same one;
-    kvtierd (when it asks the index) sends the token the index requires."""
+def nats_server(name, docs):
+    """(pod spec, container, path, text) of the nats.conf the nats
+    StatefulSet runs with, from its ConfigMap volume; None without one."""
     nats = [d for d in docs if d["kind"] == "StatefulSet" and d["metadata"]["name"] == "nats"]
     if not nats:
-        return
+        return None
     pod = nats[0]["spec"]["template"]["spec"]
     nc = pod["containers"][0]
     args = nc.get("args", [])
     check("-c" in args, f"{name}: nats runs without its configuration file")
     if "-c" not in args:
-        return
-    # The file comes from a ConfigMap volume; nats-server itself checks it
-    # with the container's environment (a token from the Secret).
+        return None
     conf_path = args[args.index("-c") + 1]
     folder, file_name = os.path.split(conf_path)
     conf = None
@@ -359,20 +391,102 @@ def check_tokens(name, docs, config, index_container, work):
                         conf = d.get("data", {}).get(file_name)
     check(conf is not None, f"{name}: nats' {conf_path} is not in a mounted ConfigMap")
     if conf is None:
+        return None
+    return pod, nc, conf_path, conf
+
+
+# cert_file, key_file, ca_file of every tls block of a nats.conf (a value
+# may be quoted).
+NATS_TLS_FILE = re.compile(r"""^(\s*(cert_file|key_file|ca_file)\s*[:=]\s*)["']?([^"'\s#]+)["']?""",
+                           re.M)
+
+
+def nats_tls_block(conf):
+    """{key: value} of the top-level `tls { }` block of a nats.conf (the
+    client port's TLS), or None without one."""
+    m = re.search(r"^tls\s*[:=]?\s*\{([^}]*)\}", conf, re.M)
+    if not m:
+        return None
+    return {k: v for k, v in re.findall(r"""^\s*(\w+)\s*[:=]\s*["']?([^"'\s#]+)["']?""",
+                                        m.group(1), re.M)}
+
+
+def throwaway_cert(work):
+    """(certificate, key) of a self-signed pair made once under `work`."""
+    crt, key = os.path.join(work, "nats-tls.crt"), os.path.join(work, "nats-tls.key")
+    if not os.path.exists(crt):
+        r = subprocess.run(["openssl", "req", "-x509", "-nodes", "-newkey", "ec",
+                            "-pkeyopt", "ec_paramgen_curve:prime256v1", "-days", "1",
+                            "-subj", "/CN=nats.kvtier.svc", "-keyout", key, "-out", crt],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        if r.returncode != 0:
+            opslib.fail(f"openssl req (a certificate for nats-server -t): {r.stdout}")
+    return crt, key
+
+
+def check_nats_conf(name, server, work):
+    """nats-server -t accepts nats.conf, with the container's environment
+    (a token from the Secret). It loads the TLS files it names: a throwaway
+    self-signed pair stands in for the Secret's for the check only."""
+    _, nc, conf_path, conf = server
+    nats_server_bin = shutil.which("nats-server") or "/usr/sbin/nats-server"
+    if not os.path.exists(nats_server_bin):
         return
+    if NATS_TLS_FILE.search(conf):
+        if not shutil.which("openssl"):
+            print(f"{name}: no openssl for a throwaway certificate: nats-server -t not run")
+            return
+        crt, key = throwaway_cert(work)
+        conf = NATS_TLS_FILE.sub(lambda m: m.group(1) + (key if m.group(2) == "key_file" else crt),
+                                 conf)
+    path = os.path.join(work, name.replace("/", "-") + "-nats.conf")
+    with open(path, "w") as f:
+        f.write(conf)
+    env = {e["name"]: "token-for-the-config-check" for e in nc.get("env", [])}
+    r = subprocess.run([nats_server_bin, "-c", path, "-t"], stdout=subprocess.PIPE,
+                       stderr=subprocess.STDOUT, text=True, env=dict(os.environ, **env))
+    check(r.returncode == 0, f"{name}: nats-server -t on {conf_path}: {r.stdout.strip()}")
+
+
+def check_nats_tls(name, docs, server, config, index_pod, index_container, index_ca):
+    """NATS serves its client port over TLS only, with a certificate from a
+    mounted Secret, and kvtierd and kvtier-index check it against the CA of
+    that same Secret."""
+    pod, nc, conf_path, conf = server
+    tls = nats_tls_block(conf)
+    check(tls is not None, f"{name}: nats' {conf_path} has no tls block: the NATS token and "
+          "every chunk event cross the pod network in clear")
+    if tls is None:
+        return
+    check(not re.search(r"^\s*allow_non_tls\s*[:=]\s*true", conf, re.M),
+          f"{name}: nats' {conf_path} sets allow_non_tls: clients may skip TLS (and kvtier's "
+          "tls:// clients, libnats 3.4, refuse a server that does not require it)")
+    served = {}
+    for key in ("cert_file", "key_file"):
+        check(tls.get(key), f"{name}: nats' tls block has no {key}")
+        served[key] = secret_at(pod, nc, tls.get(key))
+        check(not tls.get(key) or served[key],
+              f"{name}: nats' tls.{key} {tls.get(key)} is not in a mounted Secret")
+    secret = (served.get("cert_file") or (None,))[0]
+    kvtierd_ca = config.get("cluster", {}).get("nats_ca_file")
+    clients = [("kvtierd's cluster.nats_ca_file", mounted_secret_key(docs, kvtierd_ca))
+               if kvtierd_ca else None,
+               ("kvtier-index's nats.ca_file (--nats-ca)",
+                secret_at(index_pod, index_container, index_ca)) if index_ca else None]
+    for who, got in filter(None, clients if secret else []):
+        check(got and got[0] == secret,
+              f"{name}: {who} is " + (f"{got[0]}/{got[1]}" if got else "in no mounted Secret") +
+              f": NATS' certificate is in {secret}, trust its CA")
+
+
+def check_tokens(name, docs, config, index_container, server):
+    """NATS requires a token, and kvtierd and kvtier-index read the same one;
+    kvtierd (when it asks the index) sends the token the index requires."""
+    _, nc, _, conf = server
     var = re.search(r"authorization\s*\{[^}]*\btoken\s*:\s*\$(\w+)", conf)
     check(var is not None, f"{name}: nats accepts clients without a token")
     nats_key = secret_key(nc, var.group(1)) if var else None
     check(nats_key is not None, f"{name}: nats' token does not come from a Secret")
-    nats_server = shutil.which("nats-server") or "/usr/sbin/nats-server"
-    if os.path.exists(nats_server):
-        path = os.path.join(work, name.replace("/", "-") + "-nats.conf")
-        with open(path, "w") as f:
-            f.write(conf)
-        env = {e["name"]: "token-for-the-config-check" for e in nc.get("env", [])}
-        r = subprocess.run([nats_server, "-c", path, "-t"], stdout=subprocess.PIPE,
-                           stderr=subprocess.STDOUT, text=True, env=dict(os.environ, **env))
-        check(r.returncode == 0, f"{name}: nats-server -t on {conf_path}: {r.stdout.strip()}")
     cluster = config.get("cluster", {})
     check(mounted_secret_key(docs, cluster.get("nats_token_file")) == nats_key,
           f"{name}: kvtierd's cluster.nats_token_file is not nats' token {nats_key}")
