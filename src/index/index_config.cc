@@ -83,8 +83,10 @@ absl::Status Apply(const std::string& key, const std::string& v, const std::stri
     o.nats.tls_name = v;
   } else if (key == "api_token") {
     o.api_token = v;
+    o.api_token_file.clear();
   } else if (key == "api_token_file") {
     KVTIER_ASSIGN_OR_RETURN(o.api_token, server::ReadTokenFile(v, field));
+    o.api_token_file = v;
   } else if (key == "allow_insecure_tcp") {
     KVTIER_ASSIGN_OR_RETURN(o.allow_insecure_tcp, ParseBool(v, field));
   } else if (key == "tls.cert_file") {
@@ -104,6 +106,10 @@ absl::Status Apply(const std::string& key, const std::string& v, const std::stri
     o.http = v;
   } else if (key == "status_token") {
     o.status_token = v;
+    o.status_token_file.clear();
+  } else if (key == "status_token_file") {
+    KVTIER_ASSIGN_OR_RETURN(o.status_token, server::ReadTokenFile(v, field));
+    o.status_token_file = v;
   } else if (key == "max_entries") {
     KVTIER_ASSIGN_OR_RETURN(o.index.max_entries, ParseU64(v, field, 1, uint64_t{1} << 40));
   } else if (key == "shards") {
@@ -130,21 +136,11 @@ absl::Status Apply(const std::string& key, const std::string& v, const std::stri
 }
 
 const std::set<std::string>& TopKeys() {
-  static const auto* k = new std::set<std::string>{"nats",
-                                                   "grpc",
-                                                   "http",
-                                                   "status_token",
-                                                   "max_entries",
-                                                   "shards",
-                                                   "max_nodes",
-                                                   "node_timeout_seconds",
-                                                   "max_chain",
-                                                   "log_level",
-                                                   "zmq",
-                                                   "api_token",
-                                                   "api_token_file",
-                                                   "allow_insecure_tcp",
-                                                   "tls"};
+  static const auto* k = new std::set<std::string>{
+      "nats",        "grpc",   "http",      "status_token",         "status_token_file",
+      "max_entries", "shards", "max_nodes", "node_timeout_seconds", "max_chain",
+      "log_level",   "zmq",    "api_token", "api_token_file",       "allow_insecure_tcp",
+      "tls"};
   return *k;
 }
 const std::set<std::string>& NatsKeys() {
@@ -227,6 +223,7 @@ constexpr Flag kFlags[] = {
     {"grpc", "grpc", "host:port of the Index gRPC service (127.0.0.1:7070)"},
     {"http", "http", "host:port of /metrics /healthz /readyz (127.0.0.1:9465); '' = off"},
     {"status-token", "status_token", "bearer token of the status page (needed off loopback)"},
+    {"status-token-file", "status_token_file", "file holding the status page's token"},
     {"api-token-file", "api_token_file", "file holding the token Index calls must send"},
     {"tls-cert", "tls.cert_file", "PEM server certificate (TLS on the gRPC listener)"},
     {"tls-key", "tls.key_file", "PEM private key of --tls-cert"},

@@ -7,7 +7,6 @@
 #include "grpcpp/security/credentials.h"
 #include "kvtier/v1/index.grpc.pb.h"
 #include "src/common/status_macros.h"
-#include "src/common/token_list.h"
 #include "src/index/event_publisher.h"
 #include "src/server/grpc_tls.h"
 #include "src/server/wire.h"
@@ -83,8 +82,8 @@ absl::StatusOr<std::unique_ptr<IndexHolderSource>> IndexHolderSource::Create(
 void IndexHolderSource::Prepare(grpc::ClientContext& ctx, absl::Time deadline) const {
   ctx.set_deadline(absl::ToChronoTime(deadline));
   // A token setting may list several tokens: the first is sent.
-  if (!options_.token.empty()) {
-    ctx.AddMetadata("authorization", "Bearer " + SentToken(options_.token));
+  if (std::string token = options_.token.Sent(); !token.empty()) {
+    ctx.AddMetadata("authorization", "Bearer " + token);
   }
 }
 

@@ -19,6 +19,7 @@
 
 #include "absl/status/statusor.h"
 #include "grpcpp/client_context.h"
+#include "src/common/secret.h"
 #include "src/transfer/holder_source.h"
 
 namespace kvtier::index {
@@ -27,11 +28,11 @@ struct IndexHolderSourceOptions {
   std::vector<std::string> index_addresses;  // host:port of kvtier-index replicas (>= 1)
   std::string self_node_id;                  // this node's id: never listed
   uint32_t max_holders = 8;                  // holders returned at most (longest first)
-  std::string token;                         // sent as "authorization: Bearer <token>"; "" = none
-  std::string ca_file;                       // PEM CA of the replicas' certificates; set = TLS
-  std::string cert_file;                     // PEM client certificate presented over TLS; "" = none
-  std::string key_file;                      // its private key
-  std::string tls_name;  // name to check in the replicas' certificates; "" = the address
+  Secret token;           // its first token is sent as "authorization: Bearer <token>"; "" = none
+  std::string ca_file;    // PEM CA of the replicas' certificates; set = TLS
+  std::string cert_file;  // PEM client certificate presented over TLS; "" = none
+  std::string key_file;   // its private key
+  std::string tls_name;   // name to check in the replicas' certificates; "" = the address
   uint32_t tls_reload_seconds = 60;  // how often the CA and certificate files are read again
 
   absl::Status Validate() const;

@@ -146,8 +146,20 @@ absl::Status IndexServer::Init(std::string version) {
   KVTIER_ASSIGN_OR_RETURN(index_, ClusterIndex::Create(options_.index));
   ingest_ = std::make_unique<EventIngest>(index_.get());
   service_ = std::make_unique<IndexService>(
-      index_.get(), ingest_.get(), [this] { return ready(); }, options_.max_chain,
-      options_.api_token);
+      index_.get(), ingest_.get(), [this] { return ready(); }, options_.max_chain, api_token_);
+  token_files_ = std::make_unique<server::TokenFiles>(
+      log_, absl::Seconds(options_.tls.reload_seconds),
+      [](const std::string& setting, const std::string& text) {
+        // As Validate: 16 characters for the API's tokens.
+        absl::Status s = CheckTokenList(text, setting == "api_token" ? kMinApiTokenLength : 1);
+        return s.ok() ? s : absl::InvalidArgumentError(absl::StrCat(setting, ": ", s.message()));
+      });
+  if (!options_.api_token_file.empty()) {
+    token_files_->Add("api_token", options_.api_token_file, api_token_);
+  }
+  if (!options_.status_token_file.empty()) {
+    token_files_->Add("status_token", options_.status_token_file, status_token_);
+  }
 
   KVTIER_ASSIGN_OR_RETURN(std::shared_ptr<grpc::ServerCredentials> credentials,
                           server::ServerCredentials(options_.tls, "tls"));
@@ -163,7 +175,7 @@ absl::Status IndexServer::Init(std::string version) {
     server::StatusPageOptions po;
     po.title = "kvtier-index";
     po.snapshot = [this] { return Snapshot(); };
-    po.bearer_token = options_.status_token;
+    po.bearer_token = status_token_;
     po.require_token = !IsLoopback(options_.http);
     KVTIER_ASSIGN_OR_RETURN(status_page_, server::StatusPage::Create(std::move(po)));
     KVTIER_ASSIGN_OR_RETURN(
@@ -215,6 +227,7 @@ absl::Status IndexServer::Init(std::string version) {
     while (!stop_.WaitForNotificationWithTimeout(options_.sweep_interval)) {
       const uint64_t n = index_->Sweep(absl::Now());
       if (n > 0) log_->Info("dropped the entries of dead nodes", {{"entries", n}});
+      token_files_->ReloadIfDue(absl::Now());
     }
   });
   log_->Info(

@@ -28,6 +28,7 @@
 #include "src/server/http_server.h"
 #include "src/server/log.h"
 #include "src/server/status_page.h"
+#include "src/server/token_files.h"
 
 namespace kvtier::index {
 
@@ -47,8 +48,12 @@ struct IndexServerOptions {
   std::string grpc = "127.0.0.1:7070";  // host:port of the Index service (port 0: any)
   std::string http = "127.0.0.1:9465";  // host:port of /metrics /healthz /readyz; "" = off
   std::string status_token;             // bearer token of "/" and /api/v1/status; "" = none
+  std::string status_token_file;        // where status_token was read from (read again); "" = none
   std::string api_token;  // bearer token every Index call must send; required off loopback
-  server::TlsConfig tls;  // TLS (and mTLS) of the gRPC listener; off = plaintext
+  // The file api_token was read from: read again every tls.reload_seconds
+  // (server::TokenFiles); "" = not from a file.
+  std::string api_token_file;
+  server::TlsConfig tls;            // TLS (and mTLS) of the gRPC listener; off = plaintext
   bool allow_insecure_tcp = false;  // allow a non-loopback grpc address without TLS
   ClusterIndexOptions index;
   EventStreamOptions stream;
@@ -102,6 +107,9 @@ class IndexServer {
   std::unique_ptr<grpc::Server> grpc_;
   std::unique_ptr<server::StatusPage> status_page_;
   std::unique_ptr<server::HttpServer> http_;
+  const Secret api_token_{options_.api_token};        // the service's; set from api_token_file
+  const Secret status_token_{options_.status_token};  // the status page's
+  std::unique_ptr<server::TokenFiles> token_files_;
   int grpc_port_ = 0;
   uint64_t replay_target_ = 0;  // the stream's last sequence at start
   std::atomic<bool> ready_{false};

@@ -10,7 +10,6 @@
 #include "kvtier/namespace.h"
 #include "prometheus/histogram.h"
 #include "src/common/status_macros.h"
-#include "src/common/token_list.h"
 #include "src/server/status_convert.h"
 #include "src/server/wire.h"
 
@@ -26,7 +25,7 @@ absl::Status Invalid(absl::string_view field, absl::string_view why) {
 // ---- the gRPC service ---------------------------------------------------------
 
 IndexService::IndexService(ClusterIndex* index, EventIngest* ingest, std::function<bool()> ready,
-                           uint32_t max_chain, std::string api_token)
+                           uint32_t max_chain, Secret api_token)
     : index_(index),
       ingest_(ingest),
       ready_(std::move(ready)),
@@ -52,7 +51,7 @@ grpc::Status IndexService::Authorize(const grpc::ServerContext* context) {
                         "kvtier-index needs a token: send 'authorization: Bearer <token>'");
   }
   absl::string_view value(it->second.data(), it->second.size());
-  if (!absl::ConsumePrefix(&value, "Bearer ") || !AcceptsToken(api_token_, value)) {
+  if (!absl::ConsumePrefix(&value, "Bearer ") || !api_token_.Accepts(value)) {
     auth_failures_.fetch_add(1, std::memory_order_relaxed);
     return grpc::Status(grpc::StatusCode::PERMISSION_DENIED, "unknown token");
   }

@@ -18,6 +18,7 @@
 #include "kvtier/v1/index.grpc.pb.h"
 #include "prometheus/metric_family.h"
 #include "prometheus/registry.h"
+#include "src/common/secret.h"
 #include "src/index/cluster_index.h"
 #include "src/index/event_ingest.h"
 #include "src/server/metrics.h"
@@ -36,7 +37,7 @@ class IndexService final : public v1::Index::Service {
   // must send "authorization: Bearer <api_token>": UNAUTHENTICATED when it
   // sends none, PERMISSION_DENIED for another token.
   IndexService(ClusterIndex* index, EventIngest* ingest, std::function<bool()> ready,
-               uint32_t max_chain, std::string api_token = "");
+               uint32_t max_chain, Secret api_token = Secret());
 
   grpc::Status Lookup(grpc::ServerContext*, const v1::IndexLookupRequest* req,
                       v1::IndexLookupResponse* resp) override;
@@ -63,7 +64,7 @@ class IndexService final : public v1::Index::Service {
   EventIngest* const ingest_;
   const std::function<bool()> ready_;
   const uint32_t max_chain_;
-  const std::string api_token_;
+  const Secret api_token_;  // the server may Set it (a re-read api_token_file)
   std::shared_ptr<prometheus::Registry> registry_;
   prometheus::Histogram* lookup_seconds_ = nullptr;
   std::atomic<uint64_t> lookup_errors_{0};

@@ -9,7 +9,9 @@
 namespace kvtier::server {
 
 Authenticator::Authenticator(const DaemonConfig& config)
-    : open_mode_(config.open_mode()), admin_token_(config.admin_token), tenants_(config.tenants) {}
+    : open_mode_(config.open_mode()), admin_token_(config.admin_token), tenants_(config.tenants) {
+  for (const TenantConfig& t : tenants_) tenant_tokens_.emplace_back(t.token);
+}
 
 absl::StatusOr<Principal> Authenticator::Authenticate(absl::string_view authorization) const {
   if (open_mode_) return AuthenticateToken("");
@@ -33,9 +35,9 @@ absl::StatusOr<Principal> Authenticator::AuthenticateToken(absl::string_view tok
   }
   // Every token is compared, so the time taken does not tell which matched.
   int match = -2;
-  if (AcceptsToken(admin_token_, token)) match = -1;
-  for (size_t i = 0; i < tenants_.size(); ++i) {
-    if (AcceptsToken(tenants_[i].token, token)) match = static_cast<int>(i);
+  if (admin_token_.Accepts(token)) match = -1;
+  for (size_t i = 0; i < tenant_tokens_.size(); ++i) {
+    if (tenant_tokens_[i].Accepts(token)) match = static_cast<int>(i);
   }
   if (match == -2) return absl::PermissionDeniedError("authorization: unknown token");
   if (match == -1) return Principal{"admin", /*admin=*/true, /*shared_memory=*/true, -1};

@@ -10,7 +10,9 @@
 // grants, or an admin-only call by a tenant. Messages never say whether
 // anything is cached.
 //
-// Thread-safety: immutable after construction; all methods are const.
+// Thread-safety: all methods are const and thread-safe. The tokens are
+// Secrets the daemon may Set while it runs (re-read token files); names,
+// grants and open mode are fixed at construction.
 #ifndef KVTIER_SRC_SERVER_AUTH_H_
 #define KVTIER_SRC_SERVER_AUTH_H_
 
@@ -21,7 +23,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "kvtier/namespace.h"
-#include "src/common/token_list.h"
+#include "src/common/secret.h"
 #include "src/server/config.h"
 
 namespace kvtier::server {
@@ -49,10 +51,16 @@ class Authenticator {
   // PERMISSION_DENIED unless `who` is the admin.
   absl::Status RequireAdmin(const Principal& who, absl::string_view what) const;
 
+  // The tokens, shared with the authenticator: Set replaces them for the
+  // next call.
+  const Secret& admin_token() const { return admin_token_; }
+  const Secret& tenant_token(size_t i) const { return tenant_tokens_[i]; }
+
  private:
   bool open_mode_;
-  std::string admin_token_;
-  std::vector<TenantConfig> tenants_;
+  Secret admin_token_;
+  std::vector<TenantConfig> tenants_;  // grants (their `token` is not read)
+  std::vector<Secret> tenant_tokens_;  // tenants_[i]'s tokens
 };
 
 using ::kvtier::ConstantTimeEquals;

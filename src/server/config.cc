@@ -295,8 +295,10 @@ absl::Status ApplySetting(const std::string& name, const std::string& value,
     c.dram.nvme.persist_on_close_seconds = v;
   } else if (name == "auth.admin_token") {
     c.admin_token = value;
+    c.token_files.erase(name);
   } else if (name == "auth.admin_token_file") {
     KVTIER_ASSIGN_OR_RETURN(c.admin_token, ReadTokenFile(value, field));
+    c.token_files["auth.admin_token"] = value;
   } else if (name == "limits.max_keys_per_request") {
     KVTIER_ASSIGN_OR_RETURN(c.max_keys_per_request, ParseU32(value, field, 1, 1u << 20));
   } else if (name == "limits.max_tokens_per_request") {
@@ -317,8 +319,10 @@ absl::Status ApplySetting(const std::string& name, const std::string& value,
     c.log_level = value;
   } else if (name == "listen.status_token") {
     c.status_token = value;
+    c.token_files.erase(name);
   } else if (name == "listen.status_token_file") {
     KVTIER_ASSIGN_OR_RETURN(c.status_token, ReadTokenFile(value, field));
+    c.token_files["listen.status_token"] = value;
   } else if (name == "status.tokens_per_gpu_second") {
     double v = 0;
     if (!absl::SimpleAtod(value, &v) || !(v > 0) || !std::isfinite(v)) {
@@ -367,8 +371,10 @@ absl::Status ApplySetting(const std::string& name, const std::string& value,
     c.cluster.nats_tls_name = value;
   } else if (name == "cluster.index_token") {
     c.cluster.index_token = value;
+    c.token_files.erase(name);
   } else if (name == "cluster.index_token_file") {
     KVTIER_ASSIGN_OR_RETURN(c.cluster.index_token, ReadTokenFile(value, field));
+    c.token_files["cluster.index_token"] = value;
   } else if (name == "cluster.index_ca_file") {
     c.cluster.index_ca_file = value;
   } else if (name == "cluster.index_tls_name") {
@@ -392,12 +398,14 @@ absl::Status ApplySetting(const std::string& name, const std::string& value,
     KVTIER_ASSIGN_OR_RETURN(c.ucx.transfer_timeout_ms, ParseU32(value, field, 1, 600000));
   } else if (name == "ucx.peer_token") {
     c.ucx.peer_token = value;
+    c.token_files.erase(name);
   } else if (name == "ucx.peer_ca_file") {
     c.ucx.peer_ca_file = value;
   } else if (name == "ucx.peer_tls_name") {
     c.ucx.peer_tls_name = value;
   } else if (name == "ucx.peer_token_file") {
     KVTIER_ASSIGN_OR_RETURN(c.ucx.peer_token, ReadTokenFile(value, field));
+    c.token_files["ucx.peer_token"] = value;
   } else if (name == "ucx.max_batch_chunks") {
     KVTIER_ASSIGN_OR_RETURN(c.ucx.max_batch_chunks, ParseU32(value, field, 1, 4096));
   } else if (name == "ucx.copy_threads") {
@@ -504,6 +512,8 @@ absl::Status ApplyTenants(const YAML::Node& list, DaemonConfig& c) {
   if (list.IsNull()) return absl::OkStatus();
   if (!list.IsSequence()) return Invalid(path, "must be a list");
   c.tenants.clear();
+  std::erase_if(c.token_files,
+                [](const auto& f) { return absl::StartsWith(f.first, "auth.tenants["); });
   for (size_t i = 0; i < list.size(); ++i) {
     const std::string p = absl::StrCat(path, "[", i, "]");
     const YAML::Node& n = list[i];
@@ -522,8 +532,8 @@ absl::Status ApplyTenants(const YAML::Node& list, DaemonConfig& c) {
     if (n["token_file"]) {
       KVTIER_ASSIGN_OR_RETURN(std::string file,
                               Yaml::Scalar(n["token_file"], Join(p, "token_file")));
-      KVTIER_ASSIGN_OR_RETURN(std::string text, ReadSmallFile(file, Join(p, "token_file")));
-      t.token = std::string(absl::StripAsciiWhitespace(text));
+      KVTIER_ASSIGN_OR_RETURN(t.token, ReadTokenFile(file, Join(p, "token_file")));
+      c.token_files[Join(p, "token")] = file;
     }
     if (n["cache_salts"]) {
       KVTIER_ASSIGN_OR_RETURN(t.cache_salts,
@@ -1039,32 +1049,7 @@ absl::Status DaemonConfig::Validate() const {
     KVTIER_RETURN_IF_ERROR(dram.Validate());
   }
   if (dram.blob.enabled()) KVTIER_RETURN_IF_ERROR(dram.blob.Validate());  // names "blob.<field>"
-  std::set<std::string> names;
-  std::set<absl::string_view> tokens;  // every token of admin_token and the tenants'
-  if (absl::Status s = CheckTokenList(admin_token, kMinTokenLength); !s.ok()) {
-    return Invalid("auth.admin_token", std::string(s.message()));
-  }
-  for (absl::string_view token : SplitTokens(admin_token)) tokens.insert(token);
-  for (size_t i = 0; i < tenants.size(); ++i) {
-    const TenantConfig& t = tenants[i];
-    const std::string p = absl::StrCat("auth.tenants[", i, "]");
-    if (t.name.empty()) return Invalid(Join(p, "name"), "must not be empty");
-    if (!names.insert(t.name).second) {
-      return Invalid(Join(p, "name"), absl::StrCat("'", t.name, "' is used twice"));
-    }
-    if (SplitTokens(t.token).empty()) {
-      return Invalid(Join(p, "token"),
-                     absl::StrCat("must be at least ", kMinTokenLength, " characters"));
-    }
-    if (absl::Status s = CheckTokenList(t.token, kMinTokenLength); !s.ok()) {
-      return Invalid(Join(p, "token"), std::string(s.message()));
-    }
-    for (absl::string_view token : SplitTokens(t.token)) {
-      if (!tokens.insert(token).second) {
-        return Invalid(Join(p, "token"), "is used twice (tokens must be unique)");
-      }
-    }
-  }
+  KVTIER_RETURN_IF_ERROR(ValidateTokens());
   if (max_message_bytes < 4096 || max_message_bytes > (64ull << 20)) {
     return Invalid("limits.max_message_bytes", "must be in [4 KiB, 64 MiB]");
   }
@@ -1104,9 +1089,39 @@ absl::Status DaemonConfig::Validate() const {
                      "without it any caller of the Peer service could read every tenant's "
                      "chunks");
     }
-    if (absl::Status s = CheckTokenList(ucx.peer_token, kMinTokenLength); !s.ok()) {
-      return Invalid("ucx.peer_token", std::string(s.message()));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status DaemonConfig::ValidateTokens() const {
+  std::set<std::string> names;
+  std::set<absl::string_view> tokens;  // every token of admin_token and the tenants'
+  if (absl::Status s = CheckTokenList(admin_token, kMinTokenLength); !s.ok()) {
+    return Invalid("auth.admin_token", std::string(s.message()));
+  }
+  for (absl::string_view token : SplitTokens(admin_token)) tokens.insert(token);
+  for (size_t i = 0; i < tenants.size(); ++i) {
+    const TenantConfig& t = tenants[i];
+    const std::string p = absl::StrCat("auth.tenants[", i, "]");
+    if (t.name.empty()) return Invalid(Join(p, "name"), "must not be empty");
+    if (!names.insert(t.name).second) {
+      return Invalid(Join(p, "name"), absl::StrCat("'", t.name, "' is used twice"));
     }
+    if (SplitTokens(t.token).empty()) {
+      return Invalid(Join(p, "token"),
+                     absl::StrCat("must be at least ", kMinTokenLength, " characters"));
+    }
+    if (absl::Status s = CheckTokenList(t.token, kMinTokenLength); !s.ok()) {
+      return Invalid(Join(p, "token"), std::string(s.message()));
+    }
+    for (absl::string_view token : SplitTokens(t.token)) {
+      if (!tokens.insert(token).second) {
+        return Invalid(Join(p, "token"), "is used twice (tokens must be unique)");
+      }
+    }
+  }
+  if (absl::Status s = CheckTokenList(ucx.peer_token, kMinTokenLength); !s.ok()) {
+    return Invalid("ucx.peer_token", std::string(s.message()));
   }
   return absl::OkStatus();
 }

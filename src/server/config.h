@@ -145,8 +145,17 @@ struct DaemonConfig {
   std::string ShmSocketPath() const { return unix_socket + ".shm"; }
   bool open_mode() const { return admin_token.empty() && tenants.empty(); }
 
+  // The token settings read from files, setting -> path ("auth.admin_token",
+  // "auth.tenants[0].token", "listen.status_token", "cluster.index_token",
+  // "ucx.peer_token"): kvtierd reads them again every tls.reload_seconds.
+  std::map<std::string, std::string> token_files;
+
   // Checks the whole configuration; InvalidArgument naming the key.
   absl::Status Validate() const;
+  // The part of Validate that checks the tokens: each token of the admin's,
+  // a tenant's or the peer token 16 characters or more, none listed twice
+  // or given to two principals, tenants named once.
+  absl::Status ValidateTokens() const;
   // The effective configuration as YAML with every token replaced by "<redacted>".
   std::string ToRedactedYaml() const;
 };

@@ -152,7 +152,7 @@ absl::Status Daemon::Init(std::string version) {
     po.title = "kvtierd";
     po.snapshot = [this] { return Snapshot(); };
     po.tokens_per_gpu_second = config_.tokens_per_gpu_second;
-    po.bearer_token = config_.status_token;
+    po.bearer_token = status_token_;
     const bool remote = !IsLoopbackHost(HostOf(config_.http));
     po.require_token = remote;
     absl::StatusOr<std::unique_ptr<StatusPage>> page = StatusPage::Create(std::move(po));
@@ -173,11 +173,23 @@ absl::Status Daemon::Init(std::string version) {
                  {{"reason", "listen.http is not loopback and listen.status_token is not set"}});
     }
   }
+  token_files_ =
+      std::make_unique<TokenFiles>(log_, absl::Seconds(config_.tls.reload_seconds),
+                                   [this](const std::string& setting, const std::string& text) {
+                                     return CheckReloadedToken(setting, text);
+                                   });
+  for (const auto& [setting, path] : config_.token_files) {
+    if (const Secret* secret = TokenSecret(setting); secret != nullptr) {
+      token_files_->Add(setting, path, *secret);
+    }
+  }
   reaper_ = std::thread([this] {
     const absl::Duration period =
         std::min(absl::Seconds(1), absl::Seconds(config_.lease_seconds) / 4);
     while (!stop_reaper_.WaitForNotificationWithTimeout(period)) {
-      service_->ExpireLeases(absl::Now());
+      const absl::Time now = absl::Now();
+      service_->ExpireLeases(now);
+      token_files_->ReloadIfDue(now);
     }
   });
   ready_.store(true);
@@ -198,6 +210,34 @@ absl::Status Daemon::Init(std::string version) {
        {"auth", config_.open_mode() ? "open (unix socket only)" : "tokens"},
        {"tenants", static_cast<uint64_t>(config_.tenants.size())}});
   return absl::OkStatus();
+}
+
+const Secret* Daemon::TokenSecret(const std::string& setting) const {
+  if (setting == "auth.admin_token") return &auth_->admin_token();
+  if (setting == "listen.status_token") return &status_token_;
+  if (setting == "cluster.index_token") return &index_token_;
+  if (setting == "ucx.peer_token") return &peer_token_;
+  for (size_t i = 0; i < config_.tenants.size(); ++i) {
+    if (setting == absl::StrCat("auth.tenants[", i, "].token")) return &auth_->tenant_token(i);
+  }
+  return nullptr;
+}
+
+absl::Status Daemon::CheckReloadedToken(const std::string& setting, const std::string& text) const {
+  // The tokens as they are now, with `text` for `setting`, checked as at
+  // start.
+  DaemonConfig next = config_;
+  next.admin_token = auth_->admin_token().Get();
+  for (size_t i = 0; i < next.tenants.size(); ++i) {
+    next.tenants[i].token = auth_->tenant_token(i).Get();
+  }
+  next.ucx.peer_token = peer_token_.Get();
+  if (setting == "auth.admin_token") next.admin_token = text;
+  if (setting == "ucx.peer_token") next.ucx.peer_token = text;
+  for (size_t i = 0; i < next.tenants.size(); ++i) {
+    if (setting == absl::StrCat("auth.tenants[", i, "].token")) next.tenants[i].token = text;
+  }
+  return next.ValidateTokens();
 }
 
 absl::Status Daemon::StartCluster() {
@@ -233,7 +273,7 @@ absl::Status Daemon::StartCluster() {
     index::IndexHolderSourceOptions ho;
     ho.index_addresses = absl::StrSplit(c.index_address, ',', absl::SkipWhitespace());
     ho.self_node_id = config_.node_id;
-    ho.token = c.index_token;
+    ho.token = index_token_;
     ho.ca_file = c.index_ca_file;
     if (!c.index_ca_file.empty()) {
       ho.cert_file = config_.tls.cert_file;
@@ -309,7 +349,7 @@ absl::Status Daemon::StartTransfer() {
   po.boot_id = boot_id;
   po.lease_timeout = absl::Seconds(config_.ucx.lease_seconds);
   po.max_keys_per_request = config_.max_keys_per_request;
-  po.peer_token = config_.ucx.peer_token;
+  po.peer_token = peer_token_;
   KVTIER_ASSIGN_OR_RETURN(peer_service_,
                           transfer::PeerService::Create(cache_.get(), ucx_.get(), po));
   std::shared_ptr<grpc::ChannelCredentials> peer_credentials;
@@ -324,8 +364,8 @@ absl::Status Daemon::StartTransfer() {
                            {config_.tls.cert_file, "tls.cert_file"},
                            {config_.tls.key_file, "tls.key_file"}, config_.tls.reload_seconds));
   }
-  peer_clients_ = std::make_unique<transfer::PeerClients>(
-      config_.ucx.peer_token, std::move(peer_credentials), config_.ucx.peer_tls_name);
+  peer_clients_ = std::make_unique<transfer::PeerClients>(peer_token_, std::move(peer_credentials),
+                                                          config_.ucx.peer_tls_name);
   if (!config_.peers.empty()) {
     static_holders_ = std::make_unique<transfer::StaticPeerSource>(config_.peers, config_.node_id,
                                                                    peer_clients_.get());

@@ -22,6 +22,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "grpcpp/server.h"
+#include "src/common/secret.h"
 #include "src/core/embedded_cache.h"
 #include "src/index/event_publisher.h"
 #include "src/server/auth.h"
@@ -33,6 +34,7 @@
 #include "src/server/namespace_stats.h"
 #include "src/server/shm_server.h"
 #include "src/server/status_page.h"
+#include "src/server/token_files.h"
 #include "src/transfer/holder_source.h"
 #include "src/transfer/peer_client.h"
 #include "src/transfer/peer_service.h"
@@ -63,7 +65,12 @@ class Daemon {
   }
 
  private:
-  Daemon(DaemonConfig config, Logger* log) : config_(std::move(config)), log_(log) {}
+  Daemon(DaemonConfig config, Logger* log)
+      : config_(std::move(config)),
+        log_(log),
+        status_token_(config_.status_token),
+        index_token_(config_.cluster.index_token),
+        peer_token_(config_.ucx.peer_token) {}
   absl::Status Init(std::string version);
   HttpResponse ServeHttp(const std::string& path);
   // The figures of the status page.
@@ -73,6 +80,19 @@ class Daemon {
 
   const DaemonConfig config_;
   Logger* const log_;
+  // Tokens the services share with the daemon, which re-reads their files
+  // (config_.token_files) every tls.reload_seconds; the admin's and the
+  // tenants' are auth_'s.
+  const Secret status_token_;
+  const Secret index_token_;
+  const Secret peer_token_;
+  // Re-reads config_.token_files (reaper thread).
+  std::unique_ptr<TokenFiles> token_files_;
+  // The Secret a setting of config_.token_files sets; nullptr for none.
+  const Secret* TokenSecret(const std::string& setting) const;
+  // OK when `text` can replace `setting`'s tokens (DaemonConfig::
+  // ValidateTokens with the tokens in use now).
+  absl::Status CheckReloadedToken(const std::string& setting, const std::string& text) const;
   uint64_t arena_id_ = 0;
   int tcp_port_ = 0;
   // Cluster events (cluster.nats_url); declared before cache_ so the

@@ -7,7 +7,6 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "nlohmann/json.hpp"
-#include "src/common/token_list.h"
 #include "src/server/status_assets.h"
 
 namespace kvtier::server {
@@ -379,13 +378,11 @@ std::string StatusPage::Json(bool with_history) const {
 }
 
 bool StatusPage::Authorized(const HttpRequest& request) const {
-  const std::string& want = options_.bearer_token;
+  const Secret& want = options_.bearer_token;
   if (want.empty()) return !options_.require_token;
   const std::string auth = request.Header("authorization");
-  if (absl::StartsWithIgnoreCase(auth, "bearer ") && AcceptsToken(want, auth.substr(7))) {
-    return true;
-  }
-  return AcceptsToken(want, request.QueryParam("token"));
+  if (absl::StartsWithIgnoreCase(auth, "bearer ") && want.Accepts(auth.substr(7))) return true;
+  return want.Accepts(request.QueryParam("token"));
 }
 
 std::optional<HttpResponse> StatusPage::Handle(const HttpRequest& request) const {

@@ -35,6 +35,7 @@
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
 #include "kvtier/cache.h"
+#include "src/common/secret.h"
 #include "src/server/http_server.h"
 #include "src/server/metrics.h"
 #include "src/server/namespace_stats.h"
@@ -84,8 +85,8 @@ struct StatusPageOptions {
   // Prefill throughput of one GPU, in tokens per second: saved tokens divided
   // by it give the GPU-seconds they stand for (> 0).
   double tokens_per_gpu_second = 10000;
-  // Bearer token for "/" and "/api/v1/status"; empty = none.
-  std::string bearer_token;
+  // Bearer token(s) for "/" and "/api/v1/status"; empty = none.
+  Secret bearer_token;
   // Refuse "/" and "/api/v1/status" (403) while bearer_token is empty: set
   // when the listener is reachable from other hosts.
   bool require_token = false;

@@ -24,7 +24,9 @@ v1::Peer::Stub* PeerClients::Stub(const std::string& address) {
 
 void PeerClients::Prepare(grpc::ClientContext& ctx, absl::Time deadline) const {
   ctx.set_deadline(absl::ToChronoTime(deadline));
-  if (!token_.empty()) ctx.AddMetadata("authorization", "Bearer " + token_);
+  if (std::string token = token_.Sent(); !token.empty()) {
+    ctx.AddMetadata("authorization", "Bearer " + token);
+  }
 }
 
 void PeerClients::ReportContact(const std::string& address, const std::string& node_id, bool ok) {

@@ -19,7 +19,7 @@
 #include "grpcpp/client_context.h"
 #include "grpcpp/security/credentials.h"
 #include "kvtier/v1/peer.grpc.pb.h"
-#include "src/common/token_list.h"
+#include "src/common/secret.h"
 
 namespace kvtier::transfer {
 
@@ -37,10 +37,10 @@ class PeerClients {
   // (its first token, where it lists several: src/common/token_list.h).
   // `credentials`: the channels' (null: plaintext); `tls_name`, when not
   // empty, is the name checked in peers' certificates instead of the address.
-  explicit PeerClients(const std::string& peer_token,
+  explicit PeerClients(Secret peer_token,
                        std::shared_ptr<grpc::ChannelCredentials> credentials = nullptr,
                        std::string tls_name = "")
-      : token_(SentToken(peer_token)),
+      : token_(std::move(peer_token)),
         credentials_(credentials != nullptr ? std::move(credentials)
                                             : grpc::InsecureChannelCredentials()),
         tls_name_(std::move(tls_name)) {}
@@ -59,7 +59,7 @@ class PeerClients {
   std::vector<PeerHealth> Health() const;
 
  private:
-  const std::string token_;
+  const Secret token_;
   const std::shared_ptr<grpc::ChannelCredentials> credentials_;
   const std::string tls_name_;
   mutable absl::Mutex mu_;

@@ -7,7 +7,6 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
 #include "src/common/status_macros.h"
-#include "src/common/token_list.h"
 #include "src/core/chunk_format.h"
 #include "src/server/status_convert.h"
 #include "src/server/wire.h"
@@ -79,8 +78,7 @@ absl::Status PeerService::CheckAuth(grpc::ServerContext* ctx) const {
     return absl::UnauthenticatedError("Peer: no authorization (ucx.peer_token is set)");
   }
   absl::string_view presented(it->second.data(), it->second.size());
-  if (!absl::ConsumePrefix(&presented, "Bearer ") ||
-      !AcceptsToken(options_.peer_token, presented)) {
+  if (!absl::ConsumePrefix(&presented, "Bearer ") || !options_.peer_token.Accepts(presented)) {
     auth_failures_.fetch_add(1, std::memory_order_relaxed);
     return absl::PermissionDeniedError("Peer: wrong peer token");
   }

@@ -35,6 +35,7 @@
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
 #include "kvtier/v1/peer.grpc.pb.h"
+#include "src/common/secret.h"
 #include "src/core/embedded_cache.h"
 #include "src/transfer/ucx_engine.h"
 
@@ -46,8 +47,9 @@ struct PeerServiceOptions {
   absl::Duration lease_timeout = absl::Seconds(10);  // life of an unreleased PinForRead
   uint32_t max_leases = 4096;                        // leases held at once
   uint32_t max_keys_per_request = 4096;              // keys in one Lookup or PinForRead
-  // When not empty, every call must carry "authorization: Bearer <token>".
-  std::string peer_token;
+  // When not empty, every call must carry "authorization: Bearer <token>"
+  // with one of its tokens (the daemon may Set it while the service runs).
+  Secret peer_token;
 
   // InvalidArgument naming the field.
   absl::Status Validate() const;

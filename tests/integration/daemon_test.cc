@@ -267,6 +267,71 @@ TEST(Daemon, CliDemoStatsLookupAndEvictWorkAgainstTheDaemon) {
 
 // ---- security -----------------------------------------------------------------
 
+// Token files are read again while kvtierd runs (every tls.reload_seconds):
+// a token is replaced in three steps without a restart, and a file that
+// cannot be used leaves the tokens as they were, with a warning.
+TEST(Daemon, TokenFilesAreReadAgainWhileItRuns) {
+  TempDir dir;
+  const std::string old_admin = "admin-token-old-0123456789";
+  const std::string new_admin = "admin-token-new-0123456789";
+  const std::string tenant = "tenant-a-token-0123456789";
+  // As the kubelet updates a Secret: the new file replaces the old by rename.
+  auto replace = [&](const std::string& name, const std::string& text) {
+    const std::string next = dir.Write(name + ".next", text);
+    ASSERT_EQ(std::rename(next.c_str(), dir.File(name).c_str()), 0);
+  };
+  replace("admin.token", old_admin);
+  replace("tenant.token", tenant);
+  const std::string yaml = dir.Write(
+      "kvtierd.yaml", absl::StrCat("tls:\n  reload_seconds: 1\nauth:\n  admin_token_file: ",
+                                   dir.File("admin.token"), "\n  tenants:\n    - name: a\n",
+                                   "      token_file: ", dir.File("tenant.token"), "\n"));
+  ASSERT_OK_AND_ASSIGN(auto daemon, Daemon::Start(dir, {"--config", yaml}));
+  // The status of a call with `token` (Stats needs a known token).
+  auto stats = [&](const std::string& token) {
+    return Connect(daemon->socket(), token, /*shm=*/false)->FetchStats().status();
+  };
+  // Waits (up to 10 s) until `token`'s calls give `code`.
+  auto becomes = [&](const std::string& token, absl::StatusCode code) {
+    const absl::Time deadline = absl::Now() + absl::Seconds(10);
+    while (stats(token).code() != code && absl::Now() < deadline) {
+      absl::SleepFor(absl::Milliseconds(100));
+    }
+    return stats(token).code() == code;
+  };
+  auto logged = [&](const std::string& text) {
+    const absl::Time deadline = absl::Now() + absl::Seconds(10);
+    while (!absl::StrContains(daemon->process().Log(), text) && absl::Now() < deadline) {
+      absl::SleepFor(absl::Milliseconds(100));
+    }
+    return absl::StrContains(daemon->process().Log(), text);
+  };
+  EXPECT_OK(stats(old_admin));
+  EXPECT_THAT(stats(new_admin), StatusIs(absl::StatusCode::kPermissionDenied));
+
+  replace("admin.token", absl::StrCat(old_admin, "\n", new_admin, "\n"));
+  EXPECT_TRUE(becomes(new_admin, absl::StatusCode::kOk)) << daemon->process().Log();
+  EXPECT_OK(stats(old_admin));
+  replace("admin.token", new_admin);
+  EXPECT_TRUE(becomes(old_admin, absl::StatusCode::kPermissionDenied));
+  EXPECT_OK(stats(new_admin));
+  EXPECT_TRUE(logged("token file read again"));
+
+  // Files that cannot be used: the tokens stay, with a warning naming the
+  // setting and never a token.
+  replace("admin.token", "short");
+  EXPECT_TRUE(logged("must be at least 16 characters")) << daemon->process().Log();
+  replace("tenant.token", new_admin);  // the admin's: one token, two principals
+  EXPECT_TRUE(logged("auth.tenants[0].token: is used twice")) << daemon->process().Log();
+  replace("admin.token", "");
+  EXPECT_TRUE(logged("is empty")) << daemon->process().Log();
+  EXPECT_OK(stats(new_admin));
+  EXPECT_OK(stats(tenant));
+  EXPECT_THAT(daemon->process().Log(), HasSubstr("the previous tokens stay"));
+  EXPECT_THAT(daemon->process().Log(), ::testing::Not(HasSubstr(new_admin)));
+  EXPECT_THAT(daemon->process().Log(), ::testing::Not(HasSubstr(tenant)));
+}
+
 TEST(Daemon, TokensAndTenantsAreEnforcedWithoutLeaks) {
   TempDir dir;
   ASSERT_OK_AND_ASSIGN(auto daemon, Daemon::Start(dir, {"--config", ConfigWithTenants(dir)}));

@@ -76,11 +76,12 @@ absl::StatusOr<std::unique_ptr<Process>> StartIndex(const Certs& certs, const Te
                                                     const std::string& log) {
   const std::string config = dir.Write(
       log + ".yaml",
-      absl::StrCat(
-          "nats:\n  url: ", nats.url(), "\n  token: ", nats_token, "\n  ca_file: ", certs.ca(),
-          "\ntls:\n  cert_file: ", certs.cert(), "\n  key_file: ", certs.key(),
-          "\n  client_ca_file: ", certs.ca(), "\n  require_client_cert: true\napi_token_file: ",
-          dir.Write(log + ".token", absl::StrCat(kApiToken, "\n", kNextApiToken, "\n")), "\n"));
+      absl::StrCat("nats:\n  url: ", nats.url(), "\n  token: ", nats_token,
+                   "\n  ca_file: ", certs.ca(), "\ntls:\n  cert_file: ", certs.cert(),
+                   "\n  key_file: ", certs.key(), "\n  client_ca_file: ", certs.ca(),
+                   "\n  require_client_cert: true\n  reload_seconds: 1\napi_token_file: ",
+                   dir.Write(log + ".token", absl::StrCat(kApiToken, "\n", kNextApiToken, "\n")),
+                   "\n"));
   return Process::Start(
       {KVTIER_INDEX_BIN, "--config", config, "--grpc", absl::StrCat("127.0.0.1:", grpc_port),
        "--http", "", "--node-timeout", "2"},
@@ -283,6 +284,21 @@ TEST(ClusterSecurity, TokensAndTlsEverywhere) {
   ASSERT_FALSE(holders.empty());
   EXPECT_EQ(holders[0].node_id, "holder");
   EXPECT_EQ(holders[0].matched_chunks, 4u);
+
+  // The index reads its token file again while it runs: with the old token
+  // gone from it (replaced by rename, as the kubelet writes a Secret), the
+  // old token is refused within seconds and the new one still accepted.
+  const std::string next = dir.Write("index.token.next", absl::StrCat(kNextApiToken, "\n"));
+  ASSERT_EQ(std::rename(next.c_str(), dir.File("index.log.token").c_str()), 0);
+  const absl::Time reload_deadline = absl::Now() + absl::Seconds(10);
+  while (Stats(*good, kApiToken).ok() && absl::Now() < reload_deadline) {
+    absl::SleepFor(absl::Milliseconds(100));
+  }
+  EXPECT_EQ(Stats(*good, kApiToken).error_code(), grpc::StatusCode::PERMISSION_DENIED)
+      << index->Log();
+  EXPECT_TRUE(Stats(*good, kNextApiToken).ok());
+  EXPECT_THAT(index->Log(), HasSubstr("token file read again"));
+  EXPECT_THAT(index->Log(), ::testing::Not(HasSubstr(kNextApiToken)));
 }
 
 }  // namespace

@@ -426,7 +426,8 @@ class NetnsPair {
 // A peer token replaced in three steps (src/common/token_list.h): a node in
 // the first step lists old and new (sends old), one in the second new and old
 // (sends new). They read from each other. A node that jumps to the third step
-// (new only) while another still sends the old token refuses that one.
+// (new only) while another still sends the old token refuses that one, until
+// its token file lists the old token again (read again while it runs).
 TEST(RemotePeerTokenTest, RotationInStepsRefusesNoNodeInStep) {
   setenv("UCX_TLS", "tcp", 1);
   const std::string old_token = "remote-test-peer-token-old-0123456789";
@@ -439,7 +440,8 @@ TEST(RemotePeerTokenTest, RotationInStepsRefusesNoNodeInStep) {
   c.port = FreePort();
   ASSERT_OK(StartNode(a, "node-a", {b.address(), c.address()}));
   ASSERT_OK(StartNode(b, "node-b", {a.address()}));
-  ASSERT_OK(StartNode(c, "node-c", {a.address()}));
+  ASSERT_OK(StartNode(c, "node-c", {a.address()},
+                      {"--config", c.dir->Write("reload.yaml", "tls:\n  reload_seconds: 1\n")}));
   unsetenv("UCX_TLS");
   Namespace ns = *Namespace::Create(SmallNamespace());
   auto ca = Connect(a.daemon->socket());
@@ -467,6 +469,21 @@ TEST(RemotePeerTokenTest, RotationInStepsRefusesNoNodeInStep) {
       << metrics.second;
   ASSERT_OK_AND_ASSIGN(auto metrics_b, b.daemon->HttpGet("/metrics"));
   EXPECT_THAT(metrics_b.second, HasSubstr("kvtier_peer_auth_failures_total 0"));
+
+  // C's file gets the old token back (by rename, as the kubelet writes a
+  // Secret): within a few seconds A reads C's chunks.
+  const std::string next =
+      c.dir->Write("peer.token.next", absl::StrCat(new_token, "\n", old_token));
+  ASSERT_EQ(std::rename(next.c_str(), c.dir->File("peer.token").c_str()), 0);
+  const absl::Time deadline = absl::Now() + absl::Seconds(10);
+  size_t matched = 0;
+  while (matched != on_c.size() && absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(200));
+    ASSERT_OK_AND_ASSIGN(LookupResult r, ca->Lookup(ns, Namespace::Keys(on_c)));
+    matched = r.matched;
+  }
+  EXPECT_EQ(matched, on_c.size()) << c.daemon->process().Log();
+  ExpectLoads(*ca, ns, on_c);
 }
 
 // With TLS on (and client certificates required), a node calls its peers

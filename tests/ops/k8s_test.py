@@ -3,9 +3,10 @@
 checks the result: probes, resource limits, non-root, pinned image tags,
 ports that match kvtierd's configuration, hugepages that hold the DRAM tier,
 the ConfigMap's kvtierd YAML accepted by `kvtierd --check-config`, NATS
-behind TLS and a token for every client, and overlays/aks-rdma's kvtierd.yaml
-no different from the aks one it copies but in the keys it is meant to
-change.
+behind TLS and a token for every client, the index's API and status tokens
+in files of a Secret volume (which the kubelet updates and the index reads
+again), and overlays/aks-rdma's kvtierd.yaml no different from the aks one
+it copies but in the keys it is meant to change.
 
 usage: k8s_test.py BUILD_DIR SOURCE_DIR"""
 import os
@@ -157,6 +158,13 @@ def check_overlay(name, docs, kvtierd, work):
                   f"{cname}: allowPrivilegeEscalation must be false")
             check("ALL" in sc.get("capabilities", {}).get("drop", []),
                   f"{cname}: capabilities must drop ALL")
+            unreadable = unreadable_secrets(pod, c)
+            check(not unreadable,
+                  f"{cname}: Secret volume(s) {', '.join(unreadable)} hold files without "
+                  f"'other' read (defaultMode or an item's mode) and the pod sets no fsGroup: "
+                  f"the kubelet writes them owned by root, so uid "
+                  f"{sc.get('runAsUser', pod_sc.get('runAsUser'))} cannot read them; set the "
+                  f"pod's fsGroup (the kubelet then gives the files that group, read-only)")
             is_init = c in pod.get("initContainers", [])
             if not is_init:
                 check(sc.get("runAsNonRoot", pod_sc.get("runAsNonRoot")) is True
@@ -241,6 +249,27 @@ def check_overlay(name, docs, kvtierd, work):
     return pod, c
 
 
+def unreadable_secrets(pod, c):
+    """Names of the Secret volumes container `c` mounts whose files a
+    non-root `c` cannot read. The kubelet writes them owned by root:root
+    with the volume's modes; with the pod's fsGroup it gives them that group
+    and adds group read (and the container is in that group)."""
+    sc, pod_sc = c.get("securityContext", {}), pod.get("securityContext", {})
+    if sc.get("runAsUser", pod_sc.get("runAsUser")) in (None, 0) or "fsGroup" in pod_sc:
+        return []
+    volumes = {v["name"]: v["secret"] for v in pod.get("volumes", []) if "secret" in v}
+    out = []
+    for m in c.get("volumeMounts", []):
+        v = volumes.get(m["name"])
+        if v is None:
+            continue
+        default = v.get("defaultMode", 0o644)
+        modes = [i.get("mode", default) for i in v.get("items", [])] or [default]
+        if any(not mode & 0o004 for mode in modes):
+            out.append(m["name"])
+    return out
+
+
 def kvtier_index_path(kvtierd):
     return os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(kvtierd))),
                         "src/index/kvtier-index")
@@ -249,7 +278,8 @@ def kvtier_index_path(kvtierd):
 def check_index(name, docs, config, kvtier_index, work):
     """kvtier-index as the Deployment runs it (its flags, and the environment
     from its ConfigMap and Secrets) via --check-config: it must reach the
-    NATS Service kvtierd publishes to and listen on its container ports."""
+    NATS Service kvtierd publishes to and listen on its container ports, and
+    read its tokens from files that change with the Secret."""
     nats_url = config.get("cluster", {}).get("nats_url", "")
     nats_svcs = [d["metadata"]["name"] for d in docs
                  if d["kind"] == "Service" and d["metadata"]["name"] == "nats"]
@@ -261,7 +291,9 @@ def check_index(name, docs, config, kvtier_index, work):
             d["metadata"]["name"] == "kvtier-index"]
     if not deps:
         return
-    c = deps[0]["spec"]["template"]["spec"]["containers"][0]
+    index_pod = deps[0]["spec"]["template"]["spec"]
+    c = index_pod["containers"][0]
+    token_files = check_index_token_files(name, index_pod, c)
     env = {}
     for ref in c.get("envFrom", []):
         cm_name = ref.get("configMapRef", {}).get("name")
@@ -273,8 +305,8 @@ def check_index(name, docs, config, kvtier_index, work):
             env[e["name"]] = e["value"]
         elif "secretKeyRef" in e.get("valueFrom", {}):
             env[e["name"]] = "secret-for-the-config-check-0123456789"
-    # Files the flags name (TLS certificate and key) are made up under a
-    # temporary root, as check_config does for kvtierd's.
+    # Files the flags name (TLS certificate and key, token files) are made up
+    # under a temporary root, as check_config does for kvtierd's.
     root = os.path.join(work, name.replace("/", "-") + "-index")
     args = []
     for a in c["command"][1:]:
@@ -282,7 +314,10 @@ def check_index(name, docs, config, kvtier_index, work):
             moved = root + a
             os.makedirs(os.path.dirname(moved), exist_ok=True)
             with open(moved, "w") as f:
-                f.write("made up for the config check\n")
+                if args and args[-1].endswith("token-file"):
+                    f.write("token-for-the-config-check-0123456789\n")
+                else:
+                    f.write("made up for the config check\n")
             a = moved
         args.append(a)
     r = subprocess.run([kvtier_index, "--check-config"] + args,
@@ -315,9 +350,69 @@ def check_index(name, docs, config, kvtier_index, work):
     if server is None:
         return
     check_nats_conf(name, server, work)
-    check_nats_tls(name, docs, server, config, deps[0]["spec"]["template"]["spec"], c,
-                   index_nats_ca)
-    check_tokens(name, docs, config, c, server)
+    check_nats_tls(name, docs, server, config, index_pod, c, index_nats_ca)
+    check_tokens(name, docs, config, c, server, token_files.get("--api-token-file"))
+
+
+# kvtier-index's tokens read again while it runs when they come from files:
+# (flag, the variable that would fix the token at start, what the token is).
+INDEX_TOKEN_FILES = (("--api-token-file", "KVTIER_INDEX_TOKEN", "API token"),
+                     ("--status-token-file", "KVTIER_STATUS_TOKEN", "status page token"))
+
+
+def flag_value(command, flag):
+    """The value of the last `flag VALUE` or `flag=VALUE` of a command line."""
+    value = None
+    for i, a in enumerate(command):
+        if a == flag and i + 1 < len(command):
+            value = command[i + 1]
+        elif a.startswith(flag + "="):
+            value = a[len(flag) + 1:]
+    return value
+
+
+def check_index_token_files(name, pod, c):
+    """kvtier-index takes its API and status tokens from files of a mounted
+    Secret volume, without subPath: it reads them again every
+    tls.reload_seconds and the kubelet updates such files when the Secret
+    changes, so a replaced token takes effect without a restart. A token from
+    the environment or a flag is read at start only; a subPath mount is never
+    updated. The volume holds only the keys the index reads.
+    Returns {flag: (secret, key)} of the files found."""
+    found, volumes = {}, set()
+    env = {e["name"] for e in c.get("env", [])}
+    for flag, var, what in INDEX_TOKEN_FILES:
+        who = f"{name}: kvtier-index's {what}"
+        check(var not in env,
+              f"{who}: {var} is set, and the environment is read at start only: take the "
+              f"token from the Secret volume with {flag} and drop the variable")
+        path = flag_value(c["command"], flag)
+        check(path, f"{who} is not read from a file ({flag}): a token from the environment "
+              "or a flag is read at start only, so a changed kvtier-tokens key would need "
+              "a restart of every replica")
+        if not path:
+            continue
+        got = secret_file(pod, c, path)
+        check(got, f"{who} {path} is not a file of a mounted Secret volume (the mount's "
+              "folder, the volume's items): the index does not start")
+        if not got:
+            continue
+        check(not got["sub_path"],
+              f"{who} {path} is mounted with subPath {got['sub_path']!r}: the kubelet never "
+              "updates a subPath mount, so the index would read the old token again after "
+              "the Secret changes; mount the volume's folder")
+        found[flag] = (got["secret"], got["key"])
+        volumes.add(got["volume"])
+    read = {key for _, key in found.values()}
+    for v in (x for x in pod.get("volumes", []) if x["name"] in volumes):
+        items = v["secret"].get("items")
+        extra = sorted({i["key"] for i in items or []} - read)
+        check(items and not extra,
+              f"{name}: kvtier-index's volume {v['name']} holds "
+              + (f"keys it does not read ({', '.join(extra)})" if items else
+                 f"every key of {v['secret']['secretName']} (admin-token, peer-token too)")
+              + f": list only {', '.join(sorted(read))} in its items")
+    return found
 
 
 def check_nats_client(who, url, ca_file, mounts):
@@ -354,16 +449,36 @@ def mounted_secret_key(docs, path):
 
 def secret_at(pod, c, path):
     """(secret, key) container `c` of `pod` reads at `path`, or None when
-    no Secret volume is mounted at its folder."""
+    no Secret volume mounted there holds that file."""
+    got = secret_file(pod, c, path)
+    return (got["secret"], got["key"]) if got else None
+
+
+def secret_file(pod, c, path):
+    """{secret, key, volume, sub_path} of the Secret file container `c` of
+    `pod` reads at `path` (through the deepest mount at or above it; a
+    volume's `items` name the files it holds), or None."""
     if not path:
         return None
-    folder, key = os.path.split(path)
-    for m in c.get("volumeMounts", []):
-        if m["mountPath"] == folder:
-            for v in pod.get("volumes", []):
-                if v["name"] == m["name"] and "secret" in v:
-                    return v["secret"]["secretName"], key
-    return None
+    mounts = [m for m in c.get("volumeMounts", [])
+              if path == m["mountPath"] or path.startswith(m["mountPath"].rstrip("/") + "/")]
+    if not mounts:
+        return None
+    m = max(mounts, key=lambda x: len(x["mountPath"]))
+    v = next((x for x in pod.get("volumes", []) if x["name"] == m["name"]), {})
+    if "secret" not in v:
+        return None
+    sub_path = m.get("subPath") or m.get("subPathExpr") or ""
+    rel = os.path.normpath(os.path.join(sub_path, os.path.relpath(path, m["mountPath"])))
+    items = v["secret"].get("items")
+    if items is not None:
+        key = next((i["key"] for i in items if os.path.normpath(i["path"]) == rel), None)
+    else:
+        key = rel if "/" not in rel and rel != "." else None
+    if key is None:
+        return None
+    return {"secret": v["secret"]["secretName"], "key": key, "volume": v["name"],
+            "sub_path": sub_path}
 
 
 def nats_server(name, docs):
@@ -479,9 +594,10 @@ def check_nats_tls(name, docs, server, config, index_pod, index_container, index
               f": NATS' certificate is in {secret}, trust its CA")
 
 
-def check_tokens(name, docs, config, index_container, server):
+def check_tokens(name, docs, config, index_container, server, index_key):
     """NATS requires a token, and kvtierd and kvtier-index read the same one;
-    kvtierd (when it asks the index) sends the token the index requires."""
+    kvtierd (when it asks the index) sends the token the index requires:
+    `index_key`, the (secret, key) of the index's --api-token-file."""
     _, nc, _, conf = server
     var = re.search(r"authorization\s*\{[^}]*\btoken\s*:\s*\$(\w+)", conf)
     check(var is not None, f"{name}: nats accepts clients without a token")
@@ -492,12 +608,16 @@ def check_tokens(name, docs, config, index_container, server):
           f"{name}: kvtierd's cluster.nats_token_file is not nats' token {nats_key}")
     check(secret_key(index_container, "KVTIER_NATS_TOKEN") == nats_key,
           f"{name}: kvtier-index's KVTIER_NATS_TOKEN is not nats' token {nats_key}")
-    index_key = secret_key(index_container, "KVTIER_INDEX_TOKEN")
-    check(index_key is not None, f"{name}: kvtier-index's KVTIER_INDEX_TOKEN is not a Secret")
+    shown = "/".join(index_key) if index_key else "a token in no Secret"
+    check(index_key is not None and index_key[1] == "index-token",
+          f"{name}: kvtier-index's API token (--api-token-file) is {shown}, not the "
+          "index-token key that docs/operations.md has operators create and give routers")
     if cluster.get("index_address"):
-        check(index_key is not None and
-              mounted_secret_key(docs, cluster.get("index_token_file")) == index_key,
-              f"{name}: kvtierd's cluster.index_token_file is not the index's KVTIER_INDEX_TOKEN")
+        sent = mounted_secret_key(docs, cluster.get("index_token_file"))
+        check(index_key is not None and sent == index_key,
+              f"{name}: kvtierd sends the index " + ("/".join(sent) if sent else "no Secret key")
+              + f" (cluster.index_token_file), the index requires {shown} "
+              "(--api-token-file): the index refuses every node's lookups")
         check(cluster.get("index_ca_file"),
               f"{name}: kvtierd asks the index without TLS (cluster.index_ca_file)")
 

@@ -92,13 +92,22 @@ TEST(IndexConfig, OffLoopbackTheApiNeedsATokenAndTls) {
   // Loopback needs neither.
   EXPECT_OK(ParseIndexCommandLine({"--grpc", "127.0.0.1:7070"}, Env{}).status());
   // A token file may list several tokens, each checked.
-  ASSERT_OK_AND_ASSIGN(
-      IndexCommandLine two,
-      ParseIndexCommandLine(
-          {"--api-token-file",
-           files.Write("two.token", "index-api-token-new-0123\nindex-api-token-0123456789\n")},
-          Env{}));
+  const std::string two_file =
+      files.Write("two.token", "index-api-token-new-0123\nindex-api-token-0123456789\n");
+  ASSERT_OK_AND_ASSIGN(IndexCommandLine two,
+                       ParseIndexCommandLine({"--api-token-file", two_file}, Env{}));
   EXPECT_EQ(SplitTokens(two.options.api_token).size(), 2u);
+  EXPECT_EQ(two.options.api_token_file, two_file) << "read again while it runs";
+  // The status token from a file too; a token given as a value is not
+  // read again.
+  const std::string status_file = files.Write("status.token", "status-0123\n");
+  ASSERT_OK_AND_ASSIGN(
+      IndexCommandLine status,
+      ParseIndexCommandLine({"--status-token-file", status_file},
+                            Env{{"KVTIER_INDEX_TOKEN", "index-api-token-0123456789"}}));
+  EXPECT_EQ(status.options.status_token, "status-0123");
+  EXPECT_EQ(status.options.status_token_file, status_file);
+  EXPECT_EQ(status.options.api_token_file, "");
   EXPECT_THAT(
       ParseIndexCommandLine(
           {"--api-token-file", files.Write("bad.token", "index-api-token-new-0123\nshort")}, Env{}),

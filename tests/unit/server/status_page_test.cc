@@ -277,8 +277,19 @@ TEST(StatusPage, BearerTokenGuardsThePageAndTheApiButNotTheAssets) {
   r.path = "/static/status.js";
   EXPECT_EQ(page->Handle(r)->status, 200);
 
+  // The daemon sets the token while the page runs (a token file read
+  // again): the page's copy of the options sees it.
+  o.bearer_token.Set("rotated-s3cret-token");
+  r = HttpRequest();
+  r.path = "/api/v1/status";
+  r.headers["authorization"] = "Bearer rotated-s3cret-token";
+  EXPECT_EQ(page->Handle(r)->status, 200);
+  r.headers["authorization"] = "Bearer s3cret-token";
+  EXPECT_EQ(page->Handle(r)->status, 401);
+
   // Off loopback without a token: refused, with the reason.
-  o.bearer_token.clear();
+  r.headers.clear();
+  o.bearer_token = "";
   ASSERT_OK_AND_ASSIGN(auto closed, StatusPage::Create(o));
   r.path = "/api/v1/status";
   std::optional<HttpResponse> refused = closed->Handle(r);
