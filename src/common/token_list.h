@@ -54,9 +54,14 @@ inline bool AcceptsToken(absl::string_view setting, absl::string_view presented)
 }
 
 // Checks each token: at least `min_length` characters and none listed twice.
-// The message names the token by its line, never by its text.
+// A setting of white space only is refused too: it is not empty, yet holds
+// no token, so a check meant to be on would be off. The message names a
+// token by its line, never by its text.
 inline absl::Status CheckTokenList(absl::string_view setting, size_t min_length) {
   const std::vector<absl::string_view> tokens = SplitTokens(setting);
+  if (tokens.empty() && !setting.empty()) {
+    return absl::InvalidArgumentError("holds no token (only white space)");
+  }
   for (size_t i = 0; i < tokens.size(); ++i) {
     const std::string which = tokens.size() == 1 ? "" : absl::StrCat(" (token ", i + 1, ")");
     if (tokens[i].size() < min_length) {

@@ -89,6 +89,9 @@ absl::Status IndexServerOptions::Validate() const {
   if (absl::Status s = CheckTokenList(api_token, kMinApiTokenLength); !s.ok()) {
     return Invalid("api_token", std::string(s.message()));
   }
+  if (absl::Status s = CheckTokenList(status_token, 1); !s.ok()) {
+    return Invalid("status_token", std::string(s.message()));
+  }
   if (max_chain == 0) return Invalid("max_chain", "must be at least 1");
   for (size_t i = 0; i < zmq.size(); ++i) {
     const std::string f = absl::StrCat("zmq[", i, "]");

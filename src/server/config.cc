@@ -1120,8 +1120,13 @@ absl::Status DaemonConfig::ValidateTokens() const {
       }
     }
   }
-  if (absl::Status s = CheckTokenList(ucx.peer_token, kMinTokenLength); !s.ok()) {
-    return Invalid("ucx.peer_token", std::string(s.message()));
+  if (ucx.enabled) {
+    if (absl::Status s = CheckTokenList(ucx.peer_token, kMinTokenLength); !s.ok()) {
+      return Invalid("ucx.peer_token", std::string(s.message()));
+    }
+  }
+  if (absl::Status s = CheckTokenList(status_token, 1); !s.ok()) {
+    return Invalid("listen.status_token", std::string(s.message()));
   }
   return absl::OkStatus();
 }

@@ -38,7 +38,10 @@ bool IsLoopbackHost(const std::string& host) {
 
 bool IsTlsHandshakeFailure(absl::string_view message) {
   const std::string lower = absl::AsciiStrToLower(message);
-  for (absl::string_view sign : {"handshake", "ssl_error", "certificate", "peer name"}) {
+  // Not "handshake" alone: a connection reset during one ("Handshake read
+  // failed") is an index going away, not a setting to fix.
+  for (absl::string_view sign : {"handshake failed", "ssl_error_ssl", "certificate verify failed",
+                                 "not in peer certificate", "wrong_version_number"}) {
     if (absl::StrContains(lower, sign)) return true;
   }
   return false;

@@ -113,9 +113,16 @@ TEST(IndexConfig, OffLoopbackTheApiNeedsATokenAndTls) {
           {"--api-token-file", files.Write("bad.token", "index-api-token-new-0123\nshort")}, Env{}),
       StatusIs(absl::StatusCode::kInvalidArgument,
                HasSubstr("api_token: must be at least 16 characters (token 2)")));
-  // A short token is refused anywhere.
+  // A short token is refused anywhere; white space is no token (the API
+  // would be open off loopback).
   EXPECT_THAT(ParseIndexCommandLine({}, Env{{"KVTIER_INDEX_TOKEN", "short"}}),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("at least 16")));
+  EXPECT_THAT(ParseIndexCommandLine({"--grpc", "10.1.2.3:7070", "--allow-insecure-tcp", "true"},
+                                    Env{{"KVTIER_INDEX_TOKEN", " "}}),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("api_token: holds no token")));
+  EXPECT_THAT(
+      ParseIndexCommandLine({}, Env{{"KVTIER_STATUS_TOKEN", "\n"}}),
+      StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("status_token: holds no token")));
   EXPECT_THAT(
       ParseIndexCommandLine({"--api-token-file", files.Write("empty", "") + ".missing"}, Env{}),
       StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("--api-token-file")));

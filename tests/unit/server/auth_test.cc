@@ -68,6 +68,10 @@ TEST(TokenList, SendsTheFirstAcceptsEach) {
   EXPECT_FALSE(AcceptsToken("", ""));
   EXPECT_OK(CheckTokenList(list, 16));
   EXPECT_OK(CheckTokenList("", 16));
+  for (const char* blank : {" ", "\n", " \r\n \n"}) {
+    EXPECT_THAT(CheckTokenList(blank, 16),
+                StatusIs(absl::StatusCode::kInvalidArgument, ::testing::HasSubstr("no token")));
+  }
   EXPECT_THAT(CheckTokenList("short", 16),
               StatusIs(absl::StatusCode::kInvalidArgument, "must be at least 16 characters"));
   EXPECT_THAT(

@@ -614,8 +614,15 @@ TEST(Transfer, PeerServiceNeedsItsTokenWhenAuthIsOn) {
   EXPECT_THAT(c.Validate(), StatusIs(kInvalid, HasSubstr("ucx.peer_token")));
   c.ucx.peer_token = "short";
   EXPECT_THAT(c.Validate(), StatusIs(kInvalid, HasSubstr("at least 16")));
+  // White space is not a token: the Peer service would take it for none.
+  for (const char* blank : {" ", "\n"}) {
+    c.ucx.peer_token = blank;
+    EXPECT_THAT(c.Validate(), StatusIs(kInvalid, HasSubstr("ucx.peer_token: holds no token")));
+  }
   c.ucx.peer_token = "peer-token-0123456789";
   EXPECT_OK(c.Validate());
+  c.status_token = " ";
+  EXPECT_THAT(c.Validate(), StatusIs(kInvalid, HasSubstr("listen.status_token: holds no token")));
 
   const std::string file = TempFile("  from-a-file-0123456789\n");
   DaemonConfig f;

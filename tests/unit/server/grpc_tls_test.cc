@@ -60,6 +60,7 @@ TEST(GrpcTls, HandshakeFailuresAreToldFromAPeerThatIsDown) {
       "failed to connect to all addresses; last error: UNKNOWN: ipv4:127.0.0.1:1: Failed to "
       "connect to remote host: Connection refused"));
   EXPECT_FALSE(IsTlsHandshakeFailure("Deadline Exceeded"));
+  EXPECT_FALSE(IsTlsHandshakeFailure("Handshake read failed"));
 }
 
 TEST(GrpcTls, ValidateNamesTheKeyOfTheSection) {
