@@ -47,6 +47,12 @@ struct ClientOptions {
   std::string address;
   // Bearer token; empty for a daemon without tokens (open mode).
   std::string token;
+  // Or a file holding it (a mounted Secret): its first line is sent, and it
+  // is read again every `token_reload_ms`, so a token replaced while the
+  // engine runs takes effect without a restart. A read that fails keeps the
+  // last token. Create fails when the file cannot be read at first.
+  std::string token_file;
+  uint32_t token_reload_ms = 10000;
   // Map the daemon's arena and move bytes through it (Unix socket only).
   bool shared_memory = true;
   // Populate the arena mapping's page tables up front (MAP_POPULATE), so

@@ -900,6 +900,8 @@ PYBIND11_MODULE(_kvtier, m) {
       .def_readwrite("socket_path", &ClientOptions::socket_path)
       .def_readwrite("address", &ClientOptions::address)
       .def_readwrite("token", &ClientOptions::token)
+      .def_readwrite("token_file", &ClientOptions::token_file)
+      .def_readwrite("token_reload_ms", &ClientOptions::token_reload_ms)
       .def_readwrite("shared_memory", &ClientOptions::shared_memory)
       .def_readwrite("prefault_arena", &ClientOptions::prefault_arena)
       .def_readwrite("tls_ca_file", &ClientOptions::tls_ca_file)

@@ -6,6 +6,8 @@
 #include <unistd.h>
 
 #include <cstring>
+#include <fstream>
+#include <sstream>
 #include <utility>
 
 #include "absl/base/thread_annotations.h"
@@ -21,6 +23,7 @@
 #include "grpcpp/support/sync_stream.h"
 #include "kvtier/v1/cache.grpc.pb.h"
 #include "src/common/status_macros.h"
+#include "src/common/token_list.h"
 #include "src/core/embedded_cache.h"
 #include "src/server/frames.h"
 #include "src/server/grpc_tls.h"
@@ -84,6 +87,10 @@ absl::Status ClientOptions::Validate() const {
   if (!tls_cert_file.empty() && tls_ca_file.empty()) {
     return absl::InvalidArgumentError("tls_cert_file: mTLS needs tls_ca_file too");
   }
+  if (!token.empty() && !token_file.empty()) {
+    return absl::InvalidArgumentError("token, token_file: set one of them, not both");
+  }
+  if (token_reload_ms == 0) return absl::InvalidArgumentError("token_reload_ms: must be positive");
   if (rpc_timeout_ms == 0) return absl::InvalidArgumentError("rpc_timeout_ms: must be positive");
   if (max_message_bytes < 4096 || max_message_bytes > (64ull << 20)) {
     return absl::InvalidArgumentError("max_message_bytes: must be in [4 KiB, 64 MiB]");
@@ -98,6 +105,25 @@ absl::Status CacheConfig::Validate() const {
       absl::StrCat("mode: '", mode, "' is neither \"embedded\" nor \"daemon\""));
 }
 
+namespace {
+
+// The token of a token file: its first line (src/common/token_list.h).
+absl::StatusOr<std::string> ReadClientToken(const std::string& path) {
+  std::ifstream in(path);
+  if (!in.is_open()) {
+    return absl::InvalidArgumentError(absl::StrCat("token_file: cannot read '", path, "'"));
+  }
+  std::stringstream text;
+  text << in.rdbuf();
+  std::string token = SentToken(text.str());
+  if (token.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat("token_file: '", path, "' holds no token"));
+  }
+  return token;
+}
+
+}  // namespace
+
 // ---- Impl ---------------------------------------------------------------------
 
 class Client::Impl : public ChunkPin::Releaser {
@@ -110,7 +136,24 @@ class Client::Impl : public ChunkPin::Releaser {
                      channel_),
         load_method_("/kvtier.v1.Cache/Load", grpc::internal::RpcMethod::SERVER_STREAMING,
                      channel_),
-        shm_socket_(options_.socket_path + ".shm") {}
+        shm_socket_(options_.socket_path + ".shm"),
+        token_(options_.token),
+        token_next_read_(absl::Now() + absl::Milliseconds(options_.token_reload_ms)) {}
+
+  // The token to send: options_.token, or token_file's, read again once
+  // token_reload_ms has passed (a failed read keeps the last one).
+  std::string Token() const {
+    if (options_.token_file.empty()) return options_.token;
+    absl::MutexLock lock(&token_mu_);
+    const absl::Time now = absl::Now();
+    if (now >= token_next_read_) {
+      token_next_read_ = now + absl::Milliseconds(options_.token_reload_ms);
+      if (absl::StatusOr<std::string> t = ReadClientToken(options_.token_file); t.ok()) {
+        token_ = *std::move(t);
+      }
+    }
+    return token_;
+  }
 
   // Save and Load streams with the zero-copy frames of src/server/frames.h
   // (the same wire messages as the generated stub's).
@@ -162,7 +205,9 @@ class Client::Impl : public ChunkPin::Releaser {
     auto ctx = std::make_unique<grpc::ClientContext>();
     ctx->set_deadline(std::chrono::system_clock::now() +
                       std::chrono::milliseconds(options_.rpc_timeout_ms));
-    if (!options_.token.empty()) ctx->AddMetadata("authorization", "Bearer " + options_.token);
+    if (std::string token = Token(); !token.empty()) {
+      ctx->AddMetadata("authorization", "Bearer " + token);
+    }
     return ctx;
   }
 
@@ -185,7 +230,7 @@ class Client::Impl : public ChunkPin::Releaser {
   absl::StatusOr<std::shared_ptr<ArenaMapping>> Mapping(uint64_t want_id) {
     absl::MutexLock lock(&mu_);
     if (mapping_ != nullptr && (want_id == 0 || mapping_->id() == want_id)) return mapping_;
-    absl::StatusOr<shm::ArenaGrant> g = shm::RequestArena(shm_socket_, options_.token, kShmTimeout);
+    absl::StatusOr<shm::ArenaGrant> g = shm::RequestArena(shm_socket_, Token(), kShmTimeout);
     if (!g.ok()) return Refused(g.status());
     KVTIER_RETURN_IF_ERROR(Adopt(*g));
     if (want_id != 0 && mapping_->id() != want_id) {
@@ -219,7 +264,7 @@ class Client::Impl : public ChunkPin::Releaser {
     }
     if (sessions) {
       absl::StatusOr<shm::ArenaGrant> g =
-          shm::RequestArena(shm_socket_, options_.token, kShmTimeout, /*session=*/true);
+          shm::RequestArena(shm_socket_, Token(), kShmTimeout, /*session=*/true);
       absl::MutexLock lock(&mu_);
       if (g.ok()) {
         const int fd = g->session_fd;
@@ -412,6 +457,9 @@ class Client::Impl : public ChunkPin::Releaser {
   const grpc::internal::RpcMethod save_method_;
   const grpc::internal::RpcMethod load_method_;
   const std::string shm_socket_;
+  mutable absl::Mutex token_mu_;
+  mutable std::string token_ ABSL_GUARDED_BY(token_mu_);
+  mutable absl::Time token_next_read_ ABSL_GUARDED_BY(token_mu_);
   mutable absl::Mutex mu_;
   std::shared_ptr<ArenaMapping> mapping_ ABSL_GUARDED_BY(mu_);
   bool shm_refused_ ABSL_GUARDED_BY(mu_) = false;
@@ -467,6 +515,9 @@ Client::Impl::~Impl() {
 absl::StatusOr<std::unique_ptr<Client>> Client::Create(const ClientOptions& given) {
   KVTIER_RETURN_IF_ERROR(given.Validate());
   ClientOptions options = given;
+  if (!options.token_file.empty()) {
+    KVTIER_ASSIGN_OR_RETURN(options.token, ReadClientToken(options.token_file));
+  }
   if (options.socket_path.empty() && options.address.empty()) {
     options.socket_path = DefaultSocketPath();
   }

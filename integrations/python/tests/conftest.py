@@ -17,9 +17,10 @@ def _free_port():
 
 
 class Daemon:
-    """kvtierd from the build tree (KVTIER_KVTIERD), DRAM only, open mode."""
+    """kvtierd from the build tree (KVTIER_KVTIERD), DRAM only, open mode
+    unless `more_args` set tokens."""
 
-    def __init__(self, binary, folder):
+    def __init__(self, binary, folder, more_args=()):
         self.socket_path = str(folder / "kvtierd.sock")
         self.log_path = folder / "kvtierd.log"
         argv = [
@@ -33,6 +34,7 @@ class Daemon:
         help_text = subprocess.run([binary, "--help"], capture_output=True, text=True).stdout
         if "--nvme " in help_text:
             argv += ["--nvme", "off"]
+        argv += list(more_args)
         self._log = open(self.log_path, "wb")
         self.process = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 20
@@ -67,10 +69,22 @@ class Daemon:
 
 
 @pytest.fixture
-def kvtierd(tmp_path):
+def start_kvtierd(tmp_path):
+    """start(more_args) runs a kvtierd in tmp_path; stopped after the test."""
     binary = os.environ.get("KVTIER_KVTIERD")
     if not binary or not os.path.exists(binary):
         pytest.fail("KVTIER_KVTIERD must name the kvtierd binary of the build tree")
-    d = Daemon(binary, tmp_path)
-    yield d
-    d.stop()
+    started = []
+
+    def start(more_args=()):
+        started.append(Daemon(binary, tmp_path, more_args))
+        return started[-1]
+
+    yield start
+    for d in started:
+        d.stop()
+
+
+@pytest.fixture
+def kvtierd(start_kvtierd):
+    return start_kvtierd()

@@ -1,6 +1,7 @@
 """The kvtier module against the real embedded cache, keys and CPU data path."""
 
 import ctypes
+import os
 import subprocess
 import sys
 import time
@@ -260,3 +261,60 @@ def test_transfer_payloads_from_a_generator_are_held():
         for src_ids, dst_ids in pairs:
             assert torch.equal(d_list[:, dst_ids], s[:, src_ids])
         assert torch.equal(d_gen, d_list)
+
+
+def test_token_file_is_read_again_while_the_client_runs(tmp_path, start_kvtierd):
+    """A token replaced in three steps on both sides (kvtierd's admin token
+    file, the client's token_file) while both run: no call is refused."""
+    old, new = "py-admin-token-old-0123456789", "py-admin-token-new-0123456789"
+
+    def replace(path, text):  # by rename, as the kubelet updates a Secret
+        path.with_suffix(".next").write_text(text)
+        os.rename(path.with_suffix(".next"), path)
+
+    daemon_tokens = tmp_path / "admin.token"
+    client_tokens = tmp_path / "client.token"
+    replace(daemon_tokens, old)
+    replace(client_tokens, old)
+    config = tmp_path / "kvtierd.yaml"
+    config.write_text(f"tls:\n  reload_seconds: 1\nauth:\n  admin_token_file: {daemon_tokens}\n")
+    daemon = start_kvtierd(["--config", str(config)])
+    options = kvtier.ClientOptions()
+    options.socket_path = daemon.socket_path
+    options.shared_memory = False
+    options.token_file = str(client_tokens)
+    options.token_reload_ms = 100
+    client = kvtier.Client.create(options)
+
+    def calls_for(seconds):  # every call in the window must succeed
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            client.fetch_stats()
+            time.sleep(0.05)
+
+    def with_token(token):
+        o = kvtier.ClientOptions()
+        o.socket_path = daemon.socket_path
+        o.shared_memory = False
+        o.token = token
+        return kvtier.Client.create(o)
+
+    calls_for(0.3)
+    replace(daemon_tokens, f"{old}\n{new}\n")
+    calls_for(3.5)  # kvtierd reads its file every second
+    replace(client_tokens, f"{new}\n{old}\n")
+    calls_for(0.5)
+    replace(daemon_tokens, new)
+    calls_for(3.5)
+    with pytest.raises(kvtier.PermissionDeniedError):
+        with_token(old).fetch_stats()
+    client.fetch_stats()
+
+    bad = kvtier.ClientOptions()
+    bad.socket_path = daemon.socket_path
+    bad.token_file = str(tmp_path / "missing.token")
+    with pytest.raises(kvtier.InvalidArgumentError, match="token_file: cannot read"):
+        kvtier.Client.create(bad)
+    bad.token = old
+    with pytest.raises(kvtier.InvalidArgumentError, match="token, token_file: set one"):
+        bad.validate()

@@ -465,3 +465,26 @@ def test_bad_extra_config_names_the_key():
         Engine({"mode": "sideways"})
     with pytest.raises(ValueError, match="kv_connector_extra_config.no_such_key"):
         Engine({"no_such_key": 1})
+
+
+def test_daemon_token_from_a_file(start_kvtierd, tmp_path, caplog):
+    """kvtierd with a token: the connector reads it from token_file (a
+    mounted Secret) and saves and loads as with no token."""
+    token = "connector-admin-token-0123456789"
+    (tmp_path / "admin.token").write_text(token + "\n")
+    daemon = start_kvtierd(["--admin-token-file", str(tmp_path / "admin.token")])
+    extra = {"mode": "daemon", "socket_path": daemon.socket_path}
+    # No token: every call is refused, so nothing is saved or found (the
+    # engine prefills as without a cache) and the log says why.
+    plain = Engine(extra)
+    plain.run(Request(PREFIX + [1, 2, 3, 4, 5]))
+    assert plain.run(Request(PREFIX + [9, 9, 9, 9, 9, 9, 9])).ext == 0
+    assert "needs a bearer token" in caplog.text
+    (tmp_path / "engine.token").write_text(token + "\n")
+    engine = Engine(dict(extra, token_file=str(tmp_path / "engine.token")))
+    engine.run(Request(PREFIX + [1, 2, 3, 4, 5]))
+    rec = engine.run(Request(PREFIX + [9, 9, 9, 9, 9, 9, 9]))
+    assert rec.ext == 32
+    assert engine.worker.stats()["loaded_tokens"] == 32
+    with pytest.raises(ValueError, match="token or token_file"):
+        Engine(dict(extra, token=token, token_file=str(tmp_path / "engine.token")))

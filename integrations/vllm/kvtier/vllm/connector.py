@@ -110,6 +110,7 @@ class KVTierConfig:
     socket_path: str = "/run/kvtier/kvtierd.sock"  # daemon: kvtierd's Unix socket
     address: str = ""  # daemon: "host:port" instead of the socket
     token: str = ""  # daemon: bearer token (default: $KVTIER_TOKEN)
+    token_file: str = ""  # daemon: file holding it, read again while running ($KVTIER_TOKEN_FILE)
     shared_memory: bool = True  # daemon: move bytes through the mapped arena
     embedded_name: str = "default"  # embedded: connectors naming one name share a cache
     dram_capacity_bytes: int = 4 << 30  # embedded: host DRAM for chunks, bytes
@@ -242,7 +243,16 @@ def _open_cache(config):
         client.address = config.address
     else:
         client.socket_path = config.socket_path
-    client.token = config.token or os.environ.get("KVTIER_TOKEN", "")
+    token = config.token or os.environ.get("KVTIER_TOKEN", "")
+    token_file = config.token_file or os.environ.get("KVTIER_TOKEN_FILE", "")
+    if token and config.token_file:
+        raise ValueError("kvtier: set token or token_file, not both")
+    if token:
+        client.token = token
+    elif token_file:
+        # Read again every 10 s: a token replaced in a mounted Secret takes
+        # effect in this engine without a restart.
+        client.token_file = token_file
     client.shared_memory = config.shared_memory
     cache_config = kvtier.CacheConfig()
     cache_config.mode = "daemon"
