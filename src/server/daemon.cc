@@ -377,6 +377,12 @@ absl::Status Daemon::StartTransfer() {
     ro.transfer_timeout = absl::Milliseconds(config_.ucx.transfer_timeout_ms);
     ro.max_batch_chunks = config_.ucx.max_batch_chunks;
     ro.idle_peer_timeout = absl::Seconds(config_.ucx.idle_peer_seconds);
+    ro.on_lookup_error = [this](const absl::Status& s) {
+      uint64_t held_back = 0;
+      if (!lookup_error_log_.Allow(absl::Now(), &held_back)) return;
+      log_->Warn("asking where chunks live failed: other nodes' chunks are misses meanwhile",
+                 {{"error", std::string(s.message())}, {"not_logged_since", held_back}});
+    };
     KVTIER_ASSIGN_OR_RETURN(
         remote_,
         transfer::RemoteReader::Create(cache_.get(), ucx_.get(), holders, peer_clients_.get(), ro));

@@ -86,6 +86,8 @@ class Daemon {
   const Secret status_token_;
   const Secret index_token_;
   const Secret peer_token_;
+  // Remote lookup errors: logged at most once a minute.
+  LogThrottle lookup_error_log_{absl::Minutes(1)};
   // Re-reads config_.token_files (reaper thread).
   std::unique_ptr<TokenFiles> token_files_;
   // The Secret a setting of config_.token_files sets; nullptr for none.

@@ -19,6 +19,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
 
 namespace kvtier::server {
 
@@ -45,6 +46,33 @@ class LogField {
 
  private:
   std::string json_;
+};
+
+// Lets a repeated warning through at most once per `interval`; the next
+// one says how many were held back meanwhile.
+//
+// Thread-safety: thread-safe.
+class LogThrottle {
+ public:
+  explicit LogThrottle(absl::Duration interval) : interval_(interval) {}
+  // Whether to log now; `held_back` gets the count not logged since the last.
+  bool Allow(absl::Time now, uint64_t* held_back) {
+    absl::MutexLock lock(&mu_);
+    if (now < next_) {
+      ++held_back_;
+      return false;
+    }
+    next_ = now + interval_;
+    *held_back = held_back_;
+    held_back_ = 0;
+    return true;
+  }
+
+ private:
+  const absl::Duration interval_;
+  absl::Mutex mu_;
+  absl::Time next_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
+  uint64_t held_back_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 class Logger {

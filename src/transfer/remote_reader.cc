@@ -70,6 +70,7 @@ std::vector<ChunkLocation> RemoteReader::Locate(const Namespace& ns,
       source_->FindHolders(ns.id(), chain.subspan(from), absl::Now() + options_.lookup_timeout);
   if (!holders.ok()) {
     lookup_errors_.fetch_add(1);
+    if (options_.on_lookup_error != nullptr) options_.on_lookup_error(holders.status());
     return out;
   }
   for (const RemoteHolder& h : *holders) {
@@ -580,6 +581,8 @@ std::vector<absl::Status> RemoteReader::FetchMany(const Namespace& ns,
           break;
         }
       }
+    } else if (options_.on_lookup_error != nullptr) {
+      options_.on_lookup_error(holders.status());
     }
     if (address.empty()) {
       fetch_misses_.fetch_add(1);

@@ -42,6 +42,7 @@
 #include <atomic>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <string>
 #include <thread>
@@ -79,6 +80,10 @@ struct RemoteReaderOptions {
   // shared-memory arena, which would otherwise keep a dead holder's memory
   // allocated on the host.
   absl::Duration idle_peer_timeout = absl::Seconds(60);
+  // Called with each error of the HolderSource (an index that refuses this
+  // node's token, peers that do not answer), on the caller's thread; null:
+  // counted only (lookup_errors).
+  std::function<void(const absl::Status&)> on_lookup_error;
 
   // InvalidArgument naming the field.
   absl::Status Validate() const;
