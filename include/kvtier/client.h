@@ -47,7 +47,8 @@ struct ClientOptions {
   std::string address;
   // Bearer token; empty for a daemon without tokens (open mode).
   std::string token;
-  // Or a file holding it (a mounted Secret): its first line is sent, and it
+  // Or a file holding it (a mounted Secret): its first token (first
+  // non-blank line) is sent, and it
   // is read again every `token_reload_ms`, so a token replaced while the
   // engine runs takes effect without a restart. A read that fails keeps the
   // last token. Create fails when the file cannot be read at first.

@@ -142,16 +142,19 @@ class Client::Impl : public ChunkPin::Releaser {
 
   // The token to send: options_.token, or token_file's, read again once
   // token_reload_ms has passed (a failed read keeps the last one).
+  // The file is read with no lock held: calls beside the one that reads it
+  // go on with the last token.
   std::string Token() const {
     if (options_.token_file.empty()) return options_.token;
-    absl::MutexLock lock(&token_mu_);
-    const absl::Time now = absl::Now();
-    if (now >= token_next_read_) {
+    {
+      absl::MutexLock lock(&token_mu_);
+      const absl::Time now = absl::Now();
+      if (now < token_next_read_) return token_;
       token_next_read_ = now + absl::Milliseconds(options_.token_reload_ms);
-      if (absl::StatusOr<std::string> t = ReadClientToken(options_.token_file); t.ok()) {
-        token_ = *std::move(t);
-      }
     }
+    absl::StatusOr<std::string> read = ReadClientToken(options_.token_file);
+    absl::MutexLock lock(&token_mu_);
+    if (read.ok()) token_ = *std::move(read);
     return token_;
   }
 
@@ -228,9 +231,10 @@ class Client::Impl : public ChunkPin::Releaser {
   // The current mapping; maps the arena when there is none or when the
   // daemon's arena is not `want_id` (0: any).
   absl::StatusOr<std::shared_ptr<ArenaMapping>> Mapping(uint64_t want_id) {
+    const std::string token = Token();  // before mu_: it may read a file
     absl::MutexLock lock(&mu_);
     if (mapping_ != nullptr && (want_id == 0 || mapping_->id() == want_id)) return mapping_;
-    absl::StatusOr<shm::ArenaGrant> g = shm::RequestArena(shm_socket_, Token(), kShmTimeout);
+    absl::StatusOr<shm::ArenaGrant> g = shm::RequestArena(shm_socket_, token, kShmTimeout);
     if (!g.ok()) return Refused(g.status());
     KVTIER_RETURN_IF_ERROR(Adopt(*g));
     if (want_id != 0 && mapping_->id() != want_id) {

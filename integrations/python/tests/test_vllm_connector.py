@@ -467,9 +467,11 @@ def test_bad_extra_config_names_the_key():
         Engine({"no_such_key": 1})
 
 
-def test_daemon_token_from_a_file(start_kvtierd, tmp_path, caplog):
+def test_daemon_token_from_a_file(start_kvtierd, tmp_path, caplog, monkeypatch):
     """kvtierd with a token: the connector reads it from token_file (a
     mounted Secret) and saves and loads as with no token."""
+    monkeypatch.delenv("KVTIER_TOKEN", raising=False)
+    monkeypatch.delenv("KVTIER_TOKEN_FILE", raising=False)
     token = "connector-admin-token-0123456789"
     (tmp_path / "admin.token").write_text(token + "\n")
     daemon = start_kvtierd(["--admin-token-file", str(tmp_path / "admin.token")])
@@ -488,3 +490,11 @@ def test_daemon_token_from_a_file(start_kvtierd, tmp_path, caplog):
     assert engine.worker.stats()["loaded_tokens"] == 32
     with pytest.raises(ValueError, match="token or token_file"):
         Engine(dict(extra, token=token, token_file=str(tmp_path / "engine.token")))
+    # The environment names the file when the configuration names nothing;
+    # the configuration wins over it.
+    monkeypatch.setenv("KVTIER_TOKEN_FILE", str(tmp_path / "engine.token"))
+    assert Engine(extra).run(Request(PREFIX + [7, 7, 7, 7, 7, 7, 7])).ext == 32
+    monkeypatch.setenv("KVTIER_TOKEN", "not-the-token-0123456789")
+    with pytest.raises(ValueError, match="KVTIER_TOKEN or"):
+        Engine(extra)
+    assert Engine(dict(extra, token=token)).run(Request(PREFIX + [6, 6, 6, 6, 6, 6, 6])).ext == 32

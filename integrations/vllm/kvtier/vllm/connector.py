@@ -243,16 +243,21 @@ def _open_cache(config):
         client.address = config.address
     else:
         client.socket_path = config.socket_path
-    token = config.token or os.environ.get("KVTIER_TOKEN", "")
-    token_file = config.token_file or os.environ.get("KVTIER_TOKEN_FILE", "")
-    if token and config.token_file:
+    # The configuration before the environment; each names one source.
+    if config.token and config.token_file:
         raise ValueError("kvtier: set token or token_file, not both")
-    if token:
-        client.token = token
-    elif token_file:
+    if not config.token and not config.token_file:
+        env_token = os.environ.get("KVTIER_TOKEN", "")
+        env_file = os.environ.get("KVTIER_TOKEN_FILE", "")
+        if env_token and env_file:
+            raise ValueError("kvtier: set $KVTIER_TOKEN or $KVTIER_TOKEN_FILE, not both")
+        config = dataclasses.replace(config, token=env_token, token_file=env_file)
+    if config.token:
+        client.token = config.token
+    elif config.token_file:
         # Read again every 10 s: a token replaced in a mounted Secret takes
         # effect in this engine without a restart.
-        client.token_file = token_file
+        client.token_file = config.token_file
     client.shared_memory = config.shared_memory
     cache_config = kvtier.CacheConfig()
     cache_config.mode = "daemon"
