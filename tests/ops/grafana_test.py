@@ -1,14 +1,19 @@
 #!/usr/bin/env python3
 """The Grafana dashboard in deploy/grafana/: its layout (overview, per tier,
-per node, per namespace, cluster), and every metric its queries use exists in
-the /metrics of a running kvtierd that served the demo workload. That kvtierd
-runs every optional part the dashboard charts: a Blob tier (its endpoint is
-a closed port: the tier is degraded), cluster events to a real nats-server,
-and node-to-node reads from a static peer that does not answer (so
-kvtier_peer_up has a series, at 0).
+per node, per namespace, cluster, refused calls; no two panels overlap), and
+every metric its queries use exists in the /metrics of a running kvtierd that
+served the demo workload or of a running kvtier-index. That kvtierd runs every
+optional part the dashboard charts: a Blob tier (its endpoint is a closed
+port: the tier is degraded), cluster events to a real nats-server, and
+node-to-node reads from a static peer that does not answer (so kvtier_peer_up
+has a series, at 0) with a peer token (kvtier_peer_auth_failures_total). The
+index's own metrics (kvtier_index_auth_failures_total) come from the index;
+the Node variable lists kvtierd instances, so a query does not narrow an
+index metric by $instance.
 
 usage: grafana_test.py BUILD_DIR SOURCE_DIR"""
 import os
+import re
 import sys
 import time
 
@@ -17,11 +22,31 @@ import dashboard  # noqa: E402
 import opslib  # noqa: E402
 
 
+def metric_names(url):
+    """Metric names a /metrics page declares (histograms with their series)."""
+    _, text = opslib.http_get(url + "/metrics")
+    names = set()
+    for line in text.splitlines():
+        if line.startswith("# TYPE "):
+            name, kind = line.split()[2:4]
+            names.add(name)
+            if kind == "histogram":
+                names.update({name + "_bucket", name + "_sum", name + "_count"})
+            if kind == "summary":
+                names.update({name + "_sum", name + "_count"})
+    return names
+
+
+def overlaps(a, b):
+    return (a["x"] < b["x"] + b["w"] and b["x"] < a["x"] + a["w"]
+            and a["y"] < b["y"] + b["h"] and b["y"] < a["y"] + a["h"])
+
+
 def main():
     build, source = os.path.abspath(sys.argv[1]), os.path.abspath(sys.argv[2])
     dash = dashboard.load(os.path.join(source, "deploy/grafana/kvtier-dashboard.json"))
     rows = [p["title"] for p in dashboard.panels(dash) if p["type"] == "row"]
-    if rows != ["Overview", "Per tier", "Per node", "Per namespace", "Cluster"]:
+    if rows != ["Overview", "Per tier", "Per node", "Per namespace", "Cluster", "Refused calls"]:
         opslib.fail(f"rows: {rows}")
     ids = [p["id"] for p in dashboard.panels(dash)]
     if len(ids) != len(set(ids)):
@@ -37,6 +62,16 @@ def main():
         for k in ("x", "y", "w", "h"):
             if k not in p["gridPos"]:
                 opslib.fail(f"panel {p['title']!r}: gridPos lacks {k}")
+    placed = []
+    for p in dashboard.panels(dash):
+        g = p["gridPos"]
+        if g["x"] < 0 or g["x"] + g["w"] > 24:
+            opslib.fail(f"panel {p['title']!r}: gridPos {g} is not within the 24 columns")
+        for q in placed:
+            if overlaps(g, q["gridPos"]):
+                opslib.fail(f"panels {q['title']!r} and {p['title']!r} overlap: "
+                            f"{q['gridPos']} and {g}")
+        placed.append(p)
 
     nats = opslib.NatsServer()
     work = opslib.temp_dir("grafana")
@@ -66,7 +101,9 @@ def main():
         if time.time() > deadline:
             opslib.fail(f"{series} is not 0: {daemon.metrics().get(series)}")
         time.sleep(0.2)
-    exported = daemon.metric_names()
+    index = opslib.KvtierIndex(build)
+    index_only = metric_names(index.url) - daemon.metric_names()
+    exported = daemon.metric_names() | index_only
     exported.add("up")  # Prometheus' own series for every target
     used = set()
     for title, expr in dashboard.queries(dash):
@@ -78,10 +115,16 @@ def main():
                 opslib.fail(f"panel {title!r} uses {v}, which the dashboard does not define")
         missing = names - exported
         if missing:
-            opslib.fail(f"panel {title!r} uses {sorted(missing)}, which kvtierd does not export")
+            opslib.fail(f"panel {title!r} uses {sorted(missing)}, which neither kvtierd "
+                        "nor kvtier-index exports")
+        for name in names & index_only:
+            if re.search(rf"\b{name}\{{[^}}]*\$instance", expr):
+                opslib.fail(f"panel {title!r} narrows {name} (kvtier-index) by $instance, "
+                            "which lists kvtierd nodes only")
         used |= names
-    print(f"{len(list(dashboard.queries(dash)))} queries use {len(used)} metrics, "
-          f"all exported by kvtierd ({len(exported)} names)")
+    print(f"{len(list(dashboard.queries(dash)))} queries use {len(used)} metrics "
+          f"({len(used & index_only)} of kvtier-index), all exported by kvtierd "
+          f"({len(exported - index_only)} names) or kvtier-index")
     print("PASSED")
 
 
