@@ -220,12 +220,12 @@ class Client::Impl : public ChunkPin::Releaser {
   bool ShmWanted() const {
     if (!options_.shared_memory || !options_.address.empty()) return false;
     absl::MutexLock lock(&mu_);
-    return !shm_refused_;
+    return ShmAllowed();
   }
 
   bool using_shared_memory() const {
     absl::MutexLock lock(&mu_);
-    return mapping_ != nullptr && !shm_refused_;
+    return mapping_ != nullptr && ShmAllowed();
   }
 
   // The current mapping; maps the arena when there is none or when the
@@ -430,8 +430,19 @@ class Client::Impl : public ChunkPin::Releaser {
 
   // Notes a refusal: PermissionDenied or Unauthenticated mean streaming
   // over gRPC from now on.
+  // Shared memory may be asked for: the arena could be mapped, and no
+  // refusal of the token stands.
+  bool ShmAllowed() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return !shm_unmappable_ && absl::Now() >= shm_refused_until_;
+  }
+  // A refused grant stands for good with a fixed token; with a token file,
+  // until the file is read again (the token may have been replaced).
   absl::Status Refused(absl::Status s) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    if (absl::IsPermissionDenied(s) || absl::IsUnauthenticated(s)) shm_refused_ = true;
+    if (absl::IsPermissionDenied(s) || absl::IsUnauthenticated(s)) {
+      shm_refused_until_ = options_.token_file.empty()
+                               ? absl::InfiniteFuture()
+                               : absl::Now() + absl::Milliseconds(options_.token_reload_ms);
+    }
     return s;
   }
   // Maps the arena of `g` (taking its fd) as the current mapping.
@@ -440,7 +451,7 @@ class Client::Impl : public ChunkPin::Releaser {
     void* p = mmap(nullptr, g.arena_bytes, PROT_READ | PROT_WRITE, flags, g.fd, 0);
     close(g.fd);
     if (p == MAP_FAILED) {
-      shm_refused_ = true;
+      shm_unmappable_ = true;
       return absl::ResourceExhaustedError(
           absl::StrCat("shared memory: cannot map the arena: ", std::strerror(errno)));
     }
@@ -466,7 +477,8 @@ class Client::Impl : public ChunkPin::Releaser {
   mutable absl::Time token_next_read_ ABSL_GUARDED_BY(token_mu_);
   mutable absl::Mutex mu_;
   std::shared_ptr<ArenaMapping> mapping_ ABSL_GUARDED_BY(mu_);
-  bool shm_refused_ ABSL_GUARDED_BY(mu_) = false;
+  bool shm_unmappable_ ABSL_GUARDED_BY(mu_) = false;
+  absl::Time shm_refused_until_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
   bool sessions_refused_ ABSL_GUARDED_BY(mu_) = false;
   std::vector<Control> idle_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<uint64_t, PinState> pins_ ABSL_GUARDED_BY(mu_);

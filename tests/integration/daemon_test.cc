@@ -332,6 +332,35 @@ TEST(Daemon, TokenFilesAreReadAgainWhileItRuns) {
   EXPECT_THAT(daemon->process().Log(), ::testing::Not(HasSubstr(tenant)));
 }
 
+// A client with a token file whose token the daemon refused goes back to
+// shared memory once the file holds a token it knows: the refusal stands
+// only until the file is read again.
+TEST(Daemon, AClientTokenFileRefusedOnceGetsSharedMemoryBack) {
+  TempDir dir;
+  ASSERT_OK_AND_ASSIGN(auto daemon, Daemon::Start(dir, {"--config", ConfigWithTenants(dir)}));
+  ASSERT_OK_AND_ASSIGN(Namespace ns, Namespace::Create(SmallNamespace("salt-a")));
+  auto replace = [&](const std::string& text) {
+    const std::string next = dir.Write("client.token.next", text);
+    ASSERT_EQ(std::rename(next.c_str(), dir.File("client.token").c_str()), 0);
+  };
+  replace("not-a-known-token-0123456789");
+  ClientOptions o;
+  o.socket_path = daemon->socket();
+  o.token_file = dir.File("client.token");
+  o.token_reload_ms = 100;
+  o.rpc_timeout_ms = 3000;
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<Client> client, Client::Create(o));
+  ASSERT_OK_AND_ASSIGN(std::vector<ChunkRef> chunks, ns.Chunks(Tokens(256, 3)));
+  EXPECT_THAT(SaveKeyed(*client, ns, chunks), StatusIs(absl::StatusCode::kPermissionDenied));
+  EXPECT_FALSE(client->using_shared_memory());
+
+  replace(kTokenA);
+  absl::SleepFor(absl::Milliseconds(300));
+  ASSERT_OK(SaveKeyed(*client, ns, chunks));
+  ASSERT_OK(CheckKeyedLoads(*client, ns, chunks));
+  EXPECT_TRUE(client->using_shared_memory());
+}
+
 TEST(Daemon, TokensAndTenantsAreEnforcedWithoutLeaks) {
   TempDir dir;
   ASSERT_OK_AND_ASSIGN(auto daemon, Daemon::Start(dir, {"--config", ConfigWithTenants(dir)}));
