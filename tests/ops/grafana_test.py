@@ -22,21 +22,6 @@ import dashboard  # noqa: E402
 import opslib  # noqa: E402
 
 
-def metric_names(url):
-    """Metric names a /metrics page declares (histograms with their series)."""
-    _, text = opslib.http_get(url + "/metrics")
-    names = set()
-    for line in text.splitlines():
-        if line.startswith("# TYPE "):
-            name, kind = line.split()[2:4]
-            names.add(name)
-            if kind == "histogram":
-                names.update({name + "_bucket", name + "_sum", name + "_count"})
-            if kind == "summary":
-                names.update({name + "_sum", name + "_count"})
-    return names
-
-
 def overlaps(a, b):
     return (a["x"] < b["x"] + b["w"] and b["x"] < a["x"] + a["w"]
             and a["y"] < b["y"] + b["h"] and b["y"] < a["y"] + a["h"])
@@ -102,7 +87,7 @@ def main():
             opslib.fail(f"{series} is not 0: {daemon.metrics().get(series)}")
         time.sleep(0.2)
     index = opslib.KvtierIndex(build)
-    index_only = metric_names(index.url) - daemon.metric_names()
+    index_only = opslib.metric_names(index.url) - daemon.metric_names()
     exported = daemon.metric_names() | index_only
     exported.add("up")  # Prometheus' own series for every target
     used = set()

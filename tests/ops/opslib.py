@@ -75,6 +75,22 @@ def wait_http(url, proc, log_path, timeout=20):
     fail(f"{url} did not answer in {timeout}s:\n" + open(log_path).read())
 
 
+def metric_names(url):
+    """Metric names the /metrics page at `url` declares (histograms and
+    summaries with their series)."""
+    _, text = http_get(url + "/metrics")
+    names = set()
+    for line in text.splitlines():
+        if line.startswith("# TYPE "):
+            name, kind = line.split()[2:4]
+            names.add(name)
+            if kind == "histogram":
+                names.update({name + "_bucket", name + "_sum", name + "_count"})
+            if kind == "summary":
+                names.update({name + "_sum", name + "_count"})
+    return names
+
+
 class Kvtierd:
     """kvtierd on loopback in a temporary folder: DRAM plus a small NVMe tier."""
 
@@ -122,17 +138,7 @@ class Kvtierd:
         return out
 
     def metric_names(self):
-        _, text = http_get(self.url + "/metrics")
-        names = set()
-        for line in text.splitlines():
-            if line.startswith("# TYPE "):
-                name, kind = line.split()[2:4]
-                names.add(name)
-                if kind == "histogram":
-                    names.update({name + "_bucket", name + "_sum", name + "_count"})
-                if kind == "summary":
-                    names.update({name + "_sum", name + "_count"})
-        return names
+        return metric_names(self.url)
 
     def status(self):
         _, text = http_get(self.url + "/api/v1/status")
