@@ -226,17 +226,15 @@ const Secret* Daemon::TokenSecret(const std::string& setting) const {
 absl::Status Daemon::CheckReloadedToken(const std::string& setting, const std::string& text) const {
   // The tokens as they are now, with `text` for `setting`, checked as at
   // start.
+  const Secret* changing = TokenSecret(setting);
+  auto value = [&](const Secret& s) { return &s == changing ? text : s.Get(); };
   DaemonConfig next = config_;
-  next.admin_token = auth_->admin_token().Get();
+  next.admin_token = value(auth_->admin_token());
   for (size_t i = 0; i < next.tenants.size(); ++i) {
-    next.tenants[i].token = auth_->tenant_token(i).Get();
+    next.tenants[i].token = value(auth_->tenant_token(i));
   }
-  next.ucx.peer_token = peer_token_.Get();
-  if (setting == "auth.admin_token") next.admin_token = text;
-  if (setting == "ucx.peer_token") next.ucx.peer_token = text;
-  for (size_t i = 0; i < next.tenants.size(); ++i) {
-    if (setting == absl::StrCat("auth.tenants[", i, "].token")) next.tenants[i].token = text;
-  }
+  next.ucx.peer_token = value(peer_token_);
+  next.status_token = value(status_token_);
   return next.ValidateTokens();
 }
 
