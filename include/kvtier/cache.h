@@ -265,6 +265,12 @@ struct BlobCacheOptions {
   uint32_t backoff_max_ms = 1000;         // cap of the exponential backoff
   uint32_t recheck_ms = 1000;             // while degraded: how often to try the endpoint
   uint64_t max_record_chunks = 1u << 20;  // chunks this node remembers uploading
+  // The most bytes of objects this node keeps in Blob; 0: no bound. When an
+  // upload takes the node's recorded objects past it, the least recently
+  // used ones (by upload, download, or a demotion that found them stored)
+  // are forgotten and deleted in the background. With a bound, a chunk the
+  // record forgets for max_record_chunks is deleted as well.
+  uint64_t capacity_bytes = 0;
 
   bool enabled() const { return !endpoint.empty(); }
   // InvalidArgument naming the field ("blob.<field>").

@@ -1042,6 +1042,9 @@ CacheStats EmbeddedCache::Stats() const {
     TierStats bt;
     bt.tier = Tier::kBlob;
     bt.chunks = b.recorded;  // chunks this node uploaded (and remembers)
+    bt.capacity_bytes = options_.blob.capacity_bytes;
+    bt.used_bytes = b.recorded_bytes;
+    bt.evictions = b.capacity_deletions;
     bt.hits = b.fetched;
     bt.misses = b.fetch_misses;
     bt.saves = b.uploaded;

@@ -184,6 +184,8 @@ absl::Status ApplyBlobSetting(const std::string& name, const std::string& value,
     return bytes(&b.queue_bytes);
   } else if (key == "upload_workers") {
     return u32(&b.upload_workers, 1, 256);
+  } else if (key == "capacity") {
+    return bytes(&b.capacity_bytes);
   } else if (key == "max_connections") {
     return u32(&b.max_connections, 1, 1024);
   } else if (key == "single_put_max") {
@@ -487,6 +489,7 @@ const std::map<std::string, std::set<std::string>>& SectionKeys() {
         "queue_chunks",
         "queue_bytes",
         "upload_workers",
+        "capacity",
         "max_connections",
         "single_put_max",
         "block_size",
@@ -657,6 +660,8 @@ const std::vector<FlagSpec>& FlagSpecs() {
       {"blob-sas-file", "blob.sas_file", true, "file holding a SAS token (instead of a key)"},
       {"blob-policy", "blob.policy", true, "Blob uploads: on_demotion | always | never"},
       {"blob-probe", "blob.probe", true, "Lookup asks Blob about other nodes' chunks: true/false"},
+      {"blob-capacity", "blob.capacity", true,
+       "bytes this node keeps in Blob (e.g. 500GiB); 0 = no bound"},
       {"peers", "peers", true, "other kvtierds' TCP listeners, host:port,host:port"},
       {"ucx", "ucx.enabled", true, "node-to-node transfer over UCX: true or false"},
       {"ucx-progress-threads", "ucx.progress_threads", true, "UCX workers (1..64)"},
@@ -707,6 +712,7 @@ constexpr EnvSpec kEnvSpecs[] = {
     {"KVTIER_BLOB_KEY", "blob.key"},
     {"KVTIER_BLOB_SAS", "blob.sas"},
     {"KVTIER_BLOB_POLICY", "blob.policy"},
+    {"KVTIER_BLOB_CAPACITY", "blob.capacity"},
     {"KVTIER_PEERS", "peers"},
     {"KVTIER_UCX", "ucx.enabled"},
 };
@@ -1246,6 +1252,7 @@ std::string DaemonConfig::ToRedactedYaml() const {
   out << YAML::Key << "queue_chunks" << YAML::Value << b.queue_chunks;
   out << YAML::Key << "queue_bytes" << YAML::Value << b.queue_bytes;
   out << YAML::Key << "upload_workers" << YAML::Value << b.upload_workers;
+  out << YAML::Key << "capacity" << YAML::Value << b.capacity_bytes;
   out << YAML::Key << "max_connections" << YAML::Value << b.max_connections;
   out << YAML::Key << "single_put_max" << YAML::Value << b.single_put_max_bytes;
   out << YAML::Key << "block_size" << YAML::Value << b.block_bytes;

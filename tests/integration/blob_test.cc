@@ -900,6 +900,91 @@ TEST_F(BlobTest, RecordForgetsTheOldestUploadAfterRemovals) {
   EXPECT_EQ(tier->Stats().recorded, 2u);
 }
 
+// With capacity_bytes an upload past the bound forgets and deletes the least
+// recently used of the node's objects; a download and a demotion that finds
+// the chunk stored count as uses. What is forgotten is a miss, never other
+// bytes, and the recorded bytes stay within the bound.
+TEST_F(BlobTest, CapacityDeletesTheLeastRecentlyUsedObjects) {
+  const std::vector<std::byte> payload = Bytes(4096, 9);
+  const uint64_t object = kChunkHeaderBytes + payload.size();
+  BlobCacheOptions o = BlobOptions();
+  o.capacity_bytes = 3 * object;
+  o.upload_workers = 1;
+  ASSERT_OK_AND_ASSIGN(auto tier, BlobTier::Create(o));
+  ASSERT_OK_AND_ASSIGN(auto client, BlobClient::Create(ClientOptions()));
+  const uint64_t ns = 0x6006;
+  auto key = [&](uint64_t n) { return MetaOf(ns, n).key; };
+  auto upload = [&](uint64_t n) {
+    EXPECT_TRUE(tier->EnqueuePayload(MetaOf(ns, n), payload)) << n;
+    tier->Flush();
+  };
+  auto stored = [&](uint64_t n) {
+    return client->GetProperties(tier->ObjectName(ns, key(n)), In(5000)).ok();
+  };
+  upload(1);
+  upload(2);
+  upload(3);
+  // 1 is read back and 2 offered again (a demotion of a chunk Blob holds):
+  // 3 is now the least recently used.
+  ASSERT_OK(tier->Fetch(ns, key(1), 7, payload.size(), In(5000)).status());
+  EXPECT_FALSE(tier->EnqueuePayload(MetaOf(ns, 2), payload));
+  upload(4);
+  EXPECT_FALSE(tier->Recorded(ns, key(3)));
+  EXPECT_FALSE(stored(3)) << "deleted, not only forgotten";
+  EXPECT_THAT(tier->Fetch(ns, key(3), 7, payload.size(), In(5000)),
+              StatusIs(absl::StatusCode::kNotFound));
+  for (uint64_t n : {1, 2, 4}) {
+    EXPECT_TRUE(tier->Recorded(ns, key(n))) << n;
+    EXPECT_TRUE(stored(n)) << n;
+  }
+  BlobTierStats st = tier->Stats();
+  EXPECT_EQ(st.recorded, 3u);
+  EXPECT_EQ(st.recorded_bytes, 3 * object);
+  EXPECT_EQ(st.capacity_deletions, 1u);
+  EXPECT_EQ(st.already_stored, 1u);
+  // Next goes 1, whose read is older than 2's demotion.
+  upload(5);
+  EXPECT_FALSE(stored(1));
+  EXPECT_TRUE(stored(2));
+  ASSERT_OK_AND_ASSIGN(BlobChunk back, tier->Fetch(ns, key(5), 7, payload.size(), In(5000)));
+  EXPECT_TRUE(
+      std::equal(back.payload().begin(), back.payload().end(), payload.begin(), payload.end()));
+  // A removed chunk frees its share: two more fit without a deletion.
+  EXPECT_TRUE(tier->Remove(ns, key(2)));
+  tier->Flush();
+  upload(6);
+  st = tier->Stats();
+  EXPECT_EQ(st.capacity_deletions, 2u);
+  EXPECT_EQ(st.recorded_bytes, 3 * object);
+  for (uint64_t n : {4, 5, 6}) EXPECT_TRUE(stored(n)) << n;
+}
+
+// A cache with a bounded Blob tier reports the bound, the recorded bytes and
+// the deletions as the Blob tier's capacity, resident bytes and evictions.
+TEST_F(BlobTest, CacheStatsShowTheBlobBound) {
+  ASSERT_OK_AND_ASSIGN(Namespace ns, Namespace::Create(SmallModel()));
+  ASSERT_OK_AND_ASSIGN(std::vector<ChunkRef> chain, ns.Chunks(Tokens(3 * 64, 8)));
+  ASSERT_EQ(chain.size(), 3u);
+  const size_t bytes = ns.FullChunkPayloadBytes();
+  const uint64_t object = kChunkHeaderBytes + bytes;
+  BlobCacheOptions b = BlobOptions();
+  b.upload_workers = 1;
+  b.capacity_bytes = 2 * object;
+  ASSERT_OK_AND_ASSIGN(auto cache, EmbeddedCache::Create(Options(b)));
+  for (const ChunkRef& c : chain) ASSERT_OK(cache->Save(ns, c, KvFor(c, bytes)));
+  cache->blob()->Flush();
+  const CacheStats s = cache->Stats();
+  const TierStats* blob = nullptr;
+  for (const TierStats& t : s.tiers) {
+    if (t.tier == Tier::kBlob) blob = &t;
+  }
+  ASSERT_NE(blob, nullptr);
+  EXPECT_EQ(blob->capacity_bytes, 2 * object);
+  EXPECT_EQ(blob->used_bytes, 2 * object);
+  EXPECT_EQ(blob->evictions, 1u);
+  EXPECT_EQ(blob->chunks, 2u);
+}
+
 // ---- two kvtierd processes sharing the container ----------------------------------
 
 TEST_F(BlobTest, ChunkUploadedByOneKvtierdIsLoadedByAnotherWithEmptyTiers) {

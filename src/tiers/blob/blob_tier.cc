@@ -162,22 +162,44 @@ void BlobTier::MonitorLoop() {
 
 // ---- record -----------------------------------------------------------------------
 
-void BlobTier::Record(uint64_t ns, const BlockKey& key) {
+void BlobTier::Record(uint64_t ns, const BlockKey& key, uint64_t bytes) {
   absl::MutexLock lock(&record_mu_);
   NsKey k{ns, key};
   if (record_.contains(k)) return;
   record_order_.push_back(k);
-  record_.emplace(k, std::prev(record_order_.end()));
-  while (record_.size() > options_.max_record_chunks) {
-    record_.erase(record_order_.front());
-    record_order_.pop_front();
+  record_.emplace(k, RecordEntry{std::prev(record_order_.end()), bytes});
+  record_bytes_ += bytes;
+  const uint64_t capacity = options_.capacity_bytes;
+  while (!record_order_.empty() && (record_.size() > options_.max_record_chunks ||
+                                    (capacity > 0 && record_bytes_ > capacity))) {
+    const NsKey old = record_order_.front();
+    (void)EraseRecord(old);
+    if (capacity == 0 || closing_) continue;
+    // Bounded: the forgotten object goes too, so the node's share of the
+    // container stays within capacity_bytes.
+    Job job;
+    job.remove = true;
+    job.meta.namespace_id = old.ns;
+    job.meta.key = old.key;
+    queue_.push_back(std::move(job));
+    ++deleting_[old];
+    capacity_deletions_.fetch_add(1, std::memory_order_relaxed);
   }
+}
+
+bool BlobTier::TouchRecord(uint64_t ns, const BlockKey& key) {
+  absl::MutexLock lock(&record_mu_);
+  auto it = record_.find(NsKey{ns, key});
+  if (it == record_.end()) return false;
+  record_order_.splice(record_order_.end(), record_order_, it->second.order);
+  return true;
 }
 
 bool BlobTier::EraseRecord(const NsKey& key) {
   auto it = record_.find(key);
   if (it == record_.end()) return false;
-  record_order_.erase(it->second);
+  record_order_.erase(it->second.order);
+  record_bytes_ -= it->second.bytes;
   record_.erase(it);
   return true;
 }
@@ -195,7 +217,7 @@ bool BlobTier::Recorded(uint64_t namespace_id, const BlockKey& key) const {
 // ---- writes -----------------------------------------------------------------------
 
 bool BlobTier::Enqueue(const ChunkMeta& meta, absl::Span<const std::byte> sealed) {
-  if (Recorded(meta.namespace_id, meta.key)) {
+  if (TouchRecord(meta.namespace_id, meta.key)) {
     already_stored_.fetch_add(1, std::memory_order_relaxed);
     return false;
   }
@@ -222,7 +244,7 @@ bool BlobTier::Enqueue(const ChunkMeta& meta, absl::Span<const std::byte> sealed
 }
 
 bool BlobTier::EnqueuePayload(const ChunkMeta& meta, absl::Span<const std::byte> payload) {
-  if (Recorded(meta.namespace_id, meta.key)) {
+  if (TouchRecord(meta.namespace_id, meta.key)) {
     already_stored_.fetch_add(1, std::memory_order_relaxed);
     return false;
   }
@@ -304,7 +326,8 @@ size_t BlobTier::RemoveNamespace(uint64_t namespace_id) {
   absl::MutexLock lock(&record_mu_);
   for (auto it = record_.begin(); it != record_.end();) {
     if (it->first.ns == namespace_id) {
-      record_order_.erase(it->second);
+      record_order_.erase(it->second.order);
+      record_bytes_ -= it->second.bytes;
       record_.erase(it++);
       ++recorded;
     } else {
@@ -435,7 +458,7 @@ void BlobTier::WorkerLoop(size_t worker) {
       if (removed) {
         ++deleting_[k];
       } else if (s.ok() && !DeletionPending(k)) {
-        Record(k.ns, k.key);
+        Record(k.ns, k.key, job.bytes.size());
       }
       running_[worker] = Running{};
     }
@@ -649,6 +672,7 @@ absl::StatusOr<BlobChunk> BlobTier::Fetch(uint64_t namespace_id, const BlockKey&
   chunk.meta.num_tokens = decoded->header.num_tokens;
   auto parent = first->metadata.find(kParentMeta);
   if (parent != first->metadata.end()) (void)ParseHexKey(parent->second, &chunk.meta.parent);
+  (void)TouchRecord(namespace_id, key);  // a read is a use
   fetched_.fetch_add(1, std::memory_order_relaxed);
   bytes_downloaded_.fetch_add(chunk.encoded.size(), std::memory_order_relaxed);
   return chunk;
@@ -662,6 +686,7 @@ BlobTierStats BlobTier::Stats() const {
   s.upload_failures = upload_failures_.load(std::memory_order_relaxed);
   s.already_stored = already_stored_.load(std::memory_order_relaxed);
   s.namespace_objects_deleted = namespace_objects_deleted_.load(std::memory_order_relaxed);
+  s.capacity_deletions = capacity_deletions_.load(std::memory_order_relaxed);
   s.skipped_queue_full = skipped_queue_full_.load(std::memory_order_relaxed);
   s.skipped_degraded = skipped_degraded_.load(std::memory_order_relaxed);
   {
@@ -672,6 +697,7 @@ BlobTierStats BlobTier::Stats() const {
   {
     absl::MutexLock lock(&record_mu_);
     s.recorded = record_.size();
+    s.recorded_bytes = record_bytes_;
   }
   s.fetched = fetched_.load(std::memory_order_relaxed);
   s.fetch_misses = fetch_misses_.load(std::memory_order_relaxed);

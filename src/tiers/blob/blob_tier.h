@@ -12,8 +12,10 @@
 // Writes are write-behind: Enqueue copies the chunk into a bounded queue
 // (queue_chunks, queue_bytes) that upload_workers threads drain; a full queue
 // skips the write (counted). The tier remembers which chunks this node
-// uploaded (the local record, bounded by max_record_chunks, oldest forgotten
-// first); Lookup consults it, and probes Blob for the rest when `probe`.
+// uploaded (the local record, bounded by max_record_chunks, least recently
+// used forgotten first); Lookup consults it, and probes Blob for the rest when
+// `probe`. With capacity_bytes, the record also bounds the bytes this node
+// keeps in Blob: what it forgets is deleted (Blob as a bounded cache).
 //
 // Faults. The HTTP client retries 429/5xx/connection errors with backoff
 // within each request's deadline. When a request still fails for want of an
@@ -83,6 +85,8 @@ struct BlobTierStats {
   uint64_t bytes_uploaded = 0;             // encoded chunk bytes
   uint64_t bytes_downloaded = 0;           // encoded chunk bytes
   uint64_t namespace_objects_deleted = 0;  // objects deleted by RemoveNamespace
+  uint64_t recorded_bytes = 0;             // gauge: object bytes of the local record
+  uint64_t capacity_deletions = 0;         // objects deleted to stay within capacity_bytes
   BlobClientStats http;
 };
 
@@ -100,7 +104,8 @@ class BlobTier {
   std::string ObjectName(uint64_t namespace_id, const BlockKey& key) const;
 
   // Queues an upload of a sealed chunk (copied). False when skipped: the
-  // record has it, the queue is full, or the tier is degraded or closed.
+  // record has it (which counts as a use of it), the queue is full, or the
+  // tier is degraded or closed.
   bool Enqueue(const ChunkMeta& meta, absl::Span<const std::byte> sealed);
   // Encodes `payload` as a sealed chunk of `meta` and queues it.
   bool EnqueuePayload(const ChunkMeta& meta, absl::Span<const std::byte> payload);
@@ -190,7 +195,13 @@ class BlobTier {
       ABSL_LOCKS_EXCLUDED(mu_);
   // Deletes an object (a worker's job) and notes the outcome.
   void DeleteObject(const std::string& name);
-  void Record(uint64_t ns, const BlockKey& key) ABSL_LOCKS_EXCLUDED(record_mu_);
+  // Records an upload of `bytes`; what that takes past max_record_chunks or
+  // capacity_bytes is forgotten, least recently used first, and with
+  // capacity_bytes its deletion queued.
+  void Record(uint64_t ns, const BlockKey& key, uint64_t bytes) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_)
+      ABSL_LOCKS_EXCLUDED(record_mu_);
+  // Whether the record has the chunk; if so it becomes the most recently used.
+  bool TouchRecord(uint64_t ns, const BlockKey& key) ABSL_LOCKS_EXCLUDED(record_mu_);
   // Erases a chunk from the record; false when it was not there.
   bool EraseRecord(const NsKey& key) ABSL_EXCLUSIVE_LOCKS_REQUIRED(record_mu_);
   void Forget(uint64_t ns, const BlockKey& key);
@@ -229,14 +240,20 @@ class BlobTier {
 
   // Lock order: mu_, then record_mu_.
   mutable absl::Mutex record_mu_;
-  // The record: chunk -> its place in record_order_ (oldest first).
-  absl::flat_hash_map<NsKey, std::list<NsKey>::iterator> record_ ABSL_GUARDED_BY(record_mu_);
+  // The record: chunk -> its place in record_order_ (least recently used
+  // first) and its object's size.
+  struct RecordEntry {
+    std::list<NsKey>::iterator order;
+    uint64_t bytes = 0;
+  };
+  absl::flat_hash_map<NsKey, RecordEntry> record_ ABSL_GUARDED_BY(record_mu_);
   std::list<NsKey> record_order_ ABSL_GUARDED_BY(record_mu_);
+  uint64_t record_bytes_ ABSL_GUARDED_BY(record_mu_) = 0;
 
   std::atomic<uint64_t> uploaded_{0}, upload_failures_{0}, already_stored_{0},
       skipped_queue_full_{0}, skipped_degraded_{0}, fetched_{0}, fetch_misses_{0}, corrupt_{0},
       deadline_misses_{0}, probes_{0}, probe_hits_{0}, bytes_uploaded_{0}, bytes_downloaded_{0},
-      namespace_objects_deleted_{0};
+      namespace_objects_deleted_{0}, capacity_deletions_{0};
 };
 
 }  // namespace kvtier

@@ -511,7 +511,8 @@ TEST(Blob, SectionFlagsAndEnvironmentConfigureTheTier) {
                                    key_file,
                                    "\n  policy: always\n  probe: true\n  queue_chunks: 64\n"
                                    "  queue_bytes: 32MiB\n  deadline_ms: 250\n"
-                                   "  request_timeout_ms: 100\n  max_attempts: 3\n"),
+                                   "  request_timeout_ms: 100\n  max_attempts: 3\n"
+                                   "  capacity: 2GiB\n"),
                       c));
   const BlobCacheOptions& b = c.dram.blob;
   EXPECT_TRUE(b.enabled());
@@ -524,10 +525,14 @@ TEST(Blob, SectionFlagsAndEnvironmentConfigureTheTier) {
   EXPECT_EQ(b.queue_bytes, 32ull << 20);
   EXPECT_EQ(b.deadline_ms, 250u);
   EXPECT_EQ(b.max_attempts, 3u);
+  EXPECT_EQ(b.capacity_bytes, 2ull << 30);
   ASSERT_OK(c.Validate());
   const std::string yaml = c.ToRedactedYaml();
   EXPECT_THAT(yaml, ::testing::Not(HasSubstr("c2VjcmV0")));
   EXPECT_THAT(yaml, HasSubstr("policy: always"));
+  EXPECT_THAT(yaml, HasSubstr("capacity: 2147483648"));
+  EXPECT_THAT(ApplyYaml("blob:\n  capacity: lots\n", c),
+              StatusIs(kInvalid, HasSubstr("blob.capacity")));
 
   EXPECT_THAT(ApplyYaml("blob:\n  colour: blue\n", c),
               StatusIs(kInvalid, HasSubstr("blob.colour")));
@@ -538,15 +543,19 @@ TEST(Blob, SectionFlagsAndEnvironmentConfigureTheTier) {
   bad.dram.blob.sas = "sv=1";
   EXPECT_THAT(bad.Validate(), StatusIs(kInvalid, HasSubstr("blob.key")));
 
-  ASSERT_OK_AND_ASSIGN(CommandLine cl,
-                       ParseCommandLine({"--blob-endpoint", "https://acct.blob.core.windows.net",
-                                         "--blob-account", "acct", "--blob-container", "kvc",
-                                         "--blob-key-file", key_file, "--blob-probe", "true",
-                                         "--socket", "/tmp/kvtier-test/x.sock", "--nvme", "off"}));
+  ASSERT_OK_AND_ASSIGN(
+      CommandLine cl,
+      ParseCommandLine({"--blob-endpoint", "https://acct.blob.core.windows.net", "--blob-account",
+                        "acct", "--blob-container", "kvc", "--blob-key-file", key_file,
+                        "--blob-probe", "true", "--blob-capacity", "10GiB", "--socket",
+                        "/tmp/kvtier-test/x.sock", "--nvme", "off"}));
   ASSERT_OK_AND_ASSIGN(DaemonConfig f, LoadConfig(cl, {{"KVTIER_BLOB_POLICY", "never"}}));
   EXPECT_EQ(f.dram.blob.endpoint, "https://acct.blob.core.windows.net");
   EXPECT_EQ(f.dram.blob.policy, "never");
   EXPECT_TRUE(f.dram.blob.probe);
+  EXPECT_EQ(f.dram.blob.capacity_bytes, 10ull << 30);
+  ASSERT_OK_AND_ASSIGN(DaemonConfig e, LoadConfig(cl, {{"KVTIER_BLOB_CAPACITY", "1TiB"}}));
+  EXPECT_EQ(e.dram.blob.capacity_bytes, 10ull << 30) << "a flag wins over the environment";
   std::remove(key_file.c_str());
 }
 
