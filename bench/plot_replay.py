@@ -10,8 +10,8 @@ Reads the JSON object the trace replay benchmark prints:
 
 ("unbounded_hit_rate_blocks" is optional: when present it is drawn as a
 dashed ceiling; policies whose name contains "(simulator" are references and
-are drawn dotted; "nvme_results", from --nvme-tokens, are drawn as stars at
-DRAM + NVMe tokens, one per policy) and writes a PNG.
+are drawn dotted; "tier_results", from --nvme-tokens and --blob-tokens, are
+drawn as stars at DRAM + NVMe + Blob tokens, one per policy) and writes a PNG.
 
 Usage: /usr/bin/python3 bench/plot_replay.py [INPUT.json|-] [OUTPUT.png]
 Defaults: bench/replay.json and bench/replay_hit_rate.png beside this
@@ -60,19 +60,26 @@ def curves(report):
     return out
 
 
-def nvme_points(report):
-    """Returns [(label, dram + nvme tokens, hit_rate)] of the DRAM + NVMe runs."""
+def tier_points(report):
+    """Returns [(label, dram + nvme + blob tokens, hit_rate)] of the runs with
+    lower tiers ("tier_results"; reports written before Blob say "nvme_results")."""
     out = []
-    for i, r in enumerate(report.get("nvme_results") or []):
+    key = "tier_results" if "tier_results" in report else "nvme_results"
+    for i, r in enumerate(report.get(key) or []):
         for field in ("policy", "dram_tokens", "nvme_tokens", "hit_rate_blocks"):
             if field not in r:
-                raise ValueError("nvme_results[%d]: missing field %r" % (i, field))
+                raise ValueError("%s[%d]: missing field %r" % (key, i, field))
         rate = float(r["hit_rate_blocks"])
         if not 0.0 <= rate <= 1.0:
-            raise ValueError("nvme_results[%d].hit_rate_blocks: %r is not in [0, 1]" % (i, rate))
-        label = "%s, DRAM %s + NVMe %s" % (r["policy"], tokens_label(int(r["dram_tokens"])),
-                                           tokens_label(int(r["nvme_tokens"])))
-        out.append((label, int(r["dram_tokens"]) + int(r["nvme_tokens"]), rate))
+            raise ValueError("%s[%d].hit_rate_blocks: %r is not in [0, 1]" % (key, i, rate))
+        nvme = int(r["nvme_tokens"])
+        blob = int(r.get("blob_tokens", 0))
+        label = "%s, DRAM %s" % (r["policy"], tokens_label(int(r["dram_tokens"])))
+        if nvme:
+            label += " + NVMe %s" % tokens_label(nvme)
+        if blob:
+            label += " + Blob %s" % tokens_label(blob)
+        out.append((label, int(r["dram_tokens"]) + nvme + blob, rate))
     return out
 
 
@@ -97,7 +104,7 @@ def plot(report, output):
         ax.plot(xs, ys, marker=markers[i % len(markers)], markersize=4,
                 linewidth=1.0 if reference else 1.5, linestyle=":" if reference else "-",
                 label=policy)
-    for j, (label, tokens, rate) in enumerate(nvme_points(report)):
+    for j, (label, tokens, rate) in enumerate(tier_points(report)):
         ax.plot([tokens], [rate], marker="*", markersize=11 - 2 * (j % 4), linestyle="none",
                 label=label)
     ceiling = report.get("unbounded_hit_rate_blocks")

@@ -81,7 +81,11 @@ const std::vector<BenchSuite>& BenchSuites() {
       {"replay", "a request trace through the real cache beside the simulators' hit rates",
        "kvtier bench replay --trace FILE [--json] [--dram-tokens 3M] [--policy all|lru,2q,...]\n"
        "                    [--bytes-per-token 7] [--speed 0] [--curve 1M,3M,10M,50M]\n"
-       "                    [--nvme-tokens 50M] [--nvme-path DIR] [--nvme-io-mode direct]\n\n"
+       "                    [--nvme-tokens 50M] [--nvme-path DIR] [--nvme-io-mode direct]\n"
+       "                    [--blob-tokens 20M]\n"
+       "       kvtier bench replay --trace FILE --socket PATH|--address HOST:PORT\n"
+       "                    [--token-file F] [--policy lru] [--slab 64MiB] [--salt S]\n"
+       "                    [--dram-tokens N] [--json]\n\n"
        "Replays a Mooncake-format trace (JSON Lines with hash_ids of 512-token blocks)\n"
        "through the embedded cache: per request Lookup, Load of the hit chunks (bytes\n"
        "verified), Save of the rest. The DRAM tier holds exactly floor(tokens / 512)\n"
@@ -96,7 +100,17 @@ const std::vector<BenchSuite>& BenchSuites() {
        "tier of exactly floor(N / 512) chunks, in a fresh folder under --nvme-path (default\n"
        "$TMPDIR or /tmp, removed afterwards), --nvme-io-mode direct|buffered, --nvme-admission\n"
        "all|second-chance; the replay waits for demotions after each request unless\n"
-       "--no-wait-demotions. Reports per-tier hits and bytes, and the ratio to unbounded.",
+       "--no-wait-demotions. Reports per-tier hits and bytes, and the ratio to unbounded.\n"
+       "--blob-tokens N adds a Blob tier (an Azurite started here, on loopback) bounded to\n"
+       "floor(N / 512) objects, least recently used deleted past them, uploads as DRAM\n"
+       "evicts; with --nvme-tokens both lower tiers are there.\n"
+       "--socket / --address replays through a running kvtierd instead (its tiers,\n"
+       "capacities and policy; the client flags of `kvtier stats` apply), in a namespace\n"
+       "of a fresh salt (--salt S names one, e.g. a tenant's; chunks of earlier runs under\n"
+       "it then count). Its policy and slab size come from its configuration when the\n"
+       "token may read it (admin, or no auth); else --policy (default lru) and --slab\n"
+       "(default 64MiB) say them. The reference columns assume its DRAM capacity in\n"
+       "whole slabs of the trace's chunks, or --dram-tokens.",
        RunReplayBench},
       {"index", "cluster index Lookup beside redis-server holding the same key -> holders map",
        "kvtier bench index [--json] [--nodes 1000] [--chunks-per-node 100000] [--chain 128]\n"

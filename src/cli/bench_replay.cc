@@ -1,22 +1,30 @@
-// `kvtier bench replay`: a request trace through the real embedded cache,
-// beside the block simulators' unbounded and LRU hit rates on the same trace.
+// `kvtier bench replay`: a request trace through the real embedded cache, or
+// through a running kvtierd, beside the block simulators' unbounded and LRU
+// hit rates on the same trace.
 #include <stdlib.h>
 
 #include <cstdio>
 #include <filesystem>
 #include <memory>
+#include <random>
 #include <string>
 #include <vector>
 
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
+#include "kvtier/client.h"
 #include "src/cli/bench.h"
+#include "src/cli/daemon_flags.h"
 #include "src/cli/report.h"
 #include "src/common/temp_path.h"
+#include "src/core/chunk_format.h"
 #include "src/core/replay/cache_replay.h"
 #include "src/core/replay/sim.h"
 #include "src/core/replay/trace_reader.h"
+#include "src/tiers/blob/azurite.h"
 
 namespace kvtier::cli {
 namespace {
@@ -66,6 +74,23 @@ absl::StatusOr<Reference> Simulate(const std::vector<replay::TraceRequest>& trac
 
 double Ratio(double a, double b) { return b > 0 ? a / b : 0.0; }
 
+const replay::TierTraffic* FindTier(const replay::CacheReplayResult& r, Tier tier) {
+  for (const replay::TierTraffic& t : r.tiers) {
+    if (t.tier == tier) return &t;
+  }
+  return nullptr;
+}
+
+uint64_t TierHits(const replay::CacheReplayResult& r, Tier tier) {
+  const replay::TierTraffic* t = FindTier(r, tier);
+  return t == nullptr ? 0 : t->hits;
+}
+
+replay::TierTraffic TierTrafficOf(const replay::CacheReplayResult& r, Tier tier) {
+  const replay::TierTraffic* t = FindTier(r, tier);
+  return t == nullptr ? replay::TierTraffic{} : *t;
+}
+
 Json TiersJson(const replay::CacheReplayResult& r) {
   Json tiers = Json::Array();
   for (const replay::TierTraffic& t : r.tiers) {
@@ -79,12 +104,201 @@ Json TiersJson(const replay::CacheReplayResult& r) {
   return tiers;
 }
 
+// A fresh namespace salt: chunks of earlier runs never match this run's.
+std::string FreshSalt() {
+  std::random_device rd;
+  const uint64_t v = (uint64_t{rd()} << 32) ^ rd();
+  return absl::StrFormat("kvtier-replay-%016x", v);
+}
+
+// kvtierd's dram.slab and dram.eviction_policy, from its effective
+// configuration (the admin Config call: open mode or an admin token).
+struct DaemonDram {
+  uint64_t slab_bytes = 0;
+  std::string policy;
+};
+
+absl::StatusOr<DaemonDram> ReadDaemonDram(const Client& client) {
+  absl::StatusOr<std::string> yaml = client.DaemonConfigYaml();
+  if (!yaml.ok()) return yaml.status();
+  DaemonDram d;
+  bool in_dram = false;
+  for (absl::string_view line : absl::StrSplit(*yaml, '\n')) {
+    if (!line.empty() && line.front() != ' ') {
+      in_dram = line == "dram:";
+    } else if (in_dram && absl::ConsumePrefix(&line, "  slab: ")) {
+      if (!absl::SimpleAtoi(line, &d.slab_bytes)) d.slab_bytes = 0;
+    } else if (in_dram && absl::ConsumePrefix(&line, "  eviction_policy: ")) {
+      d.policy = std::string(line);
+    }
+  }
+  if (d.slab_bytes == 0 || d.policy.empty()) {
+    return absl::DataLossError("its configuration names no dram.slab or dram.eviction_policy");
+  }
+  return d;
+}
+
+// What a replay through kvtierd was asked for on the command line.
+struct DaemonReplayFlags {
+  ClientOptions client;
+  std::string policy;        // --policy; "": the daemon's, else lru
+  uint64_t slab_bytes = 0;   // --slab; 0: the daemon's, else 64 MiB
+  uint64_t dram_tokens = 0;  // --dram-tokens; 0: from the daemon's DRAM
+  std::string salt;          // --salt; "": a fresh one
+  int64_t bytes_per_token = 7;
+  double speed = 0;
+  bool json = false;
+};
+
+// The trace through a running kvtierd: its tiers, capacities and policy.
+int RunDaemonReplay(const std::vector<replay::TraceRequest>& trace, const std::string& trace_path,
+                    const DaemonReplayFlags& f) {
+  const ClientOptions& co = f.client;
+  const std::string where = co.address.empty() ? co.socket_path : co.address;
+  absl::StatusOr<std::unique_ptr<Client>> client = Client::Create(co);
+  if (!client.ok()) {
+    return Fail(absl::StrCat("kvtierd at ", where, ": ", client.status().ToString()));
+  }
+  absl::StatusOr<CacheStats> stats = (*client)->FetchStats();
+  if (!stats.ok()) return Fail(absl::StrCat("kvtierd at ", where, ": ", stats.status().ToString()));
+  std::string policy = f.policy.empty() ? "lru" : f.policy;
+  uint64_t slab = f.slab_bytes > 0 ? f.slab_bytes : (64ull << 20);
+  std::string assumed;  // what was not read from the daemon
+  if (absl::StatusOr<DaemonDram> d = ReadDaemonDram(**client); d.ok()) {
+    if (!f.policy.empty() && f.policy != d->policy) {
+      return Fail(absl::StrCat("--policy ", f.policy, ": kvtierd at ", where, " runs ", d->policy));
+    }
+    policy = d->policy;
+    slab = d->slab_bytes;
+  } else {
+    assumed = absl::StrCat(" (its configuration could not be read: ", d.status().message(),
+                           "; assumed: policy ", policy, ", ", HumanBytes(slab),
+                           " slabs; see --policy, --slab)");
+  }
+  uint64_t dram_bytes = 0;
+  uint64_t nvme_bytes = 0;
+  uint64_t blob_bytes = 0;
+  for (const TierStats& t : stats->tiers) {
+    if (t.tier == Tier::kDram) dram_bytes = t.capacity_bytes;
+    if (t.tier == Tier::kNvme) nvme_bytes = t.capacity_bytes;
+    if (t.tier == Tier::kBlob) blob_bytes = t.capacity_bytes;
+  }
+  replay::DaemonReplayOptions o;
+  o.bytes_per_token = static_cast<uint32_t>(f.bytes_per_token);
+  o.speed = f.speed;
+  o.salt = f.salt.empty() ? FreshSalt() : f.salt;
+  if (absl::Status s = o.Validate(); !s.ok()) return Fail(std::string(s.message()));
+  // The DRAM capacity in replay chunks: whole slabs of slots the chunk's
+  // size (rounded up to 4 KiB), unless --dram-tokens says otherwise.
+  const uint64_t slot =
+      (kChunkHeaderBytes + uint64_t{replay::kReplayBlockTokens} * o.bytes_per_token + 4095) / 4096 *
+      4096;
+  const uint64_t derived_chunks = slot > slab ? 0 : dram_bytes / slab * (slab / slot);
+  const uint64_t dram_tokens =
+      f.dram_tokens > 0 ? f.dram_tokens : derived_chunks * replay::kReplayBlockTokens;
+  if (dram_tokens < replay::kReplayBlockTokens) {
+    return Fail(absl::StrCat("kvtierd at ", where, " reports ", HumanBytes(dram_bytes),
+                             " of DRAM: no whole ", HumanBytes(slab), " slab",
+                             assumed.empty() ? "" : " (assumed; --slab sets it)",
+                             " of the trace's ", HumanBytes(slot),
+                             " chunks; --dram-tokens sets the capacity the reference columns "
+                             "assume"));
+  }
+  absl::StatusOr<replay::ReplayResult> unbounded = replay::ReplayUnbounded(trace);
+  if (!unbounded.ok()) return Fail(unbounded.status().ToString());
+  absl::StatusOr<Reference> ref = Simulate(trace, {policy}, dram_tokens);
+  if (!ref.ok()) return Fail(ref.status().ToString());
+  absl::StatusOr<replay::CacheReplayResult> r;
+  {
+    Progress progress("replay through kvtierd", trace.size());
+    r = replay::ReplayThroughDaemon(trace, **client, o,
+                                    [&](uint64_t done) { progress.Update(done); });
+    progress.Finish();
+  }
+  if (!r.ok()) return Fail(absl::StrCat("kvtierd at ", where, ": ", r.status().ToString()));
+  r->policy = policy;
+  r->capacity_tokens = dram_tokens;
+  const double lru_ratio = Ratio(r->HitRate(), ref->lru);
+  const double unbounded_ratio = Ratio(r->HitRate(), unbounded->HitRate());
+  const double sim_ratio = Ratio(r->HitRate(), ref->tail_first.front());
+  if (f.json) {
+    Json j = Json::Object();
+    j.Set("suite", "replay")
+        .Set("mode", "kvtierd")
+        .Set("trace", trace_path)
+        .Set("requests", static_cast<uint64_t>(trace.size()))
+        .Set("bytes_per_token", f.bytes_per_token)
+        .Set("kvtierd", Json::Object()
+                            .Set("endpoint", where)
+                            .Set("namespace_salt", o.salt)
+                            .Set("policy", policy)
+                            .Set("slab_bytes", slab)
+                            .Set("configuration_read", assumed.empty())
+                            .Set("dram_capacity_bytes", dram_bytes)
+                            .Set("nvme_capacity_bytes", nvme_bytes)
+                            .Set("blob_capacity_bytes", blob_bytes)
+                            .Set("dram_tokens_assumed", dram_tokens))
+        .Set("result", Json::Object()
+                           .Set("hit_rate_blocks", r->HitRate())
+                           .Set("hit_rate_tokens", r->TokenHitRate())
+                           .Set("prefill_tokens_saved", r->hit_tokens)
+                           .Set("total_blocks", r->total_blocks)
+                           .Set("hit_blocks", r->hit_blocks)
+                           .Set("requests_per_s", r->RequestsPerSecond())
+                           .Set("lost_hits", r->lost_hits)
+                           .Set("rejected_saves", r->rejected_saves)
+                           .Set("dram_hits", TierHits(*r, Tier::kDram))
+                           .Set("nvme_hits", TierHits(*r, Tier::kNvme))
+                           .Set("blob_hits", TierHits(*r, Tier::kBlob))
+                           .Set("simulator_tail_first_hit_rate", ref->tail_first.front())
+                           .Set("tiers", TiersJson(*r)))
+        .Set("reference", Json::Object()
+                              .Set("capacity_tokens", dram_tokens)
+                              .Set("unbounded", unbounded->HitRate())
+                              .Set("lru", ref->lru)
+                              .Set("belady_tail_first", ref->belady))
+        .Set("ratios", Json::Object()
+                           .Set("vs_lru_reference", lru_ratio)
+                           .Set("vs_unbounded", unbounded_ratio)
+                           .Set("vs_simulator", sim_ratio));
+    std::printf("%s\n", j.Dump().c_str());
+    return 0;
+  }
+  const std::string capacity_from =
+      f.dram_tokens > 0 ? " (--dram-tokens)" : absl::StrCat(" in ", HumanBytes(slab), " slabs");
+  std::printf(
+      "trace %s: %zu requests through kvtierd at %s (namespace salt %s), policy %s%s; its DRAM "
+      "%s = %s tokens of %s chunks%s, NVMe %s, Blob %s\n\n",
+      trace_path.c_str(), trace.size(), where.c_str(), o.salt.c_str(), policy.c_str(),
+      assumed.c_str(), HumanBytes(dram_bytes).c_str(), Tokens(dram_tokens).c_str(),
+      HumanBytes(slot).c_str(), capacity_from.c_str(),
+      nvme_bytes > 0 ? HumanBytes(nvme_bytes).c_str() : "none",
+      blob_bytes > 0 ? HumanBytes(blob_bytes).c_str() : "unbounded or none");
+  Table t({"policy", "hit rate (blocks)", "hit rate (tokens)", "prefill tokens saved", "simulator",
+           "x LRU ref", "x unbounded", "DRAM hits", "NVMe hits", "Blob hits", "lost",
+           "requests/s"});
+  t.AddRow({policy + " (kvtierd)", Fixed(r->HitRate(), 4), Fixed(r->TokenHitRate(), 4),
+            absl::StrCat(r->hit_tokens), Fixed(ref->tail_first.front(), 4), Fixed(lru_ratio, 3),
+            Fixed(unbounded_ratio, 3), absl::StrCat(TierHits(*r, Tier::kDram)),
+            absl::StrCat(TierHits(*r, Tier::kNvme)), absl::StrCat(TierHits(*r, Tier::kBlob)),
+            absl::StrCat(r->lost_hits), Fixed(r->RequestsPerSecond(), 0)});
+  t.Print();
+  std::printf(
+      "\nsimulator on the same trace: unbounded %s, reference LRU at %s tokens %s, tail-first "
+      "Belady (future knowledge) %s. Tier figures are kvtierd's over the run, other clients' "
+      "traffic included.\n",
+      Fixed(unbounded->HitRate(), 4).c_str(), Tokens(dram_tokens).c_str(),
+      Fixed(ref->lru, 4).c_str(), Fixed(ref->belady, 4).c_str());
+  return 0;
+}
+
 }  // namespace
 
 int RunReplayBench(Flags& flags) {
   const bool json = flags.Bool("json");
   const std::string trace_path = flags.String("trace", "");
-  const std::string dram_tokens_text = flags.String("dram-tokens", "3M");
+  const std::string dram_tokens_flag = flags.String("dram-tokens", "");
+  const std::string dram_tokens_text = dram_tokens_flag.empty() ? "3M" : dram_tokens_flag;
   const int64_t bytes_per_token = flags.Int("bytes-per-token", 7);
   const std::string policy_text = flags.String("policy", "all");
   const double speed = flags.Double("speed", 0);
@@ -96,6 +310,12 @@ int RunReplayBench(Flags& flags) {
   const std::string nvme_io_mode = flags.String("nvme-io-mode", "direct");
   const std::string nvme_admission = flags.String("nvme-admission", "all");
   const bool wait_for_demotions = !flags.Bool("no-wait-demotions");
+  const std::string blob_tokens_text = flags.String("blob-tokens", "0");
+  // Through a running kvtierd when --socket or --address names one.
+  const bool daemon = !flags.String("socket", "").empty() || !flags.String("address", "").empty();
+  const ClientOptions client_options = daemon ? TakeClientOptions(flags) : ClientOptions{};
+  const uint64_t slab_flag = daemon ? flags.Bytes("slab", 0) : 0;
+  const std::string salt_flag = daemon ? flags.String("salt", "") : "";
   if (absl::Status s = flags.Finish(); !s.ok()) return Fail(std::string(s.message()));
   if (trace_path.empty()) return Fail("--trace: a trace file (JSON Lines) is required");
   if (bytes_per_token <= 0 || bytes_per_token > (1 << 20)) {
@@ -105,6 +325,8 @@ int RunReplayBench(Flags& flags) {
   if (!dram_tokens.ok()) return Fail(std::string(dram_tokens.status().message()));
   absl::StatusOr<uint64_t> nvme_tokens = replay::ParseTokenCount(nvme_tokens_text, "--nvme-tokens");
   if (!nvme_tokens.ok()) return Fail(std::string(nvme_tokens.status().message()));
+  absl::StatusOr<uint64_t> blob_tokens = replay::ParseTokenCount(blob_tokens_text, "--blob-tokens");
+  if (!blob_tokens.ok()) return Fail(std::string(blob_tokens.status().message()));
   std::vector<uint64_t> curve;
   if (!curve_text.empty()) {
     for (absl::string_view part : absl::StrSplit(curve_text, ',')) {
@@ -125,12 +347,53 @@ int RunReplayBench(Flags& flags) {
     }
   }
 
+  if (daemon) {
+    if (!curve.empty() || *nvme_tokens > 0 || *blob_tokens > 0) {
+      return Fail(
+          "--curve, --nvme-tokens and --blob-tokens build an embedded cache; through kvtierd "
+          "(--socket, --address) the tiers are the daemon's");
+    }
+    if (policy_text != "all" && policies.size() != 1) {
+      return Fail("--policy: kvtierd runs one policy (dram.eviction_policy)");
+    }
+  }
+
   absl::StatusOr<std::vector<replay::TraceRequest>> trace = replay::ReadTraceFile(trace_path);
   if (!trace.ok()) return Fail(trace.status().ToString());
+  if (daemon) {
+    DaemonReplayFlags f;
+    f.client = client_options;
+    f.policy = policy_text == "all" ? "" : policies.front();
+    f.slab_bytes = slab_flag;
+    f.salt = salt_flag;
+    f.dram_tokens = dram_tokens_flag.empty() ? 0 : *dram_tokens;
+    f.bytes_per_token = bytes_per_token;
+    f.speed = speed;
+    f.json = json;
+    return RunDaemonReplay(*trace, trace_path, f);
+  }
+
+  // Blob: an Azurite of the benchmark's own, a container per run.
+  std::unique_ptr<AzuriteProcess> azurite;
+  if (*blob_tokens > 0) {
+    absl::StatusOr<std::unique_ptr<AzuriteProcess>> a = AzuriteProcess::Start();
+    if (!a.ok()) return Fail(absl::StrCat("--blob-tokens needs Azurite: ", a.status().ToString()));
+    azurite = *std::move(a);
+  }
+  int containers = 0;
 
   auto run = [&](const std::string& policy, uint64_t tokens, const std::string& label,
-                 uint64_t nvme = 0) -> absl::StatusOr<replay::CacheReplayResult> {
+                 uint64_t nvme = 0,
+                 uint64_t blob = 0) -> absl::StatusOr<replay::CacheReplayResult> {
     replay::CacheReplayOptions o;
+    if (blob > 0) {
+      o.blob_tokens = blob;
+      o.blob.endpoint = azurite->endpoint();
+      o.blob.account = kAzuriteAccount;
+      o.blob.shared_key = kAzuriteKey;
+      o.blob.container = absl::StrCat("kvtier-replay-", ++containers);
+      o.wait_for_demotions = wait_for_demotions;
+    }
     o.capacity_tokens = tokens;
     o.bytes_per_token = static_cast<uint32_t>(bytes_per_token);
     o.eviction_policy = policy;
@@ -173,37 +436,30 @@ int RunReplayBench(Flags& flags) {
     results.push_back(*std::move(r));
   }
 
-  // DRAM plus NVMe: every policy at --dram-tokens + --nvme-tokens.
-  std::vector<replay::CacheReplayResult> nvme_results;
-  if (*nvme_tokens > 0) {
+  // DRAM plus lower tiers: every policy at --dram-tokens + --nvme-tokens
+  // (+ --blob-tokens).
+  std::vector<replay::CacheReplayResult> tier_results;
+  std::string tiers_label = absl::StrCat("DRAM ", Tokens(*dram_tokens));
+  if (*nvme_tokens > 0) absl::StrAppend(&tiers_label, " + NVMe ", Tokens(*nvme_tokens));
+  if (*blob_tokens > 0) absl::StrAppend(&tiers_label, " + Blob ", Tokens(*blob_tokens));
+  if (*nvme_tokens > 0 || *blob_tokens > 0) {
     for (const std::string& p : policies) {
-      absl::StatusOr<replay::CacheReplayResult> r = run(
-          p, *dram_tokens,
-          absl::StrCat("replay ", p, " ", Tokens(*dram_tokens), " + NVMe ", Tokens(*nvme_tokens)),
-          *nvme_tokens);
+      absl::StatusOr<replay::CacheReplayResult> r =
+          run(p, *dram_tokens, absl::StrCat("replay ", p, " ", tiers_label), *nvme_tokens,
+              *blob_tokens);
       if (!r.ok()) {
         return Fail(absl::StrCat(
-            "policy ", p, " with NVMe in ", nvme_parent, ": ", r.status().ToString(),
+            "policy ", p, " with ", tiers_label,
+            *nvme_tokens > 0 ? absl::StrCat(" (NVMe in ", nvme_parent, ")") : "", ": ",
+            r.status().ToString(),
             absl::StrContains(r.status().message(), "io_mode") && nvme_io_mode == "direct"
                 ? " (a file system without O_DIRECT needs "
                   "--nvme-io-mode buffered)"
                 : ""));
       }
-      nvme_results.push_back(*std::move(r));
+      tier_results.push_back(*std::move(r));
     }
   }
-  auto tier_hits = [](const replay::CacheReplayResult& r, Tier tier) -> uint64_t {
-    for (const replay::TierTraffic& t : r.tiers) {
-      if (t.tier == tier) return t.hits;
-    }
-    return 0;
-  };
-  auto tier_traffic = [](const replay::CacheReplayResult& r, Tier tier) {
-    for (const replay::TierTraffic& t : r.tiers) {
-      if (t.tier == tier) return t;
-    }
-    return replay::TierTraffic{};
-  };
 
   // The curve: every policy at every --curve capacity, beside reference LRU.
   struct CurvePoint {
@@ -267,24 +523,28 @@ int RunReplayBench(Flags& flags) {
                   .Set("hit_rate_blocks", p.hit_rate));
     }
     Json nj = Json::Array();
-    for (const replay::CacheReplayResult& r : nvme_results) {
+    for (const replay::CacheReplayResult& r : tier_results) {
       nj.Push(Json::Object()
                   .Set("policy", r.policy)
                   .Set("dram_tokens", r.capacity_tokens)
                   .Set("nvme_tokens", *nvme_tokens)
                   .Set("nvme_chunks", r.geometry.nvme_chunks)
+                  .Set("blob_tokens", *blob_tokens)
+                  .Set("blob_chunks", r.geometry.blob_chunks)
                   .Set("nvme_io_mode", nvme_io_mode)
                   .Set("wait_for_demotions", wait_for_demotions)
                   .Set("hit_rate_blocks", r.HitRate())
                   .Set("hit_rate_tokens", r.TokenHitRate())
                   .Set("vs_unbounded", Ratio(r.HitRate(), unbounded->HitRate()))
-                  .Set("dram_hits", tier_hits(r, Tier::kDram))
-                  .Set("nvme_hits", tier_hits(r, Tier::kNvme))
+                  .Set("dram_hits", TierHits(r, Tier::kDram))
+                  .Set("nvme_hits", TierHits(r, Tier::kNvme))
+                  .Set("blob_hits", TierHits(r, Tier::kBlob))
                   .Set("lost_hits", r.lost_hits)
                   .Set("demoted", r.demoted)
                   .Set("skipped_demotions", r.skipped_demotions)
                   .Set("promoted", r.promoted)
                   .Set("nvme_resident_chunks", r.nvme_resident_chunks)
+                  .Set("blob_resident_chunks", r.blob_resident_chunks)
                   .Set("requests_per_s", r.RequestsPerSecond())
                   .Set("tiers", TiersJson(r)));
     }
@@ -308,7 +568,7 @@ int RunReplayBench(Flags& flags) {
                               .Set("belady_tail_first", ref->belady))
         .Set("unbounded_hit_rate_blocks", unbounded->HitRate())
         .Set("ratios", ratios)
-        .Set("nvme_results", nj)
+        .Set("tier_results", nj)
         .Set("curve", cj);
     std::printf("%s\n", j.Dump().c_str());
     return 0;
@@ -336,26 +596,36 @@ int RunReplayBench(Flags& flags) {
       "Belady (future knowledge) %s\n",
       Fixed(unbounded->HitRate(), 4).c_str(), Tokens(*dram_tokens).c_str(),
       Fixed(ref->lru, 4).c_str(), Fixed(ref->belady, 4).c_str());
-  if (!nvme_results.empty()) {
-    const replay::ReplayGeometry& ng = nvme_results.front().geometry;
-    std::printf(
-        "\nDRAM %s + NVMe %s tokens (%llu chunks in %llu-byte slots, %s, %s): hit rate vs "
-        "unbounded %s\n",
-        Tokens(*dram_tokens).c_str(), Tokens(*nvme_tokens).c_str(),
-        static_cast<unsigned long long>(ng.nvme_chunks),
-        static_cast<unsigned long long>(ng.nvme_slot_bytes), nvme_io_mode.c_str(),
-        wait_for_demotions ? "waiting for demotions" : "not waiting for demotions",
-        Fixed(unbounded->HitRate(), 4).c_str());
-    Table nt({"policy", "hit rate (blocks)", "x unbounded", "DRAM hits", "NVMe hits", "lost",
-              "demoted", "skipped", "promoted", "NVMe written", "NVMe read", "requests/s"});
-    for (const replay::CacheReplayResult& r : nvme_results) {
-      const replay::TierTraffic nv = tier_traffic(r, Tier::kNvme);
-      nt.AddRow(
-          {r.policy, Fixed(r.HitRate(), 4), Fixed(Ratio(r.HitRate(), unbounded->HitRate()), 3),
-           absl::StrCat(tier_hits(r, Tier::kDram)), absl::StrCat(nv.hits),
-           absl::StrCat(r.lost_hits), absl::StrCat(r.demoted), absl::StrCat(r.skipped_demotions),
-           absl::StrCat(r.promoted), HumanBytes(nv.bytes_written), HumanBytes(nv.bytes_read),
-           Fixed(r.RequestsPerSecond(), 0)});
+  if (!tier_results.empty()) {
+    const replay::ReplayGeometry& tg = tier_results.front().geometry;
+    std::printf("\n%s tokens", tiers_label.c_str());
+    if (*nvme_tokens > 0) {
+      std::printf(" (NVMe: %llu chunks in %llu-byte slots, %s)",
+                  static_cast<unsigned long long>(tg.nvme_chunks),
+                  static_cast<unsigned long long>(tg.nvme_slot_bytes), nvme_io_mode.c_str());
+    }
+    if (*blob_tokens > 0) {
+      std::printf(" (Blob: %llu objects of %llu bytes, Azurite on loopback)",
+                  static_cast<unsigned long long>(tg.blob_chunks),
+                  static_cast<unsigned long long>(tg.blob_object_bytes));
+    }
+    std::printf(", %s: hit rate vs unbounded %s\n",
+                wait_for_demotions ? "waiting for demotions" : "not waiting for demotions",
+                Fixed(unbounded->HitRate(), 4).c_str());
+    Table nt({"policy", "hit rate (blocks)", "x unbounded", "DRAM hits", "NVMe hits", "Blob hits",
+              "lost", "demoted", "skipped", "promoted", "NVMe written / read",
+              "Blob written / read", "requests/s"});
+    for (const replay::CacheReplayResult& r : tier_results) {
+      const replay::TierTraffic nv = TierTrafficOf(r, Tier::kNvme);
+      const replay::TierTraffic bl = TierTrafficOf(r, Tier::kBlob);
+      nt.AddRow({r.policy, Fixed(r.HitRate(), 4),
+                 Fixed(Ratio(r.HitRate(), unbounded->HitRate()), 3),
+                 absl::StrCat(TierHits(r, Tier::kDram)), absl::StrCat(nv.hits),
+                 absl::StrCat(bl.hits), absl::StrCat(r.lost_hits), absl::StrCat(r.demoted),
+                 absl::StrCat(r.skipped_demotions), absl::StrCat(r.promoted),
+                 absl::StrCat(HumanBytes(nv.bytes_written), " / ", HumanBytes(nv.bytes_read)),
+                 absl::StrCat(HumanBytes(bl.bytes_written), " / ", HumanBytes(bl.bytes_read)),
+                 Fixed(r.RequestsPerSecond(), 0)});
     }
     nt.Print();
   }

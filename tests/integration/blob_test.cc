@@ -8,7 +8,10 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cstdlib>
 #include <cstring>
+#include <fstream>
+#include <iterator>
 #include <memory>
 #include <string>
 #include <thread>
@@ -25,14 +28,18 @@
 #include "kvtier/cache.h"
 #include "kvtier/client.h"
 #include "kvtier/namespace.h"
+#include "nlohmann/json.hpp"
 #include "src/core/chunk_format.h"
 #include "src/core/embedded_cache.h"
+#include "src/core/replay/cache_replay.h"
+#include "src/core/replay/sim.h"
 #include "src/tiers/blob/azurite.h"
 #include "src/tiers/blob/blob_client.h"
 #include "src/tiers/blob/blob_tier.h"
 #include "tests/integration/daemon_harness.h"
 #include "tests/integration/fault_proxy.h"
 #include "tests/testing/cache_fixtures.h"
+#include "tests/testing/replay_traces.h"
 #include "tests/testing/status_matchers.h"
 
 namespace kvtier {
@@ -40,10 +47,12 @@ namespace {
 
 using ::kvtier::testing::Fault;
 using ::kvtier::testing::FaultProxy;
+using ::kvtier::testing::GeneratedTrace;
 using ::kvtier::testing::KvFor;
 using ::kvtier::testing::SmallModel;
 using ::kvtier::testing::StatusIs;
 using ::kvtier::testing::Tokens;
+using ::kvtier::testing::Trace;
 using ::testing::HasSubstr;
 
 std::vector<std::byte> Bytes(size_t n, uint32_t seed) {
@@ -983,6 +992,129 @@ TEST_F(BlobTest, CacheStatsShowTheBlobBound) {
   EXPECT_EQ(blob->used_bytes, 2 * object);
   EXPECT_EQ(blob->evictions, 1u);
   EXPECT_EQ(blob->chunks, 2u);
+}
+
+// ---- trace replay through DRAM and a bounded Blob tier -----------------------------
+
+// One 512-token chunk of DRAM and `blob_objects` objects of Blob.
+replay::CacheReplayOptions ReplayOptions(const BlobCacheOptions& blob, uint64_t blob_objects,
+                                         const std::string& policy = "lru",
+                                         uint64_t dram_chunks = 1) {
+  replay::CacheReplayOptions o;
+  o.capacity_tokens = dram_chunks * 512;
+  o.eviction_policy = policy;
+  o.blob_tokens = blob_objects * 512;
+  o.blob = blob;
+  return o;
+}
+
+uint64_t ReplayTierHits(const replay::CacheReplayResult& r, Tier tier) {
+  for (const replay::TierTraffic& t : r.tiers) {
+    if (t.tier == tier) return t.hits;
+  }
+  return 0;
+}
+
+// Single-chunk requests through one DRAM slot and two Blob objects. DRAM
+// evicts its one chunk to Blob at each save or promotion; an upload past
+// two objects deletes the least recently used (B lists the objects, least
+// recently used first):
+//   {1} {2} {3}   misses; uploads of 1 and 2, B [1 2], DRAM {3}
+//   {1}  Blob hit: read (B [2 1]), promoted; 3 uploaded, 2 deleted: B [1 3]
+//   {2}  miss (deleted); saving it demotes 1, already stored: B [3 1]
+//   {3}  Blob hit (B [1 3]); 2 uploaded, 1 deleted: B [3 2]
+//   {1}  miss; saving it demotes 3, already stored: B [2 3]
+//   {2}  Blob hit (B [3 2]); 1 uploaded, 3 deleted: B [2 1]
+//   {3}  miss
+// 3 hits, all from Blob, 3 deletions, 5 uploads; an unbounded Blob keeps
+// all 6 repeats, DRAM alone none.
+TEST_F(BlobTest, ReplayThroughABoundedBlobEvictsTheLeastRecentlyUsedObject) {
+  const auto t = Trace({{1}, {2}, {3}, {1}, {2}, {3}, {1}, {2}, {3}});
+  ASSERT_OK_AND_ASSIGN(replay::CacheReplayResult r,
+                       replay::ReplayThroughCache(t, ReplayOptions(BlobOptions(), 2)));
+  EXPECT_EQ(r.geometry.blob_chunks, 2u);
+  EXPECT_EQ(r.hit_blocks, 3u);
+  EXPECT_EQ(ReplayTierHits(r, Tier::kBlob), 3u);
+  EXPECT_EQ(ReplayTierHits(r, Tier::kDram), 0u);
+  EXPECT_EQ(r.lost_hits, 0u);
+  EXPECT_EQ(r.blob_resident_chunks, 2u);
+  const uint64_t object = r.geometry.blob_object_bytes;
+  for (const replay::TierTraffic& tt : r.tiers) {
+    if (tt.tier != Tier::kBlob) continue;
+    EXPECT_EQ(tt.evictions, 3u);
+    EXPECT_EQ(tt.bytes_written, 5 * object);
+    EXPECT_EQ(tt.bytes_read, 3 * object);
+  }
+
+  container_ += "-unbounded";
+  ASSERT_OK_AND_ASSIGN(r, replay::ReplayThroughCache(t, ReplayOptions(BlobOptions(), 64)));
+  EXPECT_EQ(r.hit_blocks, 6u);
+  ASSERT_OK_AND_ASSIGN(replay::ReplayResult unbounded, replay::ReplayUnbounded(t));
+  EXPECT_EQ(unbounded.hit_blocks, 6u);
+  replay::CacheReplayOptions dram_only = ReplayOptions(BlobOptions(), 0);
+  ASSERT_OK_AND_ASSIGN(r, replay::ReplayThroughCache(t, dram_only));
+  EXPECT_EQ(r.hit_blocks, 0u);
+}
+
+// With room for every chunk in Blob and uploads waited for, every policy
+// gets the unbounded hit count on a generated trace although DRAM alone
+// evicts; the bytes of every hit are checked by the replay.
+TEST_F(BlobTest, ReplayWithRoomInBlobMatchesUnbounded) {
+  const auto t = GeneratedTrace(120, 5);
+  ASSERT_OK_AND_ASSIGN(replay::ReplayResult unbounded, replay::ReplayUnbounded(t));
+  ASSERT_LT(unbounded.saved_blocks, 4096u);
+  int run = 0;
+  for (const char* policy : {"lru", "2q-chain"}) {
+    container_ = absl::StrCat(container_, "-", ++run);
+    replay::CacheReplayOptions o = ReplayOptions(BlobOptions(), 4096, policy, 32);
+    ASSERT_OK_AND_ASSIGN(replay::CacheReplayResult r, replay::ReplayThroughCache(t, o));
+    o.blob_tokens = 0;
+    ASSERT_OK_AND_ASSIGN(replay::CacheReplayResult dram_only, replay::ReplayThroughCache(t, o));
+    EXPECT_LT(dram_only.hit_blocks, unbounded.hit_blocks) << policy;
+    EXPECT_EQ(r.hit_blocks, unbounded.hit_blocks) << policy;
+    EXPECT_EQ(ReplayTierHits(r, Tier::kDram) + ReplayTierHits(r, Tier::kBlob), r.hit_blocks)
+        << policy;
+    EXPECT_GT(ReplayTierHits(r, Tier::kBlob), 0u) << policy;
+    EXPECT_EQ(r.lost_hits, 0u) << policy;
+  }
+}
+
+// `kvtier bench replay --blob-tokens` starts an Azurite of its own and gets
+// the hand-traced figures of the bounded replay above.
+TEST_F(BlobTest, ReplayCommandAddsABlobTierOfItsOwn) {
+  ::kvtier::testing::TempDir dir;
+  std::string text;
+  for (int i = 0; i < 9; ++i) {
+    absl::StrAppend(&text, "{\"timestamp\": ", i, ", \"input_length\": 512, \"output_length\": 1, ",
+                    "\"hash_ids\": [", i % 3 + 1, "]}\n");
+  }
+  const std::string trace = dir.Write("trace.jsonl", text);
+  const std::string out = dir.File("out.json");
+  const int rc = std::system(
+      absl::StrCat(::kvtier::testing::CliPath(), " bench replay --trace ", trace,
+                   " --dram-tokens 512 --blob-tokens 1024 --policy lru", " --json > ", out, " 2>&1")
+          .c_str());
+  std::ifstream f(out);
+  const std::string report((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  ASSERT_EQ(rc, 0) << report;
+  const nlohmann::json j = nlohmann::json::parse(report.substr(report.find('{')));
+  ASSERT_EQ(j["tier_results"].size(), 1u) << report;
+  const nlohmann::json& r = j["tier_results"][0];
+  EXPECT_EQ(r["blob_tokens"], 1024u);
+  EXPECT_EQ(r["blob_chunks"], 2u);
+  EXPECT_EQ(r["blob_hits"], 3u);
+  EXPECT_EQ(r["dram_hits"], 0u);
+  EXPECT_EQ(r["lost_hits"], 0u);
+  EXPECT_EQ(r["blob_resident_chunks"], 2u);
+  EXPECT_NEAR(r["hit_rate_blocks"].get<double>(), 3.0 / 9.0, 1e-6);
+  EXPECT_EQ(j["results"][0]["hit_rate_blocks"], 0.0) << "DRAM alone keeps nothing";
+}
+
+// A replay with a Blob bound but no endpoint is refused, naming the field.
+TEST_F(BlobTest, ReplayWithBlobTokensNeedsAnEndpoint) {
+  replay::CacheReplayOptions o = ReplayOptions(BlobCacheOptions{}, 4);
+  EXPECT_THAT(replay::ComputeGeometry(o),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("blob.endpoint")));
 }
 
 // ---- two kvtierd processes sharing the container ----------------------------------

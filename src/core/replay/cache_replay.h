@@ -1,4 +1,5 @@
-// Trace replay through the real embedded cache (kvtier::Cache::Create).
+// Trace replay through the real cache: the embedded one (kvtier::Cache::Create)
+// or a running kvtierd (any kvtier::Cache, e.g. a kvtier::Client).
 //
 // ReplayThroughCache feeds a request trace (trace_reader.h) to an embedded
 // cache whose DRAM tier holds exactly CapacityBlocks(capacity_tokens) chunks,
@@ -37,6 +38,24 @@
 // flight. A matched chunk that still cannot be loaded ends the request's
 // hits there (counted in lost_hits) and is saved again like a miss.
 //
+// Blob (options.blob_tokens > 0). The cache also gets a Blob tier at
+// options.blob's endpoint (an Azurite the caller started, or an account),
+// uploading chunks as DRAM evicts them (policy on_demotion) and bounded to
+// exactly blob_chunks objects (BlobCacheOptions::capacity_bytes: the least
+// recently used object is deleted past it). Lookup continues a prefix with
+// the chunks the tier recorded, and Load downloads and promotes them. With
+// wait_for_demotions the replay also waits for the uploads after each
+// request, as for NVMe.
+//
+// ReplayThroughDaemon runs the same requests against a cache the caller
+// built (a kvtierd behind a Client): its tiers, capacities and policy are
+// the daemon's. The trace's chunks go to a namespace of their own (a fresh
+// salt per run), so chunks of earlier runs never count as hits; they and
+// any other traffic do take room. Nothing is waited for: a matched chunk
+// that Load no longer finds (evicted, or moving between tiers) ends the
+// request's hits (lost_hits). Tier figures are the daemon's deltas over the
+// run, other clients' traffic included.
+//
 // Thread-safety: free functions; each call builds its own cache.
 #ifndef KVTIER_SRC_CORE_REPLAY_CACHE_REPLAY_H_
 #define KVTIER_SRC_CORE_REPLAY_CACHE_REPLAY_H_
@@ -53,6 +72,7 @@
 #include "absl/types/span.h"
 #include "kvtier/cache.h"
 #include "kvtier/keys.h"
+#include "kvtier/namespace.h"
 #include "src/core/replay/trace_reader.h"
 
 namespace kvtier::replay {
@@ -68,12 +88,16 @@ struct CacheReplayOptions {
   std::string nvme_io_mode = "direct";   // NvmeCacheOptions::io_mode: "direct" or "buffered"
   std::string nvme_admission = "all";    // NvmeCacheOptions::admission
   bool wait_for_demotions = true;        // wait out demotions in flight (see the file comment)
+  uint64_t blob_tokens = 0;              // Blob capacity, tokens (floor / 512 chunks); 0: none
+  // With blob_tokens: endpoint, account, container and credentials. The
+  // replay sets the policy (on_demotion), the bound, and no probes.
+  BlobCacheOptions blob;
 
   // InvalidArgument naming the field: capacity below one 512-token chunk,
   // bytes_per_token 0 or so large a chunk exceeds a slab, negative speed,
   // slab_bytes not a positive multiple of 2 MiB; with nvme_tokens: an empty
   // nvme_path, a volume below the NVMe tier's 16 MiB minimum, a bad
-  // nvme_io_mode or nvme_admission.
+  // nvme_io_mode or nvme_admission; with blob_tokens: no endpoint.
   absl::Status Validate() const;
 };
 
@@ -92,6 +116,9 @@ struct ReplayGeometry {
   uint64_t nvme_chunks = 0;          // floor(nvme_tokens / 512): chunks NVMe holds
   uint64_t nvme_slot_bytes = 0;      // slot_bytes + a 4 KiB commit sector
   uint64_t nvme_capacity_bytes = 0;  // nvme_chunks x nvme_slot_bytes
+  uint64_t blob_chunks = 0;          // floor(blob_tokens / 512): objects Blob keeps
+  uint64_t blob_object_bytes = 0;    // header + payload
+  uint64_t blob_capacity_bytes = 0;  // blob_chunks x blob_object_bytes
 };
 
 // The geometry for `options`. InvalidArgument as Validate.
@@ -126,6 +153,7 @@ struct CacheReplayResult {
   uint64_t skipped_demotions = 0;     // evicted chunks NVMe did not take (admission, busy, full)
   uint64_t promoted = 0;              // chunks copied from NVMe back into DRAM
   uint64_t nvme_resident_chunks = 0;  // chunks on NVMe at the end
+  uint64_t blob_resident_chunks = 0;  // chunks the Blob tier keeps at the end
   std::vector<TierTraffic> tiers;     // every tier of the cache, fastest first
   double seconds = 0;                 // wall time of the trace (setup excluded)
 
@@ -141,6 +169,28 @@ struct CacheReplayResult {
 // any other cache error as returned.
 absl::StatusOr<CacheReplayResult> ReplayThroughCache(
     absl::Span<const TraceRequest> trace, const CacheReplayOptions& options,
+    const std::function<void(uint64_t requests_done)>& progress = nullptr);
+
+// Options of ReplayThroughDaemon.
+struct DaemonReplayOptions {
+  uint32_t bytes_per_token = 7;  // payload bytes per token
+  double speed = 0;              // 0: as fast as possible; else timestamps / speed
+  std::string salt;              // the namespace's cache_salt (a fresh one per run)
+
+  // InvalidArgument naming the field (bytes_per_token 0 or a chunk over
+  // 64 MiB, negative speed).
+  absl::Status Validate() const;
+};
+
+// The namespace of a replay's chunks: 512 tokens of `bytes_per_token` opaque
+// bytes each, under `salt`.
+absl::StatusOr<Namespace> ReplayNamespace(uint32_t bytes_per_token, absl::string_view salt);
+
+// Replays `trace` through `cache` as it is (see the file comment).
+// result.geometry has payload_bytes and slot_bytes only; capacity_tokens
+// is 0 and policy empty: the daemon's. Errors as ReplayThroughCache.
+absl::StatusOr<CacheReplayResult> ReplayThroughDaemon(
+    absl::Span<const TraceRequest> trace, Cache& cache, const DaemonReplayOptions& options,
     const std::function<void(uint64_t requests_done)>& progress = nullptr);
 
 // Byte `i` of the payload saved under `key`: a SplitMix64 stream seeded by

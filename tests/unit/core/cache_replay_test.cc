@@ -14,54 +14,22 @@
 #include "src/core/eviction.h"
 #include "src/core/replay/sim.h"
 #include "src/core/replay/trace_reader.h"
+#include "tests/testing/replay_traces.h"
 #include "tests/testing/status_matchers.h"
 
 namespace kvtier::replay {
 namespace {
 
+using ::kvtier::testing::GeneratedTrace;
 using ::kvtier::testing::StatusIs;
+using ::kvtier::testing::Trace;
 using ::testing::HasSubstr;
-
-std::vector<TraceRequest> Trace(std::vector<std::vector<uint64_t>> requests) {
-  std::vector<TraceRequest> out;
-  for (auto& ids : requests) {
-    TraceRequest r;
-    r.input_length = ids.size() * 512;
-    r.hash_ids = std::move(ids);
-    out.push_back(std::move(r));
-  }
-  return out;
-}
 
 CacheReplayOptions Options(uint64_t capacity_tokens, const std::string& policy = "lru") {
   CacheReplayOptions o;
   o.capacity_tokens = capacity_tokens;
   o.eviction_policy = policy;
   return o;
-}
-
-// A prefix-chained trace: documents of 1..40 blocks asked about several
-// times with short unique suffixes, in a seeded random order.
-std::vector<TraceRequest> GeneratedTrace(uint32_t requests, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::vector<TraceRequest> out;
-  uint64_t next_id = 0;
-  std::vector<std::vector<uint64_t>> docs;
-  for (uint32_t i = 0; i < requests; ++i) {
-    if (docs.empty() || rng() % 3 == 0) {
-      std::vector<uint64_t> doc(1 + rng() % 40);
-      for (uint64_t& id : doc) id = next_id++;
-      docs.push_back(std::move(doc));
-    }
-    TraceRequest r;
-    r.hash_ids = docs[rng() % docs.size()];
-    const uint64_t suffix = rng() % 3;
-    for (uint64_t k = 0; k < suffix; ++k) r.hash_ids.push_back(next_id++);
-    r.input_length = r.hash_ids.size() * 512 - rng() % 512;
-    r.timestamp_ms = i;
-    out.push_back(std::move(r));
-  }
-  return out;
 }
 
 TEST(CacheReplayGeometry, CapacityIsExactWithPinnedFillers) {

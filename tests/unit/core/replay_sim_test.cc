@@ -16,26 +16,17 @@
 #include "src/core/replay/sim.h"
 #include "src/core/replay/trace_reader.h"
 #include "tests/testing/mutate.h"
+#include "tests/testing/replay_traces.h"
 #include "tests/testing/status_matchers.h"
 
 namespace kvtier::replay {
 namespace {
 
 using ::kvtier::testing::StatusIs;
+using ::kvtier::testing::Trace;
 using ::testing::AllOf;
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
-
-std::vector<TraceRequest> Trace(std::vector<std::vector<uint64_t>> requests) {
-  std::vector<TraceRequest> out;
-  for (auto& ids : requests) {
-    TraceRequest r;
-    r.input_length = ids.size() * 512;
-    r.hash_ids = std::move(ids);
-    out.push_back(std::move(r));
-  }
-  return out;
-}
 
 std::unique_ptr<EvictionPolicy> Policy(const std::string& name) {
   auto p = NewEvictionPolicy(name);
