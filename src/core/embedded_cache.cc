@@ -901,7 +901,9 @@ absl::StatusOr<ChunkPin> EmbeddedCache::Pin(const Namespace& ns, const BlockKey&
           absl::StrCat("chunk ", key.ToHex(),
                        " is in a lower tier, but DRAM has no room to promote it for a pin"));
     }
-    pin = dram_->PinChunk(ns.id(), key, ns.layout_signature());
+    // The lower tier's read was the hit (counted there, as a Load from it
+    // is); pinning the promoted copy is not a second one in DRAM.
+    pin = dram_->PinChunkUncounted(ns.id(), key, ns.layout_signature());
     if (pin.ok() || pin.status().code() != absl::StatusCode::kNotFound) return pin;
   }
   return pin;

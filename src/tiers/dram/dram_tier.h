@@ -113,7 +113,8 @@ class DramTier final : public StorageTier, public ChunkPin::Releaser {
   absl::StatusOr<ChunkPin> PinChunk(uint64_t namespace_id, const BlockKey& key,
                                     uint64_t layout_signature);
   // The same for the cache's own use of the bytes (an upload right after a
-  // save): not a read, so no hit, no bytes read, no access for the policy.
+  // save, or the pin of a chunk just promoted, whose read the lower tier
+  // counted): no hit, no bytes read, no access for the policy.
   absl::StatusOr<ChunkPin> PinChunkUncounted(uint64_t namespace_id, const BlockKey& key,
                                              uint64_t layout_signature);
 

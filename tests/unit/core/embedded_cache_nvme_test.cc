@@ -190,11 +190,27 @@ TEST_F(CacheNvmeTest, PinOfAnNvmeChunkPromotesIt) {
   cache_->WaitForDemotions();
   ASSERT_FALSE(InDram(chain[0]));
   ASSERT_TRUE(OnNvme(chain[0]));
+  ASSERT_FALSE(InDram(chain[1]));
+  ASSERT_TRUE(OnNvme(chain[1]));
+  const CacheStats before = cache_->Stats();
   ASSERT_OK_AND_ASSIGN(ChunkPin pin, cache_->Pin(*ns_, chain[0].key));
+  const CacheStats pinned = cache_->Stats();
   EXPECT_TRUE(InDram(chain[0]));
   ASSERT_EQ(pin.payload().size(), kPayload);
   EXPECT_TRUE(
       std::equal(pin.payload().begin(), pin.payload().end(), KvFor(chain[0], kPayload).begin()));
+  // One hit, in the tier that served it, as a Load of such a chunk counts:
+  // the pin of the promoted copy is no second (DRAM) hit.
+  EXPECT_EQ(NvmeStats(pinned).hits - NvmeStats(before).hits, 1u);
+  EXPECT_EQ(pinned.tiers[0].hits, before.tiers[0].hits);
+  EXPECT_EQ(pinned.tiers[0].bytes_read, before.tiers[0].bytes_read);
+  std::vector<std::byte> out(kPayload);
+  ASSERT_OK(cache_->Load(*ns_, chain[1].key, absl::MakeSpan(out)).status());
+  const CacheStats loaded = cache_->Stats();
+  EXPECT_EQ(NvmeStats(loaded).hits - NvmeStats(pinned).hits, 1u);
+  EXPECT_EQ(loaded.tiers[0].hits, pinned.tiers[0].hits);
+  EXPECT_EQ(loaded.tiers[0].misses - pinned.tiers[0].misses,
+            pinned.tiers[0].misses - before.tiers[0].misses);
 }
 
 TEST_F(CacheNvmeTest, SecondChanceDemotesOnlyChunksReadWhileInDram) {
