@@ -376,7 +376,8 @@ int RunReplayBench(Flags& flags) {
   // Blob: an Azurite of the benchmark's own, a container per run.
   std::unique_ptr<AzuriteProcess> azurite;
   if (*blob_tokens > 0) {
-    absl::StatusOr<std::unique_ptr<AzuriteProcess>> a = AzuriteProcess::Start();
+    absl::StatusOr<std::unique_ptr<AzuriteProcess>> a =
+        AzuriteProcess::Start(0, "", /*in_memory=*/true);
     if (!a.ok()) return Fail(absl::StrCat("--blob-tokens needs Azurite: ", a.status().ToString()));
     azurite = *std::move(a);
   }

@@ -188,7 +188,9 @@ absl::StatusOr<Namespace> ReplayNamespace(uint32_t bytes_per_token, absl::string
 
 // Replays `trace` through `cache` as it is (see the file comment).
 // result.geometry has payload_bytes and slot_bytes only; capacity_tokens
-// is 0 and policy empty: the daemon's. Errors as ReplayThroughCache.
+// is 0 and policy empty: the daemon's. The resident counts are the
+// daemon's whole tiers at the end, other namespaces' chunks included.
+// Errors as ReplayThroughCache.
 absl::StatusOr<CacheReplayResult> ReplayThroughDaemon(
     absl::Span<const TraceRequest> trace, Cache& cache, const DaemonReplayOptions& options,
     const std::function<void(uint64_t requests_done)>& progress = nullptr);

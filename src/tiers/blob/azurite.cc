@@ -91,8 +91,10 @@ absl::StatusOr<int> FreeLoopbackPort() {
 }
 
 absl::StatusOr<std::unique_ptr<AzuriteProcess>> AzuriteProcess::Start(int port,
-                                                                      const std::string& location) {
+                                                                      const std::string& location,
+                                                                      bool in_memory) {
   std::unique_ptr<AzuriteProcess> p(new AzuriteProcess());
+  p->in_memory_ = in_memory;
   absl::StatusOr<std::string> binary = FindAzuriteBlob();
   if (!binary.ok()) return binary.status();
   p->binary_ = *binary;
@@ -121,15 +123,14 @@ absl::StatusOr<std::unique_ptr<AzuriteProcess>> AzuriteProcess::Start(int port,
 
 absl::Status AzuriteProcess::Launch() {
   const std::string log = absl::StrCat(location_, "/azurite.log");
-  std::vector<std::string> args = {binary_,
-                                   "--blobHost",
-                                   "127.0.0.1",
-                                   "--blobPort",
-                                   absl::StrCat(port_),
-                                   "--location",
-                                   location_,
-                                   "--skipApiVersionCheck",
+  std::vector<std::string> args = {binary_,      "--blobHost",        "127.0.0.1",
+                                   "--blobPort", absl::StrCat(port_), "--skipApiVersionCheck",
                                    "--silent"};
+  if (in_memory_) {
+    args.emplace_back("--inMemoryPersistence");  // refused together with --location
+  } else {
+    args.insert(args.end(), {"--location", location_});
+  }
   pid_t pid = ::fork();
   if (pid < 0) return absl::InternalError(absl::StrCat("fork: ", std::strerror(errno)));
   if (pid == 0) {

@@ -35,9 +35,12 @@ class AzuriteProcess {
  public:
   // Starts azurite-blob on 127.0.0.1:`port` (0: a free one) keeping its data
   // in `location` (created; empty: a fresh temporary folder, removed on
-  // destruction), and waits until the port accepts connections.
+  // destruction), or in its own memory when `in_memory` (lost when it stops;
+  // the folder then holds only its log), and waits until the port accepts
+  // connections.
   static absl::StatusOr<std::unique_ptr<AzuriteProcess>> Start(int port = 0,
-                                                               const std::string& location = "");
+                                                               const std::string& location = "",
+                                                               bool in_memory = false);
   // Stop(), and removes the temporary folder it made.
   ~AzuriteProcess();
 
@@ -58,6 +61,7 @@ class AzuriteProcess {
   absl::Status Launch();
 
   std::string binary_;
+  bool in_memory_ = false;
   int port_ = 0;
   std::string location_;
   bool own_location_ = false;
