@@ -111,6 +111,7 @@ struct TieringStats {
   uint64_t blob_uploaded = 0;            // chunks written to Blob
   uint64_t blob_upload_failures = 0;     // uploads that failed (after retries)
   uint64_t blob_skipped_queue_full = 0;  // uploads skipped: write-behind queue full
+  uint64_t blob_skipped_deleting = 0;    // uploads skipped: the object's deletion was pending
   uint64_t blob_skipped_degraded = 0;    // uploads skipped: Blob degraded
   uint64_t blob_queued = 0;              // gauge: chunks waiting to upload
   uint64_t blob_promoted = 0;            // chunks copied from Blob into DRAM

@@ -104,13 +104,13 @@ const std::vector<BenchSuite>& BenchSuites() {
        "--blob-tokens N adds a Blob tier (an Azurite started here, on loopback) bounded to\n"
        "floor(N / 512) objects, least recently used deleted past them, uploads as DRAM\n"
        "evicts; with --nvme-tokens both lower tiers are there.\n"
-       "--socket / --address replays through a running kvtierd instead (its tiers,\n"
-       "capacities and policy; the client flags of `kvtier stats` apply), in a namespace\n"
-       "of a fresh salt (--salt S names one, e.g. a tenant's; chunks of earlier runs under\n"
-       "it then count). Its policy and slab size come from its configuration when the\n"
-       "token may read it (admin, or no auth); else --policy (default lru) and --slab\n"
-       "(default 64MiB) say them. The reference columns assume its DRAM capacity in\n"
-       "whole slabs of the trace's chunks, or --dram-tokens.",
+       "--socket / --address (not $KVTIER_SOCKET alone) replays through a running kvtierd\n"
+       "instead (its tiers, capacities and policy; the client flags of `kvtier stats`\n"
+       "apply), in a namespace of a fresh salt (--salt S names one, e.g. a tenant's;\n"
+       "chunks of earlier runs under it then count). Its policy and slab size come from\n"
+       "its configuration when the token may read it (admin, or no auth); else --policy\n"
+       "(default lru) and --slab (default 64MiB) say them. The reference columns assume\n"
+       "its DRAM capacity in whole slabs of the trace's chunks, or --dram-tokens.",
        RunReplayBench},
       {"index", "cluster index Lookup beside redis-server holding the same key -> holders map",
        "kvtier bench index [--json] [--nodes 1000] [--chunks-per-node 100000] [--chain 128]\n"

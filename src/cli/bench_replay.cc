@@ -168,6 +168,10 @@ int RunDaemonReplay(const std::vector<replay::TraceRequest>& trace, const std::s
     if (!f.policy.empty() && f.policy != d->policy) {
       return Fail(absl::StrCat("--policy ", f.policy, ": kvtierd at ", where, " runs ", d->policy));
     }
+    if (f.slab_bytes > 0 && f.slab_bytes != d->slab_bytes) {
+      return Fail(absl::StrCat("--slab ", f.slab_bytes, ": kvtierd at ", where, " uses slabs of ",
+                               d->slab_bytes, " bytes"));
+    }
     policy = d->policy;
     slab = d->slab_bytes;
   } else {
@@ -277,11 +281,12 @@ int RunDaemonReplay(const std::vector<replay::TraceRequest>& trace, const std::s
   Table t({"policy", "hit rate (blocks)", "hit rate (tokens)", "prefill tokens saved", "simulator",
            "x LRU ref", "x unbounded", "DRAM hits", "NVMe hits", "Blob hits", "lost",
            "requests/s"});
-  t.AddRow({policy + " (kvtierd)", Fixed(r->HitRate(), 4), Fixed(r->TokenHitRate(), 4),
-            absl::StrCat(r->hit_tokens), Fixed(ref->tail_first.front(), 4), Fixed(lru_ratio, 3),
-            Fixed(unbounded_ratio, 3), absl::StrCat(TierHits(*r, Tier::kDram)),
-            absl::StrCat(TierHits(*r, Tier::kNvme)), absl::StrCat(TierHits(*r, Tier::kBlob)),
-            absl::StrCat(r->lost_hits), Fixed(r->RequestsPerSecond(), 0)});
+  t.AddRow({policy + (assumed.empty() ? " (kvtierd)" : " (kvtierd, assumed)"),
+            Fixed(r->HitRate(), 4), Fixed(r->TokenHitRate(), 4), absl::StrCat(r->hit_tokens),
+            Fixed(ref->tail_first.front(), 4), Fixed(lru_ratio, 3), Fixed(unbounded_ratio, 3),
+            absl::StrCat(TierHits(*r, Tier::kDram)), absl::StrCat(TierHits(*r, Tier::kNvme)),
+            absl::StrCat(TierHits(*r, Tier::kBlob)), absl::StrCat(r->lost_hits),
+            Fixed(r->RequestsPerSecond(), 0)});
   t.Print();
   std::printf(
       "\nsimulator on the same trace: unbounded %s, reference LRU at %s tokens %s, tail-first "
@@ -305,18 +310,36 @@ int RunReplayBench(Flags& flags) {
   const std::string curve_text = flags.String("curve", "");
   const std::string nvme_tokens_text = flags.String("nvme-tokens", "0");
   const char* tmpdir = ::getenv("TMPDIR");
-  const std::string nvme_parent =
-      flags.String("nvme-path", tmpdir != nullptr && *tmpdir != '\0' ? tmpdir : "/tmp");
+  const std::string nvme_path_flag = flags.String("nvme-path", "");
+  const std::string nvme_parent = !nvme_path_flag.empty()                ? nvme_path_flag
+                                  : tmpdir != nullptr && *tmpdir != '\0' ? tmpdir
+                                                                         : "/tmp";
   const std::string nvme_io_mode = flags.String("nvme-io-mode", "direct");
   const std::string nvme_admission = flags.String("nvme-admission", "all");
   const bool wait_for_demotions = !flags.Bool("no-wait-demotions");
   const std::string blob_tokens_text = flags.String("blob-tokens", "0");
-  // Through a running kvtierd when --socket or --address names one.
+  // Through a running kvtierd when --socket or --address names one (not
+  // $KVTIER_SOCKET alone: the embedded replay is the default).
   const bool daemon = !flags.String("socket", "").empty() || !flags.String("address", "").empty();
-  const ClientOptions client_options = daemon ? TakeClientOptions(flags) : ClientOptions{};
+  ClientOptions client_options;
+  bool client_flags = false;  // flags that only a replay through kvtierd uses
+  if (daemon) {
+    client_options = TakeClientOptions(flags);
+  } else {
+    for (const char* name : {"token", "token-file", "tls-ca", "tls-cert", "tls-key",
+                             "tls-server-name", "salt", "slab"}) {
+      client_flags = client_flags || !flags.String(name, "").empty();
+    }
+    client_flags = flags.Bool("no-shm") || client_flags;
+  }
   const uint64_t slab_flag = daemon ? flags.Bytes("slab", 0) : 0;
   const std::string salt_flag = daemon ? flags.String("salt", "") : "";
   if (absl::Status s = flags.Finish(); !s.ok()) return Fail(std::string(s.message()));
+  if (client_flags) {
+    return Fail(
+        "--salt, --slab, --token, --token-file, --no-shm and the TLS flags replay through a "
+        "running kvtierd: name it with --socket or --address");
+  }
   if (trace_path.empty()) return Fail("--trace: a trace file (JSON Lines) is required");
   if (bytes_per_token <= 0 || bytes_per_token > (1 << 20)) {
     return Fail(absl::StrCat("--bytes-per-token: ", bytes_per_token, " is out of range"));
@@ -348,10 +371,16 @@ int RunReplayBench(Flags& flags) {
   }
 
   if (daemon) {
-    if (!curve.empty() || *nvme_tokens > 0 || *blob_tokens > 0) {
+    if (!curve.empty() || *nvme_tokens > 0 || *blob_tokens > 0 || !nvme_path_flag.empty() ||
+        nvme_io_mode != "direct" || nvme_admission != "all" || !wait_for_demotions) {
       return Fail(
-          "--curve, --nvme-tokens and --blob-tokens build an embedded cache; through kvtierd "
-          "(--socket, --address) the tiers are the daemon's");
+          "--curve, --nvme-tokens, --blob-tokens and the other --nvme flags and "
+          "--no-wait-demotions build an embedded cache; through kvtierd (--socket, --address) "
+          "the tiers are the daemon's");
+    }
+    if (!dram_tokens_flag.empty() && *dram_tokens < replay::kReplayBlockTokens) {
+      return Fail(absl::StrCat("--dram-tokens: ", *dram_tokens, " is less than one ",
+                               replay::kReplayBlockTokens, "-token chunk"));
     }
     if (policy_text != "all" && policies.size() != 1) {
       return Fail("--policy: kvtierd runs one policy (dram.eviction_policy)");

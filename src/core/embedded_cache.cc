@@ -1025,6 +1025,7 @@ CacheStats EmbeddedCache::Stats() const {
     t.blob_uploaded = b.uploaded;
     t.blob_upload_failures = b.upload_failures;
     t.blob_skipped_queue_full = b.skipped_queue_full;
+    t.blob_skipped_deleting = b.skipped_deleting;
     t.blob_skipped_degraded = b.skipped_degraded;
     t.blob_queued = b.queued;
     t.blob_promoted = blob_promoted_.load(std::memory_order_relaxed);
@@ -1050,7 +1051,8 @@ CacheStats EmbeddedCache::Stats() const {
     bt.hits = b.fetched;
     bt.misses = b.fetch_misses;
     bt.saves = b.uploaded;
-    bt.save_rejections = b.skipped_queue_full + b.skipped_degraded + b.upload_failures;
+    bt.save_rejections =
+        b.skipped_queue_full + b.skipped_degraded + b.skipped_deleting + b.upload_failures;
     bt.bytes_written = b.bytes_uploaded;
     bt.bytes_read = b.bytes_downloaded;
     bt.corrupt_chunks = b.corrupt;

@@ -200,6 +200,8 @@ std::string Metrics::Render() const {
     AddSample(uploads, {{"result", "failed"}}, static_cast<double>(t.blob_upload_failures));
     AddSample(uploads, {{"result", "skipped_queue_full"}},
               static_cast<double>(t.blob_skipped_queue_full));
+    AddSample(uploads, {{"result", "skipped_deleting"}},
+              static_cast<double>(t.blob_skipped_deleting));
     AddSample(uploads, {{"result", "skipped_degraded"}},
               static_cast<double>(t.blob_skipped_degraded));
     MetricFamily queued =

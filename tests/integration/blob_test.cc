@@ -958,7 +958,7 @@ TEST_F(BlobTest, CapacityDeletesTheLeastRecentlyUsedObjects) {
   ASSERT_OK_AND_ASSIGN(BlobChunk back, tier->Fetch(ns, key(5), 7, payload.size(), In(5000)));
   EXPECT_TRUE(
       std::equal(back.payload().begin(), back.payload().end(), payload.begin(), payload.end()));
-  // A removed chunk frees its share: two more fit without a deletion.
+  // A removed chunk frees its share: the next upload fits without a deletion.
   EXPECT_TRUE(tier->Remove(ns, key(2)));
   tier->Flush();
   upload(6);
@@ -1039,12 +1039,15 @@ TEST_F(BlobTest, ReplayThroughABoundedBlobEvictsTheLeastRecentlyUsedObject) {
   EXPECT_EQ(r.lost_hits, 0u);
   EXPECT_EQ(r.blob_resident_chunks, 2u);
   const uint64_t object = r.geometry.blob_object_bytes;
+  bool blob_tier = false;
   for (const replay::TierTraffic& tt : r.tiers) {
     if (tt.tier != Tier::kBlob) continue;
+    blob_tier = true;
     EXPECT_EQ(tt.evictions, 3u);
     EXPECT_EQ(tt.bytes_written, 5 * object);
     EXPECT_EQ(tt.bytes_read, 3 * object);
   }
+  EXPECT_TRUE(blob_tier) << "the replay reports the Blob tier's traffic";
 
   container_ += "-unbounded";
   ASSERT_OK_AND_ASSIGN(r, replay::ReplayThroughCache(t, ReplayOptions(BlobOptions(), 64)));
@@ -1110,11 +1113,99 @@ TEST_F(BlobTest, ReplayCommandAddsABlobTierOfItsOwn) {
   EXPECT_EQ(j["results"][0]["hit_rate_blocks"], 0.0) << "DRAM alone keeps nothing";
 }
 
-// A replay with a Blob bound but no endpoint is refused, naming the field.
-TEST_F(BlobTest, ReplayWithBlobTokensNeedsAnEndpoint) {
+// A replay with a Blob bound but no endpoint, or a bound below one chunk,
+// is refused, naming the field.
+TEST_F(BlobTest, ReplayWithBlobTokensNeedsAnEndpointAndAChunk) {
   replay::CacheReplayOptions o = ReplayOptions(BlobCacheOptions{}, 4);
   EXPECT_THAT(replay::ComputeGeometry(o),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("blob.endpoint")));
+  o = ReplayOptions(BlobOptions(), 1);
+  o.blob_tokens = 511;
+  EXPECT_THAT(replay::ComputeGeometry(o),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("blob_tokens")));
+}
+
+// An upload of a chunk whose object is being deleted is skipped, so the
+// two never race (an upload landing first would be deleted yet recorded,
+// one landing after would stay unrecorded); once the deletion ends the
+// chunk uploads and is recorded again.
+TEST_F(BlobTest, AnUploadIsSkippedWhileItsObjectIsBeingDeleted) {
+  ASSERT_OK_AND_ASSIGN(auto proxy, FaultProxy::Start(azurite_->port()));
+  BlobCacheOptions o = BlobOptions(ProxyEndpoint(*proxy));
+  o.upload_workers = 1;
+  ASSERT_OK_AND_ASSIGN(auto tier, BlobTier::Create(o));
+  ASSERT_OK_AND_ASSIGN(auto client, BlobClient::Create(ClientOptions()));
+  const uint64_t ns = 0x7007;
+  const BlockKey key = MetaOf(ns, 1).key;
+  const std::vector<std::byte> payload = Bytes(4096, 3);
+  ASSERT_TRUE(tier->EnqueuePayload(MetaOf(ns, 1), payload));
+  tier->Flush();
+  ASSERT_TRUE(tier->Recorded(ns, key));
+  // The deletion's connection waits a second at the proxy.
+  proxy->DropConnections();
+  proxy->Push(Fault{Fault::Kind::kDelay, absl::Milliseconds(1000)});
+  ASSERT_TRUE(tier->Remove(ns, key));
+  EXPECT_FALSE(tier->EnqueuePayload(MetaOf(ns, 1), payload)) << "its deletion is pending";
+  EXPECT_EQ(tier->Stats().skipped_deleting, 1u);
+  tier->Flush();
+  EXPECT_FALSE(tier->Recorded(ns, key));
+  EXPECT_THAT(client->GetProperties(tier->ObjectName(ns, key), In(5000)),
+              StatusIs(absl::StatusCode::kNotFound));
+  ASSERT_TRUE(tier->EnqueuePayload(MetaOf(ns, 1), payload));
+  tier->Flush();
+  EXPECT_TRUE(tier->Recorded(ns, key));
+  EXPECT_OK(client->GetProperties(tier->ObjectName(ns, key), In(5000)).status());
+}
+
+// A recorded chunk whose object is gone (deleted behind this node's back)
+// is a miss, and the record forgets it: Lookup stops matching it.
+TEST_F(BlobTest, ARecordedChunkWithoutItsObjectIsForgotten) {
+  BlobCacheOptions o = BlobOptions();
+  o.probe = false;
+  ASSERT_OK_AND_ASSIGN(auto tier, BlobTier::Create(o));
+  ASSERT_OK_AND_ASSIGN(auto client, BlobClient::Create(ClientOptions()));
+  const uint64_t ns = 0x7008;
+  const BlockKey key = MetaOf(ns, 1).key;
+  const std::vector<std::byte> payload = Bytes(4096, 4);
+  ASSERT_TRUE(tier->EnqueuePayload(MetaOf(ns, 1), payload));
+  tier->Flush();
+  ASSERT_OK(client->Delete(tier->ObjectName(ns, key), In(5000)));
+  ASSERT_EQ(tier->MatchPrefix(ns, {key}, false, In(5000)), 1u) << "still recorded";
+  EXPECT_THAT(tier->Fetch(ns, key, 7, payload.size(), In(5000)),
+              StatusIs(absl::StatusCode::kNotFound));
+  EXPECT_FALSE(tier->Recorded(ns, key));
+  EXPECT_EQ(tier->MatchPrefix(ns, {key}, false, In(5000)), 0u);
+  EXPECT_EQ(tier->Stats().recorded_bytes, 0u);
+}
+
+// A pin of a chunk only Blob holds downloads and promotes it: one hit, in
+// Blob, as a Load of it counts; the pinned copy is no DRAM hit.
+TEST_F(BlobTest, PinOfABlobChunkCountsOneHitInBlob) {
+  ASSERT_OK_AND_ASSIGN(Namespace ns, Namespace::Create(SmallModel()));
+  ASSERT_OK_AND_ASSIGN(std::vector<ChunkRef> chain, ns.Chunks(Tokens(2 * 64, 9)));
+  const size_t bytes = ns.FullChunkPayloadBytes();
+  {
+    ASSERT_OK_AND_ASSIGN(auto writer, EmbeddedCache::Create(Options(BlobOptions())));
+    for (const ChunkRef& c : chain) ASSERT_OK(writer->Save(ns, c, KvFor(c, bytes)));
+    writer->blob()->Flush();
+  }
+  ASSERT_OK_AND_ASSIGN(auto reader, EmbeddedCache::Create(Options(BlobOptions())));
+  auto tier_stats = [&](Tier tier) {
+    for (const TierStats& t : reader->Stats().tiers) {
+      if (t.tier == tier) return t;
+    }
+    return TierStats{};
+  };
+  ASSERT_OK_AND_ASSIGN(ChunkPin pin, reader->Pin(ns, chain[0].key));
+  EXPECT_EQ(std::vector<std::byte>(pin.payload().begin(), pin.payload().end()),
+            KvFor(chain[0], bytes));
+  EXPECT_EQ(tier_stats(Tier::kBlob).hits, 1u);
+  EXPECT_EQ(tier_stats(Tier::kDram).hits, 0u);
+  EXPECT_EQ(tier_stats(Tier::kDram).bytes_read, 0u);
+  std::vector<std::byte> out(bytes);
+  ASSERT_OK(reader->Load(ns, chain[1].key, absl::MakeSpan(out)).status());
+  EXPECT_EQ(tier_stats(Tier::kBlob).hits, 2u);
+  EXPECT_EQ(tier_stats(Tier::kDram).hits, 0u);
 }
 
 // ---- two kvtierd processes sharing the container ----------------------------------

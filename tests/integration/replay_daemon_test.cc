@@ -189,8 +189,18 @@ TEST_F(ReplayCli, ReplaysThroughKvtierdAndReportsBesideTheSimulators) {
   EXPECT_THAT(out, HasSubstr("PERMISSION_DENIED"));
   EXPECT_NE(Run(admin + " --policy lru", &out), 0);
   EXPECT_THAT(out, HasSubstr("runs 2q-chain"));
-  EXPECT_NE(Run(admin + " --nvme-tokens 50M", &out), 0);
-  EXPECT_THAT(out, HasSubstr("the tiers are the daemon's"));
+  EXPECT_NE(Run(admin + " --slab 64MiB", &out), 0);
+  EXPECT_THAT(out, HasSubstr("uses slabs of 2097152 bytes"));
+  for (const char* embedded_only :
+       {" --nvme-tokens 50M", " --nvme-io-mode buffered", " --no-wait-demotions", " --curve 1M"}) {
+    EXPECT_NE(Run(admin + embedded_only, &out), 0) << embedded_only;
+    EXPECT_THAT(out, HasSubstr("the tiers are the daemon's")) << embedded_only;
+  }
+  EXPECT_NE(Run(admin + " --dram-tokens 100", &out), 0);
+  EXPECT_THAT(out, HasSubstr("--dram-tokens: 100 is less than one 512-token chunk"));
+  // Without --socket the replay is embedded, and the daemon's flags are refused.
+  EXPECT_NE(Run(absl::StrCat("--trace ", trace, " --salt salt-t"), &out), 0);
+  EXPECT_THAT(out, HasSubstr("name it with --socket or --address"));
 }
 
 // A socket nobody serves is named in the error.

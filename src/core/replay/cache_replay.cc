@@ -230,6 +230,10 @@ absl::Status CacheReplayOptions::Validate() const {
   if (!(speed >= 0)) {
     return absl::InvalidArgumentError(absl::StrCat("speed: ", speed, " must be 0 or positive"));
   }
+  if (blob_tokens > 0 && blob_tokens < kReplayBlockTokens) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "blob_tokens: ", blob_tokens, " is less than one ", kReplayBlockTokens, "-token chunk"));
+  }
   if (blob_tokens > 0 && blob.endpoint.empty()) {
     return absl::InvalidArgumentError(
         "blob.endpoint: a Blob endpoint (e.g. an Azurite's) is needed when blob_tokens is set");

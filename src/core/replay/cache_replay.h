@@ -97,7 +97,8 @@ struct CacheReplayOptions {
   // bytes_per_token 0 or so large a chunk exceeds a slab, negative speed,
   // slab_bytes not a positive multiple of 2 MiB; with nvme_tokens: an empty
   // nvme_path, a volume below the NVMe tier's 16 MiB minimum, a bad
-  // nvme_io_mode or nvme_admission; with blob_tokens: no endpoint.
+  // nvme_io_mode or nvme_admission; blob_tokens below one chunk, or
+  // without an endpoint.
   absl::Status Validate() const;
 };
 

@@ -176,13 +176,15 @@ void BlobTier::Record(uint64_t ns, const BlockKey& key, uint64_t bytes) {
     (void)EraseRecord(old);
     if (capacity == 0 || closing_) continue;
     // Bounded: the forgotten object goes too, so the node's share of the
-    // container stays within capacity_bytes.
-    Job job;
-    job.remove = true;
-    job.meta.namespace_id = old.ns;
-    job.meta.key = old.key;
-    queue_.push_back(std::move(job));
-    ++deleting_[old];
+    // container stays within capacity_bytes. An upload of it queued or in
+    // flight meanwhile (a later demotion) must not race the deletion: the
+    // queued one is dropped, the one in flight deleted when it ends.
+    (void)DropQueuedUploads(
+        [&](const Job& j) { return j.meta.namespace_id == old.ns && j.meta.key == old.key; });
+    for (Running& r : running_) {
+      if (r.upload && r.key == old) r.removed = true;
+    }
+    QueueDeletion(old);
     capacity_deletions_.fetch_add(1, std::memory_order_relaxed);
   }
 }
@@ -230,7 +232,14 @@ bool BlobTier::Enqueue(const ChunkMeta& meta, absl::Span<const std::byte> sealed
     skipped_degraded_.fetch_add(1, std::memory_order_relaxed);
     return false;
   }
-  if (queue_.size() >= options_.queue_chunks ||
+  if (DeletionPending(NsKey{meta.namespace_id, meta.key})) {
+    // Its object is being deleted: an upload now could land before the
+    // deletion and be lost, or after it and go unrecorded. A later
+    // demotion uploads it again.
+    skipped_deleting_.fetch_add(1, std::memory_order_relaxed);
+    return false;
+  }
+  if (queue_.size() - queued_deletions_ >= options_.queue_chunks ||
       queued_bytes_ + sealed.size() > options_.queue_bytes) {
     skipped_queue_full_.fetch_add(1, std::memory_order_relaxed);
     return false;
@@ -273,6 +282,16 @@ bool BlobTier::DropQueuedUploads(absl::FunctionRef<bool(const Job&)> drop) {
   return dropped;
 }
 
+void BlobTier::QueueDeletion(const NsKey& key) {
+  Job job;
+  job.remove = true;
+  job.meta.namespace_id = key.ns;
+  job.meta.key = key.key;
+  queue_.push_back(std::move(job));
+  ++queued_deletions_;
+  ++deleting_[key];
+}
+
 bool BlobTier::DeletionPending(const NsKey& key) const {
   return deleting_.contains(key) || deleting_namespaces_.contains(key.ns);
 }
@@ -295,12 +314,7 @@ bool BlobTier::Remove(uint64_t namespace_id, const BlockKey& key) {
     recorded = EraseRecord(k);
   }
   if (!recorded || closing_) return removed;
-  Job job;
-  job.remove = true;
-  job.meta.namespace_id = namespace_id;
-  job.meta.key = key;
-  queue_.push_back(std::move(job));
-  ++deleting_[k];
+  QueueDeletion(k);
   return true;
 }
 
@@ -319,6 +333,7 @@ size_t BlobTier::RemoveNamespace(uint64_t namespace_id) {
       job.remove_namespace = true;
       job.meta.namespace_id = namespace_id;
       queue_.push_back(std::move(job));
+      ++queued_deletions_;
       ++deleting_namespaces_[namespace_id];
     }
   }
@@ -423,6 +438,7 @@ void BlobTier::WorkerLoop(size_t worker) {
       job = std::move(queue_.front());
       queue_.pop_front();
       queued_bytes_ -= job.bytes.size();
+      if (job.remove) --queued_deletions_;
       ++in_flight_;
       running_[worker] = Running{!job.remove, NsKey{job.meta.namespace_id, job.meta.key}, false};
     }
@@ -501,6 +517,7 @@ void BlobTier::Close() {
     }
     queue_.clear();
     queued_bytes_ = 0;
+    queued_deletions_ = 0;
     closed_ = true;
   }
   for (std::thread& t : workers_) t.join();
@@ -591,6 +608,9 @@ absl::StatusOr<BlobChunk> BlobTier::Fetch(uint64_t namespace_id, const BlockKey&
       deadline_misses_.fetch_add(1, std::memory_order_relaxed);
     }
     if (absl::IsPermissionDenied(first.status())) return first.status();
+    // Not there although recorded (deleted behind this node's back): the
+    // record must not keep matching it.
+    if (absl::IsNotFound(first.status())) Forget(namespace_id, key);
     return miss(first.status());
   }
   const uint64_t size = first->blob_size;
@@ -687,6 +707,7 @@ BlobTierStats BlobTier::Stats() const {
   s.already_stored = already_stored_.load(std::memory_order_relaxed);
   s.namespace_objects_deleted = namespace_objects_deleted_.load(std::memory_order_relaxed);
   s.capacity_deletions = capacity_deletions_.load(std::memory_order_relaxed);
+  s.skipped_deleting = skipped_deleting_.load(std::memory_order_relaxed);
   s.skipped_queue_full = skipped_queue_full_.load(std::memory_order_relaxed);
   s.skipped_degraded = skipped_degraded_.load(std::memory_order_relaxed);
   {

@@ -86,7 +86,8 @@ struct BlobTierStats {
   uint64_t bytes_downloaded = 0;           // encoded chunk bytes
   uint64_t namespace_objects_deleted = 0;  // objects deleted by RemoveNamespace
   uint64_t recorded_bytes = 0;             // gauge: object bytes of the local record
-  uint64_t capacity_deletions = 0;         // objects deleted to stay within capacity_bytes
+  uint64_t capacity_deletions = 0;         // objects forgotten past capacity_bytes, deletion queued
+  uint64_t skipped_deleting = 0;           // uploads skipped: the object's deletion is pending
   BlobClientStats http;
 };
 
@@ -104,8 +105,8 @@ class BlobTier {
   std::string ObjectName(uint64_t namespace_id, const BlockKey& key) const;
 
   // Queues an upload of a sealed chunk (copied). False when skipped: the
-  // record has it (which counts as a use of it), the queue is full, or the
-  // tier is degraded or closed.
+  // record has it (which counts as a use of it), a deletion of its object
+  // is pending, the queue is full, or the tier is degraded or closed.
   bool Enqueue(const ChunkMeta& meta, absl::Span<const std::byte> sealed);
   // Encodes `payload` as a sealed chunk of `meta` and queues it.
   bool EnqueuePayload(const ChunkMeta& meta, absl::Span<const std::byte> payload);
@@ -208,6 +209,8 @@ class BlobTier {
   // Whether a deletion of the chunk's object (or of its namespace) is queued
   // or in flight: an upload that finishes meanwhile is not recorded.
   bool DeletionPending(const NsKey& key) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Queues the deletion of a chunk's object.
+  void QueueDeletion(const NsKey& key) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // A deletion of the chunk's object (or of the namespace's) ended or was dropped.
   void EndDeletion(const NsKey& key, bool whole_namespace) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Drops the queued uploads that `drop` picks; true when it picked one.
@@ -226,6 +229,7 @@ class BlobTier {
   mutable absl::Mutex mu_;
   std::deque<Job> queue_ ABSL_GUARDED_BY(mu_);
   uint64_t queued_bytes_ ABSL_GUARDED_BY(mu_) = 0;
+  size_t queued_deletions_ ABSL_GUARDED_BY(mu_) = 0;  // of queue_: not bounded by queue_chunks
   uint32_t in_flight_ ABSL_GUARDED_BY(mu_) = 0;
   std::vector<Running> running_ ABSL_GUARDED_BY(mu_);  // one per worker
   // Deletions queued or in flight, by chunk and by namespace.
@@ -253,7 +257,7 @@ class BlobTier {
   std::atomic<uint64_t> uploaded_{0}, upload_failures_{0}, already_stored_{0},
       skipped_queue_full_{0}, skipped_degraded_{0}, fetched_{0}, fetch_misses_{0}, corrupt_{0},
       deadline_misses_{0}, probes_{0}, probe_hits_{0}, bytes_uploaded_{0}, bytes_downloaded_{0},
-      namespace_objects_deleted_{0}, capacity_deletions_{0};
+      namespace_objects_deleted_{0}, capacity_deletions_{0}, skipped_deleting_{0};
 };
 
 }  // namespace kvtier

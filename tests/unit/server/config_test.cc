@@ -556,6 +556,10 @@ TEST(Blob, SectionFlagsAndEnvironmentConfigureTheTier) {
   EXPECT_EQ(f.dram.blob.capacity_bytes, 10ull << 30);
   ASSERT_OK_AND_ASSIGN(DaemonConfig e, LoadConfig(cl, {{"KVTIER_BLOB_CAPACITY", "1TiB"}}));
   EXPECT_EQ(e.dram.blob.capacity_bytes, 10ull << 30) << "a flag wins over the environment";
+  ASSERT_OK_AND_ASSIGN(CommandLine plain,
+                       ParseCommandLine({"--socket", "/tmp/kvtier-test/x.sock", "--nvme", "off"}));
+  ASSERT_OK_AND_ASSIGN(DaemonConfig v, LoadConfig(plain, {{"KVTIER_BLOB_CAPACITY", "1TiB"}}));
+  EXPECT_EQ(v.dram.blob.capacity_bytes, 1ull << 40);
   std::remove(key_file.c_str());
 }
 
