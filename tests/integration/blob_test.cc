@@ -20,6 +20,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
@@ -104,6 +105,11 @@ struct LogLines {
       if (absl::StrContains(l, text)) return true;
     }
     return false;
+  }
+  // Every line, for failure messages.
+  std::string All() {
+    absl::MutexLock lock(&mu);
+    return absl::StrJoin(lines, "\n");
   }
 };
 
@@ -808,7 +814,7 @@ TEST_F(BlobTest, LargeNamespaceRemovalStopsAtItsTimeLimitAndClose) {
   tier->Flush();
   const absl::Duration took = absl::Now() - start;
   BlobTierStats st = tier->Stats();
-  EXPECT_FALSE(st.degraded);
+  EXPECT_FALSE(st.degraded) << log.All();
   EXPECT_EQ(st.degraded_events, 0u);
   EXPECT_FALSE(log.Has("unreachable"));
   ASSERT_TRUE(log.Has("stopped (out of time)"))
