@@ -20,7 +20,6 @@
 #include "src/cli/daemon_flags.h"
 #include "src/cli/report.h"
 #include "src/common/temp_path.h"
-#include "src/core/chunk_format.h"
 #include "src/core/replay/cache_replay.h"
 #include "src/core/replay/sim.h"
 #include "src/core/replay/trace_reader.h"
@@ -73,23 +72,6 @@ absl::StatusOr<Reference> Simulate(const std::vector<replay::TraceRequest>& trac
 }
 
 double Ratio(double a, double b) { return b > 0 ? a / b : 0.0; }
-
-const replay::TierTraffic* FindTier(const replay::CacheReplayResult& r, Tier tier) {
-  for (const replay::TierTraffic& t : r.tiers) {
-    if (t.tier == tier) return &t;
-  }
-  return nullptr;
-}
-
-uint64_t TierHits(const replay::CacheReplayResult& r, Tier tier) {
-  const replay::TierTraffic* t = FindTier(r, tier);
-  return t == nullptr ? 0 : t->hits;
-}
-
-replay::TierTraffic TierTrafficOf(const replay::CacheReplayResult& r, Tier tier) {
-  const replay::TierTraffic* t = FindTier(r, tier);
-  return t == nullptr ? replay::TierTraffic{} : *t;
-}
 
 Json TiersJson(const replay::CacheReplayResult& r) {
   Json tiers = Json::Array();
@@ -194,9 +176,7 @@ int RunDaemonReplay(const std::vector<replay::TraceRequest>& trace, const std::s
   if (absl::Status s = o.Validate(); !s.ok()) return Fail(std::string(s.message()));
   // The DRAM capacity in replay chunks: whole slabs of slots the chunk's
   // size (rounded up to 4 KiB), unless --dram-tokens says otherwise.
-  const uint64_t slot =
-      (kChunkHeaderBytes + uint64_t{replay::kReplayBlockTokens} * o.bytes_per_token + 4095) / 4096 *
-      4096;
+  const uint64_t slot = replay::ReplaySlotBytes(o.bytes_per_token);
   const uint64_t derived_chunks = slot > slab ? 0 : dram_bytes / slab * (slab / slot);
   const uint64_t dram_tokens =
       f.dram_tokens > 0 ? f.dram_tokens : derived_chunks * replay::kReplayBlockTokens;
@@ -251,9 +231,9 @@ int RunDaemonReplay(const std::vector<replay::TraceRequest>& trace, const std::s
                            .Set("requests_per_s", r->RequestsPerSecond())
                            .Set("lost_hits", r->lost_hits)
                            .Set("rejected_saves", r->rejected_saves)
-                           .Set("dram_hits", TierHits(*r, Tier::kDram))
-                           .Set("nvme_hits", TierHits(*r, Tier::kNvme))
-                           .Set("blob_hits", TierHits(*r, Tier::kBlob))
+                           .Set("dram_hits", r->TrafficOf(Tier::kDram).hits)
+                           .Set("nvme_hits", r->TrafficOf(Tier::kNvme).hits)
+                           .Set("blob_hits", r->TrafficOf(Tier::kBlob).hits)
                            .Set("simulator_tail_first_hit_rate", ref->tail_first.front())
                            .Set("tiers", TiersJson(*r)))
         .Set("reference", Json::Object()
@@ -281,12 +261,12 @@ int RunDaemonReplay(const std::vector<replay::TraceRequest>& trace, const std::s
   Table t({"policy", "hit rate (blocks)", "hit rate (tokens)", "prefill tokens saved", "simulator",
            "x LRU ref", "x unbounded", "DRAM hits", "NVMe hits", "Blob hits", "lost",
            "requests/s"});
-  t.AddRow({policy + (assumed.empty() ? " (kvtierd)" : " (kvtierd, assumed)"),
-            Fixed(r->HitRate(), 4), Fixed(r->TokenHitRate(), 4), absl::StrCat(r->hit_tokens),
-            Fixed(ref->tail_first.front(), 4), Fixed(lru_ratio, 3), Fixed(unbounded_ratio, 3),
-            absl::StrCat(TierHits(*r, Tier::kDram)), absl::StrCat(TierHits(*r, Tier::kNvme)),
-            absl::StrCat(TierHits(*r, Tier::kBlob)), absl::StrCat(r->lost_hits),
-            Fixed(r->RequestsPerSecond(), 0)});
+  t.AddRow(
+      {policy + (assumed.empty() ? " (kvtierd)" : " (kvtierd, assumed)"), Fixed(r->HitRate(), 4),
+       Fixed(r->TokenHitRate(), 4), absl::StrCat(r->hit_tokens), Fixed(ref->tail_first.front(), 4),
+       Fixed(lru_ratio, 3), Fixed(unbounded_ratio, 3), absl::StrCat(r->TrafficOf(Tier::kDram).hits),
+       absl::StrCat(r->TrafficOf(Tier::kNvme).hits), absl::StrCat(r->TrafficOf(Tier::kBlob).hits),
+       absl::StrCat(r->lost_hits), Fixed(r->RequestsPerSecond(), 0)});
   t.Print();
   std::printf(
       "\nsimulator on the same trace: unbounded %s, reference LRU at %s tokens %s, tail-first "
@@ -566,9 +546,9 @@ int RunReplayBench(Flags& flags) {
                   .Set("hit_rate_blocks", r.HitRate())
                   .Set("hit_rate_tokens", r.TokenHitRate())
                   .Set("vs_unbounded", Ratio(r.HitRate(), unbounded->HitRate()))
-                  .Set("dram_hits", TierHits(r, Tier::kDram))
-                  .Set("nvme_hits", TierHits(r, Tier::kNvme))
-                  .Set("blob_hits", TierHits(r, Tier::kBlob))
+                  .Set("dram_hits", r.TrafficOf(Tier::kDram).hits)
+                  .Set("nvme_hits", r.TrafficOf(Tier::kNvme).hits)
+                  .Set("blob_hits", r.TrafficOf(Tier::kBlob).hits)
                   .Set("lost_hits", r.lost_hits)
                   .Set("demoted", r.demoted)
                   .Set("skipped_demotions", r.skipped_demotions)
@@ -646,11 +626,11 @@ int RunReplayBench(Flags& flags) {
               "lost", "demoted", "skipped", "promoted", "NVMe written / read",
               "Blob written / read", "requests/s"});
     for (const replay::CacheReplayResult& r : tier_results) {
-      const replay::TierTraffic nv = TierTrafficOf(r, Tier::kNvme);
-      const replay::TierTraffic bl = TierTrafficOf(r, Tier::kBlob);
+      const replay::TierTraffic nv = r.TrafficOf(Tier::kNvme);
+      const replay::TierTraffic bl = r.TrafficOf(Tier::kBlob);
       nt.AddRow({r.policy, Fixed(r.HitRate(), 4),
                  Fixed(Ratio(r.HitRate(), unbounded->HitRate()), 3),
-                 absl::StrCat(TierHits(r, Tier::kDram)), absl::StrCat(nv.hits),
+                 absl::StrCat(r.TrafficOf(Tier::kDram).hits), absl::StrCat(nv.hits),
                  absl::StrCat(bl.hits), absl::StrCat(r.lost_hits), absl::StrCat(r.demoted),
                  absl::StrCat(r.skipped_demotions), absl::StrCat(r.promoted),
                  absl::StrCat(HumanBytes(nv.bytes_written), " / ", HumanBytes(nv.bytes_read)),

@@ -1014,13 +1014,6 @@ replay::CacheReplayOptions ReplayOptions(const BlobCacheOptions& blob, uint64_t 
   return o;
 }
 
-uint64_t ReplayTierHits(const replay::CacheReplayResult& r, Tier tier) {
-  for (const replay::TierTraffic& t : r.tiers) {
-    if (t.tier == tier) return t.hits;
-  }
-  return 0;
-}
-
 // Single-chunk requests through one DRAM slot and two Blob objects. DRAM
 // evicts its one chunk to Blob at each save or promotion; an upload past
 // two objects deletes the least recently used (B lists the objects, least
@@ -1040,8 +1033,8 @@ TEST_F(BlobTest, ReplayThroughABoundedBlobEvictsTheLeastRecentlyUsedObject) {
                        replay::ReplayThroughCache(t, ReplayOptions(BlobOptions(), 2)));
   EXPECT_EQ(r.geometry.blob_chunks, 2u);
   EXPECT_EQ(r.hit_blocks, 3u);
-  EXPECT_EQ(ReplayTierHits(r, Tier::kBlob), 3u);
-  EXPECT_EQ(ReplayTierHits(r, Tier::kDram), 0u);
+  EXPECT_EQ(r.TrafficOf(Tier::kBlob).hits, 3u);
+  EXPECT_EQ(r.TrafficOf(Tier::kDram).hits, 0u);
   EXPECT_EQ(r.lost_hits, 0u);
   EXPECT_EQ(r.blob_resident_chunks, 2u);
   const uint64_t object = r.geometry.blob_object_bytes;
@@ -1081,9 +1074,9 @@ TEST_F(BlobTest, ReplayWithRoomInBlobMatchesUnbounded) {
     ASSERT_OK_AND_ASSIGN(replay::CacheReplayResult dram_only, replay::ReplayThroughCache(t, o));
     EXPECT_LT(dram_only.hit_blocks, unbounded.hit_blocks) << policy;
     EXPECT_EQ(r.hit_blocks, unbounded.hit_blocks) << policy;
-    EXPECT_EQ(ReplayTierHits(r, Tier::kDram) + ReplayTierHits(r, Tier::kBlob), r.hit_blocks)
+    EXPECT_EQ(r.TrafficOf(Tier::kDram).hits + r.TrafficOf(Tier::kBlob).hits, r.hit_blocks)
         << policy;
-    EXPECT_GT(ReplayTierHits(r, Tier::kBlob), 0u) << policy;
+    EXPECT_GT(r.TrafficOf(Tier::kBlob).hits, 0u) << policy;
     EXPECT_EQ(r.lost_hits, 0u) << policy;
   }
 }

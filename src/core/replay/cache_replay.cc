@@ -31,11 +31,6 @@ constexpr uint64_t kSlabAlign = 2ull << 20;
 constexpr uint64_t kNvmeCommitSector = 4096;
 constexpr uint64_t kNvmeMinVolume = 16ull << 20;  // NvmeCacheOptions::capacity_bytes minimum
 
-uint64_t SlotBytes(uint32_t bytes_per_token) {
-  const uint64_t encoded = kChunkHeaderBytes + uint64_t{kReplayBlockTokens} * bytes_per_token;
-  return (encoded + kSlotAlign - 1) / kSlotAlign * kSlotAlign;
-}
-
 BlockKey KeyOfId(const Namespace& ns, uint64_t id) {
   std::array<std::byte, 8> bytes;
   for (int i = 0; i < 8; ++i) bytes[i] = static_cast<std::byte>((id >> (8 * i)) & 0xFF);
@@ -242,7 +237,7 @@ absl::Status CacheReplayOptions::Validate() const {
   if (nvme_path.empty()) {
     return absl::InvalidArgumentError("nvme_path: a folder is needed when nvme_tokens is set");
   }
-  const uint64_t nvme_slot = SlotBytes(bytes_per_token) + kNvmeCommitSector;
+  const uint64_t nvme_slot = ReplaySlotBytes(bytes_per_token) + kNvmeCommitSector;
   const uint64_t min_chunks = (kNvmeMinVolume + nvme_slot - 1) / nvme_slot;
   if (nvme_tokens / kReplayBlockTokens < min_chunks) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -266,7 +261,7 @@ absl::StatusOr<ReplayGeometry> ComputeGeometry(const CacheReplayOptions& options
   ReplayGeometry g;
   g.capacity_chunks = options.capacity_tokens / kReplayBlockTokens;
   g.payload_bytes = uint64_t{kReplayBlockTokens} * options.bytes_per_token;
-  g.slot_bytes = SlotBytes(options.bytes_per_token);
+  g.slot_bytes = ReplaySlotBytes(options.bytes_per_token);
   g.slots_per_slab = options.slab_bytes / g.slot_bytes;
   g.slabs = (g.capacity_chunks + g.slots_per_slab - 1) / g.slots_per_slab;
   g.filler_chunks = g.slabs * g.slots_per_slab - g.capacity_chunks;
@@ -282,6 +277,18 @@ absl::StatusOr<ReplayGeometry> ComputeGeometry(const CacheReplayOptions& options
     g.blob_capacity_bytes = g.blob_chunks * g.blob_object_bytes;
   }
   return g;
+}
+
+uint64_t ReplaySlotBytes(uint32_t bytes_per_token) {
+  const uint64_t encoded = kChunkHeaderBytes + uint64_t{kReplayBlockTokens} * bytes_per_token;
+  return (encoded + kSlotAlign - 1) / kSlotAlign * kSlotAlign;
+}
+
+TierTraffic CacheReplayResult::TrafficOf(Tier tier) const {
+  for (const TierTraffic& t : tiers) {
+    if (t.tier == tier) return t;
+  }
+  return TierTraffic{tier};
 }
 
 double CacheReplayResult::HitRate() const {
@@ -442,7 +449,7 @@ absl::StatusOr<CacheReplayResult> ReplayThroughDaemon(
   KVTIER_ASSIGN_OR_RETURN(Namespace ns, ReplayNamespace(options.bytes_per_token, options.salt));
   CacheReplayResult out;
   out.geometry.payload_bytes = uint64_t{kReplayBlockTokens} * options.bytes_per_token;
-  out.geometry.slot_bytes = SlotBytes(options.bytes_per_token);
+  out.geometry.slot_bytes = ReplaySlotBytes(options.bytes_per_token);
   Loop loop;
   loop.cache = &cache;
   loop.ns = &ns;

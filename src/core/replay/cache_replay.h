@@ -122,6 +122,10 @@ struct ReplayGeometry {
   uint64_t blob_capacity_bytes = 0;  // blob_chunks x blob_object_bytes
 };
 
+// The slot a replay chunk takes: its header and 512 x bytes_per_token payload
+// bytes, rounded up to 4 KiB.
+uint64_t ReplaySlotBytes(uint32_t bytes_per_token);
+
 // The geometry for `options`. InvalidArgument as Validate.
 absl::StatusOr<ReplayGeometry> ComputeGeometry(const CacheReplayOptions& options);
 
@@ -158,6 +162,8 @@ struct CacheReplayResult {
   std::vector<TierTraffic> tiers;     // every tier of the cache, fastest first
   double seconds = 0;                 // wall time of the trace (setup excluded)
 
+  // The traffic of `tier`; zeros when the cache had no such tier.
+  TierTraffic TrafficOf(Tier tier) const;
   double HitRate() const;       // hit_blocks / total_blocks; 0 when empty
   double TokenHitRate() const;  // hit_tokens / total_tokens; 0 when empty
   double RequestsPerSecond() const;
